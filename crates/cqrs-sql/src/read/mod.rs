@@ -1,0 +1,102 @@
+//! The read side: projections, the runner that feeds them, event sources and
+//! the progress that consistency waits watch.
+
+mod log_source;
+mod progress;
+mod runner;
+
+pub use log_source::LogSource;
+pub use progress::{ReadProgress, WaitOutcome};
+pub use runner::{ProjectorConfig, ProjectorRunner, CHECKPOINT_SCHEMA};
+
+use chrono::{DateTime, Utc};
+use cqrs_core::EventEnvelope;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::future::Future;
+
+/// Why a projection could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The payload does not decode into the domain's event type.
+    #[error("event {event_type} v{schema_version} does not decode: {source}")]
+    Decode {
+        /// Its type.
+        event_type: String,
+        /// Its schema version.
+        schema_version: i32,
+        /// serde's complaint.
+        source: serde_json::Error,
+    },
+    /// The event contradicts the read model (e.g. paid before created).
+    #[error("event does not fit the read model: {0}")]
+    Inconsistent(String),
+    /// The read database failed.
+    #[error("read database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A read model fed by events. It applies one event inside the runner's open
+/// transaction; the runner owns batching, checkpoints and dedupe.
+pub trait Projection: Send + Sync {
+    /// Name, unique per read DB ("order_details").
+    fn name(&self) -> &'static str;
+    /// Idempotent DDL for its tables.
+    fn schema(&self) -> &'static [&'static str];
+    /// Applies one event.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut sqlx::AnyConnection,
+        event: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
+/// An event as a source delivers it, with where to resume after it.
+#[derive(Debug, Clone)]
+pub struct SourcedEvent {
+    /// Which stream of the source ("log", "orders.events/3").
+    pub source_key: String,
+    /// The position to resume from once this event is applied.
+    pub next_position: i64,
+    /// Where it was published (e.g. "orders.events/3@1207", "log@17").
+    pub published_as: String,
+    /// When the source handed it over.
+    pub consumed_at: DateTime<Utc>,
+    /// The event.
+    pub envelope: EventEnvelope,
+}
+
+/// Why a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading the write store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Anything else the source talks to failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where a projector gets events from: the write store's log (embedded) or a
+/// Kafka topic. The runner stores checkpoints; the source resumes from them.
+pub trait EventSource: Send {
+    /// Positions to resume from, as stored in the read DB, before the first batch.
+    fn resume(
+        &mut self,
+        checkpoints: &HashMap<String, i64>,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// The next events; waits until at least one is available.
+    fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<SourcedEvent>, SourceError>> + Send;
+
+    /// Told after a batch committed to the read DB (for lag tooling).
+    fn committed(
+        &mut self,
+        _checkpoints: &[(String, i64)],
+    ) -> impl Future<Output = Result<(), SourceError>> + Send {
+        async { Ok(()) }
+    }
+}

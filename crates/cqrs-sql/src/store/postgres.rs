@@ -1,0 +1,62 @@
+//! PostgreSQL dialect of the event store.
+
+use super::sql::Dialect;
+
+/// PostgreSQL: many writers (advisory key 1869767794 = "ordr" guards the log), so identity values are allocated in start order,
+/// not commit order. Appends hold a shared advisory lock from before their
+/// position is allocated until commit; a log reader briefly takes it
+/// exclusively to learn a horizon below which every position is final.
+pub(crate) struct Postgres;
+
+impl Dialect for Postgres {
+    fn schema(&self) -> &'static [&'static str] {
+        &[
+            "CREATE TABLE IF NOT EXISTS events (
+                position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                event_id TEXT NOT NULL UNIQUE,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                event_type TEXT NOT NULL,
+                schema_version BIGINT NOT NULL,
+                payload JSONB NOT NULL,
+                command_id TEXT NOT NULL,
+                occurred_at TEXT NOT NULL,
+                recorded_at TEXT NOT NULL,
+                CONSTRAINT events_aggregate_version UNIQUE (aggregate_id, version))",
+            "CREATE INDEX IF NOT EXISTS events_command ON events (command_id)",
+            "CREATE TABLE IF NOT EXISTS outbox (
+                position BIGINT PRIMARY KEY REFERENCES events (position),
+                aggregate_id TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                published_at TEXT,
+                partition_no BIGINT,
+                offset_no BIGINT)",
+            "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (position) WHERE published_at IS NULL",
+            "CREATE TABLE IF NOT EXISTS idempotency (
+                key TEXT PRIMARY KEY,
+                request_hash TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                command_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                position BIGINT NOT NULL,
+                created_at TEXT NOT NULL)",
+        ]
+    }
+
+    fn payload_param(&self, n: usize) -> String {
+        format!("CAST(${n} AS JSONB)")
+    }
+
+    fn payload_column(&self) -> &'static str {
+        "payload::text"
+    }
+
+    fn append_preamble(&self) -> Option<&'static str> {
+        Some("SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared(1869767794)) AS l")
+    }
+
+    fn log_horizon(&self) -> Option<&'static str> {
+        Some("SELECT 1 FROM (SELECT pg_advisory_xact_lock(1869767794)) AS l")
+    }
+}

@@ -1,0 +1,294 @@
+//! The event store over either database; the differences live in a `Dialect`.
+
+use super::{AppendRequest, Appended, EventStore, StoreError, StoredAnswer};
+use crate::db::{parse_timestamp, timestamp, Backend, Db};
+use cqrs_core::{EventEnvelope, EventMetadata};
+use sqlx::any::AnyRow;
+use sqlx::{Executor, Row};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What differs between PostgreSQL and SQLite.
+pub(crate) trait Dialect: Send + Sync {
+    /// Idempotent DDL.
+    fn schema(&self) -> &'static [&'static str];
+    /// The placeholder for the JSON payload parameter `n`.
+    fn payload_param(&self, n: usize) -> String;
+    /// The payload column as text.
+    fn payload_column(&self) -> &'static str;
+    /// Run first in every append transaction.
+    fn append_preamble(&self) -> Option<&'static str>;
+    /// Run in its own transaction before reading the log: waits until no
+    /// append that allocated a position is still in flight.
+    fn log_horizon(&self) -> Option<&'static str>;
+}
+
+/// The event store on a SQL database.
+#[derive(Clone)]
+pub struct SqlEventStore {
+    db: Db,
+    dialect: Arc<dyn Dialect>,
+    committed: Arc<watch::Sender<i64>>,
+    select_events: Arc<str>,
+    insert_event: Arc<str>,
+}
+
+impl SqlEventStore {
+    /// Opens the store and creates its tables if missing.
+    pub async fn open(db: Db) -> Result<Self, StoreError> {
+        let dialect: Arc<dyn Dialect> = match db.backend {
+            Backend::Sqlite => Arc::new(super::sqlite::Sqlite),
+            Backend::Postgres => Arc::new(super::postgres::Postgres),
+        };
+        db.migrate(dialect.schema()).await?;
+        let last: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+            .fetch_one(&db.pool)
+            .await?;
+        let select_events = format!(
+            "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, {} AS payload, command_id, occurred_at, recorded_at FROM events",
+            dialect.payload_column()
+        );
+        let insert_event = format!(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, payload, command_id, occurred_at, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, {}, $8, $9, $10) RETURNING position",
+            dialect.payload_param(7)
+        );
+        Ok(Self {
+            db,
+            dialect,
+            committed: Arc::new(watch::channel(last).0),
+            select_events: select_events.into(),
+            insert_event: insert_event.into(),
+        })
+    }
+
+    /// The database underneath.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Every event, in position order (for verification and tooling).
+    pub async fn all_events(&self) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!("{} ORDER BY position", self.select_events);
+        let rows = sqlx::query(&sql).fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// The events a command appended.
+    pub async fn events_of_command(&self, command_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!("{} WHERE command_id = $1 ORDER BY position", self.select_events);
+        let rows = sqlx::query(&sql).bind(command_id).fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn append_tx(&self, req: &AppendRequest, recorded_at: &str) -> Result<Vec<i64>, sqlx::Error> {
+        let mut tx = self.db.writer.begin().await?;
+        if let Some(pre) = self.dialect.append_preamble() {
+            tx.execute(pre).await?;
+        }
+        let occurred_at = timestamp(req.metadata.occurred_at);
+        let mut positions = Vec::with_capacity(req.events.len());
+        for (i, e) in req.events.iter().enumerate() {
+            let version = req.expected_version + 1 + i as i64;
+            let position: i64 = sqlx::query_scalar(&*self.insert_event)
+                .bind(&e.event_id)
+                .bind(&req.aggregate_type)
+                .bind(&req.aggregate_id)
+                .bind(version)
+                .bind(&e.event_type)
+                .bind(i64::from(e.schema_version))
+                .bind(e.payload.to_string())
+                .bind(&req.metadata.command_id)
+                .bind(&occurred_at)
+                .bind(recorded_at)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO outbox (position, aggregate_id, created_at) VALUES ($1, $2, $3)")
+                .bind(position)
+                .bind(&req.aggregate_id)
+                .bind(recorded_at)
+                .execute(&mut *tx)
+                .await?;
+            positions.push(position);
+        }
+        if let (Some(idem), Some(&last)) = (&req.idempotency, positions.last()) {
+            sqlx::query(
+                "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&idem.key)
+            .bind(&idem.request_hash)
+            .bind(&req.aggregate_id)
+            .bind(&req.metadata.command_id)
+            .bind(req.expected_version + req.events.len() as i64)
+            .bind(last)
+            .bind(recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(positions)
+    }
+}
+
+fn decode_row(row: &AnyRow) -> Result<EventEnvelope, StoreError> {
+    let position: i64 = row.try_get("position")?;
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Corrupt(format!("event at position {position}: {what}: {e}"))
+    };
+    let payload: String = row.try_get("payload")?;
+    let occurred_at: String = row.try_get("occurred_at")?;
+    let recorded_at: String = row.try_get("recorded_at")?;
+    let schema_version: i64 = row.try_get("schema_version")?;
+    Ok(EventEnvelope {
+        position,
+        event_id: row.try_get("event_id")?,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        version: row.try_get("version")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: i32::try_from(schema_version).map_err(|e| corrupt("schema_version", &e))?,
+        payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", &e))?,
+        metadata: EventMetadata {
+            command_id: row.try_get("command_id")?,
+            occurred_at: parse_timestamp(&occurred_at).map_err(|e| corrupt("occurred_at", &e))?,
+        },
+        recorded_at: parse_timestamp(&recorded_at).map_err(|e| corrupt("recorded_at", &e))?,
+    })
+}
+
+fn unique_violation_on(err: &sqlx::Error) -> Option<String> {
+    let db = err.as_database_error()?;
+    if !db.is_unique_violation() {
+        return None;
+    }
+    Some(format!("{} {}", db.constraint().unwrap_or(""), db.message()))
+}
+
+impl EventStore for SqlEventStore {
+    async fn load(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!("{} WHERE aggregate_id = $1 ORDER BY version", self.select_events);
+        let rows = sqlx::query(&sql).bind(aggregate_id).fetch_all(&self.db.pool).await?;
+        let events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        for (i, e) in events.iter().enumerate() {
+            if e.version != i as i64 + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "aggregate {aggregate_id} has version {} at index {i}",
+                    e.version
+                )));
+            }
+        }
+        Ok(events)
+    }
+
+    async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError> {
+        let now = chrono::Utc::now();
+        let recorded_at = timestamp(now);
+        let positions = match self.append_tx(&req, &recorded_at).await {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(match unique_violation_on(&e) {
+                    Some(what) if what.contains("idempotency") => {
+                        let key = req.idempotency.map(|i| i.key).unwrap_or_default();
+                        StoreError::DuplicateIdempotencyKey(key)
+                    }
+                    Some(what) if what.contains("event_id") || what.contains("events_event_id") => {
+                        StoreError::Corrupt(format!("duplicate event id: {what}"))
+                    }
+                    Some(_) => StoreError::VersionConflict {
+                        aggregate_id: req.aggregate_id,
+                        expected: req.expected_version,
+                    },
+                    None => StoreError::Db(e),
+                })
+            }
+        };
+        if let Some(&last) = positions.last() {
+            self.committed.send_if_modified(|p| {
+                let moved = last > *p;
+                *p = (*p).max(last);
+                moved
+            });
+        }
+        let events = req
+            .events
+            .into_iter()
+            .zip(positions)
+            .enumerate()
+            .map(|(i, (e, position))| EventEnvelope {
+                position,
+                event_id: e.event_id,
+                aggregate_type: req.aggregate_type.clone(),
+                aggregate_id: req.aggregate_id.clone(),
+                version: req.expected_version + 1 + i as i64,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                payload: e.payload,
+                metadata: req.metadata.clone(),
+                recorded_at: now,
+            })
+            .collect();
+        Ok(Appended { events })
+    }
+
+    async fn idempotent_answer(&self, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
+        let row = sqlx::query(
+            "SELECT request_hash, aggregate_id, command_id, version, position FROM idempotency WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StoredAnswer {
+            request_hash: row.try_get("request_hash")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            command_id: row.try_get("command_id")?,
+            version: row.try_get("version")?,
+            position: row.try_get("position")?,
+        }))
+    }
+
+    async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
+        let rows = match self.dialect.log_horizon() {
+            None => {
+                let sql = format!("{} WHERE position > $1 ORDER BY position LIMIT $2", self.select_events);
+                sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.db.pool).await?
+            }
+            Some(barrier) => {
+                let mut tx = self.db.pool.begin().await?;
+                tx.execute(barrier).await?;
+                let horizon: i64 =
+                    sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                if horizon <= after {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "{} WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3",
+                    self.select_events
+                );
+                sqlx::query(&sql)
+                    .bind(after)
+                    .bind(horizon)
+                    .bind(limit)
+                    .fetch_all(&self.db.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn outbox_pending(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&self.db.pool)
+            .await?)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
+    }
+}

@@ -1,0 +1,435 @@
+//! The order aggregate as a pure decider.
+
+use cqrs_core::{Aggregate, DomainError, DomainEvent, ErrorKind};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Limits of the domain, in one place so that errors can quote them.
+pub mod limits {
+    /// Most line items in one order.
+    pub const MAX_ITEMS: usize = 100;
+    /// Largest quantity of one line.
+    pub const MAX_QUANTITY: i64 = 10_000;
+    /// Largest unit price, in cents.
+    pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
+    /// Longest customer id.
+    pub const MAX_CUSTOMER_ID: usize = 64;
+    /// Longest SKU.
+    pub const MAX_SKU: usize = 64;
+    /// Longest free-text field (payment reference, carrier, tracking number, reason).
+    pub const MAX_TEXT: usize = 500;
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineItem {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// How many, 1..=10_000.
+    pub quantity: i64,
+    /// Price of one unit in cents, 0..=100_000_000.
+    pub unit_price_cents: i64,
+}
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Created, not paid.
+    Created,
+    /// Paid the exact total.
+    Paid,
+    /// Handed to a carrier.
+    Shipped,
+    /// Arrived; final.
+    Delivered,
+    /// Cancelled before shipping; final.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in life order.
+    pub const ALL: [Status; 5] = [
+        Status::Created,
+        Status::Paid,
+        Status::Shipped,
+        Status::Delivered,
+        Status::Cancelled,
+    ];
+    /// The name used in JSON and in the read DB.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Paid => "paid",
+            Status::Shipped => "shipped",
+            Status::Delivered => "delivered",
+            Status::Cancelled => "cancelled",
+        }
+    }
+    /// Parses the JSON/DB name.
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// CreateOrder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// Who orders.
+    pub customer_id: String,
+    /// What.
+    pub items: Vec<LineItem>,
+}
+
+/// PayOrder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayOrder {
+    /// Must equal the order total.
+    pub amount_cents: i64,
+    /// The payment provider's reference.
+    pub payment_ref: String,
+}
+
+/// ShipOrder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShipOrder {
+    /// Who carries it.
+    pub carrier: String,
+    /// The carrier's tracking number.
+    pub tracking_number: String,
+}
+
+/// CancelOrder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelOrder {
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything a client can ask of an order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderCommand {
+    /// Create a new order.
+    Create(CreateOrder),
+    /// Pay it.
+    Pay(PayOrder),
+    /// Ship it.
+    Ship(ShipOrder),
+    /// Mark it delivered.
+    Deliver,
+    /// Cancel it.
+    Cancel(CancelOrder),
+}
+
+impl OrderCommand {
+    /// The command's name, as in traces and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrderCommand::Create(_) => "CreateOrder",
+            OrderCommand::Pay(_) => "PayOrder",
+            OrderCommand::Ship(_) => "ShipOrder",
+            OrderCommand::Deliver => "DeliverOrder",
+            OrderCommand::Cancel(_) => "CancelOrder",
+        }
+    }
+    fn verb(&self) -> &'static str {
+        match self {
+            OrderCommand::Create(_) => "create",
+            OrderCommand::Pay(_) => "pay",
+            OrderCommand::Ship(_) => "ship",
+            OrderCommand::Deliver => "deliver",
+            OrderCommand::Cancel(_) => "cancel",
+        }
+    }
+}
+
+/// What happened to an order. Serialized externally tagged; the tag is the
+/// stored event type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderEvent {
+    /// An order was placed.
+    OrderCreated {
+        /// Who ordered.
+        customer_id: String,
+        /// What.
+        items: Vec<LineItem>,
+        /// Sum of quantity x unit price.
+        total_cents: i64,
+    },
+    /// The exact total was paid.
+    OrderPaid {
+        /// Amount paid.
+        amount_cents: i64,
+        /// Provider reference.
+        payment_ref: String,
+    },
+    /// Handed to a carrier.
+    OrderShipped {
+        /// Carrier.
+        carrier: String,
+        /// Tracking number.
+        tracking_number: String,
+    },
+    /// Arrived.
+    OrderDelivered {},
+    /// Cancelled before shipping.
+    OrderCancelled {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl DomainEvent for OrderEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            OrderEvent::OrderCreated { .. } => "OrderCreated",
+            OrderEvent::OrderPaid { .. } => "OrderPaid",
+            OrderEvent::OrderShipped { .. } => "OrderShipped",
+            OrderEvent::OrderDelivered {} => "OrderDelivered",
+            OrderEvent::OrderCancelled { .. } => "OrderCancelled",
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// No such order.
+    #[error("order not found")]
+    NotFound,
+    /// Create on an id that exists.
+    #[error("order already exists")]
+    AlreadyExists,
+    /// A field breaks a rule.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as named in the request ("items[2].quantity").
+        field: String,
+        /// What rule it breaks.
+        reason: String,
+    },
+    /// Payment must be the exact total.
+    #[error("amount_cents: payment of {got} cents does not match the order total of {expected} cents")]
+    AmountMismatch {
+        /// The order total.
+        expected: i64,
+        /// What was offered.
+        got: i64,
+    },
+    /// The command is not allowed in the order's status.
+    #[error("cannot {action} an order that is {status}")]
+    InvalidTransition {
+        /// The refused verb.
+        action: &'static str,
+        /// The order's status.
+        status: Status,
+    },
+}
+
+impl DomainError for OrderError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OrderError::NotFound => ErrorKind::NotFound,
+            OrderError::Invalid { field, .. } => ErrorKind::Invalid {
+                field: field.clone(),
+            },
+            OrderError::AmountMismatch { .. } => ErrorKind::Invalid {
+                field: "amount_cents".into(),
+            },
+            OrderError::AlreadyExists | OrderError::InvalidTransition { .. } => ErrorKind::Conflict,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            OrderError::NotFound => "order_not_found",
+            OrderError::AlreadyExists => "order_exists",
+            OrderError::Invalid { .. } => "invalid_field",
+            OrderError::AmountMismatch { .. } => "amount_mismatch",
+            OrderError::InvalidTransition { status, action } => match (status, *action) {
+                (Status::Delivered | Status::Cancelled, _) => "order_closed",
+                (Status::Created, "ship") => "not_paid",
+                (Status::Shipped, "cancel") => "already_shipped",
+                _ => "invalid_transition",
+            },
+        }
+    }
+}
+
+/// What the decider needs to know about an existing order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFacts {
+    /// Current status.
+    pub status: Status,
+    /// What must be paid.
+    pub total_cents: i64,
+}
+
+/// State of one order: `None` until it is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderState(pub Option<OrderFacts>);
+
+/// The order aggregate.
+pub struct Order;
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OrderError {
+    OrderError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
+    let len = value.chars().count();
+    if len == 0 || len > max {
+        return Err(invalid(field, format!("must be 1..={max} characters, got {len}")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
+    let id = &c.customer_id;
+    if id.is_empty()
+        || id.len() > limits::MAX_CUSTOMER_ID
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(invalid(
+            "customer_id",
+            "must be 1..=64 characters of A-Z, a-z, 0-9, '_' or '-'",
+        ));
+    }
+    if c.items.is_empty() || c.items.len() > limits::MAX_ITEMS {
+        return Err(invalid(
+            "items",
+            format!("must hold 1..={} items, got {}", limits::MAX_ITEMS, c.items.len()),
+        ));
+    }
+    let mut total: i64 = 0;
+    for (i, item) in c.items.iter().enumerate() {
+        check_text(&format!("items[{i}].sku"), &item.sku, limits::MAX_SKU)?;
+        if !(1..=limits::MAX_QUANTITY).contains(&item.quantity) {
+            return Err(invalid(
+                format!("items[{i}].quantity"),
+                format!("must be 1..={}, got {}", limits::MAX_QUANTITY, item.quantity),
+            ));
+        }
+        if !(0..=limits::MAX_UNIT_PRICE_CENTS).contains(&item.unit_price_cents) {
+            return Err(invalid(
+                format!("items[{i}].unit_price_cents"),
+                format!(
+                    "must be 0..={}, got {}",
+                    limits::MAX_UNIT_PRICE_CENTS,
+                    item.unit_price_cents
+                ),
+            ));
+        }
+        // Bounded by the limits above (100 x 10^4 x 10^8 = 10^14): no overflow.
+        total += item.quantity * item.unit_price_cents;
+    }
+    Ok(total)
+}
+
+impl Aggregate for Order {
+    const TYPE: &'static str = "order";
+    type State = OrderState;
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Error = OrderError;
+
+    fn decide(state: &OrderState, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
+        let facts = match (&state.0, command) {
+            (None, OrderCommand::Create(c)) => {
+                let total_cents = validate_create(c)?;
+                return Ok(vec![OrderEvent::OrderCreated {
+                    customer_id: c.customer_id.clone(),
+                    items: c.items.clone(),
+                    total_cents,
+                }]);
+            }
+            (Some(_), OrderCommand::Create(_)) => return Err(OrderError::AlreadyExists),
+            (None, _) => return Err(OrderError::NotFound),
+            (Some(facts), _) => facts,
+        };
+        let refuse = || OrderError::InvalidTransition {
+            action: command.verb(),
+            status: facts.status,
+        };
+        match command {
+            OrderCommand::Create(_) => Err(OrderError::AlreadyExists),
+            OrderCommand::Pay(p) => {
+                if facts.status != Status::Created {
+                    return Err(refuse());
+                }
+                if p.amount_cents != facts.total_cents {
+                    return Err(OrderError::AmountMismatch {
+                        expected: facts.total_cents,
+                        got: p.amount_cents,
+                    });
+                }
+                check_text("payment_ref", &p.payment_ref, limits::MAX_TEXT)?;
+                Ok(vec![OrderEvent::OrderPaid {
+                    amount_cents: p.amount_cents,
+                    payment_ref: p.payment_ref.clone(),
+                }])
+            }
+            OrderCommand::Ship(s) => {
+                if facts.status != Status::Paid {
+                    return Err(refuse());
+                }
+                check_text("carrier", &s.carrier, limits::MAX_TEXT)?;
+                check_text("tracking_number", &s.tracking_number, limits::MAX_TEXT)?;
+                Ok(vec![OrderEvent::OrderShipped {
+                    carrier: s.carrier.clone(),
+                    tracking_number: s.tracking_number.clone(),
+                }])
+            }
+            OrderCommand::Deliver => {
+                if facts.status != Status::Shipped {
+                    return Err(refuse());
+                }
+                Ok(vec![OrderEvent::OrderDelivered {}])
+            }
+            OrderCommand::Cancel(c) => {
+                if !matches!(facts.status, Status::Created | Status::Paid) {
+                    return Err(refuse());
+                }
+                check_text("reason", &c.reason, limits::MAX_TEXT)?;
+                Ok(vec![OrderEvent::OrderCancelled {
+                    reason: c.reason.clone(),
+                }])
+            }
+        }
+    }
+
+    fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
+        let set = |status| {
+            OrderState(state.0.clone().map(|f| OrderFacts { status, ..f }))
+        };
+        match event {
+            OrderEvent::OrderCreated { total_cents, .. } => OrderState(Some(OrderFacts {
+                status: Status::Created,
+                total_cents: *total_cents,
+            })),
+            OrderEvent::OrderPaid { .. } => set(Status::Paid),
+            OrderEvent::OrderShipped { .. } => set(Status::Shipped),
+            OrderEvent::OrderDelivered {} => set(Status::Delivered),
+            OrderEvent::OrderCancelled { .. } => set(Status::Cancelled),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod tests;

@@ -1,0 +1,259 @@
+//! Given (events) / when (command) / then (events or error).
+
+use super::*;
+
+struct Given(Vec<OrderEvent>);
+struct When(OrderState, OrderCommand);
+
+fn given(events: impl IntoIterator<Item = OrderEvent>) -> Given {
+    Given(events.into_iter().collect())
+}
+
+impl Given {
+    fn when(self, command: OrderCommand) -> When {
+        When(Order::fold(&self.0), command)
+    }
+}
+
+impl When {
+    fn then(self, expected: Vec<OrderEvent>) {
+        assert_eq!(Order::decide(&self.0, &self.1), Ok(expected));
+    }
+    #[track_caller]
+    fn then_error(self, expected: OrderError) {
+        assert_eq!(Order::decide(&self.0, &self.1), Err(expected));
+    }
+    #[track_caller]
+    fn then_invalid(self, field: &str) {
+        match Order::decide(&self.0, &self.1) {
+            Err(OrderError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected invalid {field}, got {other:?}"),
+        }
+    }
+    #[track_caller]
+    fn then_refused(self, code: &str) {
+        match Order::decide(&self.0, &self.1) {
+            Err(e @ OrderError::InvalidTransition { .. }) => assert_eq!(e.code(), code),
+            other => panic!("expected refusal {code}, got {other:?}"),
+        }
+    }
+}
+
+fn item(sku: &str, quantity: i64, unit_price_cents: i64) -> LineItem {
+    LineItem {
+        sku: sku.into(),
+        quantity,
+        unit_price_cents,
+    }
+}
+
+fn create(customer: &str, items: Vec<LineItem>) -> OrderCommand {
+    OrderCommand::Create(CreateOrder {
+        customer_id: customer.into(),
+        items,
+    })
+}
+
+fn created(total: i64) -> OrderEvent {
+    OrderEvent::OrderCreated {
+        customer_id: "c1".into(),
+        items: vec![item("sku", 1, total)],
+        total_cents: total,
+    }
+}
+fn paid(total: i64) -> OrderEvent {
+    OrderEvent::OrderPaid {
+        amount_cents: total,
+        payment_ref: "p".into(),
+    }
+}
+fn shipped() -> OrderEvent {
+    OrderEvent::OrderShipped {
+        carrier: "dhl".into(),
+        tracking_number: "T1".into(),
+    }
+}
+fn cancelled() -> OrderEvent {
+    OrderEvent::OrderCancelled { reason: "r".into() }
+}
+fn pay(amount: i64) -> OrderCommand {
+    OrderCommand::Pay(PayOrder {
+        amount_cents: amount,
+        payment_ref: "p".into(),
+    })
+}
+fn ship() -> OrderCommand {
+    OrderCommand::Ship(ShipOrder {
+        carrier: "dhl".into(),
+        tracking_number: "T1".into(),
+    })
+}
+fn cancel() -> OrderCommand {
+    OrderCommand::Cancel(CancelOrder { reason: "r".into() })
+}
+
+#[test]
+fn creating_an_order_totals_its_items() {
+    given([])
+        .when(create("c-1_A", vec![item("a", 2, 1_000), item("b", 1, 800)]))
+        .then(vec![OrderEvent::OrderCreated {
+            customer_id: "c-1_A".into(),
+            items: vec![item("a", 2, 1_000), item("b", 1, 800)],
+            total_cents: 2_800,
+        }]);
+}
+
+#[test]
+fn an_order_needs_one_to_a_hundred_items() {
+    given([]).when(create("c", vec![])).then_invalid("items");
+    given([])
+        .when(create("c", vec![item("a", 1, 1); 101]))
+        .then_invalid("items");
+    assert!(Order::decide(&OrderState::default(), &create("c", vec![item("a", 1, 1); 100])).is_ok());
+}
+
+#[test]
+fn quantities_are_one_to_ten_thousand() {
+    given([])
+        .when(create("c", vec![item("a", 1, 1), item("b", 0, 1)]))
+        .then_invalid("items[1].quantity");
+    given([])
+        .when(create("c", vec![item("a", 10_001, 1)]))
+        .then_invalid("items[0].quantity");
+    given([])
+        .when(create("c", vec![item("a", -3, 1)]))
+        .then_invalid("items[0].quantity");
+    assert!(Order::decide(&OrderState::default(), &create("c", vec![item("a", 10_000, 1)])).is_ok());
+}
+
+#[test]
+fn unit_prices_are_zero_to_a_million_in_cents() {
+    given([])
+        .when(create("c", vec![item("a", 1, -1)]))
+        .then_invalid("items[0].unit_price_cents");
+    given([])
+        .when(create("c", vec![item("a", 1, 100_000_001)]))
+        .then_invalid("items[0].unit_price_cents");
+    assert!(Order::decide(&OrderState::default(), &create("c", vec![item("a", 1, 0)])).is_ok());
+    assert!(
+        Order::decide(&OrderState::default(), &create("c", vec![item("a", 1, 100_000_000)])).is_ok()
+    );
+}
+
+#[test]
+fn skus_are_short_printable_text() {
+    given([]).when(create("c", vec![item("", 1, 1)])).then_invalid("items[0].sku");
+    given([])
+        .when(create("c", vec![item(&"s".repeat(65), 1, 1)]))
+        .then_invalid("items[0].sku");
+}
+
+#[test]
+fn customer_ids_are_one_to_64_safe_characters() {
+    for bad in ["", "a b", "é", "a/b", &"x".repeat(65)] {
+        given([]).when(create(bad, vec![item("a", 1, 1)])).then_invalid("customer_id");
+    }
+    assert!(Order::decide(&OrderState::default(), &create(&"x".repeat(64), vec![item("a", 1, 1)])).is_ok());
+}
+
+#[test]
+fn an_existing_order_cannot_be_created_again() {
+    given([created(5)])
+        .when(create("c", vec![item("a", 1, 1)]))
+        .then_error(OrderError::AlreadyExists);
+}
+
+#[test]
+fn commands_on_an_unknown_order_are_not_found() {
+    for cmd in [pay(1), ship(), OrderCommand::Deliver, cancel()] {
+        given([]).when(cmd).then_error(OrderError::NotFound);
+    }
+}
+
+#[test]
+fn a_created_order_is_paid_with_its_exact_total() {
+    given([created(2_800)]).when(pay(2_800)).then(vec![paid(2_800)]);
+}
+
+#[test]
+fn a_payment_that_differs_from_the_total_is_refused() {
+    given([created(2_800)])
+        .when(pay(2_799))
+        .then_error(OrderError::AmountMismatch {
+            expected: 2_800,
+            got: 2_799,
+        });
+}
+
+#[test]
+fn an_order_is_paid_only_once() {
+    given([created(5), paid(5)]).when(pay(5)).then_refused("invalid_transition");
+}
+
+#[test]
+fn a_cancelled_order_cannot_be_paid() {
+    given([created(5), cancelled()]).when(pay(5)).then_refused("order_closed");
+}
+
+#[test]
+fn an_unpaid_order_cannot_ship() {
+    given([created(5)]).when(ship()).then_refused("not_paid");
+}
+
+#[test]
+fn a_paid_order_ships() {
+    given([created(5), paid(5)]).when(ship()).then(vec![shipped()]);
+}
+
+#[test]
+fn shipping_needs_a_carrier_and_tracking_number() {
+    given([created(5), paid(5)])
+        .when(OrderCommand::Ship(ShipOrder {
+            carrier: "".into(),
+            tracking_number: "T".into(),
+        }))
+        .then_invalid("carrier");
+}
+
+#[test]
+fn only_a_shipped_order_is_delivered() {
+    given([created(5), paid(5), shipped()])
+        .when(OrderCommand::Deliver)
+        .then(vec![OrderEvent::OrderDelivered {}]);
+    given([created(5), paid(5)])
+        .when(OrderCommand::Deliver)
+        .then_refused("invalid_transition");
+}
+
+#[test]
+fn an_order_can_be_cancelled_before_shipping() {
+    given([created(5)]).when(cancel()).then(vec![cancelled()]);
+    given([created(5), paid(5)]).when(cancel()).then(vec![cancelled()]);
+}
+
+#[test]
+fn a_shipped_order_cannot_be_cancelled() {
+    given([created(5), paid(5), shipped()])
+        .when(cancel())
+        .then_refused("already_shipped");
+}
+
+#[test]
+fn nothing_happens_after_cancel_or_delivery() {
+    let delivered = [created(5), paid(5), shipped(), OrderEvent::OrderDelivered {}];
+    for cmd in [pay(5), ship(), OrderCommand::Deliver, cancel()] {
+        given([created(5), cancelled()]).when(cmd.clone()).then_refused("order_closed");
+        given(delivered.clone()).when(cmd).then_refused("order_closed");
+    }
+}
+
+#[test]
+fn events_round_trip_through_the_stored_envelope_shape() {
+    for event in [created(5), paid(5), shipped(), OrderEvent::OrderDelivered {}, cancelled()] {
+        let stored = cqrs_core::NewEvent::encode("id".into(), &event).unwrap();
+        let back: OrderEvent =
+            serde_json::from_value(serde_json::json!({ stored.event_type.clone(): stored.payload }))
+                .unwrap();
+        assert_eq!(back, event);
+    }
+}

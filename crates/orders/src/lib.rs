@@ -1,0 +1,11 @@
+//! The Orders domain: a pure aggregate (commands, events, rules) and the read
+//! models that the same event stream feeds.
+
+pub mod aggregate;
+pub mod read_model;
+pub mod views;
+
+pub use aggregate::{
+    CancelOrder, CreateOrder, LineItem, Order, OrderCommand, OrderError, OrderEvent, OrderState,
+    PayOrder, ShipOrder, Status,
+};
