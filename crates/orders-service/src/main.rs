@@ -1,1 +1,166 @@
-fn main() {}
+//! `orders`: the CQRS Orders service and its tools.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orders_service::{bench, client, demo, Config, Running};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "orders", version, about = "CQRS Orders service: commands -> event store -> projector -> read models")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "ORDERS_LOG", global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the data lives.
+#[derive(clap::Args, Clone)]
+struct DbArgs {
+    /// Directory of the embedded SQLite databases.
+    #[arg(long, env = "ORDERS_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Write database (postgres://...); embedded SQLite when absent.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Read database; defaults to the write database's server, or SQLite.
+    #[arg(long, env = "READ_DATABASE_URL")]
+    read_database_url: Option<String>,
+    /// SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.
+    #[arg(long, env = "ORDERS_SQLITE_SYNCHRONOUS", default_value = "NORMAL")]
+    sqlite_synchronous: String,
+    /// Connections per database pool.
+    #[arg(long, env = "ORDERS_POOL_SIZE", default_value_t = 16)]
+    pool_size: u32,
+    /// Delay the projector applies before each batch (shows stale reads).
+    #[arg(long, env = "ORDERS_PROJECTOR_DELAY_MS", default_value_t = 0)]
+    projector_delay_ms: u64,
+}
+
+impl DbArgs {
+    fn config(&self) -> Config {
+        Config {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            read_database_url: self.read_database_url.clone(),
+            projector_delay: Duration::from_millis(self.projector_delay_ms),
+            sqlite_synchronous: self.sqlite_synchronous.clone(),
+            pool_size: self.pool_size,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API with the in-process projector.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "ORDERS_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Run the teaching page's scenario on a fresh embedded instance and print what happened.
+    Demo(demo::DemoArgs),
+    /// Check that every read model equals the fold of the write-side events.
+    Verify {
+        #[command(flatten)]
+        db: DbArgs,
+        /// How long to wait for the projector to catch up.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
+    },
+    /// Measure command throughput and command->queryable latency.
+    Bench(bench::BenchArgs),
+    /// Client: create an order.
+    Create(client::CreateArgs),
+    /// Client: pay an order.
+    Pay(client::PayArgs),
+    /// Client: ship an order.
+    Ship(client::ShipArgs),
+    /// Client: mark an order delivered.
+    Deliver(client::IdArgs),
+    /// Client: cancel an order.
+    Cancel(client::CancelArgs),
+    /// Client: show an order.
+    Get(client::GetArgs),
+    /// Client: list orders.
+    List(client::ListArgs),
+}
+
+fn init_logs(filter: Option<&str>, default: &str) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn serve(listen: SocketAddr, config: Config) -> anyhow::Result<()> {
+    let running = Running::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "serving");
+    axum::serve(listener, running.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("draining done; stopping projector");
+    running.stop().await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
+    init_logs(cli.log.as_deref(), if quiet { "warn" } else { "info" });
+    match cli.command {
+        Command::Serve { listen, db } => serve(listen, db.config()).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Verify { db, wait_secs } => {
+            let report = orders_service::demo::verify(&db.config(), Duration::from_secs(wait_secs)).await?;
+            println!("{report}");
+            if report.consistent {
+                Ok(())
+            } else {
+                anyhow::bail!("read models differ from the fold of the write-side events")
+            }
+        }
+        Command::Bench(args) => bench::run(args).await,
+        Command::Create(a) => client::create(a).await,
+        Command::Pay(a) => client::pay(a).await,
+        Command::Ship(a) => client::ship(a).await,
+        Command::Deliver(a) => client::deliver(a).await,
+        Command::Cancel(a) => client::cancel(a).await,
+        Command::Get(a) => client::get(a).await,
+        Command::List(a) => client::list(a).await,
+    }
+}

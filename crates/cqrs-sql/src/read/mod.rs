@@ -3,7 +3,7 @@
 
 mod log_source;
 mod progress;
-mod runner;
+pub mod runner;
 
 pub use log_source::LogSource;
 pub use progress::{ReadProgress, WaitOutcome};

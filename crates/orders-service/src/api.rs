@@ -1,0 +1,319 @@
+//! The HTTP API of the Orders service: commands in, queries out.
+
+use crate::app::App;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cqrs_http::{
+    idempotency_key, wait_consistent, ApiError, ConsistencyParams, JsonBody, QueryParams, MAX_BODY_BYTES,
+    TOKEN_HEADER,
+};
+use cqrs_sql::store::request_hash;
+use cqrs_sql::{execute, CommandOptions, CommandOutcome, EventStore, IdempotencyRecord};
+use orders::read_model::{self, OrderFilter};
+use orders::{CancelOrder, CreateOrder, Order, OrderCommand, PayOrder, ShipOrder, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Conflicting appends retried before answering 409.
+const MAX_RETRIES: u32 = 10;
+
+/// The router with every route, limits and JSON fallbacks.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/orders", post(create_order).get(list_orders))
+        .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/pay", post(pay_order))
+        .route("/orders/{id}/ship", post(ship_order))
+        .route("/orders/{id}/deliver", post(deliver_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
+        .route("/orders/{id}/history", get(order_history))
+        .route("/customers/{id}/summary", get(customer_summary))
+        .route("/stats", get(stats))
+        .route("/healthz", get(healthz))
+        .fallback(cqrs_http::not_found)
+        .method_not_allowed_fallback(cqrs_http::method_not_allowed)
+        .with_state(app)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(cqrs_http::panic_response))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The answer to every command.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct CommandAnswer {
+    /// The order.
+    pub order_id: String,
+    /// Its version after the command.
+    pub version: i64,
+    /// Id of the command (and its trace).
+    pub command_id: String,
+    /// Present it to a query to read this write.
+    pub consistency_token: String,
+}
+
+fn answer(status: StatusCode, outcome: &CommandOutcome) -> Response {
+    let token = outcome.token().to_string();
+    let body = CommandAnswer {
+        order_id: outcome.aggregate_id.clone(),
+        version: outcome.version,
+        command_id: outcome.command_id.clone(),
+        consistency_token: token.clone(),
+    };
+    let mut res = (status, Json(body)).into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&token) {
+        h.insert(TOKEN_HEADER, v);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&format!("/orders/{}", outcome.aggregate_id)) {
+            h.insert("location", v);
+        }
+    }
+    if outcome.replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+fn order_id(raw: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(raw).map(|u| u.to_string()).map_err(|_| {
+        ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {raw:?} (ids are UUIDs)"))
+    })
+}
+
+async fn run(
+    app: &App,
+    headers: &HeaderMap,
+    id: &str,
+    route: &str,
+    body: &impl Serialize,
+    command: OrderCommand,
+    expected_version: Option<i64>,
+) -> Result<CommandOutcome, ApiError> {
+    if let Some(v) = expected_version.filter(|v| *v < 0) {
+        return Err(ApiError::invalid_field("expected_version", format!("must be >= 0, got {v}")));
+    }
+    let idempotency = match idempotency_key(headers)? {
+        Some(key) => {
+            let body = serde_json::to_vec(body).map_err(|e| ApiError::invalid_field("body", e.to_string()))?;
+            let target = if route == "create" { "" } else { id };
+            Some(IdempotencyRecord { key, request_hash: request_hash(&[route.as_bytes(), target.as_bytes(), &body]) })
+        }
+        None => None,
+    };
+    let options = CommandOptions {
+        command_id: uuid::Uuid::now_v7().to_string(),
+        expected_version,
+        idempotency,
+        now: chrono::Utc::now(),
+        max_retries: MAX_RETRIES,
+    };
+    let started = std::time::Instant::now();
+    let result = execute::<Order, _>(&app.store, id, &command, options).await;
+    tracing::info!(
+        command = command.name(),
+        order_id = id,
+        ok = result.is_ok(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "command handled"
+    );
+    Ok(result?)
+}
+
+async fn create_order(
+    State(app): State<App>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateOrder>,
+) -> Result<Response, ApiError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let outcome = run(&app, &headers, &id, "create", &body, OrderCommand::Create(body.clone()), None).await?;
+    Ok(answer(StatusCode::CREATED, &outcome))
+}
+
+/// `POST /orders/{id}/pay`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayBody {
+    /// Must equal the total.
+    pub amount_cents: i64,
+    /// Provider reference.
+    pub payment_ref: String,
+    /// Optional optimistic-concurrency guard.
+    pub expected_version: Option<i64>,
+}
+
+/// `POST /orders/{id}/ship`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipBody {
+    /// Carrier.
+    pub carrier: String,
+    /// Tracking number.
+    pub tracking_number: String,
+    /// Optional optimistic-concurrency guard.
+    pub expected_version: Option<i64>,
+}
+
+/// `POST /orders/{id}/deliver`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverBody {
+    /// Optional optimistic-concurrency guard.
+    pub expected_version: Option<i64>,
+}
+
+/// `POST /orders/{id}/cancel`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why.
+    pub reason: String,
+    /// Optional optimistic-concurrency guard.
+    pub expected_version: Option<i64>,
+}
+
+async fn pay_order(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody<PayBody>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let cmd = OrderCommand::Pay(PayOrder { amount_cents: b.amount_cents, payment_ref: b.payment_ref.clone() });
+    let outcome = run(&app, &headers, &id, "pay", &b, cmd, b.expected_version).await?;
+    Ok(answer(StatusCode::OK, &outcome))
+}
+
+async fn ship_order(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody<ShipBody>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let cmd = OrderCommand::Ship(ShipOrder { carrier: b.carrier.clone(), tracking_number: b.tracking_number.clone() });
+    let outcome = run(&app, &headers, &id, "ship", &b, cmd, b.expected_version).await?;
+    Ok(answer(StatusCode::OK, &outcome))
+}
+
+async fn deliver_order(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody<DeliverBody>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let outcome = run(&app, &headers, &id, "deliver", &b, OrderCommand::Deliver, b.expected_version).await?;
+    Ok(answer(StatusCode::OK, &outcome))
+}
+
+async fn cancel_order(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody<CancelBody>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let cmd = OrderCommand::Cancel(CancelOrder { reason: b.reason.clone() });
+    let outcome = run(&app, &headers, &id, "cancel", &b, cmd, b.expected_version).await?;
+    Ok(answer(StatusCode::OK, &outcome))
+}
+
+fn read_error(e: read_model::QueryError) -> ApiError {
+    ApiError::unavailable("the read database", &e)
+}
+
+async fn get_order(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    QueryParams(c): QueryParams<ConsistencyParams>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    wait_consistent(&app.progress, &headers, &c).await?;
+    match read_model::get_order(&app.read.pool, &id).await.map_err(read_error)? {
+        Some(order) => Ok(Json(order).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("the read model has no order {id} (yet: present a consistency token to wait for a write)"),
+        )),
+    }
+}
+
+/// Query string of `GET /orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    customer_id: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    after: Option<String>,
+    consistent_with: Option<String>,
+    wait_ms: Option<u64>,
+}
+
+async fn list_orders(
+    State(app): State<App>,
+    headers: HeaderMap,
+    QueryParams(p): QueryParams<ListParams>,
+) -> Result<Response, ApiError> {
+    let bad = |field: &str, message: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message).with_details(json!({ "field": field }))
+    };
+    let limit = p.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(bad("limit", format!("limit must be 1..=100, got {limit}")));
+    }
+    let status = match p.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            bad("status", format!("status must be one of created, paid, shipped, delivered, cancelled; got {s:?}"))
+        })?),
+    };
+    let c = ConsistencyParams { consistent_with: p.consistent_with, wait_ms: p.wait_ms };
+    wait_consistent(&app.progress, &headers, &c).await?;
+    let filter = OrderFilter { customer_id: p.customer_id, status, after: p.after, limit };
+    let (orders, next) = read_model::list_orders(&app.read.pool, &filter).await.map_err(read_error)?;
+    Ok(Json(json!({ "orders": orders, "next": next })).into_response())
+}
+
+async fn customer_summary(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    QueryParams(c): QueryParams<ConsistencyParams>,
+) -> Result<Response, ApiError> {
+    wait_consistent(&app.progress, &headers, &c).await?;
+    match read_model::customer_summary(&app.read.pool, &id).await.map_err(read_error)? {
+        Some(s) => Ok(Json(s).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "customer_not_found", format!("no orders for customer {id:?}"))),
+    }
+}
+
+async fn stats(
+    State(app): State<App>,
+    headers: HeaderMap,
+    QueryParams(c): QueryParams<ConsistencyParams>,
+) -> Result<Response, ApiError> {
+    wait_consistent(&app.progress, &headers, &c).await?;
+    let by_status = read_model::stats(&app.read.pool).await.map_err(read_error)?;
+    let total_orders: i64 = by_status.values().map(|s| s.order_count).sum();
+    Ok(Json(json!({ "by_status": by_status, "total_orders": total_orders })).into_response())
+}
+
+async fn order_history(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let events = app.store.load(&id).await?;
+    if events.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order {id}")));
+    }
+    Ok(Json(json!({ "order_id": id, "events": events })).into_response())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}

@@ -1,0 +1,301 @@
+//! `orders bench`: commands/s (closed loop, beside a raw single-row INSERT
+//! rate on the same database and concurrency) and command->queryable latency
+//! (open loop at a fixed offered rate, measured from each command's intended
+//! send time, so a slow server cannot hide its queue).
+
+use crate::app::{Config, Running};
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sqlx::Executor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Options of `orders bench`.
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// Commands per phase.
+    #[arg(long, default_value_t = 2_000)]
+    pub commands: usize,
+    /// Offered rate of the latency phase, commands/s.
+    #[arg(long, default_value_t = 300.0)]
+    pub rate: f64,
+    /// Concurrent clients of the throughput phase (and the raw baseline).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Also bench PostgreSQL: a server URL; a scratch database is created on it.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+}
+
+/// Figures of one backend.
+#[derive(Debug, serde::Serialize)]
+pub struct BackendResult {
+    backend: String,
+    commands_per_sec: f64,
+    raw_inserts_per_sec: f64,
+    ratio_to_raw: f64,
+    offered_rate: f64,
+    achieved_rate: f64,
+    command_us: Percentiles,
+    command_to_queryable_us: Percentiles,
+    errors: usize,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, serde::Serialize)]
+pub struct Percentiles {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+impl From<&Histogram<u64>> for Percentiles {
+    fn from(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn order_body(i: usize) -> serde_json::Value {
+    json!({ "customer_id": format!("bench-{}", i % 97), "items": [
+        { "sku": "sku-1", "quantity": 1 + (i % 5), "unit_price_cents": 1999 } ] })
+}
+
+async fn throughput(base: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let http = reqwest::Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pb = bar(n, "throughput (closed loop)");
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (http, next, pb, url) = (http.clone(), next.clone(), pb.clone(), format!("{base}/orders"));
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let res = http.post(&url).json(&order_body(i)).send().await?;
+                if res.status() != 201 {
+                    bail!("create answered {}", res.status());
+                }
+                pb.inc(1);
+            }
+        })
+    });
+    for w in futures::future::join_all(workers).await {
+        w??;
+    }
+    pb.finish_and_clear();
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Latencies {
+    command: Histogram<u64>,
+    queryable: Histogram<u64>,
+    errors: usize,
+}
+
+async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(Latencies, f64)> {
+    let http = reqwest::Client::new();
+    let hist = || Histogram::<u64>::new_with_bounds(1, 120_000_000, 3);
+    let lat = Arc::new(Mutex::new(Latencies { command: hist()?, queryable: hist()?, errors: 0 }));
+    let pb = bar(n, &format!("latency (open loop, {rate}/s)"));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        let (http, lat, pb, base) = (http.clone(), lat.clone(), pb.clone(), base.to_owned());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(intended).await;
+            let r = async {
+                let res = http.post(format!("{base}/orders")).json(&order_body(i)).send().await?;
+                let answered = tokio::time::Instant::now();
+                let token = res
+                    .headers()
+                    .get("x-consistency-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .context("no token")?;
+                let body: serde_json::Value = res.json().await?;
+                let id = body["order_id"].as_str().context("no order id")?;
+                let q = http
+                    .get(format!("{base}/orders/{id}?wait_ms=30000"))
+                    .header("x-consistency-token", token)
+                    .send()
+                    .await?;
+                if !q.status().is_success() {
+                    bail!("query answered {}", q.status());
+                }
+                Ok::<_, anyhow::Error>((answered, tokio::time::Instant::now()))
+            }
+            .await;
+            if let Ok(mut l) = lat.lock() {
+                match r {
+                    Ok((answered, visible)) => {
+                        let _ = l.command.record((answered - intended).as_micros() as u64);
+                        let _ = l.queryable.record((visible - intended).as_micros() as u64);
+                    }
+                    Err(_) => l.errors += 1,
+                }
+            }
+            pb.inc(1);
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    let achieved = n as f64 / (tokio::time::Instant::now() - start).as_secs_f64();
+    pb.finish_and_clear();
+    let lat = Arc::try_unwrap(lat).map_err(|_| anyhow::anyhow!("latency tasks still running"))?;
+    Ok((lat.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?, achieved))
+}
+
+/// Single-row INSERT transactions at the same concurrency on the same database.
+async fn raw_inserts(db: &cqrs_sql::Db, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    db.writer.execute("CREATE TABLE IF NOT EXISTS bench_raw (id TEXT PRIMARY KEY, body TEXT NOT NULL)").await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pb = bar(n, "raw INSERT baseline");
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (db, next, pb) = (db.clone(), next.clone(), pb.clone());
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, sqlx::Error>(());
+                }
+                sqlx::query("INSERT INTO bench_raw (id, body) VALUES ($1, $2)")
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(order_body(i).to_string())
+                    .execute(&db.writer)
+                    .await?;
+                pb.inc(1);
+            }
+        })
+    });
+    for w in futures::future::join_all(workers).await {
+        w??;
+    }
+    pb.finish_and_clear();
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Result<BackendResult> {
+    eprintln!("== {name}");
+    let running = Running::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let router = running.router();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let result = async {
+        let cps = throughput(&base, args.commands, args.concurrency).await?;
+        let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
+        let (lat, achieved) = latency(&base, args.commands, args.rate).await?;
+        Ok::<_, anyhow::Error>(BackendResult {
+            backend: name.to_owned(),
+            commands_per_sec: cps,
+            raw_inserts_per_sec: raw,
+            ratio_to_raw: cps / raw,
+            offered_rate: args.rate,
+            achieved_rate: achieved,
+            command_us: (&lat.command).into(),
+            command_to_queryable_us: (&lat.queryable).into(),
+            errors: lat.errors,
+        })
+    }
+    .await;
+    server.abort();
+    running.stop().await?;
+    result
+}
+
+async fn scratch_postgres(url: &str) -> anyhow::Result<(String, String)> {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+    let name = format!("orders_bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    conn.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    Ok((format!("{base}/{name}"), name))
+}
+
+/// `orders bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    let dir = tempfile::tempdir()?;
+    results.push(bench_one("sqlite (embedded)", Config::embedded(dir.path()), &args).await?);
+    if let Some(url) = &args.database_url {
+        let (scratch, name) = scratch_postgres(url).await?;
+        let mut config = Config::embedded(dir.path().join("pg"));
+        config.database_url = Some(scratch);
+        config.pool_size = (args.concurrency as u32 + 4).max(16);
+        let r = bench_one("postgresql", config, &args).await;
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+        let _ = conn.execute(format!("DROP DATABASE IF EXISTS {name}").as_str()).await;
+        results.push(r?);
+    } else {
+        eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "backend", "cmd/s", "raw insert/s", "ratio", "offered/s", "achieved/s", "cmd p50 ms", "cmd p99 ms",
+        "queryable p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+    ]);
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    for r in &results {
+        table.add_row(vec![
+            r.backend.clone(),
+            format!("{:.0}", r.commands_per_sec),
+            format!("{:.0}", r.raw_inserts_per_sec),
+            format!("{:.2}", r.ratio_to_raw),
+            format!("{:.0}", r.offered_rate),
+            format!("{:.0}", r.achieved_rate),
+            ms(r.command_us.p50),
+            ms(r.command_us.p99),
+            ms(r.command_to_queryable_us.p50),
+            ms(r.command_to_queryable_us.p99),
+            ms(r.command_to_queryable_us.p999),
+            ms(r.command_to_queryable_us.max),
+            r.errors.to_string(),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "{} commands per phase, {} clients in the closed loop; latency measured from each command's intended send time.",
+        args.commands, args.concurrency
+    );
+    std::fs::create_dir_all(&args.out)?;
+    let file = args.out.join(format!("bench-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    let doc = json!({ "machine": machine(), "args": { "commands": args.commands, "rate": args.rate,
+        "concurrency": args.concurrency }, "results": results });
+    std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
+    println!("results: {}", file.display());
+    Ok(())
+}
+
+fn machine() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()));
+    json!({ "cpus": cpus, "cpu": model, "os": std::env::consts::OS })
+}

@@ -1,0 +1,199 @@
+//! Client subcommands: talk to a running server as any HTTP client would.
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// Where the server is.
+#[derive(clap::Args, Clone)]
+pub struct Server {
+    /// Base URL of a running `orders serve`.
+    #[arg(long, env = "ORDERS_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+}
+
+/// `orders create`.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Customer id.
+    #[arg(long)]
+    customer: String,
+    /// An item as SKU:QUANTITY:UNIT_PRICE_CENTS (repeatable).
+    #[arg(long = "item", required = true)]
+    items: Vec<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// An order id and the server.
+#[derive(clap::Args)]
+pub struct IdArgs {
+    /// Order id.
+    id: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// `orders pay`.
+#[derive(clap::Args)]
+pub struct PayArgs {
+    /// Order id.
+    id: String,
+    /// Amount in cents (the order total).
+    #[arg(long)]
+    amount: i64,
+    /// Payment reference.
+    #[arg(long = "ref", default_value = "cli")]
+    payment_ref: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// `orders ship`.
+#[derive(clap::Args)]
+pub struct ShipArgs {
+    /// Order id.
+    id: String,
+    /// Carrier.
+    #[arg(long)]
+    carrier: String,
+    /// Tracking number.
+    #[arg(long)]
+    tracking: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// `orders cancel`.
+#[derive(clap::Args)]
+pub struct CancelArgs {
+    /// Order id.
+    id: String,
+    /// Why.
+    #[arg(long, default_value = "cancelled from the CLI")]
+    reason: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// `orders get`.
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// Order id.
+    id: String,
+    /// Wait until the read model includes this token's write.
+    #[arg(long)]
+    consistent_with: Option<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// `orders list`.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// Only this customer.
+    #[arg(long)]
+    customer: Option<String>,
+    /// Only this status.
+    #[arg(long)]
+    status: Option<String>,
+    /// Page size.
+    #[arg(long)]
+    limit: Option<i64>,
+    /// Cursor from the previous page's `next`.
+    #[arg(long)]
+    after: Option<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// Parses SKU:QTY:PRICE.
+pub fn parse_item(s: &str) -> anyhow::Result<Value> {
+    let parts: Vec<&str> = s.rsplitn(3, ':').collect();
+    let [price, qty, sku] = parts.as_slice() else {
+        bail!("item {s:?} is not SKU:QUANTITY:UNIT_PRICE_CENTS");
+    };
+    let quantity: i64 = qty.parse().with_context(|| format!("quantity in {s:?}"))?;
+    let price: i64 = price.parse().with_context(|| format!("unit price in {s:?}"))?;
+    Ok(json!({ "sku": sku, "quantity": quantity, "unit_price_cents": price }))
+}
+
+async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let res = req.send().await.context("cannot reach the server (is `orders serve` running?)")?;
+    let status = res.status();
+    let token = res.headers().get("x-consistency-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if !status.is_success() {
+        bail!("server answered {status}");
+    }
+    if let Some(t) = token {
+        eprintln!("read your write: orders get ID --consistent-with {t}");
+    }
+    Ok(())
+}
+
+fn post(server: &Server, path: &str, body: Value) -> reqwest::RequestBuilder {
+    reqwest::Client::new().post(format!("{}{path}", server.server.trim_end_matches('/'))).json(&body)
+}
+
+/// `orders create`.
+pub async fn create(a: CreateArgs) -> anyhow::Result<()> {
+    let items = a.items.iter().map(|i| parse_item(i)).collect::<anyhow::Result<Vec<_>>>()?;
+    send(post(&a.server, "/orders", json!({ "customer_id": a.customer, "items": items }))).await
+}
+/// `orders pay`.
+pub async fn pay(a: PayArgs) -> anyhow::Result<()> {
+    let body = json!({ "amount_cents": a.amount, "payment_ref": a.payment_ref });
+    send(post(&a.server, &format!("/orders/{}/pay", a.id), body)).await
+}
+/// `orders ship`.
+pub async fn ship(a: ShipArgs) -> anyhow::Result<()> {
+    let body = json!({ "carrier": a.carrier, "tracking_number": a.tracking });
+    send(post(&a.server, &format!("/orders/{}/ship", a.id), body)).await
+}
+/// `orders deliver`.
+pub async fn deliver(a: IdArgs) -> anyhow::Result<()> {
+    send(post(&a.server, &format!("/orders/{}/deliver", a.id), json!({}))).await
+}
+/// `orders cancel`.
+pub async fn cancel(a: CancelArgs) -> anyhow::Result<()> {
+    send(post(&a.server, &format!("/orders/{}/cancel", a.id), json!({ "reason": a.reason }))).await
+}
+/// `orders get`.
+pub async fn get(a: GetArgs) -> anyhow::Result<()> {
+    let mut req = reqwest::Client::new().get(format!("{}/orders/{}", a.server.server.trim_end_matches('/'), a.id));
+    if let Some(t) = a.consistent_with {
+        req = req.header("x-consistency-token", t);
+    }
+    send(req).await
+}
+/// `orders list`.
+pub async fn list(a: ListArgs) -> anyhow::Result<()> {
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(c) = a.customer {
+        q.push(("customer_id", c));
+    }
+    if let Some(s) = a.status {
+        q.push(("status", s));
+    }
+    if let Some(l) = a.limit {
+        q.push(("limit", l.to_string()));
+    }
+    if let Some(x) = a.after {
+        q.push(("after", x));
+    }
+    send(reqwest::Client::new().get(format!("{}/orders", a.server.server.trim_end_matches('/'))).query(&q)).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn items_parse_from_the_command_line() {
+        assert_eq!(
+            super::parse_item("book:2:1500").unwrap(),
+            serde_json::json!({"sku": "book", "quantity": 2, "unit_price_cents": 1500})
+        );
+        assert!(super::parse_item("book:2").is_err());
+        assert!(super::parse_item("book:x:1").is_err());
+    }
+}

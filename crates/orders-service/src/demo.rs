@@ -1,0 +1,396 @@
+//! `orders demo`: the teaching page's scenario (create an order, then query
+//! its status), run for real on a fresh embedded instance, printed as the
+//! page's step table and state tracker from what actually happened.
+
+use crate::app::{Config, Running, PROJECTOR};
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use cqrs_sql::{EventStore, SqlEventStore};
+use orders::read_model;
+use orders::views::Views;
+use serde_json::{json, Value};
+use sqlx::Row;
+use std::fmt;
+use std::time::Duration;
+
+/// Options of `orders demo`.
+#[derive(clap::Args, Clone)]
+pub struct DemoArgs {
+    /// Delay the projector before applying, to show a stale read and then the
+    /// consistent read that waits with the token.
+    #[arg(long, default_value_t = 0)]
+    pub projector_delay_ms: u64,
+    /// Print the captured run as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The state of each store at one moment, as the tracker shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    /// Write DB.
+    pub write_db: String,
+    /// The log between the sides (Kafka in distributed mode).
+    pub event_log: String,
+    /// Read DB.
+    pub read_db: String,
+    /// What the client has seen.
+    pub client_output: String,
+}
+
+/// One row of the step table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    /// Step number on the teaching page ("2b" for the stale read).
+    pub step: String,
+    /// When it completed.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub action: String,
+    /// Who did it.
+    pub component: String,
+    /// The data after it.
+    pub data_state: String,
+    /// The event involved.
+    pub event: String,
+    /// What came out.
+    pub output: String,
+}
+
+struct Probe<'a> {
+    running: &'a Running,
+    order_id: Option<String>,
+}
+
+impl Probe<'_> {
+    async fn snapshot(&self, client_output: &str) -> anyhow::Result<Snapshot> {
+        let app = &self.running.app;
+        let last: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+            .fetch_one(&app.store.db().pool)
+            .await?;
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_position FROM projector_checkpoints WHERE projector = $1 AND source_key = 'log'",
+        )
+        .bind(PROJECTOR)
+        .fetch_optional(&app.read.pool)
+        .await?;
+        let consumed = next.unwrap_or(1) - 1;
+        let (write_db, read_db) = match &self.order_id {
+            None => ("Empty".to_owned(), "Empty".to_owned()),
+            Some(id) => {
+                let events = app.store.load(id).await?;
+                let write = match events.last() {
+                    None => "Empty".to_owned(),
+                    Some(e) => format!("Order created ({} v{}, position {})", short(id), e.version, e.position),
+                };
+                let read = match read_model::get_order(&app.read.pool, id).await? {
+                    None => "Empty".to_owned(),
+                    Some(o) => format!("Order data updated ({}, {} cents)", o.status, o.total_cents),
+                };
+                (write, read)
+            }
+        };
+        let event_log = if last == 0 {
+            "Empty".to_owned()
+        } else if consumed < last {
+            format!("OrderCreated published (log@{last}), {} pending", last - consumed)
+        } else {
+            format!("OrderCreated consumed (checkpoint log@{consumed}); 0 pending")
+        };
+        Ok(Snapshot { write_db, event_log, read_db, client_output: client_output.to_owned() })
+    }
+}
+
+fn short(id: &str) -> String {
+    format!("{}…", &id[..id.len().min(8)])
+}
+
+/// What the demo captured.
+#[derive(Debug, serde::Serialize)]
+pub struct DemoRun {
+    /// Start of the run.
+    pub started_at: DateTime<Utc>,
+    /// The order.
+    pub order_id: String,
+    /// Step table rows.
+    pub steps: Vec<Step>,
+    /// Tracker columns: (label, snapshot).
+    pub tracker: Vec<(String, Snapshot)>,
+}
+
+/// Runs the scenario against `running` served at `base`.
+pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow::Result<DemoRun> {
+    let http = reqwest::Client::new();
+    let mut probe = Probe { running, order_id: None };
+    let mut steps = Vec::new();
+    let mut tracker = vec![("Start".to_owned(), probe.snapshot("None").await?)];
+    let started_at = Utc::now();
+
+    // Step 1: the client sends CreateOrder.
+    let body = json!({ "customer_id": "alice", "items": [
+        { "sku": "book-cqrs", "quantity": 2, "unit_price_cents": 1500 },
+        { "sku": "mug-kafka", "quantity": 1, "unit_price_cents": 800 } ] });
+    let sent_at = Utc::now();
+    let res = http.post(format!("{base}/orders")).json(&body).send().await?;
+    let status = res.status();
+    let answer: Value = res.json().await?;
+    if status.as_u16() != 201 {
+        bail!("CreateOrder answered {status}: {answer}");
+    }
+    let order_id = answer["order_id"].as_str().context("order_id")?.to_owned();
+    let token = answer["consistency_token"].as_str().context("token")?.to_owned();
+    probe.order_id = Some(order_id.clone());
+    steps.push(Step {
+        step: "1".into(),
+        at: sent_at,
+        action: "Send CreateOrder command".into(),
+        component: "Client".into(),
+        data_state: "No new order".into(),
+        event: "None".into(),
+        output: "Command sent: POST /orders".into(),
+    });
+
+    // Step 2: the command handler decided and committed event + outbox row.
+    let events = running.app.store.load(&order_id).await?;
+    let created = events.first().context("the order has no event")?;
+    steps.push(Step {
+        step: "2".into(),
+        at: created.recorded_at,
+        action: "Process command".into(),
+        component: "Command Handler".into(),
+        data_state: format!("Order saved in Write DB (v{}, position {})", created.version, created.position),
+        event: format!("{} published (log@{})", created.event_type, created.position),
+        output: format!("201 Created, token {token}"),
+    });
+    tracker.push(("After Step 2".into(), probe.snapshot("201 Created (order id, token)").await?));
+
+    let query_url = format!("{base}/orders/{order_id}");
+    if stale_read {
+        // Too early and without the token: the read model may not have it yet.
+        let res = http.get(&query_url).send().await?;
+        let code = res.status();
+        let out: Value = res.json().await?;
+        steps.push(Step {
+            step: "2b".into(),
+            at: Utc::now(),
+            action: "Query without the token (too early)".into(),
+            component: "Query Handler".into(),
+            data_state: "Read DB not updated yet".into(),
+            event: "OrderCreated not consumed yet".into(),
+            output: format!("{code}: {}", out["error"].as_str().unwrap_or("stale read")),
+        });
+    } else {
+        // Watch the projector from inside, so the table shows step 3 before step 4.
+        let t: cqrs_core::ConsistencyToken = token.parse()?;
+        running.app.progress.wait_for(&t, Duration::from_secs(10)).await?;
+    }
+
+    // Steps 4 and 5: the client queries with its token; the handler waits for the read model.
+    let query_sent = Utc::now();
+    let res = http.get(&query_url).header("x-consistency-token", &token).send().await?;
+    let code = res.status();
+    let order: Value = res.json().await?;
+    let answered = Utc::now();
+    if !code.is_success() {
+        bail!("the consistent query answered {code}: {order}");
+    }
+
+    // Step 3, from the read DB's own record of when it consumed and applied the event.
+    let row = sqlx::query(
+        "SELECT published_as, consumed_at, applied_at FROM projected_versions WHERE projector = $1 AND aggregate_id = $2",
+    )
+    .bind(PROJECTOR)
+    .bind(&order_id)
+    .fetch_one(&running.app.read.pool)
+    .await?;
+    let published_as: String = row.try_get(0)?;
+    let applied_at = cqrs_sql::db::parse_timestamp(&row.try_get::<String, _>(2)?)?;
+    let consumed_at = cqrs_sql::db::parse_timestamp(&row.try_get::<String, _>(1)?)?;
+    steps.push(Step {
+        step: "3".into(),
+        at: applied_at,
+        action: "Consume event".into(),
+        component: "Read Model (projector)".into(),
+        data_state: "Read DB updated with order".into(),
+        event: format!("OrderCreated consumed from {published_as}"),
+        output: format!(
+            "Read DB updated ({} µs after consume)",
+            (applied_at - consumed_at).num_microseconds().unwrap_or(0)
+        ),
+    });
+    tracker.push(("After Step 3".into(), probe.snapshot("201 Created (order id, token)").await?));
+    steps.push(Step {
+        step: "4".into(),
+        at: query_sent,
+        action: "Send Query for order status".into(),
+        component: "Client".into(),
+        data_state: if stale_read {
+            "Read DB not updated yet: the handler waits for the token".into()
+        } else {
+            "Read DB has order data".into()
+        },
+        event: "None".into(),
+        output: "Query sent: GET /orders/{id} + X-Consistency-Token".into(),
+    });
+    let status_text = order["status"].as_str().unwrap_or("?").to_owned();
+    steps.push(Step {
+        step: "5".into(),
+        at: answered,
+        action: "Process query".into(),
+        component: "Query Handler".into(),
+        data_state: "Read DB accessed".into(),
+        event: "None".into(),
+        output: format!("Order status returned: {status_text} ({} cents)", order["total_cents"]),
+    });
+    let client_out = format!("Order status response: {status_text}");
+    tracker.push(("After Step 5".into(), probe.snapshot(&client_out).await?));
+
+    // Step 6: both sides agree — checked, not asserted.
+    let folded = Views::fold(&running.app.store.all_events().await?)?;
+    let loaded = read_model::load_views(&running.app.read.pool).await?;
+    let consistent = folded == loaded;
+    steps.push(Step {
+        step: "6".into(),
+        at: Utc::now(),
+        action: "End".into(),
+        component: "System".into(),
+        data_state: if consistent { "Consistent read and write DBs (verified)".into() } else { "READ MODEL DIFFERS".into() },
+        event: "No new events".into(),
+        output: "Response sent".into(),
+    });
+    tracker.push(("Final".into(), probe.snapshot(&client_out).await?));
+    if !consistent {
+        bail!("read model differs from the fold of the write side");
+    }
+    Ok(DemoRun { started_at, order_id, steps, tracker })
+}
+
+impl fmt::Display for DemoRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut steps = Table::new();
+        steps.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(160);
+        steps.set_header(vec!["Step", "+ms", "Action", "Component", "Data State", "Event", "Output"]);
+        for s in &self.steps {
+            let ms = (s.at - self.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            steps.add_row(vec![
+                s.step.clone(),
+                format!("{ms:.2}"),
+                s.action.clone(),
+                s.component.clone(),
+                s.data_state.clone(),
+                s.event.clone(),
+                s.output.clone(),
+            ]);
+        }
+        let mut tracker = Table::new();
+        tracker.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(160);
+        let mut header = vec!["Variable".to_owned()];
+        header.extend(self.tracker.iter().map(|(l, _)| l.clone()));
+        tracker.set_header(header);
+        let rows: [(&str, fn(&Snapshot) -> &String); 4] = [
+            ("Write DB (Orders)", |s| &s.write_db),
+            ("Event log (Kafka's place)", |s| &s.event_log),
+            ("Read DB (Query)", |s| &s.read_db),
+            ("Client Output", |s| &s.client_output),
+        ];
+        for (name, get) in rows {
+            let mut row = vec![name.to_owned()];
+            row.extend(self.tracker.iter().map(|(_, s)| get(s).clone()));
+            tracker.add_row(row);
+        }
+        writeln!(f, "CQRS flow, real run — order {}\n", self.order_id)?;
+        writeln!(f, "Process table (times in ms since the command was sent)\n{steps}\n")?;
+        writeln!(f, "State tracker\n{tracker}")
+    }
+}
+
+/// `orders demo`.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::embedded(dir.path());
+    config.projector_delay = Duration::from_millis(args.projector_delay_ms);
+    let running = Running::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let router = running.router();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let result = scenario(&running, &base, args.projector_delay_ms > 0).await;
+    server.abort();
+    running.stop().await?;
+    let run = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        println!("{run}");
+        println!("Embedded mode: SQLite write DB + outbox, the event log tailed by an in-process projector, SQLite read DB.");
+        if args.projector_delay_ms == 0 {
+            println!("Try `orders demo --projector-delay-ms 500` to see a stale read, then the token's consistent read.");
+        }
+    }
+    Ok(())
+}
+
+/// The result of `orders verify`.
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// Read models equal the fold.
+    pub consistent: bool,
+    /// Events on the write side.
+    pub events: usize,
+    /// Orders in the fold.
+    pub orders: usize,
+    /// First differences.
+    pub differences: Vec<String>,
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.consistent { "consistent" } else { "DIFFERENT" };
+        writeln!(f, "{verdict}: {} events, {} orders folded and compared with order_details, customer_summary, order_stats", self.events, self.orders)?;
+        for d in &self.differences {
+            writeln!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+fn differences(folded: &Views, loaded: &Views) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, o) in &folded.orders {
+        if loaded.orders.get(id) != Some(o) {
+            out.push(format!("order {id}: expected {o:?}, read model has {:?}", loaded.orders.get(id)));
+        }
+    }
+    out.extend(loaded.orders.keys().filter(|k| !folded.orders.contains_key(*k)).map(|k| format!("order {k} should not exist")));
+    for (id, c) in &folded.customers {
+        if loaded.customers.get(id) != Some(c) {
+            out.push(format!("customer {id}: expected {c:?}, read model has {:?}", loaded.customers.get(id)));
+        }
+    }
+    if folded.stats != loaded.stats {
+        out.push(format!("stats: expected {:?}, read model has {:?}", folded.stats, loaded.stats));
+    }
+    out.truncate(10);
+    out
+}
+
+/// Compares every read model with the fold of the write-side events, waiting
+/// up to `wait` for the projector to catch up.
+pub async fn verify(config: &Config, wait: Duration) -> anyhow::Result<VerifyReport> {
+    let (write_url, read_url) = config.urls();
+    let options = cqrs_sql::DbOptions::default();
+    let store = SqlEventStore::open(cqrs_sql::Db::connect(&write_url, &options).await?).await?;
+    let read = cqrs_sql::Db::connect(&read_url, &options).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let events = store.all_events().await?;
+        let folded = Views::fold(&events)?;
+        let loaded = read_model::load_views(&read.pool).await?;
+        let diffs = differences(&folded, &loaded);
+        if diffs.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(VerifyReport { consistent: diffs.is_empty(), events: events.len(), orders: folded.orders.len(), differences: diffs });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

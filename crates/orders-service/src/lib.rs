@@ -1,0 +1,10 @@
+//! The `orders` service: wiring of the Orders domain to the event store, the
+//! projector and the HTTP API, plus the demo, bench and client commands.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod client;
+pub mod demo;
+
+pub use app::{App, Config, Running};

@@ -1,0 +1,190 @@
+//! The read models as plain values, and their fold over the write-side
+//! events: what `verify` and the property tests compare the read DB against.
+//! The same types are the query answers.
+
+use crate::aggregate::{LineItem, OrderEvent, Status};
+use cqrs_core::EventEnvelope;
+use cqrs_sql::db::timestamp;
+use cqrs_sql::ProjectionError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One order as `GET /orders/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    /// Id.
+    pub order_id: String,
+    /// Who ordered.
+    pub customer_id: String,
+    /// Where it is.
+    pub status: Status,
+    /// What.
+    pub items: Vec<LineItem>,
+    /// Total in cents.
+    pub total_cents: i64,
+    /// Aggregate version the view reflects.
+    pub version: i64,
+    /// When it was created.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+    /// Payment reference once paid.
+    pub payment_ref: Option<String>,
+    /// Carrier once shipped.
+    pub carrier: Option<String>,
+    /// Tracking number once shipped.
+    pub tracking_number: Option<String>,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<String>,
+}
+
+/// Per-customer summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerSummary {
+    /// The customer.
+    pub customer_id: String,
+    /// Orders created.
+    pub order_count: i64,
+    /// Paid and not cancelled, in cents.
+    pub total_spent_cents: i64,
+    /// The newest order (by creation time, then id).
+    pub last_order_id: String,
+    /// When it was created.
+    pub last_order_at: String,
+}
+
+/// Orders currently in one status and their total value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusStats {
+    /// Orders in this status.
+    pub order_count: i64,
+    /// Sum of their totals in cents.
+    pub revenue_cents: i64,
+}
+
+/// All three read models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Views {
+    /// Order details by id.
+    pub orders: BTreeMap<String, OrderView>,
+    /// Summaries by customer.
+    pub customers: BTreeMap<String, CustomerSummary>,
+    /// Stats for every status.
+    pub stats: BTreeMap<Status, StatusStats>,
+}
+
+impl Default for Views {
+    fn default() -> Self {
+        Self {
+            orders: BTreeMap::new(),
+            customers: BTreeMap::new(),
+            stats: Status::ALL.into_iter().map(|s| (s, StatusStats::default())).collect(),
+        }
+    }
+}
+
+/// Decodes an envelope into an order event.
+pub fn decode(envelope: &EventEnvelope) -> Result<OrderEvent, ProjectionError> {
+    envelope.decode().map_err(|source| ProjectionError::Decode {
+        event_type: envelope.event_type.clone(),
+        schema_version: envelope.schema_version,
+        source,
+    })
+}
+
+/// The status an event moves an order to, if it is a transition.
+pub fn target_status(event: &OrderEvent) -> Status {
+    match event {
+        OrderEvent::OrderCreated { .. } => Status::Created,
+        OrderEvent::OrderPaid { .. } => Status::Paid,
+        OrderEvent::OrderShipped { .. } => Status::Shipped,
+        OrderEvent::OrderDelivered {} => Status::Delivered,
+        OrderEvent::OrderCancelled { .. } => Status::Cancelled,
+    }
+}
+
+impl Views {
+    /// Folds all events (any interleaving of aggregates gives the same result).
+    pub fn fold<'a>(events: impl IntoIterator<Item = &'a EventEnvelope>) -> Result<Views, ProjectionError> {
+        let mut v = Views::default();
+        for e in events {
+            v.apply(e)?;
+        }
+        Ok(v)
+    }
+
+    /// Applies one event to all three views.
+    pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<(), ProjectionError> {
+        let event = decode(envelope)?;
+        let at = timestamp(envelope.metadata.occurred_at);
+        let id = &envelope.aggregate_id;
+        let missing = || ProjectionError::Inconsistent(format!("{} for unknown order {id}", envelope.event_type));
+        if let OrderEvent::OrderCreated { customer_id, items, total_cents } = &event {
+            self.orders.insert(
+                id.clone(),
+                OrderView {
+                    order_id: id.clone(),
+                    customer_id: customer_id.clone(),
+                    status: Status::Created,
+                    items: items.clone(),
+                    total_cents: *total_cents,
+                    version: envelope.version,
+                    created_at: at.clone(),
+                    updated_at: at.clone(),
+                    payment_ref: None,
+                    carrier: None,
+                    tracking_number: None,
+                    cancel_reason: None,
+                },
+            );
+            let c = self.customers.entry(customer_id.clone()).or_insert_with(|| CustomerSummary {
+                customer_id: customer_id.clone(),
+                order_count: 0,
+                total_spent_cents: 0,
+                last_order_id: id.clone(),
+                last_order_at: at.clone(),
+            });
+            c.order_count += 1;
+            if (at.as_str(), id.as_str()) > (c.last_order_at.as_str(), c.last_order_id.as_str()) {
+                c.last_order_id = id.clone();
+                c.last_order_at = at.clone();
+            }
+            let s = self.stats.entry(Status::Created).or_default();
+            s.order_count += 1;
+            s.revenue_cents += total_cents;
+            return Ok(());
+        }
+        let order = self.orders.get_mut(id).ok_or_else(missing)?;
+        let from = order.status;
+        let to = target_status(&event);
+        let customer = self.customers.get_mut(&order.customer_id).ok_or_else(missing)?;
+        match &event {
+            OrderEvent::OrderPaid { amount_cents, payment_ref } => {
+                order.payment_ref = Some(payment_ref.clone());
+                customer.total_spent_cents += amount_cents;
+            }
+            OrderEvent::OrderShipped { carrier, tracking_number } => {
+                order.carrier = Some(carrier.clone());
+                order.tracking_number = Some(tracking_number.clone());
+            }
+            OrderEvent::OrderCancelled { reason } => {
+                order.cancel_reason = Some(reason.clone());
+                if from == Status::Paid {
+                    customer.total_spent_cents -= order.total_cents;
+                }
+            }
+            OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
+        }
+        order.status = to;
+        order.version = envelope.version;
+        order.updated_at = at;
+        let total = order.total_cents;
+        let s = self.stats.entry(from).or_default();
+        s.order_count -= 1;
+        s.revenue_cents -= total;
+        let s = self.stats.entry(to).or_default();
+        s.order_count += 1;
+        s.revenue_cents += total;
+        Ok(())
+    }
+}
