@@ -27,7 +27,10 @@ pub trait Aggregate {
     type Error: std::error::Error + crate::DomainError + Send + Sync + 'static;
 
     /// Decides which events a command produces against the current state.
-    fn decide(state: &Self::State, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
     /// Applies one event to the state.
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 

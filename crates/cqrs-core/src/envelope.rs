@@ -79,9 +79,11 @@ impl NewEvent {
     ) -> Result<Self, EncodeError> {
         let value = serde_json::to_value(event)?;
         let payload = match value {
-            serde_json::Value::Object(map) if map.len() == 1 => {
-                map.into_iter().next().map(|(_, v)| v).ok_or(EncodeError::NotTagged)?
-            }
+            serde_json::Value::Object(map) if map.len() == 1 => map
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+                .ok_or(EncodeError::NotTagged)?,
             _ => return Err(EncodeError::NotTagged),
         };
         Ok(Self {

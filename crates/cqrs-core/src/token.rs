@@ -22,7 +22,11 @@ pub struct TokenError(pub String);
 
 impl fmt::Display for ConsistencyToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "v1.{}.{}.{}", self.position, self.version, self.aggregate_id)
+        write!(
+            f,
+            "v1.{}.{}.{}",
+            self.position, self.version, self.aggregate_id
+        )
     }
 }
 

@@ -36,13 +36,23 @@ pub async fn wait_consistent(
         (Some(t), _) => t.clone(),
         (None, Some(h)) => h
             .to_str()
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_consistency_token", "token is not text"))?
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_consistency_token",
+                    "token is not text",
+                )
+            })?
             .to_owned(),
         (None, None) => return Ok(()),
     };
-    let token: ConsistencyToken = raw
-        .parse()
-        .map_err(|e: cqrs_core::TokenError| ApiError::new(StatusCode::BAD_REQUEST, "invalid_consistency_token", e.to_string()))?;
+    let token: ConsistencyToken = raw.parse().map_err(|e: cqrs_core::TokenError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_consistency_token",
+            e.to_string(),
+        )
+    })?;
     let wait_ms = params.wait_ms.unwrap_or(DEFAULT_WAIT_MS);
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::new(
@@ -52,7 +62,10 @@ pub async fn wait_consistent(
         )
         .with_details(json!({ "field": "wait_ms" })));
     }
-    match progress.wait_for(&token, Duration::from_millis(wait_ms)).await {
+    match progress
+        .wait_for(&token, Duration::from_millis(wait_ms))
+        .await
+    {
         Ok(WaitOutcome::Reached) => Ok(()),
         Ok(WaitOutcome::TimedOut { current_version }) => {
             let mut e = ApiError::new(

@@ -64,7 +64,8 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": self.code, "message": self.message, "details": self.details });
         let mut res = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            res.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            res.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
         }
         res
     }
@@ -88,20 +89,26 @@ impl<E: std::error::Error + DomainError + 'static> From<CommandError<E>> for Api
         match e {
             CommandError::Domain(d) => match d.kind() {
                 ErrorKind::NotFound => ApiError::new(StatusCode::NOT_FOUND, d.code(), message),
-                ErrorKind::Invalid { field } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, d.code(), message)
-                    .with_details(json!({ "field": field })),
+                ErrorKind::Invalid { field } => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, d.code(), message)
+                        .with_details(json!({ "field": field }))
+                }
                 ErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, d.code(), message),
             },
             CommandError::VersionConflict { expected, actual } => {
                 ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
                     .with_details(json!({ "expected_version": expected, "actual_version": actual }))
             }
-            CommandError::TooManyConflicts(n) => ApiError::new(StatusCode::CONFLICT, "contention", message)
-                .with_details(json!({ "attempts": n })),
-            CommandError::IdempotencyMismatch => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
-                    .with_details(json!({ "field": "Idempotency-Key" }))
+            CommandError::TooManyConflicts(n) => {
+                ApiError::new(StatusCode::CONFLICT, "contention", message)
+                    .with_details(json!({ "attempts": n }))
             }
+            CommandError::IdempotencyMismatch => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                message,
+            )
+            .with_details(json!({ "field": "Idempotency-Key" })),
             CommandError::Store(s) => s.into(),
         }
     }

@@ -142,7 +142,11 @@ pub async fn execute<A: Aggregate, S: EventStore>(
             Err(refusal) => {
                 // The refusal may be caused by this very request, committed
                 // by a concurrent retry with the same key: answer as it did.
-                if let Some(idem) = options.idempotency.as_ref().filter(|_| attempt > 0 || version > 0) {
+                if let Some(idem) = options
+                    .idempotency
+                    .as_ref()
+                    .filter(|_| attempt > 0 || version > 0)
+                {
                     if let Some(outcome) = answer_for_key(store, idem).await? {
                         return Ok(outcome);
                     }
@@ -168,7 +172,10 @@ pub async fn execute<A: Aggregate, S: EventStore>(
         };
         match store.append(request).await {
             Ok(appended) => {
-                let last = appended.events.last().map_or((version, 0), |e| (e.version, e.position));
+                let last = appended
+                    .events
+                    .last()
+                    .map_or((version, 0), |e| (e.version, e.position));
                 return Ok(CommandOutcome {
                     aggregate_id: aggregate_id.to_owned(),
                     version: last.0,
@@ -189,7 +196,10 @@ pub async fn execute<A: Aggregate, S: EventStore>(
                 }
                 // A little jitter keeps a crowd of retries from colliding again.
                 let jitter = uuid::Uuid::new_v4().as_u128() % 3_000;
-                tokio::time::sleep(std::time::Duration::from_micros(jitter as u64 * attempt as u64)).await;
+                tokio::time::sleep(std::time::Duration::from_micros(
+                    jitter as u64 * attempt as u64,
+                ))
+                .await;
             }
             Err(StoreError::DuplicateIdempotencyKey(_)) => {
                 if let Some(idem) = &options.idempotency {

@@ -23,7 +23,8 @@ impl Backend {
             Ok(Backend::Postgres)
         } else {
             Err(sqlx::Error::Configuration(
-                format!("unsupported database URL {url:?}: use sqlite:PATH or postgres://...").into(),
+                format!("unsupported database URL {url:?}: use sqlite:PATH or postgres://...")
+                    .into(),
             ))
         }
     }
@@ -86,9 +87,15 @@ impl Db {
                 };
                 let connect = AnyConnectOptions::from_str(&url)?;
                 let sync = options.sqlite_synchronous.clone();
-                if !matches!(sync.to_ascii_uppercase().as_str(), "OFF" | "NORMAL" | "FULL" | "EXTRA") {
+                if !matches!(
+                    sync.to_ascii_uppercase().as_str(),
+                    "OFF" | "NORMAL" | "FULL" | "EXTRA"
+                ) {
                     return Err(sqlx::Error::Configuration(
-                        format!("sqlite synchronous must be OFF, NORMAL, FULL or EXTRA, not {sync:?}").into(),
+                        format!(
+                            "sqlite synchronous must be OFF, NORMAL, FULL or EXTRA, not {sync:?}"
+                        )
+                        .into(),
                     ));
                 }
                 let opts = |n: u32| {
@@ -124,7 +131,8 @@ impl Db {
     pub async fn migrate(&self, statements: &[&str]) -> Result<(), sqlx::Error> {
         let mut conn = self.writer.acquire().await?;
         if self.backend == Backend::Postgres {
-            conn.execute("SELECT 1 FROM (SELECT pg_advisory_lock(7233083)) AS l").await?;
+            conn.execute("SELECT 1 FROM (SELECT pg_advisory_lock(7233083)) AS l")
+                .await?;
         }
         let mut result = Ok(());
         for s in statements {

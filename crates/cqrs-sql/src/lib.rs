@@ -15,4 +15,6 @@ pub use read::{
     EventSource, LogSource, Projection, ProjectionError, ProjectorConfig, ProjectorRunner,
     ReadProgress, SourceError, SourcedEvent, WaitOutcome,
 };
-pub use store::{AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError};
+pub use store::{
+    AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError,
+};

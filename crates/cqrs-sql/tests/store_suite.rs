@@ -58,7 +58,9 @@ impl Aggregate for Ticket {
     type Error = TicketError;
     fn decide(s: &TicketState, c: &TicketCommand) -> Result<Vec<TicketEvent>, TicketError> {
         match (s, c) {
-            (TicketState::None, TicketCommand::Open(t)) => Ok(vec![TicketEvent::Opened { title: t.clone() }]),
+            (TicketState::None, TicketCommand::Open(t)) => {
+                Ok(vec![TicketEvent::Opened { title: t.clone() }])
+            }
             (TicketState::Open, TicketCommand::Close) => Ok(vec![TicketEvent::Closed {}]),
             _ => Err(TicketError::NotOpen),
         }
@@ -74,7 +76,9 @@ impl Aggregate for Ticket {
 fn new_event(n: usize) -> NewEvent {
     NewEvent::encode(
         uuid::Uuid::new_v4().to_string(),
-        &TicketEvent::Opened { title: format!("t{n}") },
+        &TicketEvent::Opened {
+            title: format!("t{n}"),
+        },
     )
     .unwrap()
 }
@@ -115,7 +119,10 @@ async fn appended_events_load_in_version_order(store: SqlEventStore) {
     store.append(append_req("b", 0, 1)).await.unwrap();
     store.append(append_req("a", 2, 1)).await.unwrap();
     let a = store.load("a").await.unwrap();
-    assert_eq!(a.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        a.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(a.windows(2).all(|w| w[0].position < w[1].position));
     assert_eq!(a[0].payload, serde_json::json!({"title": "t0"}));
     assert_eq!(a[0].aggregate_type, "ticket");
@@ -128,7 +135,14 @@ async fn every_event_has_an_outbox_row_from_the_same_transaction(store: SqlEvent
         .fetch_all(&store.db().pool)
         .await
         .unwrap();
-    assert_eq!(positions, appended.events.iter().map(|e| e.position).collect::<Vec<_>>());
+    assert_eq!(
+        positions,
+        appended
+            .events
+            .iter()
+            .map(|e| e.position)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(store.outbox_pending().await.unwrap(), 3);
 }
 
@@ -146,40 +160,72 @@ async fn a_stale_expected_version_is_a_conflict_and_writes_nothing(store: SqlEve
 
 async fn an_idempotency_key_is_stored_with_the_append_and_used_once(store: SqlEventStore) {
     let mut req = append_req("a", 0, 1);
-    req.idempotency = Some(IdempotencyRecord { key: "k1".into(), request_hash: "h".into() });
+    req.idempotency = Some(IdempotencyRecord {
+        key: "k1".into(),
+        request_hash: "h".into(),
+    });
     let first = store.append(req.clone()).await.unwrap();
     let answer = store.idempotent_answer("k1").await.unwrap().unwrap();
-    assert_eq!((answer.version, answer.position), (1, first.events[0].position));
+    assert_eq!(
+        (answer.version, answer.position),
+        (1, first.events[0].position)
+    );
     let mut again = append_req("b", 0, 1);
     again.idempotency = req.idempotency.clone();
-    assert!(matches!(store.append(again).await, Err(StoreError::DuplicateIdempotencyKey(_))));
-    assert!(store.load("b").await.unwrap().is_empty(), "a refused key must append nothing");
+    assert!(matches!(
+        store.append(again).await,
+        Err(StoreError::DuplicateIdempotencyKey(_))
+    ));
+    assert!(
+        store.load("b").await.unwrap().is_empty(),
+        "a refused key must append nothing"
+    );
 }
 
 async fn the_log_reads_after_a_position_in_order(store: SqlEventStore) {
     for i in 0..5 {
-        store.append(append_req(&format!("x{i}"), 0, 2)).await.unwrap();
+        store
+            .append(append_req(&format!("x{i}"), 0, 2))
+            .await
+            .unwrap();
     }
     let all = store.read_log(0, 100).await.unwrap();
     assert_eq!(all.len(), 10);
     let tail = store.read_log(all[3].position, 4).await.unwrap();
-    assert_eq!(tail.iter().map(|e| e.position).collect::<Vec<_>>(),
-        all[4..8].iter().map(|e| e.position).collect::<Vec<_>>());
-    assert!(store.read_log(all[9].position, 10).await.unwrap().is_empty());
+    assert_eq!(
+        tail.iter().map(|e| e.position).collect::<Vec<_>>(),
+        all[4..8].iter().map(|e| e.position).collect::<Vec<_>>()
+    );
+    assert!(store
+        .read_log(all[9].position, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn fifty_concurrent_appends_at_one_version_have_one_winner(store: SqlEventStore) {
     store.append(append_req("a", 0, 1)).await.unwrap();
-    let results = futures::future::join_all((0..50).map(|_| store.append(append_req("a", 1, 1)))).await;
+    let results =
+        futures::future::join_all((0..50).map(|_| store.append(append_req("a", 1, 1)))).await;
     let wins = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(wins, 1);
-    assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::VersionConflict { .. }))));
-    let versions: Vec<i64> = store.load("a").await.unwrap().iter().map(|e| e.version).collect();
+    assert!(results
+        .iter()
+        .all(|r| r.is_ok() || matches!(r, Err(StoreError::VersionConflict { .. }))));
+    let versions: Vec<i64> = store
+        .load("a")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
     assert_eq!(versions, vec![1, 2]);
 }
 
 async fn fifty_concurrent_conflicting_commands_have_one_winner(store: SqlEventStore) {
-    execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), options()).await.unwrap();
+    execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), options())
+        .await
+        .unwrap();
     let results = futures::future::join_all(
         (0..50).map(|_| execute::<Ticket, _>(&store, "t", &TicketCommand::Close, options())),
     )
@@ -193,20 +239,42 @@ async fn fifty_concurrent_conflicting_commands_have_one_winner(store: SqlEventSt
             Err(e) => panic!("losers see the closed ticket, got {e:?}"),
         }
     }
-    let versions: Vec<i64> = store.load("t").await.unwrap().iter().map(|e| e.version).collect();
+    let versions: Vec<i64> = store
+        .load("t")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
     assert_eq!(versions, vec![1, 2]);
 }
 
 async fn a_retried_command_appends_nothing_and_answers_the_same(store: SqlEventStore) {
-    let idem = IdempotencyRecord { key: "key-1".into(), request_hash: request_hash(&[b"open", b"x"]) };
-    let opts = || CommandOptions { idempotency: Some(idem.clone()), ..options() };
-    let first = execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), opts()).await.unwrap();
-    let again = execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), opts()).await.unwrap();
+    let idem = IdempotencyRecord {
+        key: "key-1".into(),
+        request_hash: request_hash(&[b"open", b"x"]),
+    };
+    let opts = || CommandOptions {
+        idempotency: Some(idem.clone()),
+        ..options()
+    };
+    let first = execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), opts())
+        .await
+        .unwrap();
+    let again = execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), opts())
+        .await
+        .unwrap();
     assert!(again.replayed && !first.replayed);
-    assert_eq!((again.version, again.position, &again.command_id), (first.version, first.position, &first.command_id));
+    assert_eq!(
+        (again.version, again.position, &again.command_id),
+        (first.version, first.position, &first.command_id)
+    );
     assert_eq!(count(store.db(), "events").await, 1);
     let other = CommandOptions {
-        idempotency: Some(IdempotencyRecord { key: "key-1".into(), request_hash: "different".into() }),
+        idempotency: Some(IdempotencyRecord {
+            key: "key-1".into(),
+            request_hash: "different".into(),
+        }),
         ..options()
     };
     let r = execute::<Ticket, _>(&store, "u", &TicketCommand::Open("y".into()), other).await;
@@ -215,30 +283,59 @@ async fn a_retried_command_appends_nothing_and_answers_the_same(store: SqlEventS
 }
 
 async fn concurrent_retries_with_one_key_append_once(store: SqlEventStore) {
-    let idem = IdempotencyRecord { key: "key-c".into(), request_hash: "h".into() };
-    let results = futures::future::join_all((0..20).map(|_| {
-        let opts = CommandOptions { idempotency: Some(idem.clone()), ..options() };
-        let store = store.clone();
-        async move { execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), opts).await }
-    }))
-    .await;
+    let idem = IdempotencyRecord {
+        key: "key-c".into(),
+        request_hash: "h".into(),
+    };
+    let results =
+        futures::future::join_all((0..20).map(|_| {
+            let opts = CommandOptions {
+                idempotency: Some(idem.clone()),
+                ..options()
+            };
+            let store = store.clone();
+            async move {
+                execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), opts).await
+            }
+        }))
+        .await;
     let answers: HashSet<(i64, i64, String)> = results
         .into_iter()
-        .map(|r| { let o = r.unwrap(); (o.version, o.position, o.command_id) })
+        .map(|r| {
+            let o = r.unwrap();
+            (o.version, o.position, o.command_id)
+        })
         .collect();
     assert_eq!(answers.len(), 1, "every retry gets the first answer");
     assert_eq!(count(store.db(), "events").await, 1);
 }
 
 async fn an_expected_version_that_is_not_current_is_refused(store: SqlEventStore) {
-    execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), options()).await.unwrap();
-    let opts = CommandOptions { expected_version: Some(0), ..options() };
+    execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), options())
+        .await
+        .unwrap();
+    let opts = CommandOptions {
+        expected_version: Some(0),
+        ..options()
+    };
     match execute::<Ticket, _>(&store, "t", &TicketCommand::Close, opts).await {
-        Err(CommandError::VersionConflict { expected: 0, actual: 1 }) => {}
+        Err(CommandError::VersionConflict {
+            expected: 0,
+            actual: 1,
+        }) => {}
         other => panic!("{other:?}"),
     }
-    let opts = CommandOptions { expected_version: Some(1), ..options() };
-    assert_eq!(execute::<Ticket, _>(&store, "t", &TicketCommand::Close, opts).await.unwrap().version, 2);
+    let opts = CommandOptions {
+        expected_version: Some(1),
+        ..options()
+    };
+    assert_eq!(
+        execute::<Ticket, _>(&store, "t", &TicketCommand::Close, opts)
+            .await
+            .unwrap()
+            .version,
+        2
+    );
 }
 
 /// Many writers append while a reader tails the log: the reader must see every
@@ -250,7 +347,10 @@ async fn a_tailing_reader_misses_nothing_under_concurrent_writes(store: SqlEvent
             let store = store.clone();
             tokio::spawn(async move {
                 for i in 0..40 {
-                    store.append(append_req(&format!("w{w}-{i}"), 0, 1)).await.unwrap();
+                    store
+                        .append(append_req(&format!("w{w}-{i}"), 0, 1))
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -259,7 +359,11 @@ async fn a_tailing_reader_misses_nothing_under_concurrent_writes(store: SqlEvent
     let mut after = 0;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while seen.len() < 320 {
-        assert!(tokio::time::Instant::now() < deadline, "reader saw only {} of 320", seen.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader saw only {} of 320",
+            seen.len()
+        );
         let batch = store.read_log(after, 7).await.unwrap();
         for e in &batch {
             assert!(e.position > after);
@@ -273,7 +377,13 @@ async fn a_tailing_reader_misses_nothing_under_concurrent_writes(store: SqlEvent
     for w in writers {
         w.await.unwrap();
     }
-    let all: Vec<i64> = store.all_events().await.unwrap().iter().map(|e| e.position).collect();
+    let all: Vec<i64> = store
+        .all_events()
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
     assert_eq!(seen, all);
 }
 

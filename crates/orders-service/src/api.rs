@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cqrs_http::{
-    idempotency_key, wait_consistent, ApiError, ConsistencyParams, JsonBody, QueryParams, MAX_BODY_BYTES,
-    TOKEN_HEADER,
+    idempotency_key, wait_consistent, ApiError, ConsistencyParams, JsonBody, QueryParams,
+    MAX_BODY_BYTES, TOKEN_HEADER,
 };
 use cqrs_sql::store::request_hash;
 use cqrs_sql::{execute, CommandOptions, CommandOutcome, EventStore, IdempotencyRecord};
@@ -37,7 +37,9 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(cqrs_http::method_not_allowed)
         .with_state(app)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(cqrs_http::panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            cqrs_http::panic_response,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -79,9 +81,15 @@ fn answer(status: StatusCode, outcome: &CommandOutcome) -> Response {
 }
 
 fn order_id(raw: &str) -> Result<String, ApiError> {
-    uuid::Uuid::parse_str(raw).map(|u| u.to_string()).map_err(|_| {
-        ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order with id {raw:?} (ids are UUIDs)"))
-    })
+    uuid::Uuid::parse_str(raw)
+        .map(|u| u.to_string())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+                format!("no order with id {raw:?} (ids are UUIDs)"),
+            )
+        })
 }
 
 async fn run(
@@ -94,13 +102,20 @@ async fn run(
     expected_version: Option<i64>,
 ) -> Result<CommandOutcome, ApiError> {
     if let Some(v) = expected_version.filter(|v| *v < 0) {
-        return Err(ApiError::invalid_field("expected_version", format!("must be >= 0, got {v}")));
+        return Err(ApiError::invalid_field(
+            "expected_version",
+            format!("must be >= 0, got {v}"),
+        ));
     }
     let idempotency = match idempotency_key(headers)? {
         Some(key) => {
-            let body = serde_json::to_vec(body).map_err(|e| ApiError::invalid_field("body", e.to_string()))?;
+            let body = serde_json::to_vec(body)
+                .map_err(|e| ApiError::invalid_field("body", e.to_string()))?;
             let target = if route == "create" { "" } else { id };
-            Some(IdempotencyRecord { key, request_hash: request_hash(&[route.as_bytes(), target.as_bytes(), &body]) })
+            Some(IdempotencyRecord {
+                key,
+                request_hash: request_hash(&[route.as_bytes(), target.as_bytes(), &body]),
+            })
         }
         None => None,
     };
@@ -129,7 +144,16 @@ async fn create_order(
     JsonBody(body): JsonBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let outcome = run(&app, &headers, &id, "create", &body, OrderCommand::Create(body.clone()), None).await?;
+    let outcome = run(
+        &app,
+        &headers,
+        &id,
+        "create",
+        &body,
+        OrderCommand::Create(body.clone()),
+        None,
+    )
+    .await?;
     Ok(answer(StatusCode::CREATED, &outcome))
 }
 
@@ -182,7 +206,10 @@ async fn pay_order(
     JsonBody(b): JsonBody<PayBody>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let cmd = OrderCommand::Pay(PayOrder { amount_cents: b.amount_cents, payment_ref: b.payment_ref.clone() });
+    let cmd = OrderCommand::Pay(PayOrder {
+        amount_cents: b.amount_cents,
+        payment_ref: b.payment_ref.clone(),
+    });
     let outcome = run(&app, &headers, &id, "pay", &b, cmd, b.expected_version).await?;
     Ok(answer(StatusCode::OK, &outcome))
 }
@@ -194,7 +221,10 @@ async fn ship_order(
     JsonBody(b): JsonBody<ShipBody>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let cmd = OrderCommand::Ship(ShipOrder { carrier: b.carrier.clone(), tracking_number: b.tracking_number.clone() });
+    let cmd = OrderCommand::Ship(ShipOrder {
+        carrier: b.carrier.clone(),
+        tracking_number: b.tracking_number.clone(),
+    });
     let outcome = run(&app, &headers, &id, "ship", &b, cmd, b.expected_version).await?;
     Ok(answer(StatusCode::OK, &outcome))
 }
@@ -206,7 +236,16 @@ async fn deliver_order(
     JsonBody(b): JsonBody<DeliverBody>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let outcome = run(&app, &headers, &id, "deliver", &b, OrderCommand::Deliver, b.expected_version).await?;
+    let outcome = run(
+        &app,
+        &headers,
+        &id,
+        "deliver",
+        &b,
+        OrderCommand::Deliver,
+        b.expected_version,
+    )
+    .await?;
     Ok(answer(StatusCode::OK, &outcome))
 }
 
@@ -217,7 +256,9 @@ async fn cancel_order(
     JsonBody(b): JsonBody<CancelBody>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let cmd = OrderCommand::Cancel(CancelOrder { reason: b.reason.clone() });
+    let cmd = OrderCommand::Cancel(CancelOrder {
+        reason: b.reason.clone(),
+    });
     let outcome = run(&app, &headers, &id, "cancel", &b, cmd, b.expected_version).await?;
     Ok(answer(StatusCode::OK, &outcome))
 }
@@ -262,7 +303,8 @@ async fn list_orders(
     QueryParams(p): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
     let bad = |field: &str, message: String| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message).with_details(json!({ "field": field }))
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+            .with_details(json!({ "field": field }))
     };
     let limit = p.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -271,13 +313,28 @@ async fn list_orders(
     let status = match p.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            bad("status", format!("status must be one of created, paid, shipped, delivered, cancelled; got {s:?}"))
+            bad(
+                "status",
+                format!(
+                    "status must be one of created, paid, shipped, delivered, cancelled; got {s:?}"
+                ),
+            )
         })?),
     };
-    let c = ConsistencyParams { consistent_with: p.consistent_with, wait_ms: p.wait_ms };
+    let c = ConsistencyParams {
+        consistent_with: p.consistent_with,
+        wait_ms: p.wait_ms,
+    };
     wait_consistent(&app.progress, &headers, &c).await?;
-    let filter = OrderFilter { customer_id: p.customer_id, status, after: p.after, limit };
-    let (orders, next) = read_model::list_orders(&app.read.pool, &filter).await.map_err(read_error)?;
+    let filter = OrderFilter {
+        customer_id: p.customer_id,
+        status,
+        after: p.after,
+        limit,
+    };
+    let (orders, next) = read_model::list_orders(&app.read.pool, &filter)
+        .await
+        .map_err(read_error)?;
     Ok(Json(json!({ "orders": orders, "next": next })).into_response())
 }
 
@@ -288,9 +345,16 @@ async fn customer_summary(
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
     wait_consistent(&app.progress, &headers, &c).await?;
-    match read_model::customer_summary(&app.read.pool, &id).await.map_err(read_error)? {
+    match read_model::customer_summary(&app.read.pool, &id)
+        .await
+        .map_err(read_error)?
+    {
         Some(s) => Ok(Json(s).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "customer_not_found", format!("no orders for customer {id:?}"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "customer_not_found",
+            format!("no orders for customer {id:?}"),
+        )),
     }
 }
 
@@ -300,16 +364,25 @@ async fn stats(
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
     wait_consistent(&app.progress, &headers, &c).await?;
-    let by_status = read_model::stats(&app.read.pool).await.map_err(read_error)?;
+    let by_status = read_model::stats(&app.read.pool)
+        .await
+        .map_err(read_error)?;
     let total_orders: i64 = by_status.values().map(|s| s.order_count).sum();
     Ok(Json(json!({ "by_status": by_status, "total_orders": total_orders })).into_response())
 }
 
-async fn order_history(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn order_history(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
     let events = app.store.load(&id).await?;
     if events.is_empty() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", format!("no order {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("no order {id}"),
+        ));
     }
     Ok(Json(json!({ "order_id": id, "events": events })).into_response())
 }

@@ -3,7 +3,9 @@
 use crate::api;
 use cqrs_sql::db::sqlite_url;
 use cqrs_sql::read::runner::RunnerError;
-use cqrs_sql::{Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore};
+use cqrs_sql::{
+    Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -48,10 +50,13 @@ impl Config {
             .database_url
             .clone()
             .unwrap_or_else(|| sqlite_url(&self.data_dir.join("write.db")));
-        let read = self.read_database_url.clone().unwrap_or_else(|| match &self.database_url {
-            Some(url) if !url.starts_with("sqlite:") => url.clone(),
-            _ => sqlite_url(&self.data_dir.join("read.db")),
-        });
+        let read = self
+            .read_database_url
+            .clone()
+            .unwrap_or_else(|| match &self.database_url {
+                Some(url) if !url.starts_with("sqlite:") => url.clone(),
+                _ => sqlite_url(&self.data_dir.join("read.db")),
+            });
         (write, read)
     }
 }
@@ -85,7 +90,11 @@ impl Running {
             sqlite_synchronous: config.sqlite_synchronous.clone(),
         };
         let write = Db::connect(&write_url, &options).await?;
-        let read = if read_url == write_url { write.clone() } else { Db::connect(&read_url, &options).await? };
+        let read = if read_url == write_url {
+            write.clone()
+        } else {
+            Db::connect(&read_url, &options).await?
+        };
         let store = SqlEventStore::open(write).await?;
         let runner = ProjectorRunner::new(
             read.clone(),
@@ -102,7 +111,11 @@ impl Running {
         let source = LogSource::new(store.clone(), Duration::from_millis(500));
         let projector = tokio::spawn(runner.run(source, rx));
         Ok(Running {
-            app: App { store, read, progress },
+            app: App {
+                store,
+                read,
+                progress,
+            },
             projector,
             shutdown,
         })

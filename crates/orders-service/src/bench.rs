@@ -88,7 +88,12 @@ async fn throughput(base: &str, n: usize, concurrency: usize) -> anyhow::Result<
     let pb = bar(n, "throughput (closed loop)");
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
-        let (http, next, pb, url) = (http.clone(), next.clone(), pb.clone(), format!("{base}/orders"));
+        let (http, next, pb, url) = (
+            http.clone(),
+            next.clone(),
+            pb.clone(),
+            format!("{base}/orders"),
+        );
         tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -119,7 +124,11 @@ struct Latencies {
 async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(Latencies, f64)> {
     let http = reqwest::Client::new();
     let hist = || Histogram::<u64>::new_with_bounds(1, 120_000_000, 3);
-    let lat = Arc::new(Mutex::new(Latencies { command: hist()?, queryable: hist()?, errors: 0 }));
+    let lat = Arc::new(Mutex::new(Latencies {
+        command: hist()?,
+        queryable: hist()?,
+        errors: 0,
+    }));
     let pb = bar(n, &format!("latency (open loop, {rate}/s)"));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::with_capacity(n);
@@ -129,7 +138,11 @@ async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(Latencies, 
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(intended).await;
             let r = async {
-                let res = http.post(format!("{base}/orders")).json(&order_body(i)).send().await?;
+                let res = http
+                    .post(format!("{base}/orders"))
+                    .json(&order_body(i))
+                    .send()
+                    .await?;
                 let answered = tokio::time::Instant::now();
                 let token = res
                     .headers()
@@ -166,12 +179,17 @@ async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(Latencies, 
     let achieved = n as f64 / (tokio::time::Instant::now() - start).as_secs_f64();
     pb.finish_and_clear();
     let lat = Arc::try_unwrap(lat).map_err(|_| anyhow::anyhow!("latency tasks still running"))?;
-    Ok((lat.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?, achieved))
+    Ok((
+        lat.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?,
+        achieved,
+    ))
 }
 
 /// Single-row INSERT transactions at the same concurrency on the same database.
 async fn raw_inserts(db: &cqrs_sql::Db, n: usize, concurrency: usize) -> anyhow::Result<f64> {
-    db.writer.execute("CREATE TABLE IF NOT EXISTS bench_raw (id TEXT PRIMARY KEY, body TEXT NOT NULL)").await?;
+    db.writer
+        .execute("CREATE TABLE IF NOT EXISTS bench_raw (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        .await?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let pb = bar(n, "raw INSERT baseline");
     let started = Instant::now();
@@ -232,7 +250,8 @@ async fn scratch_postgres(url: &str) -> anyhow::Result<(String, String)> {
     sqlx::any::install_default_drivers();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
     let name = format!("orders_bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-    conn.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
     Ok((format!("{base}/{name}"), name))
 }
@@ -249,7 +268,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         config.pool_size = (args.concurrency as u32 + 4).max(16);
         let r = bench_one("postgresql", config, &args).await;
         let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
-        let _ = conn.execute(format!("DROP DATABASE IF EXISTS {name}").as_str()).await;
+        let _ = conn
+            .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+            .await;
         results.push(r?);
     } else {
         eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
@@ -257,8 +278,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(vec![
-        "backend", "cmd/s", "raw insert/s", "ratio", "offered/s", "achieved/s", "cmd p50 ms", "cmd p99 ms",
-        "queryable p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+        "backend",
+        "cmd/s",
+        "raw insert/s",
+        "ratio",
+        "offered/s",
+        "achieved/s",
+        "cmd p50 ms",
+        "cmd p99 ms",
+        "queryable p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "errors",
     ]);
     let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
     for r in &results {
@@ -284,7 +316,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.commands, args.concurrency
     );
     std::fs::create_dir_all(&args.out)?;
-    let file = args.out.join(format!("bench-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    let file = args.out.join(format!(
+        "bench-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
     let doc = json!({ "machine": machine(), "args": { "commands": args.commands, "rate": args.rate,
         "concurrency": args.concurrency }, "results": results });
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
@@ -293,9 +328,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn machine() -> serde_json::Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()));
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+    });
     json!({ "cpus": cpus, "cpu": model, "os": std::env::consts::OS })
 }

@@ -113,14 +113,23 @@ pub fn parse_item(s: &str) -> anyhow::Result<Value> {
         bail!("item {s:?} is not SKU:QUANTITY:UNIT_PRICE_CENTS");
     };
     let quantity: i64 = qty.parse().with_context(|| format!("quantity in {s:?}"))?;
-    let price: i64 = price.parse().with_context(|| format!("unit price in {s:?}"))?;
+    let price: i64 = price
+        .parse()
+        .with_context(|| format!("unit price in {s:?}"))?;
     Ok(json!({ "sku": sku, "quantity": quantity, "unit_price_cents": price }))
 }
 
 async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
-    let res = req.send().await.context("cannot reach the server (is `orders serve` running?)")?;
+    let res = req
+        .send()
+        .await
+        .context("cannot reach the server (is `orders serve` running?)")?;
     let status = res.status();
-    let token = res.headers().get("x-consistency-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let token = res
+        .headers()
+        .get("x-consistency-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body: Value = res.json().await.unwrap_or(Value::Null);
     println!("{}", serde_json::to_string_pretty(&body)?);
     if !status.is_success() {
@@ -133,13 +142,24 @@ async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
 }
 
 fn post(server: &Server, path: &str, body: Value) -> reqwest::RequestBuilder {
-    reqwest::Client::new().post(format!("{}{path}", server.server.trim_end_matches('/'))).json(&body)
+    reqwest::Client::new()
+        .post(format!("{}{path}", server.server.trim_end_matches('/')))
+        .json(&body)
 }
 
 /// `orders create`.
 pub async fn create(a: CreateArgs) -> anyhow::Result<()> {
-    let items = a.items.iter().map(|i| parse_item(i)).collect::<anyhow::Result<Vec<_>>>()?;
-    send(post(&a.server, "/orders", json!({ "customer_id": a.customer, "items": items }))).await
+    let items = a
+        .items
+        .iter()
+        .map(|i| parse_item(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    send(post(
+        &a.server,
+        "/orders",
+        json!({ "customer_id": a.customer, "items": items }),
+    ))
+    .await
 }
 /// `orders pay`.
 pub async fn pay(a: PayArgs) -> anyhow::Result<()> {
@@ -153,15 +173,29 @@ pub async fn ship(a: ShipArgs) -> anyhow::Result<()> {
 }
 /// `orders deliver`.
 pub async fn deliver(a: IdArgs) -> anyhow::Result<()> {
-    send(post(&a.server, &format!("/orders/{}/deliver", a.id), json!({}))).await
+    send(post(
+        &a.server,
+        &format!("/orders/{}/deliver", a.id),
+        json!({}),
+    ))
+    .await
 }
 /// `orders cancel`.
 pub async fn cancel(a: CancelArgs) -> anyhow::Result<()> {
-    send(post(&a.server, &format!("/orders/{}/cancel", a.id), json!({ "reason": a.reason }))).await
+    send(post(
+        &a.server,
+        &format!("/orders/{}/cancel", a.id),
+        json!({ "reason": a.reason }),
+    ))
+    .await
 }
 /// `orders get`.
 pub async fn get(a: GetArgs) -> anyhow::Result<()> {
-    let mut req = reqwest::Client::new().get(format!("{}/orders/{}", a.server.server.trim_end_matches('/'), a.id));
+    let mut req = reqwest::Client::new().get(format!(
+        "{}/orders/{}",
+        a.server.server.trim_end_matches('/'),
+        a.id
+    ));
     if let Some(t) = a.consistent_with {
         req = req.header("x-consistency-token", t);
     }
@@ -182,7 +216,12 @@ pub async fn list(a: ListArgs) -> anyhow::Result<()> {
     if let Some(x) = a.after {
         q.push(("after", x));
     }
-    send(reqwest::Client::new().get(format!("{}/orders", a.server.server.trim_end_matches('/'))).query(&q)).await
+    send(
+        reqwest::Client::new()
+            .get(format!("{}/orders", a.server.server.trim_end_matches('/')))
+            .query(&q),
+    )
+    .await
 }
 
 #[cfg(test)]

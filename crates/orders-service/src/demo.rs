@@ -66,9 +66,10 @@ struct Probe<'a> {
 impl Probe<'_> {
     async fn snapshot(&self, client_output: &str) -> anyhow::Result<Snapshot> {
         let app = &self.running.app;
-        let last: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-            .fetch_one(&app.store.db().pool)
-            .await?;
+        let last: i64 =
+            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+                .fetch_one(&app.store.db().pool)
+                .await?;
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT next_position FROM projector_checkpoints WHERE projector = $1 AND source_key = 'log'",
         )
@@ -82,11 +83,18 @@ impl Probe<'_> {
                 let events = app.store.load(id).await?;
                 let write = match events.last() {
                     None => "Empty".to_owned(),
-                    Some(e) => format!("Order created ({} v{}, position {})", short(id), e.version, e.position),
+                    Some(e) => format!(
+                        "Order created ({} v{}, position {})",
+                        short(id),
+                        e.version,
+                        e.position
+                    ),
                 };
                 let read = match read_model::get_order(&app.read.pool, id).await? {
                     None => "Empty".to_owned(),
-                    Some(o) => format!("Order data updated ({}, {} cents)", o.status, o.total_cents),
+                    Some(o) => {
+                        format!("Order data updated ({}, {} cents)", o.status, o.total_cents)
+                    }
                 };
                 (write, read)
             }
@@ -94,11 +102,19 @@ impl Probe<'_> {
         let event_log = if last == 0 {
             "Empty".to_owned()
         } else if consumed < last {
-            format!("OrderCreated published (log@{last}), {} pending", last - consumed)
+            format!(
+                "OrderCreated published (log@{last}), {} pending",
+                last - consumed
+            )
         } else {
             format!("OrderCreated consumed (checkpoint log@{consumed}); 0 pending")
         };
-        Ok(Snapshot { write_db, event_log, read_db, client_output: client_output.to_owned() })
+        Ok(Snapshot {
+            write_db,
+            event_log,
+            read_db,
+            client_output: client_output.to_owned(),
+        })
     }
 }
 
@@ -122,7 +138,10 @@ pub struct DemoRun {
 /// Runs the scenario against `running` served at `base`.
 pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow::Result<DemoRun> {
     let http = reqwest::Client::new();
-    let mut probe = Probe { running, order_id: None };
+    let mut probe = Probe {
+        running,
+        order_id: None,
+    };
     let mut steps = Vec::new();
     let mut tracker = vec![("Start".to_owned(), probe.snapshot("None").await?)];
     let started_at = Utc::now();
@@ -132,14 +151,21 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
         { "sku": "book-cqrs", "quantity": 2, "unit_price_cents": 1500 },
         { "sku": "mug-kafka", "quantity": 1, "unit_price_cents": 800 } ] });
     let sent_at = Utc::now();
-    let res = http.post(format!("{base}/orders")).json(&body).send().await?;
+    let res = http
+        .post(format!("{base}/orders"))
+        .json(&body)
+        .send()
+        .await?;
     let status = res.status();
     let answer: Value = res.json().await?;
     if status.as_u16() != 201 {
         bail!("CreateOrder answered {status}: {answer}");
     }
     let order_id = answer["order_id"].as_str().context("order_id")?.to_owned();
-    let token = answer["consistency_token"].as_str().context("token")?.to_owned();
+    let token = answer["consistency_token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
     probe.order_id = Some(order_id.clone());
     steps.push(Step {
         step: "1".into(),
@@ -159,11 +185,20 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
         at: created.recorded_at,
         action: "Process command".into(),
         component: "Command Handler".into(),
-        data_state: format!("Order saved in Write DB (v{}, position {})", created.version, created.position),
-        event: format!("{} published (log@{})", created.event_type, created.position),
+        data_state: format!(
+            "Order saved in Write DB (v{}, position {})",
+            created.version, created.position
+        ),
+        event: format!(
+            "{} published (log@{})",
+            created.event_type, created.position
+        ),
         output: format!("201 Created, token {token}"),
     });
-    tracker.push(("After Step 2".into(), probe.snapshot("201 Created (order id, token)").await?));
+    tracker.push((
+        "After Step 2".into(),
+        probe.snapshot("201 Created (order id, token)").await?,
+    ));
 
     let query_url = format!("{base}/orders/{order_id}");
     if stale_read {
@@ -183,12 +218,20 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
     } else {
         // Watch the projector from inside, so the table shows step 3 before step 4.
         let t: cqrs_core::ConsistencyToken = token.parse()?;
-        running.app.progress.wait_for(&t, Duration::from_secs(10)).await?;
+        running
+            .app
+            .progress
+            .wait_for(&t, Duration::from_secs(10))
+            .await?;
     }
 
     // Steps 4 and 5: the client queries with its token; the handler waits for the read model.
     let query_sent = Utc::now();
-    let res = http.get(&query_url).header("x-consistency-token", &token).send().await?;
+    let res = http
+        .get(&query_url)
+        .header("x-consistency-token", &token)
+        .send()
+        .await?;
     let code = res.status();
     let order: Value = res.json().await?;
     let answered = Utc::now();
@@ -219,7 +262,10 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
             (applied_at - consumed_at).num_microseconds().unwrap_or(0)
         ),
     });
-    tracker.push(("After Step 3".into(), probe.snapshot("201 Created (order id, token)").await?));
+    tracker.push((
+        "After Step 3".into(),
+        probe.snapshot("201 Created (order id, token)").await?,
+    ));
     steps.push(Step {
         step: "4".into(),
         at: query_sent,
@@ -241,7 +287,10 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
         component: "Query Handler".into(),
         data_state: "Read DB accessed".into(),
         event: "None".into(),
-        output: format!("Order status returned: {status_text} ({} cents)", order["total_cents"]),
+        output: format!(
+            "Order status returned: {status_text} ({} cents)",
+            order["total_cents"]
+        ),
     });
     let client_out = format!("Order status response: {status_text}");
     tracker.push(("After Step 5".into(), probe.snapshot(&client_out).await?));
@@ -255,7 +304,11 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
         at: Utc::now(),
         action: "End".into(),
         component: "System".into(),
-        data_state: if consistent { "Consistent read and write DBs (verified)".into() } else { "READ MODEL DIFFERS".into() },
+        data_state: if consistent {
+            "Consistent read and write DBs (verified)".into()
+        } else {
+            "READ MODEL DIFFERS".into()
+        },
         event: "No new events".into(),
         output: "Response sent".into(),
     });
@@ -263,14 +316,35 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
     if !consistent {
         bail!("read model differs from the fold of the write side");
     }
-    Ok(DemoRun { started_at, order_id, steps, tracker })
+    Ok(DemoRun {
+        started_at,
+        order_id,
+        steps,
+        tracker,
+    })
 }
 
 impl fmt::Display for DemoRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Wrap to the terminal; piped output keeps whole cells, so it greps.
+        let arrangement = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            ContentArrangement::Dynamic
+        } else {
+            ContentArrangement::Disabled
+        };
         let mut steps = Table::new();
-        steps.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(160);
-        steps.set_header(vec!["Step", "+ms", "Action", "Component", "Data State", "Event", "Output"]);
+        steps
+            .load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(arrangement.clone());
+        steps.set_header(vec![
+            "Step",
+            "+ms",
+            "Action",
+            "Component",
+            "Data State",
+            "Event",
+            "Output",
+        ]);
         for s in &self.steps {
             let ms = (s.at - self.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
             steps.add_row(vec![
@@ -284,11 +358,14 @@ impl fmt::Display for DemoRun {
             ]);
         }
         let mut tracker = Table::new();
-        tracker.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_width(160);
+        tracker
+            .load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(arrangement);
         let mut header = vec!["Variable".to_owned()];
         header.extend(self.tracker.iter().map(|(l, _)| l.clone()));
         tracker.set_header(header);
-        let rows: [(&str, fn(&Snapshot) -> &String); 4] = [
+        type Cell = fn(&Snapshot) -> &String;
+        let rows: [(&str, Cell); 4] = [
             ("Write DB (Orders)", |s| &s.write_db),
             ("Event log (Kafka's place)", |s| &s.event_log),
             ("Read DB (Query)", |s| &s.read_db),
@@ -300,7 +377,10 @@ impl fmt::Display for DemoRun {
             tracker.add_row(row);
         }
         writeln!(f, "CQRS flow, real run — order {}\n", self.order_id)?;
-        writeln!(f, "Process table (times in ms since the command was sent)\n{steps}\n")?;
+        writeln!(
+            f,
+            "Process table (times in ms since the command was sent)\n{steps}\n"
+        )?;
         writeln!(f, "State tracker\n{tracker}")
     }
 }
@@ -346,7 +426,11 @@ pub struct VerifyReport {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.consistent { "consistent" } else { "DIFFERENT" };
+        let verdict = if self.consistent {
+            "consistent"
+        } else {
+            "DIFFERENT"
+        };
         writeln!(f, "{verdict}: {} events, {} orders folded and compared with order_details, customer_summary, order_stats", self.events, self.orders)?;
         for d in &self.differences {
             writeln!(f, "  {d}")?;
@@ -359,17 +443,32 @@ fn differences(folded: &Views, loaded: &Views) -> Vec<String> {
     let mut out = Vec::new();
     for (id, o) in &folded.orders {
         if loaded.orders.get(id) != Some(o) {
-            out.push(format!("order {id}: expected {o:?}, read model has {:?}", loaded.orders.get(id)));
+            out.push(format!(
+                "order {id}: expected {o:?}, read model has {:?}",
+                loaded.orders.get(id)
+            ));
         }
     }
-    out.extend(loaded.orders.keys().filter(|k| !folded.orders.contains_key(*k)).map(|k| format!("order {k} should not exist")));
+    out.extend(
+        loaded
+            .orders
+            .keys()
+            .filter(|k| !folded.orders.contains_key(*k))
+            .map(|k| format!("order {k} should not exist")),
+    );
     for (id, c) in &folded.customers {
         if loaded.customers.get(id) != Some(c) {
-            out.push(format!("customer {id}: expected {c:?}, read model has {:?}", loaded.customers.get(id)));
+            out.push(format!(
+                "customer {id}: expected {c:?}, read model has {:?}",
+                loaded.customers.get(id)
+            ));
         }
     }
     if folded.stats != loaded.stats {
-        out.push(format!("stats: expected {:?}, read model has {:?}", folded.stats, loaded.stats));
+        out.push(format!(
+            "stats: expected {:?}, read model has {:?}",
+            folded.stats, loaded.stats
+        ));
     }
     out.truncate(10);
     out
@@ -389,7 +488,12 @@ pub async fn verify(config: &Config, wait: Duration) -> anyhow::Result<VerifyRep
         let loaded = read_model::load_views(&read.pool).await?;
         let diffs = differences(&folded, &loaded);
         if diffs.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(VerifyReport { consistent: diffs.is_empty(), events: events.len(), orders: folded.orders.len(), differences: diffs });
+            return Ok(VerifyReport {
+                consistent: diffs.is_empty(),
+                events: events.len(),
+                orders: folded.orders.len(),
+                differences: diffs,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

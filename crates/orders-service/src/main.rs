@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "orders", version, about = "CQRS Orders service: commands -> event store -> projector -> read models")]
+#[command(
+    name = "orders",
+    version,
+    about = "CQRS Orders service: commands -> event store -> projector -> read models"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "ORDERS_LOG", global = true)]
@@ -146,7 +150,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { listen, db } => serve(listen, db.config()).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Verify { db, wait_secs } => {
-            let report = orders_service::demo::verify(&db.config(), Duration::from_secs(wait_secs)).await?;
+            let report =
+                orders_service::demo::verify(&db.config(), Duration::from_secs(wait_secs)).await?;
             println!("{report}");
             if report.consistent {
                 Ok(())

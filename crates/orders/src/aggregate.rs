@@ -217,7 +217,9 @@ pub enum OrderError {
         reason: String,
     },
     /// Payment must be the exact total.
-    #[error("amount_cents: payment of {got} cents does not match the order total of {expected} cents")]
+    #[error(
+        "amount_cents: payment of {got} cents does not match the order total of {expected} cents"
+    )]
     AmountMismatch {
         /// The order total.
         expected: i64,
@@ -289,7 +291,10 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OrderError {
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
     let len = value.chars().count();
     if len == 0 || len > max {
-        return Err(invalid(field, format!("must be 1..={max} characters, got {len}")));
+        return Err(invalid(
+            field,
+            format!("must be 1..={max} characters, got {len}"),
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(field, "must not contain control characters"));
@@ -313,7 +318,11 @@ fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
     if c.items.is_empty() || c.items.len() > limits::MAX_ITEMS {
         return Err(invalid(
             "items",
-            format!("must hold 1..={} items, got {}", limits::MAX_ITEMS, c.items.len()),
+            format!(
+                "must hold 1..={} items, got {}",
+                limits::MAX_ITEMS,
+                c.items.len()
+            ),
         ));
     }
     let mut total: i64 = 0;
@@ -322,7 +331,11 @@ fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
         if !(1..=limits::MAX_QUANTITY).contains(&item.quantity) {
             return Err(invalid(
                 format!("items[{i}].quantity"),
-                format!("must be 1..={}, got {}", limits::MAX_QUANTITY, item.quantity),
+                format!(
+                    "must be 1..={}, got {}",
+                    limits::MAX_QUANTITY,
+                    item.quantity
+                ),
             ));
         }
         if !(0..=limits::MAX_UNIT_PRICE_CENTS).contains(&item.unit_price_cents) {
@@ -414,9 +427,7 @@ impl Aggregate for Order {
     }
 
     fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
-        let set = |status| {
-            OrderState(state.0.clone().map(|f| OrderFacts { status, ..f }))
-        };
+        let set = |status| OrderState(state.0.clone().map(|f| OrderFacts { status, ..f }));
         match event {
             OrderEvent::OrderCreated { total_cents, .. } => OrderState(Some(OrderFacts {
                 status: Status::Created,

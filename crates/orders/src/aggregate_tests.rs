@@ -95,7 +95,10 @@ fn cancel() -> OrderCommand {
 #[test]
 fn creating_an_order_totals_its_items() {
     given([])
-        .when(create("c-1_A", vec![item("a", 2, 1_000), item("b", 1, 800)]))
+        .when(create(
+            "c-1_A",
+            vec![item("a", 2, 1_000), item("b", 1, 800)],
+        ))
         .then(vec![OrderEvent::OrderCreated {
             customer_id: "c-1_A".into(),
             items: vec![item("a", 2, 1_000), item("b", 1, 800)],
@@ -109,7 +112,11 @@ fn an_order_needs_one_to_a_hundred_items() {
     given([])
         .when(create("c", vec![item("a", 1, 1); 101]))
         .then_invalid("items");
-    assert!(Order::decide(&OrderState::default(), &create("c", vec![item("a", 1, 1); 100])).is_ok());
+    assert!(Order::decide(
+        &OrderState::default(),
+        &create("c", vec![item("a", 1, 1); 100])
+    )
+    .is_ok());
 }
 
 #[test]
@@ -123,7 +130,11 @@ fn quantities_are_one_to_ten_thousand() {
     given([])
         .when(create("c", vec![item("a", -3, 1)]))
         .then_invalid("items[0].quantity");
-    assert!(Order::decide(&OrderState::default(), &create("c", vec![item("a", 10_000, 1)])).is_ok());
+    assert!(Order::decide(
+        &OrderState::default(),
+        &create("c", vec![item("a", 10_000, 1)])
+    )
+    .is_ok());
 }
 
 #[test]
@@ -135,14 +146,18 @@ fn unit_prices_are_zero_to_a_million_in_cents() {
         .when(create("c", vec![item("a", 1, 100_000_001)]))
         .then_invalid("items[0].unit_price_cents");
     assert!(Order::decide(&OrderState::default(), &create("c", vec![item("a", 1, 0)])).is_ok());
-    assert!(
-        Order::decide(&OrderState::default(), &create("c", vec![item("a", 1, 100_000_000)])).is_ok()
-    );
+    assert!(Order::decide(
+        &OrderState::default(),
+        &create("c", vec![item("a", 1, 100_000_000)])
+    )
+    .is_ok());
 }
 
 #[test]
 fn skus_are_short_printable_text() {
-    given([]).when(create("c", vec![item("", 1, 1)])).then_invalid("items[0].sku");
+    given([])
+        .when(create("c", vec![item("", 1, 1)]))
+        .then_invalid("items[0].sku");
     given([])
         .when(create("c", vec![item(&"s".repeat(65), 1, 1)]))
         .then_invalid("items[0].sku");
@@ -151,9 +166,15 @@ fn skus_are_short_printable_text() {
 #[test]
 fn customer_ids_are_one_to_64_safe_characters() {
     for bad in ["", "a b", "é", "a/b", &"x".repeat(65)] {
-        given([]).when(create(bad, vec![item("a", 1, 1)])).then_invalid("customer_id");
+        given([])
+            .when(create(bad, vec![item("a", 1, 1)]))
+            .then_invalid("customer_id");
     }
-    assert!(Order::decide(&OrderState::default(), &create(&"x".repeat(64), vec![item("a", 1, 1)])).is_ok());
+    assert!(Order::decide(
+        &OrderState::default(),
+        &create(&"x".repeat(64), vec![item("a", 1, 1)])
+    )
+    .is_ok());
 }
 
 #[test]
@@ -172,7 +193,9 @@ fn commands_on_an_unknown_order_are_not_found() {
 
 #[test]
 fn a_created_order_is_paid_with_its_exact_total() {
-    given([created(2_800)]).when(pay(2_800)).then(vec![paid(2_800)]);
+    given([created(2_800)])
+        .when(pay(2_800))
+        .then(vec![paid(2_800)]);
 }
 
 #[test]
@@ -187,12 +210,16 @@ fn a_payment_that_differs_from_the_total_is_refused() {
 
 #[test]
 fn an_order_is_paid_only_once() {
-    given([created(5), paid(5)]).when(pay(5)).then_refused("invalid_transition");
+    given([created(5), paid(5)])
+        .when(pay(5))
+        .then_refused("invalid_transition");
 }
 
 #[test]
 fn a_cancelled_order_cannot_be_paid() {
-    given([created(5), cancelled()]).when(pay(5)).then_refused("order_closed");
+    given([created(5), cancelled()])
+        .when(pay(5))
+        .then_refused("order_closed");
 }
 
 #[test]
@@ -202,7 +229,9 @@ fn an_unpaid_order_cannot_ship() {
 
 #[test]
 fn a_paid_order_ships() {
-    given([created(5), paid(5)]).when(ship()).then(vec![shipped()]);
+    given([created(5), paid(5)])
+        .when(ship())
+        .then(vec![shipped()]);
 }
 
 #[test]
@@ -228,7 +257,9 @@ fn only_a_shipped_order_is_delivered() {
 #[test]
 fn an_order_can_be_cancelled_before_shipping() {
     given([created(5)]).when(cancel()).then(vec![cancelled()]);
-    given([created(5), paid(5)]).when(cancel()).then(vec![cancelled()]);
+    given([created(5), paid(5)])
+        .when(cancel())
+        .then(vec![cancelled()]);
 }
 
 #[test]
@@ -240,20 +271,36 @@ fn a_shipped_order_cannot_be_cancelled() {
 
 #[test]
 fn nothing_happens_after_cancel_or_delivery() {
-    let delivered = [created(5), paid(5), shipped(), OrderEvent::OrderDelivered {}];
+    let delivered = [
+        created(5),
+        paid(5),
+        shipped(),
+        OrderEvent::OrderDelivered {},
+    ];
     for cmd in [pay(5), ship(), OrderCommand::Deliver, cancel()] {
-        given([created(5), cancelled()]).when(cmd.clone()).then_refused("order_closed");
-        given(delivered.clone()).when(cmd).then_refused("order_closed");
+        given([created(5), cancelled()])
+            .when(cmd.clone())
+            .then_refused("order_closed");
+        given(delivered.clone())
+            .when(cmd)
+            .then_refused("order_closed");
     }
 }
 
 #[test]
 fn events_round_trip_through_the_stored_envelope_shape() {
-    for event in [created(5), paid(5), shipped(), OrderEvent::OrderDelivered {}, cancelled()] {
+    for event in [
+        created(5),
+        paid(5),
+        shipped(),
+        OrderEvent::OrderDelivered {},
+        cancelled(),
+    ] {
         let stored = cqrs_core::NewEvent::encode("id".into(), &event).unwrap();
-        let back: OrderEvent =
-            serde_json::from_value(serde_json::json!({ stored.event_type.clone(): stored.payload }))
-                .unwrap();
+        let back: OrderEvent = serde_json::from_value(
+            serde_json::json!({ stored.event_type.clone(): stored.payload }),
+        )
+        .unwrap();
         assert_eq!(back, event);
     }
 }

@@ -13,14 +13,24 @@ use std::sync::Arc;
 
 /// All order projections, in the order they apply.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(OrderDetails), Arc::new(CustomerSummaries), Arc::new(OrderStats)]
+    vec![
+        Arc::new(OrderDetails),
+        Arc::new(CustomerSummaries),
+        Arc::new(OrderStats),
+    ]
 }
 
-fn expect_one(done: sqlx::any::AnyQueryResult, what: &str, id: &str) -> Result<(), ProjectionError> {
+fn expect_one(
+    done: sqlx::any::AnyQueryResult,
+    what: &str,
+    id: &str,
+) -> Result<(), ProjectionError> {
     if done.rows_affected() == 1 {
         Ok(())
     } else {
-        Err(ProjectionError::Inconsistent(format!("{what}: order {id} is not in the read model")))
+        Err(ProjectionError::Inconsistent(format!(
+            "{what}: order {id} is not in the read model"
+        )))
     }
 }
 
@@ -28,12 +38,22 @@ fn expect_one(done: sqlx::any::AnyQueryResult, what: &str, id: &str) -> Result<(
 pub struct OrderDetails;
 
 impl OrderDetails {
-    async fn apply_event(&self, tx: &mut AnyConnection, e: &EventEnvelope) -> Result<(), ProjectionError> {
+    async fn apply_event(
+        &self,
+        tx: &mut AnyConnection,
+        e: &EventEnvelope,
+    ) -> Result<(), ProjectionError> {
         let event = decode(e)?;
         let at = timestamp(e.metadata.occurred_at);
         let id = e.aggregate_id.as_str();
-        if let OrderEvent::OrderCreated { customer_id, items, total_cents } = &event {
-            let items = serde_json::to_string(items).map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
+        if let OrderEvent::OrderCreated {
+            customer_id,
+            items,
+            total_cents,
+        } = &event
+        {
+            let items = serde_json::to_string(items)
+                .map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO order_details (order_id, customer_id, status, items, total_cents, version, created_at, updated_at) \
                  VALUES ($1, $2, 'created', $3, $4, $5, $6, $6)",
@@ -49,11 +69,22 @@ impl OrderDetails {
             return Ok(());
         }
         let (column, a, b): (&str, Option<&str>, Option<&str>) = match &event {
-            OrderEvent::OrderPaid { payment_ref, .. } => ("payment_ref = $5, carrier = carrier", Some(payment_ref), None),
-            OrderEvent::OrderShipped { carrier, tracking_number } => {
-                ("carrier = $5, tracking_number = $6", Some(carrier), Some(tracking_number))
+            OrderEvent::OrderPaid { payment_ref, .. } => (
+                "payment_ref = $5, carrier = carrier",
+                Some(payment_ref),
+                None,
+            ),
+            OrderEvent::OrderShipped {
+                carrier,
+                tracking_number,
+            } => (
+                "carrier = $5, tracking_number = $6",
+                Some(carrier),
+                Some(tracking_number),
+            ),
+            OrderEvent::OrderCancelled { reason } => {
+                ("cancel_reason = $5, carrier = carrier", Some(reason), None)
             }
-            OrderEvent::OrderCancelled { reason } => ("cancel_reason = $5, carrier = carrier", Some(reason), None),
             _ => ("carrier = carrier", None, None),
         };
         let sql = format!(
@@ -97,7 +128,11 @@ impl Projection for OrderDetails {
             "CREATE INDEX IF NOT EXISTS order_details_status ON order_details (status, order_id)",
         ]
     }
-    fn apply<'a>(&'a self, tx: &'a mut AnyConnection, e: &'a EventEnvelope) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        e: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply_event(tx, e))
     }
 }
@@ -106,7 +141,11 @@ impl Projection for OrderDetails {
 pub struct CustomerSummaries;
 
 impl CustomerSummaries {
-    async fn apply_event(&self, tx: &mut AnyConnection, e: &EventEnvelope) -> Result<(), ProjectionError> {
+    async fn apply_event(
+        &self,
+        tx: &mut AnyConnection,
+        e: &EventEnvelope,
+    ) -> Result<(), ProjectionError> {
         let event = decode(e)?;
         let id = e.aggregate_id.as_str();
         let (customer, paid): (String, i64) = match &event {
@@ -135,11 +174,15 @@ impl CustomerSummaries {
                 return Ok(());
             }
             OrderEvent::OrderPaid { .. } | OrderEvent::OrderCancelled { .. } => {
-                let row = sqlx::query("SELECT customer_id, paid_cents FROM customer_orders WHERE order_id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or_else(|| ProjectionError::Inconsistent(format!("{}: order {id} unknown", e.event_type)))?;
+                let row = sqlx::query(
+                    "SELECT customer_id, paid_cents FROM customer_orders WHERE order_id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    ProjectionError::Inconsistent(format!("{}: order {id} unknown", e.event_type))
+                })?;
                 (row.try_get(0)?, row.try_get(1)?)
             }
             _ => return Ok(()),
@@ -181,7 +224,11 @@ impl Projection for CustomerSummaries {
                 paid_cents BIGINT NOT NULL)",
         ]
     }
-    fn apply<'a>(&'a self, tx: &'a mut AnyConnection, e: &'a EventEnvelope) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        e: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply_event(tx, e))
     }
 }
@@ -190,7 +237,12 @@ impl Projection for CustomerSummaries {
 pub struct OrderStats;
 
 impl OrderStats {
-    async fn bump(tx: &mut AnyConnection, status: Status, count: i64, cents: i64) -> Result<(), ProjectionError> {
+    async fn bump(
+        tx: &mut AnyConnection,
+        status: Status,
+        count: i64,
+        cents: i64,
+    ) -> Result<(), ProjectionError> {
         sqlx::query(
             "INSERT INTO order_stats (status, order_count, revenue_cents) VALUES ($1, $2, $3) \
              ON CONFLICT (status) DO UPDATE SET order_count = order_stats.order_count + excluded.order_count, \
@@ -204,7 +256,11 @@ impl OrderStats {
         Ok(())
     }
 
-    async fn apply_event(&self, tx: &mut AnyConnection, e: &EventEnvelope) -> Result<(), ProjectionError> {
+    async fn apply_event(
+        &self,
+        tx: &mut AnyConnection,
+        e: &EventEnvelope,
+    ) -> Result<(), ProjectionError> {
         let event = decode(e)?;
         let id = e.aggregate_id.as_str();
         let to = target_status(&event);
@@ -217,14 +273,18 @@ impl OrderStats {
                 .await?;
             return Self::bump(tx, to, 1, *total_cents).await;
         }
-        let row = sqlx::query("SELECT status, total_cents FROM order_stats_members WHERE order_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| ProjectionError::Inconsistent(format!("{}: order {id} unknown", e.event_type)))?;
+        let row =
+            sqlx::query("SELECT status, total_cents FROM order_stats_members WHERE order_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    ProjectionError::Inconsistent(format!("{}: order {id} unknown", e.event_type))
+                })?;
         let from: String = row.try_get(0)?;
         let total: i64 = row.try_get(1)?;
-        let from = Status::parse(&from).ok_or_else(|| ProjectionError::Inconsistent(format!("bad status {from}")))?;
+        let from = Status::parse(&from)
+            .ok_or_else(|| ProjectionError::Inconsistent(format!("bad status {from}")))?;
         sqlx::query("UPDATE order_stats_members SET status = $1 WHERE order_id = $2")
             .bind(to.as_str())
             .bind(id)
@@ -251,7 +311,11 @@ impl Projection for OrderStats {
                 total_cents BIGINT NOT NULL)",
         ]
     }
-    fn apply<'a>(&'a self, tx: &'a mut AnyConnection, e: &'a EventEnvelope) -> BoxFuture<'a, Result<(), ProjectionError>> {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        e: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply_event(tx, e))
     }
 }
@@ -267,7 +331,8 @@ pub enum QueryError {
     Corrupt(String),
 }
 
-const ORDER_COLUMNS: &str = "order_id, customer_id, status, items, total_cents, version, created_at, \
+const ORDER_COLUMNS: &str =
+    "order_id, customer_id, status, items, total_cents, version, created_at, \
     updated_at, payment_ref, carrier, tracking_number, cancel_reason";
 
 fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
@@ -276,7 +341,8 @@ fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
     Ok(OrderView {
         order_id: row.try_get("order_id")?,
         customer_id: row.try_get("customer_id")?,
-        status: Status::parse(&status).ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?,
+        status: Status::parse(&status)
+            .ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?,
         items: serde_json::from_str(&items).map_err(|e| QueryError::Corrupt(e.to_string()))?,
         total_cents: row.try_get("total_cents")?,
         version: row.try_get("version")?,
@@ -292,7 +358,10 @@ fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
 /// One order, if the read model has it.
 pub async fn get_order(pool: &AnyPool, order_id: &str) -> Result<Option<OrderView>, QueryError> {
     let sql = format!("SELECT {ORDER_COLUMNS} FROM order_details WHERE order_id = $1");
-    let row = sqlx::query(&sql).bind(order_id).fetch_optional(pool).await?;
+    let row = sqlx::query(&sql)
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(order_from_row).transpose()
 }
 
@@ -311,7 +380,10 @@ pub struct OrderFilter {
 
 /// A page of orders, newest first (ids are time-ordered), and the cursor of
 /// the next page.
-pub async fn list_orders(pool: &AnyPool, f: &OrderFilter) -> Result<(Vec<OrderView>, Option<String>), QueryError> {
+pub async fn list_orders(
+    pool: &AnyPool,
+    f: &OrderFilter,
+) -> Result<(Vec<OrderView>, Option<String>), QueryError> {
     let sql = format!(
         "SELECT {ORDER_COLUMNS} FROM order_details WHERE ($1 IS NULL OR customer_id = $1) \
          AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR order_id < $3) ORDER BY order_id DESC LIMIT $4"
@@ -323,7 +395,10 @@ pub async fn list_orders(pool: &AnyPool, f: &OrderFilter) -> Result<(Vec<OrderVi
         .bind(f.limit + 1)
         .fetch_all(pool)
         .await?;
-    let mut orders = rows.iter().map(order_from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut orders = rows
+        .iter()
+        .map(order_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let next = if orders.len() as i64 > f.limit {
         orders.truncate(f.limit as usize);
         orders.last().map(|o| o.order_id.clone())
@@ -343,23 +418,41 @@ fn customer_from_row(row: &AnyRow) -> Result<CustomerSummary, QueryError> {
     })
 }
 
-const CUSTOMER_COLUMNS: &str = "customer_id, order_count, total_spent_cents, last_order_id, last_order_at";
+const CUSTOMER_COLUMNS: &str =
+    "customer_id, order_count, total_spent_cents, last_order_id, last_order_at";
 
 /// One customer's summary.
-pub async fn customer_summary(pool: &AnyPool, customer_id: &str) -> Result<Option<CustomerSummary>, QueryError> {
+pub async fn customer_summary(
+    pool: &AnyPool,
+    customer_id: &str,
+) -> Result<Option<CustomerSummary>, QueryError> {
     let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customer_summary WHERE customer_id = $1");
-    let row = sqlx::query(&sql).bind(customer_id).fetch_optional(pool).await?;
+    let row = sqlx::query(&sql)
+        .bind(customer_id)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(customer_from_row).transpose()
 }
 
 /// Count and value per status, every status present.
-pub async fn stats(pool: &AnyPool) -> Result<std::collections::BTreeMap<Status, StatusStats>, QueryError> {
-    let rows = sqlx::query("SELECT status, order_count, revenue_cents FROM order_stats").fetch_all(pool).await?;
+pub async fn stats(
+    pool: &AnyPool,
+) -> Result<std::collections::BTreeMap<Status, StatusStats>, QueryError> {
+    let rows = sqlx::query("SELECT status, order_count, revenue_cents FROM order_stats")
+        .fetch_all(pool)
+        .await?;
     let mut out = Views::default().stats;
     for row in rows {
         let status: String = row.try_get(0)?;
-        let status = Status::parse(&status).ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?;
-        out.insert(status, StatusStats { order_count: row.try_get(1)?, revenue_cents: row.try_get(2)? });
+        let status = Status::parse(&status)
+            .ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?;
+        out.insert(
+            status,
+            StatusStats {
+                order_count: row.try_get(1)?,
+                revenue_cents: row.try_get(2)?,
+            },
+        );
     }
     Ok(out)
 }
@@ -371,7 +464,10 @@ pub async fn load_views(pool: &AnyPool) -> Result<Views, QueryError> {
     let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customer_summary");
     let customers = sqlx::query(&sql).fetch_all(pool).await?;
     Ok(Views {
-        orders: orders.iter().map(|r| order_from_row(r).map(|o| (o.order_id.clone(), o))).collect::<Result<_, _>>()?,
+        orders: orders
+            .iter()
+            .map(|r| order_from_row(r).map(|o| (o.order_id.clone(), o)))
+            .collect::<Result<_, _>>()?,
         customers: customers
             .iter()
             .map(|r| customer_from_row(r).map(|c| (c.customer_id.clone(), c)))

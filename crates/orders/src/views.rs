@@ -78,7 +78,10 @@ impl Default for Views {
         Self {
             orders: BTreeMap::new(),
             customers: BTreeMap::new(),
-            stats: Status::ALL.into_iter().map(|s| (s, StatusStats::default())).collect(),
+            stats: Status::ALL
+                .into_iter()
+                .map(|s| (s, StatusStats::default()))
+                .collect(),
         }
     }
 }
@@ -105,7 +108,9 @@ pub fn target_status(event: &OrderEvent) -> Status {
 
 impl Views {
     /// Folds all events (any interleaving of aggregates gives the same result).
-    pub fn fold<'a>(events: impl IntoIterator<Item = &'a EventEnvelope>) -> Result<Views, ProjectionError> {
+    pub fn fold<'a>(
+        events: impl IntoIterator<Item = &'a EventEnvelope>,
+    ) -> Result<Views, ProjectionError> {
         let mut v = Views::default();
         for e in events {
             v.apply(e)?;
@@ -118,8 +123,15 @@ impl Views {
         let event = decode(envelope)?;
         let at = timestamp(envelope.metadata.occurred_at);
         let id = &envelope.aggregate_id;
-        let missing = || ProjectionError::Inconsistent(format!("{} for unknown order {id}", envelope.event_type));
-        if let OrderEvent::OrderCreated { customer_id, items, total_cents } = &event {
+        let missing = || {
+            ProjectionError::Inconsistent(format!("{} for unknown order {id}", envelope.event_type))
+        };
+        if let OrderEvent::OrderCreated {
+            customer_id,
+            items,
+            total_cents,
+        } = &event
+        {
             self.orders.insert(
                 id.clone(),
                 OrderView {
@@ -137,13 +149,16 @@ impl Views {
                     cancel_reason: None,
                 },
             );
-            let c = self.customers.entry(customer_id.clone()).or_insert_with(|| CustomerSummary {
-                customer_id: customer_id.clone(),
-                order_count: 0,
-                total_spent_cents: 0,
-                last_order_id: id.clone(),
-                last_order_at: at.clone(),
-            });
+            let c = self
+                .customers
+                .entry(customer_id.clone())
+                .or_insert_with(|| CustomerSummary {
+                    customer_id: customer_id.clone(),
+                    order_count: 0,
+                    total_spent_cents: 0,
+                    last_order_id: id.clone(),
+                    last_order_at: at.clone(),
+                });
             c.order_count += 1;
             if (at.as_str(), id.as_str()) > (c.last_order_at.as_str(), c.last_order_id.as_str()) {
                 c.last_order_id = id.clone();
@@ -157,13 +172,22 @@ impl Views {
         let order = self.orders.get_mut(id).ok_or_else(missing)?;
         let from = order.status;
         let to = target_status(&event);
-        let customer = self.customers.get_mut(&order.customer_id).ok_or_else(missing)?;
+        let customer = self
+            .customers
+            .get_mut(&order.customer_id)
+            .ok_or_else(missing)?;
         match &event {
-            OrderEvent::OrderPaid { amount_cents, payment_ref } => {
+            OrderEvent::OrderPaid {
+                amount_cents,
+                payment_ref,
+            } => {
                 order.payment_ref = Some(payment_ref.clone());
                 customer.total_spent_cents += amount_cents;
             }
-            OrderEvent::OrderShipped { carrier, tracking_number } => {
+            OrderEvent::OrderShipped {
+                carrier,
+                tracking_number,
+            } => {
                 order.carrier = Some(carrier.clone());
                 order.tracking_number = Some(tracking_number.clone());
             }

@@ -162,7 +162,9 @@ impl ProjectorRunner {
         let applied_at = timestamp(chrono::Utc::now());
         for item in batch {
             let e = &item.envelope;
-            let cp = checkpoints.entry(&item.source_key).or_insert(item.next_position);
+            let cp = checkpoints
+                .entry(&item.source_key)
+                .or_insert(item.next_position);
             *cp = (*cp).max(item.next_position);
             let current = match seen.get(e.aggregate_id.as_str()) {
                 Some(v) => *v,
@@ -224,7 +226,10 @@ impl ProjectorRunner {
         }
         tx.commit().await?;
         self.progress.applied(seen.iter().map(|(k, v)| (*k, *v)));
-        let checkpoints = checkpoints.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let checkpoints = checkpoints
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         Ok((report, checkpoints))
     }
 }

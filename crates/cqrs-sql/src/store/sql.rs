@@ -41,9 +41,10 @@ impl SqlEventStore {
             Backend::Postgres => Arc::new(super::postgres::Postgres),
         };
         db.migrate(dialect.schema()).await?;
-        let last: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-            .fetch_one(&db.pool)
-            .await?;
+        let last: i64 =
+            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+                .fetch_one(&db.pool)
+                .await?;
         let select_events = format!(
             "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, \
              schema_version, {} AS payload, command_id, occurred_at, recorded_at FROM events",
@@ -77,13 +78,26 @@ impl SqlEventStore {
     }
 
     /// The events a command appended.
-    pub async fn events_of_command(&self, command_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
-        let sql = format!("{} WHERE command_id = $1 ORDER BY position", self.select_events);
-        let rows = sqlx::query(&sql).bind(command_id).fetch_all(&self.db.pool).await?;
+    pub async fn events_of_command(
+        &self,
+        command_id: &str,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!(
+            "{} WHERE command_id = $1 ORDER BY position",
+            self.select_events
+        );
+        let rows = sqlx::query(&sql)
+            .bind(command_id)
+            .fetch_all(&self.db.pool)
+            .await?;
         rows.iter().map(decode_row).collect()
     }
 
-    async fn append_tx(&self, req: &AppendRequest, recorded_at: &str) -> Result<Vec<i64>, sqlx::Error> {
+    async fn append_tx(
+        &self,
+        req: &AppendRequest,
+        recorded_at: &str,
+    ) -> Result<Vec<i64>, sqlx::Error> {
         let mut tx = self.db.writer.begin().await?;
         if let Some(pre) = self.dialect.append_preamble() {
             tx.execute(pre).await?;
@@ -92,7 +106,7 @@ impl SqlEventStore {
         let mut positions = Vec::with_capacity(req.events.len());
         for (i, e) in req.events.iter().enumerate() {
             let version = req.expected_version + 1 + i as i64;
-            let position: i64 = sqlx::query_scalar(&*self.insert_event)
+            let position: i64 = sqlx::query_scalar(&self.insert_event)
                 .bind(&e.event_id)
                 .bind(&req.aggregate_type)
                 .bind(&req.aggregate_id)
@@ -105,12 +119,14 @@ impl SqlEventStore {
                 .bind(recorded_at)
                 .fetch_one(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO outbox (position, aggregate_id, created_at) VALUES ($1, $2, $3)")
-                .bind(position)
-                .bind(&req.aggregate_id)
-                .bind(recorded_at)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO outbox (position, aggregate_id, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(position)
+            .bind(&req.aggregate_id)
+            .bind(recorded_at)
+            .execute(&mut *tx)
+            .await?;
             positions.push(position);
         }
         if let (Some(idem), Some(&last)) = (&req.idempotency, positions.last()) {
@@ -164,13 +180,23 @@ fn unique_violation_on(err: &sqlx::Error) -> Option<String> {
     if !db.is_unique_violation() {
         return None;
     }
-    Some(format!("{} {}", db.constraint().unwrap_or(""), db.message()))
+    Some(format!(
+        "{} {}",
+        db.constraint().unwrap_or(""),
+        db.message()
+    ))
 }
 
 impl EventStore for SqlEventStore {
     async fn load(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
-        let sql = format!("{} WHERE aggregate_id = $1 ORDER BY version", self.select_events);
-        let rows = sqlx::query(&sql).bind(aggregate_id).fetch_all(&self.db.pool).await?;
+        let sql = format!(
+            "{} WHERE aggregate_id = $1 ORDER BY version",
+            self.select_events
+        );
+        let rows = sqlx::query(&sql)
+            .bind(aggregate_id)
+            .fetch_all(&self.db.pool)
+            .await?;
         let events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
         for (i, e) in events.iter().enumerate() {
             if e.version != i as i64 + 1 {
@@ -253,16 +279,24 @@ impl EventStore for SqlEventStore {
     async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
         let rows = match self.dialect.log_horizon() {
             None => {
-                let sql = format!("{} WHERE position > $1 ORDER BY position LIMIT $2", self.select_events);
-                sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.db.pool).await?
+                let sql = format!(
+                    "{} WHERE position > $1 ORDER BY position LIMIT $2",
+                    self.select_events
+                );
+                sqlx::query(&sql)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.db.pool)
+                    .await?
             }
             Some(barrier) => {
                 let mut tx = self.db.pool.begin().await?;
                 tx.execute(barrier).await?;
-                let horizon: i64 =
-                    sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-                        .fetch_one(&mut *tx)
-                        .await?;
+                let horizon: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 if horizon <= after {
                     return Ok(Vec::new());
@@ -283,9 +317,11 @@ impl EventStore for SqlEventStore {
     }
 
     async fn outbox_pending(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&self.db.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.db.pool)
+                .await?,
+        )
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

@@ -1,0 +1,139 @@
+//! A table of bad requests and the documented 4xx answers; none may write.
+
+mod common;
+
+use common::spawn_app;
+use serde_json::{json, Value};
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, &'static str)>,
+    status: u16,
+    code: &'static str,
+    field: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    method: &'static str,
+    path: impl Into<String>,
+    body: Value,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.into(),
+        content_type: Some("application/json"),
+        body: body.to_string().into_bytes(),
+        headers: vec![],
+        status,
+        code,
+        field: None,
+    }
+}
+
+impl Case {
+    fn field(mut self, f: &'static str) -> Self {
+        self.field = Some(f);
+        self
+    }
+    fn raw(mut self, body: &[u8], content_type: Option<&'static str>) -> Self {
+        self.body = body.to_vec();
+        self.content_type = content_type;
+        self
+    }
+    fn header(mut self, k: &'static str, v: &'static str) -> Self {
+        self.headers.push((k, v));
+        self
+    }
+}
+
+fn item(q: Value, p: Value) -> Value {
+    json!({"customer_id": "c", "items": [{"sku": "s", "quantity": q, "unit_price_cents": p}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_documented_4xx_and_write_nothing() {
+    let app = spawn_app(false, 0).await;
+    let (id, _) = app.create().await;
+    let o = |s: &str| format!("/orders/{id}/{s}");
+    let missing = "/orders/01a21bad-0000-7000-8000-000000000000";
+    let big = format!(
+        "{{\"customer_id\":\"c\",\"items\":[],\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    );
+    let cases = vec![
+        case("malformed json", "POST", "/orders", json!(null), 400, "malformed_json").raw(b"{\"customer_id\":", Some("application/json")),
+        case("not json content type", "POST", "/orders", json!(null), 415, "unsupported_media_type").raw(b"customer_id=c", Some("text/plain")),
+        case("no content type", "POST", "/orders", json!(null), 415, "unsupported_media_type").raw(b"{}", None),
+        case("body over 64 KiB", "POST", "/orders", json!(null), 413, "body_too_large").raw(big.as_bytes(), Some("application/json")),
+        case("missing field", "POST", "/orders", json!({"items": []}), 422, "invalid_body").field("customer_id"),
+        case("unknown field", "POST", "/orders", json!({"customer_id": "c", "items": [], "coupon": 1}), 422, "invalid_body").field("coupon"),
+        case("wrong type", "POST", "/orders", item(json!("two"), json!(1)), 422, "invalid_body").field("items[0].quantity"),
+        case("no items", "POST", "/orders", json!({"customer_id": "c", "items": []}), 422, "invalid_field").field("items"),
+        case("zero quantity", "POST", "/orders", item(json!(0), json!(1)), 422, "invalid_field").field("items[0].quantity"),
+        case("negative price", "POST", "/orders", item(json!(1), json!(-5)), 422, "invalid_field").field("items[0].unit_price_cents"),
+        case("bad customer", "POST", "/orders", json!({"customer_id": "a b", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 1}]}), 422, "invalid_field").field("customer_id"),
+        case("wrong amount", "POST", o("pay"), json!({"amount_cents": 1, "payment_ref": "p"}), 422, "amount_mismatch").field("amount_cents"),
+        case("ship unpaid", "POST", o("ship"), json!({"carrier": "dhl", "tracking_number": "T"}), 409, "not_paid"),
+        case("deliver unshipped", "POST", o("deliver"), json!({}), 409, "invalid_transition"),
+        case("stale expected version", "POST", o("cancel"), json!({"reason": "r", "expected_version": 7}), 409, "version_conflict"),
+        case("negative expected version", "POST", o("cancel"), json!({"reason": "r", "expected_version": -1}), 422, "invalid_field").field("expected_version"),
+        case("unknown order", "POST", format!("{missing}/pay"), json!({"amount_cents": 1, "payment_ref": "p"}), 404, "order_not_found"),
+        case("id not a uuid", "GET", "/orders/not-a-uuid", json!(null), 404, "order_not_found"),
+        case("unknown order query", "GET", missing, json!(null), 404, "order_not_found"),
+        case("unknown route", "GET", "/nope", json!(null), 404, "route_not_found"),
+        case("wrong method", "DELETE", format!("/orders/{id}"), json!(null), 405, "method_not_allowed"),
+        case("bad token", "GET", format!("/orders/{id}"), json!(null), 400, "invalid_consistency_token").header("x-consistency-token", "garbage"),
+        case("wait too long", "GET", format!("/orders/{id}?wait_ms=30001&consistent_with=v1.1.1.{id}"), json!(null), 400, "invalid_query").field("wait_ms"),
+        case("wait not a number", "GET", format!("/orders/{id}?wait_ms=soon"), json!(null), 400, "invalid_query").field("wait_ms"),
+        case("limit too big", "GET", "/orders?limit=101", json!(null), 400, "invalid_query").field("limit"),
+        case("unknown status", "GET", "/orders?status=lost", json!(null), 400, "invalid_query").field("status"),
+        case("bad idempotency key", "POST", "/orders", item(json!(1), json!(1)), 422, "invalid_field").header("idempotency-key", "").field("Idempotency-Key"),
+        case("unknown customer", "GET", "/customers/zed/summary", json!(null), 404, "customer_not_found"),
+    ];
+    for c in &cases {
+        let mut req = app
+            .http
+            .request(c.method.parse().unwrap(), format!("{}{}", app.base, c.path));
+        if c.method != "GET" && c.method != "DELETE" {
+            req = req.body(c.body.clone());
+            if let Some(ct) = c.content_type {
+                req = req.header("content-type", ct);
+            }
+        }
+        for (k, v) in &c.headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let ct = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, c.status, "{}: {body}", c.name);
+        assert_eq!(ct.as_deref(), Some("application/json"), "{}", c.name);
+        assert_eq!(body["error"], c.code, "{}: {body}", c.name);
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}: {body}",
+            c.name
+        );
+        if let Some(f) = c.field {
+            assert_eq!(body["details"]["field"], f, "{}: {body}", c.name);
+        }
+    }
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&app.app().store.db().pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "no bad request wrote anything");
+    app.stop().await;
+}
