@@ -371,6 +371,11 @@ async fn a_tailing_reader_misses_nothing_under_concurrent_writes(store: SqlEvent
             seen.push(e.position);
         }
         if batch.is_empty() {
+            if writers.iter().all(|w| w.is_finished())
+                && store.read_log(after, 1).await.unwrap().is_empty()
+            {
+                break; // every writer is done and the log has nothing after `after`
+            }
             tokio::task::yield_now().await;
         }
     }

@@ -38,6 +38,7 @@ pub struct BenchArgs {
 pub struct BackendResult {
     backend: String,
     commands_per_sec: f64,
+    projector_events_per_sec: f64,
     raw_inserts_per_sec: f64,
     ratio_to_raw: f64,
     offered_rate: f64,
@@ -225,12 +226,18 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
     let router = running.router();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let result = async {
+        let started = Instant::now();
         let cps = throughput(&base, args.commands, args.concurrency).await?;
+        // The projector's own pace: from the first command until the read
+        // model holds the last event. Also lets the next phase start level.
+        let events = caught_up(&running).await?;
+        let projector = events as f64 / started.elapsed().as_secs_f64();
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
         let (lat, achieved) = latency(&base, args.commands, args.rate).await?;
         Ok::<_, anyhow::Error>(BackendResult {
             backend: name.to_owned(),
             commands_per_sec: cps,
+            projector_events_per_sec: projector,
             raw_inserts_per_sec: raw,
             ratio_to_raw: cps / raw,
             offered_rate: args.rate,
@@ -244,6 +251,30 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
     server.abort();
     running.stop().await?;
     result
+}
+
+/// Waits until the projector's checkpoint passes the last event; returns the event count.
+async fn caught_up(running: &Running) -> anyhow::Result<i64> {
+    let last: i64 =
+        sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+            .fetch_one(&running.app.store.db().pool)
+            .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_position FROM projector_checkpoints WHERE projector = $1 AND source_key = 'log'",
+        )
+        .bind(crate::app::PROJECTOR)
+        .fetch_optional(&running.app.read.pool)
+        .await?;
+        if next.unwrap_or(0) > last {
+            return Ok(last);
+        }
+        if Instant::now() > deadline {
+            bail!("projector did not catch up within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn scratch_postgres(url: &str) -> anyhow::Result<(String, String)> {
@@ -280,6 +311,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     table.set_header(vec![
         "backend",
         "cmd/s",
+        "projector ev/s",
         "raw insert/s",
         "ratio",
         "offered/s",
@@ -297,6 +329,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         table.add_row(vec![
             r.backend.clone(),
             format!("{:.0}", r.commands_per_sec),
+            format!("{:.0}", r.projector_events_per_sec),
             format!("{:.0}", r.raw_inserts_per_sec),
             format!("{:.2}", r.ratio_to_raw),
             format!("{:.0}", r.offered_rate),
