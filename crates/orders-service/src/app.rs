@@ -1,8 +1,9 @@
 //! Starting the pieces: write store, read DB, projector, router.
 
 use crate::api;
+use anyhow::Context;
+use cqrs_kafka::{KafkaConfig, KafkaSource, Relay, RelayConfig, SourceConfig};
 use cqrs_sql::db::sqlite_url;
-use cqrs_sql::read::runner::RunnerError;
 use cqrs_sql::{
     Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
 };
@@ -29,6 +30,60 @@ pub struct Config {
     pub sqlite_synchronous: String,
     /// Connections per pool.
     pub pool_size: u32,
+    /// Kafka between the write and read sides; the embedded log when absent.
+    pub kafka: Option<KafkaOptions>,
+    /// What this process runs; all of them when empty.
+    pub roles: Vec<Role>,
+}
+
+/// Kafka settings of the service.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Events topic.
+    pub topic: String,
+    /// Partitions when the topic is created.
+    pub partitions: i32,
+    /// Replication factor when the topic is created.
+    pub replication: i32,
+    /// Projector consumer group.
+    pub group_id: String,
+    /// Consumer `session.timeout.ms`.
+    pub session_timeout_ms: u32,
+}
+
+impl KafkaOptions {
+    /// Defaults for a broker list.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: "orders.events".into(),
+            partitions: 6,
+            replication: 1,
+            group_id: "orders-read-model".into(),
+            session_timeout_ms: 10_000,
+        }
+    }
+    fn config(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+            partitions: self.partitions,
+            replication: self.replication,
+        }
+    }
+}
+
+/// A part of the service a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API (commands and queries).
+    Api,
+    /// The outbox relay to Kafka (needs Kafka).
+    Relay,
+    /// The projector (from Kafka, or from the embedded log).
+    Projector,
 }
 
 impl Config {
@@ -41,7 +96,14 @@ impl Config {
             projector_delay: Duration::ZERO,
             sqlite_synchronous: "NORMAL".into(),
             pool_size: 16,
+            kafka: None,
+            roles: Vec::new(),
         }
+    }
+
+    /// Whether this process runs `role`.
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.is_empty() || self.roles.contains(&role)
     }
 
     /// The write and read database URLs.
@@ -72,11 +134,11 @@ pub struct App {
     pub progress: ReadProgress,
 }
 
-/// A started instance: the app, its projector and the switch that stops it.
+/// A started instance: the app, its background roles and the switch that stops them.
 pub struct Running {
     /// Shared state of the handlers.
     pub app: App,
-    projector: JoinHandle<Result<(), RunnerError>>,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -96,27 +158,89 @@ impl Running {
             Db::connect(&read_url, &options).await?
         };
         let store = SqlEventStore::open(write).await?;
-        let runner = ProjectorRunner::new(
-            read.clone(),
-            ProjectorConfig {
-                name: PROJECTOR.into(),
-                batch_size: 500,
-                apply_delay: config.projector_delay,
-            },
-            orders::read_model::projections(),
-        )
-        .await?;
-        let progress = runner.progress();
         let (shutdown, rx) = watch::channel(false);
-        let source = LogSource::new(store.clone(), Duration::from_millis(500));
-        let projector = tokio::spawn(runner.run(source, rx));
+        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+        if let Some(k) = &config.kafka {
+            cqrs_kafka::ensure_topics(&k.config())
+                .await
+                .with_context(|| {
+                    format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic)
+                })?;
+            if config.runs(Role::Relay) {
+                let relay = Relay::new(
+                    RelayConfig {
+                        kafka: k.config(),
+                        database_url: write_url.clone(),
+                        batch_size: 1000,
+                        poll: Duration::from_millis(500),
+                        standby_retry: Duration::from_millis(500),
+                    },
+                    store.clone(),
+                )?;
+                let rx = rx.clone();
+                tasks.push((
+                    "relay",
+                    tokio::spawn(async move { Ok(relay.run(rx).await?) }),
+                ));
+            }
+        }
+        let progress = if config.runs(Role::Projector) {
+            let runner = ProjectorRunner::new(
+                read.clone(),
+                ProjectorConfig {
+                    name: PROJECTOR.into(),
+                    batch_size: 500,
+                    apply_delay: config.projector_delay,
+                    max_attempts: 3,
+                },
+                orders::read_model::projections(),
+            )
+            .await?;
+            let progress = runner.progress();
+            let rx = rx.clone();
+            let task = match &config.kafka {
+                Some(k) => {
+                    let source = KafkaSource::new(
+                        SourceConfig {
+                            kafka: k.config(),
+                            group_id: k.group_id.clone(),
+                            session_timeout_ms: k.session_timeout_ms,
+                            projector: PROJECTOR.into(),
+                        },
+                        read.clone(),
+                    )?;
+                    tokio::spawn(async move { Ok(runner.run(source, rx).await?) })
+                }
+                None => {
+                    let source = LogSource::new(store.clone(), Duration::from_millis(500));
+                    tokio::spawn(async move { Ok(runner.run(source, rx).await?) })
+                }
+            };
+            tasks.push(("projector", task));
+            progress
+        } else {
+            // The projector runs elsewhere: learn its progress from the read DB.
+            cqrs_sql::read::runner::ensure_schema(&read).await?;
+            let progress = ReadProgress::new(read.clone(), PROJECTOR);
+            let follower = progress.follow_database(Duration::from_millis(20));
+            let mut rx = rx.clone();
+            tasks.push((
+                "progress follower",
+                tokio::spawn(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                    follower.abort();
+                    Ok(())
+                }),
+            ));
+            progress
+        };
         Ok(Running {
             app: App {
                 store,
                 read,
                 progress,
             },
-            projector,
+            tasks,
             shutdown,
         })
     }
@@ -129,7 +253,11 @@ impl Running {
     /// Stops the projector and closes the databases.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.projector.await??;
+        for (name, task) in self.tasks {
+            task.await
+                .with_context(|| format!("{name} panicked"))?
+                .with_context(|| format!("{name} failed"))?;
+        }
         self.app.store.db().close().await;
         self.app.read.close().await;
         Ok(())

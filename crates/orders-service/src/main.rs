@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use orders_service::app::{KafkaOptions, Role};
 use orders_service::{bench, client, demo, Config, Running};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +43,31 @@ struct DbArgs {
     /// Delay the projector applies before each batch (shows stale reads).
     #[arg(long, env = "ORDERS_PROJECTOR_DELAY_MS", default_value_t = 0)]
     projector_delay_ms: u64,
+    /// Kafka bootstrap servers; the embedded log when absent.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Events topic.
+    #[arg(long, env = "ORDERS_KAFKA_TOPIC", default_value = "orders.events")]
+    kafka_topic: String,
+    /// Partitions of the events topic when it is created.
+    #[arg(long, env = "ORDERS_KAFKA_PARTITIONS", default_value_t = 6)]
+    kafka_partitions: i32,
+    /// Replication factor when topics are created.
+    #[arg(long, env = "ORDERS_KAFKA_REPLICATION", default_value_t = 1)]
+    kafka_replication: i32,
+    /// Consumer group of the projectors.
+    #[arg(long, env = "ORDERS_KAFKA_GROUP", default_value = "orders-read-model")]
+    kafka_group: String,
+    /// How long a dead projector holds its partitions.
+    #[arg(
+        long,
+        env = "ORDERS_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    kafka_session_timeout_ms: u32,
+    /// What this process runs (repeatable: api, relay, projector); all when absent.
+    #[arg(long = "role", env = "ORDERS_ROLES", value_enum, value_delimiter = ',')]
+    roles: Vec<Role>,
 }
 
 impl DbArgs {
@@ -53,6 +79,15 @@ impl DbArgs {
             projector_delay: Duration::from_millis(self.projector_delay_ms),
             sqlite_synchronous: self.sqlite_synchronous.clone(),
             pool_size: self.pool_size,
+            kafka: self.kafka_brokers.as_ref().map(|b| KafkaOptions {
+                brokers: b.clone(),
+                topic: self.kafka_topic.clone(),
+                partitions: self.kafka_partitions,
+                replication: self.kafka_replication,
+                group_id: self.kafka_group.clone(),
+                session_timeout_ms: self.kafka_session_timeout_ms,
+            }),
+            roles: self.roles.clone(),
         }
     }
 }
@@ -130,6 +165,11 @@ async fn shutdown_signal() {
 
 async fn serve(listen: SocketAddr, config: Config) -> anyhow::Result<()> {
     let running = Running::start(&config).await?;
+    if !config.runs(Role::Api) {
+        tracing::info!(roles = ?config.roles, "running without the API");
+        shutdown_signal().await;
+        return running.stop().await;
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -5,6 +5,7 @@ use orders_service::{Config, Running};
 use serde_json::{json, Value};
 
 pub struct TestApp {
+    pub config: Config,
     pub base: String,
     pub http: reqwest::Client,
     pub running: Option<Running>,
@@ -19,6 +20,13 @@ impl TestApp {
             r.stop().await.expect("clean stop");
         }
     }
+    pub fn config_topic(&self) -> String {
+        self.config
+            .kafka
+            .as_ref()
+            .map(|k| k.topic.clone())
+            .unwrap_or_default()
+    }
     pub fn app(&self) -> &orders_service::App {
         &self.running.as_ref().expect("running").app
     }
@@ -32,6 +40,29 @@ pub async fn spawn_app(postgres: bool, projector_delay_ms: u64) -> TestApp {
     if postgres {
         config.database_url = Some(test_support::fresh_postgres_url().await);
     }
+    spawn_with(config, dir).await
+}
+
+/// Starts an instance on a fresh PostgreSQL database with Kafka between the
+/// sides, on a topic and group of its own.
+pub async fn spawn_kafka_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::embedded(dir.path());
+    config.database_url = Some(test_support::fresh_postgres_url().await);
+    config.kafka = Some(kafka_options(&test_support::unique_topic()));
+    spawn_with(config, dir).await
+}
+
+/// Kafka options for a test topic.
+pub fn kafka_options(topic: &str) -> orders_service::app::KafkaOptions {
+    let mut k = orders_service::app::KafkaOptions::new(test_support::kafka_brokers());
+    k.topic = topic.to_owned();
+    k.group_id = format!("g-{topic}");
+    k.session_timeout_ms = 3000;
+    k
+}
+
+async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
     let running = Running::start(&config).await.expect("start");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -42,6 +73,7 @@ pub async fn spawn_app(postgres: bool, projector_delay_ms: u64) -> TestApp {
         let _ = axum::serve(listener, router).await;
     });
     TestApp {
+        config,
         base,
         http: reqwest::Client::new(),
         running: Some(running),

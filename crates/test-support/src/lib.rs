@@ -48,3 +48,22 @@ pub async fn fresh_sqlite() -> (Db, TempDir) {
         .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
     (db, dir)
 }
+
+/// The test Kafka broker (`TEST_KAFKA_BROKERS`, default 127.0.0.1:9092);
+/// panics when nothing answers there.
+pub fn kafka_brokers() -> String {
+    let brokers = std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = brokers.split(',').next().unwrap_or_default().to_owned();
+    if let Err(e) = std::net::TcpStream::connect(&first) {
+        panic!(
+            "Apache Kafka is required for this test and does not answer at {first}: {e}. \
+             Start it with `scripts/services start` (scripts/test does)."
+        );
+    }
+    brokers
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic() -> String {
+    format!("t{}.events", uuid::Uuid::new_v4().simple())
+}

@@ -52,7 +52,9 @@ impl<S: EventStore> EventSource for LogSource<S> {
                         next_position: envelope.position + 1,
                         published_as: format!("log@{}", envelope.position),
                         consumed_at: now,
-                        envelope,
+                        key: Some(envelope.aggregate_id.clone()),
+                        event: Ok(envelope),
+                        raw: None,
                     })
                     .collect());
             }

@@ -1,6 +1,7 @@
 //! The read side: projections, the runner that feeds them, event sources and
 //! the progress that consistency waits watch.
 
+pub mod dead_letters;
 mod log_source;
 mod progress;
 pub mod runner;
@@ -56,14 +57,29 @@ pub trait Projection: Send + Sync {
 pub struct SourcedEvent {
     /// Which stream of the source ("log", "orders.events/3").
     pub source_key: String,
-    /// The position to resume from once this event is applied.
+    /// The position to resume from once this event is handled.
     pub next_position: i64,
     /// Where it was published (e.g. "orders.events/3@1207", "log@17").
     pub published_as: String,
     /// When the source handed it over.
     pub consumed_at: DateTime<Utc>,
-    /// The event.
-    pub envelope: EventEnvelope,
+    /// The aggregate as the transport names it (the Kafka key), even when
+    /// the record does not decode.
+    pub key: Option<String>,
+    /// The event, or why the record is not one.
+    pub event: Result<EventEnvelope, String>,
+    /// The record as received, kept with a dead letter (JSON).
+    pub raw: Option<serde_json::Value>,
+}
+
+impl SourcedEvent {
+    /// The aggregate this record belongs to, if known.
+    pub fn aggregate_id(&self) -> Option<&str> {
+        match &self.event {
+            Ok(e) => Some(&e.aggregate_id),
+            Err(_) => self.key.as_deref(),
+        }
+    }
 }
 
 /// Why a source failed.
@@ -91,6 +107,16 @@ pub trait EventSource: Send {
         &mut self,
         max: usize,
     ) -> impl Future<Output = Result<Vec<SourcedEvent>, SourceError>> + Send;
+
+    /// Publishes a record the projector gave up on to the source's dead-letter
+    /// channel; called before the batch that records it commits.
+    fn dead_letter(
+        &mut self,
+        _item: &SourcedEvent,
+        _reason: &str,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send {
+        async { Ok(()) }
+    }
 
     /// Told after a batch committed to the read DB (for lag tooling).
     fn committed(

@@ -95,6 +95,39 @@ impl ReadProgress {
         Ok(v.unwrap_or(0))
     }
 
+    /// Follows a projector that runs in another process: every `interval`,
+    /// one query picks up the versions it applied since the last look and
+    /// wakes the waiters. One query per interval, however many waiters.
+    pub fn follow_database(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut since = crate::db::timestamp(chrono::Utc::now() - chrono::Duration::seconds(5));
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let rows: Result<Vec<(String, i64, String)>, _> = sqlx::query_as(
+                    "SELECT aggregate_id, version, applied_at FROM projected_versions \
+                     WHERE projector = $1 AND applied_at >= $2 ORDER BY applied_at LIMIT 10000",
+                )
+                .bind(&this.inner.projector)
+                .bind(&since)
+                .fetch_all(&this.inner.db.pool)
+                .await;
+                match rows {
+                    Ok(rows) if !rows.is_empty() => {
+                        if let Some(last) = rows.last() {
+                            since = last.2.clone();
+                        }
+                        this.applied(rows.iter().map(|(a, v, _)| (a.as_str(), *v)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot follow the read model's progress"),
+                }
+            }
+        })
+    }
+
     /// Waits until the read model includes the token's write, or `timeout`.
     pub async fn wait_for(
         &self,

@@ -56,6 +56,11 @@ impl Dialect for Postgres {
         Some("SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared(1869767794)) AS l")
     }
 
+    fn append_postamble(&self) -> Option<&'static str> {
+        // Delivered at commit: wakes the relay without polling.
+        Some("SELECT 1 FROM (SELECT pg_notify('cqrs_outbox', '')) AS n")
+    }
+
     fn log_horizon(&self) -> Option<&'static str> {
         Some("SELECT 1 FROM (SELECT pg_advisory_xact_lock(1869767794)) AS l")
     }

@@ -18,6 +18,8 @@ pub(crate) trait Dialect: Send + Sync {
     fn payload_column(&self) -> &'static str;
     /// Run first in every append transaction.
     fn append_preamble(&self) -> Option<&'static str>;
+    /// Run last in every append transaction (e.g. NOTIFY the relay).
+    fn append_postamble(&self) -> Option<&'static str>;
     /// Run in its own transaction before reading the log: waits until no
     /// append that allocated a position is still in flight.
     fn log_horizon(&self) -> Option<&'static str>;
@@ -144,8 +146,60 @@ impl SqlEventStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(post) = self.dialect.append_postamble() {
+            tx.execute(post).await?;
+        }
         tx.commit().await?;
         Ok(positions)
+    }
+
+    /// Outbox rows not yet published, oldest first, with their events. A row
+    /// whose transaction commits late still shows up here: nothing is skipped.
+    pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!(
+            "{} WHERE position IN (SELECT position FROM outbox WHERE published_at IS NULL ORDER BY position LIMIT $1) \
+             ORDER BY position",
+            self.select_events
+        );
+        let rows = sqlx::query(&sql)
+            .bind(limit)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Marks outbox rows published: (position, partition, offset).
+    pub async fn mark_published(&self, rows: &[(i64, i32, i64)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Integers we produced ourselves, inlined: one statement for the batch.
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(pos, p, o)| format!("({pos}, {p}, {o})"))
+            .collect();
+        let sql = format!(
+            "UPDATE outbox SET published_at = $1, partition_no = v.column2, offset_no = v.column3 \
+             FROM (VALUES {}) AS v WHERE outbox.position = v.column1",
+            values.join(", ")
+        );
+        sqlx::query(&sql)
+            .bind(timestamp(chrono::Utc::now()))
+            .execute(&self.db.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Age in seconds of the oldest unpublished outbox row (0 when none).
+    pub async fn oldest_pending_age(&self) -> Result<f64, StoreError> {
+        let oldest: Option<String> =
+            sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.db.pool)
+                .await?;
+        Ok(match oldest.and_then(|o| parse_timestamp(&o).ok()) {
+            Some(t) => (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0,
+            None => 0.0,
+        })
     }
 }
 

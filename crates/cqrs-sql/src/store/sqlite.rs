@@ -53,6 +53,10 @@ impl Dialect for Sqlite {
         None
     }
 
+    fn append_postamble(&self) -> Option<&'static str> {
+        None
+    }
+
     fn log_horizon(&self) -> Option<&'static str> {
         None
     }

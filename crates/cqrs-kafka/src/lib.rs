@@ -1,0 +1,46 @@
+//! Kafka adapters of the CQRS pattern: the relay that publishes the outbox,
+//! the projector's Kafka source (consumer group, offsets stored in the read
+//! DB, dead-letter topic), and topic administration.
+
+pub mod admin;
+pub mod record;
+pub mod relay;
+pub mod source;
+
+pub use admin::ensure_topics;
+pub use relay::{Relay, RelayConfig};
+pub use source::{KafkaSource, SourceConfig};
+
+/// Where the broker and the topics are.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The events topic.
+    pub topic: String,
+    /// Partitions when the topic is created.
+    pub partitions: i32,
+    /// Replication factor when the topic is created.
+    pub replication: i32,
+}
+
+impl KafkaConfig {
+    /// The dead-letter topic beside the events topic.
+    pub fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.topic)
+    }
+}
+
+/// Why a Kafka adapter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The client or broker refused.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The outbox or read DB failed.
+    #[error(transparent)]
+    Store(#[from] cqrs_sql::StoreError),
+    /// A database call failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}

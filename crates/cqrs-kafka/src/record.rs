@@ -1,0 +1,139 @@
+//! The record format on the topic: key = aggregate id, value = the event's
+//! JSON payload, headers = the envelope's other fields.
+
+use chrono::{DateTime, Utc};
+use cqrs_core::{EventEnvelope, EventMetadata};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use serde_json::{json, Map, Value};
+
+/// Header names, as a client that is not ours sees them.
+pub mod header {
+    /// Unique event id.
+    pub const EVENT_ID: &str = "event_id";
+    /// Event type ("OrderCreated").
+    pub const EVENT_TYPE: &str = "event_type";
+    /// Payload schema version.
+    pub const SCHEMA_VERSION: &str = "schema_version";
+    /// Aggregate type ("order").
+    pub const AGGREGATE_TYPE: &str = "aggregate_type";
+    /// Aggregate id (also the key).
+    pub const AGGREGATE_ID: &str = "aggregate_id";
+    /// Aggregate version.
+    pub const AGGREGATE_VERSION: &str = "aggregate_version";
+    /// Command id.
+    pub const COMMAND_ID: &str = "command_id";
+    /// Trace id (the command id).
+    pub const TRACE_ID: &str = "trace_id";
+    /// When the command was decided.
+    pub const OCCURRED_AT: &str = "occurred_at";
+    /// When the write transaction stored it.
+    pub const RECORDED_AT: &str = "recorded_at";
+    /// Position in the write-side log.
+    pub const POSITION: &str = "position";
+    /// Why a record was dead-lettered.
+    pub const DLQ_REASON: &str = "dlq_reason";
+    /// Where a dead-lettered record came from.
+    pub const DLQ_SOURCE: &str = "dlq_source";
+}
+
+/// Headers of an event.
+pub fn headers_of(e: &EventEnvelope) -> OwnedHeaders {
+    let fields: [(&str, String); 11] = [
+        (header::EVENT_ID, e.event_id.clone()),
+        (header::EVENT_TYPE, e.event_type.clone()),
+        (header::SCHEMA_VERSION, e.schema_version.to_string()),
+        (header::AGGREGATE_TYPE, e.aggregate_type.clone()),
+        (header::AGGREGATE_ID, e.aggregate_id.clone()),
+        (header::AGGREGATE_VERSION, e.version.to_string()),
+        (header::COMMAND_ID, e.metadata.command_id.clone()),
+        (header::TRACE_ID, e.metadata.command_id.clone()),
+        (
+            header::OCCURRED_AT,
+            cqrs_sql::db::timestamp(e.metadata.occurred_at),
+        ),
+        (header::RECORDED_AT, cqrs_sql::db::timestamp(e.recorded_at)),
+        (header::POSITION, e.position.to_string()),
+    ];
+    fields.iter().fold(
+        OwnedHeaders::new_with_capacity(fields.len()),
+        |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        },
+    )
+}
+
+/// The headers of a message as text.
+pub fn header_map(m: &BorrowedMessage<'_>) -> Map<String, Value> {
+    let mut out = Map::new();
+    if let Some(h) = m.headers() {
+        for hd in h.iter() {
+            let v = hd.value.map(|v| String::from_utf8_lossy(v).into_owned());
+            out.insert(
+                hd.key.to_owned(),
+                v.map(Value::String).unwrap_or(Value::Null),
+            );
+        }
+    }
+    out
+}
+
+/// The record as received, for a dead letter.
+pub fn raw_of(m: &BorrowedMessage<'_>) -> Value {
+    json!({
+        "topic": m.topic(),
+        "partition": m.partition(),
+        "offset": m.offset(),
+        "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        "headers": header_map(m),
+        "value": m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+    })
+}
+
+fn text<'a>(h: &'a Map<String, Value>, k: &str) -> Result<&'a str, String> {
+    h.get(k)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing header {k}"))
+}
+
+fn time(h: &Map<String, Value>, k: &str) -> Result<DateTime<Utc>, String> {
+    cqrs_sql::db::parse_timestamp(text(h, k)?).map_err(|e| format!("header {k}: {e}"))
+}
+
+fn int(h: &Map<String, Value>, k: &str) -> Result<i64, String> {
+    text(h, k)?.parse().map_err(|e| format!("header {k}: {e}"))
+}
+
+/// Rebuilds the envelope from a record, or says why it is not one.
+pub fn decode(m: &BorrowedMessage<'_>) -> Result<EventEnvelope, String> {
+    let h = header_map(m);
+    let payload = m.payload().ok_or("record has no value")?;
+    let payload: Value =
+        serde_json::from_slice(payload).map_err(|e| format!("value is not JSON: {e}"))?;
+    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+    let aggregate_id = text(&h, header::AGGREGATE_ID)?.to_owned();
+    if key.as_deref() != Some(aggregate_id.as_str()) {
+        return Err(format!(
+            "key {key:?} is not the aggregate id {aggregate_id}"
+        ));
+    }
+    Ok(EventEnvelope {
+        position: int(&h, header::POSITION)?,
+        event_id: text(&h, header::EVENT_ID)?.to_owned(),
+        aggregate_type: text(&h, header::AGGREGATE_TYPE)?.to_owned(),
+        aggregate_id,
+        version: int(&h, header::AGGREGATE_VERSION)?,
+        event_type: text(&h, header::EVENT_TYPE)?.to_owned(),
+        schema_version: int(&h, header::SCHEMA_VERSION)?
+            .try_into()
+            .map_err(|_| "schema_version out of range".to_owned())?,
+        payload,
+        metadata: EventMetadata {
+            command_id: text(&h, header::COMMAND_ID)?.to_owned(),
+            occurred_at: time(&h, header::OCCURRED_AT)?,
+        },
+        recorded_at: time(&h, header::RECORDED_AT)?,
+    })
+}

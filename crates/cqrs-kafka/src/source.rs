@@ -1,0 +1,306 @@
+//! The projector's Kafka source: one member of a consumer group. Offsets live
+//! in the read DB (written with the projection); Kafka's committed offsets
+//! follow them for lag tools. After an assignment the source seeks each new
+//! partition to the read DB's offset and drops anything below it.
+
+use crate::record::{self, header, raw_of};
+use crate::KafkaConfig;
+use cqrs_sql::read::runner::load_checkpoints;
+use cqrs_sql::{Db, EventSource, SourceError, SourcedEvent};
+use futures::FutureExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the source joins its group.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Broker and topic.
+    pub kafka: KafkaConfig,
+    /// Consumer group.
+    pub group_id: String,
+    /// `session.timeout.ms`: how long a dead member holds its partitions.
+    pub session_timeout_ms: u32,
+    /// Name of the projector whose checkpoints the read DB holds.
+    pub projector: String,
+}
+
+#[derive(Default)]
+struct Assignment {
+    /// Partitions assigned since the last look: seek them to the read DB's offset.
+    fresh: HashSet<i32>,
+    /// Partitions taken away since the last look.
+    revoked: HashSet<i32>,
+    /// Partitions held now.
+    owned: HashSet<i32>,
+}
+
+struct Ctx {
+    assignment: Arc<Mutex<Assignment>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    // Runs inside poll, i.e. only while the source is collecting a batch,
+    // never while a batch is being applied: a partition is released between
+    // batches, so its in-flight records are committed first or dropped.
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(tpl), Ok(mut a)) = (rebalance, self.assignment.lock()) {
+            for e in tpl.elements() {
+                a.revoked.insert(e.partition());
+                a.owned.remove(&e.partition());
+                a.fresh.remove(&e.partition());
+            }
+            tracing::info!(partitions = ?a.revoked, "partitions revoked");
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(tpl), Ok(mut a)) = (rebalance, self.assignment.lock()) {
+            for e in tpl.elements() {
+                a.fresh.insert(e.partition());
+                a.owned.insert(e.partition());
+                a.revoked.remove(&e.partition());
+            }
+            tracing::info!(partitions = ?a.owned, "partitions assigned");
+        }
+    }
+}
+
+/// Consumes the events topic for a projector.
+pub struct KafkaSource {
+    config: SourceConfig,
+    consumer: Option<Arc<StreamConsumer<Ctx>>>,
+    dlq: FutureProducer,
+    assignment: Arc<Mutex<Assignment>>,
+    read_db: Db,
+    /// Per partition: the read DB's next offset when it was assigned.
+    floor: HashMap<i32, i64>,
+}
+
+impl KafkaSource {
+    /// Joins the group (subscribes on `resume`).
+    pub fn new(config: SourceConfig, read_db: Db) -> Result<Self, crate::KafkaError> {
+        let assignment = Arc::new(Mutex::new(Assignment::default()));
+        let consumer: StreamConsumer<Ctx> = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout_ms / 4).max(250).to_string(),
+            )
+            .set(
+                "client.id",
+                format!("orders-projector-{}", std::process::id()),
+            )
+            .create_with_context(Ctx {
+                assignment: assignment.clone(),
+            })?;
+        let dlq: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(Self {
+            config,
+            consumer: Some(Arc::new(consumer)),
+            dlq,
+            assignment,
+            read_db,
+            floor: HashMap::new(),
+        })
+    }
+
+    fn consumer(&self) -> Result<&Arc<StreamConsumer<Ctx>>, SourceError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| SourceError::Other("consumer closed".into()))
+    }
+
+    fn key(&self, partition: i32) -> String {
+        format!("{}/{}", self.config.kafka.topic, partition)
+    }
+
+    /// Seeks freshly assigned partitions to the read DB's offsets.
+    async fn seek_fresh(&mut self) -> Result<(), SourceError> {
+        let fresh: Vec<i32> = match self.assignment.lock() {
+            Ok(mut a) => a.fresh.drain().collect(),
+            Err(_) => return Err(SourceError::Other("assignment lock poisoned".into())),
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let stored = load_checkpoints(&self.read_db, &self.config.projector)
+            .await
+            .map_err(|e| SourceError::Other(format!("read DB: {e}")))?;
+        let consumer = self.consumer()?.clone();
+        for p in fresh {
+            let next = stored.get(&self.key(p)).copied().unwrap_or(0);
+            self.floor.insert(p, next);
+            if next > 0 {
+                // Asynchronous seek; anything fetched before it lands is below
+                // the floor and dropped.
+                if let Err(e) = consumer.seek(
+                    &self.config.kafka.topic,
+                    p,
+                    Offset::Offset(next),
+                    Duration::ZERO,
+                ) {
+                    tracing::debug!(partition = p, error = %e, "seek not taken; relying on the floor");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn owned(&self, partition: i32) -> bool {
+        self.assignment
+            .lock()
+            .map(|a| a.owned.contains(&partition))
+            .unwrap_or(false)
+    }
+}
+
+fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: String) -> SourcedEvent {
+    SourcedEvent {
+        source_key: key.clone(),
+        next_position: m.offset() + 1,
+        published_as: format!("{key}@{}", m.offset()),
+        consumed_at: chrono::Utc::now(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        event: record::decode(m),
+        raw: Some(raw_of(m)),
+    }
+}
+
+impl EventSource for KafkaSource {
+    async fn resume(
+        &mut self,
+        _checkpoints: &std::collections::HashMap<String, i64>,
+    ) -> Result<(), SourceError> {
+        // Checkpoints are read per partition at assignment time (seek_fresh).
+        self.consumer()?
+            .subscribe(&[&self.config.kafka.topic])
+            .map_err(|e| SourceError::Other(e.to_string()))
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<SourcedEvent>, SourceError> {
+        let consumer = self.consumer()?.clone();
+        let mut batch: Vec<(i32, SourcedEvent)> = Vec::new();
+        while batch.is_empty() {
+            let first = consumer
+                .recv()
+                .await
+                .map_err(|e| SourceError::Other(e.to_string()))?;
+            let mut received = vec![(
+                first.partition(),
+                to_sourced(&first, self.key(first.partition())),
+            )];
+            drop(first);
+            // Whatever is already buffered joins the batch, without waiting.
+            while received.len() < max {
+                match consumer.recv().now_or_never() {
+                    Some(Ok(m)) => {
+                        let item = to_sourced(&m, self.key(m.partition()));
+                        received.push((m.partition(), item));
+                    }
+                    Some(Err(e)) => return Err(SourceError::Other(e.to_string())),
+                    None => break,
+                }
+            }
+            self.seek_fresh().await?;
+            let revoked: HashSet<i32> = self
+                .assignment
+                .lock()
+                .map(|mut a| std::mem::take(&mut a.revoked))
+                .unwrap_or_default();
+            for (p, item) in received {
+                let below_floor = self.floor.get(&p).is_some_and(|f| item.next_position <= *f);
+                if !below_floor && self.owned(p) && !revoked.contains(&p) {
+                    batch.push((p, item));
+                }
+            }
+        }
+        Ok(batch.into_iter().map(|(_, i)| i).collect())
+    }
+
+    async fn dead_letter(&mut self, item: &SourcedEvent, reason: &str) -> Result<(), SourceError> {
+        let raw = item.raw.clone().unwrap_or_default();
+        let value = raw["value"].as_str().unwrap_or("").to_owned();
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = raw["headers"].as_object() {
+            for (k, v) in h {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_str().map(str::as_bytes),
+                });
+            }
+        }
+        headers = headers
+            .insert(Header {
+                key: header::DLQ_REASON,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: header::DLQ_SOURCE,
+                value: Some(item.published_as.as_bytes()),
+            });
+        let key = item.key.clone().unwrap_or_default();
+        let topic = self.config.kafka.dlq_topic();
+        let record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&value)
+            .headers(headers);
+        self.dlq
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| SourceError::Other(format!("dead-letter topic: {e}")))?;
+        Ok(())
+    }
+
+    async fn committed(&mut self, checkpoints: &[(String, i64)]) -> Result<(), SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for (key, next) in checkpoints {
+            if let Some(p) = key.rsplit('/').next().and_then(|p| p.parse::<i32>().ok()) {
+                if self.owned(p) {
+                    let _ = tpl.add_partition_offset(
+                        &self.config.kafka.topic,
+                        p,
+                        Offset::Offset(*next),
+                    );
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            // For lag tools only: the read DB holds the truth.
+            if let Err(e) = self.consumer()?.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "offset commit to Kafka failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Leaving the group can block; never on a runtime thread.
+        if let Some(consumer) = self.consumer.take() {
+            consumer.unsubscribe();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn_blocking(move || drop(consumer));
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Records the projector gave up on, and the later records of the same
+//! aggregate parked behind them so that nothing is applied out of order.
+
+use super::SourcedEvent;
+use crate::db::Db;
+use cqrs_core::EventEnvelope;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use std::collections::HashSet;
+
+/// The dead-letter table.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS dead_letters (
+        id TEXT PRIMARY KEY,
+        projector TEXT NOT NULL,
+        source_key TEXT NOT NULL,
+        next_position BIGINT NOT NULL,
+        published_as TEXT NOT NULL,
+        aggregate_id TEXT,
+        version BIGINT,
+        event_type TEXT,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL,
+        envelope TEXT,
+        raw TEXT,
+        created_at TEXT NOT NULL,
+        resolved_at TEXT)",
+    "CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (projector, aggregate_id, status)",
+];
+
+/// Where a dead letter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterStatus {
+    /// The record itself failed.
+    Dead,
+    /// Held back behind an earlier dead letter of its aggregate.
+    Parked,
+    /// Applied later by `retry`.
+    Retried,
+    /// Dropped by an operator.
+    Discarded,
+}
+
+impl DeadLetterStatus {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterStatus::Dead => "dead",
+            DeadLetterStatus::Parked => "parked",
+            DeadLetterStatus::Retried => "retried",
+            DeadLetterStatus::Discarded => "discarded",
+        }
+    }
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// Id (time-ordered).
+    pub id: String,
+    /// Where it was published.
+    pub published_as: String,
+    /// Its aggregate, when known.
+    pub aggregate_id: Option<String>,
+    /// Its version, when it decoded.
+    pub version: Option<i64>,
+    /// Its event type, when it decoded.
+    pub event_type: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// dead, parked, retried or discarded.
+    pub status: String,
+    /// When it was recorded.
+    pub created_at: String,
+    /// The decoded event.
+    #[serde(skip)]
+    pub envelope: Option<EventEnvelope>,
+}
+
+const COLUMNS: &str =
+    "id, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope";
+
+fn from_row(r: &AnyRow) -> Result<DeadLetter, sqlx::Error> {
+    let envelope: Option<String> = r.try_get("envelope")?;
+    Ok(DeadLetter {
+        id: r.try_get("id")?,
+        published_as: r.try_get("published_as")?,
+        aggregate_id: r.try_get("aggregate_id")?,
+        version: r.try_get("version")?,
+        event_type: r.try_get("event_type")?,
+        reason: r.try_get("reason")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        envelope: envelope.and_then(|e| serde_json::from_str(&e).ok()),
+    })
+}
+
+/// Stores a dead or parked record.
+pub(crate) async fn record(
+    tx: &mut AnyConnection,
+    projector: &str,
+    item: &SourcedEvent,
+    reason: &str,
+    status: DeadLetterStatus,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    let envelope = item.event.as_ref().ok();
+    sqlx::query(
+        "INSERT INTO dead_letters (id, projector, source_key, next_position, published_as, aggregate_id, version, \
+         event_type, reason, status, envelope, raw, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(projector)
+    .bind(&item.source_key)
+    .bind(item.next_position)
+    .bind(&item.published_as)
+    .bind(item.aggregate_id())
+    .bind(envelope.map(|e| e.version))
+    .bind(envelope.map(|e| e.event_type.clone()))
+    .bind(reason)
+    .bind(status.as_str())
+    .bind(envelope.and_then(|e| serde_json::to_string(e).ok()))
+    .bind(item.raw.as_ref().map(|r| r.to_string()))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether the aggregate has an open (dead or parked) letter.
+pub(crate) async fn has_open(
+    tx: &mut AnyConnection,
+    projector: &str,
+    aggregate_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM dead_letters WHERE projector = $1 AND aggregate_id = $2 AND status IN ('dead', 'parked')",
+    )
+    .bind(projector)
+    .bind(aggregate_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(n > 0)
+}
+
+/// The open letters of an aggregate, in version order.
+pub(crate) async fn open_for(
+    tx: &mut AnyConnection,
+    projector: &str,
+    aggregate_id: &str,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM dead_letters WHERE projector = $1 AND aggregate_id = $2 \
+         AND status IN ('dead', 'parked') ORDER BY COALESCE(version, 0), id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(projector)
+        .bind(aggregate_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Closes a letter.
+pub(crate) async fn resolve(
+    tx: &mut AnyConnection,
+    id: &str,
+    status: DeadLetterStatus,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE dead_letters SET status = $1, resolved_at = $2 WHERE id = $3")
+        .bind(status.as_str())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Aggregates with open letters.
+pub(crate) async fn parked_aggregates(
+    db: &Db,
+    projector: &str,
+) -> Result<HashSet<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT aggregate_id FROM dead_letters WHERE projector = $1 AND status IN ('dead', 'parked') \
+         AND aggregate_id IS NOT NULL",
+    )
+    .bind(projector)
+    .fetch_all(&db.pool)
+    .await
+    .map(|v: Vec<String>| v.into_iter().collect())
+}
+
+/// Dead letters, newest first; only open ones unless `all`.
+pub async fn list(db: &Db, projector: &str, all: bool) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let filter = if all {
+        ""
+    } else {
+        "AND status IN ('dead', 'parked')"
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM dead_letters WHERE projector = $1 {filter} ORDER BY id DESC"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(projector)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Discards open letters: one by id, or every open letter of an aggregate.
+pub async fn discard(db: &Db, projector: &str, id_or_aggregate: &str) -> Result<u64, sqlx::Error> {
+    let now = crate::db::timestamp(chrono::Utc::now());
+    let done = sqlx::query(
+        "UPDATE dead_letters SET status = 'discarded', resolved_at = $1 WHERE projector = $2 \
+         AND status IN ('dead', 'parked') AND (id = $3 OR aggregate_id = $3)",
+    )
+    .bind(now)
+    .bind(projector)
+    .bind(id_or_aggregate)
+    .execute(&db.writer)
+    .await?;
+    Ok(done.rows_affected())
+}
