@@ -89,6 +89,7 @@ impl Relay {
         if self.store.db().backend == Backend::Sqlite {
             return Ok(None);
         }
+        let mut announced = false;
         loop {
             let mut conn = sqlx::AnyConnection::connect(&self.config.database_url).await?;
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -99,6 +100,10 @@ impl Relay {
                 return Ok(Some(conn));
             }
             drop(conn);
+            if !announced {
+                tracing::info!("relay standing by: another relay leads this outbox");
+                announced = true;
+            }
             tokio::time::sleep(self.config.standby_retry).await;
         }
     }

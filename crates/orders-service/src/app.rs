@@ -219,10 +219,20 @@ impl Running {
             tasks.push(("projector", task));
             progress
         } else {
-            // The projector runs elsewhere: learn its progress from the read DB.
             cqrs_sql::read::runner::ensure_schema(&read).await?;
-            let progress = ReadProgress::new(read.clone(), PROJECTOR);
-            let follower = progress.follow_database(Duration::from_millis(20));
+            ReadProgress::new(read.clone(), PROJECTOR)
+        };
+        // Other processes move the read model too (projectors owning other
+        // partitions, `dead-letters retry`, a projector elsewhere): follow it
+        // through the read DB with one query per tick, often when no
+        // projector runs here.
+        {
+            let every = Duration::from_millis(if config.runs(Role::Projector) {
+                100
+            } else {
+                20
+            });
+            let follower = progress.follow_database(every);
             let mut rx = rx.clone();
             tasks.push((
                 "progress follower",
@@ -232,8 +242,7 @@ impl Running {
                     Ok(())
                 }),
             ));
-            progress
-        };
+        }
         Ok(Running {
             app: App {
                 store,

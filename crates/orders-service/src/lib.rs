@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod client;
+pub mod dead_letters;
 pub mod demo;
 
 pub use app::{App, Config, Running};

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orders_service::app::{KafkaOptions, Role};
-use orders_service::{bench, client, demo, Config, Running};
+use orders_service::{bench, client, dead_letters, demo, Config, Running};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -112,6 +112,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait_secs: u64,
     },
+    /// Inspect and resolve records the projector gave up on.
+    DeadLetters {
+        #[command(subcommand)]
+        action: dead_letters::Action,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Measure command throughput and command->queryable latency.
     Bench(bench::BenchArgs),
     /// Client: create an order.
@@ -185,7 +192,10 @@ async fn serve(listen: SocketAddr, config: Config) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
-    init_logs(cli.log.as_deref(), if quiet { "warn" } else { "info" });
+    init_logs(
+        cli.log.as_deref(),
+        if quiet { "warn" } else { "info,sqlx=warn" },
+    );
     match cli.command {
         Command::Serve { listen, db } => serve(listen, db.config()).await,
         Command::Demo(args) => demo::run(args).await,
@@ -200,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::DeadLetters { action, db } => dead_letters::run(action, &db.config()).await,
         Command::Create(a) => client::create(a).await,
         Command::Pay(a) => client::pay(a).await,
         Command::Ship(a) => client::ship(a).await,

@@ -279,9 +279,16 @@ impl ProjectorRunner {
                     v
                 }
             };
-            let parked = newly_parked.iter().any(|p| p == id)
-                || (self.is_parked(id)
-                    && dead_letters::has_open(&mut tx, &self.config.name, id).await?);
+            let mut parked = newly_parked.iter().any(|p| p == id);
+            if !parked && self.is_parked(id) {
+                parked = dead_letters::has_open(&mut tx, &self.config.name, id).await?;
+                if !parked {
+                    // Released by a retry or discard, maybe in another process.
+                    if let Ok(mut p) = self.parked.lock() {
+                        p.remove(id);
+                    }
+                }
+            }
             if parked {
                 let reason = format!("parked: aggregate {id} has an earlier dead letter");
                 dead_letters::record(
@@ -364,6 +371,10 @@ impl ProjectorRunner {
             p.extend(newly_parked);
         }
         self.progress.applied(applied.iter().map(|(k, v)| (*k, *v)));
+        if report.duplicates > 0 || report.dead_lettered > 0 {
+            tracing::info!(projector = %self.config.name, applied = report.applied, duplicates = report.duplicates,
+                dead_lettered = report.dead_lettered, "batch had records already applied or dead-lettered");
+        }
         let checkpoints = checkpoints
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))

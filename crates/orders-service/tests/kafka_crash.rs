@@ -1,0 +1,251 @@
+//! Crash tests with real processes: API, relay and projector apart, over a
+//! real Kafka broker and PostgreSQL; relay and projector die by kill -9.
+
+mod common;
+
+use common::{free_port, wait_healthy, Cluster};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Orders accepted with a 2xx and the version each must reach.
+type Accepted = Arc<Mutex<HashMap<String, i64>>>;
+
+fn random_ms(lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(lo + (uuid::Uuid::new_v4().as_u128() % u128::from(hi - lo)) as u64)
+}
+
+/// Clients that create and pay orders until told to stop; every 2xx is recorded.
+fn drive(
+    base: String,
+    clients: usize,
+    stop: watch::Receiver<bool>,
+) -> (Accepted, Vec<tokio::task::JoinHandle<()>>) {
+    let accepted: Accepted = Arc::default();
+    let tasks = (0..clients)
+        .map(|c| {
+            let (accepted, base, stop) = (accepted.clone(), base.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut i = 0;
+                while !*stop.borrow() {
+                    i += 1;
+                    let body = json!({"customer_id": format!("c{}", (c + i) % 7),
+                        "items": [{"sku": "s", "quantity": 1 + i % 3, "unit_price_cents": 250}]});
+                    let Ok(r) = http.post(format!("{base}/orders")).json(&body).send().await else {
+                        continue;
+                    };
+                    if r.status() != 201 {
+                        continue;
+                    }
+                    let a: serde_json::Value = r.json().await.unwrap();
+                    let id = a["order_id"].as_str().unwrap().to_owned();
+                    accepted.lock().unwrap().insert(id.clone(), 1);
+                    if i % 2 == 0 {
+                        let pay = json!({"amount_cents": 250 * (1 + i % 3), "payment_ref": "p"});
+                        if let Ok(r) = http
+                            .post(format!("{base}/orders/{id}/pay"))
+                            .json(&pay)
+                            .send()
+                            .await
+                        {
+                            if r.status() == 200 {
+                                accepted.lock().unwrap().insert(id, 2);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (accepted, tasks)
+}
+
+/// Every accepted command is in the read model exactly once: each order at
+/// the version its 2xx answers promised, and no dead letters.
+async fn assert_reflected_once(cluster: &Cluster, accepted: &Accepted) {
+    let db = cluster.db().await;
+    let versions: HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i64)>("SELECT order_id, version FROM order_details")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let accepted = accepted.lock().unwrap().clone();
+    let dups = std::fs::read_dir(cluster.dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .map(|log| log.matches("already applied").count())
+        .sum::<usize>();
+    eprintln!(
+        "{} orders accepted; {dups} batches held records already applied",
+        accepted.len()
+    );
+    assert!(
+        accepted.len() > 20,
+        "the load produced only {} orders",
+        accepted.len()
+    );
+    for (id, v) in &accepted {
+        assert_eq!(versions.get(id), Some(v), "order {id}");
+    }
+    assert_eq!(
+        versions.len(),
+        accepted.len(),
+        "the read model has orders nobody was told about"
+    );
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "no record may be dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_relay_and_projector_loses_nothing_and_counts_nothing_twice() {
+    let cluster = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = cluster.start("api", "api", Some(port), &[]);
+    wait_healthy(&base, &mut api).await;
+    // A small apply delay widens the window between consuming and committing.
+    let slow = [("ORDERS_PROJECTOR_DELAY_MS", "40".to_owned())];
+    let mut relay = cluster.start("relay-0", "relay", None, &[]);
+    let mut projector = cluster.start("projector-0", "projector", None, &slow);
+    let (stop_tx, stop) = watch::channel(false);
+    let (accepted, clients) = drive(base.clone(), 4, stop);
+    for n in 1..=3 {
+        tokio::time::sleep(random_ms(400, 1200)).await;
+        relay.kill9();
+        relay = cluster.start(&format!("relay-{n}"), "relay", None, &[]);
+    }
+    for n in 1..=3 {
+        tokio::time::sleep(random_ms(400, 1200)).await;
+        projector.kill9();
+        projector = cluster.start(&format!("projector-{n}"), "projector", None, &slow);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_tx.send(true).unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    cluster
+        .wait_converged(120, &mut [&mut api, &mut relay, &mut projector])
+        .await;
+    assert_reflected_once(&cluster, &accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_relay_takes_over_within_five_seconds() {
+    let cluster = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = cluster.start("api", "api,projector", Some(port), &[]);
+    wait_healthy(&base, &mut api).await;
+    let mut leader = cluster.start("relay-a", "relay", None, &[]);
+    let http = reqwest::Client::new();
+    let create = || async {
+        let body = json!({"customer_id": "c", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 1}]});
+        let a: serde_json::Value = http
+            .post(format!("{base}/orders"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        a["order_id"].as_str().unwrap().to_owned()
+    };
+    let db = cluster.db().await;
+    let published = |id: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM outbox WHERE aggregate_id = $1 AND published_at IS NOT NULL",
+            )
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+                == 1
+        }
+    };
+    let first = create().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !published(first.clone()).await {
+        assert!(
+            Instant::now() < deadline,
+            "the first relay never published:\n{}",
+            leader.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut standby = cluster.start("relay-b", "relay", None, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !standby.log_text().contains("relay standing by") {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never stood by:\n{}",
+            standby.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    leader.kill9();
+    let killed = Instant::now();
+    let second = create().await;
+    while !published(second.clone()).await {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the standby did not take over within 5 s:\n{}",
+            standby.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(standby.log_text().contains("relay is the leader"));
+    cluster
+        .wait_converged(60, &mut [&mut api, &mut standby])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn projectors_joining_and_leaving_a_group_apply_everything_once_in_order() {
+    let cluster = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = cluster.start("api", "api,relay", Some(port), &[]);
+    wait_healthy(&base, &mut api).await;
+    let slow = [("ORDERS_PROJECTOR_DELAY_MS", "20".to_owned())];
+    let mut p1 = cluster.start("projector-1", "projector", None, &slow);
+    let mut p2 = cluster.start("projector-2", "projector", None, &slow);
+    let (stop_tx, stop) = watch::channel(false);
+    let (accepted, clients) = drive(base.clone(), 4, stop);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut p3 = cluster.start("projector-3", "projector", None, &slow);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        p1.terminate().success(),
+        "a leaving projector stops cleanly:\n{}",
+        p1.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop_tx.send(true).unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    cluster
+        .wait_converged(120, &mut [&mut api, &mut p2, &mut p3])
+        .await;
+    assert_reflected_once(&cluster, &accepted).await;
+    for p in [&p2, &p3] {
+        assert!(
+            p.log_text().contains("partitions assigned"),
+            "{} took part:\n{}",
+            p.name,
+            p.log_text()
+        );
+    }
+}
