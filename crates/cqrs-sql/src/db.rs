@@ -128,7 +128,7 @@ impl Db {
     }
 
     /// Runs idempotent DDL statements, serialised across processes on PostgreSQL.
-    pub async fn migrate(&self, statements: &[&str]) -> Result<(), sqlx::Error> {
+    pub async fn migrate<S: AsRef<str>>(&self, statements: &[S]) -> Result<(), sqlx::Error> {
         let mut conn = self.writer.acquire().await?;
         if self.backend == Backend::Postgres {
             conn.execute("SELECT 1 FROM (SELECT pg_advisory_lock(7233083)) AS l")
@@ -136,7 +136,7 @@ impl Db {
         }
         let mut result = Ok(());
         for s in statements {
-            if let Err(e) = conn.execute(*s).await {
+            if let Err(e) = conn.execute(s.as_ref()).await {
                 result = Err(e);
                 break;
             }

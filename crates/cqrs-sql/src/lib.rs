@@ -4,6 +4,7 @@
 //! runner that applies batches together with their checkpoint and drops
 //! events it has already applied. Both run on PostgreSQL and SQLite.
 
+pub mod batch;
 pub mod command;
 pub mod db;
 pub mod read;

@@ -4,104 +4,224 @@
 use crate::aggregate::{OrderEvent, Status};
 use crate::views::{decode, target_status, CustomerSummary, OrderView, StatusStats, Views};
 use cqrs_core::EventEnvelope;
+use cqrs_sql::batch::{self, Kind, Val};
 use cqrs_sql::db::timestamp;
 use cqrs_sql::{Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// All order projections, in the order they apply.
+/// All order projections over the live tables.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
+    projections_into("")
+}
+
+/// All order projections writing to tables named with `suffix` (replays build
+/// fresh tables this way, then swap them in).
+pub fn projections_into(suffix: &str) -> Vec<Arc<dyn Projection>> {
     vec![
-        Arc::new(OrderDetails),
-        Arc::new(CustomerSummaries),
-        Arc::new(OrderStats),
+        Arc::new(OrderDetails::new(suffix)),
+        Arc::new(CustomerSummaries::new(suffix)),
+        Arc::new(OrderStats::new(suffix)),
     ]
 }
 
-fn expect_one(
-    done: sqlx::any::AnyQueryResult,
-    what: &str,
-    id: &str,
-) -> Result<(), ProjectionError> {
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(ProjectionError::Inconsistent(format!(
-            "{what}: order {id} is not in the read model"
-        )))
+/// The projection called `name` ("order_details", "customer_summary", "order_stats").
+pub fn projection_named(name: &str, suffix: &str) -> Option<Arc<dyn Projection>> {
+    projections_into(suffix)
+        .into_iter()
+        .find(|p| p.name() == name)
+}
+
+fn decoded<'a>(
+    events: &[&'a EventEnvelope],
+) -> Result<Vec<(&'a EventEnvelope, OrderEvent)>, ProjectionError> {
+    events.iter().map(|e| Ok((*e, decode(e)?))).collect()
+}
+
+fn ids<'a>(events: &[(&'a EventEnvelope, OrderEvent)]) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|(e, _)| e.aggregate_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Rows of `table` whose `key` is among `keys`.
+async fn load_rows(
+    tx: &mut AnyConnection,
+    columns: &str,
+    table: &str,
+    key: &str,
+    keys: &[&str],
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    let mut rows = Vec::new();
+    for chunk in keys.chunks(batch::rows_per_statement(1)) {
+        let sql = format!(
+            "SELECT {columns} FROM {table} WHERE {key} IN ({})",
+            batch::list(chunk.len(), 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        rows.extend(q.fetch_all(&mut *tx).await?);
     }
+    Ok(rows)
+}
+
+/// Multi-row upsert: `INSERT ... VALUES ... ON CONFLICT (key) DO UPDATE SET <update>`.
+async fn upsert(
+    tx: &mut AnyConnection,
+    table: &str,
+    columns: &[(&str, Kind)],
+    key: &str,
+    update: &str,
+    rows: &[Vec<Val>],
+) -> Result<(), sqlx::Error> {
+    let kinds: Vec<Kind> = columns.iter().map(|c| c.1).collect();
+    let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    for chunk in rows.chunks(batch::rows_per_statement(columns.len())) {
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({key}) DO UPDATE SET {update}",
+            names.join(", "),
+            batch::tuples(chunk.len(), &kinds, 1)
+        );
+        let vals: Vec<Val> = chunk.iter().flatten().cloned().collect();
+        batch::bind_all(sqlx::query(&sql), &vals)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn missing(e: &EventEnvelope) -> ProjectionError {
+    ProjectionError::Inconsistent(format!(
+        "{} v{}: order {} is not in the read model",
+        e.event_type, e.version, e.aggregate_id
+    ))
 }
 
 /// `order_details`: one row per order, what `GET /orders/{id}` returns.
-pub struct OrderDetails;
+pub struct OrderDetails {
+    table: String,
+}
 
 impl OrderDetails {
-    async fn apply_event(
+    /// Over `order_details{suffix}`.
+    pub fn new(suffix: &str) -> Self {
+        Self {
+            table: format!("order_details{suffix}"),
+        }
+    }
+
+    async fn apply_events(
         &self,
         tx: &mut AnyConnection,
-        e: &EventEnvelope,
+        events: &[&EventEnvelope],
     ) -> Result<(), ProjectionError> {
-        let event = decode(e)?;
-        let at = timestamp(e.metadata.occurred_at);
-        let id = e.aggregate_id.as_str();
-        if let OrderEvent::OrderCreated {
-            customer_id,
-            items,
-            total_cents,
-        } = &event
-        {
-            let items = serde_json::to_string(items)
-                .map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO order_details (order_id, customer_id, status, items, total_cents, version, created_at, updated_at) \
-                 VALUES ($1, $2, 'created', $3, $4, $5, $6, $6)",
-            )
-            .bind(id)
-            .bind(customer_id)
-            .bind(items)
-            .bind(total_cents)
-            .bind(e.version)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
-            return Ok(());
+        let events = decoded(events)?;
+        let mut rows: HashMap<String, OrderView> = HashMap::new();
+        for r in load_rows(tx, ORDER_COLUMNS, &self.table, "order_id", &ids(&events)).await? {
+            let o = order_from_row(&r).map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
+            rows.insert(o.order_id.clone(), o);
         }
-        let (column, a, b): (&str, Option<&str>, Option<&str>) = match &event {
-            OrderEvent::OrderPaid { payment_ref, .. } => (
-                "payment_ref = $5, carrier = carrier",
-                Some(payment_ref),
-                None,
-            ),
-            OrderEvent::OrderShipped {
-                carrier,
-                tracking_number,
-            } => (
-                "carrier = $5, tracking_number = $6",
-                Some(carrier),
-                Some(tracking_number),
-            ),
-            OrderEvent::OrderCancelled { reason } => {
-                ("cancel_reason = $5, carrier = carrier", Some(reason), None)
+        let mut changed: Vec<String> = Vec::new();
+        for (e, event) in &events {
+            let at = timestamp(e.metadata.occurred_at);
+            let id = &e.aggregate_id;
+            if let OrderEvent::OrderCreated {
+                customer_id,
+                items,
+                total_cents,
+            } = event
+            {
+                rows.insert(
+                    id.clone(),
+                    OrderView {
+                        order_id: id.clone(),
+                        customer_id: customer_id.clone(),
+                        status: Status::Created,
+                        items: items.clone(),
+                        total_cents: *total_cents,
+                        version: e.version,
+                        created_at: at.clone(),
+                        updated_at: at,
+                        payment_ref: None,
+                        carrier: None,
+                        tracking_number: None,
+                        cancel_reason: None,
+                    },
+                );
+            } else {
+                let o = rows.get_mut(id).ok_or_else(|| missing(e))?;
+                match event {
+                    OrderEvent::OrderPaid { payment_ref, .. } => {
+                        o.payment_ref = Some(payment_ref.clone())
+                    }
+                    OrderEvent::OrderShipped {
+                        carrier,
+                        tracking_number,
+                    } => {
+                        o.carrier = Some(carrier.clone());
+                        o.tracking_number = Some(tracking_number.clone());
+                    }
+                    OrderEvent::OrderCancelled { reason } => o.cancel_reason = Some(reason.clone()),
+                    OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
+                }
+                o.status = target_status(event);
+                o.version = e.version;
+                o.updated_at = at;
             }
-            _ => ("carrier = carrier", None, None),
-        };
-        let sql = format!(
-            "UPDATE order_details SET status = $1, version = $2, updated_at = $3, {column} WHERE order_id = $4"
-        );
-        let mut q = sqlx::query(&sql)
-            .bind(target_status(&event).as_str())
-            .bind(e.version)
-            .bind(&at)
-            .bind(id);
-        if let Some(a) = a {
-            q = q.bind(a);
+            changed.push(id.clone());
         }
-        if let Some(b) = b {
-            q = q.bind(b);
+        changed.sort_unstable();
+        changed.dedup();
+        let mut out = Vec::with_capacity(changed.len());
+        for id in changed {
+            let Some(o) = rows.remove(&id) else { continue };
+            let items = serde_json::to_string(&o.items)
+                .map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
+            out.push(vec![
+                Val::Text(o.order_id),
+                Val::Text(o.customer_id),
+                Val::Text(o.status.as_str().to_owned()),
+                Val::Text(items),
+                Val::Int(o.total_cents),
+                Val::Int(o.version),
+                Val::Text(o.created_at),
+                Val::Text(o.updated_at),
+                Val::OptText(o.payment_ref),
+                Val::OptText(o.carrier),
+                Val::OptText(o.tracking_number),
+                Val::OptText(o.cancel_reason),
+            ]);
         }
-        expect_one(q.execute(&mut *tx).await?, &e.event_type, id)
+        use Kind::{Int, Text};
+        let cols = [
+            ("order_id", Text),
+            ("customer_id", Text),
+            ("status", Text),
+            ("items", Text),
+            ("total_cents", Int),
+            ("version", Int),
+            ("created_at", Text),
+            ("updated_at", Text),
+            ("payment_ref", Text),
+            ("carrier", Text),
+            ("tracking_number", Text),
+            ("cancel_reason", Text),
+        ];
+        let update = "customer_id = excluded.customer_id, status = excluded.status, items = excluded.items, \
+            total_cents = excluded.total_cents, version = excluded.version, created_at = excluded.created_at, \
+            updated_at = excluded.updated_at, payment_ref = excluded.payment_ref, carrier = excluded.carrier, \
+            tracking_number = excluded.tracking_number, cancel_reason = excluded.cancel_reason";
+        upsert(tx, &self.table, &cols, "order_id", update, &out).await?;
+        Ok(())
     }
 }
 
@@ -109,9 +229,14 @@ impl Projection for OrderDetails {
     fn name(&self) -> &'static str {
         "order_details"
     }
-    fn schema(&self) -> &'static [&'static str] {
-        &[
-            "CREATE TABLE IF NOT EXISTS order_details (
+    fn tables(&self) -> Vec<String> {
+        vec![self.table.clone()]
+    }
+    fn schema(&self, tag: &str) -> Vec<String> {
+        let t = &self.table;
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (
                 order_id TEXT PRIMARY KEY,
                 customer_id TEXT NOT NULL,
                 status TEXT NOT NULL,
@@ -123,86 +248,169 @@ impl Projection for OrderDetails {
                 payment_ref TEXT,
                 carrier TEXT,
                 tracking_number TEXT,
-                cancel_reason TEXT)",
-            "CREATE INDEX IF NOT EXISTS order_details_customer ON order_details (customer_id, order_id)",
-            "CREATE INDEX IF NOT EXISTS order_details_status ON order_details (status, order_id)",
+                cancel_reason TEXT)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS order_details_customer{tag} ON {t} (customer_id, order_id)"),
+            format!("CREATE INDEX IF NOT EXISTS order_details_status{tag} ON {t} (status, order_id)"),
         ]
     }
     fn apply<'a>(
         &'a self,
         tx: &'a mut AnyConnection,
-        e: &'a EventEnvelope,
+        events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(self.apply_event(tx, e))
+        Box::pin(self.apply_events(tx, events))
     }
 }
 
-/// `customer_summary`: orders, money spent and the newest order per customer.
-pub struct CustomerSummaries;
+/// `customer_summary`: orders, money spent and the newest order per customer
+/// (with `customer_orders`, what each order has paid).
+pub struct CustomerSummaries {
+    summary: String,
+    orders: String,
+}
 
 impl CustomerSummaries {
-    async fn apply_event(
+    /// Over `customer_summary{suffix}` and `customer_orders{suffix}`.
+    pub fn new(suffix: &str) -> Self {
+        Self {
+            summary: format!("customer_summary{suffix}"),
+            orders: format!("customer_orders{suffix}"),
+        }
+    }
+
+    async fn apply_events(
         &self,
         tx: &mut AnyConnection,
-        e: &EventEnvelope,
+        events: &[&EventEnvelope],
     ) -> Result<(), ProjectionError> {
-        let event = decode(e)?;
-        let id = e.aggregate_id.as_str();
-        let (customer, paid): (String, i64) = match &event {
-            OrderEvent::OrderCreated { customer_id, .. } => {
-                let at = timestamp(e.metadata.occurred_at);
-                sqlx::query("INSERT INTO customer_orders (order_id, customer_id, paid_cents) VALUES ($1, $2, 0)")
-                    .bind(id)
-                    .bind(customer_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO customer_summary (customer_id, order_count, total_spent_cents, last_order_id, last_order_at) \
-                     VALUES ($1, 1, 0, $2, $3) ON CONFLICT (customer_id) DO UPDATE SET \
-                     order_count = customer_summary.order_count + 1, \
-                     last_order_id = CASE WHEN excluded.last_order_at > customer_summary.last_order_at \
-                       OR (excluded.last_order_at = customer_summary.last_order_at AND excluded.last_order_id > customer_summary.last_order_id) \
-                       THEN excluded.last_order_id ELSE customer_summary.last_order_id END, \
-                     last_order_at = CASE WHEN excluded.last_order_at > customer_summary.last_order_at \
-                       THEN excluded.last_order_at ELSE customer_summary.last_order_at END",
-                )
-                .bind(customer_id)
-                .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                return Ok(());
+        let events = decoded(events)?;
+        // order id -> (customer, paid cents)
+        let mut orders: HashMap<String, (String, i64)> = HashMap::new();
+        for r in load_rows(
+            tx,
+            "order_id, customer_id, paid_cents",
+            &self.orders,
+            "order_id",
+            &ids(&events),
+        )
+        .await?
+        {
+            orders.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+        }
+        // Per customer: deltas and the newest order created in this batch.
+        // Deltas, not absolute values: another projector process may update
+        // the same customer concurrently for orders on other partitions.
+        let mut deltas: HashMap<String, (i64, i64, String, String)> = HashMap::new();
+        let mut touched_orders = Vec::new();
+        for (e, event) in &events {
+            let id = &e.aggregate_id;
+            match event {
+                OrderEvent::OrderCreated { customer_id, .. } => {
+                    let at = timestamp(e.metadata.occurred_at);
+                    orders.insert(id.clone(), (customer_id.clone(), 0));
+                    let d = deltas.entry(customer_id.clone()).or_insert((
+                        0,
+                        0,
+                        String::new(),
+                        String::new(),
+                    ));
+                    d.0 += 1;
+                    if (at.as_str(), id.as_str()) > (d.3.as_str(), d.2.as_str()) {
+                        d.2 = id.clone();
+                        d.3 = at;
+                    }
+                }
+                OrderEvent::OrderPaid { amount_cents, .. } => {
+                    let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
+                    let d = deltas.entry(customer.clone()).or_insert((
+                        0,
+                        0,
+                        String::new(),
+                        String::new(),
+                    ));
+                    d.1 += amount_cents - *paid;
+                    *paid = *amount_cents;
+                }
+                OrderEvent::OrderCancelled { .. } => {
+                    // A cancel refunds whatever was paid.
+                    let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
+                    let d = deltas.entry(customer.clone()).or_insert((
+                        0,
+                        0,
+                        String::new(),
+                        String::new(),
+                    ));
+                    d.1 -= *paid;
+                    *paid = 0;
+                }
+                _ => continue,
             }
-            OrderEvent::OrderPaid { .. } | OrderEvent::OrderCancelled { .. } => {
-                let row = sqlx::query(
-                    "SELECT customer_id, paid_cents FROM customer_orders WHERE order_id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| {
-                    ProjectionError::Inconsistent(format!("{}: order {id} unknown", e.event_type))
-                })?;
-                (row.try_get(0)?, row.try_get(1)?)
-            }
-            _ => return Ok(()),
-        };
-        // Paid adds the amount; a cancel refunds whatever was paid.
-        let (new_paid, delta) = match &event {
-            OrderEvent::OrderPaid { amount_cents, .. } => (*amount_cents, *amount_cents - paid),
-            _ => (0, -paid),
-        };
-        sqlx::query("UPDATE customer_orders SET paid_cents = $1 WHERE order_id = $2")
-            .bind(new_paid)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query("UPDATE customer_summary SET total_spent_cents = total_spent_cents + $1 WHERE customer_id = $2")
-            .bind(delta)
-            .bind(&customer)
-            .execute(&mut *tx)
-            .await?;
-        expect_one(done, &e.event_type, id)
+            touched_orders.push(id.clone());
+        }
+        touched_orders.sort_unstable();
+        touched_orders.dedup();
+        use Kind::{Int, Text};
+        let rows: Vec<Vec<Val>> = touched_orders
+            .iter()
+            .filter_map(|id| {
+                orders
+                    .get(id)
+                    .map(|(c, p)| vec![Val::Text(id.clone()), Val::Text(c.clone()), Val::Int(*p)])
+            })
+            .collect();
+        upsert(
+            tx,
+            &self.orders,
+            &[
+                ("order_id", Text),
+                ("customer_id", Text),
+                ("paid_cents", Int),
+            ],
+            "order_id",
+            "customer_id = excluded.customer_id, paid_cents = excluded.paid_cents",
+            &rows,
+        )
+        .await?;
+        let mut rows: Vec<Vec<Val>> = deltas
+            .into_iter()
+            .map(|(c, (n, spent, last_id, last_at))| {
+                vec![
+                    Val::Text(c),
+                    Val::Int(n),
+                    Val::Int(spent),
+                    Val::Text(last_id),
+                    Val::Text(last_at),
+                ]
+            })
+            .collect();
+        // The same lock order in every process: no deadlocks between projectors.
+        rows.sort_by(|a, b| format!("{:?}", a[0]).cmp(&format!("{:?}", b[0])));
+        let update = format!(
+            "order_count = {t}.order_count + excluded.order_count, \
+             total_spent_cents = {t}.total_spent_cents + excluded.total_spent_cents, \
+             last_order_id = CASE WHEN excluded.last_order_at > {t}.last_order_at OR (excluded.last_order_at = {t}.last_order_at \
+               AND excluded.last_order_id > {t}.last_order_id) THEN excluded.last_order_id ELSE {t}.last_order_id END, \
+             last_order_at = CASE WHEN excluded.last_order_at > {t}.last_order_at THEN excluded.last_order_at \
+               ELSE {t}.last_order_at END",
+            t = self.summary
+        );
+        upsert(
+            tx,
+            &self.summary,
+            &[
+                ("customer_id", Text),
+                ("order_count", Int),
+                ("total_spent_cents", Int),
+                ("last_order_id", Text),
+                ("last_order_at", Text),
+            ],
+            "customer_id",
+            &update,
+            &rows,
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -210,88 +418,143 @@ impl Projection for CustomerSummaries {
     fn name(&self) -> &'static str {
         "customer_summary"
     }
-    fn schema(&self) -> &'static [&'static str] {
-        &[
-            "CREATE TABLE IF NOT EXISTS customer_summary (
+    fn tables(&self) -> Vec<String> {
+        vec![self.summary.clone(), self.orders.clone()]
+    }
+    fn schema(&self, _tag: &str) -> Vec<String> {
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
                 customer_id TEXT PRIMARY KEY,
                 order_count BIGINT NOT NULL,
                 total_spent_cents BIGINT NOT NULL,
                 last_order_id TEXT NOT NULL,
                 last_order_at TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS customer_orders (
+                self.summary
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
                 order_id TEXT PRIMARY KEY,
                 customer_id TEXT NOT NULL,
                 paid_cents BIGINT NOT NULL)",
+                self.orders
+            ),
         ]
     }
     fn apply<'a>(
         &'a self,
         tx: &'a mut AnyConnection,
-        e: &'a EventEnvelope,
+        events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(self.apply_event(tx, e))
+        Box::pin(self.apply_events(tx, events))
     }
 }
 
-/// `order_stats`: count and value of the orders in each status.
-pub struct OrderStats;
+/// `order_stats`: count and value of the orders in each status (with
+/// `order_stats_members`, each order's status and total).
+pub struct OrderStats {
+    stats: String,
+    members: String,
+}
 
 impl OrderStats {
-    async fn bump(
-        tx: &mut AnyConnection,
-        status: Status,
-        count: i64,
-        cents: i64,
-    ) -> Result<(), ProjectionError> {
-        sqlx::query(
-            "INSERT INTO order_stats (status, order_count, revenue_cents) VALUES ($1, $2, $3) \
-             ON CONFLICT (status) DO UPDATE SET order_count = order_stats.order_count + excluded.order_count, \
-             revenue_cents = order_stats.revenue_cents + excluded.revenue_cents",
-        )
-        .bind(status.as_str())
-        .bind(count)
-        .bind(cents)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+    /// Over `order_stats{suffix}` and `order_stats_members{suffix}`.
+    pub fn new(suffix: &str) -> Self {
+        Self {
+            stats: format!("order_stats{suffix}"),
+            members: format!("order_stats_members{suffix}"),
+        }
     }
 
-    async fn apply_event(
+    async fn apply_events(
         &self,
         tx: &mut AnyConnection,
-        e: &EventEnvelope,
+        events: &[&EventEnvelope],
     ) -> Result<(), ProjectionError> {
-        let event = decode(e)?;
-        let id = e.aggregate_id.as_str();
-        let to = target_status(&event);
-        if let OrderEvent::OrderCreated { total_cents, .. } = &event {
-            sqlx::query("INSERT INTO order_stats_members (order_id, status, total_cents) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(to.as_str())
-                .bind(total_cents)
-                .execute(&mut *tx)
-                .await?;
-            return Self::bump(tx, to, 1, *total_cents).await;
+        let events = decoded(events)?;
+        let mut members: HashMap<String, (Status, i64)> = HashMap::new();
+        for r in load_rows(
+            tx,
+            "order_id, status, total_cents",
+            &self.members,
+            "order_id",
+            &ids(&events),
+        )
+        .await?
+        {
+            let status: String = r.try_get(1)?;
+            let status = Status::parse(&status)
+                .ok_or_else(|| ProjectionError::Inconsistent(format!("bad status {status}")))?;
+            members.insert(r.try_get(0)?, (status, r.try_get(2)?));
         }
-        let row =
-            sqlx::query("SELECT status, total_cents FROM order_stats_members WHERE order_id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| {
-                    ProjectionError::Inconsistent(format!("{}: order {id} unknown", e.event_type))
-                })?;
-        let from: String = row.try_get(0)?;
-        let total: i64 = row.try_get(1)?;
-        let from = Status::parse(&from)
-            .ok_or_else(|| ProjectionError::Inconsistent(format!("bad status {from}")))?;
-        sqlx::query("UPDATE order_stats_members SET status = $1 WHERE order_id = $2")
-            .bind(to.as_str())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        Self::bump(tx, from, -1, -total).await?;
-        Self::bump(tx, to, 1, total).await
+        let mut deltas: HashMap<Status, (i64, i64)> = HashMap::new();
+        let mut touched = Vec::new();
+        for (e, event) in &events {
+            let to = target_status(event);
+            if let OrderEvent::OrderCreated { total_cents, .. } = event {
+                members.insert(e.aggregate_id.clone(), (to, *total_cents));
+                let d = deltas.entry(to).or_default();
+                d.0 += 1;
+                d.1 += total_cents;
+            } else {
+                let (status, total) = members.get_mut(&e.aggregate_id).ok_or_else(|| missing(e))?;
+                let d = deltas.entry(*status).or_default();
+                d.0 -= 1;
+                d.1 -= *total;
+                let d = deltas.entry(to).or_default();
+                d.0 += 1;
+                d.1 += *total;
+                *status = to;
+            }
+            touched.push(e.aggregate_id.clone());
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        use Kind::{Int, Text};
+        let rows: Vec<Vec<Val>> = touched
+            .iter()
+            .filter_map(|id| {
+                members.get(id).map(|(s, t)| {
+                    vec![
+                        Val::Text(id.clone()),
+                        Val::Text(s.as_str().to_owned()),
+                        Val::Int(*t),
+                    ]
+                })
+            })
+            .collect();
+        upsert(
+            tx,
+            &self.members,
+            &[("order_id", Text), ("status", Text), ("total_cents", Int)],
+            "order_id",
+            "status = excluded.status, total_cents = excluded.total_cents",
+            &rows,
+        )
+        .await?;
+        let mut rows: Vec<Vec<Val>> = deltas
+            .into_iter()
+            .map(|(s, (n, c))| vec![Val::Text(s.as_str().to_owned()), Val::Int(n), Val::Int(c)])
+            .collect();
+        rows.sort_by(|a, b| format!("{:?}", a[0]).cmp(&format!("{:?}", b[0])));
+        let update = format!(
+            "order_count = {t}.order_count + excluded.order_count, revenue_cents = {t}.revenue_cents + excluded.revenue_cents",
+            t = self.stats
+        );
+        upsert(
+            tx,
+            &self.stats,
+            &[
+                ("status", Text),
+                ("order_count", Int),
+                ("revenue_cents", Int),
+            ],
+            "status",
+            &update,
+            &rows,
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -299,24 +562,33 @@ impl Projection for OrderStats {
     fn name(&self) -> &'static str {
         "order_stats"
     }
-    fn schema(&self) -> &'static [&'static str] {
-        &[
-            "CREATE TABLE IF NOT EXISTS order_stats (
+    fn tables(&self) -> Vec<String> {
+        vec![self.stats.clone(), self.members.clone()]
+    }
+    fn schema(&self, _tag: &str) -> Vec<String> {
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
                 status TEXT PRIMARY KEY,
                 order_count BIGINT NOT NULL,
                 revenue_cents BIGINT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS order_stats_members (
+                self.stats
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
                 order_id TEXT PRIMARY KEY,
                 status TEXT NOT NULL,
                 total_cents BIGINT NOT NULL)",
+                self.members
+            ),
         ]
     }
     fn apply<'a>(
         &'a self,
         tx: &'a mut AnyConnection,
-        e: &'a EventEnvelope,
+        events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(self.apply_event(tx, e))
+        Box::pin(self.apply_events(tx, events))
     }
 }
 

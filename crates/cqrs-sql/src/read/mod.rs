@@ -37,18 +37,21 @@ pub enum ProjectionError {
     Db(#[from] sqlx::Error),
 }
 
-/// A read model fed by events. It applies one event inside the runner's open
-/// transaction; the runner owns batching, checkpoints and dedupe.
+/// A read model fed by events. It applies a batch of new events (in log
+/// order, each the next version of its aggregate) inside the runner's open
+/// transaction; the runner owns batching, checkpoints, dedupe and dead letters.
 pub trait Projection: Send + Sync {
     /// Name, unique per read DB ("order_details").
     fn name(&self) -> &'static str;
-    /// Idempotent DDL for its tables.
-    fn schema(&self) -> &'static [&'static str];
-    /// Applies one event.
+    /// Its tables, as this instance names them.
+    fn tables(&self) -> Vec<String>;
+    /// Idempotent DDL for its tables (indexes named after `index_tag`).
+    fn schema(&self, index_tag: &str) -> Vec<String>;
+    /// Applies events.
     fn apply<'a>(
         &'a self,
         tx: &'a mut sqlx::AnyConnection,
-        event: &'a EventEnvelope,
+        events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 

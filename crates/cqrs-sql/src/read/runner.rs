@@ -5,6 +5,7 @@
 
 use super::dead_letters::{self, DeadLetterStatus};
 use super::{EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourcedEvent};
+use crate::batch::{self, Kind, Val};
 use crate::db::{timestamp, Backend, Db};
 use cqrs_core::EventEnvelope;
 use sqlx::{AnyConnection, Row};
@@ -121,7 +122,7 @@ impl ProjectorRunner {
         db.migrate(CHECKPOINT_SCHEMA).await?;
         db.migrate(dead_letters::SCHEMA).await?;
         for p in &projections {
-            db.migrate(p.schema()).await?;
+            db.migrate(&p.schema("")).await?;
         }
         let progress = ReadProgress::new(db.clone(), config.name.clone());
         let parked = dead_letters::parked_aggregates(&db, &config.name).await?;
@@ -173,15 +174,21 @@ impl ProjectorRunner {
                 tokio::time::sleep(self.config.apply_delay).await;
             }
             let mut backoff = Duration::from_millis(50);
+            let mut per_event = false;
             let checkpoints = loop {
-                match self.apply_batch(&batch, &mut source).await {
+                match self.apply_batch(&batch, &mut source, per_event).await {
                     Ok((_, checkpoints)) => break checkpoints,
+                    Err(e) if e.index.is_none() && !per_event && !is_transient(&e.error) => {
+                        // Find the record: the same batch, one event at a time.
+                        per_event = true;
+                    }
                     Err(e) => {
                         if let Some(item) = e.index.and_then(|i| batch.get(i)) {
                             let key = (item.source_key.clone(), item.next_position);
                             let n = attempts.entry(key.clone()).or_insert(0);
                             *n += 1;
                             let deterministic = !matches!(e.error, ProjectionError::Db(_));
+                            per_event = false;
                             if deterministic || *n >= self.config.max_attempts {
                                 tracing::warn!(projector = %self.config.name, record = %item.published_as,
                                     error = %e.error, "dead-lettering record");
@@ -215,16 +222,27 @@ impl ProjectorRunner {
             .unwrap_or(true)
     }
 
-    /// Applies one batch in one transaction with its checkpoints.
+    /// Applies one batch in one transaction with its checkpoints. With
+    /// `per_event`, projections get one event at a time so that a failure
+    /// names its record.
     pub async fn apply_batch<S: EventSource>(
         &self,
         batch: &[SourcedEvent],
         source: &mut S,
+        per_event: bool,
     ) -> Result<(BatchReport, Vec<(String, i64)>), BatchError> {
         let mut report = BatchReport::default();
         let mut tx = self.db.writer.begin().await?;
-        let mut versions: HashMap<&str, Option<i64>> = HashMap::new();
-        let mut applied: HashMap<&str, i64> = HashMap::new();
+        let mut ids: Vec<&str> = batch
+            .iter()
+            .filter_map(|i| i.event.as_ref().ok())
+            .map(|e| e.aggregate_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let stored = lock_versions(&mut tx, self.db.backend, &self.config.name, &ids).await?;
+        let mut versions: HashMap<&str, i64> = HashMap::new();
+        let mut to_apply: Vec<(&SourcedEvent, &EventEnvelope)> = Vec::new();
         let mut checkpoints: HashMap<&str, i64> = HashMap::new();
         let mut newly_parked: Vec<String> = Vec::new();
         let now = timestamp(chrono::Utc::now());
@@ -244,24 +262,8 @@ impl ProjectorRunner {
             };
             let event = match failure {
                 Err(reason) => {
-                    source
-                        .dead_letter(item, &reason)
-                        .await
-                        .map_err(|e| BatchError {
-                            index: None,
-                            error: ProjectionError::Inconsistent(format!(
-                                "dead-letter channel: {e}"
-                            )),
-                        })?;
-                    dead_letters::record(
-                        &mut tx,
-                        &self.config.name,
-                        item,
-                        &reason,
-                        DeadLetterStatus::Dead,
-                        &now,
-                    )
-                    .await?;
+                    self.dead_letter(&mut tx, source, item, &reason, &now)
+                        .await?;
                     if let Some(a) = item.aggregate_id() {
                         newly_parked.push(a.to_owned());
                     }
@@ -271,14 +273,6 @@ impl ProjectorRunner {
                 Ok(e) => e,
             };
             let id = event.aggregate_id.as_str();
-            let current = match versions.get(id) {
-                Some(v) => *v,
-                None => {
-                    let v = lock_version(&mut tx, self.db.backend, &self.config.name, id).await?;
-                    versions.insert(id, v);
-                    v
-                }
-            };
             let mut parked = newly_parked.iter().any(|p| p == id);
             if !parked && self.is_parked(id) {
                 parked = dead_letters::has_open(&mut tx, &self.config.name, id).await?;
@@ -304,7 +298,11 @@ impl ProjectorRunner {
                 report.dead_lettered += 1;
                 continue;
             }
-            let cur = current.unwrap_or(0);
+            let cur = versions
+                .get(id)
+                .or_else(|| stored.get(id))
+                .copied()
+                .unwrap_or(0);
             if event.version <= cur {
                 report.duplicates += 1;
                 continue;
@@ -314,43 +312,36 @@ impl ProjectorRunner {
                     "version gap: read model has {id} at version {cur}, record is version {}",
                     event.version
                 );
-                source
-                    .dead_letter(item, &reason)
-                    .await
-                    .map_err(|e| BatchError {
-                        index: None,
-                        error: ProjectionError::Inconsistent(format!("dead-letter channel: {e}")),
-                    })?;
-                dead_letters::record(
-                    &mut tx,
-                    &self.config.name,
-                    item,
-                    &reason,
-                    DeadLetterStatus::Dead,
-                    &now,
-                )
-                .await?;
+                self.dead_letter(&mut tx, source, item, &reason, &now)
+                    .await?;
                 newly_parked.push(id.to_owned());
                 report.dead_lettered += 1;
                 continue;
             }
-            self.apply_one(
-                &mut tx,
-                event,
-                current.is_some(),
-                &item.published_as,
-                item.consumed_at,
-                &now,
-            )
-            .await
-            .map_err(|error| BatchError {
-                index: Some(index),
-                error,
-            })?;
-            versions.insert(id, Some(event.version));
-            applied.insert(id, event.version);
-            report.applied += 1;
+            if per_event {
+                for p in &self.projections {
+                    p.apply(&mut tx, &[event])
+                        .await
+                        .map_err(|error| BatchError {
+                            index: Some(index),
+                            error,
+                        })?;
+                }
+            }
+            versions.insert(id, event.version);
+            to_apply.push((item, event));
         }
+        if !per_event && !to_apply.is_empty() {
+            let events: Vec<&EventEnvelope> = to_apply.iter().map(|(_, e)| *e).collect();
+            for p in &self.projections {
+                p.apply(&mut tx, &events)
+                    .await
+                    .map_err(|error| BatchError { index: None, error })?;
+            }
+        }
+        report.applied = to_apply.len();
+        self.record_versions(&mut tx, &to_apply, &stored, &now)
+            .await?;
         for (key, next) in &checkpoints {
             sqlx::query(
                 "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
@@ -370,7 +361,8 @@ impl ProjectorRunner {
         if let Ok(mut p) = self.parked.lock() {
             p.extend(newly_parked);
         }
-        self.progress.applied(applied.iter().map(|(k, v)| (*k, *v)));
+        self.progress
+            .applied(versions.iter().map(|(k, v)| (*k, *v)));
         if report.duplicates > 0 || report.dead_lettered > 0 {
             tracing::info!(projector = %self.config.name, applied = report.applied, duplicates = report.duplicates,
                 dead_lettered = report.dead_lettered, "batch had records already applied or dead-lettered");
@@ -382,37 +374,89 @@ impl ProjectorRunner {
         Ok((report, checkpoints))
     }
 
-    /// Applies one event to every projection and records its version.
-    pub(crate) async fn apply_one(
+    async fn dead_letter<S: EventSource>(
         &self,
         tx: &mut AnyConnection,
-        event: &EventEnvelope,
-        existed: bool,
-        published_as: &str,
-        consumed_at: chrono::DateTime<chrono::Utc>,
+        source: &mut S,
+        item: &SourcedEvent,
+        reason: &str,
         now: &str,
-    ) -> Result<(), ProjectionError> {
-        for p in &self.projections {
-            p.apply(tx, event).await?;
+    ) -> Result<(), BatchError> {
+        source
+            .dead_letter(item, reason)
+            .await
+            .map_err(|e| BatchError {
+                index: None,
+                error: ProjectionError::Inconsistent(format!("dead-letter channel: {e}")),
+            })?;
+        dead_letters::record(
+            tx,
+            &self.config.name,
+            item,
+            reason,
+            DeadLetterStatus::Dead,
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the last applied version of every aggregate in the batch:
+    /// UPDATE the rows that existed (locked), INSERT the new ones (a
+    /// concurrent writer of the same new aggregate fails on the key).
+    async fn record_versions(
+        &self,
+        tx: &mut AnyConnection,
+        applied: &[(&SourcedEvent, &EventEnvelope)],
+        stored: &HashMap<&str, i64>,
+        now: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut last: HashMap<&str, (&SourcedEvent, &EventEnvelope)> = HashMap::new();
+        for (item, e) in applied {
+            last.insert(e.aggregate_id.as_str(), (item, e));
         }
-        let sql = if existed {
-            "UPDATE projected_versions SET version = $3, position = $4, published_as = $5, consumed_at = $6, \
-             applied_at = $7 WHERE projector = $1 AND aggregate_id = $2"
-        } else {
-            "INSERT INTO projected_versions \
-             (projector, aggregate_id, version, position, published_as, consumed_at, applied_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        let row = |item: &SourcedEvent, e: &EventEnvelope| {
+            vec![
+                Val::Text(e.aggregate_id.clone()),
+                Val::Int(e.version),
+                Val::Int(e.position),
+                Val::Text(item.published_as.clone()),
+                Val::Text(timestamp(item.consumed_at)),
+            ]
         };
-        sqlx::query(sql)
-            .bind(&self.config.name)
-            .bind(&event.aggregate_id)
-            .bind(event.version)
-            .bind(event.position)
-            .bind(published_as)
-            .bind(timestamp(consumed_at))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let kinds = [Kind::Text, Kind::Int, Kind::Int, Kind::Text, Kind::Text];
+        let (mut old, mut new): (Vec<Vec<Val>>, Vec<Vec<Val>>) = (Vec::new(), Vec::new());
+        for (id, (item, e)) in last {
+            if stored.contains_key(id) {
+                old.push(row(item, e));
+            } else {
+                new.push(row(item, e));
+            }
+        }
+        for chunk in old.chunks(batch::rows_per_statement(kinds.len())) {
+            let sql = format!(
+                "UPDATE projected_versions SET version = v.column2, position = v.column3, published_as = v.column4, \
+                 consumed_at = v.column5, applied_at = $1 FROM (VALUES {}) AS v \
+                 WHERE projected_versions.projector = $2 AND projected_versions.aggregate_id = v.column1",
+                batch::tuples(chunk.len(), &kinds, 3)
+            );
+            let q = sqlx::query(&sql).bind(now).bind(&self.config.name);
+            batch::bind_all(q, &chunk.concat())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for chunk in new.chunks(batch::rows_per_statement(kinds.len())) {
+            let sql = format!(
+                "INSERT INTO projected_versions \
+                 (aggregate_id, version, position, published_as, consumed_at, applied_at, projector) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, $1, $2 FROM (VALUES {}) AS v",
+                batch::tuples(chunk.len(), &kinds, 3)
+            );
+            let q = sqlx::query(&sql).bind(now).bind(&self.config.name);
+            batch::bind_all(q, &chunk.concat())
+                .execute(&mut *tx)
+                .await?;
+        }
         Ok(())
     }
 
@@ -438,15 +482,26 @@ impl ProjectorRunner {
                 dead_letters::resolve(&mut tx, &dl.id, DeadLetterStatus::Retried, &now).await?;
                 done += 1;
             } else if left == 0 && event.version == cur + 1 {
-                self.apply_one(
-                    &mut tx,
-                    event,
-                    current.is_some(),
-                    &dl.published_as,
-                    chrono::Utc::now(),
-                    &now,
-                )
-                .await?;
+                for p in &self.projections {
+                    p.apply(&mut tx, &[event]).await?;
+                }
+                let sql = if current.is_some() {
+                    "UPDATE projected_versions SET version = $3, position = $4, published_as = $5, consumed_at = $6, \
+                     applied_at = $6 WHERE projector = $1 AND aggregate_id = $2"
+                } else {
+                    "INSERT INTO projected_versions \
+                     (projector, aggregate_id, version, position, published_as, consumed_at, applied_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)"
+                };
+                sqlx::query(sql)
+                    .bind(&self.config.name)
+                    .bind(aggregate_id)
+                    .bind(event.version)
+                    .bind(event.position)
+                    .bind(&dl.published_as)
+                    .bind(&now)
+                    .execute(&mut *tx)
+                    .await?;
                 current = Some(event.version);
                 dead_letters::resolve(&mut tx, &dl.id, DeadLetterStatus::Retried, &now).await?;
                 done += 1;
@@ -467,25 +522,60 @@ impl ProjectorRunner {
     }
 }
 
-/// Reads and locks the aggregate's applied version (None: never applied).
+/// Whether an error is the database being away (or a race on a key) rather
+/// than the data being bad.
+fn is_transient(e: &ProjectionError) -> bool {
+    match e {
+        ProjectionError::Db(sqlx::Error::Database(db)) => db.is_unique_violation(),
+        ProjectionError::Db(_) => true,
+        _ => false,
+    }
+}
+
+/// Reads and locks the applied versions of aggregates (absent: never applied).
+async fn lock_versions<'a>(
+    tx: &mut AnyConnection,
+    backend: Backend,
+    projector: &str,
+    ids: &[&'a str],
+) -> Result<HashMap<&'a str, i64>, sqlx::Error> {
+    // SQLite has one writer, so the transaction itself is the lock.
+    let lock = if backend == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(batch::rows_per_statement(1)) {
+        let sql = format!(
+            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 AND aggregate_id IN ({}) \
+             ORDER BY aggregate_id{lock}",
+            batch::list(chunk.len(), 2)
+        );
+        let mut q = sqlx::query_as::<_, (String, i64)>(&sql).bind(projector);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for (id, v) in q.fetch_all(&mut *tx).await? {
+            if let Some(k) = chunk.iter().find(|k| **k == id) {
+                out.insert(*k, v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and locks one aggregate's applied version (None: never applied).
 async fn lock_version(
     tx: &mut AnyConnection,
     backend: Backend,
     projector: &str,
     aggregate_id: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
-    // SQLite has one writer, so the transaction itself is the lock.
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT version FROM projected_versions WHERE projector = $1 AND aggregate_id = $2 FOR UPDATE"
-        }
-        Backend::Sqlite => "SELECT version FROM projected_versions WHERE projector = $1 AND aggregate_id = $2",
-    };
-    sqlx::query_scalar(sql)
-        .bind(projector)
-        .bind(aggregate_id)
-        .fetch_optional(&mut *tx)
-        .await
+    Ok(lock_versions(tx, backend, projector, &[aggregate_id])
+        .await?
+        .get(aggregate_id)
+        .copied())
 }
 
 /// Creates the runner's tables (for processes that only read them).
