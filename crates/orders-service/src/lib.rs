@@ -7,5 +7,6 @@ pub mod bench;
 pub mod client;
 pub mod dead_letters;
 pub mod demo;
+pub mod replay;
 
 pub use app::{App, Config, Running};

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orders_service::app::{KafkaOptions, Role};
-use orders_service::{bench, client, dead_letters, demo, Config, Running};
+use orders_service::{bench, client, dead_letters, demo, replay, Config, Running};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -119,6 +119,13 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Rebuild read models from the start of the log and swap them in.
+    Replay {
+        #[command(flatten)]
+        args: replay::ReplayArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Measure command throughput and command->queryable latency.
     Bench(bench::BenchArgs),
     /// Client: create an order.
@@ -210,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Replay { args, db } => replay::run(args, &db.config()).await,
         Command::DeadLetters { action, db } => dead_letters::run(action, &db.config()).await,
         Command::Create(a) => client::create(a).await,
         Command::Pay(a) => client::pay(a).await,

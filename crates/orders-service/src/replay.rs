@@ -1,0 +1,382 @@
+//! `orders replay --projection NAME`: rebuilds read models from the start of
+//! the log (the Kafka topic, or the embedded event log) into fresh tables,
+//! catches up with the live projector under a short lock, and swaps the
+//! tables in one transaction while queries keep being served.
+
+use crate::app::{Config, PROJECTOR};
+use anyhow::{bail, Context};
+use cqrs_core::EventEnvelope;
+use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SqlEventStore};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::Executor;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `orders replay`.
+#[derive(clap::Args, Clone)]
+pub struct ReplayArgs {
+    /// Which read model: order_details, customer_summary, order_stats, or all.
+    #[arg(long, default_value = "all")]
+    pub projection: String,
+    /// Events per read-DB transaction.
+    #[arg(long, default_value_t = 5_000)]
+    pub batch: usize,
+}
+
+const SUFFIX: &str = "__replay";
+const TAG: &str = "_replay";
+
+/// The events the replay reads, from Kafka or the embedded log.
+enum Reader {
+    Kafka {
+        consumer: BaseConsumer,
+        topic: String,
+        pending: HashMap<i32, VecDeque<(i64, Result<EventEnvelope, String>)>>,
+    },
+    Log {
+        store: SqlEventStore,
+        after: i64,
+    },
+}
+
+/// Per source key: the next position the replay will apply.
+type Positions = HashMap<String, i64>;
+
+impl Reader {
+    /// Reads events (in order per source key) strictly below `targets`,
+    /// calling `apply` in batches; returns how many it read.
+    async fn read_until(
+        &mut self,
+        positions: &mut Positions,
+        targets: &Positions,
+        batch: usize,
+        mut apply: impl AsyncFnMut(Vec<EventEnvelope>) -> anyhow::Result<()>,
+        pb: &ProgressBar,
+    ) -> anyhow::Result<u64> {
+        let mut read = 0u64;
+        match self {
+            Reader::Log { store, after } => {
+                let target = targets.get("log").copied().unwrap_or(1);
+                while *after + 1 < target {
+                    let limit = ((target - 1 - *after) as usize).min(batch) as i64;
+                    let events = store.read_log(*after, limit).await?;
+                    let Some(last) = events.last() else { break };
+                    *after = last.position;
+                    positions.insert("log".into(), last.position + 1);
+                    read += events.len() as u64;
+                    pb.inc(events.len() as u64);
+                    apply(events).await?;
+                }
+            }
+            Reader::Kafka {
+                consumer,
+                topic,
+                pending,
+            } => {
+                let done = |positions: &Positions| {
+                    targets
+                        .iter()
+                        .all(|(k, t)| positions.get(k).copied().unwrap_or(0) >= *t)
+                };
+                loop {
+                    // Apply what is below target, then take what the client
+                    // has buffered (waiting a little only when it has nothing).
+                    let mut out = Vec::new();
+                    for (p, queue) in pending.iter_mut() {
+                        let key = format!("{topic}/{p}");
+                        let target = targets.get(&key).copied().unwrap_or(0);
+                        while queue.front().is_some_and(|(o, _)| *o < target) {
+                            let Some((offset, event)) = queue.pop_front() else {
+                                break;
+                            };
+                            positions.insert(key.clone(), offset + 1);
+                            // Undecodable records were dead letters for the live model too.
+                            if let Ok(e) = event {
+                                out.push(e);
+                            }
+                        }
+                    }
+                    if !out.is_empty() {
+                        read += out.len() as u64;
+                        pb.inc(out.len() as u64);
+                        // Per-aggregate order holds within each partition; across
+                        // partitions any interleaving gives the same read model.
+                        apply(out).await?;
+                    }
+                    if done(positions) {
+                        break;
+                    }
+                    let mut polled = 0;
+                    while polled < batch.min(10_000) {
+                        let wait = if polled == 0 {
+                            Duration::from_millis(200)
+                        } else {
+                            Duration::ZERO
+                        };
+                        let Some(m) = tokio::task::block_in_place(|| consumer.poll(wait)) else {
+                            break;
+                        };
+                        let m = m.context("reading the topic")?;
+                        use rdkafka::Message;
+                        let event = cqrs_kafka::record::decode(&m);
+                        pending
+                            .entry(m.partition())
+                            .or_default()
+                            .push_back((m.offset(), event));
+                        polled += 1;
+                    }
+                }
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// Keeps the events that are the next version of their aggregate (drops
+/// duplicates the topic may hold); a gap is an error.
+fn next_versions(
+    events: Vec<EventEnvelope>,
+    versions: &mut HashMap<String, i64>,
+) -> anyhow::Result<Vec<EventEnvelope>> {
+    let mut new = Vec::with_capacity(events.len());
+    for e in events {
+        let cur = versions.get(&e.aggregate_id).copied().unwrap_or(0);
+        if e.version <= cur {
+            continue;
+        }
+        if e.version != cur + 1 {
+            bail!(
+                "aggregate {} jumps from version {cur} to {}",
+                e.aggregate_id,
+                e.version
+            );
+        }
+        versions.insert(e.aggregate_id.clone(), e.version);
+        new.push(e);
+    }
+    Ok(new)
+}
+
+async fn apply_all(
+    tx: &mut sqlx::AnyConnection,
+    projections: &[Arc<dyn Projection>],
+    events: &[EventEnvelope],
+) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&EventEnvelope> = events.iter().collect();
+    for p in projections {
+        p.apply(tx, &refs).await?;
+    }
+    Ok(())
+}
+
+fn index_names(ddl: &[String]) -> Vec<String> {
+    ddl.iter()
+        .filter_map(|s| s.strip_prefix("CREATE INDEX IF NOT EXISTS "))
+        .filter_map(|s| s.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// `orders replay`.
+pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
+    let (write_url, read_url) = config.urls();
+    let options = DbOptions {
+        max_connections: 4,
+        ..DbOptions::default()
+    };
+    let read = Db::connect(&read_url, &options).await?;
+    cqrs_sql::read::runner::ensure_schema(&read).await?;
+    let names: Vec<&str> = match args.projection.as_str() {
+        "all" => vec!["order_details", "customer_summary", "order_stats"],
+        one => vec![one],
+    };
+    let mut fresh: Vec<Arc<dyn Projection>> = Vec::new();
+    let mut live: Vec<Arc<dyn Projection>> = Vec::new();
+    for n in &names {
+        fresh.push(
+            orders::read_model::projection_named(n, SUFFIX).with_context(|| {
+                format!(
+                    "no projection {n:?}: use order_details, customer_summary, order_stats or all"
+                )
+            })?,
+        );
+        live.push(orders::read_model::projection_named(n, "").context("live projection")?);
+    }
+    let open = cqrs_sql::read::dead_letters::list(&read, PROJECTOR, false).await?;
+    if !open.is_empty() {
+        bail!(
+            "{} open dead letters: resolve them (orders dead-letters) before a replay",
+            open.len()
+        );
+    }
+    let skip: HashSet<String> = cqrs_sql::read::dead_letters::list(&read, PROJECTOR, true)
+        .await?
+        .into_iter()
+        .filter(|l| l.status == "discarded")
+        .map(|l| l.published_as)
+        .collect();
+    if !skip.is_empty() {
+        bail!(
+            "{} discarded dead letters: a replay would apply what the live model skipped",
+            skip.len()
+        );
+    }
+
+    // Fresh tables, without secondary indexes on SQLite (built at the swap).
+    for p in &fresh {
+        for t in p.tables() {
+            read.writer
+                .execute(format!("DROP TABLE IF EXISTS {t}").as_str())
+                .await?;
+        }
+        let ddl: Vec<String> = p
+            .schema(TAG)
+            .into_iter()
+            .filter(|s| read.backend == Backend::Postgres || !s.starts_with("CREATE INDEX"))
+            .collect();
+        read.migrate(&ddl).await?;
+    }
+
+    let mut reader = match &config.kafka {
+        Some(k) => {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &k.brokers)
+                .set(
+                    "group.id",
+                    format!("orders-replay-{}", uuid::Uuid::new_v4()),
+                )
+                .set("enable.auto.commit", "false")
+                .set("fetch.max.bytes", "52428800")
+                .create()?;
+            let meta = tokio::task::block_in_place(|| {
+                consumer.fetch_metadata(Some(&k.topic), Duration::from_secs(10))
+            })?;
+            let partitions: Vec<i32> = meta
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition_offset(&k.topic, *p, Offset::Beginning)?;
+            }
+            consumer.assign(&tpl)?;
+            Reader::Kafka {
+                consumer,
+                topic: k.topic.clone(),
+                pending: HashMap::new(),
+            }
+        }
+        None => {
+            let store = SqlEventStore::open(Db::connect(&write_url, &options).await?).await?;
+            Reader::Log { store, after: 0 }
+        }
+    };
+
+    let targets = cqrs_sql::read::runner::load_checkpoints(&read, PROJECTOR).await?;
+    let total: i64 = targets.values().sum::<i64>() - if config.kafka.is_none() { 1 } else { 0 };
+    let pb = ProgressBar::new(total.max(0) as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "replay [{bar:30}] {pos}/{len} events {per_sec} lag {msg} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut versions: HashMap<String, i64> = HashMap::new();
+    let mut positions: Positions = HashMap::new();
+
+    // Phase 1: everything the live model had applied when the replay started,
+    // in batches of their own transactions.
+    let mut count = reader
+        .read_until(
+            &mut positions,
+            &targets,
+            args.batch,
+            async |events: Vec<EventEnvelope>| {
+                let new = next_versions(events, &mut versions)?;
+                let mut tx = read.writer.begin().await?;
+                apply_all(&mut tx, &fresh, &new).await?;
+                tx.commit().await?;
+                Ok(())
+            },
+            &pb,
+        )
+        .await?;
+    pb.set_message("0 (swapping)");
+
+    // Phase 2: lock out the live projector, catch up to exactly where it is,
+    // swap the tables, commit. Queries wait only for this transaction.
+    let mut tx = read.writer.begin().await?;
+    if read.backend == Backend::Postgres {
+        // The live runner's first statement locks rows of projected_versions,
+        // so it waits here before touching any table we rename.
+        tx.execute("LOCK TABLE projected_versions IN EXCLUSIVE MODE")
+            .await?;
+    } else {
+        // Takes SQLite's write lock: the live projector waits for the swap.
+        tx.execute("UPDATE projector_checkpoints SET updated_at = updated_at WHERE 1 = 0")
+            .await?;
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT source_key, next_position FROM projector_checkpoints WHERE projector = $1",
+    )
+    .bind(PROJECTOR)
+    .fetch_all(&mut *tx)
+    .await?;
+    let final_targets: Positions = rows.into_iter().collect();
+    let mut tail: Vec<EventEnvelope> = Vec::new();
+    count += reader
+        .read_until(
+            &mut positions,
+            &final_targets,
+            usize::MAX,
+            async |events: Vec<EventEnvelope>| {
+                tail.extend(events);
+                Ok(())
+            },
+            &pb,
+        )
+        .await?;
+    let new = next_versions(tail, &mut versions)?;
+    apply_all(&mut tx, &fresh, &new).await?;
+    for (f, l) in fresh.iter().zip(&live) {
+        for (new_t, live_t) in f.tables().iter().zip(l.tables()) {
+            tx.execute(format!("DROP TABLE IF EXISTS {live_t}__old").as_str())
+                .await?;
+            tx.execute(format!("ALTER TABLE {live_t} RENAME TO {live_t}__old").as_str())
+                .await?;
+            tx.execute(format!("ALTER TABLE {new_t} RENAME TO {live_t}").as_str())
+                .await?;
+            tx.execute(format!("DROP TABLE {live_t}__old").as_str())
+                .await?;
+        }
+        let live_ddl = l.schema("");
+        let canonical = index_names(&live_ddl);
+        if read.backend == Backend::Postgres {
+            for (tagged, name) in index_names(&f.schema(TAG)).iter().zip(&canonical) {
+                tx.execute(format!("ALTER INDEX IF EXISTS {tagged} RENAME TO {name}").as_str())
+                    .await?;
+            }
+        } else {
+            for s in live_ddl.iter().filter(|s| s.starts_with("CREATE INDEX")) {
+                tx.execute(s.as_str()).await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replayed {count} events into {} in {secs:.1} s ({:.0} events/s); swapped in",
+        names.join(", "),
+        count as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
