@@ -30,12 +30,15 @@ pub struct ReplayArgs {
 const SUFFIX: &str = "__replay";
 const TAG: &str = "_replay";
 
+/// A record read ahead of its target: offset and event (or why it is not one).
+type Held = (i64, Result<EventEnvelope, String>);
+
 /// The events the replay reads, from Kafka or the embedded log.
 enum Reader {
     Kafka {
         consumer: BaseConsumer,
         topic: String,
-        pending: HashMap<i32, VecDeque<(i64, Result<EventEnvelope, String>)>>,
+        pending: HashMap<i32, VecDeque<Held>>,
     },
     Log {
         store: SqlEventStore,
