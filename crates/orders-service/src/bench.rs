@@ -28,9 +28,15 @@ pub struct BenchArgs {
     /// Also bench PostgreSQL: a server URL; a scratch database is created on it.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Also bench PostgreSQL with Kafka between the sides (needs --database-url).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// A focused benchmark instead of the command benchmarks.
+    #[command(subcommand)]
+    pub what: Option<crate::bench_kafka::What>,
 }
 
 /// Figures of one backend.
@@ -68,7 +74,7 @@ impl From<&Histogram<u64>> for Percentiles {
     }
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -253,22 +259,22 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
     result
 }
 
-/// Waits until the projector's checkpoint passes the last event; returns the event count.
+/// Waits until the read model holds every event of the write side (the sum
+/// of applied versions equals the number of events); returns that number.
 async fn caught_up(running: &Running) -> anyhow::Result<i64> {
-    let last: i64 =
-        sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-            .fetch_one(&running.app.store.db().pool)
-            .await?;
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&running.app.store.db().pool)
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_position FROM projector_checkpoints WHERE projector = $1 AND source_key = 'log'",
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
         )
         .bind(crate::app::PROJECTOR)
-        .fetch_optional(&running.app.read.pool)
+        .fetch_one(&running.app.read.pool)
         .await?;
-        if next.unwrap_or(0) > last {
-            return Ok(last);
+        if applied >= events {
+            return Ok(events);
         }
         if Instant::now() > deadline {
             bail!("projector did not catch up within 10 minutes");
@@ -277,10 +283,17 @@ async fn caught_up(running: &Running) -> anyhow::Result<i64> {
     }
 }
 
-async fn scratch_postgres(url: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn drop_scratch(url: &str, name: &str) {
+    if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await {
+        let _ = conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+    }
+}
+
+/// A new database on the server of `url`: (its URL, its name).
+pub async fn scratch_postgres(url: &str) -> anyhow::Result<(String, String)> {
     sqlx::any::install_default_drivers();
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
-    let name = format!("orders_bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let name = format!("orders_bench_{}", uuid::Uuid::new_v4().simple());
     conn.execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
@@ -289,6 +302,9 @@ async fn scratch_postgres(url: &str) -> anyhow::Result<(String, String)> {
 
 /// `orders bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(what) = &args.what {
+        return crate::bench_kafka::run(what, &args).await;
+    }
     let mut results = Vec::new();
     let dir = tempfile::tempdir()?;
     results.push(bench_one("sqlite (embedded)", Config::embedded(dir.path()), &args).await?);
@@ -297,12 +313,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut config = Config::embedded(dir.path().join("pg"));
         config.database_url = Some(scratch);
         config.pool_size = (args.concurrency as u32 + 4).max(16);
-        let r = bench_one("postgresql", config, &args).await;
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
-        let _ = conn
-            .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
-            .await;
+        let r = bench_one("postgresql", config.clone(), &args).await;
+        drop_scratch(url, &name).await;
         results.push(r?);
+        if let Some(brokers) = &args.kafka_brokers {
+            let (scratch, name) = scratch_postgres(url).await?;
+            config.database_url = Some(scratch);
+            let mut k = crate::app::KafkaOptions::new(brokers.clone());
+            k.topic = format!("{name}.events");
+            k.group_id = format!("{name}-group");
+            config.kafka = Some(k);
+            let r = bench_one("postgresql + kafka", config, &args).await;
+            drop_scratch(url, &name).await;
+            results.push(r?);
+        }
     } else {
         eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
     }
@@ -360,7 +384,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn machine() -> serde_json::Value {
+/// The machine the figures come from.
+pub fn machine() -> serde_json::Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_kafka;
 pub mod client;
 pub mod dead_letters;
 pub mod demo;

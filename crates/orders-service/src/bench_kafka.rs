@@ -1,0 +1,260 @@
+//! `orders bench replay`: on a topic of N events (default 1,000,000), the
+//! relay's rate beside a raw producer's, and the projector's catch-up rate
+//! beside a raw consumer's, all on the same broker in the same run.
+
+use crate::app::PROJECTOR;
+use crate::bench::{bar, drop_scratch, machine, scratch_postgres, BenchArgs};
+use anyhow::{bail, Context};
+use cqrs_kafka::{KafkaConfig, KafkaSource, Relay, RelayConfig, SourceConfig};
+use cqrs_sql::{Db, DbOptions, ProjectorConfig, ProjectorRunner, SqlEventStore};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use sqlx::Executor;
+use std::time::{Duration, Instant};
+
+/// Focused benchmarks.
+#[derive(clap::Subcommand, Clone)]
+pub enum What {
+    /// Relay vs raw producer, projector catch-up vs raw consumer, on a topic of N events.
+    Replay {
+        /// Events on the topic (orders x 4 events each).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
+}
+
+/// Writes `orders` orders with 4 events each straight into the write DB (and
+/// outbox), as the command handler would have: versions 1..4 per order.
+async fn fill(store: &SqlEventStore, orders: usize) -> anyhow::Result<()> {
+    let sql = format!(
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
+         command_id, occurred_at, recorded_at) \
+         SELECT md5(i::text || '-' || v), 'order', 'bench-' || lpad(i::text, 9, '0'), v, \
+           (ARRAY['OrderCreated','OrderPaid','OrderShipped','OrderDelivered'])[v], 1, \
+           CASE v WHEN 1 THEN jsonb_build_object('customer_id', 'c' || (i % 5000), 'items', \
+                jsonb_build_array(jsonb_build_object('sku', 'sku-1', 'quantity', 1 + i % 3, 'unit_price_cents', 1999)), \
+                'total_cents', (1 + i % 3) * 1999) \
+             WHEN 2 THEN jsonb_build_object('amount_cents', (1 + i % 3) * 1999, 'payment_ref', 'psp-' || i) \
+             WHEN 3 THEN jsonb_build_object('carrier', 'dhl', 'tracking_number', 'T' || i) \
+             ELSE '{{}}'::jsonb END, \
+           'bench-' || i || '-' || v, to_char(now() AT TIME ZONE 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+           to_char(now() AT TIME ZONE 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+         FROM generate_series(1, 4) v, generate_series(1, {orders}) i ORDER BY v, i"
+    );
+    store.db().writer.execute(sql.as_str()).await?;
+    store
+        .db()
+        .writer
+        .execute("INSERT INTO outbox (position, aggregate_id, created_at) SELECT position, aggregate_id, recorded_at FROM events")
+        .await?;
+    store.db().writer.execute("ANALYZE").await?;
+    Ok(())
+}
+
+async fn raw_produce(brokers: &str, topic: &str, n: usize, value_len: usize) -> anyhow::Result<f64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()?;
+    let value = "x".repeat(value_len);
+    let pb = bar(n, "raw producer");
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..n {
+        let key = format!("bench-{:09}", i / 4);
+        let mut record = FutureRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send_result(record) {
+                Ok(d) => {
+                    pending.push(d);
+                    break;
+                }
+                Err((_, back)) => {
+                    record = back;
+                    for d in pending.drain(..) {
+                        d.await?.map_err(|(e, _)| e)?;
+                    }
+                }
+            }
+        }
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                d.await?.map_err(|(e, _)| e)?;
+            }
+            pb.set_position(i as u64);
+        }
+    }
+    for d in pending {
+        d.await?.map_err(|(e, _)| e)?;
+    }
+    pb.finish_and_clear();
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn raw_consume(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("raw-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let pb = bar(n, "raw consumer");
+    let started = Instant::now();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while seen < n {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            m?;
+            seen += 1;
+            if seen % 10_000 == 0 {
+                pb.set_position(seen as u64);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("raw consumer saw only {seen} of {n}");
+        }
+    }
+    pb.finish_and_clear();
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `orders bench replay`.
+pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
+    let What::Replay { events } = what;
+    let (Some(url), Some(brokers)) = (&args.database_url, &args.kafka_brokers) else {
+        bail!("bench replay needs --database-url and --kafka-brokers");
+    };
+    let orders = events.div_ceil(4);
+    let n = orders * 4;
+    let (write_url, write_name) = scratch_postgres(url).await?;
+    let (read_url, read_name) = scratch_postgres(url).await?;
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        topic: format!("{write_name}.events"),
+        partitions: 6,
+        replication: 1,
+    };
+    let result = async {
+        cqrs_kafka::ensure_topics(&kafka).await?;
+        let store = SqlEventStore::open(Db::connect(&write_url, &DbOptions::default()).await?).await?;
+        eprintln!("writing {n} events to the write DB and outbox ...");
+        fill(&store, orders).await?;
+        let value_len: i64 = sqlx::query_scalar("SELECT CAST(AVG(length(payload::text)) AS BIGINT) FROM events")
+            .fetch_one(&store.db().pool)
+            .await?;
+
+        // Relay: outbox -> topic, marking rows published.
+        let relay = Relay::new(
+            RelayConfig {
+                kafka: kafka.clone(),
+                database_url: write_url.clone(),
+                batch_size: 5_000,
+                poll: Duration::from_millis(100),
+                standby_retry: Duration::from_millis(100),
+            },
+            store.clone(),
+        )?;
+        let pb = bar(n, "relay (outbox -> kafka)");
+        let started = Instant::now();
+        let mut published = 0;
+        while published < n {
+            let k = relay.publish_batch().await?;
+            if k == 0 {
+                bail!("relay stalled at {published} of {n}");
+            }
+            published += k;
+            pb.set_position(published as u64);
+        }
+        pb.finish_and_clear();
+        let relay_rate = n as f64 / started.elapsed().as_secs_f64();
+        let raw_topic = format!("{write_name}.raw");
+        cqrs_kafka::ensure_topics(&KafkaConfig { topic: raw_topic.clone(), ..kafka.clone() }).await?;
+        let raw_producer = raw_produce(brokers, &raw_topic, n, value_len as usize).await?;
+
+        // Projector catch-up from offset 0 into an empty read DB.
+        let read = Db::connect(&read_url, &DbOptions::default()).await?;
+        let runner = ProjectorRunner::new(
+            read.clone(),
+            ProjectorConfig { name: PROJECTOR.into(), batch_size: 5_000, ..ProjectorConfig::default() },
+            orders::read_model::projections(),
+        )
+        .await?;
+        let source = KafkaSource::new(
+            SourceConfig {
+                kafka: kafka.clone(),
+                group_id: format!("{read_name}-group"),
+                session_timeout_ms: 10_000,
+                projector: PROJECTOR.into(),
+            },
+            read.clone(),
+        )?;
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let pb = bar(n, "projector catch-up");
+        let started = Instant::now();
+        let task = tokio::spawn(runner.run(source, rx));
+        loop {
+            let applied: i64 = sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
+            )
+            .bind(PROJECTOR)
+            .fetch_one(&read.pool)
+            .await?;
+            pb.set_position(applied as u64);
+            if applied as usize >= n {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                bail!("projector applied only {applied} of {n} in 30 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let projector_rate = n as f64 / started.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+        let _ = stop.send(true);
+        task.await?.context("projector")?;
+        let topic = kafka.topic.clone();
+        let brokers = brokers.clone();
+        let raw_consumer = tokio::task::spawn_blocking(move || raw_consume(&brokers, &topic, n)).await??;
+        Ok::<_, anyhow::Error>((relay_rate, raw_producer, projector_rate, raw_consumer, value_len))
+    }
+    .await;
+    drop_scratch(url, &write_name).await;
+    drop_scratch(url, &read_name).await;
+    let (relay_rate, raw_producer, projector_rate, raw_consumer, value_len) = result?;
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(vec!["stage", "ours /s", "raw baseline /s", "ratio"]);
+    table.add_row(vec![
+        "relay: outbox -> Kafka (marked published)".to_owned(),
+        format!("{relay_rate:.0}"),
+        format!("{raw_producer:.0} (raw idempotent producer)"),
+        format!("{:.2}", relay_rate / raw_producer),
+    ]);
+    table.add_row(vec![
+        "projector catch-up: Kafka -> 3 read models".to_owned(),
+        format!("{projector_rate:.0}"),
+        format!("{raw_consumer:.0} (raw consumer)"),
+        format!("{:.2}", projector_rate / raw_consumer),
+    ]);
+    println!("{table}");
+    println!("{n} events ({orders} orders x 4), values of ~{value_len} bytes, 6 partitions, one broker.");
+    std::fs::create_dir_all(&args.out)?;
+    let file = args.out.join(format!("bench-replay-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    let doc = json!({ "machine": machine(), "events": n, "relay_per_sec": relay_rate,
+        "raw_producer_per_sec": raw_producer, "projector_per_sec": projector_rate, "raw_consumer_per_sec": raw_consumer });
+    std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
+    println!("results: {}", file.display());
+    Ok(())
+}
