@@ -72,10 +72,13 @@ pub fn bind_all<'q>(
     q
 }
 
-/// Rows per statement so that a statement stays under both databases' limits
-/// on bind parameters.
+/// Bind parameters per statement: far below both databases' limits, because
+/// planning cost grows faster than linearly with the parameter count.
+const PARAMS_PER_STATEMENT: usize = 2_000;
+
+/// Rows per statement for `cols` parameters a row.
 pub fn rows_per_statement(cols: usize) -> usize {
-    (30_000 / cols.max(1)).max(1)
+    (PARAMS_PER_STATEMENT / cols.max(1)).max(1)
 }
 
 #[cfg(test)]

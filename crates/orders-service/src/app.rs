@@ -172,7 +172,7 @@ impl Running {
                         kafka: k.config(),
                         database_url: write_url.clone(),
                         batch_size: 1000,
-                        poll: Duration::from_millis(500),
+                        poll: Duration::from_millis(100),
                         standby_retry: Duration::from_millis(500),
                     },
                     store.clone(),

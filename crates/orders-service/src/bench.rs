@@ -285,7 +285,9 @@ async fn caught_up(running: &Running) -> anyhow::Result<i64> {
 
 pub(crate) async fn drop_scratch(url: &str, name: &str) {
     if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await {
-        let _ = conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+        let _ = conn
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
     }
 }
 

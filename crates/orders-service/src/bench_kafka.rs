@@ -54,7 +54,12 @@ async fn fill(store: &SqlEventStore, orders: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn raw_produce(brokers: &str, topic: &str, n: usize, value_len: usize) -> anyhow::Result<f64> {
+async fn raw_produce(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    value_len: usize,
+) -> anyhow::Result<f64> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -249,9 +254,14 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
         format!("{:.2}", projector_rate / raw_consumer),
     ]);
     println!("{table}");
-    println!("{n} events ({orders} orders x 4), values of ~{value_len} bytes, 6 partitions, one broker.");
+    println!(
+        "{n} events ({orders} orders x 4), values of ~{value_len} bytes, 6 partitions, one broker."
+    );
     std::fs::create_dir_all(&args.out)?;
-    let file = args.out.join(format!("bench-replay-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    let file = args.out.join(format!(
+        "bench-replay-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
     let doc = json!({ "machine": machine(), "events": n, "relay_per_sec": relay_rate,
         "raw_producer_per_sec": raw_producer, "projector_per_sec": projector_rate, "raw_consumer_per_sec": raw_consumer });
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;

@@ -173,6 +173,7 @@ impl ProjectorRunner {
             if !self.config.apply_delay.is_zero() {
                 tokio::time::sleep(self.config.apply_delay).await;
             }
+            let started = std::time::Instant::now();
             let mut backoff = Duration::from_millis(50);
             let mut per_event = false;
             let checkpoints = loop {
@@ -207,6 +208,8 @@ impl ProjectorRunner {
                     }
                 }
             };
+            tracing::debug!(projector = %self.config.name, records = batch.len(),
+                elapsed_us = started.elapsed().as_micros() as u64, "batch applied");
             attempts.clear();
             if let Ok(mut p) = self.poison.lock() {
                 p.clear();
@@ -240,7 +243,13 @@ impl ProjectorRunner {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        let t = std::time::Instant::now();
         let stored = lock_versions(&mut tx, self.db.backend, &self.config.name, &ids).await?;
+        tracing::trace!(
+            ids = ids.len(),
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "versions locked"
+        );
         let mut versions: HashMap<&str, i64> = HashMap::new();
         let mut to_apply: Vec<(&SourcedEvent, &EventEnvelope)> = Vec::new();
         let mut checkpoints: HashMap<&str, i64> = HashMap::new();
@@ -334,14 +343,26 @@ impl ProjectorRunner {
         if !per_event && !to_apply.is_empty() {
             let events: Vec<&EventEnvelope> = to_apply.iter().map(|(_, e)| *e).collect();
             for p in &self.projections {
+                let t = std::time::Instant::now();
                 p.apply(&mut tx, &events)
                     .await
                     .map_err(|error| BatchError { index: None, error })?;
+                tracing::trace!(
+                    projection = p.name(),
+                    elapsed_us = t.elapsed().as_micros() as u64,
+                    "projection applied"
+                );
             }
         }
         report.applied = to_apply.len();
+        let t = std::time::Instant::now();
         self.record_versions(&mut tx, &to_apply, &stored, &now)
             .await?;
+        tracing::trace!(
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "versions recorded"
+        );
+        let t = std::time::Instant::now();
         for (key, next) in &checkpoints {
             sqlx::query(
                 "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
@@ -358,6 +379,10 @@ impl ProjectorRunner {
             .await?;
         }
         tx.commit().await?;
+        tracing::trace!(
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "checkpoints and commit"
+        );
         if let Ok(mut p) = self.parked.lock() {
             p.extend(newly_parked);
         }

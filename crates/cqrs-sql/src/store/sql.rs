@@ -18,7 +18,7 @@ pub(crate) trait Dialect: Send + Sync {
     fn payload_column(&self) -> &'static str;
     /// Run first in every append transaction.
     fn append_preamble(&self) -> Option<&'static str>;
-    /// Run last in every append transaction (e.g. NOTIFY the relay).
+    /// Run after every append commits (e.g. NOTIFY the relay).
     fn append_postamble(&self) -> Option<&'static str>;
     /// Run in its own transaction before reading the log: waits until no
     /// append that allocated a position is still in flight.
@@ -31,6 +31,7 @@ pub struct SqlEventStore {
     db: Db,
     dialect: Arc<dyn Dialect>,
     committed: Arc<watch::Sender<i64>>,
+    notifying: Arc<std::sync::atomic::AtomicBool>,
     select_events: Arc<str>,
     insert_event: Arc<str>,
 }
@@ -62,6 +63,7 @@ impl SqlEventStore {
             db,
             dialect,
             committed: Arc::new(watch::channel(last).0),
+            notifying: Arc::default(),
             select_events: select_events.into(),
             insert_event: insert_event.into(),
         })
@@ -146,10 +148,23 @@ impl SqlEventStore {
             .execute(&mut *tx)
             .await?;
         }
-        if let Some(post) = self.dialect.append_postamble() {
-            tx.execute(post).await?;
-        }
         tx.commit().await?;
+        if let Some(post) = self.dialect.append_postamble() {
+            // After the commit, in its own tiny transaction, and at most one
+            // at a time per process: a NOTIFY inside every append serialises
+            // all commits on PostgreSQL's notify lock. A wake-up that is
+            // skipped or lost only delays the relay until its next poll.
+            if !self
+                .notifying
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                if let Err(e) = self.db.writer.execute(post).await {
+                    tracing::debug!(error = %e, "outbox notification not sent");
+                }
+                self.notifying
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
         Ok(positions)
     }
 
