@@ -62,10 +62,18 @@ pub async fn wait_consistent(
         )
         .with_details(json!({ "field": "wait_ms" })));
     }
-    match progress
+    let started = std::time::Instant::now();
+    let outcome = progress
         .wait_for(&token, Duration::from_millis(wait_ms))
-        .await
-    {
+        .await;
+    metrics::histogram!("cqrs_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
+    let label = match &outcome {
+        Ok(WaitOutcome::Reached) => "reached",
+        Ok(WaitOutcome::TimedOut { .. }) => "timeout",
+        Err(_) => "error",
+    };
+    metrics::counter!("cqrs_consistency_waits_total", "outcome" => label).increment(1);
+    match outcome {
         Ok(WaitOutcome::Reached) => Ok(()),
         Ok(WaitOutcome::TimedOut { current_version }) => {
             let mut e = ApiError::new(

@@ -200,7 +200,10 @@ impl Relay {
         // Only the prefix before the first failure is marked: the rest is
         // sent again, so Kafka may hold duplicates but never a gap.
         self.store.mark_published(&done).await?;
+        metrics::counter!("cqrs_relay_published_total").increment(done.len() as u64);
+        metrics::histogram!("cqrs_relay_batch_size").record(events.len() as f64);
         if let Some(e) = failed {
+            metrics::counter!("cqrs_relay_errors_total").increment(1);
             return Err(e.into());
         }
         Ok(done.len())

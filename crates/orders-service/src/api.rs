@@ -33,6 +33,8 @@ pub fn router(app: App) -> Router {
         .route("/customers/{id}/summary", get(customer_summary))
         .route("/stats", get(stats))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::observe::metrics))
         .fallback(cqrs_http::not_found)
         .method_not_allowed_fallback(cqrs_http::method_not_allowed)
         .with_state(app)
@@ -128,6 +130,20 @@ async fn run(
     };
     let started = std::time::Instant::now();
     let result = execute::<Order, _>(&app.store, id, &command, options).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => match e {
+            cqrs_sql::CommandError::Domain(d) => cqrs_core::DomainError::code(d),
+            cqrs_sql::CommandError::VersionConflict { .. } => "version_conflict",
+            cqrs_sql::CommandError::TooManyConflicts(_) => "contention",
+            cqrs_sql::CommandError::IdempotencyMismatch => "idempotency_key_reused",
+            cqrs_sql::CommandError::Store(_) => "unavailable",
+        },
+    };
+    metrics::counter!("orders_commands_total", "command" => command.name(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("orders_command_duration_seconds", "command" => command.name())
+        .record(started.elapsed().as_secs_f64());
     tracing::info!(
         command = command.name(),
         order_id = id,
@@ -389,4 +405,29 @@ async fn order_history(
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// 200 when the write DB, the read DB and Kafka (if configured) answer; 503
+/// with the reason otherwise.
+async fn readyz(State(app): State<App>) -> Response {
+    let checks = crate::observe::readiness(&app).await;
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(k, r)| {
+            (
+                k.to_owned(),
+                match r {
+                    Ok(()) => json!("ok"),
+                    Err(e) => json!(e),
+                },
+            )
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready, "checks": body }))).into_response()
 }

@@ -132,6 +132,8 @@ pub struct App {
     pub read: Db,
     /// The read model's progress, for consistency waits.
     pub progress: ReadProgress,
+    /// Kafka, when it sits between the sides (for readiness and lag).
+    pub kafka: Option<KafkaOptions>,
 }
 
 /// A started instance: the app, its background roles and the switch that stops them.
@@ -243,12 +245,25 @@ impl Running {
                 }),
             ));
         }
+        crate::observe::install();
+        let app = App {
+            store,
+            read,
+            progress,
+            kafka: config.kafka.clone(),
+        };
+        let sampler = crate::observe::spawn_sampler(app.clone(), Duration::from_millis(500));
+        let mut stop_sampler = rx.clone();
+        tasks.push((
+            "metrics sampler",
+            tokio::spawn(async move {
+                let _ = stop_sampler.wait_for(|s| *s).await;
+                sampler.abort();
+                Ok(())
+            }),
+        ));
         Ok(Running {
-            app: App {
-                store,
-                read,
-                progress,
-            },
+            app,
             tasks,
             shutdown,
         })

@@ -200,6 +200,7 @@ impl ProjectorRunner {
                             }
                         }
                         tracing::error!(projector = %self.config.name, error = %e, "batch failed; retrying");
+                        metrics::counter!("cqrs_projector_batch_failures_total").increment(1);
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = shutdown.wait_for(|s| *s) => return Ok(()),
@@ -388,6 +389,10 @@ impl ProjectorRunner {
         }
         self.progress
             .applied(versions.iter().map(|(k, v)| (*k, *v)));
+        metrics::histogram!("cqrs_projector_batch_size").record(batch.len() as f64);
+        metrics::counter!("cqrs_projector_events_applied_total").increment(report.applied as u64);
+        metrics::counter!("cqrs_projector_duplicates_total").increment(report.duplicates as u64);
+        metrics::counter!("cqrs_dead_letters_total").increment(report.dead_lettered as u64);
         if report.duplicates > 0 || report.dead_lettered > 0 {
             tracing::info!(projector = %self.config.name, applied = report.applied, duplicates = report.duplicates,
                 dead_lettered = report.dead_lettered, "batch had records already applied or dead-lettered");

@@ -1,0 +1,172 @@
+//! Metrics (Prometheus text on `/metrics`), readiness, and the sampler that
+//! turns database and broker state into gauges: outbox backlog and the
+//! projector's lag per partition.
+
+use crate::app::{App, KafkaOptions, PROJECTOR};
+use axum::http::header;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ];
+            let sizes = [1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), &sizes))
+                .and_then(|b| b.install_recorder())
+                .inspect_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`.
+pub async fn metrics() -> impl IntoResponse {
+    let body = install().map(|h| h.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+fn kafka_client(k: &KafkaOptions) -> Result<BaseConsumer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set("group.id", format!("orders-metrics-{}", std::process::id()))
+        .create()
+        .map_err(|e| e.to_string())
+}
+
+/// Each dependency and whether it answers.
+pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
+    let ping = |pool: sqlx::AnyPool| async move {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_owned()),
+        }
+    };
+    let mut out = vec![
+        ("write_db", ping(app.store.db().pool.clone()).await),
+        ("read_db", ping(app.read.pool.clone()).await),
+    ];
+    if let Some(k) = app.kafka.clone() {
+        let r = tokio::task::spawn_blocking(move || {
+            let c = kafka_client(&k)?;
+            let meta = c
+                .fetch_metadata(Some(&k.topic), Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            if meta.topics().iter().any(|t| t.partitions().is_empty()) {
+                return Err(format!("topic {} has no partitions", k.topic));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        out.push(("kafka", r));
+    }
+    out
+}
+
+/// Samples gauges every `every` until the task is aborted.
+pub fn spawn_sampler(app: App, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = app
+            .kafka
+            .as_ref()
+            .and_then(|k| kafka_client(k).ok())
+            .map(Arc::new);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sample(&app, client.clone()).await {
+                tracing::debug!(error = %e, "metrics sample failed");
+            }
+        }
+    })
+}
+
+async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<()> {
+    use cqrs_sql::EventStore;
+    metrics::gauge!("cqrs_outbox_pending").set(app.store.outbox_pending().await? as f64);
+    metrics::gauge!("cqrs_outbox_oldest_pending_age_seconds")
+        .set(app.store.oldest_pending_age().await?);
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
+    )
+    .bind(PROJECTOR)
+    .fetch_all(&app.read.pool)
+    .await?;
+    let checkpoints: HashMap<String, (i64, String)> =
+        rows.into_iter().map(|(k, n, u)| (k, (n, u))).collect();
+    // Per stream: (records waiting, next offset the projector will read, head).
+    let mut heads: Vec<(String, i64, i64)> = Vec::new();
+    match (&app.kafka, client) {
+        (Some(k), Some(c)) => {
+            let topic = k.topic.clone();
+            let marks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
+                let meta = c.fetch_metadata(Some(&topic), Duration::from_secs(2))?;
+                let mut out = Vec::new();
+                for t in meta.topics() {
+                    for p in t.partitions() {
+                        let (_, high) =
+                            c.fetch_watermarks(&topic, p.id(), Duration::from_secs(2))?;
+                        out.push((p.id(), high));
+                    }
+                }
+                Ok(out)
+            })
+            .await??;
+            for (p, high) in marks {
+                let key = format!("{}/{p}", k.topic);
+                let next = checkpoints.get(&key).map_or(0, |c| c.0);
+                heads.push((p.to_string(), next, high));
+            }
+        }
+        _ => {
+            let head: i64 =
+                sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+                    .fetch_one(&app.store.db().pool)
+                    .await?;
+            let next = checkpoints.get("log").map_or(1, |c| c.0);
+            heads.push(("log".into(), next - 1, head));
+        }
+    }
+    let now = chrono::Utc::now();
+    for (partition, next, head) in heads {
+        let lag = (head - next).max(0);
+        metrics::gauge!("cqrs_projector_lag_records", "partition" => partition.clone())
+            .set(lag as f64);
+        // Seconds since this partition's checkpoint last moved while records
+        // wait (0 when caught up).
+        let key = checkpoints
+            .keys()
+            .find(|k| k.ends_with(&format!("/{partition}")) || **k == partition);
+        let since = key
+            .and_then(|k| checkpoints.get(k))
+            .and_then(|(_, u)| cqrs_sql::db::parse_timestamp(u).ok())
+            .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+        metrics::gauge!("cqrs_projector_lag_seconds", "partition" => partition).set(if lag > 0 {
+            since
+        } else {
+            0.0
+        });
+    }
+    Ok(())
+}
