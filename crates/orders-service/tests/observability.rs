@@ -144,3 +144,87 @@ async fn readyz_names_each_dependency_and_fails_with_the_reason() {
     let (s, _, _) = app.get("/healthz", None).await;
     assert_eq!(s, 200, "alive even when not ready");
 }
+
+/// API and projector in separate processes over Kafka: a query with the
+/// token after each command always sees that command; one without may not;
+/// with the projector stopped, a token wait ends in 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_give_read_your_writes_across_processes_on_every_query_route() {
+    let cluster = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = cluster.start("api", "api,relay", Some(port), &[]);
+    wait_healthy(&base, &mut api).await;
+    // A slow projector makes the stale read observable.
+    let slow = [("ORDERS_PROJECTOR_DELAY_MS", "300".to_owned())];
+    let mut projector = cluster.start("projector", "projector", None, &slow);
+    let http = reqwest::Client::new();
+    let get = |path: String, token: Option<String>| {
+        let http = http.clone();
+        async move {
+            let mut req = http.get(path);
+            if let Some(t) = token {
+                req = req.header("x-consistency-token", t);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, r.json::<serde_json::Value>().await.unwrap(), retry)
+        }
+    };
+    let mut stale_seen = 0;
+    for i in 1..=5 {
+        let body = json!({"customer_id": "rw", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 100}]});
+        let a: serde_json::Value = http
+            .post(format!("{base}/orders"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = a["order_id"].as_str().unwrap().to_owned();
+        let token = a["consistency_token"].as_str().unwrap().to_owned();
+        let (s, _, _) = get(format!("{base}/orders/{id}"), None).await;
+        if s == 404 {
+            stale_seen += 1;
+        }
+        let (s, o, _) = get(
+            format!("{base}/orders/{id}?wait_ms=20000"),
+            Some(token.clone()),
+        )
+        .await;
+        assert_eq!((s, o["status"].as_str()), (200, Some("created")));
+        let (_, c, _) = get(format!("{base}/customers/rw/summary"), Some(token.clone())).await;
+        assert_eq!(c["order_count"], i);
+        let (_, st, _) = get(format!("{base}/stats"), Some(token.clone())).await;
+        assert_eq!(st["total_orders"], i);
+        let (_, l, _) = get(format!("{base}/orders?customer_id=rw"), Some(token)).await;
+        assert_eq!(l["orders"].as_array().unwrap().len(), i as usize);
+    }
+    assert!(
+        stale_seen > 0,
+        "with the projector 300 ms behind, a tokenless read right after a command is stale"
+    );
+    assert!(projector.terminate().success());
+    let body = json!({"customer_id": "rw", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 100}]});
+    let a: serde_json::Value = http
+        .post(format!("{base}/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = a["consistency_token"].as_str().unwrap().to_owned();
+    let (s, e, retry) = get(format!("{base}/stats?wait_ms=500"), Some(token)).await;
+    assert_eq!(
+        (s, e["error"].as_str(), retry.as_deref()),
+        (503, Some("not_yet_consistent"), Some("1"))
+    );
+}
