@@ -4,7 +4,6 @@ use crate::app::App;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use cqrs_http::{
     idempotency_key, wait_consistent, ApiError, ConsistencyParams, JsonBody, QueryParams,
@@ -16,25 +15,33 @@ use orders::read_model::{self, OrderFilter};
 use orders::{CancelOrder, CreateOrder, Order, OrderCommand, PayOrder, ShipOrder, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Conflicting appends retried before answering 409.
 const MAX_RETRIES: u32 = 10;
 
-/// The router with every route, limits and JSON fallbacks.
+/// The router with every route, limits and JSON fallbacks. Routes and the
+/// OpenAPI document come from the same list, so they cannot drift apart.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/orders", post(create_order).get(list_orders))
-        .route("/orders/{id}", get(get_order))
-        .route("/orders/{id}/pay", post(pay_order))
-        .route("/orders/{id}/ship", post(ship_order))
-        .route("/orders/{id}/deliver", post(deliver_order))
-        .route("/orders/{id}/cancel", post(cancel_order))
-        .route("/orders/{id}/history", get(order_history))
-        .route("/customers/{id}/summary", get(customer_summary))
-        .route("/stats", get(stats))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::observe::metrics))
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_order, list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(pay_order))
+        .routes(routes!(ship_order))
+        .routes(routes!(deliver_order))
+        .routes(routes!(cancel_order))
+        .routes(routes!(order_history))
+        .routes(routes!(customer_summary))
+        .routes(routes!(stats))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    router
+        .layer(axum::Extension(doc))
         .fallback(cqrs_http::not_found)
         .method_not_allowed_fallback(cqrs_http::method_not_allowed)
         .with_state(app)
@@ -45,8 +52,43 @@ pub fn router(app: App) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "orders-cqrs",
+        description = "CQRS Orders service: commands to the write side, queries from the read models. Every error is {error, message, details}."
+    ),
+    components(schemas(ErrorBody, orders::Status, orders::views::StatusStats))
+)]
+struct ApiDoc;
+
+/// Every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable code ("order_not_found", "invalid_field", ...).
+    pub error: String,
+    /// Human text.
+    pub message: String,
+    /// Extras: `field` for 4xx about a field, versions for conflicts.
+    pub details: serde_json::Value,
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document")))]
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<std::sync::Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json((*doc).clone())
+}
+
+/// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+async fn metrics() -> Response {
+    crate::observe::metrics().await.into_response()
+}
+
 /// The answer to every command.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]
 pub struct CommandAnswer {
     /// The order.
     pub order_id: String,
@@ -154,6 +196,7 @@ async fn run(
     Ok(result?)
 }
 
+#[utoipa::path(post, path = "/orders", tag = "commands", request_body = orders::CreateOrder, params(("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 201, description = "Created", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
 async fn create_order(
     State(app): State<App>,
     headers: HeaderMap,
@@ -174,7 +217,7 @@ async fn create_order(
 }
 
 /// `POST /orders/{id}/pay`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayBody {
     /// Must equal the total.
@@ -186,7 +229,7 @@ pub struct PayBody {
 }
 
 /// `POST /orders/{id}/ship`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipBody {
     /// Carrier.
@@ -198,7 +241,7 @@ pub struct ShipBody {
 }
 
 /// `POST /orders/{id}/deliver`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverBody {
     /// Optional optimistic-concurrency guard.
@@ -206,7 +249,7 @@ pub struct DeliverBody {
 }
 
 /// `POST /orders/{id}/cancel`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
     /// Why.
@@ -215,6 +258,7 @@ pub struct CancelBody {
     pub expected_version: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/orders/{id}/pay", tag = "commands", request_body = PayBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Paid", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
 async fn pay_order(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -230,6 +274,7 @@ async fn pay_order(
     Ok(answer(StatusCode::OK, &outcome))
 }
 
+#[utoipa::path(post, path = "/orders/{id}/ship", tag = "commands", request_body = ShipBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Shipped", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
 async fn ship_order(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -245,6 +290,7 @@ async fn ship_order(
     Ok(answer(StatusCode::OK, &outcome))
 }
 
+#[utoipa::path(post, path = "/orders/{id}/deliver", tag = "commands", request_body = DeliverBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Delivered", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
 async fn deliver_order(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -265,6 +311,7 @@ async fn deliver_order(
     Ok(answer(StatusCode::OK, &outcome))
 }
 
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "commands", request_body = CancelBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Cancelled", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
 async fn cancel_order(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -283,6 +330,7 @@ fn read_error(e: read_model::QueryError) -> ApiError {
     ApiError::unavailable("the read database", &e)
 }
 
+#[utoipa::path(get, path = "/orders/{id}", tag = "queries", params(("id" = String, Path, description = "Order id"), ("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write"), ("consistent_with" = Option<String>, Query, description = "The token, as a parameter"), ("wait_ms" = Option<u64>, Query, description = "Longest wait, 0..=30000, default 2000")), responses((status = 200, description = "The order", body = orders::views::OrderView), (status = 404, description = "Not in the read model", body = ErrorBody), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
 async fn get_order(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -302,17 +350,25 @@ async fn get_order(
 }
 
 /// Query string of `GET /orders`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only this customer's orders.
     customer_id: Option<String>,
+    /// Only orders in this status (created, paid, shipped, delivered, cancelled).
     status: Option<String>,
+    /// Page size, 1..=100 (default 20).
     limit: Option<i64>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// A consistency token to wait for.
     consistent_with: Option<String>,
+    /// Longest wait, 0..=30000 ms (default 2000).
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/orders", tag = "queries", params(ListParams, ("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write")), responses((status = 200, description = "A page of orders, newest first: {orders, next}"), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
 async fn list_orders(
     State(app): State<App>,
     headers: HeaderMap,
@@ -354,6 +410,7 @@ async fn list_orders(
     Ok(Json(json!({ "orders": orders, "next": next })).into_response())
 }
 
+#[utoipa::path(get, path = "/customers/{id}/summary", tag = "queries", params(("id" = String, Path, description = "Customer id"), ("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write"), ("consistent_with" = Option<String>, Query, description = "The token, as a parameter"), ("wait_ms" = Option<u64>, Query, description = "Longest wait, 0..=30000, default 2000")), responses((status = 200, description = "The summary", body = orders::views::CustomerSummary), (status = 404, description = "No orders for the customer", body = ErrorBody), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
 async fn customer_summary(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -374,6 +431,7 @@ async fn customer_summary(
     }
 }
 
+#[utoipa::path(get, path = "/stats", tag = "queries", params(("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write"), ("consistent_with" = Option<String>, Query, description = "The token, as a parameter"), ("wait_ms" = Option<u64>, Query, description = "Longest wait, 0..=30000, default 2000")), responses((status = 200, description = "Count and value per status: {by_status, total_orders}"), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
 async fn stats(
     State(app): State<App>,
     headers: HeaderMap,
@@ -387,6 +445,7 @@ async fn stats(
     Ok(Json(json!({ "by_status": by_status, "total_orders": total_orders })).into_response())
 }
 
+#[utoipa::path(get, path = "/orders/{id}/history", tag = "queries", params(("id" = String, Path, description = "Order id")), responses((status = 200, description = "The events of the order, from the write side"), (status = 404, description = "Unknown order", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
 async fn order_history(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -403,12 +462,14 @@ async fn order_history(
     Ok(Json(json!({ "order_id": id, "events": events })).into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The process is alive")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// 200 when the write DB, the read DB and Kafka (if configured) answer; 503
 /// with the reason otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "Write DB, read DB and Kafka answer"), (status = 503, description = "A dependency does not answer; checks say which")))]
 async fn readyz(State(app): State<App>) -> Response {
     let checks = crate::observe::readiness(&app).await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());

@@ -1,0 +1,86 @@
+//! The OpenAPI document and the router agree: every documented route is
+//! served, and every served route is documented.
+
+mod common;
+
+use common::spawn_app;
+use std::collections::BTreeSet;
+
+const SERVED: &[(&str, &str)] = &[
+    ("get", "/customers/{id}/summary"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/orders"),
+    ("get", "/orders/{id}"),
+    ("get", "/orders/{id}/history"),
+    ("get", "/readyz"),
+    ("get", "/stats"),
+    ("post", "/orders"),
+    ("post", "/orders/{id}/cancel"),
+    ("post", "/orders/{id}/deliver"),
+    ("post", "/orders/{id}/pay"),
+    ("post", "/orders/{id}/ship"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_documented_and_every_documented_route_is_served() {
+    let app = spawn_app(false, 0).await;
+    let (s, doc, _) = app.get("/openapi.json", None).await;
+    assert_eq!(s, 200);
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{doc}"
+    );
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .filter(|(m, _)| ["get", "post", "put", "delete", "patch"].contains(&m.as_str()))
+        .collect();
+    let expected: BTreeSet<(String, String)> = SERVED
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, expected,
+        "documented routes differ from the served ones"
+    );
+    // Each documented route answers something other than "no such route".
+    let id = "01a21bad-0000-7000-8000-000000000000";
+    for (method, path) in &documented {
+        let url = format!("{}{}", app.base, path.replace("{id}", id));
+        let req = app
+            .http
+            .request(method.to_uppercase().parse().unwrap(), &url);
+        let req = if method == "post" {
+            req.header("content-type", "application/json").body("{}")
+        } else {
+            req
+        };
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("route_not_found") && status != 405,
+            "{method} {path}: {status} {body}"
+        );
+    }
+    // Every command documents its errors with the shared error body.
+    let pay = &doc["paths"]["/orders/{id}/pay"]["post"]["responses"];
+    for code in ["404", "409", "422"] {
+        assert_eq!(
+            pay[code]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody",
+            "{code}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["OrderView"]["properties"]["status"].is_object());
+    app.stop().await;
+}
