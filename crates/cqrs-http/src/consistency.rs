@@ -74,7 +74,10 @@ pub async fn wait_consistent(
     };
     metrics::counter!("cqrs_consistency_waits_total", "outcome" => label).increment(1);
     match outcome {
-        Ok(WaitOutcome::Reached) => Ok(()),
+        Ok(WaitOutcome::Reached) => {
+            progress.record_query(&token);
+            Ok(())
+        }
         Ok(WaitOutcome::TimedOut { current_version }) => {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -38,6 +38,7 @@ pub fn router(app: App) -> Router {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
+        .routes(routes!(command_trace))
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
     router
@@ -79,6 +80,26 @@ async fn openapi_json(
     axum::Extension(doc): axum::Extension<std::sync::Arc<utoipa::openapi::OpenApi>>,
 ) -> Json<utoipa::openapi::OpenApi> {
     Json((*doc).clone())
+}
+
+/// `GET /commands/{id}/trace`: the command's journey through every stage.
+#[utoipa::path(get, path = "/commands/{id}/trace", tag = "queries", params(("id" = String, Path, description = "Command id")),
+    responses((status = 200, description = "The stages with times and coordinates", body = crate::trace::CommandTrace),
+        (status = 404, description = "No command with this id (or its trace expired)", body = ErrorBody),
+        (status = 503, description = "A database is unavailable", body = ErrorBody)))]
+async fn command_trace(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match crate::trace::load(&app, &id).await {
+        Ok(Some(t)) => Ok(Json(t).into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "command_not_found",
+            format!("no command {id:?}"),
+        )),
+        Err(e) => Err(ApiError::unavailable("the trace store", &e)),
+    }
 }
 
 /// `GET /metrics`: Prometheus text.

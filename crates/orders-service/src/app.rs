@@ -34,6 +34,8 @@ pub struct Config {
     pub kafka: Option<KafkaOptions>,
     /// What this process runs; all of them when empty.
     pub roles: Vec<Role>,
+    /// How long command traces are kept.
+    pub trace_retention: Duration,
 }
 
 /// Kafka settings of the service.
@@ -98,6 +100,7 @@ impl Config {
             pool_size: 16,
             kafka: None,
             roles: Vec::new(),
+            trace_retention: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -194,6 +197,7 @@ impl Running {
                     batch_size: 500,
                     apply_delay: config.projector_delay,
                     max_attempts: 3,
+                    trace_retention: config.trace_retention,
                 },
                 orders::read_model::projections(),
             )

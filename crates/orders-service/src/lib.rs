@@ -10,5 +10,6 @@ pub mod dead_letters;
 pub mod demo;
 pub mod observe;
 pub mod replay;
+pub mod trace;
 
 pub use app::{App, Config, Running};

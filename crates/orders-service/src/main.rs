@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orders_service::app::{KafkaOptions, Role};
-use orders_service::{bench, client, dead_letters, demo, replay, Config, Running};
+use orders_service::{bench, client, dead_letters, demo, replay, trace, Config, Running};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +65,9 @@ struct DbArgs {
         default_value_t = 10_000
     )]
     kafka_session_timeout_ms: u32,
+    /// How long command traces are kept, in seconds.
+    #[arg(long, env = "ORDERS_TRACE_RETENTION_SECS", default_value_t = 86_400)]
+    trace_retention_secs: u64,
     /// What this process runs (repeatable: api, relay, projector); all when absent.
     #[arg(long = "role", env = "ORDERS_ROLES", value_enum, value_delimiter = ',')]
     roles: Vec<Role>,
@@ -88,6 +91,7 @@ impl DbArgs {
                 session_timeout_ms: self.kafka_session_timeout_ms,
             }),
             roles: self.roles.clone(),
+            trace_retention: Duration::from_secs(self.trace_retention_secs),
         }
     }
 }
@@ -142,6 +146,8 @@ enum Command {
     Get(client::GetArgs),
     /// Client: list orders.
     List(client::ListArgs),
+    /// Client: the journey of one command through every stage.
+    Trace(trace::TraceArgs),
 }
 
 fn init_logs(filter: Option<&str>, default: &str) {
@@ -226,5 +232,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Cancel(a) => client::cancel(a).await,
         Command::Get(a) => client::get(a).await,
         Command::List(a) => client::list(a).await,
+        Command::Trace(a) => trace::print(a).await,
     }
 }

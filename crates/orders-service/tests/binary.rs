@@ -68,6 +68,32 @@ async fn serve_answers_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(order["status"], "created");
+    // `orders trace` prints the command's journey, every stage filled in.
+    let command_id = created["command_id"].as_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["trace", command_id, "--server", &base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stage in [
+        "received",
+        "committed",
+        "published",
+        "consumed",
+        "applied",
+        "queried",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!(" {stage} ")))
+            .unwrap_or_else(|| panic!("{stage} missing:\n{text}"));
+        assert!(!line.contains('—'), "{stage} has no time:\n{text}");
+    }
     // SIGTERM: drains and exits 0.
     let pid = server.0.id().to_string();
     assert!(Command::new("kill")

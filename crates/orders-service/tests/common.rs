@@ -335,3 +335,42 @@ impl Cluster {
         }
     }
 }
+
+/// Asserts that a command's trace has all six stages, in time order.
+pub async fn assert_full_trace(app: &TestApp, command_id: &str) -> Value {
+    let (s, t, _) = app
+        .get(&format!("/commands/{command_id}/trace"), None)
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let stages = t["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "received",
+            "committed",
+            "published",
+            "consumed",
+            "applied",
+            "queried"
+        ]
+    );
+    let times: Vec<chrono::DateTime<chrono::Utc>> = stages
+        .iter()
+        .map(|s| {
+            s["at"]
+                .as_str()
+                .unwrap_or_else(|| panic!("stage without time: {t}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "stages out of order: {t}"
+    );
+    t
+}

@@ -7,6 +7,7 @@ use common::spawn_app;
 use std::collections::BTreeSet;
 
 const SERVED: &[(&str, &str)] = &[
+    ("get", "/commands/{id}/trace"),
     ("get", "/customers/{id}/summary"),
     ("get", "/healthz"),
     ("get", "/metrics"),

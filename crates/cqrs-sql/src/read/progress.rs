@@ -128,6 +128,27 @@ impl ReadProgress {
         })
     }
 
+    /// Records that a query served data including the token's write (the
+    /// first time wins); off the request path.
+    pub fn record_query(&self, token: &ConsistencyToken) {
+        let db = self.inner.db.clone();
+        let (aggregate_id, version) = (token.aggregate_id.clone(), token.version);
+        tokio::spawn(async move {
+            let r = sqlx::query(
+                "INSERT INTO query_traces (aggregate_id, version, queried_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (aggregate_id, version) DO NOTHING",
+            )
+            .bind(aggregate_id)
+            .bind(version)
+            .bind(crate::db::timestamp(chrono::Utc::now()))
+            .execute(&db.writer)
+            .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "query trace not recorded");
+            }
+        });
+    }
+
     /// Waits until the read model includes the token's write, or `timeout`.
     pub async fn wait_for(
         &self,

@@ -32,6 +32,20 @@ pub const CHECKPOINT_SCHEMA: &[&str] = &[
         applied_at TEXT NOT NULL,
         PRIMARY KEY (projector, aggregate_id))",
     "CREATE INDEX IF NOT EXISTS projected_versions_applied ON projected_versions (projector, applied_at)",
+    "CREATE TABLE IF NOT EXISTS event_traces (
+        projector TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        command_id TEXT NOT NULL,
+        published_as TEXT NOT NULL,
+        consumed_at TEXT NOT NULL,
+        applied_at TEXT NOT NULL,
+        PRIMARY KEY (projector, event_id))",
+    "CREATE INDEX IF NOT EXISTS event_traces_applied ON event_traces (projector, applied_at)",
+    "CREATE TABLE IF NOT EXISTS query_traces (
+        aggregate_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        queried_at TEXT NOT NULL,
+        PRIMARY KEY (aggregate_id, version))",
 ];
 
 /// How a projector runs.
@@ -46,6 +60,8 @@ pub struct ProjectorConfig {
     /// Attempts of a record whose projection fails in the database before it
     /// is dead-lettered.
     pub max_attempts: u32,
+    /// How long per-event traces (consumed/applied times) are kept.
+    pub trace_retention: Duration,
 }
 
 impl Default for ProjectorConfig {
@@ -55,6 +71,7 @@ impl Default for ProjectorConfig {
             batch_size: 500,
             apply_delay: Duration::ZERO,
             max_attempts: 3,
+            trace_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -165,7 +182,12 @@ impl ProjectorRunner {
     ) -> Result<(), RunnerError> {
         source.resume(&self.checkpoints().await?).await?;
         let mut attempts: HashMap<(String, i64), u32> = HashMap::new();
+        let mut batches: u64 = 0;
         loop {
+            batches += 1;
+            if batches % 200 == 1 {
+                self.prune_traces().await;
+            }
             let batch = tokio::select! {
                 b = source.next_batch(self.config.batch_size) => b?,
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
@@ -216,6 +238,25 @@ impl ProjectorRunner {
                 p.clear();
             }
             source.committed(&checkpoints).await?;
+        }
+    }
+
+    /// Drops traces older than the retention.
+    async fn prune_traces(&self) {
+        let retention = chrono::Duration::from_std(self.config.trace_retention)
+            .unwrap_or(chrono::Duration::days(1));
+        let cutoff = timestamp(chrono::Utc::now() - retention);
+        let r = sqlx::query("DELETE FROM event_traces WHERE projector = $1 AND applied_at < $2")
+            .bind(&self.config.name)
+            .bind(&cutoff)
+            .execute(&self.db.writer)
+            .await;
+        let q = sqlx::query("DELETE FROM query_traces WHERE queried_at < $1")
+            .bind(&cutoff)
+            .execute(&self.db.writer)
+            .await;
+        if let Err(e) = r.and(q) {
+            tracing::warn!(error = %e, "cannot prune traces");
         }
     }
 
@@ -454,6 +495,30 @@ impl ProjectorRunner {
                 Val::Text(timestamp(item.consumed_at)),
             ]
         };
+        let trace_kinds = [Kind::Text, Kind::Text, Kind::Text, Kind::Text];
+        let traces: Vec<Vec<Val>> = applied
+            .iter()
+            .map(|(item, e)| {
+                vec![
+                    Val::Text(e.event_id.clone()),
+                    Val::Text(e.metadata.command_id.clone()),
+                    Val::Text(item.published_as.clone()),
+                    Val::Text(timestamp(item.consumed_at)),
+                ]
+            })
+            .collect();
+        for chunk in traces.chunks(batch::rows_per_statement(trace_kinds.len())) {
+            let sql = format!(
+                "INSERT INTO event_traces (event_id, command_id, published_as, consumed_at, applied_at, projector) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, $1, $2 FROM (VALUES {}) AS v \
+                 WHERE true ON CONFLICT (projector, event_id) DO NOTHING",
+                batch::tuples(chunk.len(), &trace_kinds, 3)
+            );
+            let q = sqlx::query(&sql).bind(now).bind(&self.config.name);
+            batch::bind_all(q, &chunk.concat())
+                .execute(&mut *tx)
+                .await?;
+        }
         let kinds = [Kind::Text, Kind::Int, Kind::Int, Kind::Text, Kind::Text];
         let (mut old, mut new): (Vec<Vec<Val>>, Vec<Vec<Val>>) = (Vec::new(), Vec::new());
         for (id, (item, e)) in last {

@@ -1,0 +1,216 @@
+//! The journey of one command through every stage: received, committed,
+//! published, consumed, applied, first queried. `GET /commands/{id}/trace`
+//! and `orders trace ID`.
+
+use crate::app::{App, PROJECTOR};
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use cqrs_core::Stage;
+use cqrs_sql::db::parse_timestamp;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+/// One stage of a trace.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StageTrace {
+    /// received, committed, published, consumed, applied, queried.
+    #[schema(value_type = String)]
+    pub stage: Stage,
+    /// Who did it.
+    pub component: String,
+    /// When (absent: not yet), RFC 3339.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub at: Option<DateTime<Utc>>,
+    /// Milliseconds since the previous stage that happened.
+    pub since_previous_ms: Option<f64>,
+    /// Coordinates: position and version, partition and offset, ...
+    pub detail: String,
+}
+
+/// A command's trace.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandTrace {
+    /// The command.
+    pub command_id: String,
+    /// Its aggregate.
+    pub aggregate_id: String,
+    /// The events it appended.
+    pub event_types: Vec<String>,
+    /// The six stages, in order.
+    pub stages: Vec<StageTrace>,
+}
+
+fn ts(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| parse_timestamp(&s).ok())
+}
+
+/// Assembles the trace of `command_id` from the write DB, the outbox and the
+/// read DB; `None` when no event has that command id.
+pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandTrace>> {
+    let events = app.store.events_of_command(command_id).await?;
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(None);
+    };
+    let outbox =
+        sqlx::query("SELECT published_at, partition_no, offset_no FROM outbox WHERE position = $1")
+            .bind(last.position)
+            .fetch_optional(&app.store.db().pool)
+            .await?;
+    let (published_at, published_detail) = match (&app.kafka, outbox) {
+        (Some(k), Some(r)) => {
+            let at: Option<String> = r.try_get(0)?;
+            let (p, o): (Option<i64>, Option<i64>) = (r.try_get(1)?, r.try_get(2)?);
+            let detail = match (p, o) {
+                (Some(p), Some(o)) => format!("{}/{p}@{o}", k.topic),
+                _ => "not yet published".to_owned(),
+            };
+            (ts(at), detail)
+        }
+        // Embedded: the write DB's log is the channel; committing publishes.
+        _ => (Some(last.recorded_at), format!("log@{}", last.position)),
+    };
+    let read = sqlx::query("SELECT published_as, consumed_at, applied_at FROM event_traces WHERE projector = $1 AND event_id = $2")
+        .bind(PROJECTOR)
+        .bind(&last.event_id)
+        .fetch_optional(&app.read.pool)
+        .await?;
+    let (consumed, applied, consumed_from) = match read {
+        Some(r) => (
+            ts(r.try_get(1)?),
+            ts(r.try_get(2)?),
+            r.try_get::<String, _>(0)?,
+        ),
+        None => (None, None, String::new()),
+    };
+    let queried: Option<String> = sqlx::query_scalar(
+        "SELECT MIN(queried_at) FROM query_traces WHERE aggregate_id = $1 AND version >= $2",
+    )
+    .bind(&last.aggregate_id)
+    .bind(last.version)
+    .fetch_one(&app.read.pool)
+    .await?;
+    let channel = if app.kafka.is_some() {
+        "Kafka"
+    } else {
+        "Event log"
+    };
+    let raw = [
+        (
+            Stage::Received,
+            "Command Handler (API)",
+            Some(first.metadata.occurred_at),
+            format!("{} v{}", last.aggregate_type, first.version - 1),
+        ),
+        (
+            Stage::Committed,
+            "Write DB",
+            Some(last.recorded_at),
+            format!("position {}, version {}", last.position, last.version),
+        ),
+        (Stage::Published, channel, published_at, published_detail),
+        (
+            Stage::Consumed,
+            "Read Model (projector)",
+            consumed,
+            if consumed_from.is_empty() {
+                "not yet".into()
+            } else {
+                format!("from {consumed_from}")
+            },
+        ),
+        (
+            Stage::Applied,
+            "Read DB",
+            applied,
+            "order_details, customer_summary, order_stats".into(),
+        ),
+        (
+            Stage::Queried,
+            "Query Handler",
+            ts(queried),
+            "first query presenting a token that includes it".into(),
+        ),
+    ];
+    let mut previous: Option<DateTime<Utc>> = None;
+    let stages = raw
+        .into_iter()
+        .map(|(stage, component, at, detail)| {
+            let since = match (previous, at) {
+                (Some(p), Some(a)) => Some((a - p).num_microseconds().unwrap_or(0) as f64 / 1000.0),
+                _ => None,
+            };
+            if at.is_some() {
+                previous = at;
+            }
+            StageTrace {
+                stage,
+                component: component.to_owned(),
+                at,
+                since_previous_ms: since,
+                detail,
+            }
+        })
+        .collect();
+    Ok(Some(CommandTrace {
+        command_id: command_id.to_owned(),
+        aggregate_id: last.aggregate_id.clone(),
+        event_types: events.iter().map(|e| e.event_type.clone()).collect(),
+        stages,
+    }))
+}
+
+/// `orders trace`.
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// The command id (from a command's answer).
+    command_id: String,
+    #[command(flatten)]
+    server: crate::client::Server,
+}
+
+/// Prints a command's trace as a table.
+pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/commands/{}/trace",
+        a.server.server.trim_end_matches('/'),
+        a.command_id
+    );
+    let res = reqwest::get(&url)
+        .await
+        .context("cannot reach the server (is `orders serve` running?)")?;
+    if !res.status().is_success() {
+        let status = res.status();
+        bail!("{status}: {}", res.text().await.unwrap_or_default());
+    }
+    let t: CommandTrace = res.json().await?;
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "Step",
+        "Stage",
+        "Component",
+        "At (UTC)",
+        "+ms",
+        "Detail",
+    ]);
+    for (i, s) in t.stages.iter().enumerate() {
+        table.add_row(vec![
+            (i + 1).to_string(),
+            format!("{:?}", s.stage).to_lowercase(),
+            s.component.clone(),
+            s.at.map(|a| a.format("%H:%M:%S%.6f").to_string())
+                .unwrap_or_else(|| "—".into()),
+            s.since_previous_ms
+                .map(|m| format!("{m:.2}"))
+                .unwrap_or_default(),
+            s.detail.clone(),
+        ]);
+    }
+    println!(
+        "Command {} on {} ({})\n{table}",
+        t.command_id,
+        t.aggregate_id,
+        t.event_types.join(", ")
+    );
+    Ok(())
+}
