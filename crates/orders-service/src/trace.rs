@@ -183,6 +183,7 @@ pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
         bail!("{status}: {}", res.text().await.unwrap_or_default());
     }
     let t: CommandTrace = res.json().await?;
+    println!("{}", teaching_tables(&t));
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(vec![
@@ -213,4 +214,120 @@ pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
         t.event_types.join(", ")
     );
     Ok(())
+}
+
+/// The trace as the teaching page's step table and state tracker (the same
+/// tables `orders demo` prints).
+pub fn teaching_tables(t: &CommandTrace) -> crate::demo::DemoRun {
+    use crate::demo::{DemoRun, Snapshot, Step};
+    let at = |i: usize| t.stages.get(i).and_then(|s| s.at);
+    let detail = |i: usize| {
+        t.stages
+            .get(i)
+            .map(|s| s.detail.clone())
+            .unwrap_or_default()
+    };
+    let event = t.event_types.join("+");
+    let rows = [
+        (
+            "1",
+            0,
+            "Send command",
+            "Client",
+            "No new event".to_owned(),
+            "None".to_owned(),
+            "Command sent",
+        ),
+        (
+            "2",
+            1,
+            "Process command",
+            "Command Handler",
+            format!("Saved in Write DB ({})", detail(1)),
+            format!("{event} published ({})", detail(2)),
+            "2xx with token",
+        ),
+        (
+            "3",
+            4,
+            "Consume event",
+            "Read Model",
+            "Read DB updated".to_owned(),
+            format!("{event} consumed {}", detail(3)),
+            "Read DB updated",
+        ),
+        (
+            "4-5",
+            5,
+            "Query with token",
+            "Query Handler",
+            "Read DB accessed".to_owned(),
+            "None".to_owned(),
+            "Status returned",
+        ),
+    ];
+    let steps = rows
+        .into_iter()
+        .filter_map(|(n, i, action, component, data_state, ev, out)| {
+            at(i).map(|a| Step {
+                step: n.into(),
+                at: a,
+                action: action.into(),
+                component: component.into(),
+                data_state,
+                event: ev,
+                output: out.into(),
+            })
+        })
+        .collect();
+    let snap = |write: bool, log: &str, read: bool, client: &str| Snapshot {
+        write_db: if write {
+            format!("{event} stored")
+        } else {
+            "Empty".into()
+        },
+        event_log: log.into(),
+        read_db: if read {
+            "Updated".into()
+        } else {
+            "Not updated".into()
+        },
+        client_output: client.into(),
+    };
+    let applied = at(4).is_some();
+    let log_after2 = if at(2).is_some() {
+        format!("{event} published")
+    } else {
+        "Not yet published".into()
+    };
+    let log_after3 = if applied {
+        format!("{event} consumed")
+    } else {
+        log_after2.clone()
+    };
+    let client5 = if at(5).is_some() {
+        "Status response"
+    } else {
+        "No query yet"
+    };
+    DemoRun {
+        started_at: at(0).unwrap_or_else(Utc::now),
+        order_id: t.aggregate_id.clone(),
+        steps,
+        tracker: vec![
+            ("Start".to_owned(), snap(false, "Empty", false, "None")),
+            (
+                "After Step 2".to_owned(),
+                snap(true, &log_after2, false, "2xx with token"),
+            ),
+            (
+                "After Step 3".to_owned(),
+                snap(true, &log_after3, applied, "2xx with token"),
+            ),
+            (
+                "After Step 5".to_owned(),
+                snap(true, &log_after3, applied, client5),
+            ),
+        ],
+    }
 }
