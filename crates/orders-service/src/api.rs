@@ -39,6 +39,8 @@ pub fn router(app: App) -> Router {
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
         .routes(routes!(command_trace))
+        .routes(routes!(live_page))
+        .routes(routes!(live_stream))
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
     router
@@ -100,6 +102,18 @@ async fn command_trace(
         )),
         Err(e) => Err(ApiError::unavailable("the trace store", &e)),
     }
+}
+
+/// `GET /`: the live page.
+#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, description = "The live page (HTML, no external assets)", content_type = "text/html")))]
+async fn live_page() -> Response {
+    crate::live::page().await.into_response()
+}
+
+/// `GET /stream`: Server-Sent Events of read-model changes and progress.
+#[utoipa::path(get, path = "/stream", tag = "meta", responses((status = 200, description = "text/event-stream: `view` {stats, orders} on changes, `progress` {lag, rate} every second", content_type = "text/event-stream")))]
+async fn live_stream(state: State<App>) -> Response {
+    crate::live::stream(state).await.into_response()
 }
 
 /// `GET /metrics`: Prometheus text.

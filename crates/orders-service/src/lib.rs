@@ -8,6 +8,7 @@ pub mod bench_kafka;
 pub mod client;
 pub mod dead_letters;
 pub mod demo;
+pub mod live;
 pub mod observe;
 pub mod replay;
 pub mod trace;

@@ -65,6 +65,11 @@ impl ReadProgress {
         self.inner.bump.send_modify(|g| *g += 1);
     }
 
+    /// Changes whenever the read model moves (local batch or followed from the DB).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.bump.subscribe()
+    }
+
     /// Wakes waiters so that they re-read the database (progress made by
     /// another process).
     pub fn poke(&self) {
