@@ -1,6 +1,6 @@
 //! The live page (`GET /`, every asset in the binary) and its Server-Sent
 //! Events (`GET /stream`): the read model's orders and stats after each
-//! change, and once a second the projection lag and apply rate.
+//! change, and once a second the projection lag and command throughput.
 
 use crate::app::{App, PROJECTOR};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -50,12 +50,13 @@ struct State {
     app: App,
     changes: tokio::sync::watch::Receiver<u64>,
     tick: tokio::time::Interval,
-    last_applied: Option<i64>,
+    last_events: Option<i64>,
     first: bool,
 }
 
 /// `GET /stream`: `view` events on read-model changes (at most 5 a second),
-/// `progress` events every second.
+/// `progress` events every second ({lag: events not yet applied, rate:
+/// events appended per second}).
 pub async fn stream(
     axum::extract::State(app): axum::extract::State<App>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -65,7 +66,7 @@ pub async fn stream(
         changes: app.progress.changes(),
         app,
         tick,
-        last_applied: None,
+        last_events: None,
         first: true,
     };
     let events = futures::stream::unfold(state, |mut s| async move {
@@ -89,8 +90,9 @@ pub async fn stream(
                 }
                 _ = s.tick.tick() => {
                     if let Some((events, applied)) = counts(&s.app).await {
-                        let rate = s.last_applied.map_or(0, |l| (applied - l).max(0));
-                        s.last_applied = Some(applied);
+                        // Command throughput: events appended in the last second.
+                        let rate = s.last_events.map_or(0, |l| (events - l).max(0));
+                        s.last_events = Some(events);
                         let data = json!({ "lag": (events - applied).max(0), "rate": rate as f64 });
                         return Some((Ok(Event::default().event("progress").data(data.to_string())), s));
                     }
