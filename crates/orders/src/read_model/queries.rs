@@ -1,0 +1,162 @@
+//! Queries over the read models: what the query handlers serve.
+
+use crate::aggregate::Status;
+use crate::views::{CustomerSummary, OrderView, StatusStats, Views};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The read DB failed.
+    #[error("read database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A stored row does not make sense.
+    #[error("corrupt read model: {0}")]
+    Corrupt(String),
+}
+
+pub(super) const ORDER_COLUMNS: &str =
+    "order_id, customer_id, status, items, total_cents, version, created_at, \
+    updated_at, payment_ref, carrier, tracking_number, cancel_reason";
+
+pub(super) fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
+    let status: String = row.try_get("status")?;
+    let items: String = row.try_get("items")?;
+    Ok(OrderView {
+        order_id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?,
+        items: serde_json::from_str(&items).map_err(|e| QueryError::Corrupt(e.to_string()))?,
+        total_cents: row.try_get("total_cents")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        payment_ref: row.try_get("payment_ref")?,
+        carrier: row.try_get("carrier")?,
+        tracking_number: row.try_get("tracking_number")?,
+        cancel_reason: row.try_get("cancel_reason")?,
+    })
+}
+
+/// One order, if the read model has it.
+pub async fn get_order(pool: &AnyPool, order_id: &str) -> Result<Option<OrderView>, QueryError> {
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM order_details WHERE order_id = $1");
+    let row = sqlx::query(&sql)
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(order_from_row).transpose()
+}
+
+/// Filters and page of `GET /orders`.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    /// Only this customer's orders.
+    pub customer_id: Option<String>,
+    /// Only orders in this status.
+    pub status: Option<Status>,
+    /// Orders strictly older than this id (the cursor).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// A page of orders, newest first (ids are time-ordered), and the cursor of
+/// the next page.
+pub async fn list_orders(
+    pool: &AnyPool,
+    f: &OrderFilter,
+) -> Result<(Vec<OrderView>, Option<String>), QueryError> {
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM order_details WHERE ($1 IS NULL OR customer_id = $1) \
+         AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR order_id < $3) ORDER BY order_id DESC LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(f.customer_id.as_deref())
+        .bind(f.status.map(Status::as_str))
+        .bind(f.after.as_deref())
+        .bind(f.limit + 1)
+        .fetch_all(pool)
+        .await?;
+    let mut orders = rows
+        .iter()
+        .map(order_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if orders.len() as i64 > f.limit {
+        orders.truncate(f.limit as usize);
+        orders.last().map(|o| o.order_id.clone())
+    } else {
+        None
+    };
+    Ok((orders, next))
+}
+
+pub(super) fn customer_from_row(row: &AnyRow) -> Result<CustomerSummary, QueryError> {
+    Ok(CustomerSummary {
+        customer_id: row.try_get("customer_id")?,
+        order_count: row.try_get("order_count")?,
+        total_spent_cents: row.try_get("total_spent_cents")?,
+        last_order_id: row.try_get("last_order_id")?,
+        last_order_at: row.try_get("last_order_at")?,
+    })
+}
+
+pub(super) const CUSTOMER_COLUMNS: &str =
+    "customer_id, order_count, total_spent_cents, last_order_id, last_order_at";
+
+/// One customer's summary.
+pub async fn customer_summary(
+    pool: &AnyPool,
+    customer_id: &str,
+) -> Result<Option<CustomerSummary>, QueryError> {
+    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customer_summary WHERE customer_id = $1");
+    let row = sqlx::query(&sql)
+        .bind(customer_id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(customer_from_row).transpose()
+}
+
+/// Count and value per status, every status present.
+pub async fn stats(
+    pool: &AnyPool,
+) -> Result<std::collections::BTreeMap<Status, StatusStats>, QueryError> {
+    let rows = sqlx::query("SELECT status, order_count, revenue_cents FROM order_stats")
+        .fetch_all(pool)
+        .await?;
+    let mut out = Views::default().stats;
+    for row in rows {
+        let status: String = row.try_get(0)?;
+        let status = Status::parse(&status)
+            .ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?;
+        out.insert(
+            status,
+            StatusStats {
+                order_count: row.try_get(1)?,
+                revenue_cents: row.try_get(2)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Everything the read DB holds, as values, to compare with a fold.
+pub async fn load_views(pool: &AnyPool) -> Result<Views, QueryError> {
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM order_details");
+    let orders = sqlx::query(&sql).fetch_all(pool).await?;
+    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customer_summary");
+    let customers = sqlx::query(&sql).fetch_all(pool).await?;
+    Ok(Views {
+        orders: orders
+            .iter()
+            .map(|r| order_from_row(r).map(|o| (o.order_id.clone(), o)))
+            .collect::<Result<_, _>>()?,
+        customers: customers
+            .iter()
+            .map(|r| customer_from_row(r).map(|c| (c.customer_id.clone(), c)))
+            .collect::<Result<_, _>>()?,
+        stats: stats(pool).await?,
+    })
+}
