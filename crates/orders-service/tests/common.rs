@@ -374,3 +374,21 @@ pub async fn assert_full_trace(app: &TestApp, command_id: &str) -> Value {
     );
     t
 }
+
+/// Creates a one-item order through a server at `base`; returns its answer.
+pub async fn create_order_at(
+    http: &reqwest::Client,
+    base: &str,
+    customer: &str,
+    unit_price_cents: i64,
+) -> Value {
+    let body = json!({"customer_id": customer, "items": [{"sku": "s", "quantity": 1, "unit_price_cents": unit_price_cents}]});
+    let r = http
+        .post(format!("{base}/orders"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 201);
+    r.json().await.expect("JSON answer")
+}

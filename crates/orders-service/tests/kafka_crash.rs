@@ -148,16 +148,7 @@ async fn a_standby_relay_takes_over_within_five_seconds() {
     let mut leader = cluster.start("relay-a", "relay", None, &[]);
     let http = reqwest::Client::new();
     let create = || async {
-        let body = json!({"customer_id": "c", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 1}]});
-        let a: serde_json::Value = http
-            .post(format!("{base}/orders"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a = common::create_order_at(&http, &base, "c", 1).await;
         a["order_id"].as_str().unwrap().to_owned()
     };
     let db = cluster.db().await;

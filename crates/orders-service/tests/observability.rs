@@ -51,16 +51,7 @@ async fn the_lag_gauge_rises_while_the_projector_is_stopped_and_falls_after_it_r
     let mut projector = cluster.start("projector-1", "projector", None, &[]);
     let http = reqwest::Client::new();
     let create = || async {
-        let body = json!({"customer_id": "m", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 1}]});
-        let a: serde_json::Value = http
-            .post(format!("{base}/orders"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a = common::create_order_at(&http, &base, "m", 1).await;
         (
             a["order_id"].as_str().unwrap().to_owned(),
             a["consistency_token"].as_str().unwrap().to_owned(),
@@ -177,16 +168,7 @@ async fn tokens_give_read_your_writes_across_processes_on_every_query_route() {
     };
     let mut stale_seen = 0;
     for i in 1..=5 {
-        let body = json!({"customer_id": "rw", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 100}]});
-        let a: serde_json::Value = http
-            .post(format!("{base}/orders"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a = common::create_order_at(&http, &base, "rw", 100).await;
         let id = a["order_id"].as_str().unwrap().to_owned();
         let token = a["consistency_token"].as_str().unwrap().to_owned();
         let (s, _, _) = get(format!("{base}/orders/{id}"), None).await;
@@ -211,16 +193,7 @@ async fn tokens_give_read_your_writes_across_processes_on_every_query_route() {
         "with the projector 300 ms behind, a tokenless read right after a command is stale"
     );
     assert!(projector.terminate().success());
-    let body = json!({"customer_id": "rw", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 100}]});
-    let a: serde_json::Value = http
-        .post(format!("{base}/orders"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a = common::create_order_at(&http, &base, "rw", 100).await;
     let token = a["consistency_token"].as_str().unwrap().to_owned();
     let (s, e, retry) = get(format!("{base}/stats?wait_ms=500"), Some(token)).await;
     assert_eq!(
