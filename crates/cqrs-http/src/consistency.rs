@@ -4,7 +4,7 @@
 use crate::ApiError;
 use axum::http::{HeaderMap, StatusCode};
 use cqrs_core::ConsistencyToken;
-use cqrs_sql::{ReadProgress, WaitOutcome};
+use cqrs_sql::{EventStore, ReadProgress, WaitOutcome};
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
@@ -18,6 +18,7 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 
 /// Query parameters of a consistent read.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConsistencyParams {
     /// The token, instead of the header.
     pub consistent_with: Option<String>,
@@ -25,34 +26,31 @@ pub struct ConsistencyParams {
     pub wait_ms: Option<u64>,
 }
 
-/// Waits until the read model includes the presented token's write (if any).
-/// On timeout: 503 with `Retry-After` and the read model's current version.
-pub async fn wait_consistent(
-    progress: &ReadProgress,
+fn invalid_token(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_consistency_token",
+        message,
+    )
+}
+
+/// The presented token, if any (the parameter wins over the header).
+fn presented_token(
     headers: &HeaderMap,
     params: &ConsistencyParams,
-) -> Result<(), ApiError> {
+) -> Result<Option<ConsistencyToken>, ApiError> {
     let raw = match (&params.consistent_with, headers.get(TOKEN_HEADER)) {
-        (Some(t), _) => t.clone(),
-        (None, Some(h)) => h
-            .to_str()
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_consistency_token",
-                    "token is not text",
-                )
-            })?
-            .to_owned(),
-        (None, None) => return Ok(()),
+        (Some(t), _) => t.as_str(),
+        (None, Some(h)) => h.to_str().map_err(|_| invalid_token("token is not text"))?,
+        (None, None) => return Ok(None),
     };
-    let token: ConsistencyToken = raw.parse().map_err(|e: cqrs_core::TokenError| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_consistency_token",
-            e.to_string(),
-        )
-    })?;
+    raw.parse()
+        .map(Some)
+        .map_err(|e: cqrs_core::TokenError| invalid_token(e.to_string()))
+}
+
+/// `wait_ms`, checked whether or not a token comes with it.
+fn wait_of(params: &ConsistencyParams) -> Result<u64, ApiError> {
     let wait_ms = params.wait_ms.unwrap_or(DEFAULT_WAIT_MS);
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::new(
@@ -62,23 +60,41 @@ pub async fn wait_consistent(
         )
         .with_details(json!({ "field": "wait_ms" })));
     }
+    Ok(wait_ms)
+}
+
+/// Waits until the read model includes the presented token's write (if any).
+/// A token for a write the store never made is refused at once (422
+/// `token_not_issued`); on timeout: 503 with `Retry-After` and the read
+/// model's current version.
+pub async fn wait_consistent<S: EventStore>(
+    progress: &ReadProgress,
+    store: &S,
+    headers: &HeaderMap,
+    params: &ConsistencyParams,
+) -> Result<(), ApiError> {
+    let wait_ms = wait_of(params)?;
+    let Some(token) = presented_token(headers, params)? else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let started = std::time::Instant::now();
-    let outcome = progress
-        .wait_for(&token, Duration::from_millis(wait_ms))
-        .await;
+    let outcome = wait(progress, store, &token, deadline).await;
     metrics::histogram!("cqrs_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
     let label = match &outcome {
         Ok(WaitOutcome::Reached) => "reached",
         Ok(WaitOutcome::TimedOut { .. }) => "timeout",
+        Ok(WaitOutcome::Closed { .. }) => "closed",
+        Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => "not_issued",
         Err(_) => "error",
     };
     metrics::counter!("cqrs_consistency_waits_total", "outcome" => label).increment(1);
-    match outcome {
-        Ok(WaitOutcome::Reached) => {
+    match outcome? {
+        WaitOutcome::Reached => {
             progress.record_query(&token);
             Ok(())
         }
-        Ok(WaitOutcome::TimedOut { current_version }) => {
+        WaitOutcome::TimedOut { current_version } => {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_yet_consistent",
@@ -96,6 +112,57 @@ pub async fn wait_consistent(
             e.retry_after = Some(1);
             Err(e)
         }
-        Err(e) => Err(ApiError::unavailable("the read database", &e)),
+        WaitOutcome::Closed { current_version } => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; retry against another instance or after it restarts",
+            )
+            .with_details(json!({
+                "aggregate_id": token.aggregate_id,
+                "read_model_version": current_version,
+                "token_version": token.version,
+            }));
+            e.retry_after = Some(1);
+            Err(e)
+        }
     }
+}
+
+async fn wait<S: EventStore>(
+    progress: &ReadProgress,
+    store: &S,
+    token: &ConsistencyToken,
+    deadline: tokio::time::Instant,
+) -> Result<WaitOutcome, ApiError> {
+    let read_db = |e: sqlx::Error| ApiError::unavailable("the read database", &e);
+    let waiter = progress
+        .start_wait(&token.aggregate_id)
+        .await
+        .map_err(read_db)?;
+    if waiter.current >= token.version {
+        return Ok(WaitOutcome::Reached);
+    }
+    // Only a write that happened can be waited for: a forged or mistyped
+    // token would otherwise hold a request (and invite retries) forever.
+    let issued = store
+        .position_of(&token.aggregate_id, token.version)
+        .await?;
+    if issued != Some(token.position) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "token_not_issued",
+            format!(
+                "no write made version {} of {} at log position {}: this token was not issued by this service",
+                token.version, token.aggregate_id, token.position
+            ),
+        )
+        .with_details(json!({
+            "field": "consistency_token",
+            "aggregate_id": token.aggregate_id,
+            "token_version": token.version,
+            "token_position": token.position,
+        })));
+    }
+    waiter.until(token.version, deadline).await.map_err(read_db)
 }

@@ -23,8 +23,11 @@ impl Backend {
             Ok(Backend::Postgres)
         } else {
             Err(sqlx::Error::Configuration(
-                format!("unsupported database URL {url:?}: use sqlite:PATH or postgres://...")
-                    .into(),
+                format!(
+                    "unsupported database URL {:?}: use sqlite:PATH or postgres://...",
+                    redact_url(url)
+                )
+                .into(),
             ))
         }
     }
@@ -59,6 +62,43 @@ pub struct Db {
     pub pool: AnyPool,
     /// For writes.
     pub writer: AnyPool,
+    url: DbUrl,
+}
+
+/// A connection URL that never prints its password.
+#[derive(Clone)]
+struct DbUrl(std::sync::Arc<str>);
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+/// The URL with any password replaced by `***`, fit for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let mut out = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            // userinfo ends at the last '@' before the path.
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{hidden}@{host}{path}")
+                }
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    };
+    // A password may also come as a query parameter.
+    if let Some(i) = out.find("password=") {
+        let start = i + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+    }
+    out
 }
 
 impl Db {
@@ -77,6 +117,7 @@ impl Db {
                     backend,
                     writer: pool.clone(),
                     pool,
+                    url: DbUrl(url.into()),
                 })
             }
             Backend::Sqlite => {
@@ -122,6 +163,7 @@ impl Db {
                     backend,
                     pool,
                     writer,
+                    url: DbUrl(url.into()),
                 })
             }
         }
@@ -147,6 +189,12 @@ impl Db {
         result
     }
 
+    /// The URL this database was opened with (secret: never log it; see
+    /// [`redact_url`]).
+    pub fn url(&self) -> &str {
+        &self.url.0
+    }
+
     /// Closes both pools.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -167,4 +215,27 @@ pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
 /// Reads a stored timestamp.
 pub fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, chrono::ParseError> {
     Ok(chrono::DateTime::parse_from_rfc3339(s)?.with_timezone(&chrono::Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/orders"),
+            "postgres://app:***@db:5432/orders"
+        );
+        assert_eq!(
+            redact_url("postgres://app:p@ss@db/orders?sslmode=require"),
+            "postgres://app:***@db/orders?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/orders?user=app&password=s3cret&x=1"),
+            "postgres://db/orders?user=app&password=***&x=1"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/w.db"), "sqlite:///tmp/w.db");
+        assert!(!redact_url("mysql://root:hunter2@h/db").contains("hunter2"));
+    }
 }

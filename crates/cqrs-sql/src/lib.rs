@@ -14,7 +14,7 @@ pub use command::{execute, CommandError, CommandOptions, CommandOutcome};
 pub use db::{Backend, Db, DbOptions};
 pub use read::{
     EventSource, LogSource, Projection, ProjectionError, ProjectorConfig, ProjectorRunner,
-    ReadProgress, SourceError, SourcedEvent, WaitOutcome,
+    ReadProgress, SourceError, SourcedEvent, WaitOutcome, Waiter,
 };
 pub use store::{
     AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError,

@@ -373,7 +373,7 @@ async fn get_order(
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    wait_consistent(&app.progress, &headers, &c).await?;
+    wait_consistent(&app.progress, &app.store, &headers, &c).await?;
     match read_model::get_order(&app.read.pool, &id).await.map_err(read_error)? {
         Some(order) => Ok(Json(order).into_response()),
         None => Err(ApiError::new(
@@ -432,7 +432,7 @@ async fn list_orders(
         consistent_with: p.consistent_with,
         wait_ms: p.wait_ms,
     };
-    wait_consistent(&app.progress, &headers, &c).await?;
+    wait_consistent(&app.progress, &app.store, &headers, &c).await?;
     let filter = OrderFilter {
         customer_id: p.customer_id,
         status,
@@ -452,7 +452,7 @@ async fn customer_summary(
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
-    wait_consistent(&app.progress, &headers, &c).await?;
+    wait_consistent(&app.progress, &app.store, &headers, &c).await?;
     match read_model::customer_summary(&app.read.pool, &id)
         .await
         .map_err(read_error)?
@@ -472,7 +472,7 @@ async fn stats(
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
-    wait_consistent(&app.progress, &headers, &c).await?;
+    wait_consistent(&app.progress, &app.store, &headers, &c).await?;
     let by_status = read_model::stats(&app.read.pool)
         .await
         .map_err(read_error)?;

@@ -225,20 +225,20 @@ impl Running {
             tasks.push(("projector", task));
             progress
         } else {
-            cqrs_sql::read::runner::ensure_schema(&read).await?;
+            cqrs_sql::read::runner::ensure_tables(&read, &orders::read_model::projections())
+                .await?;
             ReadProgress::new(read.clone(), PROJECTOR)
         };
         // Other processes move the read model too (projectors owning other
         // partitions, `dead-letters retry`, a projector elsewhere): follow it
-        // through the read DB with one query per tick, often when no
-        // projector runs here.
+        // through the read DB, woken by the projectors' NOTIFY on PostgreSQL
+        // (the poll is a fallback there) and polling SQLite.
         {
-            let every = Duration::from_millis(if config.runs(Role::Projector) {
-                100
-            } else {
-                20
+            let poll = Duration::from_millis(match read.backend {
+                cqrs_sql::Backend::Postgres => 500,
+                cqrs_sql::Backend::Sqlite => 50,
             });
-            let follower = progress.follow_database(every);
+            let follower = progress.follow_database(poll);
             let mut rx = rx.clone();
             tasks.push((
                 "progress follower",
@@ -280,6 +280,7 @@ impl Running {
 
     /// Stops the projector and closes the databases.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.app.progress.close();
         let _ = self.shutdown.send(true);
         for (name, task) in self.tasks {
             task.await

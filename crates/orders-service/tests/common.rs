@@ -62,7 +62,8 @@ pub fn kafka_options(topic: &str) -> orders_service::app::KafkaOptions {
     k
 }
 
-async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
+/// Serves `config` on a free port (its files live in `dir`).
+pub async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
     let running = Running::start(&config).await.expect("start");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

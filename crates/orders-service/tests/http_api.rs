@@ -3,6 +3,7 @@
 mod common;
 
 use common::{order_body, spawn_app};
+use orders_service::app::Role;
 use serde_json::{json, Value};
 
 /// The six steps of the teaching page: command sent, handled and written,
@@ -166,40 +167,80 @@ async fn lists_page_by_cursor_and_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_without_the_token_may_be_stale_and_one_with_it_is_not() {
-    let app = spawn_app(false, 400).await;
+async fn a_query_without_the_token_is_stale_and_one_with_it_waits_for_the_write() {
+    // The API runs alone: nothing projects until a projector starts below.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = orders_service::Config::embedded(dir.path());
+    config.roles = vec![Role::Api];
+    let mut projector_config = config.clone();
+    projector_config.roles = vec![Role::Projector];
+    let app = common::spawn_with(config, dir).await;
     let (id, token) = app.create().await;
     let (stale, _, _) = app.get(&format!("/orders/{id}"), None).await;
     assert_eq!(
         stale, 404,
-        "the projector is held back 400 ms, so a tokenless read is stale"
+        "no projector has run: a tokenless read is stale"
     );
     let (s, _, h) = app
         .get(&format!("/orders/{id}?wait_ms=50"), Some(&token))
         .await;
     assert_eq!(s, 503, "a short wait times out");
     assert_eq!(h["retry-after"], "1");
-    let (fresh, o, _) = app
-        .get(&format!("/orders/{id}?consistent_with={token}"), None)
-        .await;
+    let path = format!("/orders/{id}?consistent_with={token}&wait_ms=20000");
+    let fresh = app.get(&path, None);
+    let projector = async {
+        orders_service::Running::start(&projector_config)
+            .await
+            .expect("projector")
+    };
+    let ((fresh, o, _), projector) = tokio::join!(fresh, projector);
     assert_eq!((fresh, o["status"].as_str()), (200, Some("created")));
+    projector.stop().await.expect("projector stops");
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_wait_reports_the_read_models_version() {
-    let app = spawn_app(false, 0).await;
+    // The projector holds every batch back 3 s: the 30 ms wait ends first.
+    let app = spawn_app(false, 3_000).await;
     let (id, token) = app.create().await;
-    app.get(&format!("/orders/{id}"), Some(&token)).await;
-    assert_eq!(token, format!("v1.1.1.{id}"));
-    let future = format!("v1.1.9.{id}");
     let (s, b, h) = app
-        .get(&format!("/orders/{id}?wait_ms=30"), Some(&future))
+        .get(&format!("/orders/{id}?wait_ms=30"), Some(&token))
         .await;
-    assert_eq!(s, 503);
+    assert_eq!(s, 503, "{b}");
     assert_eq!(h["retry-after"], "1");
     assert_eq!(b["error"], "not_yet_consistent");
-    assert_eq!(b["details"]["read_model_version"], 1);
+    assert_eq!(b["details"]["read_model_version"], 0);
+    assert_eq!(b["details"]["token_version"], 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_a_write_that_never_happened_is_refused_at_once() {
+    let app = spawn_app(false, 0).await;
+    let (id, token) = app.create().await;
+    assert_eq!(token, format!("v1.1.1.{id}"));
+    let unknown = uuid::Uuid::now_v7();
+    for forged in [
+        format!("v1.1.9.{id}"),      // a version beyond the order's
+        format!("v1.999.1.{id}"),    // a position beyond the log
+        format!("v1.1.1.{unknown}"), // an order that does not exist
+    ] {
+        let started = std::time::Instant::now();
+        let (s, b, h) = app
+            .get(&format!("/orders/{id}?wait_ms=5000"), Some(&forged))
+            .await;
+        assert_eq!(s, 422, "{forged}: {b}");
+        assert_eq!(b["error"], "token_not_issued", "{forged}");
+        assert!(h.get("retry-after").is_none(), "no invitation to retry");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1_000),
+            "{forged} was waited on for {:?}",
+            started.elapsed()
+        );
+    }
+    let (s, _, _) = app.get(&format!("/orders/{id}"), Some(&token)).await;
+    assert_eq!(s, 200, "the real token still works");
     app.stop().await;
 }
 

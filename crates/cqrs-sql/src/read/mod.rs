@@ -6,8 +6,8 @@ mod log_source;
 mod progress;
 pub mod runner;
 
-pub use log_source::LogSource;
-pub use progress::{ReadProgress, WaitOutcome};
+pub use log_source::{LogSource, LOG_KEY};
+pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
 pub use runner::{ProjectorConfig, ProjectorRunner, CHECKPOINT_SCHEMA};
 
 use chrono::{DateTime, Utc};

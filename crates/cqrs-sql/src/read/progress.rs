@@ -1,17 +1,30 @@
-//! What the read model has applied, for consistency waits. The runner pushes
-//! every committed batch here; waiters wake on a watch channel and read an
-//! in-memory map, so a thousand waiters cost no database polls.
+//! What the read model has applied, for consistency waits.
+//!
+//! Every projector batch stamps the versions it records with a number from a
+//! counter row that it holds until it commits (`projector_progress`), so the
+//! stamps are in commit order, whichever process commits. A follower per
+//! process reads the stamps past its cursor (one query per wake-up, woken by
+//! `NOTIFY` on PostgreSQL, polling otherwise) into an in-memory map; waiters
+//! read only that map, so a thousand waiters cost no database reads per batch.
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use cqrs_core::ConsistencyToken;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-/// Beyond this many tracked aggregates the map is cleared; waiters then fall
-/// back to one database read.
+/// Beyond this many tracked aggregates the map is cleared; waiters then
+/// re-read the database once.
 const MAX_TRACKED: usize = 200_000;
+
+/// Rows the follower reads per query.
+const FOLLOW_PAGE: i64 = 5_000;
+
+/// The PostgreSQL channel a projector notifies after each commit.
+pub const PROGRESS_CHANNEL: &str = "cqrs_read_progress";
 
 /// The outcome of a consistency wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,19 +36,42 @@ pub enum WaitOutcome {
         /// The aggregate's version in the read model (0 if absent).
         current_version: i64,
     },
+    /// The process is shutting down; the wait was abandoned.
+    Closed {
+        /// The aggregate's version in the read model when the wait ended.
+        current_version: i64,
+    },
+}
+
+#[derive(Default)]
+struct Tracked {
+    versions: HashMap<String, i64>,
+    /// Bumped whenever `versions` is cleared: a waiter then re-reads the DB.
+    epoch: u64,
 }
 
 struct Inner {
     db: Db,
     projector: String,
     bump: watch::Sender<u64>,
-    versions: Mutex<HashMap<String, i64>>,
+    tracked: Mutex<Tracked>,
+    closed: AtomicBool,
 }
 
 /// Read-model progress of one projector, shared by the runner and the API.
 #[derive(Clone)]
 pub struct ReadProgress {
     inner: Arc<Inner>,
+}
+
+/// A wait that has started: it holds what the read model had when it began.
+pub struct Waiter {
+    progress: ReadProgress,
+    aggregate_id: String,
+    rx: watch::Receiver<u64>,
+    epoch: u64,
+    /// The aggregate's version in the read model when the wait began.
+    pub current: i64,
 }
 
 impl ReadProgress {
@@ -46,19 +82,21 @@ impl ReadProgress {
                 db,
                 projector: projector.into(),
                 bump: watch::channel(0).0,
-                versions: Mutex::new(HashMap::new()),
+                tracked: Mutex::new(Tracked::default()),
+                closed: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Records versions applied by a committed batch and wakes waiters.
+    /// Records versions the read model committed and wakes waiters.
     pub fn applied<'a>(&self, versions: impl IntoIterator<Item = (&'a str, i64)>) {
-        if let Ok(mut map) = self.inner.versions.lock() {
-            if map.len() > MAX_TRACKED {
-                map.clear();
+        if let Ok(mut t) = self.inner.tracked.lock() {
+            if t.versions.len() > MAX_TRACKED {
+                t.versions.clear();
+                t.epoch += 1;
             }
             for (id, v) in versions {
-                let e = map.entry(id.to_owned()).or_insert(0);
+                let e = t.versions.entry(id.to_owned()).or_insert(0);
                 *e = (*e).max(v);
             }
         }
@@ -70,26 +108,21 @@ impl ReadProgress {
         self.inner.bump.subscribe()
     }
 
-    /// Wakes waiters so that they re-read the database (progress made by
-    /// another process).
-    pub fn poke(&self) {
-        if let Ok(mut map) = self.inner.versions.lock() {
-            map.clear();
-        }
+    /// Ends every wait now and from now on (the process is shutting down).
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.bump.send_modify(|g| *g += 1);
     }
 
-    /// The aggregate's version in the read model.
-    pub async fn version_of(&self, aggregate_id: &str) -> Result<i64, sqlx::Error> {
-        let known = self
-            .inner
-            .versions
-            .lock()
-            .ok()
-            .and_then(|m| m.get(aggregate_id).copied());
-        if let Some(v) = known {
-            return Ok(v);
+    fn known(&self, aggregate_id: &str) -> (Option<i64>, u64) {
+        match self.inner.tracked.lock() {
+            Ok(t) => (t.versions.get(aggregate_id).copied(), t.epoch),
+            Err(_) => (None, u64::MAX),
         }
+    }
+
+    /// The aggregate's version as the read DB has it now.
+    pub async fn stored_version(&self, aggregate_id: &str) -> Result<i64, sqlx::Error> {
         let v: Option<i64> = sqlx::query_scalar(
             "SELECT version FROM projected_versions WHERE projector = $1 AND aggregate_id = $2",
         )
@@ -100,37 +133,141 @@ impl ReadProgress {
         Ok(v.unwrap_or(0))
     }
 
-    /// Follows a projector that runs in another process: every `interval`,
-    /// one query picks up the versions it applied since the last look and
-    /// wakes the waiters. One query per interval, however many waiters.
-    pub fn follow_database(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// Starts waiting for an aggregate: learns its current version (from
+    /// memory when the follower has seen it, else with one read of the DB).
+    pub async fn start_wait(&self, aggregate_id: &str) -> Result<Waiter, sqlx::Error> {
+        let rx = self.inner.bump.subscribe();
+        let (known, epoch) = self.known(aggregate_id);
+        // A tracked entry is as fresh as the follower; otherwise the change
+        // predates the follower (or was evicted) and only the DB knows it.
+        let current = match known {
+            Some(v) => v,
+            None => self.stored_version(aggregate_id).await?,
+        };
+        Ok(Waiter {
+            progress: self.clone(),
+            aggregate_id: aggregate_id.to_owned(),
+            rx,
+            epoch,
+            current,
+        })
+    }
+
+    /// Waits until the read model includes the token's write, or `timeout`.
+    pub async fn wait_for(
+        &self,
+        token: &ConsistencyToken,
+        timeout: Duration,
+    ) -> Result<WaitOutcome, sqlx::Error> {
+        let deadline = Instant::now() + timeout;
+        self.start_wait(&token.aggregate_id)
+            .await?
+            .until(token.version, deadline)
+            .await
+    }
+
+    /// Follows the read model as every process moves it: reads the versions
+    /// stamped past its cursor whenever woken (PostgreSQL `NOTIFY` from the
+    /// projectors) and at least every `poll`. One query per wake-up, however
+    /// many waiters.
+    pub fn follow_database(&self, poll: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut since = crate::db::timestamp(chrono::Utc::now() - chrono::Duration::seconds(5));
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let rows: Result<Vec<(String, i64, String)>, _> = sqlx::query_as(
-                    "SELECT aggregate_id, version, applied_at FROM projected_versions \
-                     WHERE projector = $1 AND applied_at >= $2 ORDER BY applied_at LIMIT 10000",
-                )
-                .bind(&this.inner.projector)
-                .bind(&since)
-                .fetch_all(&this.inner.db.pool)
-                .await;
-                match rows {
-                    Ok(rows) if !rows.is_empty() => {
-                        if let Some(last) = rows.last() {
-                            since = last.2.clone();
-                        }
-                        this.applied(rows.iter().map(|(a, v, _)| (a.as_str(), *v)));
+            let mut cursor = loop {
+                match this.head().await {
+                    Ok(seq) => break Cursor { seq, id: None },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the read model's progress; retrying");
+                        tokio::time::sleep(poll).await;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot follow the read model's progress"),
+                }
+            };
+            let mut listener = this.listen().await;
+            loop {
+                if let Err(e) = this.catch_up(&mut cursor).await {
+                    tracing::warn!(error = %e, "cannot follow the read model's progress");
+                }
+                match listener.as_mut() {
+                    Some(l) => {
+                        tokio::select! {
+                            r = l.recv() => {
+                                if let Err(e) = r {
+                                    tracing::debug!(error = %e, "progress listener lost; polling");
+                                    tokio::time::sleep(poll).await;
+                                }
+                                // Coalesce a burst of notifications into one read.
+                                while let Some(Ok(_)) = futures::FutureExt::now_or_never(l.recv()) {}
+                            }
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                    }
+                    None => tokio::time::sleep(poll).await,
                 }
             }
         })
+    }
+
+    async fn listen(&self) -> Option<sqlx::postgres::PgListener> {
+        if self.inner.db.backend != Backend::Postgres {
+            return None;
+        }
+        let connect = async {
+            let mut l = sqlx::postgres::PgListener::connect(self.inner.db.url()).await?;
+            l.listen(PROGRESS_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match connect.await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for read-model progress; polling");
+                None
+            }
+        }
+    }
+
+    async fn head(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
+        )
+        .bind(&self.inner.projector)
+        .fetch_one(&self.inner.db.pool)
+        .await
+    }
+
+    /// Reads every version stamped after `cursor`, page by page.
+    async fn catch_up(&self, cursor: &mut Cursor) -> Result<(), sqlx::Error> {
+        loop {
+            let q = match &cursor.id {
+                None => sqlx::query_as::<_, (String, i64, i64)>(
+                    "SELECT aggregate_id, version, seq FROM projected_versions \
+                     WHERE projector = $1 AND seq > $2 ORDER BY seq, aggregate_id LIMIT $3",
+                )
+                .bind(&self.inner.projector)
+                .bind(cursor.seq)
+                .bind(FOLLOW_PAGE),
+                Some(id) => sqlx::query_as::<_, (String, i64, i64)>(
+                    "SELECT aggregate_id, version, seq FROM projected_versions \
+                     WHERE projector = $1 AND (seq > $2 OR (seq = $2 AND aggregate_id > $3)) \
+                     ORDER BY seq, aggregate_id LIMIT $4",
+                )
+                .bind(&self.inner.projector)
+                .bind(cursor.seq)
+                .bind(id.clone())
+                .bind(FOLLOW_PAGE),
+            };
+            let rows = q.fetch_all(&self.inner.db.pool).await?;
+            let Some((id, _, seq)) = rows.last() else {
+                return Ok(());
+            };
+            *cursor = Cursor {
+                seq: *seq,
+                id: Some(id.clone()),
+            };
+            self.applied(rows.iter().map(|(a, v, _)| (a.as_str(), *v)));
+            if (rows.len() as i64) < FOLLOW_PAGE {
+                return Ok(());
+            }
+        }
     }
 
     /// Records that a query served data including the token's write (the
@@ -153,33 +290,54 @@ impl ReadProgress {
             }
         });
     }
+}
 
-    /// Waits until the read model includes the token's write, or `timeout`.
-    pub async fn wait_for(
-        &self,
-        token: &ConsistencyToken,
-        timeout: Duration,
+/// Where the follower is: past every stamp below `seq`, and at `seq` past `id`.
+struct Cursor {
+    seq: i64,
+    id: Option<String>,
+}
+
+impl Waiter {
+    /// Waits until the read model has `version` of the aggregate or the
+    /// deadline passes. Reads only memory, except once after the tracked map
+    /// was cleared and once at the deadline.
+    pub async fn until(
+        mut self,
+        version: i64,
+        deadline: Instant,
     ) -> Result<WaitOutcome, sqlx::Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.inner.bump.subscribe();
         loop {
-            rx.borrow_and_update();
-            let v = self.version_of(&token.aggregate_id).await?;
-            if v >= token.version {
+            self.rx.borrow_and_update();
+            let (known, epoch) = self.progress.known(&self.aggregate_id);
+            self.current = self.current.max(known.unwrap_or(0));
+            if epoch != self.epoch {
+                self.epoch = epoch;
+                let stored = self.progress.stored_version(&self.aggregate_id).await?;
+                self.current = self.current.max(stored);
+            }
+            if self.current >= version {
                 return Ok(WaitOutcome::Reached);
             }
+            if self.progress.inner.closed.load(Ordering::Acquire) {
+                return Ok(WaitOutcome::Closed {
+                    current_version: self.current,
+                });
+            }
             tokio::select! {
-                changed = rx.changed() => {
+                changed = self.rx.changed() => {
                     if changed.is_err() {
-                        return Ok(WaitOutcome::TimedOut { current_version: v });
+                        return Ok(WaitOutcome::Closed { current_version: self.current });
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let v = self.version_of(&token.aggregate_id).await?;
-                    return Ok(if v >= token.version {
+                    // The follower may be a poll behind: ask the DB once.
+                    let stored = self.progress.stored_version(&self.aggregate_id).await?;
+                    self.current = self.current.max(stored);
+                    return Ok(if self.current >= version {
                         WaitOutcome::Reached
                     } else {
-                        WaitOutcome::TimedOut { current_version: v }
+                        WaitOutcome::TimedOut { current_version: self.current }
                     });
                 }
             }

@@ -30,8 +30,12 @@ pub const CHECKPOINT_SCHEMA: &[&str] = &[
         published_as TEXT NOT NULL,
         consumed_at TEXT NOT NULL,
         applied_at TEXT NOT NULL,
+        seq BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (projector, aggregate_id))",
-    "CREATE INDEX IF NOT EXISTS projected_versions_applied ON projected_versions (projector, applied_at)",
+    // One row per projector: the last commit-ordered stamp handed out.
+    "CREATE TABLE IF NOT EXISTS projector_progress (
+        projector TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS event_traces (
         projector TEXT NOT NULL,
         event_id TEXT NOT NULL,
@@ -46,6 +50,12 @@ pub const CHECKPOINT_SCHEMA: &[&str] = &[
         version BIGINT NOT NULL,
         queried_at TEXT NOT NULL,
         PRIMARY KEY (aggregate_id, version))",
+];
+
+/// Indexes over columns that older databases gain in [`ensure_schema`].
+const CHECKPOINT_INDEXES: &[&str] = &[
+    "DROP INDEX IF EXISTS projected_versions_applied",
+    "CREATE INDEX IF NOT EXISTS projected_versions_seq ON projected_versions (projector, seq, aggregate_id)",
 ];
 
 /// How a projector runs.
@@ -136,11 +146,7 @@ impl ProjectorRunner {
         config: ProjectorConfig,
         projections: Vec<Arc<dyn Projection>>,
     ) -> Result<Self, sqlx::Error> {
-        db.migrate(CHECKPOINT_SCHEMA).await?;
-        db.migrate(dead_letters::SCHEMA).await?;
-        for p in &projections {
-            db.migrate(&p.schema("")).await?;
-        }
+        ensure_tables(&db, &projections).await?;
         let progress = ReadProgress::new(db.clone(), config.name.clone());
         let parked = dead_letters::parked_aggregates(&db, &config.name).await?;
         Ok(Self {
@@ -193,7 +199,10 @@ impl ProjectorRunner {
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
             };
             if !self.config.apply_delay.is_zero() {
-                tokio::time::sleep(self.config.apply_delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.apply_delay) => {}
+                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                }
             }
             let started = std::time::Instant::now();
             let mut backoff = Duration::from_millis(50);
@@ -420,6 +429,9 @@ impl ProjectorRunner {
             .execute(&mut *tx)
             .await?;
         }
+        if !to_apply.is_empty() {
+            notify_progress(&mut tx, self.db.backend).await?;
+        }
         tx.commit().await?;
         tracing::trace!(
             elapsed_us = t.elapsed().as_micros() as u64,
@@ -519,6 +531,10 @@ impl ProjectorRunner {
                 .execute(&mut *tx)
                 .await?;
         }
+        if last.is_empty() {
+            return Ok(());
+        }
+        let seq = next_seq(tx, &self.config.name).await?;
         let kinds = [Kind::Text, Kind::Int, Kind::Int, Kind::Text, Kind::Text];
         let (mut old, mut new): (Vec<Vec<Val>>, Vec<Vec<Val>>) = (Vec::new(), Vec::new());
         for (id, (item, e)) in last {
@@ -531,11 +547,14 @@ impl ProjectorRunner {
         for chunk in old.chunks(batch::rows_per_statement(kinds.len())) {
             let sql = format!(
                 "UPDATE projected_versions SET version = v.column2, position = v.column3, published_as = v.column4, \
-                 consumed_at = v.column5, applied_at = $1 FROM (VALUES {}) AS v \
+                 consumed_at = v.column5, applied_at = $1, seq = $3 FROM (VALUES {}) AS v \
                  WHERE projected_versions.projector = $2 AND projected_versions.aggregate_id = v.column1",
-                batch::tuples(chunk.len(), &kinds, 3)
+                batch::tuples(chunk.len(), &kinds, 4)
             );
-            let q = sqlx::query(&sql).bind(now).bind(&self.config.name);
+            let q = sqlx::query(&sql)
+                .bind(now)
+                .bind(&self.config.name)
+                .bind(seq);
             batch::bind_all(q, &chunk.concat())
                 .execute(&mut *tx)
                 .await?;
@@ -543,11 +562,14 @@ impl ProjectorRunner {
         for chunk in new.chunks(batch::rows_per_statement(kinds.len())) {
             let sql = format!(
                 "INSERT INTO projected_versions \
-                 (aggregate_id, version, position, published_as, consumed_at, applied_at, projector) \
-                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, $1, $2 FROM (VALUES {}) AS v",
-                batch::tuples(chunk.len(), &kinds, 3)
+                 (aggregate_id, version, position, published_as, consumed_at, applied_at, projector, seq) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, $1, $2, $3 FROM (VALUES {}) AS v",
+                batch::tuples(chunk.len(), &kinds, 4)
             );
-            let q = sqlx::query(&sql).bind(now).bind(&self.config.name);
+            let q = sqlx::query(&sql)
+                .bind(now)
+                .bind(&self.config.name)
+                .bind(seq);
             batch::bind_all(q, &chunk.concat())
                 .execute(&mut *tx)
                 .await?;
@@ -582,12 +604,13 @@ impl ProjectorRunner {
                 }
                 let sql = if current.is_some() {
                     "UPDATE projected_versions SET version = $3, position = $4, published_as = $5, consumed_at = $6, \
-                     applied_at = $6 WHERE projector = $1 AND aggregate_id = $2"
+                     applied_at = $6, seq = $7 WHERE projector = $1 AND aggregate_id = $2"
                 } else {
                     "INSERT INTO projected_versions \
-                     (projector, aggregate_id, version, position, published_as, consumed_at, applied_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)"
+                     (projector, aggregate_id, version, position, published_as, consumed_at, applied_at, seq) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7)"
                 };
+                let seq = next_seq(&mut tx, &self.config.name).await?;
                 sqlx::query(sql)
                     .bind(&self.config.name)
                     .bind(aggregate_id)
@@ -595,6 +618,7 @@ impl ProjectorRunner {
                     .bind(event.position)
                     .bind(&dl.published_as)
                     .bind(&now)
+                    .bind(seq)
                     .execute(&mut *tx)
                     .await?;
                 current = Some(event.version);
@@ -603,6 +627,9 @@ impl ProjectorRunner {
             } else {
                 left += 1;
             }
+        }
+        if current.is_some() {
+            notify_progress(&mut tx, self.db.backend).await?;
         }
         tx.commit().await?;
         if left == 0 {
@@ -673,10 +700,57 @@ async fn lock_version(
         .copied())
 }
 
-/// Creates the runner's tables (for processes that only read them).
+/// Creates the runner's tables (also for processes that only read them),
+/// adding to tables made by older versions what they lack.
 pub async fn ensure_schema(db: &Db) -> Result<(), sqlx::Error> {
     db.migrate(CHECKPOINT_SCHEMA).await?;
+    let has_seq = sqlx::query("SELECT seq FROM projected_versions WHERE 1 = 0")
+        .execute(&db.pool)
+        .await
+        .is_ok();
+    if !has_seq {
+        db.migrate(&["ALTER TABLE projected_versions ADD COLUMN seq BIGINT NOT NULL DEFAULT 0"])
+            .await?;
+    }
+    db.migrate(CHECKPOINT_INDEXES).await?;
     db.migrate(dead_letters::SCHEMA).await
+}
+
+/// Creates the runner's tables and those of `projections`: what a process
+/// that serves queries needs even before any projector has run.
+pub async fn ensure_tables(
+    db: &Db,
+    projections: &[Arc<dyn Projection>],
+) -> Result<(), sqlx::Error> {
+    ensure_schema(db).await?;
+    for p in projections {
+        db.migrate(&p.schema("")).await?;
+    }
+    Ok(())
+}
+
+/// Takes the next commit-ordered stamp of `projector`. The counter row stays
+/// locked until the caller's transaction ends, so stamps commit in the order
+/// they are taken, whichever process takes them; take it as late as possible.
+async fn next_seq(tx: &mut AnyConnection, projector: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO projector_progress (projector, seq) VALUES ($1, 1) \
+         ON CONFLICT (projector) DO UPDATE SET seq = projector_progress.seq + 1 RETURNING seq",
+    )
+    .bind(projector)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+/// Wakes followers in other processes once the transaction commits.
+async fn notify_progress(tx: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, '')) AS n")
+            .bind(super::progress::PROGRESS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The stored checkpoints of a projector: source key -> next position.

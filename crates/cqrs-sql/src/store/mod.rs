@@ -101,6 +101,14 @@ pub trait EventStore: Send + Sync {
         key: &str,
     ) -> impl Future<Output = Result<Option<StoredAnswer>, StoreError>> + Send;
 
+    /// The log position of the aggregate's event at `version`, if there is
+    /// one: whether a consistency token names a write that happened.
+    fn position_of(
+        &self,
+        aggregate_id: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
     /// Committed events after a log position, in position order, such that no
     /// event with a smaller position can commit later.
     fn read_log(

@@ -345,6 +345,20 @@ impl EventStore for SqlEventStore {
         }))
     }
 
+    async fn position_of(
+        &self,
+        aggregate_id: &str,
+        version: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT position FROM events WHERE aggregate_id = $1 AND version = $2",
+        )
+        .bind(aggregate_id)
+        .bind(version)
+        .fetch_optional(&self.db.pool)
+        .await?)
+    }
+
     async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
         let rows = match self.dialect.log_horizon() {
             None => {
