@@ -189,6 +189,32 @@ impl Db {
         result
     }
 
+    /// Adds `column` to `table` unless it is there (tables made by an older
+    /// version), then runs `backfill` once; serialised across processes like
+    /// [`Db::migrate`]. Returns whether it added the column.
+    pub async fn add_column_if_missing(
+        &self,
+        table: &str,
+        column: &str,
+        definition: &str,
+        backfill: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let probe = format!("SELECT {column} FROM {table} WHERE 1 = 0");
+        if sqlx::query(&probe).execute(&self.pool).await.is_ok() {
+            return Ok(false);
+        }
+        let mut steps = vec![format!(
+            "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+        )];
+        steps.extend(backfill.map(str::to_owned));
+        match self.migrate(&steps).await {
+            // Another process added it between the probe and the lock.
+            Err(_) if sqlx::query(&probe).execute(&self.pool).await.is_ok() => Ok(false),
+            Err(e) => Err(e),
+            Ok(()) => Ok(true),
+        }
+    }
+
     /// The URL this database was opened with (secret: never log it; see
     /// [`redact_url`]).
     pub fn url(&self) -> &str {

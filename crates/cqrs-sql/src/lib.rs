@@ -13,8 +13,8 @@ pub mod store;
 pub use command::{execute, CommandError, CommandOptions, CommandOutcome};
 pub use db::{Backend, Db, DbOptions};
 pub use read::{
-    EventSource, LogSource, Projection, ProjectionError, ProjectorConfig, ProjectorRunner,
-    ReadProgress, SourceError, SourcedEvent, WaitOutcome, Waiter,
+    AddedColumn, EventSource, LogSource, Projection, ProjectionError, ProjectorConfig,
+    ProjectorRunner, ReadProgress, SourceError, SourcedEvent, WaitOutcome, Waiter,
 };
 pub use store::{
     AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError,

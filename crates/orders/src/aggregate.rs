@@ -360,8 +360,13 @@ fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
                 ),
             ));
         }
-        // Bounded by the limits above (100 x 10^4 x 10^8 = 10^14): no overflow.
-        total += item.quantity * item.unit_price_cents;
+        // The limits above bound the total by 100 x 10^4 x 10^8 = 10^14;
+        // checked all the same, so a changed limit cannot make it wrap.
+        total = item
+            .quantity
+            .checked_mul(item.unit_price_cents)
+            .and_then(|line| total.checked_add(line))
+            .ok_or_else(|| invalid("items", "the order total does not fit in 64-bit cents"))?;
     }
     Ok(total)
 }

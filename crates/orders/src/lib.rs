@@ -2,6 +2,7 @@
 //! models that the same event stream feeds.
 
 pub mod aggregate;
+pub mod money;
 pub mod read_model;
 pub mod views;
 
@@ -9,3 +10,4 @@ pub use aggregate::{
     CancelOrder, CreateOrder, LineItem, Order, OrderCommand, OrderError, OrderEvent, OrderState,
     PayOrder, ShipOrder, Status,
 };
+pub use money::Cents;

@@ -3,6 +3,7 @@
 //! The same types are the query answers.
 
 use crate::aggregate::{LineItem, OrderEvent, Status};
+use crate::money::{Cents, MoneyOverflow};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::db::timestamp;
 use cqrs_sql::ProjectionError;
@@ -45,8 +46,8 @@ pub struct CustomerSummary {
     pub customer_id: String,
     /// Orders created.
     pub order_count: i64,
-    /// Paid and not cancelled, in cents.
-    pub total_spent_cents: i64,
+    /// Paid and not cancelled, in cents (exact; may exceed 2^63).
+    pub total_spent_cents: Cents,
     /// The newest order (by creation time, then id).
     pub last_order_id: String,
     /// When it was created.
@@ -58,8 +59,8 @@ pub struct CustomerSummary {
 pub struct StatusStats {
     /// Orders in this status.
     pub order_count: i64,
-    /// Sum of their totals in cents.
-    pub revenue_cents: i64,
+    /// Sum of their totals in cents (exact; may exceed 2^63).
+    pub revenue_cents: Cents,
 }
 
 /// All three read models.
@@ -84,6 +85,10 @@ impl Default for Views {
                 .collect(),
         }
     }
+}
+
+fn overflow(e: MoneyOverflow) -> ProjectionError {
+    ProjectionError::Inconsistent(e.to_string())
 }
 
 /// Decodes an envelope into an order event.
@@ -155,7 +160,7 @@ impl Views {
                 .or_insert_with(|| CustomerSummary {
                     customer_id: customer_id.clone(),
                     order_count: 0,
-                    total_spent_cents: 0,
+                    total_spent_cents: Cents::ZERO,
                     last_order_id: id.clone(),
                     last_order_at: at.clone(),
                 });
@@ -166,7 +171,10 @@ impl Views {
             }
             let s = self.stats.entry(Status::Created).or_default();
             s.order_count += 1;
-            s.revenue_cents += total_cents;
+            s.revenue_cents = s
+                .revenue_cents
+                .checked_add(Cents::from(*total_cents))
+                .map_err(overflow)?;
             return Ok(());
         }
         let order = self.orders.get_mut(id).ok_or_else(missing)?;
@@ -182,7 +190,10 @@ impl Views {
                 payment_ref,
             } => {
                 order.payment_ref = Some(payment_ref.clone());
-                customer.total_spent_cents += amount_cents;
+                customer.total_spent_cents = customer
+                    .total_spent_cents
+                    .checked_add(Cents::from(*amount_cents))
+                    .map_err(overflow)?;
             }
             OrderEvent::OrderShipped {
                 carrier,
@@ -194,7 +205,10 @@ impl Views {
             OrderEvent::OrderCancelled { reason } => {
                 order.cancel_reason = Some(reason.clone());
                 if from == Status::Paid {
-                    customer.total_spent_cents -= order.total_cents;
+                    customer.total_spent_cents = customer
+                        .total_spent_cents
+                        .checked_sub(Cents::from(order.total_cents))
+                        .map_err(overflow)?;
                 }
             }
             OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
@@ -202,13 +216,13 @@ impl Views {
         order.status = to;
         order.version = envelope.version;
         order.updated_at = at;
-        let total = order.total_cents;
+        let total = Cents::from(order.total_cents);
         let s = self.stats.entry(from).or_default();
         s.order_count -= 1;
-        s.revenue_cents -= total;
+        s.revenue_cents = s.revenue_cents.checked_sub(total).map_err(overflow)?;
         let s = self.stats.entry(to).or_default();
         s.order_count += 1;
-        s.revenue_cents += total;
+        s.revenue_cents = s.revenue_cents.checked_add(total).map_err(overflow)?;
         Ok(())
     }
 }

@@ -47,12 +47,30 @@ pub trait Projection: Send + Sync {
     fn tables(&self) -> Vec<String>;
     /// Idempotent DDL for its tables (indexes named after `index_tag`).
     fn schema(&self, index_tag: &str) -> Vec<String>;
+    /// Columns added after the first release, created at start on tables
+    /// an older version made.
+    fn added_columns(&self) -> Vec<AddedColumn> {
+        Vec::new()
+    }
     /// Applies events.
     fn apply<'a>(
         &'a self,
         tx: &'a mut sqlx::AnyConnection,
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
+/// A column that a later version of a projection added to one of its tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedColumn {
+    /// The table, as this instance names it.
+    pub table: String,
+    /// The column.
+    pub column: &'static str,
+    /// Its type and default, e.g. `BIGINT NOT NULL DEFAULT 0`.
+    pub definition: &'static str,
+    /// Run once right after the column is added (to fill it from old data).
+    pub backfill: Option<String>,
 }
 
 /// An event as a source delivers it, with where to resume after it.

@@ -704,14 +704,13 @@ async fn lock_version(
 /// adding to tables made by older versions what they lack.
 pub async fn ensure_schema(db: &Db) -> Result<(), sqlx::Error> {
     db.migrate(CHECKPOINT_SCHEMA).await?;
-    let has_seq = sqlx::query("SELECT seq FROM projected_versions WHERE 1 = 0")
-        .execute(&db.pool)
-        .await
-        .is_ok();
-    if !has_seq {
-        db.migrate(&["ALTER TABLE projected_versions ADD COLUMN seq BIGINT NOT NULL DEFAULT 0"])
-            .await?;
-    }
+    db.add_column_if_missing(
+        "projected_versions",
+        "seq",
+        "BIGINT NOT NULL DEFAULT 0",
+        None,
+    )
+    .await?;
     db.migrate(CHECKPOINT_INDEXES).await?;
     db.migrate(dead_letters::SCHEMA).await
 }
@@ -725,6 +724,10 @@ pub async fn ensure_tables(
     ensure_schema(db).await?;
     for p in projections {
         db.migrate(&p.schema("")).await?;
+        for c in p.added_columns() {
+            db.add_column_if_missing(&c.table, c.column, c.definition, c.backfill.as_deref())
+                .await?;
+        }
     }
     Ok(())
 }

@@ -7,11 +7,12 @@ mod queries;
 pub use queries::*;
 
 use crate::aggregate::{OrderEvent, Status};
+use crate::money::{add_parts_sql, carry_sql, Cents, MoneyOverflow};
 use crate::views::{decode, target_status, OrderView};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{self, Kind, Val};
 use cqrs_sql::db::timestamp;
-use cqrs_sql::{Projection, ProjectionError};
+use cqrs_sql::{AddedColumn, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -102,6 +103,10 @@ async fn upsert(
             .await?;
     }
     Ok(())
+}
+
+fn overflow(e: MoneyOverflow) -> ProjectionError {
+    ProjectionError::Inconsistent(e.to_string())
 }
 
 fn missing(e: &EventEnvelope) -> ProjectionError {
@@ -306,7 +311,7 @@ impl CustomerSummaries {
         // Per customer: deltas and the newest order created in this batch.
         // Deltas, not absolute values: another projector process may update
         // the same customer concurrently for orders on other partitions.
-        let mut deltas: HashMap<String, (i64, i64, String, String)> = HashMap::new();
+        let mut deltas: HashMap<String, CustomerDelta> = HashMap::new();
         let mut touched_orders = Vec::new();
         for (e, event) in &events {
             let id = &e.aggregate_id;
@@ -314,39 +319,28 @@ impl CustomerSummaries {
                 OrderEvent::OrderCreated { customer_id, .. } => {
                     let at = timestamp(e.metadata.occurred_at);
                     orders.insert(id.clone(), (customer_id.clone(), 0));
-                    let d = deltas.entry(customer_id.clone()).or_insert((
-                        0,
-                        0,
-                        String::new(),
-                        String::new(),
-                    ));
-                    d.0 += 1;
-                    if (at.as_str(), id.as_str()) > (d.3.as_str(), d.2.as_str()) {
-                        d.2 = id.clone();
-                        d.3 = at;
+                    let d = deltas.entry(customer_id.clone()).or_default();
+                    d.orders += 1;
+                    if (at.as_str(), id.as_str()) > (d.last_at.as_str(), d.last_id.as_str()) {
+                        d.last_id = id.clone();
+                        d.last_at = at;
                     }
                 }
                 OrderEvent::OrderPaid { amount_cents, .. } => {
                     let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
-                    let d = deltas.entry(customer.clone()).or_insert((
-                        0,
-                        0,
-                        String::new(),
-                        String::new(),
-                    ));
-                    d.1 += amount_cents - *paid;
+                    let d = deltas.entry(customer.clone()).or_default();
+                    d.spent = d
+                        .spent
+                        .checked_add(Cents::from(*amount_cents))
+                        .and_then(|s| s.checked_sub(Cents::from(*paid)))
+                        .map_err(overflow)?;
                     *paid = *amount_cents;
                 }
                 OrderEvent::OrderCancelled { .. } => {
                     // A cancel refunds whatever was paid.
                     let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
-                    let d = deltas.entry(customer.clone()).or_insert((
-                        0,
-                        0,
-                        String::new(),
-                        String::new(),
-                    ));
-                    d.1 -= *paid;
+                    let d = deltas.entry(customer.clone()).or_default();
+                    d.spent = d.spent.checked_sub(Cents::from(*paid)).map_err(overflow)?;
                     *paid = 0;
                 }
                 _ => continue,
@@ -377,28 +371,28 @@ impl CustomerSummaries {
             &rows,
         )
         .await?;
-        let mut rows: Vec<Vec<Val>> = deltas
-            .into_iter()
-            .map(|(c, (n, spent, last_id, last_at))| {
-                vec![
-                    Val::Text(c),
-                    Val::Int(n),
-                    Val::Int(spent),
-                    Val::Text(last_id),
-                    Val::Text(last_at),
-                ]
-            })
-            .collect();
+        let mut rows: Vec<Vec<Val>> = Vec::with_capacity(deltas.len());
+        for (customer, d) in deltas {
+            let (spent_e18, spent) = d.spent.to_parts().map_err(overflow)?;
+            rows.push(vec![
+                Val::Text(customer),
+                Val::Int(d.orders),
+                Val::Int(spent_e18),
+                Val::Int(spent),
+                Val::Text(d.last_id),
+                Val::Text(d.last_at),
+            ]);
+        }
         // The same lock order in every process: no deadlocks between projectors.
         rows.sort_by(|a, b| format!("{:?}", a[0]).cmp(&format!("{:?}", b[0])));
         let update = format!(
-            "order_count = {t}.order_count + excluded.order_count, \
-             total_spent_cents = {t}.total_spent_cents + excluded.total_spent_cents, \
+            "order_count = {t}.order_count + excluded.order_count, {spent}, \
              last_order_id = CASE WHEN excluded.last_order_at > {t}.last_order_at OR (excluded.last_order_at = {t}.last_order_at \
                AND excluded.last_order_id > {t}.last_order_id) THEN excluded.last_order_id ELSE {t}.last_order_id END, \
              last_order_at = CASE WHEN excluded.last_order_at > {t}.last_order_at THEN excluded.last_order_at \
                ELSE {t}.last_order_at END",
-            t = self.summary
+            t = self.summary,
+            spent = add_parts_sql(&self.summary, "total_spent_cents"),
         );
         upsert(
             tx,
@@ -406,6 +400,7 @@ impl CustomerSummaries {
             &[
                 ("customer_id", Text),
                 ("order_count", Int),
+                ("total_spent_cents_e18", Int),
                 ("total_spent_cents", Int),
                 ("last_order_id", Text),
                 ("last_order_at", Text),
@@ -417,6 +412,15 @@ impl CustomerSummaries {
         .await?;
         Ok(())
     }
+}
+
+/// What one batch changes in one customer's summary.
+#[derive(Default)]
+struct CustomerDelta {
+    orders: i64,
+    spent: Cents,
+    last_id: String,
+    last_at: String,
 }
 
 impl Projection for CustomerSummaries {
@@ -433,6 +437,7 @@ impl Projection for CustomerSummaries {
                 customer_id TEXT PRIMARY KEY,
                 order_count BIGINT NOT NULL,
                 total_spent_cents BIGINT NOT NULL,
+                total_spent_cents_e18 BIGINT NOT NULL DEFAULT 0,
                 last_order_id TEXT NOT NULL,
                 last_order_at TEXT NOT NULL)",
                 self.summary
@@ -445,6 +450,14 @@ impl Projection for CustomerSummaries {
                 self.orders
             ),
         ]
+    }
+    fn added_columns(&self) -> Vec<AddedColumn> {
+        vec![AddedColumn {
+            table: self.summary.clone(),
+            column: "total_spent_cents_e18",
+            definition: "BIGINT NOT NULL DEFAULT 0",
+            backfill: Some(carry_sql(&self.summary, "total_spent_cents")),
+        }]
     }
     fn apply<'a>(
         &'a self,
@@ -492,23 +505,17 @@ impl OrderStats {
                 .ok_or_else(|| ProjectionError::Inconsistent(format!("bad status {status}")))?;
             members.insert(r.try_get(0)?, (status, r.try_get(2)?));
         }
-        let mut deltas: HashMap<Status, (i64, i64)> = HashMap::new();
+        let mut deltas: HashMap<Status, StatusDelta> = HashMap::new();
         let mut touched = Vec::new();
         for (e, event) in &events {
             let to = target_status(event);
             if let OrderEvent::OrderCreated { total_cents, .. } = event {
                 members.insert(e.aggregate_id.clone(), (to, *total_cents));
-                let d = deltas.entry(to).or_default();
-                d.0 += 1;
-                d.1 += total_cents;
+                deltas.entry(to).or_default().add(1, *total_cents)?;
             } else {
                 let (status, total) = members.get_mut(&e.aggregate_id).ok_or_else(|| missing(e))?;
-                let d = deltas.entry(*status).or_default();
-                d.0 -= 1;
-                d.1 -= *total;
-                let d = deltas.entry(to).or_default();
-                d.0 += 1;
-                d.1 += *total;
+                deltas.entry(*status).or_default().add(-1, -*total)?;
+                deltas.entry(to).or_default().add(1, *total)?;
                 *status = to;
             }
             touched.push(e.aggregate_id.clone());
@@ -537,14 +544,21 @@ impl OrderStats {
             &rows,
         )
         .await?;
-        let mut rows: Vec<Vec<Val>> = deltas
-            .into_iter()
-            .map(|(s, (n, c))| vec![Val::Text(s.as_str().to_owned()), Val::Int(n), Val::Int(c)])
-            .collect();
+        let mut rows: Vec<Vec<Val>> = Vec::with_capacity(deltas.len());
+        for (status, d) in deltas {
+            let (revenue_e18, revenue) = d.revenue.to_parts().map_err(overflow)?;
+            rows.push(vec![
+                Val::Text(status.as_str().to_owned()),
+                Val::Int(d.orders),
+                Val::Int(revenue_e18),
+                Val::Int(revenue),
+            ]);
+        }
         rows.sort_by(|a, b| format!("{:?}", a[0]).cmp(&format!("{:?}", b[0])));
         let update = format!(
-            "order_count = {t}.order_count + excluded.order_count, revenue_cents = {t}.revenue_cents + excluded.revenue_cents",
-            t = self.stats
+            "order_count = {t}.order_count + excluded.order_count, {revenue}",
+            t = self.stats,
+            revenue = add_parts_sql(&self.stats, "revenue_cents"),
         );
         upsert(
             tx,
@@ -552,6 +566,7 @@ impl OrderStats {
             &[
                 ("status", Text),
                 ("order_count", Int),
+                ("revenue_cents_e18", Int),
                 ("revenue_cents", Int),
             ],
             "status",
@@ -559,6 +574,24 @@ impl OrderStats {
             &rows,
         )
         .await?;
+        Ok(())
+    }
+}
+
+/// What one batch changes in one status's count and value.
+#[derive(Default)]
+struct StatusDelta {
+    orders: i64,
+    revenue: Cents,
+}
+
+impl StatusDelta {
+    fn add(&mut self, orders: i64, cents: i64) -> Result<(), ProjectionError> {
+        self.orders += orders;
+        self.revenue = self
+            .revenue
+            .checked_add(Cents::from(cents))
+            .map_err(overflow)?;
         Ok(())
     }
 }
@@ -576,7 +609,8 @@ impl Projection for OrderStats {
                 "CREATE TABLE IF NOT EXISTS {} (
                 status TEXT PRIMARY KEY,
                 order_count BIGINT NOT NULL,
-                revenue_cents BIGINT NOT NULL)",
+                revenue_cents BIGINT NOT NULL,
+                revenue_cents_e18 BIGINT NOT NULL DEFAULT 0)",
                 self.stats
             ),
             format!(
@@ -587,6 +621,14 @@ impl Projection for OrderStats {
                 self.members
             ),
         ]
+    }
+    fn added_columns(&self) -> Vec<AddedColumn> {
+        vec![AddedColumn {
+            table: self.stats.clone(),
+            column: "revenue_cents_e18",
+            definition: "BIGINT NOT NULL DEFAULT 0",
+            backfill: Some(carry_sql(&self.stats, "revenue_cents")),
+        }]
     }
     fn apply<'a>(
         &'a self,

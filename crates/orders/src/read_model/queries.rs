@@ -1,6 +1,7 @@
 //! Queries over the read models: what the query handlers serve.
 
 use crate::aggregate::Status;
+use crate::money::Cents;
 use crate::views::{CustomerSummary, OrderView, StatusStats, Views};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
@@ -97,14 +98,17 @@ pub(super) fn customer_from_row(row: &AnyRow) -> Result<CustomerSummary, QueryEr
     Ok(CustomerSummary {
         customer_id: row.try_get("customer_id")?,
         order_count: row.try_get("order_count")?,
-        total_spent_cents: row.try_get("total_spent_cents")?,
+        total_spent_cents: Cents::from_parts(
+            row.try_get("total_spent_cents_e18")?,
+            row.try_get("total_spent_cents")?,
+        ),
         last_order_id: row.try_get("last_order_id")?,
         last_order_at: row.try_get("last_order_at")?,
     })
 }
 
 pub(super) const CUSTOMER_COLUMNS: &str =
-    "customer_id, order_count, total_spent_cents, last_order_id, last_order_at";
+    "customer_id, order_count, total_spent_cents, total_spent_cents_e18, last_order_id, last_order_at";
 
 /// One customer's summary.
 pub async fn customer_summary(
@@ -123,9 +127,11 @@ pub async fn customer_summary(
 pub async fn stats(
     pool: &AnyPool,
 ) -> Result<std::collections::BTreeMap<Status, StatusStats>, QueryError> {
-    let rows = sqlx::query("SELECT status, order_count, revenue_cents FROM order_stats")
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT status, order_count, revenue_cents, revenue_cents_e18 FROM order_stats",
+    )
+    .fetch_all(pool)
+    .await?;
     let mut out = Views::default().stats;
     for row in rows {
         let status: String = row.try_get(0)?;
@@ -135,7 +141,7 @@ pub async fn stats(
             status,
             StatusStats {
                 order_count: row.try_get(1)?,
-                revenue_cents: row.try_get(2)?,
+                revenue_cents: Cents::from_parts(row.try_get(3)?, row.try_get(2)?),
             },
         );
     }
