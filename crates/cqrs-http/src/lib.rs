@@ -4,10 +4,12 @@
 pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod server;
 
 pub use consistency::{wait_consistent, ConsistencyParams, TOKEN_HEADER};
 pub use error::ApiError;
 pub use extract::{idempotency_key, JsonBody, QueryParams};
+pub use server::{serve, ServerLimits};
 
 use axum::http::{Method, Uri};
 

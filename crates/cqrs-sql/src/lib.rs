@@ -14,7 +14,7 @@ pub use command::{execute, CommandError, CommandOptions, CommandOutcome};
 pub use db::{Backend, Db, DbOptions};
 pub use read::{
     AddedColumn, EventSource, LogSource, Projection, ProjectionError, ProjectorConfig,
-    ProjectorRunner, ReadProgress, SourceError, SourcedEvent, WaitOutcome, Waiter,
+    ProjectorRunner, ReadProgress, SourceError, SourcedEvent, WaitOutcome, Waiter, LOG_KEY,
 };
 pub use store::{
     AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError,

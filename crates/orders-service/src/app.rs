@@ -137,6 +137,10 @@ pub struct App {
     pub progress: ReadProgress,
     /// Kafka, when it sits between the sides (for readiness and lag).
     pub kafka: Option<KafkaOptions>,
+    /// What the live page's streams forward.
+    pub live: crate::live::LiveFeed,
+    /// Turns true when the server starts shutting down: streams end.
+    pub closing: watch::Receiver<bool>,
 }
 
 /// A started instance: the app, its background roles and the switch that stops them.
@@ -145,6 +149,7 @@ pub struct Running {
     pub app: App,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     shutdown: watch::Sender<bool>,
+    closing: watch::Sender<bool>,
 }
 
 impl Running {
@@ -250,13 +255,22 @@ impl Running {
             ));
         }
         crate::observe::install();
+        let (closing, closing_rx) = watch::channel(false);
+        let (live, live_sources) =
+            crate::live::LiveFeed::start(read.clone(), &progress, closing_rx.clone());
         let app = App {
             store,
             read,
             progress,
             kafka: config.kafka.clone(),
+            live,
+            closing: closing_rx,
         };
-        let sampler = crate::observe::spawn_sampler(app.clone(), Duration::from_millis(500));
+        let sampler = crate::observe::spawn_sampler(
+            app.clone(),
+            Duration::from_millis(500),
+            live_sources.progress,
+        );
         let mut stop_sampler = rx.clone();
         tasks.push((
             "metrics sampler",
@@ -270,6 +284,7 @@ impl Running {
             app,
             tasks,
             shutdown,
+            closing,
         })
     }
 
@@ -278,9 +293,30 @@ impl Running {
         api::router(self.app.clone())
     }
 
-    /// Stops the projector and closes the databases.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Serves this instance on `listener` with the default limits until the
+    /// task is aborted (for the tools and tests that drive a server).
+    pub fn spawn_server(&self, listener: tokio::net::TcpListener) -> JoinHandle<bool> {
+        let router = self.router();
+        tokio::spawn(cqrs_http::serve(
+            listener,
+            router,
+            cqrs_http::ServerLimits::default(),
+            std::future::pending(),
+        ))
+    }
+
+    /// The first step of a shutdown: consistency waits end (503
+    /// `shutting_down`) and live streams close, so that open connections
+    /// can drain; the roles keep running until [`Running::stop`].
+    pub fn begin_shutdown(&self) {
         self.app.progress.close();
+        self.closing.send_replace(true);
+    }
+
+    /// Stops the roles (the projector after its current batch) and closes
+    /// the databases.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.begin_shutdown();
         let _ = self.shutdown.send(true);
         for (name, task) in self.tasks {
             task.await

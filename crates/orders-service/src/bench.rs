@@ -229,8 +229,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
     let running = Running::start(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let router = running.router();
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let server = running.spawn_server(listener);
     let result = async {
         let started = Instant::now();
         let cps = throughput(&base, args.commands, args.concurrency).await?;

@@ -28,7 +28,7 @@ pub enum What {
 
 /// Writes `orders` orders with 4 events each straight into the write DB (and
 /// outbox), as the command handler would have: versions 1..4 per order.
-async fn fill(store: &SqlEventStore, orders: usize) -> anyhow::Result<()> {
+pub async fn fill(store: &SqlEventStore, orders: usize) -> anyhow::Result<()> {
     let sql = format!(
         "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
          command_id, occurred_at, recorded_at) \

@@ -393,8 +393,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let running = Running::start(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let router = running.router();
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let server = running.spawn_server(listener);
     let result = scenario(&running, &base, args.projector_delay_ms > 0).await;
     server.abort();
     running.stop().await?;

@@ -1,104 +1,166 @@
 //! The live page (`GET /`, every asset in the binary) and its Server-Sent
 //! Events (`GET /stream`): the read model's orders and stats after each
 //! change, and once a second the projection lag and command throughput.
+//!
+//! What the page shows is computed once for every viewer: one task renders
+//! the view when the read model moves (at most 5 times a second) and the
+//! metrics sampler publishes lag and rate; each stream only forwards the
+//! latest of both. A thousand open pages cost the database what one does.
 
-use crate::app::{App, PROJECTOR};
+use crate::app::App;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Html;
+use cqrs_sql::{Db, ReadProgress};
 use futures::Stream;
 use orders::read_model::{self, OrderFilter};
 use serde_json::json;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
+
+/// Fewest milliseconds between two renders of the view.
+const VIEW_EVERY: Duration = Duration::from_millis(200);
+/// How often a stream sends progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// The page.
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("../assets/index.html"))
 }
 
-async fn view(app: &App) -> Option<Event> {
-    let stats = read_model::stats(&app.read.pool).await.ok()?;
+/// Lag and throughput, as the metrics sampler last measured them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ProgressSample {
+    /// Events not yet applied to the read model (all partitions).
+    pub lag: i64,
+    /// Events appended to the write side per second.
+    pub rate: f64,
+}
+
+/// What every stream forwards: the latest rendered view and progress.
+#[derive(Clone)]
+pub struct LiveFeed {
+    view: watch::Receiver<Option<Arc<str>>>,
+    progress: watch::Receiver<Option<ProgressSample>>,
+}
+
+/// The writing ends of the feed, for the tasks that fill it.
+pub struct LiveSources {
+    /// Where the sampler publishes progress.
+    pub progress: watch::Sender<Option<ProgressSample>>,
+}
+
+impl LiveFeed {
+    /// A feed rendering views from `read`, woken by `changes`; stops when
+    /// `closing` turns true.
+    pub fn start(
+        read: Db,
+        changes: &ReadProgress,
+        closing: watch::Receiver<bool>,
+    ) -> (LiveFeed, LiveSources) {
+        let (view_tx, view) = watch::channel(None);
+        let (progress_tx, progress) = watch::channel(None);
+        tokio::spawn(render_views(read, changes.changes(), view_tx, closing));
+        (
+            LiveFeed { view, progress },
+            LiveSources {
+                progress: progress_tx,
+            },
+        )
+    }
+}
+
+async fn render(read: &Db) -> Option<Arc<str>> {
+    let stats = read_model::stats(&read.pool)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "live view: stats unavailable"))
+        .ok()?;
     let filter = OrderFilter {
         limit: 10,
         ..OrderFilter::default()
     };
-    let (orders, _) = read_model::list_orders(&app.read.pool, &filter)
+    let (orders, _) = read_model::list_orders(&read.pool, &filter)
         .await
+        .inspect_err(|e| tracing::warn!(error = %e, "live view: orders unavailable"))
         .ok()?;
     let total: i64 = stats.values().map(|s| s.order_count).sum();
     let data = json!({ "stats": { "by_status": stats, "total_orders": total }, "orders": orders });
-    Some(Event::default().event("view").data(data.to_string()))
+    Some(data.to_string().into())
 }
 
-/// (events on the write side, events applied by the projector).
-async fn counts(app: &App) -> Option<(i64, i64)> {
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&app.store.db().pool)
-        .await
-        .ok()?;
-    let applied: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
-    )
-    .bind(PROJECTOR)
-    .fetch_one(&app.read.pool)
-    .await
-    .ok()?;
-    Some((events, applied))
-}
-
-struct State {
-    app: App,
-    changes: tokio::sync::watch::Receiver<u64>,
-    tick: tokio::time::Interval,
-    last_events: Option<i64>,
-    first: bool,
+/// Renders the view whenever the read model moves (a render that fails is
+/// retried each second).
+async fn render_views(
+    read: Db,
+    mut changes: watch::Receiver<u64>,
+    view: watch::Sender<Option<Arc<str>>>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut stale = true;
+    loop {
+        if stale {
+            if let Some(v) = render(&read).await {
+                view.send_replace(Some(v));
+                stale = false;
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() { return; }
+                stale = true;
+            }
+            _ = closing.wait_for(|c| *c) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)), if stale => {}
+        }
+        tokio::time::sleep(VIEW_EVERY).await;
+    }
 }
 
 /// `GET /stream`: `view` events on read-model changes (at most 5 a second),
 /// `progress` events every second ({lag: events not yet applied, rate:
-/// events appended per second}).
+/// events appended per second}). Ends when the server shuts down.
 pub async fn stream(
     axum::extract::State(app): axum::extract::State<App>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut feed = app.live.clone();
+    // The current view goes out first.
+    feed.view.mark_changed();
+    sse(feed, app.closing.clone())
+}
+
+fn sse(
+    feed: LiveFeed,
+    closing: watch::Receiver<bool>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let state = State {
-        changes: app.progress.changes(),
-        app,
-        tick,
-        last_events: None,
-        first: true,
-    };
-    let events = futures::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.first {
-                s.first = false;
-                if let Some(e) = view(&s.app).await {
-                    return Some((Ok(e), s));
+    let events = futures::stream::unfold(
+        (feed, closing, tick),
+        |(mut feed, mut closing, mut tick)| async move {
+            loop {
+                let event = tokio::select! {
+                    changed = feed.view.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                        let view = feed.view.borrow_and_update().clone();
+                        view.map(|v| Event::default().event("view").data(&*v))
+                    }
+                    _ = tick.tick() => {
+                        let sample = *feed.progress.borrow();
+                        sample.map(|p| {
+                            let data = json!({ "lag": p.lag, "rate": p.rate }).to_string();
+                            Event::default().event("progress").data(data)
+                        })
+                    }
+                    _ = closing.wait_for(|c| *c) => return None,
+                };
+                if let Some(e) = event {
+                    return Some((Ok(e), (feed, closing, tick)));
                 }
             }
-            tokio::select! {
-                changed = s.changes.changed() => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    s.changes.borrow_and_update();
-                    if let Some(e) = view(&s.app).await {
-                        return Some((Ok(e), s));
-                    }
-                }
-                _ = s.tick.tick() => {
-                    if let Some((events, applied)) = counts(&s.app).await {
-                        // Command throughput: events appended in the last second.
-                        let rate = s.last_events.map_or(0, |l| (events - l).max(0));
-                        s.last_events = Some(events);
-                        let data = json!({ "lag": (events - applied).max(0), "rate": rate as f64 });
-                        return Some((Ok(Event::default().event("progress").data(data.to_string())), s));
-                    }
-                }
-            }
-        }
-    });
+        },
+    );
     Sse::new(events).keep_alive(KeepAlive::default())
 }

@@ -96,6 +96,45 @@ impl DbArgs {
     }
 }
 
+/// Limits of the HTTP server.
+#[derive(clap::Args, Clone)]
+struct HttpArgs {
+    /// Seconds a client has to send a complete request head, from when the
+    /// connection opens or its previous response ends (so it also closes
+    /// idle keep-alive connections).
+    #[arg(long, env = "ORDERS_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    http_header_timeout_secs: u64,
+    /// Seconds a client has to send a complete request body.
+    #[arg(long, env = "ORDERS_HTTP_BODY_TIMEOUT_SECS", default_value_t = 10)]
+    http_body_timeout_secs: u64,
+    /// Open connections at most (kept below the file-descriptor limit);
+    /// more are answered 503 and closed.
+    #[arg(long, env = "ORDERS_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    http_max_connections: usize,
+    /// Seconds from SIGTERM to exit: open requests finish, live streams and
+    /// consistency waits end, the roles stop; whatever remains is dropped.
+    #[arg(long, env = "ORDERS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    shutdown_timeout_secs: u64,
+}
+
+impl HttpArgs {
+    /// The server's limits; draining connections gets most of the shutdown
+    /// time, stopping the roles the rest.
+    fn limits(&self) -> cqrs_http::ServerLimits {
+        cqrs_http::ServerLimits {
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(self.http_body_timeout_secs.max(1)),
+            max_body_bytes: cqrs_http::MAX_BODY_BYTES,
+            max_connections: self.http_max_connections.max(1),
+            shutdown_timeout: self.shutdown_timeout().mul_f64(0.7),
+        }
+        .fitted_to_fd_limit()
+    }
+    fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs.max(1))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API with the in-process projector.
@@ -105,6 +144,8 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Run the teaching page's scenario on a fresh embedded instance and print what happened.
     Demo(demo::DemoArgs),
@@ -183,22 +224,40 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(listen: SocketAddr, config: Config) -> anyhow::Result<()> {
+async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Result<()> {
     let running = Running::start(&config).await?;
-    if !config.runs(Role::Api) {
-        tracing::info!(roles = ?config.roles, "running without the API");
+    let signalled = std::sync::OnceLock::new();
+    let signal = async {
         shutdown_signal().await;
-        return running.stop().await;
+        let _ = signalled.set(std::time::Instant::now());
+        tracing::info!("shutdown requested: draining");
+        running.begin_shutdown();
+    };
+    if config.runs(Role::Api) {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let limits = http.limits();
+        tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, "serving");
+        cqrs_http::serve(listener, running.router(), limits, signal).await;
+    } else {
+        tracing::info!(roles = ?config.roles, "running without the API");
+        signal.await;
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "serving");
-    axum::serve(listener, running.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("draining done; stopping projector");
-    running.stop().await
+    let spent = signalled.get().map_or(Duration::ZERO, |t| t.elapsed());
+    let left = http.shutdown_timeout().saturating_sub(spent);
+    match tokio::time::timeout(left, running.stop()).await {
+        Ok(stopped) => stopped,
+        Err(_) => {
+            // Nothing is lost: an unfinished batch rolls back and is read
+            // again, unmarked outbox rows are sent again.
+            tracing::warn!(
+                after_secs = http.shutdown_timeout().as_secs_f64(),
+                "the roles did not stop within the shutdown timeout; exiting anyway"
+            );
+            std::process::exit(0)
+        }
+    }
 }
 
 #[tokio::main]
@@ -210,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
         if quiet { "warn" } else { "info,sqlx=warn" },
     );
     match cli.command {
-        Command::Serve { listen, db } => serve(listen, db.config()).await,
+        Command::Serve { listen, db, http } => serve(listen, db.config(), http).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Verify { db, wait_secs } => {
             let report =

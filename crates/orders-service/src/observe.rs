@@ -3,6 +3,7 @@
 //! projector's lag per partition.
 
 use crate::app::{App, KafkaOptions, PROJECTOR};
+use crate::live::ProgressSample;
 use axum::http::header;
 use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -11,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -83,8 +85,13 @@ pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
     out
 }
 
-/// Samples gauges every `every` until the task is aborted.
-pub fn spawn_sampler(app: App, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Samples gauges every `every` until the task is aborted, and publishes
+/// the total lag and the append rate for the live page.
+pub fn spawn_sampler(
+    app: App,
+    every: Duration,
+    live: watch::Sender<Option<ProgressSample>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = app
             .kafka
@@ -93,17 +100,28 @@ pub fn spawn_sampler(app: App, every: Duration) -> tokio::task::JoinHandle<()> {
             .map(Arc::new);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<(i64, std::time::Instant)> = None;
         loop {
             tick.tick().await;
-            if let Err(e) = sample(&app, client.clone()).await {
-                tracing::debug!(error = %e, "metrics sample failed");
+            match sample(&app, client.clone()).await {
+                Ok((lag, head)) => {
+                    let now = std::time::Instant::now();
+                    let rate = last.map_or(0.0, |(h, t)| {
+                        (head - h).max(0) as f64 / now.duration_since(t).as_secs_f64().max(1e-3)
+                    });
+                    last = Some((head, now));
+                    live.send_replace(Some(ProgressSample { lag, rate }));
+                }
+                Err(e) => tracing::debug!(error = %e, "metrics sample failed"),
             }
         }
     })
 }
 
-async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<()> {
+/// Sets the gauges; returns (records not yet applied, log head position).
+async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<(i64, i64)> {
     use cqrs_sql::EventStore;
+    let log_head = app.store.head_position().await?;
     metrics::gauge!("cqrs_outbox_pending").set(app.store.outbox_pending().await? as f64);
     metrics::gauge!("cqrs_outbox_oldest_pending_age_seconds")
         .set(app.store.oldest_pending_age().await?);
@@ -140,17 +158,15 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
             }
         }
         _ => {
-            let head: i64 =
-                sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-                    .fetch_one(&app.store.db().pool)
-                    .await?;
-            let next = checkpoints.get("log").map_or(1, |c| c.0);
-            heads.push(("log".into(), next - 1, head));
+            let next = checkpoints.get(cqrs_sql::LOG_KEY).map_or(1, |c| c.0);
+            heads.push((cqrs_sql::LOG_KEY.into(), next - 1, log_head));
         }
     }
     let now = chrono::Utc::now();
+    let mut total_lag = 0;
     for (partition, next, head) in heads {
         let lag = (head - next).max(0);
+        total_lag += lag;
         metrics::gauge!("cqrs_projector_lag_records", "partition" => partition.clone())
             .set(lag as f64);
         // Seconds since this partition's checkpoint last moved while records
@@ -168,5 +184,5 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
             0.0
         });
     }
-    Ok(())
+    Ok((total_lag, log_head))
 }

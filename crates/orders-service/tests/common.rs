@@ -9,7 +9,7 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub running: Option<Running>,
-    server: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -69,10 +69,7 @@ pub async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
         .await
         .expect("free port");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let router = running.router();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let server = running.spawn_server(listener);
     TestApp {
         config,
         base,
@@ -141,16 +138,39 @@ impl Proc {
         args: &[String],
         env: &[(&str, String)],
     ) -> Proc {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orders"));
+        cmd.arg("serve").args(args);
+        Proc::spawn(name, dir, cmd, env)
+    }
+
+    /// Starts `orders serve` with `args` under a file-descriptor limit.
+    pub fn serve_with_fd_limit(
+        name: &str,
+        dir: &std::path::Path,
+        fds: u32,
+        args: &[String],
+    ) -> Proc {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {fds} && exec \"$0\" serve \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_orders"))
+            .args(args);
+        Proc::spawn(name, dir, cmd, &[])
+    }
+
+    fn spawn(
+        name: &str,
+        dir: &std::path::Path,
+        mut cmd: std::process::Command,
+        env: &[(&str, String)],
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orders"));
-        cmd.arg("serve")
-            .args(args)
-            .env("RUST_LOG", "info,rdkafka=warn,librdkafka=warn")
+        cmd.env("RUST_LOG", "info,rdkafka=warn,librdkafka=warn")
             .env_remove("DATABASE_URL");
         for (k, v) in env {
             cmd.env(k, v);
@@ -164,6 +184,27 @@ impl Proc {
             name: name.to_owned(),
             child,
             log,
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 

@@ -262,6 +262,7 @@ impl Projection for OrderDetails {
             ),
             format!("CREATE INDEX IF NOT EXISTS order_details_customer{tag} ON {t} (customer_id, order_id)"),
             format!("CREATE INDEX IF NOT EXISTS order_details_status{tag} ON {t} (status, order_id)"),
+            format!("CREATE INDEX IF NOT EXISTS order_details_customer_status{tag} ON {t} (customer_id, status, order_id)"),
         ]
     }
     fn apply<'a>(
