@@ -16,13 +16,25 @@ pub const DEFAULT_WAIT_MS: u64 = 2_000;
 /// Longest wait a client may ask for.
 pub const MAX_WAIT_MS: u64 = 30_000;
 
+/// What a well-formed token looks like (for API documents):
+/// `v1.<log position>.<version>.<aggregate id>`.
+pub const TOKEN_PATTERN: &str = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$";
+
 /// Query parameters of a consistent read.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ConsistencyParams {
-    /// The token, instead of the header.
+    /// A consistency token from a command's answer (instead of the
+    /// `X-Consistency-Token` header): the query waits until the read model
+    /// includes that write.
+    #[param(
+        nullable = false,
+        pattern = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$"
+    )]
     pub consistent_with: Option<String>,
-    /// How long to wait, 0..=30000 ms.
+    /// Longest wait for the token, in ms (default 2000).
+    #[param(nullable = false, minimum = 0, maximum = 30000)]
     pub wait_ms: Option<u64>,
 }
 

@@ -191,6 +191,7 @@ async fn read_body(State(state): State<BodyReading>, req: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        linger(req.into_body());
         return too_large(limits).into_response();
     }
     let (parts, body) = req.into_parts();
@@ -246,6 +247,26 @@ async fn read_body(State(state): State<BodyReading>, req: Request, next: Next) -
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// After an early refusal, reads and discards what the client is still
+/// sending, for a moment and up to 1 MiB, so that a client that writes its
+/// whole body before reading gets the answer rather than a reset.
+fn linger(body: Body) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let discard = async {
+            let mut stream = body.into_data_stream();
+            let mut seen = 0usize;
+            while let Some(Ok(chunk)) = stream.next().await {
+                seen += chunk.len();
+                if seen > 1 << 20 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), discard).await;
+    });
 }
 
 fn too_large(limits: ServerLimits) -> ApiError {

@@ -1,13 +1,13 @@
 //! The HTTP API of the Orders service: commands in, queries out.
 
 use crate::app::App;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cqrs_http::{
-    idempotency_key, wait_consistent, ApiError, ConsistencyParams, JsonBody, QueryParams,
-    MAX_BODY_BYTES, TOKEN_HEADER,
+    idempotency_key, wait_consistent, ApiError, ConsistencyParams, JsonBody, NoParams, PathParam,
+    QueryParams, MAX_BODY_BYTES, TOKEN_HEADER,
 };
 use cqrs_sql::store::request_hash;
 use cqrs_sql::{execute, CommandOptions, CommandOutcome, EventStore, IdempotencyRecord};
@@ -76,49 +76,121 @@ pub struct ErrorBody {
     pub details: serde_json::Value,
 }
 
+/// The errors of every route that takes a JSON body.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum BodyErrors {
+    /// Malformed JSON, a bad path segment or query parameter.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// The body did not arrive in time.
+    #[response(status = 408)]
+    Timeout(ErrorBody),
+    /// The body is over 64 KiB (or declares so).
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body is not sent as JSON.
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// A missing, unknown or invalid field; a rule violated.
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// The write DB is unavailable, or the server is shutting down.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The errors of a command on an existing order (beside [`BodyErrors`]).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum OrderCommandErrors {
+    /// No such order.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The transition is not allowed, or `expected_version` is stale.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+}
+
+/// The errors of every query.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum QueryErrors {
+    /// A bad path segment, query parameter or token.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Not in the read model (yet: present a token to wait for a write).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The token names a write that never happened (`token_not_issued`).
+    #[response(status = 422)]
+    TokenNotIssued(ErrorBody),
+    /// Not consistent within `wait_ms` (`Retry-After`), a database
+    /// unavailable, or the server shutting down.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The only error of routes that take nothing.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum NoParamErrors {
+    /// A query parameter was given (these routes take none).
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+}
+
 /// `GET /openapi.json`: this document.
-#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document"), NoParamErrors))]
 async fn openapi_json(
     axum::Extension(doc): axum::Extension<std::sync::Arc<utoipa::openapi::OpenApi>>,
+    QueryParams(_): QueryParams<NoParams>,
 ) -> Json<utoipa::openapi::OpenApi> {
     Json((*doc).clone())
 }
 
 /// `GET /commands/{id}/trace`: the command's journey through every stage.
-#[utoipa::path(get, path = "/commands/{id}/trace", tag = "queries", params(("id" = String, Path, description = "Command id")),
+#[utoipa::path(get, path = "/commands/{id}/trace", tag = "queries",
+    params(("id" = String, Path, description = "Command id (a UUID, from the command's answer)",
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, description = "The stages with times and coordinates", body = crate::trace::CommandTrace),
-        (status = 404, description = "No command with this id (or its trace expired)", body = ErrorBody),
-        (status = 503, description = "A database is unavailable", body = ErrorBody)))]
+        QueryErrors))]
 async fn command_trace(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
+    QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Response, ApiError> {
     match crate::trace::load(&app, &id).await {
         Ok(Some(t)) => Ok(Json(t).into_response()),
         Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "command_not_found",
-            format!("no command {id:?}"),
+            format!("no command {id:?} (or its trace expired)"),
         )),
         Err(e) => Err(ApiError::unavailable("the trace store", &e)),
     }
 }
 
 /// `GET /`: the live page.
-#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, description = "The live page (HTML, no external assets)", content_type = "text/html")))]
-async fn live_page() -> Response {
+#[utoipa::path(get, path = "/", tag = "meta",
+    responses((status = 200, description = "The live page (HTML, no external assets)", content_type = "text/html"), NoParamErrors))]
+async fn live_page(QueryParams(_): QueryParams<NoParams>) -> Response {
     crate::live::page().await.into_response()
 }
 
 /// `GET /stream`: Server-Sent Events of read-model changes and progress.
-#[utoipa::path(get, path = "/stream", tag = "meta", responses((status = 200, description = "text/event-stream: `view` {stats, orders} on changes, `progress` {lag, rate} every second", content_type = "text/event-stream")))]
-async fn live_stream(state: State<App>) -> Response {
+#[utoipa::path(get, path = "/stream", tag = "meta",
+    responses((status = 200, description = "text/event-stream: `view` {stats, orders} on changes, `progress` {lag, rate} every second; ends when the server shuts down", content_type = "text/event-stream"),
+        NoParamErrors))]
+async fn live_stream(state: State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
     crate::live::stream(state).await.into_response()
 }
 
 /// `GET /metrics`: Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-async fn metrics() -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), NoParamErrors))]
+async fn metrics(QueryParams(_): QueryParams<NoParams>) -> Response {
     crate::observe::metrics().await.into_response()
 }
 
@@ -231,9 +303,13 @@ async fn run(
     Ok(result?)
 }
 
-#[utoipa::path(post, path = "/orders", tag = "commands", request_body = orders::CreateOrder, params(("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 201, description = "Created", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders", tag = "commands", request_body = orders::CreateOrder,
+    params(("idempotency-key" = Option<String>, Header, nullable = false, description = "Retries with the same key return the first answer",
+        pattern = "^[!-~]{1,255}$")),
+    responses((status = 201, description = "Created", body = CommandAnswer), BodyErrors))]
 async fn create_order(
     State(app): State<App>,
+    QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
@@ -255,11 +331,18 @@ async fn create_order(
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayBody {
-    /// Must equal the total.
+    /// Must equal the order's total (at most 10^14 cents).
+    #[schema(minimum = 0, maximum = 100000000000000_i64)]
     pub amount_cents: i64,
-    /// Provider reference.
+    /// The payment provider's reference: 1..=500 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub payment_ref: String,
-    /// Optional optimistic-concurrency guard.
+    /// Refuse unless the order is at this version (optimistic concurrency).
+    #[schema(minimum = 0)]
     pub expected_version: Option<i64>,
 }
 
@@ -267,11 +350,22 @@ pub struct PayBody {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipBody {
-    /// Carrier.
+    /// Who carries it: 1..=500 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub carrier: String,
-    /// Tracking number.
+    /// The carrier's tracking number: 1..=500 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub tracking_number: String,
-    /// Optional optimistic-concurrency guard.
+    /// Refuse unless the order is at this version (optimistic concurrency).
+    #[schema(minimum = 0)]
     pub expected_version: Option<i64>,
 }
 
@@ -279,7 +373,8 @@ pub struct ShipBody {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverBody {
-    /// Optional optimistic-concurrency guard.
+    /// Refuse unless the order is at this version (optimistic concurrency).
+    #[schema(minimum = 0)]
     pub expected_version: Option<i64>,
 }
 
@@ -287,88 +382,114 @@ pub struct DeliverBody {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
-    /// Why.
+    /// Why: 1..=500 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub reason: String,
-    /// Optional optimistic-concurrency guard.
+    /// Refuse unless the order is at this version (optimistic concurrency).
+    #[schema(minimum = 0)]
     pub expected_version: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/orders/{id}/pay", tag = "commands", request_body = PayBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Paid", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
+/// A command on an existing order: the path's id, then the body's command.
+async fn order_command(
+    app: &App,
+    id: &str,
+    headers: &HeaderMap,
+    route: &str,
+    body: &impl Serialize,
+    command: OrderCommand,
+    expected_version: Option<i64>,
+) -> Result<Response, ApiError> {
+    let id = order_id(id)?;
+    let outcome = run(app, headers, &id, route, body, command, expected_version).await?;
+    Ok(answer(StatusCode::OK, &outcome))
+}
+
+#[utoipa::path(post, path = "/orders/{id}/pay", tag = "commands", request_body = PayBody,
+    params(("id" = String, Path, description = "Order id"),
+        ("idempotency-key" = Option<String>, Header, nullable = false, description = "Retries with the same key return the first answer", pattern = "^[!-~]{1,255}$")),
+    responses((status = 200, description = "Paid", body = CommandAnswer), BodyErrors, OrderCommandErrors))]
 async fn pay_order(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
+    QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<PayBody>,
 ) -> Result<Response, ApiError> {
-    let id = order_id(&id)?;
     let cmd = OrderCommand::Pay(PayOrder {
         amount_cents: b.amount_cents,
         payment_ref: b.payment_ref.clone(),
     });
-    let outcome = run(&app, &headers, &id, "pay", &b, cmd, b.expected_version).await?;
-    Ok(answer(StatusCode::OK, &outcome))
+    order_command(&app, &id, &headers, "pay", &b, cmd, b.expected_version).await
 }
 
-#[utoipa::path(post, path = "/orders/{id}/ship", tag = "commands", request_body = ShipBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Shipped", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders/{id}/ship", tag = "commands", request_body = ShipBody,
+    params(("id" = String, Path, description = "Order id"),
+        ("idempotency-key" = Option<String>, Header, nullable = false, description = "Retries with the same key return the first answer", pattern = "^[!-~]{1,255}$")),
+    responses((status = 200, description = "Shipped", body = CommandAnswer), BodyErrors, OrderCommandErrors))]
 async fn ship_order(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
+    QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<ShipBody>,
 ) -> Result<Response, ApiError> {
-    let id = order_id(&id)?;
     let cmd = OrderCommand::Ship(ShipOrder {
         carrier: b.carrier.clone(),
         tracking_number: b.tracking_number.clone(),
     });
-    let outcome = run(&app, &headers, &id, "ship", &b, cmd, b.expected_version).await?;
-    Ok(answer(StatusCode::OK, &outcome))
+    order_command(&app, &id, &headers, "ship", &b, cmd, b.expected_version).await
 }
 
-#[utoipa::path(post, path = "/orders/{id}/deliver", tag = "commands", request_body = DeliverBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Delivered", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders/{id}/deliver", tag = "commands", request_body = DeliverBody,
+    params(("id" = String, Path, description = "Order id"),
+        ("idempotency-key" = Option<String>, Header, nullable = false, description = "Retries with the same key return the first answer", pattern = "^[!-~]{1,255}$")),
+    responses((status = 200, description = "Delivered", body = CommandAnswer), BodyErrors, OrderCommandErrors))]
 async fn deliver_order(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
+    QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<DeliverBody>,
 ) -> Result<Response, ApiError> {
-    let id = order_id(&id)?;
-    let outcome = run(
-        &app,
-        &headers,
-        &id,
-        "deliver",
-        &b,
-        OrderCommand::Deliver,
-        b.expected_version,
-    )
-    .await?;
-    Ok(answer(StatusCode::OK, &outcome))
+    let cmd = OrderCommand::Deliver;
+    order_command(&app, &id, &headers, "deliver", &b, cmd, b.expected_version).await
 }
 
-#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "commands", request_body = CancelBody, params(("id" = String, Path, description = "Order id"), ("idempotency-key" = Option<String>, Header, description = "Retries with the same key return the first answer")), responses((status = 200, description = "Cancelled", body = CommandAnswer), (status = 400, description = "Malformed JSON or query", body = ErrorBody), (status = 413, description = "Body over 64 KiB", body = ErrorBody), (status = 415, description = "Body not JSON", body = ErrorBody), (status = 422, description = "Missing, unknown or invalid field; rule violated", body = ErrorBody), (status = 404, description = "Unknown order", body = ErrorBody), (status = 409, description = "Transition not allowed or version conflict", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "commands", request_body = CancelBody,
+    params(("id" = String, Path, description = "Order id"),
+        ("idempotency-key" = Option<String>, Header, nullable = false, description = "Retries with the same key return the first answer", pattern = "^[!-~]{1,255}$")),
+    responses((status = 200, description = "Cancelled", body = CommandAnswer), BodyErrors, OrderCommandErrors))]
 async fn cancel_order(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
+    QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<CancelBody>,
 ) -> Result<Response, ApiError> {
-    let id = order_id(&id)?;
     let cmd = OrderCommand::Cancel(CancelOrder {
         reason: b.reason.clone(),
     });
-    let outcome = run(&app, &headers, &id, "cancel", &b, cmd, b.expected_version).await?;
-    Ok(answer(StatusCode::OK, &outcome))
+    order_command(&app, &id, &headers, "cancel", &b, cmd, b.expected_version).await
 }
 
 fn read_error(e: read_model::QueryError) -> ApiError {
     ApiError::unavailable("the read database", &e)
 }
 
-#[utoipa::path(get, path = "/orders/{id}", tag = "queries", params(("id" = String, Path, description = "Order id"), ("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write"), ("consistent_with" = Option<String>, Query, description = "The token, as a parameter"), ("wait_ms" = Option<u64>, Query, description = "Longest wait, 0..=30000, default 2000")), responses((status = 200, description = "The order", body = orders::views::OrderView), (status = 404, description = "Not in the read model", body = ErrorBody), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/orders/{id}", tag = "queries",
+    params(("id" = String, Path, description = "Order id"),
+        ("x-consistency-token" = Option<String>, Header, nullable = false, description = "Wait until the read model includes this write",
+            pattern = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$"),
+        ConsistencyParams),
+    responses((status = 200, description = "The order", body = orders::views::OrderView), QueryErrors))]
 async fn get_order(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
@@ -390,20 +511,47 @@ async fn get_order(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only this customer's orders.
+    #[param(
+        nullable = false,
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9_-]*$"
+    )]
     customer_id: Option<String>,
-    /// Only orders in this status (created, paid, shipped, delivered, cancelled).
-    status: Option<String>,
+    /// Only orders in this status.
+    #[param(nullable = false, inline)]
+    status: Option<Status>,
     /// Page size, 1..=100 (default 20).
+    #[param(nullable = false, minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The `next` cursor of the previous page.
+    #[param(nullable = false, min_length = 1, max_length = 200)]
     after: Option<String>,
-    /// A consistency token to wait for.
+    /// A consistency token to wait for (instead of the header).
+    #[param(
+        nullable = false,
+        pattern = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$"
+    )]
     consistent_with: Option<String>,
-    /// Longest wait, 0..=30000 ms (default 2000).
+    /// Longest wait for the token, in ms (default 2000).
+    #[param(nullable = false, minimum = 0, maximum = 30000)]
     wait_ms: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/orders", tag = "queries", params(ListParams, ("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write")), responses((status = 200, description = "A page of orders, newest first: {orders, next}"), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
+/// A page of orders.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderPage {
+    /// Newest first.
+    pub orders: Vec<orders::views::OrderView>,
+    /// The cursor of the next page (`after`), null on the last page.
+    pub next: Option<String>,
+}
+
+#[utoipa::path(get, path = "/orders", tag = "queries",
+    params(ListParams,
+        ("x-consistency-token" = Option<String>, Header, nullable = false, description = "Wait until the read model includes this write",
+            pattern = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$")),
+    responses((status = 200, description = "A page of orders, newest first", body = OrderPage), QueryErrors))]
 async fn list_orders(
     State(app): State<App>,
     headers: HeaderMap,
@@ -417,17 +565,6 @@ async fn list_orders(
     if !(1..=100).contains(&limit) {
         return Err(bad("limit", format!("limit must be 1..=100, got {limit}")));
     }
-    let status = match p.status.as_deref() {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            bad(
-                "status",
-                format!(
-                    "status must be one of created, paid, shipped, delivered, cancelled; got {s:?}"
-                ),
-            )
-        })?),
-    };
     let c = ConsistencyParams {
         consistent_with: p.consistent_with,
         wait_ms: p.wait_ms,
@@ -435,20 +572,25 @@ async fn list_orders(
     wait_consistent(&app.progress, &app.store, &headers, &c).await?;
     let filter = OrderFilter {
         customer_id: p.customer_id,
-        status,
+        status: p.status,
         after: p.after,
         limit,
     };
     let (orders, next) = read_model::list_orders(&app.read.pool, &filter)
         .await
         .map_err(read_error)?;
-    Ok(Json(json!({ "orders": orders, "next": next })).into_response())
+    Ok(Json(OrderPage { orders, next }).into_response())
 }
 
-#[utoipa::path(get, path = "/customers/{id}/summary", tag = "queries", params(("id" = String, Path, description = "Customer id"), ("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write"), ("consistent_with" = Option<String>, Query, description = "The token, as a parameter"), ("wait_ms" = Option<u64>, Query, description = "Longest wait, 0..=30000, default 2000")), responses((status = 200, description = "The summary", body = orders::views::CustomerSummary), (status = 404, description = "No orders for the customer", body = ErrorBody), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/customers/{id}/summary", tag = "queries",
+    params(("id" = String, Path, description = "Customer id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]*$"),
+        ("x-consistency-token" = Option<String>, Header, nullable = false, description = "Wait until the read model includes this write",
+            pattern = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$"),
+        ConsistencyParams),
+    responses((status = 200, description = "The summary", body = orders::views::CustomerSummary), QueryErrors))]
 async fn customer_summary(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
@@ -466,7 +608,20 @@ async fn customer_summary(
     }
 }
 
-#[utoipa::path(get, path = "/stats", tag = "queries", params(("x-consistency-token" = Option<String>, Header, description = "Wait until the read model includes this write"), ("consistent_with" = Option<String>, Query, description = "The token, as a parameter"), ("wait_ms" = Option<u64>, Query, description = "Longest wait, 0..=30000, default 2000")), responses((status = 200, description = "Count and value per status: {by_status, total_orders}"), (status = 400, description = "Bad query or token", body = ErrorBody), (status = 503, description = "Not consistent within wait_ms (Retry-After)", body = ErrorBody)))]
+/// Count and value of the orders in each status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatsView {
+    /// Every status, with its orders and their value.
+    pub by_status: std::collections::BTreeMap<Status, orders::views::StatusStats>,
+    /// Orders in all statuses.
+    pub total_orders: i64,
+}
+
+#[utoipa::path(get, path = "/stats", tag = "queries",
+    params(("x-consistency-token" = Option<String>, Header, nullable = false, description = "Wait until the read model includes this write",
+            pattern = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$"),
+        ConsistencyParams),
+    responses((status = 200, description = "Count and value per status", body = StatsView), QueryErrors))]
 async fn stats(
     State(app): State<App>,
     headers: HeaderMap,
@@ -477,13 +632,20 @@ async fn stats(
         .await
         .map_err(read_error)?;
     let total_orders: i64 = by_status.values().map(|s| s.order_count).sum();
-    Ok(Json(json!({ "by_status": by_status, "total_orders": total_orders })).into_response())
+    Ok(Json(StatsView {
+        by_status,
+        total_orders,
+    })
+    .into_response())
 }
 
-#[utoipa::path(get, path = "/orders/{id}/history", tag = "queries", params(("id" = String, Path, description = "Order id")), responses((status = 200, description = "The events of the order, from the write side"), (status = 404, description = "Unknown order", body = ErrorBody), (status = 503, description = "Write DB unavailable", body = ErrorBody)))]
+#[utoipa::path(get, path = "/orders/{id}/history", tag = "queries",
+    params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, description = "The events of the order, from the write side"), QueryErrors))]
 async fn order_history(
     State(app): State<App>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
+    QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
     let events = app.store.load(&id).await?;
@@ -497,15 +659,18 @@ async fn order_history(
     Ok(Json(json!({ "order_id": id, "events": events })).into_response())
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "The process is alive")))]
-async fn healthz() -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "The process is alive"), NoParamErrors))]
+async fn healthz(QueryParams(_): QueryParams<NoParams>) -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when the write DB, the read DB and Kafka (if configured) answer; 503
-/// with the reason otherwise.
-#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "Write DB, read DB and Kafka answer"), (status = 503, description = "A dependency does not answer; checks say which")))]
-async fn readyz(State(app): State<App>) -> Response {
+/// 200 when the write DB accepts writes, the read DB answers and Kafka (if
+/// configured) answers; 503 with the reason otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, description = "Every dependency answers"),
+        (status = 503, description = "A dependency does not answer; checks say which"), NoParamErrors))]
+async fn readyz(State(app): State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
     let checks = crate::observe::readiness(&app).await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<String, serde_json::Value> = checks

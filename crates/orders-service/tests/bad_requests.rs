@@ -97,6 +97,16 @@ async fn bad_requests_get_the_documented_4xx_and_write_nothing() {
         case("unknown status", "GET", "/orders?status=lost", json!(null), 400, "invalid_query").field("status"),
         case("bad idempotency key", "POST", "/orders", item(json!(1), json!(1)), 422, "invalid_field").header("idempotency-key", "").field("Idempotency-Key"),
         case("unknown customer", "GET", "/customers/zed/summary", json!(null), 404, "customer_not_found"),
+        case("path not UTF-8", "GET", "/orders/%FF%FE", json!(null), 400, "invalid_path"),
+        case("path not UTF-8 on a command", "POST", "/orders/%FF%FE/pay", json!({"amount_cents": 1, "payment_ref": "p"}), 400, "invalid_path"),
+        case("wait too long without a token", "GET", "/stats?wait_ms=999999999", json!(null), 400, "invalid_query").field("wait_ms"),
+        case("unknown parameter on stats", "GET", "/stats?verbose=1", json!(null), 400, "invalid_query").field("verbose"),
+        case("unknown parameter on an order", "GET", format!("/orders/{id}?fields=all"), json!(null), 400, "invalid_query").field("fields"),
+        case("unknown parameter on a summary", "GET", "/customers/zed/summary?x=1", json!(null), 400, "invalid_query").field("x"),
+        case("unknown parameter on a list", "GET", "/orders?sort=asc", json!(null), 400, "invalid_query").field("sort"),
+        case("a parameter on a command", "POST", "/orders?dry_run=1", item(json!(1), json!(1)), 400, "invalid_query").field("dry_run"),
+        case("a parameter on health", "GET", "/healthz?x=1", json!(null), 400, "invalid_query").field("x"),
+        case("a fractional quantity", "POST", "/orders", item(json!(1.5), json!(1)), 422, "invalid_body").field("items[0].quantity"),
     ];
     for c in &cases {
         let mut req = app

@@ -92,3 +92,64 @@ async fn every_route_is_documented_and_every_documented_route_is_served() {
     assert!(doc["components"]["schemas"]["OrderView"]["properties"]["status"].is_object());
     app.stop().await;
 }
+
+/// The limits the document states are the ones the domain enforces, and a
+/// number JSON Schema calls an integer (`2.0`) is taken as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_limits_are_the_enforced_ones() {
+    use orders::aggregate::limits;
+    let app = spawn_app(false, 0).await;
+    let (_, doc, _) = app.get("/openapi.json", None).await;
+    let schemas = &doc["components"]["schemas"];
+    let item = &schemas["LineItem"]["properties"];
+    assert_eq!(item["quantity"]["maximum"], limits::MAX_QUANTITY);
+    assert_eq!(item["quantity"]["minimum"], 1);
+    assert_eq!(
+        item["unit_price_cents"]["maximum"],
+        limits::MAX_UNIT_PRICE_CENTS
+    );
+    assert_eq!(item["sku"]["maxLength"], limits::MAX_SKU);
+    let create = &schemas["CreateOrder"]["properties"];
+    assert_eq!(create["items"]["maxItems"], limits::MAX_ITEMS);
+    assert_eq!(create["customer_id"]["maxLength"], limits::MAX_CUSTOMER_ID);
+    for (body, field) in [
+        ("PayBody", "payment_ref"),
+        ("ShipBody", "carrier"),
+        ("ShipBody", "tracking_number"),
+        ("CancelBody", "reason"),
+    ] {
+        assert_eq!(
+            schemas[body]["properties"][field]["maxLength"],
+            limits::MAX_TEXT,
+            "{body}.{field}"
+        );
+    }
+    let params = doc["paths"]["/stats"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    for p in params {
+        let pattern = &p["schema"]["pattern"];
+        if p["name"] == "consistent_with" || p["name"] == "x-consistency-token" {
+            assert_eq!(pattern, cqrs_http::TOKEN_PATTERN, "{p}");
+        }
+        if p["name"] == "wait_ms" {
+            assert_eq!(p["schema"]["maximum"], cqrs_http::consistency::MAX_WAIT_MS);
+        }
+    }
+    // A real token fits the documented pattern.
+    let (_, token) = app.create().await;
+    let re = regex::Regex::new(cqrs_http::TOKEN_PATTERN).unwrap();
+    assert!(re.is_match(&token), "{token}");
+    // 2.0 is an integer to JSON Schema, so it is one here too.
+    let body = serde_json::json!({"customer_id": "f", "items": [{"sku": "s", "quantity": 2.0, "unit_price_cents": 150.0}]});
+    let (s, a, _) = app.post("/orders", body).await;
+    assert_eq!(s, 201, "{a}");
+    let (_, o, _) = app
+        .get(
+            &format!("/orders/{}", a["order_id"].as_str().unwrap()),
+            a["consistency_token"].as_str(),
+        )
+        .await;
+    assert_eq!(o["total_cents"], 300);
+    app.stop().await;
+}

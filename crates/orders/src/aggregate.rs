@@ -25,10 +25,17 @@ pub mod limits {
 #[serde(deny_unknown_fields)]
 pub struct LineItem {
     /// Stock keeping unit.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub sku: String,
     /// How many, 1..=10_000.
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: i64,
     /// Price of one unit in cents, 0..=100_000_000.
+    #[schema(minimum = 0, maximum = 100000000)]
     pub unit_price_cents: i64,
 }
 
@@ -95,9 +102,11 @@ impl fmt::Display for Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
-    /// Who orders.
+    /// Who orders: 1..=64 of A-Z, a-z, 0-9, '_' and '-'.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]*$")]
     pub customer_id: String,
-    /// What.
+    /// What: 1..=100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItem>,
 }
 
