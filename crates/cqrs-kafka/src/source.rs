@@ -19,6 +19,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The checkpoint key of a topic partition in the read DB: `topic/partition`.
+pub fn source_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// The partition a checkpoint key names, if it is one of `topic`'s.
+pub fn partition_of(key: &str, topic: &str) -> Option<i32> {
+    key.strip_prefix(topic)?.strip_prefix('/')?.parse().ok()
+}
+
 /// How the source joins its group.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -130,7 +140,7 @@ impl KafkaSource {
     }
 
     fn key(&self, partition: i32) -> String {
-        format!("{}/{}", self.config.kafka.topic, partition)
+        source_key(&self.config.kafka.topic, partition)
     }
 
     /// Seeks freshly assigned partitions to the read DB's offsets.
@@ -273,7 +283,7 @@ impl EventSource for KafkaSource {
     async fn committed(&mut self, checkpoints: &[(String, i64)]) -> Result<(), SourceError> {
         let mut tpl = TopicPartitionList::new();
         for (key, next) in checkpoints {
-            if let Some(p) = key.rsplit('/').next().and_then(|p| p.parse::<i32>().ok()) {
+            if let Some(p) = partition_of(key, &self.config.kafka.topic) {
                 if self.owned(p) {
                     let _ = tpl.add_partition_offset(
                         &self.config.kafka.topic,

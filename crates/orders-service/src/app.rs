@@ -104,6 +104,17 @@ impl Config {
         }
     }
 
+    /// Refuses combinations that could only idle or fail later.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.roles.contains(&Role::Relay) && self.kafka.is_none() {
+            anyhow::bail!(
+                "--role relay needs --kafka-brokers: without Kafka (the embedded mode) there is \
+                 nothing to relay to; the projector reads the event log itself"
+            );
+        }
+        Ok(())
+    }
+
     /// Whether this process runs `role`.
     pub fn runs(&self, role: Role) -> bool {
         self.roles.is_empty() || self.roles.contains(&role)
@@ -141,6 +152,8 @@ pub struct App {
     pub live: crate::live::LiveFeed,
     /// Turns true when the server starts shutting down: streams end.
     pub closing: watch::Receiver<bool>,
+    /// Whether this process runs the projector (its read DB must take writes).
+    pub projects_here: bool,
 }
 
 /// A started instance: the app, its background roles and the switch that stops them.
@@ -155,8 +168,16 @@ pub struct Running {
 impl Running {
     /// Opens the databases and starts the in-process projector.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
-        std::fs::create_dir_all(&config.data_dir)?;
+        config.check()?;
         let (write_url, read_url) = config.urls();
+        if write_url.starts_with("sqlite:") || read_url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data directory {}",
+                    config.data_dir.display()
+                )
+            })?;
+        }
         let options = DbOptions {
             max_connections: config.pool_size,
             sqlite_synchronous: config.sqlite_synchronous.clone(),
@@ -265,6 +286,7 @@ impl Running {
             kafka: config.kafka.clone(),
             live,
             closing: closing_rx,
+            projects_here: config.runs(Role::Projector),
         };
         let sampler = crate::observe::spawn_sampler(
             app.clone(),

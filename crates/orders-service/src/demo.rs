@@ -6,7 +6,7 @@ use crate::app::{Config, Running, PROJECTOR};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
-use cqrs_sql::{EventStore, SqlEventStore};
+use cqrs_sql::EventStore;
 use orders::read_model;
 use orders::views::Views;
 use serde_json::{json, Value};
@@ -408,92 +408,4 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The result of `orders verify`.
-#[derive(Debug)]
-pub struct VerifyReport {
-    /// Read models equal the fold.
-    pub consistent: bool,
-    /// Events on the write side.
-    pub events: usize,
-    /// Orders in the fold.
-    pub orders: usize,
-    /// First differences.
-    pub differences: Vec<String>,
-}
-
-impl fmt::Display for VerifyReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.consistent {
-            "consistent"
-        } else {
-            "DIFFERENT"
-        };
-        writeln!(f, "{verdict}: {} events, {} orders folded and compared with order_details, customer_summary, order_stats", self.events, self.orders)?;
-        for d in &self.differences {
-            writeln!(f, "  {d}")?;
-        }
-        Ok(())
-    }
-}
-
-fn differences(folded: &Views, loaded: &Views) -> Vec<String> {
-    let mut out = Vec::new();
-    for (id, o) in &folded.orders {
-        if loaded.orders.get(id) != Some(o) {
-            out.push(format!(
-                "order {id}: expected {o:?}, read model has {:?}",
-                loaded.orders.get(id)
-            ));
-        }
-    }
-    out.extend(
-        loaded
-            .orders
-            .keys()
-            .filter(|k| !folded.orders.contains_key(*k))
-            .map(|k| format!("order {k} should not exist")),
-    );
-    for (id, c) in &folded.customers {
-        if loaded.customers.get(id) != Some(c) {
-            out.push(format!(
-                "customer {id}: expected {c:?}, read model has {:?}",
-                loaded.customers.get(id)
-            ));
-        }
-    }
-    if folded.stats != loaded.stats {
-        out.push(format!(
-            "stats: expected {:?}, read model has {:?}",
-            folded.stats, loaded.stats
-        ));
-    }
-    out.truncate(10);
-    out
-}
-
-/// Compares every read model with the fold of the write-side events, waiting
-/// up to `wait` for the projector to catch up.
-pub async fn verify(config: &Config, wait: Duration) -> anyhow::Result<VerifyReport> {
-    let (write_url, read_url) = config.urls();
-    let options = cqrs_sql::DbOptions::default();
-    let store = SqlEventStore::open(cqrs_sql::Db::connect(&write_url, &options).await?).await?;
-    let read = cqrs_sql::Db::connect(&read_url, &options).await?;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let events = store.all_events().await?;
-        let folded = Views::fold(&events)?;
-        let loaded = read_model::load_views(&read.pool).await?;
-        let diffs = differences(&folded, &loaded);
-        if diffs.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(VerifyReport {
-                consistent: diffs.is_empty(),
-                events: events.len(),
-                orders: folded.orders.len(),
-                differences: diffs,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -12,5 +12,6 @@ pub mod live;
 pub mod observe;
 pub mod replay;
 pub mod trace;
+pub mod verify;
 
 pub use app::{App, Config, Running};

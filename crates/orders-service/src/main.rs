@@ -149,7 +149,8 @@ enum Command {
     },
     /// Run the teaching page's scenario on a fresh embedded instance and print what happened.
     Demo(demo::DemoArgs),
-    /// Check that every read model equals the fold of the write-side events.
+    /// Check that every read model equals the fold of the write-side events
+    /// (exit 0 consistent, 1 diverged, 2 lagging: the projector is behind).
     Verify {
         #[command(flatten)]
         db: DbArgs,
@@ -273,12 +274,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Verify { db, wait_secs } => {
             let report =
-                orders_service::demo::verify(&db.config(), Duration::from_secs(wait_secs)).await?;
-            println!("{report}");
-            if report.consistent {
-                Ok(())
-            } else {
-                anyhow::bail!("read models differ from the fold of the write-side events")
+                orders_service::verify::verify(&db.config(), Duration::from_secs(wait_secs))
+                    .await?;
+            print!("{report}");
+            match report.exit_code() {
+                0 => Ok(()),
+                code => std::process::exit(code),
             }
         }
         Command::Bench(args) => bench::run(args).await,

@@ -6,6 +6,7 @@ use crate::app::{App, KafkaOptions, PROJECTOR};
 use crate::live::ProgressSample;
 use axum::http::header;
 use axum::response::IntoResponse;
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -49,24 +50,36 @@ fn kafka_client(k: &KafkaOptions) -> Result<BaseConsumer, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Each dependency and whether it answers.
+/// Each dependency and whether it answers: the write DB must accept a
+/// write, the read DB a read (and a write where the projector runs here).
 pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
-    let ping = |pool: sqlx::AnyPool| async move {
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&pool),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+    let within = |what: BoxFuture<'static, Result<(), String>>| async move {
+        match tokio::time::timeout(Duration::from_secs(2), what).await {
+            Ok(r) => r,
             Err(_) => Err("no answer within 2 s".to_owned()),
         }
     };
-    let mut out = vec![
-        ("write_db", ping(app.store.db().pool.clone()).await),
-        ("read_db", ping(app.read.pool.clone()).await),
-    ];
+    let store = app.store.clone();
+    let write = within(Box::pin(async move {
+        store.check_writable().await.map_err(|e| e.to_string())
+    }))
+    .await;
+    let read_db = app.read.clone();
+    let projects_here = app.projects_here;
+    let read = within(Box::pin(async move {
+        sqlx::query("SELECT 1")
+            .execute(&read_db.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        if projects_here {
+            cqrs_sql::read::runner::check_writable(&read_db)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }))
+    .await;
+    let mut out = vec![("write_db", write), ("read_db", read)];
     if let Some(k) = app.kafka.clone() {
         let r = tokio::task::spawn_blocking(move || {
             let c = kafka_client(&k)?;
@@ -152,7 +165,7 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
             })
             .await??;
             for (p, high) in marks {
-                let key = format!("{}/{p}", k.topic);
+                let key = cqrs_kafka::source_key(&k.topic, p);
                 let next = checkpoints.get(&key).map_or(0, |c| c.0);
                 heads.push((p.to_string(), next, high));
             }

@@ -6,7 +6,7 @@
 use crate::app::{Config, PROJECTOR};
 use anyhow::{bail, Context};
 use cqrs_core::EventEnvelope;
-use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SqlEventStore};
+use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SqlEventStore, LOG_KEY};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -63,13 +63,13 @@ impl Reader {
         let mut read = 0u64;
         match self {
             Reader::Log { store, after } => {
-                let target = targets.get("log").copied().unwrap_or(1);
+                let target = targets.get(LOG_KEY).copied().unwrap_or(1);
                 while *after + 1 < target {
                     let limit = ((target - 1 - *after) as usize).min(batch) as i64;
                     let events = store.read_log(*after, limit).await?;
                     let Some(last) = events.last() else { break };
                     *after = last.position;
-                    positions.insert("log".into(), last.position + 1);
+                    positions.insert(LOG_KEY.into(), last.position + 1);
                     read += events.len() as u64;
                     pb.inc(events.len() as u64);
                     apply(events).await?;
@@ -90,7 +90,7 @@ impl Reader {
                     // has buffered (waiting a little only when it has nothing).
                     let mut out = Vec::new();
                     for (p, queue) in pending.iter_mut() {
-                        let key = format!("{topic}/{p}");
+                        let key = cqrs_kafka::source_key(topic, *p);
                         let target = targets.get(&key).copied().unwrap_or(0);
                         while queue.front().is_some_and(|(o, _)| *o < target) {
                             let Some((offset, event)) = queue.pop_front() else {
@@ -184,6 +184,51 @@ fn index_names(ddl: &[String]) -> Vec<String> {
         .filter_map(|s| s.strip_prefix("CREATE INDEX IF NOT EXISTS "))
         .filter_map(|s| s.split_whitespace().next().map(str::to_owned))
         .collect()
+}
+
+/// The live checkpoints of the source this replay reads (`topic`, or the
+/// embedded log when `None`). A read model can have followed the embedded
+/// log and then a Kafka topic (or the other way): the source whose
+/// checkpoint moved last is the live one. Replaying from the live source
+/// ignores the other's stale checkpoint; replaying from the stale one is
+/// refused, since it would roll the read model back.
+fn checkpoints_of_source(
+    rows: &[cqrs_sql::read::runner::Checkpoint],
+    topic: Option<&str>,
+) -> anyhow::Result<Positions> {
+    let ours = |key: &str| match topic {
+        Some(t) => cqrs_kafka::partition_of(key, t).is_some(),
+        None => key == LOG_KEY,
+    };
+    let (own, other): (Vec<_>, Vec<_>) = rows.iter().partition(|c| ours(&c.source_key));
+    let latest =
+        |cs: &[&cqrs_sql::read::runner::Checkpoint]| cs.iter().map(|c| c.updated_at.clone()).max();
+    let this = topic.map_or("the embedded event log".to_owned(), |t| {
+        format!("topic {t}")
+    });
+    if let Some(theirs) = latest(&other) {
+        let names: Vec<&str> = other.iter().map(|c| c.source_key.as_str()).collect();
+        if latest(&own).is_none_or(|mine| theirs > mine) {
+            bail!(
+                "the live read model follows {} (checkpoint moved at {theirs}), not {this}: run replay with the \
+                 source flags its projector runs with ({})",
+                names.join(", "),
+                if topic.is_some() {
+                    "without --kafka-brokers for the embedded log, or the topic it reads with --kafka-topic"
+                } else {
+                    "--kafka-brokers and --kafka-topic"
+                }
+            );
+        }
+        eprintln!(
+            "note: the read model followed {} before {this}; replaying from {this} only",
+            names.join(", ")
+        );
+    }
+    Ok(own
+        .into_iter()
+        .map(|c| (c.source_key.clone(), c.next_position))
+        .collect())
 }
 
 /// `orders replay`.
@@ -282,7 +327,10 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
         }
     };
 
-    let targets = cqrs_sql::read::runner::load_checkpoints(&read, PROJECTOR).await?;
+    let targets = checkpoints_of_source(
+        &cqrs_sql::read::runner::checkpoint_rows(&read, PROJECTOR).await?,
+        config.kafka.as_ref().map(|k| k.topic.as_str()),
+    )?;
     let total: i64 = targets.values().sum::<i64>() - if config.kafka.is_none() { 1 } else { 0 };
     let pb = ProgressBar::new(total.max(0) as u64);
     pb.set_style(
@@ -327,13 +375,14 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
         tx.execute("UPDATE projector_checkpoints SET updated_at = updated_at WHERE 1 = 0")
             .await?;
     }
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT source_key, next_position FROM projector_checkpoints WHERE projector = $1",
+    let rows: Vec<cqrs_sql::read::runner::Checkpoint> = sqlx::query_as(
+        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
     )
     .bind(PROJECTOR)
     .fetch_all(&mut *tx)
     .await?;
-    let final_targets: Positions = rows.into_iter().collect();
+    let final_targets =
+        checkpoints_of_source(&rows, config.kafka.as_ref().map(|k| k.topic.as_str()))?;
     let mut tail: Vec<EventEnvelope> = Vec::new();
     count += reader
         .read_until(

@@ -154,3 +154,111 @@ fn demo_prints_both_tables_from_a_real_run() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
 }
+
+fn verify(dir: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["verify", "--wait-secs", "1"])
+        .env("ORDERS_DATA_DIR", dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Orders written while no projector runs are lag (exit 2), a read model
+/// edited behind the projector's back is divergence (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_tells_a_lagging_projector_from_a_diverged_read_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = Server(
+        Command::new(env!("CARGO_BIN_EXE_orders"))
+            .args([
+                "serve",
+                "--role",
+                "api",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("ORDERS_DATA_DIR", dir.path())
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_healthy(&base).await;
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{base}/orders"))
+            .json(&serde_json::json!({"customer_id": "v", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 5}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let (code, text) = verify(dir.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.starts_with("lagging by 3 events (3 orders)"), "{text}");
+    let _ = api.0.kill();
+    let _ = api.0.wait();
+    // A projector catches up: consistent.
+    let running = orders_service::Running::start(&orders_service::Config::embedded(dir.path()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (code, text) = verify(dir.path());
+        if code == 0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never consistent: {text}");
+    };
+    assert!(text.starts_with("consistent: 3 events"), "{text}");
+    // Someone edits the read model: divergence, named.
+    sqlx::query("UPDATE order_details SET status = 'paid'")
+        .execute(&running.app.read.writer)
+        .await
+        .unwrap();
+    let (code, text) = verify(dir.path());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.starts_with("DIVERGED"), "{text}");
+    assert!(text.contains("order "), "{text}");
+    running.stop().await.unwrap();
+}
+
+/// A relay without a broker to relay to refuses to start, and says why.
+#[test]
+fn a_relay_without_kafka_exits_at_once_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["serve", "--role", "relay"])
+        .env("ORDERS_DATA_DIR", dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--role relay needs --kafka-brokers"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// An unsupported database URL is refused without echoing its password.
+#[test]
+fn a_bad_database_url_is_refused_without_its_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["serve", "--database-url", "mysql://root:hunter2@db/orders"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("unsupported database URL"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

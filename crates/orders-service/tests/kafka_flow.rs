@@ -187,3 +187,95 @@ async fn replay_from_the_embedded_log_rebuilds_and_swaps_while_serving() {
     let dir = app.config.data_dir.display().to_string();
     replay_rebuilds_what_the_fold_says(app, &["--data-dir".to_owned(), dir]).await;
 }
+
+/// Runs `orders replay` with `args`; kills it after `secs` (a replay that
+/// cannot finish must not hang the suite). Returns (success, stdout+stderr).
+fn replay_within(secs: u64, args: &[String]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+        .arg("replay")
+        .args(args)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}",
+        std::fs::read_to_string(out_path).unwrap_or_default(),
+        std::fs::read_to_string(err_path).unwrap_or_default()
+    );
+    match status {
+        Some(s) => (s.success(), text),
+        None => panic!("replay still running after {secs} s:\n{text}"),
+    }
+}
+
+/// Creates five orders and waits until the read model has them.
+async fn create_five(app: &common::TestApp) {
+    let mut token = String::new();
+    for _ in 0..5 {
+        let (_, a, _) = app.post("/orders", order_body()).await;
+        token = a["consistency_token"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(app.get("/stats?wait_ms=20000", Some(&token)).await.0, 200);
+}
+
+/// The README's own order: a database served embedded first, then with
+/// Kafka. Replay follows the source the read model follows now, and refuses
+/// the stale one at once instead of waiting for a checkpoint it cannot reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_after_moving_from_the_embedded_log_to_kafka_follows_kafka() {
+    let url = test_support::fresh_postgres_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = orders_service::Config::embedded(dir.path());
+    config.database_url = Some(url.clone());
+    let embedded = common::spawn_with(config.clone(), dir).await;
+    create_five(&embedded).await;
+    embedded.stop().await;
+    let topic = test_support::unique_topic();
+    config.kafka = Some(common::kafka_options(&topic));
+    let dir = tempfile::tempdir().unwrap();
+    config.data_dir = dir.path().to_owned();
+    let with_kafka = common::spawn_with(config, dir).await;
+    create_five(&with_kafka).await;
+    let brokers = test_support::kafka_brokers();
+    let base = vec!["--database-url".to_owned(), url.clone()];
+    let (ok, text) = replay_within(10, &base);
+    assert!(
+        !ok,
+        "replaying the stale embedded log must be refused: {text}"
+    );
+    assert!(text.contains("the live read model follows"), "{text}");
+    let mut kafka_args = base.clone();
+    kafka_args.extend([
+        "--kafka-brokers".to_owned(),
+        brokers,
+        "--kafka-topic".to_owned(),
+        topic,
+    ]);
+    let (ok, text) = replay_within(60, &kafka_args);
+    assert!(ok, "{text}");
+    assert!(text.contains("swapped in"), "{text}");
+    assert!(text.contains("followed log before topic"), "{text}");
+    let events = with_kafka.app().store.all_events().await.unwrap();
+    let folded = orders::views::Views::fold(&events).unwrap();
+    let loaded = orders::read_model::load_views(&with_kafka.app().read.pool)
+        .await
+        .unwrap();
+    assert_eq!(loaded.orders.len(), 10);
+    assert_eq!(loaded, folded);
+    with_kafka.stop().await;
+}

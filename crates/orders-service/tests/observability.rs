@@ -136,6 +136,57 @@ async fn readyz_names_each_dependency_and_fails_with_the_reason() {
     assert_eq!(s, 200, "alive even when not ready");
 }
 
+/// A write DB that answers reads but refuses writes (a read-only
+/// transaction default, as on a standby) is not ready, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_when_the_write_db_refuses_writes() {
+    let app = common::spawn_app(true, 0).await;
+    let (s, body, _) = app.get("/readyz", None).await;
+    assert_eq!(s, 200, "{body}");
+    let url = app.config.database_url.clone().unwrap();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let admin = cqrs_sql::Db::connect(&test_support::postgres_admin_url(), &Default::default())
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE {name} SET default_transaction_read_only = on"
+    ))
+    .execute(&admin.pool)
+    .await
+    .unwrap();
+    // Sessions pick the default up when they connect: make the pools reconnect.
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&name)
+        .execute(&admin.pool)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (s, body, _) = app.get("/readyz", None).await;
+        if s == 503
+            && body["checks"]["write_db"]
+                .as_str()
+                .is_some_and(|r| r.contains("read-only"))
+        {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["ready"], false);
+    let (s, e, _) = app.post("/orders", common::order_body()).await;
+    assert_eq!((s, e["error"].as_str()), (503, Some("unavailable")), "{e}");
+    sqlx::query(&format!(
+        "ALTER DATABASE {name} RESET default_transaction_read_only"
+    ))
+    .execute(&admin.pool)
+    .await
+    .unwrap();
+}
+
 /// API and projector in separate processes over Kafka: a query with the
 /// token after each command always sees that command; one without may not;
 /// with the projector stopped, a token wait ends in 503 with Retry-After.

@@ -133,6 +133,17 @@ impl ReadProgress {
         Ok(v.unwrap_or(0))
     }
 
+    /// Every aggregate's version as the read DB has it (for verification).
+    pub async fn stored_versions(&self) -> Result<HashMap<String, i64>, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1",
+        )
+        .bind(&self.inner.projector)
+        .fetch_all(&self.inner.db.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Starts waiting for an aggregate: learns its current version (from
     /// memory when the follower has seen it, else with one read of the DB).
     pub async fn start_wait(&self, aggregate_id: &str) -> Result<Waiter, sqlx::Error> {

@@ -715,6 +715,20 @@ pub async fn ensure_schema(db: &Db) -> Result<(), sqlx::Error> {
     db.migrate(dead_letters::SCHEMA).await
 }
 
+/// Whether the read DB accepts the runner's writes now: one checkpoint row
+/// written and rolled back.
+pub async fn check_writable(db: &Db) -> Result<(), sqlx::Error> {
+    let mut tx = db.writer.begin().await?;
+    sqlx::query(
+        "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
+         VALUES ($1, 'probe', 0, '')",
+    )
+    .bind(format!("readiness-probe-{}", uuid::Uuid::new_v4()))
+    .execute(&mut *tx)
+    .await?;
+    tx.rollback().await
+}
+
 /// Creates the runner's tables and those of `projections`: what a process
 /// that serves queries needs even before any projector has run.
 pub async fn ensure_tables(
@@ -770,4 +784,25 @@ pub async fn load_checkpoints(
     rows.iter()
         .map(|r| Ok((r.try_get("source_key")?, r.try_get("next_position")?)))
         .collect()
+}
+
+/// A stored checkpoint with the time it last moved.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Checkpoint {
+    /// The stream ("log", "orders.events/3").
+    pub source_key: String,
+    /// The next position to read.
+    pub next_position: i64,
+    /// When a batch last moved it (RFC 3339).
+    pub updated_at: String,
+}
+
+/// The stored checkpoints of a projector, with when each last moved.
+pub async fn checkpoint_rows(db: &Db, projector: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
+    )
+    .bind(projector)
+    .fetch_all(&db.pool)
+    .await
 }

@@ -74,6 +74,22 @@ impl SqlEventStore {
         &self.db
     }
 
+    /// Whether the write DB accepts a write now: one row written and rolled
+    /// back (a read-only file or a read-only replica fails here, not on the
+    /// next command).
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let mut tx = self.db.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
+             VALUES ($1, '', '', '', 0, 0, '')",
+        )
+        .bind(format!("readiness-probe-{}", uuid::Uuid::new_v4()))
+        .execute(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(())
+    }
+
     /// The highest log position appended so far (0 when empty).
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         Ok(
