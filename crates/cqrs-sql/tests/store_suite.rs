@@ -144,6 +144,52 @@ async fn every_event_has_an_outbox_row_from_the_same_transaction(store: SqlEvent
             .collect::<Vec<_>>()
     );
     assert_eq!(store.outbox_pending().await.unwrap(), 3);
+    // The outbox insert of the second event fails: if outbox rows were
+    // written in a transaction of their own, the events would remain.
+    refuse_inserts(store.db(), "outbox", "aggregate_id = 'doomed'").await;
+    let failed = store.append(append_req("doomed", 0, 2)).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(
+        store.load("doomed").await.unwrap().is_empty(),
+        "an event outlived its outbox row"
+    );
+    assert_eq!(count(store.db(), "events").await, 3);
+    assert_eq!(count(store.db(), "outbox").await, 3);
+    // The idempotency row, written last, fails: nothing of the append remains.
+    refuse_inserts(store.db(), "idempotency", "key = 'doomed-key'").await;
+    let mut req = append_req("doomed-too", 0, 1);
+    req.idempotency = Some(IdempotencyRecord {
+        key: "doomed-key".into(),
+        request_hash: "h".into(),
+    });
+    assert!(store.append(req).await.is_err());
+    assert!(store.load("doomed-too").await.unwrap().is_empty());
+    assert_eq!(count(store.db(), "outbox").await, 3);
+}
+
+/// Makes every insert into `table` that matches `when` fail (a trigger), to
+/// break an append half-way.
+async fn refuse_inserts(db: &Db, table: &str, when: &str) {
+    let name = format!("refuse_{table}");
+    let statements = match db.backend {
+        cqrs_sql::Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER {name} BEFORE INSERT ON {table} WHEN NEW.{when} \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )],
+        cqrs_sql::Backend::Postgres => vec![
+            format!(
+                "CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN \
+                 RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql"
+            ),
+            format!(
+                "CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW \
+                 WHEN (NEW.{when}) EXECUTE FUNCTION {name}()"
+            ),
+        ],
+    };
+    for s in statements {
+        sqlx::query(&s).execute(&db.writer).await.unwrap();
+    }
 }
 
 async fn a_stale_expected_version_is_a_conflict_and_writes_nothing(store: SqlEventStore) {
@@ -390,6 +436,49 @@ async fn a_tailing_reader_misses_nothing_under_concurrent_writes(store: SqlEvent
         .map(|e| e.position)
         .collect();
     assert_eq!(seen, all);
+}
+
+/// PostgreSQL allocates positions when an append starts, not when it
+/// commits. An append that took position P and commits after one that took
+/// P+1 must still be read before P+1: the reader waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_waits_for_a_lower_position_that_commits_late_on_postgres() {
+    use sqlx::{Connection, Executor};
+    let db = test_support::fresh_postgres().await;
+    let store = SqlEventStore::open(db.clone()).await.unwrap();
+    // A slow append, by hand, as the store writes one: the shared lock of
+    // appenders, then the event (position P), then... no commit yet.
+    let mut slow = sqlx::AnyConnection::connect(db.url()).await.unwrap();
+    slow.execute("BEGIN").await.unwrap();
+    slow.execute("SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared(1869767794)) AS l")
+        .await
+        .unwrap();
+    let p: i64 = sqlx::query_scalar(
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, \
+         payload, command_id, occurred_at, recorded_at) VALUES ('slow', 'ticket', 'slow', 1, 'Opened', 1, \
+         CAST('{\"title\":\"s\"}' AS JSONB), 'c', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z') \
+         RETURNING position",
+    )
+    .fetch_one(&mut slow)
+    .await
+    .unwrap();
+    // A fast append takes P+1 and commits first.
+    let fast = store.append(append_req("fast", 0, 1)).await.unwrap();
+    assert_eq!(fast.events[0].position, p + 1);
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move { store.read_log(0, 10).await.unwrap() })
+    };
+    // The reader cannot answer while P is in flight...
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !reader.is_finished(),
+        "the reader answered while position {p} was still in flight"
+    );
+    // ...and once P commits it answers both, in order.
+    slow.execute("COMMIT").await.unwrap();
+    let read: Vec<i64> = reader.await.unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(read, vec![p, p + 1]);
 }
 
 macro_rules! suite {

@@ -13,8 +13,9 @@ use tokio::sync::watch;
 /// Orders accepted with a 2xx and the version each must reach.
 type Accepted = Arc<Mutex<HashMap<String, i64>>>;
 
-fn random_ms(lo: u64, hi: u64) -> Duration {
-    Duration::from_millis(lo + (uuid::Uuid::new_v4().as_u128() % u128::from(hi - lo)) as u64)
+/// A number in lo..hi.
+fn random_count(lo: usize, hi: usize) -> usize {
+    lo + (uuid::Uuid::new_v4().as_u128() % (hi - lo) as u128) as usize
 }
 
 /// Clients that create and pay orders until told to stop; every 2xx is recorded.
@@ -63,6 +64,42 @@ fn drive(
     (accepted, tasks)
 }
 
+/// Waits until `more` orders beyond the current count have been accepted.
+async fn accepted_grows_by(accepted: &Accepted, more: usize, procs: &mut [&mut common::Proc]) {
+    let target = accepted.lock().unwrap().len() + more;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted.lock().unwrap().len() < target {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
+                .collect();
+            panic!(
+                "the load stalled below {target} orders\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Records the projectors dropped as already applied, from their logs.
+fn duplicates_dropped(cluster: &Cluster) -> u64 {
+    let ansi = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap();
+    let field = regex::Regex::new("duplicates=([0-9]+)").unwrap();
+    std::fs::read_dir(cluster.dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .map(|log| {
+            let plain = ansi.replace_all(&log, "");
+            field
+                .captures_iter(&plain)
+                .filter_map(|c| c[1].parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Every accepted command is in the read model exactly once: each order at
 /// the version its 2xx answers promised, and no dead letters.
 async fn assert_reflected_once(cluster: &Cluster, accepted: &Accepted) {
@@ -75,14 +112,10 @@ async fn assert_reflected_once(cluster: &Cluster, accepted: &Accepted) {
             .into_iter()
             .collect();
     let accepted = accepted.lock().unwrap().clone();
-    let dups = std::fs::read_dir(cluster.dir.path())
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
-        .map(|log| log.matches("already applied").count())
-        .sum::<usize>();
     eprintln!(
-        "{} orders accepted; {dups} batches held records already applied",
-        accepted.len()
+        "{} orders accepted; {} records dropped as already applied",
+        accepted.len(),
+        duplicates_dropped(cluster)
     );
     assert!(
         accepted.len() > 20,
@@ -117,17 +150,29 @@ async fn killing_relay_and_projector_loses_nothing_and_counts_nothing_twice() {
     let mut projector = cluster.start("projector-0", "projector", None, &slow);
     let (stop_tx, stop) = watch::channel(false);
     let (accepted, clients) = drive(base.clone(), 4, stop);
+    // Kills at points of the load rather than of the clock: after a random
+    // number of further orders each time.
     for n in 1..=3 {
-        tokio::time::sleep(random_ms(400, 1200)).await;
+        accepted_grows_by(
+            &accepted,
+            random_count(10, 40),
+            &mut [&mut api, &mut relay, &mut projector],
+        )
+        .await;
         relay.kill9();
         relay = cluster.start(&format!("relay-{n}"), "relay", None, &[]);
     }
     for n in 1..=3 {
-        tokio::time::sleep(random_ms(400, 1200)).await;
+        accepted_grows_by(
+            &accepted,
+            random_count(10, 40),
+            &mut [&mut api, &mut relay, &mut projector],
+        )
+        .await;
         projector.kill9();
         projector = cluster.start(&format!("projector-{n}"), "projector", None, &slow);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    accepted_grows_by(&accepted, 10, &mut [&mut api, &mut relay, &mut projector]).await;
     stop_tx.send(true).unwrap();
     for c in clients {
         c.await.unwrap();
@@ -136,6 +181,34 @@ async fn killing_relay_and_projector_loses_nothing_and_counts_nothing_twice() {
         .wait_converged(120, &mut [&mut api, &mut relay, &mut projector])
         .await;
     assert_reflected_once(&cluster, &accepted).await;
+    // Make delivery repeat for certain: every outbox row is sent again, so
+    // the topic holds each event twice; the projector must drop every copy.
+    let db = cluster.db().await;
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let before = duplicates_dropped(&cluster);
+    sqlx::query("UPDATE outbox SET published_at = NULL")
+        .execute(&db.writer)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while duplicates_dropped(&cluster) < before + events as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the projector dropped {} of {events} redelivered records",
+            duplicates_dropped(&cluster) - before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster
+        .wait_converged(60, &mut [&mut api, &mut relay, &mut projector])
+        .await;
+    assert_reflected_once(&cluster, &accepted).await;
+    eprintln!(
+        "all {events} events delivered a second time: every copy dropped, the read model unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -214,15 +287,26 @@ async fn projectors_joining_and_leaving_a_group_apply_everything_once_in_order()
     let mut p2 = cluster.start("projector-2", "projector", None, &slow);
     let (stop_tx, stop) = watch::channel(false);
     let (accepted, clients) = drive(base.clone(), 4, stop);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    accepted_grows_by(&accepted, 40, &mut [&mut api, &mut p1, &mut p2]).await;
     let mut p3 = cluster.start("projector-3", "projector", None, &slow);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The newcomer joins the group mid-stream...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p3.log_text().contains("partitions assigned") {
+        assert!(
+            Instant::now() < deadline,
+            "projector-3 never got partitions:\n{}",
+            p3.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    accepted_grows_by(&accepted, 40, &mut [&mut api, &mut p1, &mut p2, &mut p3]).await;
+    // ...and one leaves mid-stream.
     assert!(
         p1.terminate().success(),
         "a leaving projector stops cleanly:\n{}",
         p1.log_text()
     );
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    accepted_grows_by(&accepted, 40, &mut [&mut api, &mut p2, &mut p3]).await;
     stop_tx.send(true).unwrap();
     for c in clients {
         c.await.unwrap();
