@@ -30,10 +30,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    format!(
-                        "request bodies are limited to {} bytes",
-                        crate::MAX_BODY_BYTES
-                    ),
+                    "the request body is over the server's limit",
                 )
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", r.body_text())

@@ -13,7 +13,7 @@ pub use server::{serve, ServerLimits};
 
 use axum::http::{Method, Uri};
 
-/// Largest accepted request body.
+/// Largest accepted request body, by default.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Fallback for unknown routes: 404 as JSON.

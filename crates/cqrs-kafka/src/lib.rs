@@ -25,6 +25,17 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// A client config for these brokers, with the settings every client of
+    /// ours shares: reconnect quickly (at most 1 s apart instead of
+    /// librdkafka's 10 s) once a broker or the link to it is back.
+    pub fn client(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000");
+        c
+    }
+
     /// The dead-letter topic beside the events topic.
     pub fn dlq_topic(&self) -> String {
         format!("{}.dlq", self.topic)

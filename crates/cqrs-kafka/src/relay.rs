@@ -5,7 +5,6 @@
 use crate::record::headers_of;
 use crate::{KafkaConfig, KafkaError};
 use cqrs_sql::{Backend, EventStore, SqlEventStore};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -41,8 +40,9 @@ pub struct Relay {
 impl Relay {
     /// A relay over `store` (the write side).
     pub fn new(config: RelayConfig, store: SqlEventStore) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka.brokers)
+        let producer: FutureProducer = config
+            .kafka
+            .client()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
@@ -61,8 +61,21 @@ impl Relay {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         loop {
             let leader = tokio::select! {
-                l = self.become_leader() => l?,
+                l = self.become_leader() => l,
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            };
+            let leader = match leader {
+                Ok(l) => l,
+                Err(e) => {
+                    // The write DB is away: try again, the relay must not
+                    // end while its process goes on.
+                    tracing::warn!(error = %e, "relay cannot take the leader lock; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.standby_retry) => {}
+                        _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                    }
+                    continue;
+                }
             };
             tracing::info!("relay is the leader");
             match self.lead(leader, &mut shutdown).await {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cqrs_http::{
     idempotency_key, wait_consistent, ApiError, ConsistencyParams, JsonBody, NoParams, PathParam,
-    QueryParams, MAX_BODY_BYTES, TOKEN_HEADER,
+    QueryParams, TOKEN_HEADER,
 };
 use cqrs_sql::store::request_hash;
 use cqrs_sql::{execute, CommandOptions, CommandOutcome, EventStore, IdempotencyRecord};
@@ -48,7 +48,9 @@ pub fn router(app: App) -> Router {
         .fallback(cqrs_http::not_found)
         .method_not_allowed_fallback(cqrs_http::method_not_allowed)
         .with_state(app)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // The server reads and limits every body before a handler runs
+        // (`cqrs_http::server`, `--http-max-body-bytes`).
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             cqrs_http::panic_response,
         ))
@@ -86,7 +88,7 @@ enum BodyErrors {
     /// The body did not arrive in time.
     #[response(status = 408)]
     Timeout(ErrorBody),
-    /// The body is over 64 KiB (or declares so).
+    /// The body is over the limit (64 KiB by default), or declares so.
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// The body is not sent as JSON.
@@ -564,6 +566,29 @@ async fn list_orders(
     let limit = p.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(bad("limit", format!("limit must be 1..=100, got {limit}")));
+    }
+    if let Some(c) = p
+        .customer_id
+        .as_deref()
+        .filter(|c| !orders::aggregate::is_customer_id(c))
+    {
+        return Err(bad(
+            "customer_id",
+            format!("customer_id must be 1..=64 of A-Z, a-z, 0-9, '_' or '-', got {c:?}"),
+        ));
+    }
+    if let Some(a) = p
+        .after
+        .as_deref()
+        .filter(|a| a.is_empty() || a.chars().count() > 200)
+    {
+        return Err(bad(
+            "after",
+            format!(
+                "after must be 1..=200 characters (a `next` cursor), got {} characters",
+                a.chars().count()
+            ),
+        ));
     }
     let c = ConsistencyParams {
         consistent_with: p.consistent_with,

@@ -8,6 +8,7 @@ use cqrs_sql::{
     Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
 };
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -163,6 +164,53 @@ pub struct Running {
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     shutdown: watch::Sender<bool>,
     closing: watch::Sender<bool>,
+    failure: watch::Receiver<Option<String>>,
+}
+
+/// The background roles of a process, watched: one that ends before the
+/// shutdown (an error, a panic, or simply returning) is reported, so that the
+/// process stops and can be restarted instead of running on without it.
+struct Roles {
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    shutdown: watch::Receiver<bool>,
+    failed: Arc<watch::Sender<Option<String>>>,
+}
+
+impl Roles {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        use futures::FutureExt;
+        let (stopping, failed) = (self.shutdown.clone(), self.failed.clone());
+        let task = tokio::spawn(async move {
+            let result = std::panic::AssertUnwindSafe(role)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(anyhow::anyhow!("panicked: {what}"))
+                });
+            if !*stopping.borrow() {
+                let why = match &result {
+                    Ok(()) => format!("{name} stopped on its own"),
+                    Err(e) => format!("{name} failed: {e:#}"),
+                };
+                tracing::error!(
+                    role = name,
+                    "{why}; stopping the process so that it can be restarted"
+                );
+                failed.send_replace(Some(why));
+            }
+            result
+        });
+        self.tasks.push((name, task));
+    }
 }
 
 impl Running {
@@ -190,13 +238,25 @@ impl Running {
         };
         let store = SqlEventStore::open(write).await?;
         let (shutdown, rx) = watch::channel(false);
-        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+        let (failed, failure) = watch::channel(None);
+        let mut tasks = Roles {
+            tasks: Vec::new(),
+            shutdown: rx.clone(),
+            failed: Arc::new(failed),
+        };
         if let Some(k) = &config.kafka {
-            cqrs_kafka::ensure_topics(&k.config())
-                .await
-                .with_context(|| {
-                    format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic)
-                })?;
+            // A broker that does not answer is an answer too: say so within
+            // seconds instead of waiting on the client's own timeouts.
+            tokio::time::timeout(
+                Duration::from_secs(15),
+                cqrs_kafka::ensure_topics(&k.config()),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("Kafka at {} did not answer within 15 s", k.brokers))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| {
+                format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic)
+            })?;
             if config.runs(Role::Relay) {
                 let relay = Relay::new(
                     RelayConfig {
@@ -209,10 +269,7 @@ impl Running {
                     store.clone(),
                 )?;
                 let rx = rx.clone();
-                tasks.push((
-                    "relay",
-                    tokio::spawn(async move { Ok(relay.run(rx).await?) }),
-                ));
+                tasks.spawn("relay", async move { Ok(relay.run(rx).await?) });
             }
         }
         let progress = if config.runs(Role::Projector) {
@@ -230,7 +287,7 @@ impl Running {
             .await?;
             let progress = runner.progress();
             let rx = rx.clone();
-            let task = match &config.kafka {
+            match &config.kafka {
                 Some(k) => {
                     let source = KafkaSource::new(
                         SourceConfig {
@@ -241,14 +298,19 @@ impl Running {
                         },
                         read.clone(),
                     )?;
-                    tokio::spawn(async move { Ok(runner.run(source, rx).await?) })
+                    tasks.spawn(
+                        "projector",
+                        async move { Ok(runner.run(source, rx).await?) },
+                    );
                 }
                 None => {
                     let source = LogSource::new(store.clone(), Duration::from_millis(500));
-                    tokio::spawn(async move { Ok(runner.run(source, rx).await?) })
+                    tasks.spawn(
+                        "projector",
+                        async move { Ok(runner.run(source, rx).await?) },
+                    );
                 }
-            };
-            tasks.push(("projector", task));
+            }
             progress
         } else {
             cqrs_sql::read::runner::ensure_tables(&read, &orders::read_model::projections())
@@ -266,14 +328,11 @@ impl Running {
             });
             let follower = progress.follow_database(poll);
             let mut rx = rx.clone();
-            tasks.push((
-                "progress follower",
-                tokio::spawn(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                    follower.abort();
-                    Ok(())
-                }),
-            ));
+            tasks.spawn("progress follower", async move {
+                let _ = rx.wait_for(|s| *s).await;
+                follower.abort();
+                Ok(())
+            });
         }
         crate::observe::install();
         let (closing, closing_rx) = watch::channel(false);
@@ -294,19 +353,17 @@ impl Running {
             live_sources.progress,
         );
         let mut stop_sampler = rx.clone();
-        tasks.push((
-            "metrics sampler",
-            tokio::spawn(async move {
-                let _ = stop_sampler.wait_for(|s| *s).await;
-                sampler.abort();
-                Ok(())
-            }),
-        ));
+        tasks.spawn("metrics sampler", async move {
+            let _ = stop_sampler.wait_for(|s| *s).await;
+            sampler.abort();
+            Ok(())
+        });
         Ok(Running {
             app,
-            tasks,
+            tasks: tasks.tasks,
             shutdown,
             closing,
+            failure,
         })
     }
 
@@ -325,6 +382,19 @@ impl Running {
             cqrs_http::ServerLimits::default(),
             std::future::pending(),
         ))
+    }
+
+    /// Resolves when a role ended before the shutdown, with why.
+    pub async fn failure(&self) -> String {
+        let mut rx = self.failure.clone();
+        let why = match rx.wait_for(|f| f.is_some()).await {
+            Ok(f) => f.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
     }
 
     /// The first step of a shutdown: consistency waits end (503

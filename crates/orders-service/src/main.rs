@@ -107,6 +107,10 @@ struct HttpArgs {
     /// Seconds a client has to send a complete request body.
     #[arg(long, env = "ORDERS_HTTP_BODY_TIMEOUT_SECS", default_value_t = 10)]
     http_body_timeout_secs: u64,
+    /// Largest request body in bytes (a larger declared one is refused
+    /// before it is read).
+    #[arg(long, env = "ORDERS_HTTP_MAX_BODY_BYTES", default_value_t = cqrs_http::MAX_BODY_BYTES)]
+    http_max_body_bytes: usize,
     /// Open connections at most (kept below the file-descriptor limit);
     /// more are answered 503 and closed.
     #[arg(long, env = "ORDERS_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -124,7 +128,7 @@ impl HttpArgs {
         cqrs_http::ServerLimits {
             header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
             body_timeout: Duration::from_secs(self.http_body_timeout_secs.max(1)),
-            max_body_bytes: cqrs_http::MAX_BODY_BYTES,
+            max_body_bytes: self.http_max_body_bytes.max(1),
             max_connections: self.http_max_connections.max(1),
             shutdown_timeout: self.shutdown_timeout().mul_f64(0.7),
         }
@@ -228,10 +232,15 @@ async fn shutdown_signal() {
 async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Result<()> {
     let running = Running::start(&config).await?;
     let signalled = std::sync::OnceLock::new();
+    let failed = std::sync::OnceLock::new();
     let signal = async {
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutdown requested: draining"),
+            why = running.failure() => {
+                let _ = failed.set(why);
+            }
+        }
         let _ = signalled.set(std::time::Instant::now());
-        tracing::info!("shutdown requested: draining");
         running.begin_shutdown();
     };
     if config.runs(Role::Api) {
@@ -247,7 +256,13 @@ async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Re
     }
     let spent = signalled.get().map_or(Duration::ZERO, |t| t.elapsed());
     let left = http.shutdown_timeout().saturating_sub(spent);
-    match tokio::time::timeout(left, running.stop()).await {
+    let stopped = tokio::time::timeout(left, running.stop()).await;
+    if let Some(why) = failed.get() {
+        // A supervisor restarts the process; running on without a role
+        // would look healthy and do nothing.
+        anyhow::bail!("{why}");
+    }
+    match stopped {
         Ok(stopped) => stopped,
         Err(_) => {
             // Nothing is lost: an unfinished batch rolls back and is read

@@ -106,6 +106,8 @@ async fn bad_requests_get_the_documented_4xx_and_write_nothing() {
         case("unknown parameter on a list", "GET", "/orders?sort=asc", json!(null), 400, "invalid_query").field("sort"),
         case("a parameter on a command", "POST", "/orders?dry_run=1", item(json!(1), json!(1)), 400, "invalid_query").field("dry_run"),
         case("a parameter on health", "GET", "/healthz?x=1", json!(null), 400, "invalid_query").field("x"),
+        case("a customer filter that is no customer id", "GET", "/orders?customer_id=%5Ex", json!(null), 400, "invalid_query").field("customer_id"),
+        case("a cursor too long", "GET", format!("/orders?after={}", "x".repeat(201)), json!(null), 400, "invalid_query").field("after"),
         case("a fractional quantity", "POST", "/orders", item(json!(1.5), json!(1)), 422, "invalid_body").field("items[0].quantity"),
     ];
     for c in &cases {

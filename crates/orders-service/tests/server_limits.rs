@@ -279,3 +279,33 @@ async fn sigterm_with_live_streams_and_waits_open_exits_within_ten_seconds() {
         while let Ok(Some(_)) = r.chunk().await {}
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_limit_follows_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let args = embedded("limit", dir.path(), port, &["--http-max-body-bytes", "100"]);
+    let mut server = Proc::serve("limit", dir.path(), &args, &[]);
+    wait_healthy(&base, &mut server).await;
+    let http = reqwest::Client::new();
+    let small = serde_json::json!({"customer_id": "a", "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 1}]});
+    let r = http
+        .post(format!("{base}/orders"))
+        .json(&small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let big = serde_json::json!({"customer_id": "a", "items": [{"sku": "s".repeat(60), "quantity": 1, "unit_price_cents": 1}]});
+    let r = http
+        .post(format!("{base}/orders"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "body_too_large");
+    assert!(server.terminate().success());
+}

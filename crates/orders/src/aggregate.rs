@@ -323,14 +323,17 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
     Ok(())
 }
 
-fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
-    let id = &c.customer_id;
-    if id.is_empty()
-        || id.len() > limits::MAX_CUSTOMER_ID
-        || !id
+/// Whether `id` is a customer id: 1..=64 of A-Z, a-z, 0-9, '_' and '-'.
+pub fn is_customer_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= limits::MAX_CUSTOMER_ID
+        && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+}
+
+fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
+    if !is_customer_id(&c.customer_id) {
         return Err(invalid(
             "customer_id",
             "must be 1..=64 characters of A-Z, a-z, 0-9, '_' or '-'",

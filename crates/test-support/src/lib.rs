@@ -2,6 +2,10 @@
 //! PostgreSQL database on the server that `scripts/services` starts.
 //! A missing PostgreSQL is a failure, never a skip.
 
+pub mod kafka;
+pub mod postgres;
+pub mod proxy;
+
 use cqrs_sql::{Db, DbOptions};
 use tempfile::TempDir;
 
@@ -66,4 +70,27 @@ pub fn kafka_brokers() -> String {
 /// A topic name no other test uses.
 pub fn unique_topic() -> String {
     format!("t{}.events", uuid::Uuid::new_v4().simple())
+}
+
+/// A free port outside the kernel's ephemeral range (read from
+/// /proc/sys/net/ipv4/ip_local_port_range), so that no outgoing connection
+/// takes it while a service that listens on it is down and restarting.
+pub fn stable_port() -> u16 {
+    let (lo, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            let mut it = r.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999));
+    let (first, last) = (10_000u16, lo.saturating_sub(2).max(10_001));
+    loop {
+        let p = first + (uuid::Uuid::new_v4().as_u128() % u128::from(last - first)) as u16;
+        let both_free = [p, p + 1]
+            .iter()
+            .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok());
+        if both_free {
+            return p;
+        }
+    }
 }

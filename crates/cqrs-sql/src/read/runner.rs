@@ -186,7 +186,9 @@ impl ProjectorRunner {
         mut source: S,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), RunnerError> {
-        source.resume(&self.checkpoints().await?).await?;
+        if !self.resume(&mut source, &mut shutdown).await {
+            return Ok(());
+        }
         let mut attempts: HashMap<(String, i64), u32> = HashMap::new();
         let mut batches: u64 = 0;
         loop {
@@ -194,9 +196,8 @@ impl ProjectorRunner {
             if batches % 200 == 1 {
                 self.prune_traces().await;
             }
-            let batch = tokio::select! {
-                b = source.next_batch(self.config.batch_size) => b?,
-                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            let Some(batch) = self.next_batch(&mut source, &mut shutdown).await else {
+                return Ok(());
             };
             if !self.config.apply_delay.is_zero() {
                 tokio::select! {
@@ -246,7 +247,67 @@ impl ProjectorRunner {
             if let Ok(mut p) = self.poison.lock() {
                 p.clear();
             }
-            source.committed(&checkpoints).await?;
+            if let Err(e) = source.committed(&checkpoints).await {
+                tracing::warn!(projector = %self.config.name, error = %e,
+                    "the source was not told of the commit (lag tools may lag)");
+            }
+        }
+    }
+
+    /// Hands the stored checkpoints to the source, retrying while the read
+    /// DB or the source is away; false at shutdown.
+    async fn resume<S: EventSource>(
+        &self,
+        source: &mut S,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = match self.checkpoints().await {
+                Ok(c) => source.resume(&c).await,
+                Err(e) => Err(SourceError::Other(format!("read DB: {e}"))),
+            };
+            match r {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(projector = %self.config.name, error = %e,
+                        retry_in_ms = backoff.as_millis() as u64, "cannot resume; retrying");
+                    if !pause(backoff, shutdown).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The next batch. A failing source is retried with backoff: a broker or
+    /// database that is away comes back, and the projector must not end
+    /// while the process goes on. None at shutdown.
+    async fn next_batch<S: EventSource>(
+        &self,
+        source: &mut S,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<SourcedEvent>> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = tokio::select! {
+                b = source.next_batch(self.config.batch_size) => b,
+                _ = shutdown.wait_for(|s| *s) => return None,
+            };
+            match r {
+                Ok(b) => return Some(b),
+                Err(e) => {
+                    tracing::warn!(projector = %self.config.name, error = %e,
+                        retry_in_ms = backoff.as_millis() as u64, "the event source failed; retrying");
+                    metrics::counter!("cqrs_projector_source_errors_total").increment(1);
+                    if !pause(backoff, shutdown).await {
+                        return None;
+                    }
+                    // The client reconnects on its own: look again soon.
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
         }
     }
 
@@ -641,6 +702,14 @@ impl ProjectorRunner {
             self.progress.applied([(aggregate_id, v)]);
         }
         Ok((done, left))
+    }
+}
+
+/// Sleeps for `d` unless shutdown comes first (then false).
+async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.wait_for(|s| *s) => false,
     }
 }
 
