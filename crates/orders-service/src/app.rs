@@ -214,126 +214,31 @@ impl Roles {
 }
 
 impl Running {
-    /// Opens the databases and starts the in-process projector.
+    /// Opens the databases and starts this process's roles.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.check()?;
-        let (write_url, read_url) = config.urls();
-        if write_url.starts_with("sqlite:") || read_url.starts_with("sqlite:") {
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
-                format!(
-                    "cannot create the data directory {}",
-                    config.data_dir.display()
-                )
-            })?;
-        }
-        let options = DbOptions {
-            max_connections: config.pool_size,
-            sqlite_synchronous: config.sqlite_synchronous.clone(),
-        };
-        let write = Db::connect(&write_url, &options).await?;
-        let read = if read_url == write_url {
-            write.clone()
-        } else {
-            Db::connect(&read_url, &options).await?
-        };
-        let store = SqlEventStore::open(write).await?;
+        let (store, read) = open_databases(config).await?;
         let (shutdown, rx) = watch::channel(false);
         let (failed, failure) = watch::channel(None);
-        let mut tasks = Roles {
+        let mut roles = Roles {
             tasks: Vec::new(),
             shutdown: rx.clone(),
             failed: Arc::new(failed),
         };
         if let Some(k) = &config.kafka {
-            // A broker that does not answer is an answer too: say so within
-            // seconds instead of waiting on the client's own timeouts.
-            tokio::time::timeout(
-                Duration::from_secs(15),
-                cqrs_kafka::ensure_topics(&k.config()),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("Kafka at {} did not answer within 15 s", k.brokers))
-            .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(|| {
-                format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic)
-            })?;
+            ensure_topics(k).await?;
             if config.runs(Role::Relay) {
-                let relay = Relay::new(
-                    RelayConfig {
-                        kafka: k.config(),
-                        database_url: write_url.clone(),
-                        batch_size: 1000,
-                        poll: Duration::from_millis(100),
-                        standby_retry: Duration::from_millis(500),
-                    },
-                    store.clone(),
-                )?;
-                let rx = rx.clone();
-                tasks.spawn("relay", async move { Ok(relay.run(rx).await?) });
+                start_relay(&mut roles, k, &store, &rx)?;
             }
         }
         let progress = if config.runs(Role::Projector) {
-            let runner = ProjectorRunner::new(
-                read.clone(),
-                ProjectorConfig {
-                    name: PROJECTOR.into(),
-                    batch_size: 500,
-                    apply_delay: config.projector_delay,
-                    max_attempts: 3,
-                    trace_retention: config.trace_retention,
-                },
-                orders::read_model::projections(),
-            )
-            .await?;
-            let progress = runner.progress();
-            let rx = rx.clone();
-            match &config.kafka {
-                Some(k) => {
-                    let source = KafkaSource::new(
-                        SourceConfig {
-                            kafka: k.config(),
-                            group_id: k.group_id.clone(),
-                            session_timeout_ms: k.session_timeout_ms,
-                            projector: PROJECTOR.into(),
-                        },
-                        read.clone(),
-                    )?;
-                    tasks.spawn(
-                        "projector",
-                        async move { Ok(runner.run(source, rx).await?) },
-                    );
-                }
-                None => {
-                    let source = LogSource::new(store.clone(), Duration::from_millis(500));
-                    tasks.spawn(
-                        "projector",
-                        async move { Ok(runner.run(source, rx).await?) },
-                    );
-                }
-            }
-            progress
+            start_projector(&mut roles, config, &store, &read, &rx).await?
         } else {
             cqrs_sql::read::runner::ensure_tables(&read, &orders::read_model::projections())
                 .await?;
             ReadProgress::new(read.clone(), PROJECTOR)
         };
-        // Other processes move the read model too (projectors owning other
-        // partitions, `dead-letters retry`, a projector elsewhere): follow it
-        // through the read DB, woken by the projectors' NOTIFY on PostgreSQL
-        // (the poll is a fallback there) and polling SQLite.
-        {
-            let poll = Duration::from_millis(match read.backend {
-                cqrs_sql::Backend::Postgres => 500,
-                cqrs_sql::Backend::Sqlite => 50,
-            });
-            let follower = progress.follow_database(poll);
-            let mut rx = rx.clone();
-            tasks.spawn("progress follower", async move {
-                let _ = rx.wait_for(|s| *s).await;
-                follower.abort();
-                Ok(())
-            });
-        }
+        follow_progress(&mut roles, &progress, &read, &rx);
         crate::observe::install();
         let (closing, closing_rx) = watch::channel(false);
         let (live, live_sources) =
@@ -353,14 +258,14 @@ impl Running {
             live_sources.progress,
         );
         let mut stop_sampler = rx.clone();
-        tasks.spawn("metrics sampler", async move {
+        roles.spawn("metrics sampler", async move {
             let _ = stop_sampler.wait_for(|s| *s).await;
             sampler.abort();
             Ok(())
         });
         Ok(Running {
             app,
-            tasks: tasks.tasks,
+            tasks: roles.tasks,
             shutdown,
             closing,
             failure,
@@ -419,4 +324,135 @@ impl Running {
         self.app.read.close().await;
         Ok(())
     }
+}
+
+/// The write store and the read DB (one pool when they are one database).
+async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventStore, Db)> {
+    let (write_url, read_url) = config.urls();
+    if write_url.starts_with("sqlite:") || read_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    let options = DbOptions {
+        max_connections: config.pool_size,
+        sqlite_synchronous: config.sqlite_synchronous.clone(),
+    };
+    let write = Db::connect(&write_url, &options).await?;
+    let read = if read_url == write_url {
+        write.clone()
+    } else {
+        Db::connect(&read_url, &options).await?
+    };
+    Ok((SqlEventStore::open(write).await?, read))
+}
+
+/// Creates the topics; a broker that does not answer is an answer too: say
+/// so within seconds instead of waiting on the client's own timeouts.
+async fn ensure_topics(k: &KafkaOptions) -> anyhow::Result<()> {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        cqrs_kafka::ensure_topics(&k.config()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("Kafka at {} did not answer within 15 s", k.brokers))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic))
+}
+
+fn start_relay(
+    roles: &mut Roles,
+    k: &KafkaOptions,
+    store: &SqlEventStore,
+    rx: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let relay = Relay::new(
+        RelayConfig {
+            kafka: k.config(),
+            database_url: store.db().url().to_owned(),
+            batch_size: 1000,
+            poll: Duration::from_millis(100),
+            standby_retry: Duration::from_millis(500),
+        },
+        store.clone(),
+    )?;
+    let rx = rx.clone();
+    roles.spawn("relay", async move { Ok(relay.run(rx).await?) });
+    Ok(())
+}
+
+/// Starts the projector on Kafka or on the embedded log; returns the
+/// progress that consistency waits watch.
+async fn start_projector(
+    roles: &mut Roles,
+    config: &Config,
+    store: &SqlEventStore,
+    read: &Db,
+    rx: &watch::Receiver<bool>,
+) -> anyhow::Result<ReadProgress> {
+    let runner = ProjectorRunner::new(
+        read.clone(),
+        ProjectorConfig {
+            name: PROJECTOR.into(),
+            batch_size: 500,
+            apply_delay: config.projector_delay,
+            max_attempts: 3,
+            trace_retention: config.trace_retention,
+        },
+        orders::read_model::projections(),
+    )
+    .await?;
+    let progress = runner.progress();
+    let rx = rx.clone();
+    match &config.kafka {
+        Some(k) => {
+            let source = KafkaSource::new(
+                SourceConfig {
+                    kafka: k.config(),
+                    group_id: k.group_id.clone(),
+                    session_timeout_ms: k.session_timeout_ms,
+                    projector: PROJECTOR.into(),
+                },
+                read.clone(),
+            )?;
+            roles.spawn(
+                "projector",
+                async move { Ok(runner.run(source, rx).await?) },
+            );
+        }
+        None => {
+            let source = LogSource::new(store.clone(), Duration::from_millis(500));
+            roles.spawn(
+                "projector",
+                async move { Ok(runner.run(source, rx).await?) },
+            );
+        }
+    }
+    Ok(progress)
+}
+
+/// Other processes move the read model too (projectors owning other
+/// partitions, `dead-letters retry`, a projector elsewhere): follow it
+/// through the read DB, woken by the projectors' NOTIFY on PostgreSQL (the
+/// poll is a fallback there) and polling SQLite.
+fn follow_progress(
+    roles: &mut Roles,
+    progress: &ReadProgress,
+    read: &Db,
+    rx: &watch::Receiver<bool>,
+) {
+    let poll = Duration::from_millis(match read.backend {
+        cqrs_sql::Backend::Postgres => 500,
+        cqrs_sql::Backend::Sqlite => 50,
+    });
+    let follower = progress.follow_database(poll);
+    let mut rx = rx.clone();
+    roles.spawn("progress follower", async move {
+        let _ = rx.wait_for(|s| *s).await;
+        follower.abort();
+        Ok(())
+    });
 }

@@ -383,13 +383,16 @@ impl Scenario {
         let accepted = during.iter().filter(|ok| **ok).count();
         eprintln!(
             "fault {}: {} commands during the fault ({accepted} accepted, {} answered 503); \
-             a command sent during it took up to {} to become queryable; \
+             {}; \
              recovered {:.1} s after it ended (a new command queryable), lag drained after {:.1} s; \
              {} orders acknowledged in all, each in the read model once, read models equal the fold",
             self.name,
             during.len(),
             during.len() - accepted,
-            slowest.map_or("(none accepted)".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+            slowest.map_or("every probe command sent during it was refused (503)".to_owned(), |d| format!(
+                "a command sent during it took up to {:.1} s to become queryable",
+                d.as_secs_f64()
+            )),
             recovered.as_secs_f64(),
             drained.as_secs_f64(),
             l.acked.len()
