@@ -153,7 +153,15 @@ async fn wait<S: EventStore>(
         .await
         .map_err(read_db)?;
     if waiter.current >= token.version {
-        return Ok(WaitOutcome::Reached);
+        // Reached; still, a position beyond the end of the log was never
+        // issued. Positions this process wrote are known without a query.
+        let beyond = token.position > *store.subscribe().borrow()
+            && token.position > store.head_position().await?;
+        return if beyond {
+            Err(not_issued(token))
+        } else {
+            Ok(WaitOutcome::Reached)
+        };
     }
     // Only a write that happened can be waited for: a forged or mistyped
     // token would otherwise hold a request (and invite retries) forever.
@@ -161,20 +169,25 @@ async fn wait<S: EventStore>(
         .position_of(&token.aggregate_id, token.version)
         .await?;
     if issued != Some(token.position) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "token_not_issued",
-            format!(
-                "no write made version {} of {} at log position {}: this token was not issued by this service",
-                token.version, token.aggregate_id, token.position
-            ),
-        )
-        .with_details(json!({
-            "field": "consistency_token",
-            "aggregate_id": token.aggregate_id,
-            "token_version": token.version,
-            "token_position": token.position,
-        })));
+        return Err(not_issued(token));
     }
     waiter.until(token.version, deadline).await.map_err(read_db)
+}
+
+/// 422 `token_not_issued`: the token names a write that never happened.
+fn not_issued(token: &ConsistencyToken) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "token_not_issued",
+        format!(
+            "no write made version {} of {} at log position {}: this token was not issued by this service",
+            token.version, token.aggregate_id, token.position
+        ),
+    )
+    .with_details(json!({
+        "field": "consistency_token",
+        "aggregate_id": token.aggregate_id,
+        "token_version": token.version,
+        "token_position": token.position,
+    }))
 }

@@ -434,3 +434,31 @@ pub async fn create_order_at(
     assert_eq!(r.status(), 201);
     r.json().await.expect("JSON answer")
 }
+
+/// The logs of `procs`, one after the other, for failure messages.
+pub fn logs_of(procs: &[&mut Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until `count()` has grown by `more` (a load makes progress);
+/// panics with `what` and the processes' logs after `secs`.
+pub async fn grows_by(
+    count: impl Fn() -> usize,
+    more: usize,
+    secs: u64,
+    what: &str,
+    procs: &mut [&mut Proc],
+) {
+    let target = count() + more;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while count() < target {
+        if std::time::Instant::now() > deadline {
+            panic!("the load stalled below {target} {what}\n{}", logs_of(procs));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -148,29 +148,11 @@ fn answer_was_refused(ledger: &Shared) -> bool {
 
 /// Waits until `more` further commands were answered 2xx.
 async fn accepted_grows_by(ledger: &Shared, more: usize, procs: &mut [&mut Proc]) {
-    let ok = |l: &Shared| {
-        l.lock()
-            .expect("ledger")
-            .answers
-            .iter()
-            .filter(|(_, ok)| *ok)
-            .count()
+    let ok = || {
+        let l = ledger.lock().expect("ledger");
+        l.answers.iter().filter(|(_, ok)| *ok).count()
     };
-    let target = ok(ledger) + more;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while ok(ledger) < target {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = procs
-                .iter()
-                .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
-                .collect();
-            panic!(
-                "the load stalled below {target} accepted commands\n{}",
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::grows_by(ok, more, 90, "accepted commands", procs).await;
 }
 
 /// From the end of the fault until a new order is queryable through its
@@ -205,13 +187,9 @@ async fn time_to_recover(base: &str, restored: Instant, procs: &mut [&mut Proc])
             }
         }
         if Instant::now() > deadline {
-            let logs: Vec<String> = procs
-                .iter()
-                .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
-                .collect();
             panic!(
                 "no command became queryable within 120 s of the end of the fault\n{}",
-                logs.join("\n")
+                common::logs_of(procs)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -220,6 +220,9 @@ async fn a_token_for_a_write_that_never_happened_is_refused_at_once() {
     let app = spawn_app(false, 0).await;
     let (id, token) = app.create().await;
     assert_eq!(token, format!("v1.1.1.{id}"));
+    // Version 1 is in the read model: a forged position is refused all the same.
+    let (s, _, _) = app.get(&format!("/orders/{id}"), Some(&token)).await;
+    assert_eq!(s, 200);
     let unknown = uuid::Uuid::now_v7();
     for forged in [
         format!("v1.1.9.{id}"),      // a version beyond the order's

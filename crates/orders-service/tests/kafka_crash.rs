@@ -66,21 +66,8 @@ fn drive(
 
 /// Waits until `more` orders beyond the current count have been accepted.
 async fn accepted_grows_by(accepted: &Accepted, more: usize, procs: &mut [&mut common::Proc]) {
-    let target = accepted.lock().unwrap().len() + more;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while accepted.lock().unwrap().len() < target {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = procs
-                .iter()
-                .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
-                .collect();
-            panic!(
-                "the load stalled below {target} orders\n{}",
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let count = || accepted.lock().unwrap().len();
+    common::grows_by(count, more, 60, "orders", procs).await;
 }
 
 /// Records the projectors dropped as already applied, from their logs.

@@ -2,11 +2,9 @@
 //! sort, on both databases (the plans are read from the databases).
 
 use cqrs_sql::Db;
-use orders::read_model::{list_orders_sql, projections, OrderFilter};
+use orders::read_model::{bind_list_filter, list_orders_sql, projections, OrderFilter};
 use orders::Status;
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, Row};
+use sqlx::Row;
 
 fn filters() -> Vec<OrderFilter> {
     let mut out = Vec::new();
@@ -44,23 +42,6 @@ async fn prepare(db: &Db) {
     }
 }
 
-/// Binds the filter's parameters in the order `list_orders_sql` numbers them.
-fn bound<'q>(
-    mut q: Query<'q, Any, AnyArguments<'q>>,
-    f: &'q OrderFilter,
-) -> Query<'q, Any, AnyArguments<'q>> {
-    if let Some(c) = &f.customer_id {
-        q = q.bind(c.as_str());
-    }
-    if let Some(s) = f.status {
-        q = q.bind(s.as_str());
-    }
-    if let Some(a) = &f.after {
-        q = q.bind(a.as_str());
-    }
-    q.bind(f.limit + 1)
-}
-
 #[tokio::test]
 async fn every_list_filter_uses_an_index_on_sqlite() {
     let (db, _dir) = test_support::fresh_sqlite().await;
@@ -68,7 +49,7 @@ async fn every_list_filter_uses_an_index_on_sqlite() {
     sqlx::query("ANALYZE").execute(&db.writer).await.unwrap();
     for f in filters() {
         let sql = format!("EXPLAIN QUERY PLAN {}", list_orders_sql(&f));
-        let plan: Vec<String> = bound(sqlx::query(&sql), &f)
+        let plan: Vec<String> = bind_list_filter(sqlx::query(&sql), &f)
             .fetch_all(&db.pool)
             .await
             .unwrap()
@@ -107,7 +88,7 @@ async fn every_list_filter_uses_an_index_on_postgres() {
     }
     for f in filters() {
         let sql = format!("EXPLAIN {}", list_orders_sql(&f));
-        let plan: Vec<String> = bound(sqlx::query(&sql), &f)
+        let plan: Vec<String> = bind_list_filter(sqlx::query(&sql), &f)
             .fetch_all(&mut *tx)
             .await
             .unwrap()

@@ -117,6 +117,9 @@ pub trait EventStore: Send + Sync {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
 
+    /// The highest log position appended so far, by any process (0 when empty).
+    fn head_position(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// Outbox rows not yet marked published.
     fn outbox_pending(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 

@@ -90,15 +90,6 @@ impl SqlEventStore {
         Ok(())
     }
 
-    /// The highest log position appended so far (0 when empty).
-    pub async fn head_position(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-                .fetch_one(&self.db.pool)
-                .await?,
-        )
-    }
-
     /// Every event, in position order (for verification and tooling).
     pub async fn all_events(&self) -> Result<Vec<EventEnvelope>, StoreError> {
         let sql = format!("{} ORDER BY position", self.select_events);
@@ -422,6 +413,14 @@ impl EventStore for SqlEventStore {
             }
         };
         rows.iter().map(decode_row).collect()
+    }
+
+    async fn head_position(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
+                .fetch_one(&self.db.pool)
+                .await?,
+        )
     }
 
     async fn outbox_pending(&self) -> Result<i64, StoreError> {

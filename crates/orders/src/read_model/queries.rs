@@ -95,14 +95,13 @@ pub fn list_orders_sql(f: &OrderFilter) -> String {
     )
 }
 
-/// A page of orders, newest first (ids are time-ordered), and the cursor of
-/// the next page.
-pub async fn list_orders(
-    pool: &AnyPool,
-    f: &OrderFilter,
-) -> Result<(Vec<OrderView>, Option<String>), QueryError> {
-    let sql = list_orders_sql(f);
-    let mut q = sqlx::query(&sql);
+/// Binds a filter's parameters to `list_orders_sql` (or a statement that
+/// wraps it, such as `EXPLAIN`), in its order; the limit asks for one more
+/// row than a page, to learn whether a next page exists.
+pub fn bind_list_filter<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    f: &'q OrderFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     if let Some(c) = &f.customer_id {
         q = q.bind(c.as_str());
     }
@@ -112,7 +111,19 @@ pub async fn list_orders(
     if let Some(a) = &f.after {
         q = q.bind(a.as_str());
     }
-    let rows = q.bind(f.limit + 1).fetch_all(pool).await?;
+    q.bind(f.limit + 1)
+}
+
+/// A page of orders, newest first (ids are time-ordered), and the cursor of
+/// the next page.
+pub async fn list_orders(
+    pool: &AnyPool,
+    f: &OrderFilter,
+) -> Result<(Vec<OrderView>, Option<String>), QueryError> {
+    let sql = list_orders_sql(f);
+    let rows = bind_list_filter(sqlx::query(&sql), f)
+        .fetch_all(pool)
+        .await?;
     let mut orders = rows
         .iter()
         .map(order_from_row)
