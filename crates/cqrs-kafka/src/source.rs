@@ -92,6 +92,30 @@ pub struct KafkaSource {
     read_db: Db,
     /// Per partition: the read DB's next offset when it was assigned.
     floor: HashMap<i32, i64>,
+    errors: ErrorLog,
+}
+
+/// Consumer errors, logged at most every few seconds with a count.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn note(&mut self, e: &rdkafka::error::KafkaError) {
+        metrics::counter!("cqrs_projector_source_errors_total").increment(1);
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if due {
+            tracing::warn!(error = %e, suppressed = self.suppressed, "consumer error; the client reconnects by itself");
+            self.last = Some(std::time::Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
 }
 
 impl KafkaSource {
@@ -131,6 +155,7 @@ impl KafkaSource {
             assignment,
             read_db,
             floor: HashMap::new(),
+            errors: ErrorLog::default(),
         })
     }
 
@@ -211,10 +236,16 @@ impl EventSource for KafkaSource {
         let consumer = self.consumer()?.clone();
         let mut batch: Vec<(i32, SourcedEvent)> = Vec::new();
         while batch.is_empty() {
-            let first = consumer
-                .recv()
-                .await
-                .map_err(|e| SourceError::Other(e.to_string()))?;
+            let first = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    // librdkafka reports a broker or link that is away as
+                    // error events and reconnects on its own. Keep polling:
+                    // a rebalance waits in the same queue, behind them.
+                    self.errors.note(&e);
+                    continue;
+                }
+            };
             let mut received = vec![(
                 first.partition(),
                 to_sourced(&first, self.key(first.partition())),
