@@ -231,7 +231,8 @@ fn checkpoints_of_source(
         .collect())
 }
 
-/// `orders replay`.
+/// `orders replay`: check, build fresh tables (phase 1), catch up under a
+/// lock and swap (phase 2).
 pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
     let (write_url, read_url) = config.urls();
     let options = DbOptions {
@@ -244,101 +245,17 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
         "all" => vec!["order_details", "customer_summary", "order_stats"],
         one => vec![one],
     };
-    let mut fresh: Vec<Arc<dyn Projection>> = Vec::new();
-    let mut live: Vec<Arc<dyn Projection>> = Vec::new();
-    for n in &names {
-        fresh.push(
-            orders::read_model::projection_named(n, SUFFIX).with_context(|| {
-                format!(
-                    "no projection {n:?}: use order_details, customer_summary, order_stats or all"
-                )
-            })?,
-        );
-        live.push(orders::read_model::projection_named(n, "").context("live projection")?);
-    }
-    let open = cqrs_sql::read::dead_letters::list(&read, PROJECTOR, false).await?;
-    if !open.is_empty() {
-        bail!(
-            "{} open dead letters: resolve them (orders dead-letters) before a replay",
-            open.len()
-        );
-    }
-    let skip: HashSet<String> = cqrs_sql::read::dead_letters::list(&read, PROJECTOR, true)
-        .await?
-        .into_iter()
-        .filter(|l| l.status == "discarded")
-        .map(|l| l.published_as)
-        .collect();
-    if !skip.is_empty() {
-        bail!(
-            "{} discarded dead letters: a replay would apply what the live model skipped",
-            skip.len()
-        );
-    }
-
-    // Fresh tables, without secondary indexes on SQLite (built at the swap).
-    for p in &fresh {
-        for t in p.tables() {
-            read.writer
-                .execute(format!("DROP TABLE IF EXISTS {t}").as_str())
-                .await?;
-        }
-        let ddl: Vec<String> = p
-            .schema(TAG)
-            .into_iter()
-            .filter(|s| read.backend == Backend::Postgres || !s.starts_with("CREATE INDEX"))
-            .collect();
-        read.migrate(&ddl).await?;
-    }
-
-    let mut reader = match &config.kafka {
-        Some(k) => {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &k.brokers)
-                .set(
-                    "group.id",
-                    format!("orders-replay-{}", uuid::Uuid::new_v4()),
-                )
-                .set("enable.auto.commit", "false")
-                .set("fetch.max.bytes", "52428800")
-                .create()?;
-            let meta = tokio::task::block_in_place(|| {
-                consumer.fetch_metadata(Some(&k.topic), Duration::from_secs(10))
-            })?;
-            let partitions: Vec<i32> = meta
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition_offset(&k.topic, *p, Offset::Beginning)?;
-            }
-            consumer.assign(&tpl)?;
-            Reader::Kafka {
-                consumer,
-                topic: k.topic.clone(),
-                pending: HashMap::new(),
-            }
-        }
-        None => {
-            let store = SqlEventStore::open(Db::connect(&write_url, &options).await?).await?;
-            Reader::Log { store, after: 0 }
-        }
-    };
-
+    let (fresh, live) = projections_named(&names)?;
+    refuse_over_dead_letters(&read).await?;
+    create_fresh_tables(&read, &fresh).await?;
+    let mut reader = open_reader(config, &write_url, &options).await?;
+    let topic = config.kafka.as_ref().map(|k| k.topic.as_str());
     let targets = checkpoints_of_source(
         &cqrs_sql::read::runner::checkpoint_rows(&read, PROJECTOR).await?,
-        config.kafka.as_ref().map(|k| k.topic.as_str()),
+        topic,
     )?;
-    let total: i64 = targets.values().sum::<i64>() - if config.kafka.is_none() { 1 } else { 0 };
-    let pb = ProgressBar::new(total.max(0) as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "replay [{bar:30}] {pos}/{len} events {per_sec} lag {msg} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let total: i64 = targets.values().sum::<i64>() - if topic.is_none() { 1 } else { 0 };
+    let pb = progress_bar(total);
     let started = Instant::now();
     let mut versions: HashMap<String, i64> = HashMap::new();
     let mut positions: Positions = HashMap::new();
@@ -365,24 +282,7 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
     // Phase 2: lock out the live projector, catch up to exactly where it is,
     // swap the tables, commit. Queries wait only for this transaction.
     let mut tx = read.writer.begin().await?;
-    if read.backend == Backend::Postgres {
-        // The live runner's first statement locks rows of projected_versions,
-        // so it waits here before touching any table we rename.
-        tx.execute("LOCK TABLE projected_versions IN EXCLUSIVE MODE")
-            .await?;
-    } else {
-        // Takes SQLite's write lock: the live projector waits for the swap.
-        tx.execute("UPDATE projector_checkpoints SET updated_at = updated_at WHERE 1 = 0")
-            .await?;
-    }
-    let rows: Vec<cqrs_sql::read::runner::Checkpoint> = sqlx::query_as(
-        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
-    )
-    .bind(PROJECTOR)
-    .fetch_all(&mut *tx)
-    .await?;
-    let final_targets =
-        checkpoints_of_source(&rows, config.kafka.as_ref().map(|k| k.topic.as_str()))?;
+    let final_targets = lock_out_projector(&mut tx, read.backend, topic).await?;
     let mut tail: Vec<EventEnvelope> = Vec::new();
     count += reader
         .read_until(
@@ -398,7 +298,158 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
         .await?;
     let new = next_versions(tail, &mut versions)?;
     apply_all(&mut tx, &fresh, &new).await?;
-    for (f, l) in fresh.iter().zip(&live) {
+    swap_in(&mut tx, read.backend, &fresh, &live).await?;
+    tx.commit().await?;
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replayed {count} events into {} in {secs:.1} s ({:.0} events/s); swapped in",
+        names.join(", "),
+        count as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// The fresh (suffixed) and live projections of these names.
+type ProjectionPair = (Vec<Arc<dyn Projection>>, Vec<Arc<dyn Projection>>);
+
+fn projections_named(names: &[&str]) -> anyhow::Result<ProjectionPair> {
+    let mut fresh: Vec<Arc<dyn Projection>> = Vec::new();
+    let mut live: Vec<Arc<dyn Projection>> = Vec::new();
+    for n in names {
+        fresh.push(
+            orders::read_model::projection_named(n, SUFFIX).with_context(|| {
+                format!(
+                    "no projection {n:?}: use order_details, customer_summary, order_stats or all"
+                )
+            })?,
+        );
+        live.push(orders::read_model::projection_named(n, "").context("live projection")?);
+    }
+    Ok((fresh, live))
+}
+
+/// A replay would apply what the live model held back or skipped.
+async fn refuse_over_dead_letters(read: &Db) -> anyhow::Result<()> {
+    let open = cqrs_sql::read::dead_letters::list(read, PROJECTOR, false).await?;
+    if !open.is_empty() {
+        bail!(
+            "{} open dead letters: resolve them (orders dead-letters) before a replay",
+            open.len()
+        );
+    }
+    let skip: HashSet<String> = cqrs_sql::read::dead_letters::list(read, PROJECTOR, true)
+        .await?
+        .into_iter()
+        .filter(|l| l.status == "discarded")
+        .map(|l| l.published_as)
+        .collect();
+    if !skip.is_empty() {
+        bail!(
+            "{} discarded dead letters: a replay would apply what the live model skipped",
+            skip.len()
+        );
+    }
+    Ok(())
+}
+
+/// Fresh tables, without secondary indexes on SQLite (built at the swap).
+async fn create_fresh_tables(read: &Db, fresh: &[Arc<dyn Projection>]) -> anyhow::Result<()> {
+    for p in fresh {
+        for t in p.tables() {
+            read.writer
+                .execute(format!("DROP TABLE IF EXISTS {t}").as_str())
+                .await?;
+        }
+        let ddl: Vec<String> = p
+            .schema(TAG)
+            .into_iter()
+            .filter(|s| read.backend == Backend::Postgres || !s.starts_with("CREATE INDEX"))
+            .collect();
+        read.migrate(&ddl).await?;
+    }
+    Ok(())
+}
+
+/// The topic from its beginning, or the embedded log.
+async fn open_reader(
+    config: &Config,
+    write_url: &str,
+    options: &DbOptions,
+) -> anyhow::Result<Reader> {
+    let Some(k) = &config.kafka else {
+        let store = SqlEventStore::open(Db::connect(write_url, options).await?).await?;
+        return Ok(Reader::Log { store, after: 0 });
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set(
+            "group.id",
+            format!("orders-replay-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()?;
+    let meta = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(&k.topic), Duration::from_secs(10))
+    })?;
+    let mut tpl = TopicPartitionList::new();
+    for p in meta.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition_offset(&k.topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(Reader::Kafka {
+        consumer,
+        topic: k.topic.clone(),
+        pending: HashMap::new(),
+    })
+}
+
+fn progress_bar(total: i64) -> ProgressBar {
+    let pb = ProgressBar::new(total.max(0) as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "replay [{bar:30}] {pos}/{len} events {per_sec} lag {msg} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Holds the live projector back for the rest of `tx` and returns where it
+/// stands: the positions the replay must reach exactly.
+async fn lock_out_projector(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    topic: Option<&str>,
+) -> anyhow::Result<Positions> {
+    if backend == Backend::Postgres {
+        // The live runner's first statement locks rows of projected_versions,
+        // so it waits here before touching any table we rename.
+        tx.execute("LOCK TABLE projected_versions IN EXCLUSIVE MODE")
+            .await?;
+    } else {
+        // Takes SQLite's write lock: the live projector waits for the swap.
+        tx.execute("UPDATE projector_checkpoints SET updated_at = updated_at WHERE 1 = 0")
+            .await?;
+    }
+    let rows: Vec<cqrs_sql::read::runner::Checkpoint> = sqlx::query_as(
+        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
+    )
+    .bind(PROJECTOR)
+    .fetch_all(&mut *tx)
+    .await?;
+    checkpoints_of_source(&rows, topic)
+}
+
+/// Renames the fresh tables (and their indexes) into the live names.
+async fn swap_in(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    fresh: &[Arc<dyn Projection>],
+    live: &[Arc<dyn Projection>],
+) -> anyhow::Result<()> {
+    for (f, l) in fresh.iter().zip(live) {
         for (new_t, live_t) in f.tables().iter().zip(l.tables()) {
             tx.execute(format!("DROP TABLE IF EXISTS {live_t}__old").as_str())
                 .await?;
@@ -411,7 +462,7 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
         }
         let live_ddl = l.schema("");
         let canonical = index_names(&live_ddl);
-        if read.backend == Backend::Postgres {
+        if backend == Backend::Postgres {
             for (tagged, name) in index_names(&f.schema(TAG)).iter().zip(&canonical) {
                 tx.execute(format!("ALTER INDEX IF EXISTS {tagged} RENAME TO {name}").as_str())
                     .await?;
@@ -422,13 +473,5 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    tx.commit().await?;
-    pb.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "replayed {count} events into {} in {secs:.1} s ({:.0} events/s); swapped in",
-        names.join(", "),
-        count as f64 / secs.max(1e-9)
-    );
     Ok(())
 }

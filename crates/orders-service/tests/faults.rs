@@ -155,82 +155,81 @@ async fn accepted_grows_by(ledger: &Shared, more: usize, procs: &mut [&mut Proc]
     common::grows_by(ok, more, 90, "accepted commands", procs).await;
 }
 
+/// What became of one probe order.
+enum Probe {
+    /// Not accepted (503, or no answer).
+    Refused,
+    /// Accepted, then read back through its token.
+    Queryable,
+    /// Accepted, but not readable through its token by the deadline.
+    Stuck,
+}
+
+/// Creates one order and waits (up to `deadline`) until its token reads it.
+async fn probe(http: &reqwest::Client, base: &str, deadline: Instant) -> Probe {
+    let body = json!({"customer_id": "probe", "items": [{"sku": "p", "quantity": 1, "unit_price_cents": 1}]});
+    let accepted = match http.post(format!("{base}/orders")).json(&body).send().await {
+        Ok(r) if r.status() == 201 => r.json::<Value>().await.unwrap_or_default(),
+        _ => return Probe::Refused,
+    };
+    let id = accepted["order_id"].as_str().unwrap_or_default();
+    let token = accepted["consistency_token"].as_str().unwrap_or_default();
+    // Waits for the write, however far behind the read side is.
+    while Instant::now() < deadline {
+        let read = http
+            .get(format!("{base}/orders/{id}?wait_ms=5000"))
+            .header("x-consistency-token", token)
+            .send()
+            .await;
+        if read.is_ok_and(|r| r.status() == 200) {
+            return Probe::Queryable;
+        }
+    }
+    Probe::Stuck
+}
+
+fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
 /// From the end of the fault until a new order is queryable through its
 /// token: the whole path works again.
 async fn time_to_recover(base: &str, restored: Instant, procs: &mut [&mut Proc]) -> Duration {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let body = json!({"customer_id": "probe", "items": [{"sku": "p", "quantity": 1, "unit_price_cents": 1}]});
+    let http = probe_client();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(r) = http.post(format!("{base}/orders")).json(&body).send().await {
-            if r.status() == 201 {
-                let a: Value = r.json().await.unwrap_or_default();
-                let id = a["order_id"].as_str().unwrap_or_default();
-                let token = a["consistency_token"].as_str().unwrap_or_default();
-                // Waits for the write, however far behind the read side is.
-                loop {
-                    let read = http
-                        .get(format!("{base}/orders/{id}?wait_ms=5000"))
-                        .header("x-consistency-token", token)
-                        .send()
-                        .await;
-                    if read.is_ok_and(|r| r.status() == 200) {
-                        return restored.elapsed();
-                    }
-                    if Instant::now() > deadline {
-                        break;
-                    }
-                }
+        match probe(&http, base, deadline).await {
+            Probe::Queryable => return restored.elapsed(),
+            Probe::Refused if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
             }
-        }
-        if Instant::now() > deadline {
-            panic!(
+            _ => panic!(
                 "no command became queryable within 120 s of the end of the fault\n{}",
                 common::logs_of(procs)
-            );
+            ),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Sends one order at a time until `until` and waits for each to become
 /// queryable; the longest wait of an accepted one (None: none accepted).
 async fn slowest_probe(base: String, until: Instant) -> Option<Duration> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(35))
-        .build()
-        .expect("client");
-    let body = json!({"customer_id": "probe", "items": [{"sku": "p", "quantity": 1, "unit_price_cents": 1}]});
+    let http = probe_client();
     let mut slowest: Option<Duration> = None;
     while Instant::now() < until {
         let sent = Instant::now();
-        let Ok(r) = http.post(format!("{base}/orders")).json(&body).send().await else {
-            continue;
-        };
-        if r.status() != 201 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        let a: Value = r.json().await.unwrap_or_default();
-        let (id, token) = (
-            a["order_id"].as_str().unwrap_or_default(),
-            a["consistency_token"].as_str().unwrap_or_default(),
-        );
-        loop {
-            let read = http
-                .get(format!("{base}/orders/{id}?wait_ms=30000"))
-                .header("x-consistency-token", token)
-                .send()
-                .await;
-            if read.is_ok_and(|r| r.status() == 200) {
-                break;
+        match probe(&http, &base, sent + Duration::from_secs(120)).await {
+            Probe::Queryable => {
+                slowest = Some(slowest.map_or(sent.elapsed(), |s| s.max(sent.elapsed())))
+            }
+            Probe::Refused => tokio::time::sleep(Duration::from_millis(200)).await,
+            Probe::Stuck => {
+                panic!("an order accepted during the fault was not queryable within 120 s")
             }
         }
-        let took = sent.elapsed();
-        slowest = Some(slowest.map_or(took, |s| s.max(took)));
     }
     slowest
 }

@@ -124,18 +124,34 @@ async fn documented_limits_are_the_enforced_ones() {
             "{body}.{field}"
         );
     }
-    let params = doc["paths"]["/stats"]["get"]["parameters"]
-        .as_array()
-        .unwrap();
-    for p in params {
-        let pattern = &p["schema"]["pattern"];
-        if p["name"] == "consistent_with" || p["name"] == "x-consistency-token" {
-            assert_eq!(pattern, cqrs_http::TOKEN_PATTERN, "{p}");
-        }
-        if p["name"] == "wait_ms" {
-            assert_eq!(p["schema"]["maximum"], cqrs_http::consistency::MAX_WAIT_MS);
+    // Every route that takes a token states the same pattern and wait range
+    // (utoipa takes them only as literals: this keeps the copies one).
+    let mut token_params = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for op in ops.as_object().unwrap().values() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["name"] == "consistent_with" || p["name"] == "x-consistency-token" {
+                    assert_eq!(
+                        p["schema"]["pattern"],
+                        cqrs_http::TOKEN_PATTERN,
+                        "{path}: {p}"
+                    );
+                    token_params += 1;
+                }
+                if p["name"] == "wait_ms" {
+                    assert_eq!(
+                        p["schema"]["maximum"],
+                        cqrs_http::consistency::MAX_WAIT_MS,
+                        "{path}"
+                    );
+                }
+            }
         }
     }
+    assert_eq!(
+        token_params, 8,
+        "4 query routes, each with the header and the parameter"
+    );
     // A real token fits the documented pattern.
     let (_, token) = app.create().await;
     let re = regex::Regex::new(cqrs_http::TOKEN_PATTERN).unwrap();

@@ -155,7 +155,7 @@ async fn stalled_bodies_time_out_and_oversize_declarations_are_refused_before_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_few_file_descriptors_extra_connections_get_503_and_health_recovers() {
+async fn with_few_file_descriptors_extra_connections_get_a_prompt_answer_and_health_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

@@ -127,64 +127,80 @@ impl Views {
     pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<(), ProjectionError> {
         let event = decode(envelope)?;
         let at = timestamp(envelope.metadata.occurred_at);
+        match &event {
+            OrderEvent::OrderCreated {
+                customer_id,
+                items,
+                total_cents,
+            } => self.created(envelope, customer_id, items, *total_cents, at),
+            _ => self.moved(envelope, &event, at),
+        }
+    }
+
+    /// A new order: its view, its customer's count, the created stats.
+    fn created(
+        &mut self,
+        envelope: &EventEnvelope,
+        customer_id: &str,
+        items: &[LineItem],
+        total_cents: i64,
+        at: String,
+    ) -> Result<(), ProjectionError> {
+        let id = &envelope.aggregate_id;
+        self.orders.insert(
+            id.clone(),
+            OrderView {
+                order_id: id.clone(),
+                customer_id: customer_id.to_owned(),
+                status: Status::Created,
+                items: items.to_vec(),
+                total_cents,
+                version: envelope.version,
+                created_at: at.clone(),
+                updated_at: at.clone(),
+                payment_ref: None,
+                carrier: None,
+                tracking_number: None,
+                cancel_reason: None,
+            },
+        );
+        let c = self
+            .customers
+            .entry(customer_id.to_owned())
+            .or_insert_with(|| CustomerSummary {
+                customer_id: customer_id.to_owned(),
+                order_count: 0,
+                total_spent_cents: Cents::ZERO,
+                last_order_id: id.clone(),
+                last_order_at: at.clone(),
+            });
+        c.order_count += 1;
+        if (at.as_str(), id.as_str()) > (c.last_order_at.as_str(), c.last_order_id.as_str()) {
+            c.last_order_id = id.clone();
+            c.last_order_at = at;
+        }
+        self.count_in(Status::Created, 1, Cents::from(total_cents))
+    }
+
+    /// An existing order changes status: its view, what its customer spent,
+    /// and the stats of the status it leaves and the one it joins.
+    fn moved(
+        &mut self,
+        envelope: &EventEnvelope,
+        event: &OrderEvent,
+        at: String,
+    ) -> Result<(), ProjectionError> {
         let id = &envelope.aggregate_id;
         let missing = || {
             ProjectionError::Inconsistent(format!("{} for unknown order {id}", envelope.event_type))
         };
-        if let OrderEvent::OrderCreated {
-            customer_id,
-            items,
-            total_cents,
-        } = &event
-        {
-            self.orders.insert(
-                id.clone(),
-                OrderView {
-                    order_id: id.clone(),
-                    customer_id: customer_id.clone(),
-                    status: Status::Created,
-                    items: items.clone(),
-                    total_cents: *total_cents,
-                    version: envelope.version,
-                    created_at: at.clone(),
-                    updated_at: at.clone(),
-                    payment_ref: None,
-                    carrier: None,
-                    tracking_number: None,
-                    cancel_reason: None,
-                },
-            );
-            let c = self
-                .customers
-                .entry(customer_id.clone())
-                .or_insert_with(|| CustomerSummary {
-                    customer_id: customer_id.clone(),
-                    order_count: 0,
-                    total_spent_cents: Cents::ZERO,
-                    last_order_id: id.clone(),
-                    last_order_at: at.clone(),
-                });
-            c.order_count += 1;
-            if (at.as_str(), id.as_str()) > (c.last_order_at.as_str(), c.last_order_id.as_str()) {
-                c.last_order_id = id.clone();
-                c.last_order_at = at.clone();
-            }
-            let s = self.stats.entry(Status::Created).or_default();
-            s.order_count += 1;
-            s.revenue_cents = s
-                .revenue_cents
-                .checked_add(Cents::from(*total_cents))
-                .map_err(overflow)?;
-            return Ok(());
-        }
         let order = self.orders.get_mut(id).ok_or_else(missing)?;
-        let from = order.status;
-        let to = target_status(&event);
         let customer = self
             .customers
             .get_mut(&order.customer_id)
             .ok_or_else(missing)?;
-        match &event {
+        let from = order.status;
+        match event {
             OrderEvent::OrderPaid {
                 amount_cents,
                 payment_ref,
@@ -213,16 +229,25 @@ impl Views {
             }
             OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
         }
+        let to = target_status(event);
         order.status = to;
         order.version = envelope.version;
         order.updated_at = at;
         let total = Cents::from(order.total_cents);
-        let s = self.stats.entry(from).or_default();
-        s.order_count -= 1;
-        s.revenue_cents = s.revenue_cents.checked_sub(total).map_err(overflow)?;
-        let s = self.stats.entry(to).or_default();
-        s.order_count += 1;
-        s.revenue_cents = s.revenue_cents.checked_add(total).map_err(overflow)?;
+        self.count_in(from, -1, Cents::ZERO.checked_sub(total).map_err(overflow)?)?;
+        self.count_in(to, 1, total)
+    }
+
+    /// Adds `orders` and `cents` to a status's stats.
+    fn count_in(
+        &mut self,
+        status: Status,
+        orders: i64,
+        cents: Cents,
+    ) -> Result<(), ProjectionError> {
+        let s = self.stats.entry(status).or_default();
+        s.order_count += orders;
+        s.revenue_cents = s.revenue_cents.checked_add(cents).map_err(overflow)?;
         Ok(())
     }
 }

@@ -545,29 +545,13 @@ impl ProjectorRunner {
         Ok(())
     }
 
-    /// Stores the last applied version of every aggregate in the batch:
-    /// UPDATE the rows that existed (locked), INSERT the new ones (a
-    /// concurrent writer of the same new aggregate fails on the key).
-    async fn record_versions(
+    /// Stores when each applied event was consumed and applied (its trace).
+    async fn record_traces(
         &self,
         tx: &mut AnyConnection,
         applied: &[(&SourcedEvent, &EventEnvelope)],
-        stored: &HashMap<&str, i64>,
         now: &str,
     ) -> Result<(), sqlx::Error> {
-        let mut last: HashMap<&str, (&SourcedEvent, &EventEnvelope)> = HashMap::new();
-        for (item, e) in applied {
-            last.insert(e.aggregate_id.as_str(), (item, e));
-        }
-        let row = |item: &SourcedEvent, e: &EventEnvelope| {
-            vec![
-                Val::Text(e.aggregate_id.clone()),
-                Val::Int(e.version),
-                Val::Int(e.position),
-                Val::Text(item.published_as.clone()),
-                Val::Text(timestamp(item.consumed_at)),
-            ]
-        };
         let trace_kinds = [Kind::Text, Kind::Text, Kind::Text, Kind::Text];
         let traces: Vec<Vec<Val>> = applied
             .iter()
@@ -592,6 +576,35 @@ impl ProjectorRunner {
                 .execute(&mut *tx)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Stores the last applied version of every aggregate in the batch,
+    /// stamped with the next commit-ordered number (taken last, to hold the
+    /// counter row for as short as possible): UPDATE the rows that existed
+    /// (locked), INSERT the new ones (a concurrent writer of the same new
+    /// aggregate fails on the key).
+    async fn record_versions(
+        &self,
+        tx: &mut AnyConnection,
+        applied: &[(&SourcedEvent, &EventEnvelope)],
+        stored: &HashMap<&str, i64>,
+        now: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut last: HashMap<&str, (&SourcedEvent, &EventEnvelope)> = HashMap::new();
+        for (item, e) in applied {
+            last.insert(e.aggregate_id.as_str(), (item, e));
+        }
+        let row = |item: &SourcedEvent, e: &EventEnvelope| {
+            vec![
+                Val::Text(e.aggregate_id.clone()),
+                Val::Int(e.version),
+                Val::Int(e.position),
+                Val::Text(item.published_as.clone()),
+                Val::Text(timestamp(item.consumed_at)),
+            ]
+        };
+        self.record_traces(tx, applied, now).await?;
         if last.is_empty() {
             return Ok(());
         }

@@ -16,7 +16,7 @@ use cqrs_sql::{AddedColumn, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// All order projections over the live tables.
@@ -309,49 +309,20 @@ impl CustomerSummaries {
         {
             orders.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
         }
-        // Per customer: deltas and the newest order created in this batch.
-        // Deltas, not absolute values: another projector process may update
-        // the same customer concurrently for orders on other partitions.
-        let mut deltas: HashMap<String, CustomerDelta> = HashMap::new();
-        let mut touched_orders = Vec::new();
-        for (e, event) in &events {
-            let id = &e.aggregate_id;
-            match event {
-                OrderEvent::OrderCreated { customer_id, .. } => {
-                    let at = timestamp(e.metadata.occurred_at);
-                    orders.insert(id.clone(), (customer_id.clone(), 0));
-                    let d = deltas.entry(customer_id.clone()).or_default();
-                    d.orders += 1;
-                    if (at.as_str(), id.as_str()) > (d.last_at.as_str(), d.last_id.as_str()) {
-                        d.last_id = id.clone();
-                        d.last_at = at;
-                    }
-                }
-                OrderEvent::OrderPaid { amount_cents, .. } => {
-                    let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
-                    let d = deltas.entry(customer.clone()).or_default();
-                    d.spent = d
-                        .spent
-                        .checked_add(Cents::from(*amount_cents))
-                        .and_then(|s| s.checked_sub(Cents::from(*paid)))
-                        .map_err(overflow)?;
-                    *paid = *amount_cents;
-                }
-                OrderEvent::OrderCancelled { .. } => {
-                    // A cancel refunds whatever was paid.
-                    let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
-                    let d = deltas.entry(customer.clone()).or_default();
-                    d.spent = d.spent.checked_sub(Cents::from(*paid)).map_err(overflow)?;
-                    *paid = 0;
-                }
-                _ => continue,
-            }
-            touched_orders.push(id.clone());
-        }
-        touched_orders.sort_unstable();
-        touched_orders.dedup();
+        let (deltas, touched) = customer_deltas(&events, &mut orders)?;
+        self.write_paid(tx, &touched, &orders).await?;
+        self.write_summaries(tx, deltas).await
+    }
+
+    /// What each touched order has paid now.
+    async fn write_paid(
+        &self,
+        tx: &mut AnyConnection,
+        touched: &[String],
+        orders: &HashMap<String, (String, i64)>,
+    ) -> Result<(), ProjectionError> {
         use Kind::{Int, Text};
-        let rows: Vec<Vec<Val>> = touched_orders
+        let rows: Vec<Vec<Val>> = touched
             .iter()
             .filter_map(|id| {
                 orders
@@ -372,6 +343,17 @@ impl CustomerSummaries {
             &rows,
         )
         .await?;
+        Ok(())
+    }
+
+    /// Adds the deltas to the summaries, in customer order: the same lock
+    /// order in every process, so projectors cannot deadlock on them.
+    async fn write_summaries(
+        &self,
+        tx: &mut AnyConnection,
+        deltas: BTreeMap<String, CustomerDelta>,
+    ) -> Result<(), ProjectionError> {
+        use Kind::{Int, Text};
         let mut rows: Vec<Vec<Val>> = Vec::with_capacity(deltas.len());
         for (customer, d) in deltas {
             let (spent_e18, spent) = d.spent.to_parts().map_err(overflow)?;
@@ -384,8 +366,6 @@ impl CustomerSummaries {
                 Val::Text(d.last_at),
             ]);
         }
-        // The same lock order in every process: no deadlocks between projectors.
-        rows.sort_by(|a, b| format!("{:?}", a[0]).cmp(&format!("{:?}", b[0])));
         let update = format!(
             "order_count = {t}.order_count + excluded.order_count, {spent}, \
              last_order_id = CASE WHEN excluded.last_order_at > {t}.last_order_at OR (excluded.last_order_at = {t}.last_order_at \
@@ -413,6 +393,55 @@ impl CustomerSummaries {
         .await?;
         Ok(())
     }
+}
+
+/// Folds a batch into per-customer deltas (deltas, not absolute values:
+/// another projector process may update the same customer concurrently for
+/// orders on other partitions), updating what each order has paid; returns
+/// the deltas and the orders touched.
+fn customer_deltas(
+    events: &[(&EventEnvelope, OrderEvent)],
+    orders: &mut HashMap<String, (String, i64)>,
+) -> Result<(BTreeMap<String, CustomerDelta>, Vec<String>), ProjectionError> {
+    let mut deltas: BTreeMap<String, CustomerDelta> = BTreeMap::new();
+    let mut touched = Vec::new();
+    for (e, event) in events {
+        let id = &e.aggregate_id;
+        match event {
+            OrderEvent::OrderCreated { customer_id, .. } => {
+                let at = timestamp(e.metadata.occurred_at);
+                orders.insert(id.clone(), (customer_id.clone(), 0));
+                let d = deltas.entry(customer_id.clone()).or_default();
+                d.orders += 1;
+                if (at.as_str(), id.as_str()) > (d.last_at.as_str(), d.last_id.as_str()) {
+                    d.last_id = id.clone();
+                    d.last_at = at;
+                }
+            }
+            OrderEvent::OrderPaid { amount_cents, .. } => {
+                let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
+                let d = deltas.entry(customer.clone()).or_default();
+                d.spent = d
+                    .spent
+                    .checked_add(Cents::from(*amount_cents))
+                    .and_then(|s| s.checked_sub(Cents::from(*paid)))
+                    .map_err(overflow)?;
+                *paid = *amount_cents;
+            }
+            OrderEvent::OrderCancelled { .. } => {
+                // A cancel refunds whatever was paid.
+                let (customer, paid) = orders.get_mut(id).ok_or_else(|| missing(e))?;
+                let d = deltas.entry(customer.clone()).or_default();
+                d.spent = d.spent.checked_sub(Cents::from(*paid)).map_err(overflow)?;
+                *paid = 0;
+            }
+            _ => continue,
+        }
+        touched.push(id.clone());
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    Ok((deltas, touched))
 }
 
 /// What one batch changes in one customer's summary.
@@ -506,23 +535,18 @@ impl OrderStats {
                 .ok_or_else(|| ProjectionError::Inconsistent(format!("bad status {status}")))?;
             members.insert(r.try_get(0)?, (status, r.try_get(2)?));
         }
-        let mut deltas: HashMap<Status, StatusDelta> = HashMap::new();
-        let mut touched = Vec::new();
-        for (e, event) in &events {
-            let to = target_status(event);
-            if let OrderEvent::OrderCreated { total_cents, .. } = event {
-                members.insert(e.aggregate_id.clone(), (to, *total_cents));
-                deltas.entry(to).or_default().add(1, *total_cents)?;
-            } else {
-                let (status, total) = members.get_mut(&e.aggregate_id).ok_or_else(|| missing(e))?;
-                deltas.entry(*status).or_default().add(-1, -*total)?;
-                deltas.entry(to).or_default().add(1, *total)?;
-                *status = to;
-            }
-            touched.push(e.aggregate_id.clone());
-        }
-        touched.sort_unstable();
-        touched.dedup();
+        let (deltas, touched) = status_deltas(&events, &mut members)?;
+        self.write_members(tx, &touched, &members).await?;
+        self.write_stats(tx, deltas).await
+    }
+
+    /// Each touched order's status and total.
+    async fn write_members(
+        &self,
+        tx: &mut AnyConnection,
+        touched: &[String],
+        members: &HashMap<String, (Status, i64)>,
+    ) -> Result<(), ProjectionError> {
         use Kind::{Int, Text};
         let rows: Vec<Vec<Val>> = touched
             .iter()
@@ -545,17 +569,27 @@ impl OrderStats {
             &rows,
         )
         .await?;
+        Ok(())
+    }
+
+    /// Adds the deltas to the stats, in status-name order (one lock order
+    /// in every process).
+    async fn write_stats(
+        &self,
+        tx: &mut AnyConnection,
+        deltas: BTreeMap<&'static str, StatusDelta>,
+    ) -> Result<(), ProjectionError> {
+        use Kind::{Int, Text};
         let mut rows: Vec<Vec<Val>> = Vec::with_capacity(deltas.len());
         for (status, d) in deltas {
             let (revenue_e18, revenue) = d.revenue.to_parts().map_err(overflow)?;
             rows.push(vec![
-                Val::Text(status.as_str().to_owned()),
+                Val::Text(status.to_owned()),
                 Val::Int(d.orders),
                 Val::Int(revenue_e18),
                 Val::Int(revenue),
             ]);
         }
-        rows.sort_by(|a, b| format!("{:?}", a[0]).cmp(&format!("{:?}", b[0])));
         let update = format!(
             "order_count = {t}.order_count + excluded.order_count, {revenue}",
             t = self.stats,
@@ -577,6 +611,39 @@ impl OrderStats {
         .await?;
         Ok(())
     }
+}
+
+/// Folds a batch into per-status deltas (the order leaves its old status
+/// and joins its new one), updating each order's status; returns the deltas
+/// and the orders touched.
+fn status_deltas(
+    events: &[(&EventEnvelope, OrderEvent)],
+    members: &mut HashMap<String, (Status, i64)>,
+) -> Result<(BTreeMap<&'static str, StatusDelta>, Vec<String>), ProjectionError> {
+    let mut deltas: BTreeMap<&'static str, StatusDelta> = BTreeMap::new();
+    let mut touched = Vec::new();
+    for (e, event) in events {
+        let to = target_status(event);
+        if let OrderEvent::OrderCreated { total_cents, .. } = event {
+            members.insert(e.aggregate_id.clone(), (to, *total_cents));
+            deltas
+                .entry(to.as_str())
+                .or_default()
+                .add(1, *total_cents)?;
+        } else {
+            let (status, total) = members.get_mut(&e.aggregate_id).ok_or_else(|| missing(e))?;
+            deltas
+                .entry(status.as_str())
+                .or_default()
+                .add(-1, -*total)?;
+            deltas.entry(to.as_str()).or_default().add(1, *total)?;
+            *status = to;
+        }
+        touched.push(e.aggregate_id.clone());
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    Ok((deltas, touched))
 }
 
 /// What one batch changes in one status's count and value.
@@ -637,5 +704,94 @@ impl Projection for OrderStats {
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply_events(tx, events))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::LineItem;
+
+    fn envelope(id: &str, version: i64, event: &OrderEvent) -> (EventEnvelope, OrderEvent) {
+        use cqrs_core::DomainEvent;
+        let e = EventEnvelope {
+            position: version,
+            event_id: format!("{id}-{version}"),
+            aggregate_type: "order".into(),
+            aggregate_id: id.into(),
+            version,
+            event_type: event.event_type().into(),
+            schema_version: 1,
+            payload: serde_json::to_value(event).unwrap(),
+            metadata: cqrs_core::EventMetadata {
+                command_id: "c".into(),
+                occurred_at: chrono::Utc::now(),
+            },
+            recorded_at: chrono::Utc::now(),
+        };
+        (e, event.clone())
+    }
+
+    fn created(total: i64) -> OrderEvent {
+        OrderEvent::OrderCreated {
+            customer_id: "alice".into(),
+            items: vec![LineItem {
+                sku: "s".into(),
+                quantity: 1,
+                unit_price_cents: total,
+            }],
+            total_cents: total,
+        }
+    }
+
+    fn paid(amount: i64) -> OrderEvent {
+        OrderEvent::OrderPaid {
+            amount_cents: amount,
+            payment_ref: "p".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_folds_into_one_delta_per_customer_and_status() {
+        let cancelled = OrderEvent::OrderCancelled { reason: "r".into() };
+        let batch = [
+            envelope("a", 1, &created(300)),
+            envelope("a", 2, &paid(300)),
+            envelope("b", 1, &created(50)),
+            envelope("a", 3, &cancelled),
+        ];
+        let refs: Vec<(&EventEnvelope, OrderEvent)> =
+            batch.iter().map(|(e, o)| (e, o.clone())).collect();
+
+        let mut orders = HashMap::new();
+        let (customers, touched) = customer_deltas(&refs, &mut orders).unwrap();
+        let alice = &customers["alice"];
+        assert_eq!(
+            (alice.orders, alice.spent),
+            (2, Cents::ZERO),
+            "paid, then refunded"
+        );
+        assert_eq!(touched, ["a", "b"]);
+        assert_eq!(orders["a"], ("alice".to_owned(), 0));
+
+        let mut members = HashMap::new();
+        let (stats, _) = status_deltas(&refs, &mut members).unwrap();
+        let of = |s: Status| stats.get(s.as_str()).map(|d| (d.orders, d.revenue.0));
+        assert_eq!(
+            of(Status::Created),
+            Some((1, 50)),
+            "a came and went, b stays"
+        );
+        assert_eq!(of(Status::Paid), Some((0, 0)));
+        assert_eq!(of(Status::Cancelled), Some((1, 300)));
+    }
+
+    #[test]
+    fn a_payment_for_an_order_the_batch_cannot_see_is_refused() {
+        let batch = [envelope("ghost", 2, &paid(1))];
+        let refs: Vec<(&EventEnvelope, OrderEvent)> =
+            batch.iter().map(|(e, o)| (e, o.clone())).collect();
+        assert!(customer_deltas(&refs, &mut HashMap::new()).is_err());
+        assert!(status_deltas(&refs, &mut HashMap::new()).is_err());
     }
 }
