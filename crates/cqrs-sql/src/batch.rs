@@ -1,10 +1,14 @@
-//! Building multi-row statements with bind parameters, for batch projections.
+//! Multi-row statements that take all their rows as one JSON parameter. The
+//! SQL text is the same whatever the batch size, so each database prepares
+//! and plans it once per connection, and a whole batch is one round trip.
+//! (Statements with thousands of bind parameters, one per value, spent
+//! most of a projector batch in parsing and planning: see BENCHMARKS.md.)
 
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::Any;
+use crate::db::Backend;
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+use sqlx::AnyConnection;
 
-/// A value to bind.
+/// A value in a row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val {
     /// TEXT.
@@ -15,32 +19,18 @@ pub enum Val {
     Int(i64),
 }
 
-/// `($first, ...), (...)`: `rows` tuples of `cols` parameters, numbered from
-/// `first`. BIGINT columns are cast so that PostgreSQL types VALUES lists right.
-pub fn tuples(rows: usize, kinds: &[Kind], first: usize) -> String {
-    let mut out = String::with_capacity(rows * kinds.len() * 8);
-    let mut n = first;
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
+impl Serialize for Val {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Val::Text(t) => s.serialize_str(t),
+            Val::OptText(Some(t)) => s.serialize_str(t),
+            Val::OptText(None) => s.serialize_none(),
+            Val::Int(i) => s.serialize_i64(*i),
         }
-        out.push('(');
-        for (c, kind) in kinds.iter().enumerate() {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            match kind {
-                Kind::Int => out.push_str(&format!("CAST(${n} AS BIGINT)")),
-                Kind::Text => out.push_str(&format!("CAST(${n} AS TEXT)")),
-            }
-            n += 1;
-        }
-        out.push(')');
     }
-    out
 }
 
-/// The SQL type of a column in a VALUES list.
+/// The SQL type of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// BIGINT.
@@ -49,36 +39,66 @@ pub enum Kind {
     Text,
 }
 
-/// `$first, $first+1, ...` (n parameters).
-pub fn list(n: usize, first: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Binds values in order.
-pub fn bind_all<'q>(
-    mut q: Query<'q, Any, AnyArguments<'q>>,
-    vals: &[Val],
-) -> Query<'q, Any, AnyArguments<'q>> {
-    for v in vals {
-        q = match v {
-            Val::Text(s) => q.bind(s.clone()),
-            Val::OptText(s) => q.bind(s.clone()),
-            Val::Int(i) => q.bind(*i),
-        };
+/// Which database a connection talks to.
+pub fn backend_of(conn: &AnyConnection) -> Backend {
+    if conn.backend_name() == "PostgreSQL" {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
     }
-    q
 }
 
-/// Bind parameters per statement: far below both databases' limits, because
-/// planning cost grows faster than linearly with the parameter count.
-const PARAMS_PER_STATEMENT: usize = 2_000;
+/// `SELECT r.value->>0 AS <col0>, ... FROM <the rows of parameter $param>`:
+/// a row source over a JSON array of arrays ([`rows_json`]), its columns
+/// named and typed after `cols`.
+pub fn rows(backend: Backend, param: usize, cols: &[(&str, Kind)]) -> String {
+    let list = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (name, kind))| match kind {
+            Kind::Int => format!("CAST(r.value->>{i} AS BIGINT) AS {name}"),
+            Kind::Text => format!("r.value->>{i} AS {name}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let from = match backend {
+        Backend::Postgres => format!("jsonb_array_elements(CAST(${param} AS jsonb)) AS r(value)"),
+        Backend::Sqlite => format!("json_each(${param}) AS r"),
+    };
+    format!("SELECT {list} FROM {from}")
+}
 
-/// Rows per statement for `cols` parameters a row.
-pub fn rows_per_statement(cols: usize) -> usize {
-    (PARAMS_PER_STATEMENT / cols.max(1)).max(1)
+/// `SELECT r.value FROM <the strings of parameter $param>` ([`keys_json`]).
+pub fn keys(backend: Backend, param: usize) -> String {
+    match backend {
+        Backend::Postgres => {
+            format!("SELECT r.value FROM jsonb_array_elements_text(CAST(${param} AS jsonb)) AS r(value)")
+        }
+        Backend::Sqlite => format!("SELECT r.value FROM json_each(${param}) AS r"),
+    }
+}
+
+/// Rows as the JSON parameter of [`rows`].
+pub fn rows_json(rows: &[Vec<Val>]) -> Result<String, sqlx::Error> {
+    serde_json::to_string(&Rows(rows)).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+/// Keys as the JSON parameter of [`keys`].
+pub fn keys_json<S: AsRef<str>>(keys: &[S]) -> Result<String, sqlx::Error> {
+    let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+    serde_json::to_string(&keys).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+struct Rows<'a>(&'a [Vec<Val>]);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for row in self.0 {
+            seq.serialize_element(row)?;
+        }
+        seq.end()
+    }
 }
 
 #[cfg(test)]
@@ -86,11 +106,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tuples_number_parameters_in_order() {
+    fn rows_read_their_columns_by_position() {
         assert_eq!(
-            tuples(2, &[Kind::Text, Kind::Int], 3),
-            "(CAST($3 AS TEXT), CAST($4 AS BIGINT)), (CAST($5 AS TEXT), CAST($6 AS BIGINT))"
+            rows(Backend::Sqlite, 2, &[("id", Kind::Text), ("n", Kind::Int)]),
+            "SELECT r.value->>0 AS id, CAST(r.value->>1 AS BIGINT) AS n FROM json_each($2) AS r"
         );
-        assert_eq!(list(3, 2), "$2, $3, $4");
+        assert!(rows(Backend::Postgres, 1, &[("id", Kind::Text)])
+            .ends_with("FROM jsonb_array_elements(CAST($1 AS jsonb)) AS r(value)"));
+        assert_eq!(
+            rows_json(&[vec![
+                Val::Text("a\"b".into()),
+                Val::Int(i64::MIN),
+                Val::OptText(None)
+            ]])
+            .unwrap(),
+            r#"[["a\"b",-9223372036854775808,null]]"#
+        );
+        assert_eq!(keys_json(&["x", "y"]).unwrap(), r#"["x","y"]"#);
     }
 }

@@ -475,21 +475,7 @@ impl ProjectorRunner {
             "versions recorded"
         );
         let t = std::time::Instant::now();
-        for (key, next) in &checkpoints {
-            sqlx::query(
-                "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (projector, source_key) DO UPDATE SET \
-                 next_position = CASE WHEN excluded.next_position > projector_checkpoints.next_position \
-                 THEN excluded.next_position ELSE projector_checkpoints.next_position END, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(&self.config.name)
-            .bind(*key)
-            .bind(*next)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_checkpoints(&mut tx, &self.config.name, &checkpoints, &now).await?;
         if !to_apply.is_empty() {
             notify_progress(&mut tx, self.db.backend).await?;
         }
@@ -552,7 +538,9 @@ impl ProjectorRunner {
         applied: &[(&SourcedEvent, &EventEnvelope)],
         now: &str,
     ) -> Result<(), sqlx::Error> {
-        let trace_kinds = [Kind::Text, Kind::Text, Kind::Text, Kind::Text];
+        if applied.is_empty() {
+            return Ok(());
+        }
         let traces: Vec<Vec<Val>> = applied
             .iter()
             .map(|(item, e)| {
@@ -564,18 +552,27 @@ impl ProjectorRunner {
                 ]
             })
             .collect();
-        for chunk in traces.chunks(batch::rows_per_statement(trace_kinds.len())) {
-            let sql = format!(
-                "INSERT INTO event_traces (event_id, command_id, published_as, consumed_at, applied_at, projector) \
-                 SELECT v.column1, v.column2, v.column3, v.column4, $1, $2 FROM (VALUES {}) AS v \
-                 WHERE true ON CONFLICT (projector, event_id) DO NOTHING",
-                batch::tuples(chunk.len(), &trace_kinds, 3)
-            );
-            let q = sqlx::query(&sql).bind(now).bind(&self.config.name);
-            batch::bind_all(q, &chunk.concat())
-                .execute(&mut *tx)
-                .await?;
-        }
+        let source = batch::rows(
+            batch::backend_of(tx),
+            3,
+            &[
+                ("event_id", Kind::Text),
+                ("command_id", Kind::Text),
+                ("published_as", Kind::Text),
+                ("consumed_at", Kind::Text),
+            ],
+        );
+        let sql = format!(
+            "INSERT INTO event_traces (event_id, command_id, published_as, consumed_at, applied_at, projector) \
+             SELECT v.event_id, v.command_id, v.published_as, v.consumed_at, $1, $2 FROM ({source}) AS v \
+             WHERE true ON CONFLICT (projector, event_id) DO NOTHING"
+        );
+        sqlx::query(&sql)
+            .bind(now)
+            .bind(&self.config.name)
+            .bind(batch::rows_json(&traces)?)
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 
@@ -595,56 +592,64 @@ impl ProjectorRunner {
         for (item, e) in applied {
             last.insert(e.aggregate_id.as_str(), (item, e));
         }
-        let row = |item: &SourcedEvent, e: &EventEnvelope| {
-            vec![
+        self.record_traces(tx, applied, now).await?;
+        if last.is_empty() {
+            return Ok(());
+        }
+        let (mut old, mut new): (Vec<Vec<Val>>, Vec<Vec<Val>>) = (Vec::new(), Vec::new());
+        for (id, (item, e)) in last {
+            let row = vec![
                 Val::Text(e.aggregate_id.clone()),
                 Val::Int(e.version),
                 Val::Int(e.position),
                 Val::Text(item.published_as.clone()),
                 Val::Text(timestamp(item.consumed_at)),
-            ]
-        };
-        self.record_traces(tx, applied, now).await?;
-        if last.is_empty() {
-            return Ok(());
-        }
-        let seq = next_seq(tx, &self.config.name).await?;
-        let kinds = [Kind::Text, Kind::Int, Kind::Int, Kind::Text, Kind::Text];
-        let (mut old, mut new): (Vec<Vec<Val>>, Vec<Vec<Val>>) = (Vec::new(), Vec::new());
-        for (id, (item, e)) in last {
+            ];
             if stored.contains_key(id) {
-                old.push(row(item, e));
+                old.push(row);
             } else {
-                new.push(row(item, e));
+                new.push(row);
             }
         }
-        for chunk in old.chunks(batch::rows_per_statement(kinds.len())) {
+        let seq = next_seq(tx, &self.config.name).await?;
+        let source = batch::rows(
+            batch::backend_of(tx),
+            4,
+            &[
+                ("aggregate_id", Kind::Text),
+                ("version", Kind::Int),
+                ("position", Kind::Int),
+                ("published_as", Kind::Text),
+                ("consumed_at", Kind::Text),
+            ],
+        );
+        if !old.is_empty() {
             let sql = format!(
-                "UPDATE projected_versions SET version = v.column2, position = v.column3, published_as = v.column4, \
-                 consumed_at = v.column5, applied_at = $1, seq = $3 FROM (VALUES {}) AS v \
-                 WHERE projected_versions.projector = $2 AND projected_versions.aggregate_id = v.column1",
-                batch::tuples(chunk.len(), &kinds, 4)
+                "UPDATE projected_versions SET version = v.version, position = v.position, \
+                 published_as = v.published_as, consumed_at = v.consumed_at, applied_at = $1, seq = $3 \
+                 FROM ({source}) AS v \
+                 WHERE projected_versions.projector = $2 AND projected_versions.aggregate_id = v.aggregate_id"
             );
-            let q = sqlx::query(&sql)
+            sqlx::query(&sql)
                 .bind(now)
                 .bind(&self.config.name)
-                .bind(seq);
-            batch::bind_all(q, &chunk.concat())
+                .bind(seq)
+                .bind(batch::rows_json(&old)?)
                 .execute(&mut *tx)
                 .await?;
         }
-        for chunk in new.chunks(batch::rows_per_statement(kinds.len())) {
+        if !new.is_empty() {
             let sql = format!(
                 "INSERT INTO projected_versions \
                  (aggregate_id, version, position, published_as, consumed_at, applied_at, projector, seq) \
-                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, $1, $2, $3 FROM (VALUES {}) AS v",
-                batch::tuples(chunk.len(), &kinds, 4)
+                 SELECT v.aggregate_id, v.version, v.position, v.published_as, v.consumed_at, $1, $2, $3 \
+                 FROM ({source}) AS v"
             );
-            let q = sqlx::query(&sql)
+            sqlx::query(&sql)
                 .bind(now)
                 .bind(&self.config.name)
-                .bind(seq);
-            batch::bind_all(q, &chunk.concat())
+                .bind(seq)
+                .bind(batch::rows_json(&new)?)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -743,30 +748,34 @@ async fn lock_versions<'a>(
     projector: &str,
     ids: &[&'a str],
 ) -> Result<HashMap<&'a str, i64>, sqlx::Error> {
-    // SQLite has one writer, so the transaction itself is the lock.
-    let lock = if backend == Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let mut out = HashMap::new();
-    for chunk in ids.chunks(batch::rows_per_statement(1)) {
-        let sql = format!(
-            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 AND aggregate_id IN ({}) \
-             ORDER BY aggregate_id{lock}",
-            batch::list(chunk.len(), 2)
-        );
-        let mut q = sqlx::query_as::<_, (String, i64)>(&sql).bind(projector);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for (id, v) in q.fetch_all(&mut *tx).await? {
-            if let Some(k) = chunk.iter().find(|k| **k == id) {
-                out.insert(*k, v);
-            }
-        }
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
-    Ok(out)
+    // SQLite has one writer, so the transaction itself is the lock. On
+    // PostgreSQL `= ANY(ARRAY(...))` keeps the primary key's index scan
+    // whatever the planner guesses of the list's length.
+    let sql = match backend {
+        Backend::Postgres => format!(
+            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 \
+             AND aggregate_id = ANY(ARRAY({})) ORDER BY aggregate_id FOR UPDATE",
+            batch::keys(backend, 2)
+        ),
+        Backend::Sqlite => format!(
+            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 \
+             AND aggregate_id IN ({})",
+            batch::keys(backend, 2)
+        ),
+    };
+    let rows = sqlx::query_as::<_, (String, i64)>(&sql)
+        .bind(projector)
+        .bind(batch::keys_json(ids)?)
+        .fetch_all(&mut *tx)
+        .await?;
+    let wanted: HashMap<&str, &'a str> = ids.iter().map(|k| (*k, *k)).collect();
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, v)| wanted.get(id.as_str()).map(|k| (*k, v)))
+        .collect())
 }
 
 /// Reads and locks one aggregate's applied version (None: never applied).
@@ -839,6 +848,44 @@ async fn next_seq(tx: &mut AnyConnection, projector: &str) -> Result<i64, sqlx::
     .bind(projector)
     .fetch_one(&mut *tx)
     .await
+}
+
+/// Moves the checkpoints forward (never back), in key order: one statement.
+async fn write_checkpoints(
+    tx: &mut AnyConnection,
+    projector: &str,
+    checkpoints: &HashMap<&str, i64>,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let mut sorted: Vec<(&str, i64)> = checkpoints.iter().map(|(k, v)| (*k, *v)).collect();
+    sorted.sort_unstable();
+    let rows: Vec<Vec<Val>> = sorted
+        .into_iter()
+        .map(|(k, v)| vec![Val::Text(k.to_owned()), Val::Int(v)])
+        .collect();
+    let source = batch::rows(
+        batch::backend_of(tx),
+        3,
+        &[("source_key", Kind::Text), ("next_position", Kind::Int)],
+    );
+    let sql = format!(
+        "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
+         SELECT $1, v.source_key, v.next_position, $2 FROM ({source}) AS v WHERE true \
+         ON CONFLICT (projector, source_key) DO UPDATE SET \
+         next_position = CASE WHEN excluded.next_position > projector_checkpoints.next_position \
+         THEN excluded.next_position ELSE projector_checkpoints.next_position END, \
+         updated_at = excluded.updated_at"
+    );
+    sqlx::query(&sql)
+        .bind(projector)
+        .bind(now)
+        .bind(batch::rows_json(&rows)?)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Wakes followers in other processes once the transaction commits.

@@ -11,7 +11,7 @@ use crate::money::{add_parts_sql, carry_sql, Cents, MoneyOverflow};
 use crate::views::{decode, target_status, OrderView};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{self, Kind, Val};
-use cqrs_sql::db::timestamp;
+use cqrs_sql::db::{timestamp, Backend};
 use cqrs_sql::{AddedColumn, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::any::AnyRow;
@@ -57,7 +57,7 @@ fn ids<'a>(events: &[(&'a EventEnvelope, OrderEvent)]) -> Vec<&'a str> {
     ids
 }
 
-/// Rows of `table` whose `key` is among `keys`.
+/// Rows of `table` whose `key` is among `keys`: one statement.
 async fn load_rows(
     tx: &mut AnyConnection,
     columns: &str,
@@ -65,22 +65,24 @@ async fn load_rows(
     key: &str,
     keys: &[&str],
 ) -> Result<Vec<AnyRow>, sqlx::Error> {
-    let mut rows = Vec::new();
-    for chunk in keys.chunks(batch::rows_per_statement(1)) {
-        let sql = format!(
-            "SELECT {columns} FROM {table} WHERE {key} IN ({})",
-            batch::list(chunk.len(), 1)
-        );
-        let mut q = sqlx::query(&sql);
-        for k in chunk {
-            q = q.bind(*k);
-        }
-        rows.extend(q.fetch_all(&mut *tx).await?);
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(rows)
+    let backend = batch::backend_of(tx);
+    // `= ANY(ARRAY(...))`: PostgreSQL keeps the key's index scan whatever it
+    // guesses of the list's length.
+    let filter = match backend {
+        Backend::Postgres => format!("{key} = ANY(ARRAY({}))", batch::keys(backend, 1)),
+        Backend::Sqlite => format!("{key} IN ({})", batch::keys(backend, 1)),
+    };
+    sqlx::query(&format!("SELECT {columns} FROM {table} WHERE {filter}"))
+        .bind(batch::keys_json(keys)?)
+        .fetch_all(&mut *tx)
+        .await
 }
 
-/// Multi-row upsert: `INSERT ... VALUES ... ON CONFLICT (key) DO UPDATE SET <update>`.
+/// Multi-row upsert in one statement:
+/// `INSERT ... SELECT <rows> ON CONFLICT (key) DO UPDATE SET <update>`.
 async fn upsert(
     tx: &mut AnyConnection,
     table: &str,
@@ -89,19 +91,20 @@ async fn upsert(
     update: &str,
     rows: &[Vec<Val>],
 ) -> Result<(), sqlx::Error> {
-    let kinds: Vec<Kind> = columns.iter().map(|c| c.1).collect();
-    let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
-    for chunk in rows.chunks(batch::rows_per_statement(columns.len())) {
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({key}) DO UPDATE SET {update}",
-            names.join(", "),
-            batch::tuples(chunk.len(), &kinds, 1)
-        );
-        let vals: Vec<Val> = chunk.iter().flatten().cloned().collect();
-        batch::bind_all(sqlx::query(&sql), &vals)
-            .execute(&mut *tx)
-            .await?;
+    if rows.is_empty() {
+        return Ok(());
     }
+    let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    let names = names.join(", ");
+    let source = batch::rows(batch::backend_of(tx), 1, columns);
+    let sql = format!(
+        "INSERT INTO {table} ({names}) SELECT {names} FROM ({source}) AS v WHERE true \
+         ON CONFLICT ({key}) DO UPDATE SET {update}"
+    );
+    sqlx::query(&sql)
+        .bind(batch::rows_json(rows)?)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
