@@ -1,16 +1,47 @@
-//! The relay: publishes outbox rows to Kafka in position order, marks a row
-//! published only after its delivery report, and runs as the single leader of
-//! its outbox (PostgreSQL advisory lock) with standbys waiting to take over.
+//! The relay: publishes the event log to Kafka in position order from a
+//! checkpoint (the last position whose delivery report came back), reading
+//! only below the log's commit horizon so that a late commit is never
+//! skipped; runs as the single leader of its write DB (PostgreSQL advisory
+//! lock) with standbys waiting to take over. Several batches are in flight
+//! at once: the producer sends batch n+1 while batch n's reports come back,
+//! and the checkpoint (one row) moves once per batch, never per event.
 
 use crate::record::headers_of;
 use crate::{KafkaConfig, KafkaError};
 use cqrs_sql::{Backend, EventStore, SqlEventStore};
 use rdkafka::error::KafkaError as RdError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use sqlx::{Connection, Executor};
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Batches enqueued ahead of the oldest one whose reports are awaited.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Batches between two prunings of the publication record.
+const PRUNE_EVERY: u64 = 1_000;
+
+/// How long the record of a published batch is kept (for traces).
+const BATCH_RETENTION: chrono::Duration = chrono::Duration::hours(24);
+
+/// A batch handed to the producer: its positions and the reports to come.
+struct InFlight {
+    first: i64,
+    last: i64,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+/// What the leader has read, sent and confirmed.
+struct Pipeline {
+    /// Everything at or below it is confirmed (as stored).
+    checkpoint: i64,
+    /// Everything at or below it is handed to the producer.
+    read_to: i64,
+    in_flight: VecDeque<InFlight>,
+    settled: u64,
+}
 
 /// Advisory lock key of relay leadership ("rely").
 const LEADER_KEY: i64 = 0x7265_6c79;
@@ -30,7 +61,23 @@ pub struct RelayConfig {
     pub standby_retry: Duration,
 }
 
-/// Publishes the outbox.
+/// The relay's producer settings (benchmarks build their raw baseline
+/// producer from the same).
+pub fn producer_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
+    let mut c = kafka.client();
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        // A record goes out at once when the producer is idle; under load
+        // the batches fill while the previous request is in flight.
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "10000")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "30000")
+        .set("client.id", "orders-relay");
+    c
+}
+
+/// Publishes the event log.
 pub struct Relay {
     config: RelayConfig,
     store: SqlEventStore,
@@ -40,16 +87,7 @@ pub struct Relay {
 impl Relay {
     /// A relay over `store` (the write side).
     pub fn new(config: RelayConfig, store: SqlEventStore) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = config
-            .kafka
-            .client()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set("message.timeout.ms", "30000")
-            .set("client.id", "orders-relay")
-            .create()?;
+        let producer: FutureProducer = producer_config(&config.kafka).create()?;
         Ok(Self {
             config,
             store,
@@ -129,22 +167,31 @@ impl Relay {
         let mut listener = match self.store.db().backend {
             Backend::Postgres => {
                 let mut l = sqlx::postgres::PgListener::connect(&self.config.database_url).await?;
-                l.listen("cqrs_outbox").await?;
+                l.listen("cqrs_events").await?;
                 Some(l)
             }
             Backend::Sqlite => None,
         };
         let mut local = self.store.subscribe();
+        let checkpoint = self.store.relay_checkpoint().await?;
+        let mut pipe = Pipeline {
+            checkpoint,
+            read_to: checkpoint,
+            in_flight: VecDeque::new(),
+            settled: 0,
+        };
         loop {
-            if *shutdown.borrow() {
-                return Ok(());
+            let stopping = *shutdown.borrow();
+            if stopping {
+                return self.drain(&mut pipe).await;
             }
             // A dead lock connection means another relay may lead now.
             if let Some(conn) = leader.as_mut() {
                 conn.execute("SELECT 1").await?;
             }
-            let published = self.publish_batch().await?;
-            if published > 0 {
+            self.fill(&mut pipe).await?;
+            if !pipe.in_flight.is_empty() {
+                self.settle_oldest(&mut pipe).await?;
                 continue;
             }
             tokio::select! {
@@ -156,69 +203,128 @@ impl Relay {
                 } => n?,
                 _ = local.changed() => {}
                 _ = tokio::time::sleep(self.config.poll) => {}
-                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                _ = shutdown.wait_for(|s| *s) => {}
             }
         }
     }
 
-    /// Publishes one batch; returns how many rows it marked published.
-    pub async fn publish_batch(&self) -> Result<usize, KafkaError> {
-        let events = self.store.pending_outbox(self.config.batch_size).await?;
-        if events.is_empty() {
-            return Ok(0);
+    /// Reads and enqueues batches until `MAX_IN_FLIGHT` are out or nothing
+    /// committed is left.
+    async fn fill(&self, pipe: &mut Pipeline) -> Result<(), KafkaError> {
+        while pipe.in_flight.len() < MAX_IN_FLIGHT {
+            let events = self
+                .store
+                .read_log(pipe.read_to, self.config.batch_size)
+                .await?;
+            let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                return Ok(());
+            };
+            let (first, last) = (first.position, last.position);
+            let mut deliveries = Vec::with_capacity(events.len());
+            for e in &events {
+                deliveries.push(self.enqueue(e).await?);
+            }
+            pipe.read_to = last;
+            pipe.in_flight.push_back(InFlight {
+                first,
+                last,
+                deliveries,
+            });
         }
-        let mut deliveries = Vec::with_capacity(events.len());
-        let mut failed: Option<RdError> = None;
-        for e in &events {
-            let payload = e.payload.to_string();
-            let mut record = FutureRecord::to(&self.config.kafka.topic)
-                .key(&e.aggregate_id)
-                .payload(&payload)
-                .headers(headers_of(e));
-            // Enqueued in position order; the idempotent producer keeps that
-            // order per partition, retries included.
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push((e.position, delivery));
-                        break;
-                    }
-                    Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err((err, _)) => {
-                        failed = Some(err);
-                        break;
-                    }
+        Ok(())
+    }
+
+    /// Hands one event to the producer (in position order: the idempotent
+    /// producer keeps that order per partition, retries included).
+    async fn enqueue(&self, e: &cqrs_core::EventEnvelope) -> Result<DeliveryFuture, KafkaError> {
+        let payload = e.payload.to_string();
+        let mut record = FutureRecord::to(&self.config.kafka.topic)
+            .key(&e.aggregate_id)
+            .payload(&payload)
+            .headers(headers_of(e));
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-            }
-            if failed.is_some() {
-                break;
+                Err((err, _)) => return Err(err.into()),
             }
         }
-        let mut done = Vec::with_capacity(deliveries.len());
-        for (position, delivery) in deliveries {
-            match delivery.await {
-                Ok(Ok(d)) if failed.is_none() => done.push((position, d.partition, d.offset)),
+    }
+
+    /// Awaits the oldest batch's reports and moves the checkpoint past it.
+    /// A failed report fails the leader: it starts again from the stored
+    /// checkpoint, so Kafka may hold duplicates but never a gap.
+    async fn settle_oldest(&self, pipe: &mut Pipeline) -> Result<(), KafkaError> {
+        let Some(batch) = pipe.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let count = batch.deliveries.len();
+        for report in futures::future::join_all(batch.deliveries).await {
+            match report {
                 Ok(Ok(_)) => {}
                 Ok(Err((err, _))) => {
-                    failed.get_or_insert(err);
+                    metrics::counter!("cqrs_relay_errors_total").increment(1);
+                    return Err(err.into());
                 }
                 Err(_) => {
-                    failed.get_or_insert(RdError::Canceled);
+                    metrics::counter!("cqrs_relay_errors_total").increment(1);
+                    return Err(RdError::Canceled.into());
                 }
             }
         }
-        // Only the prefix before the first failure is marked: the rest is
-        // sent again, so Kafka may hold duplicates but never a gap.
-        self.store.mark_published(&done).await?;
-        metrics::counter!("cqrs_relay_published_total").increment(done.len() as u64);
-        metrics::histogram!("cqrs_relay_batch_size").record(events.len() as f64);
-        if let Some(e) = failed {
-            metrics::counter!("cqrs_relay_errors_total").increment(1);
-            return Err(e.into());
+        self.store.relay_published(batch.first, batch.last).await?;
+        pipe.checkpoint = batch.last;
+        pipe.settled += 1;
+        metrics::counter!("cqrs_relay_published_total").increment(count as u64);
+        metrics::histogram!("cqrs_relay_batch_size").record(count as f64);
+        if pipe.settled % PRUNE_EVERY == 1 {
+            let before = chrono::Utc::now() - BATCH_RETENTION;
+            if let Err(e) = self.store.prune_relay_batches(before).await {
+                tracing::warn!(error = %e, "cannot prune the relay's batch record");
+            }
         }
-        Ok(done.len())
+        Ok(())
+    }
+
+    /// At shutdown: confirms what is in flight, as far as reports come
+    /// within a few seconds (the rest is sent again by the next leader).
+    async fn drain(&self, pipe: &mut Pipeline) -> Result<(), KafkaError> {
+        let settle = async {
+            while !pipe.in_flight.is_empty() {
+                self.settle_oldest(pipe).await?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), settle).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    "relay stopped with batches unconfirmed; the next leader sends them again"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes everything committed so far and waits for its reports
+    /// (tools and benchmarks); returns the checkpoint reached.
+    pub async fn publish_all(&self) -> Result<i64, KafkaError> {
+        let checkpoint = self.store.relay_checkpoint().await?;
+        let mut pipe = Pipeline {
+            checkpoint,
+            read_to: checkpoint,
+            in_flight: VecDeque::new(),
+            settled: 0,
+        };
+        loop {
+            self.fill(&mut pipe).await?;
+            if pipe.in_flight.is_empty() {
+                return Ok(pipe.checkpoint);
+            }
+            self.settle_oldest(&mut pipe).await?;
+        }
     }
 }

@@ -129,32 +129,28 @@ async fn appended_events_load_in_version_order(store: SqlEventStore) {
     assert!(store.load("nobody").await.unwrap().is_empty());
 }
 
-async fn every_event_has_an_outbox_row_from_the_same_transaction(store: SqlEventStore) {
+async fn an_append_is_all_or_nothing_and_the_relay_sees_it_whole(store: SqlEventStore) {
     let appended = store.append(append_req("a", 0, 3)).await.unwrap();
-    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM outbox ORDER BY position")
-        .fetch_all(&store.db().pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        positions,
-        appended
-            .events
-            .iter()
-            .map(|e| e.position)
-            .collect::<Vec<_>>()
-    );
+    let positions: Vec<i64> = appended.events.iter().map(|e| e.position).collect();
+    // The log is the outbox: everything after the relay's checkpoint is pending.
+    assert_eq!(store.relay_checkpoint().await.unwrap(), 0);
     assert_eq!(store.outbox_pending().await.unwrap(), 3);
-    // The outbox insert of the second event fails: if outbox rows were
-    // written in a transaction of their own, the events would remain.
-    refuse_inserts(store.db(), "outbox", "aggregate_id = 'doomed'").await;
+    // The second event's insert fails: if events were written in
+    // transactions of their own, the first would remain.
+    refuse_inserts(
+        store.db(),
+        "events",
+        "aggregate_id = 'doomed' AND NEW.version = 2",
+    )
+    .await;
     let failed = store.append(append_req("doomed", 0, 2)).await;
     assert!(failed.is_err(), "{failed:?}");
     assert!(
         store.load("doomed").await.unwrap().is_empty(),
-        "an event outlived its outbox row"
+        "half an append survived"
     );
     assert_eq!(count(store.db(), "events").await, 3);
-    assert_eq!(count(store.db(), "outbox").await, 3);
+    assert_eq!(store.outbox_pending().await.unwrap(), 3);
     // The idempotency row, written last, fails: nothing of the append remains.
     refuse_inserts(store.db(), "idempotency", "key = 'doomed-key'").await;
     let mut req = append_req("doomed-too", 0, 1);
@@ -164,7 +160,24 @@ async fn every_event_has_an_outbox_row_from_the_same_transaction(store: SqlEvent
     });
     assert!(store.append(req).await.is_err());
     assert!(store.load("doomed-too").await.unwrap().is_empty());
-    assert_eq!(count(store.db(), "outbox").await, 3);
+    assert_eq!(count(store.db(), "events").await, 3);
+    // A published batch moves the checkpoint (never back) and is dated.
+    store
+        .relay_published(positions[0], positions[2])
+        .await
+        .unwrap();
+    store
+        .relay_published(positions[0], positions[1])
+        .await
+        .unwrap();
+    assert_eq!(store.relay_checkpoint().await.unwrap(), positions[2]);
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+    assert!(store.published_at(positions[1]).await.unwrap().is_some());
+    assert!(store
+        .published_at(positions[2] + 1)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// Makes every insert into `table` that matches `when` fail (a trigger), to
@@ -201,7 +214,6 @@ async fn a_stale_expected_version_is_a_conflict_and_writes_nothing(store: SqlEve
         }
     }
     assert_eq!(count(store.db(), "events").await, 2);
-    assert_eq!(count(store.db(), "outbox").await, 2);
 }
 
 async fn an_idempotency_key_is_stored_with_the_append_and_used_once(store: SqlEventStore) {
@@ -502,7 +514,7 @@ macro_rules! suite {
 
 suite!(
     appended_events_load_in_version_order,
-    every_event_has_an_outbox_row_from_the_same_transaction,
+    an_append_is_all_or_nothing_and_the_relay_sees_it_whole,
     a_stale_expected_version_is_a_conflict_and_writes_nothing,
     an_idempotency_key_is_stored_with_the_append_and_used_once,
     the_log_reads_after_a_position_in_order,

@@ -177,7 +177,7 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
         output: "Command sent: POST /orders".into(),
     });
 
-    // Step 2: the command handler decided and committed event + outbox row.
+    // Step 2: the command handler decided and committed the event to the log (the outbox).
     let events = running.app.store.load(&order_id).await?;
     let created = events.first().context("the order has no event")?;
     steps.push(Step {
@@ -402,7 +402,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&run)?);
     } else {
         println!("{run}");
-        println!("Embedded mode: SQLite write DB + outbox, the event log tailed by an in-process projector, SQLite read DB.");
+        println!("Embedded mode: SQLite write DB (its event log is the outbox), tailed by an in-process projector, SQLite read DB.");
         if args.projector_delay_ms == 0 {
             println!("Try `orders demo --projector-delay-ms 500` to see a stale read, then the token's consistent read.");
         }

@@ -266,7 +266,7 @@ async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Re
         Ok(stopped) => stopped,
         Err(_) => {
             // Nothing is lost: an unfinished batch rolls back and is read
-            // again, unmarked outbox rows are sent again.
+            // again, and batches the relay had no reports for are sent again.
             tracing::warn!(
                 after_secs = http.shutdown_timeout().as_secs_f64(),
                 "the roles did not stop within the shutdown timeout; exiting anyway"

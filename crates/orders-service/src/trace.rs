@@ -44,30 +44,12 @@ fn ts(s: Option<String>) -> Option<DateTime<Utc>> {
     s.and_then(|s| parse_timestamp(&s).ok())
 }
 
-/// Assembles the trace of `command_id` from the write DB, the outbox and the
-/// read DB; `None` when no event has that command id.
+/// Assembles the trace of `command_id` from the write DB, the relay's
+/// record of published batches and the read DB; `None` when no event has that command id.
 pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandTrace>> {
     let events = app.store.events_of_command(command_id).await?;
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(None);
-    };
-    let outbox =
-        sqlx::query("SELECT published_at, partition_no, offset_no FROM outbox WHERE position = $1")
-            .bind(last.position)
-            .fetch_optional(&app.store.db().pool)
-            .await?;
-    let (published_at, published_detail) = match (&app.kafka, outbox) {
-        (Some(k), Some(r)) => {
-            let at: Option<String> = r.try_get(0)?;
-            let (p, o): (Option<i64>, Option<i64>) = (r.try_get(1)?, r.try_get(2)?);
-            let detail = match (p, o) {
-                (Some(p), Some(o)) => format!("{}/{p}@{o}", k.topic),
-                _ => "not yet published".to_owned(),
-            };
-            (ts(at), detail)
-        }
-        // Embedded: the write DB's log is the channel; committing publishes.
-        _ => (Some(last.recorded_at), format!("log@{}", last.position)),
     };
     let read = sqlx::query("SELECT published_as, consumed_at, applied_at FROM event_traces WHERE projector = $1 AND event_id = $2")
         .bind(PROJECTOR)
@@ -81,6 +63,21 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
             r.try_get::<String, _>(0)?,
         ),
         None => (None, None, String::new()),
+    };
+    let (published_at, published_detail) = match &app.kafka {
+        Some(k) => {
+            // The relay records when each batch's reports came back; where
+            // the record landed is what the projector consumed.
+            let at = app.store.published_at(last.position).await?;
+            let detail = match (&at, consumed_from.is_empty()) {
+                (None, _) => "not yet published".to_owned(),
+                (Some(_), false) => consumed_from.clone(),
+                (Some(_), true) => format!("{} (partition by key {})", k.topic, last.aggregate_id),
+            };
+            (at, detail)
+        }
+        // Embedded: the write DB's log is the channel; committing publishes.
+        None => (Some(last.recorded_at), format!("log@{}", last.position)),
     };
     let queried: Option<String> = sqlx::query_scalar(
         "SELECT MIN(queried_at) FROM query_traces WHERE aggregate_id = $1 AND version >= $2",

@@ -353,11 +353,7 @@ impl Cluster {
             let loaded = orders::read_model::load_views(&store.db().pool)
                 .await
                 .unwrap();
-            let pending: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&store.db().pool)
-                    .await
-                    .unwrap();
+            let pending = cqrs_sql::EventStore::outbox_pending(&store).await.unwrap();
             if folded == loaded && pending == 0 {
                 return;
             }
@@ -367,7 +363,7 @@ impl Cluster {
                     .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
                     .collect();
                 panic!(
-                    "no convergence after {secs}s: {} orders folded, {} in the read model, {pending} outbox rows pending\n{}",
+                    "no convergence after {secs}s: {} orders folded, {} in the read model, {pending} events not yet published\n{}",
                     folded.orders.len(),
                     loaded.orders.len(),
                     logs.join("\n")

@@ -1,4 +1,5 @@
-//! The write side: an append-only event log with outbox and idempotency.
+//! The write side: an append-only event log (which is also the outbox the
+//! relay publishes, behind its checkpoint) with idempotency.
 
 mod postgres;
 mod sql;
@@ -88,7 +89,7 @@ pub trait EventStore: Send + Sync {
         aggregate_id: &str,
     ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
 
-    /// Appends events, their outbox rows and the idempotency record in one
+    /// Appends events (the log the relay publishes) and the idempotency record in one
     /// transaction; `VersionConflict` when the expected version is stale.
     fn append(
         &self,
@@ -120,7 +121,7 @@ pub trait EventStore: Send + Sync {
     /// The highest log position appended so far, by any process (0 when empty).
     fn head_position(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// Outbox rows not yet marked published.
+    /// Events the relay has not published yet (after its checkpoint).
     fn outbox_pending(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// Changes whenever this process commits an append (the last position).

@@ -25,14 +25,6 @@ impl Dialect for Postgres {
                 recorded_at TEXT NOT NULL,
                 CONSTRAINT events_aggregate_version UNIQUE (aggregate_id, version))",
             "CREATE INDEX IF NOT EXISTS events_command ON events (command_id)",
-            "CREATE TABLE IF NOT EXISTS outbox (
-                position BIGINT PRIMARY KEY REFERENCES events (position),
-                aggregate_id TEXT NOT NULL,
-                created_at TEXT NOT NULL,
-                published_at TEXT,
-                partition_no BIGINT,
-                offset_no BIGINT)",
-            "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (position) WHERE published_at IS NULL",
             "CREATE TABLE IF NOT EXISTS idempotency (
                 key TEXT PRIMARY KEY,
                 request_hash TEXT NOT NULL,
@@ -58,7 +50,7 @@ impl Dialect for Postgres {
 
     fn append_postamble(&self) -> Option<&'static str> {
         // Delivered at commit: wakes the relay without polling.
-        Some("SELECT 1 FROM (SELECT pg_notify('cqrs_outbox', '')) AS n")
+        Some("SELECT 1 FROM (SELECT pg_notify('cqrs_events', '')) AS n")
     }
 
     fn log_horizon(&self) -> Option<&'static str> {

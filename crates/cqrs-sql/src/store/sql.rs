@@ -44,6 +44,8 @@ impl SqlEventStore {
             Backend::Postgres => Arc::new(super::postgres::Postgres),
         };
         db.migrate(dialect.schema()).await?;
+        db.migrate(RELAY_SCHEMA).await?;
+        init_relay_checkpoint(&db).await?;
         let last: i64 =
             sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
                 .fetch_one(&db.pool)
@@ -139,14 +141,6 @@ impl SqlEventStore {
                 .bind(recorded_at)
                 .fetch_one(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO outbox (position, aggregate_id, created_at) VALUES ($1, $2, $3)",
-            )
-            .bind(position)
-            .bind(&req.aggregate_id)
-            .bind(recorded_at)
-            .execute(&mut *tx)
-            .await?;
             positions.push(position);
         }
         if let (Some(idem), Some(&last)) = (&req.idempotency, positions.last()) {
@@ -184,54 +178,149 @@ impl SqlEventStore {
         Ok(positions)
     }
 
-    /// Outbox rows not yet published, oldest first, with their events. A row
-    /// whose transaction commits late still shows up here: nothing is skipped.
-    pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
-        let sql = format!(
-            "{} WHERE position IN (SELECT position FROM outbox WHERE published_at IS NULL ORDER BY position LIMIT $1) \
-             ORDER BY position",
-            self.select_events
-        );
-        let rows = sqlx::query(&sql)
-            .bind(limit)
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.iter().map(decode_row).collect()
+    /// Where the relay has published up to: every event at or below this
+    /// position is on Kafka.
+    pub async fn relay_checkpoint(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT position FROM relay_checkpoint WHERE relay = $1")
+                .bind(RELAY)
+                .fetch_optional(&self.db.pool)
+                .await?
+                .unwrap_or(0),
+        )
     }
 
-    /// Marks outbox rows published: (position, partition, offset).
-    pub async fn mark_published(&self, rows: &[(i64, i32, i64)]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        // Integers we produced ourselves, inlined: one statement for the batch.
-        let values: Vec<String> = rows
-            .iter()
-            .map(|(pos, p, o)| format!("({pos}, {p}, {o})"))
-            .collect();
-        let sql = format!(
-            "UPDATE outbox SET published_at = $1, partition_no = v.column2, offset_no = v.column3 \
-             FROM (VALUES {}) AS v WHERE outbox.position = v.column1",
-            values.join(", ")
-        );
-        sqlx::query(&sql)
-            .bind(timestamp(chrono::Utc::now()))
-            .execute(&self.db.writer)
-            .await?;
+    /// Records that the events `first..=last` are on Kafka: the checkpoint
+    /// moves to `last` (never back) and the batch is remembered for traces.
+    /// One transaction, two rows, whatever the batch size.
+    pub async fn relay_published(&self, first: i64, last: i64) -> Result<(), StoreError> {
+        let now = timestamp(chrono::Utc::now());
+        let mut tx = self.db.writer.begin().await?;
+        sqlx::query(
+            "UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1 AND position < $2",
+        )
+        .bind(RELAY)
+        .bind(last)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO relay_batches (last_position, first_position, published_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (last_position) DO UPDATE SET first_position = excluded.first_position, \
+             published_at = excluded.published_at",
+        )
+        .bind(last)
+        .bind(first)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Age in seconds of the oldest unpublished outbox row (0 when none).
+    /// Forgets published batches older than `before` (their events' traces
+    /// then show no publication time).
+    pub async fn prune_relay_batches(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM relay_batches WHERE published_at < $1")
+                .bind(timestamp(before))
+                .execute(&self.db.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// When the relay published the event at `position` (None: not yet, or
+    /// so long ago that the batch was pruned).
+    pub async fn published_at(
+        &self,
+        position: i64,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let at: Option<String> = sqlx::query_scalar(
+            "SELECT published_at FROM relay_batches WHERE last_position >= $1 AND first_position <= $1 \
+             ORDER BY last_position LIMIT 1",
+        )
+        .bind(position)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        at.map(|a| parse_timestamp(&a))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("relay batch time: {e}")))
+    }
+
+    /// Age in seconds of the oldest event the relay has not published (0
+    /// when none).
     pub async fn oldest_pending_age(&self) -> Result<f64, StoreError> {
-        let oldest: Option<String> =
-            sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&self.db.pool)
-                .await?;
+        let oldest: Option<String> = sqlx::query_scalar(
+            "SELECT recorded_at FROM events WHERE position > \
+             (SELECT position FROM relay_checkpoint WHERE relay = $1) ORDER BY position LIMIT 1",
+        )
+        .bind(RELAY)
+        .fetch_optional(&self.db.pool)
+        .await?;
         Ok(match oldest.and_then(|o| parse_timestamp(&o).ok()) {
             Some(t) => (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0,
             None => 0.0,
         })
     }
+}
+
+/// The relay's tables, the same on both databases: its checkpoint (one
+/// row), and when each published batch went out (for traces).
+const RELAY_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS relay_checkpoint (
+        relay TEXT PRIMARY KEY,
+        position BIGINT NOT NULL,
+        updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS relay_batches (
+        last_position BIGINT PRIMARY KEY,
+        first_position BIGINT NOT NULL,
+        published_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS relay_batches_published ON relay_batches (published_at)",
+];
+
+/// The checkpoint row's key: one relay leads per write DB.
+const RELAY: &str = "outbox";
+
+/// Creates the relay checkpoint once. A write DB made by a version that
+/// kept an `outbox` table with a published mark per row starts from its
+/// first unpublished row, so nothing is skipped and little is sent twice.
+async fn init_relay_checkpoint(db: &Db) -> Result<(), StoreError> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM relay_checkpoint WHERE relay = $1")
+            .bind(RELAY)
+            .fetch_optional(&db.pool)
+            .await?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    let legacy = sqlx::query("SELECT 1 FROM outbox WHERE 1 = 0")
+        .execute(&db.pool)
+        .await
+        .is_ok();
+    let start: i64 = if legacy {
+        sqlx::query_scalar(
+            "SELECT CAST(COALESCE((SELECT MIN(position) - 1 FROM outbox WHERE published_at IS NULL), \
+             (SELECT MAX(position) FROM outbox), 0) AS BIGINT)",
+        )
+        .fetch_one(&db.pool)
+        .await?
+    } else {
+        0
+    };
+    sqlx::query(
+        "INSERT INTO relay_checkpoint (relay, position, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (relay) DO NOTHING",
+    )
+    .bind(RELAY)
+    .bind(start)
+    .bind(timestamp(chrono::Utc::now()))
+    .execute(&db.writer)
+    .await?;
+    Ok(())
 }
 
 fn decode_row(row: &AnyRow) -> Result<EventEnvelope, StoreError> {
@@ -424,11 +513,13 @@ impl EventStore for SqlEventStore {
     }
 
     async fn outbox_pending(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&self.db.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE position > \
+             (SELECT position FROM relay_checkpoint WHERE relay = $1)",
         )
+        .bind(RELAY)
+        .fetch_one(&self.db.pool)
+        .await?)
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

@@ -22,14 +22,6 @@ impl Dialect for Sqlite {
                 recorded_at TEXT NOT NULL,
                 UNIQUE (aggregate_id, version))",
             "CREATE INDEX IF NOT EXISTS events_command ON events (command_id)",
-            "CREATE TABLE IF NOT EXISTS outbox (
-                position BIGINT PRIMARY KEY REFERENCES events (position),
-                aggregate_id TEXT NOT NULL,
-                created_at TEXT NOT NULL,
-                published_at TEXT,
-                partition_no BIGINT,
-                offset_no BIGINT)",
-            "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (position) WHERE published_at IS NULL",
             "CREATE TABLE IF NOT EXISTS idempotency (
                 key TEXT PRIMARY KEY,
                 request_hash TEXT NOT NULL,
