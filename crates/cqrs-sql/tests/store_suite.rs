@@ -280,6 +280,72 @@ async fn fifty_concurrent_appends_at_one_version_have_one_winner(store: SqlEvent
     assert_eq!(versions, vec![1, 2]);
 }
 
+/// Appends queued together commit together (group commit); one that loses
+/// its version or its idempotency key fails alone, and what it had written
+/// in the shared transaction is gone.
+async fn conflicting_appends_fail_alone_and_their_neighbours_commit(store: SqlEventStore) {
+    store.append(append_req("hot", 0, 1)).await.unwrap();
+    let keyed = |id: &str, key: &str| {
+        let mut r = append_req(id, 0, 2);
+        r.idempotency = Some(IdempotencyRecord {
+            key: key.into(),
+            request_hash: id.into(),
+        });
+        r
+    };
+    let mut requests = Vec::new();
+    for i in 0..40 {
+        requests.push(match i % 4 {
+            0 => append_req("hot", 1, 2),
+            1 => keyed(&format!("shared-key-{i}"), "shared"),
+            _ => append_req(&format!("cold-{i}"), 0, 3),
+        });
+    }
+    let results = futures::future::join_all(requests.into_iter().map(|r| store.append(r))).await;
+    let (mut hot, mut shared, mut cold) = (0, 0, 0);
+    for (i, r) in results.iter().enumerate() {
+        match (i % 4, r) {
+            (0, Ok(_)) => hot += 1,
+            (0, Err(StoreError::VersionConflict { .. })) => {}
+            (1, Ok(_)) => shared += 1,
+            (1, Err(StoreError::DuplicateIdempotencyKey(k))) => assert_eq!(k, "shared"),
+            (_, Ok(a)) => {
+                assert_eq!(a.events.len(), 3);
+                cold += 1;
+            }
+            (_, other) => panic!("append {i}: {other:?}"),
+        }
+    }
+    assert_eq!((hot, shared, cold), (1, 1, 20));
+    assert_eq!(
+        store.load("hot").await.unwrap().len(),
+        3,
+        "one winner, versions 2 and 3"
+    );
+    let answer = store.idempotent_answer("shared").await.unwrap().unwrap();
+    let holders: Vec<usize> = (0..40)
+        .filter(|i| i % 4 == 1)
+        .filter(|i| results[*i].is_ok())
+        .collect();
+    let holder = format!("shared-key-{}", holders[0]);
+    assert_eq!(
+        answer.aggregate_id, holder,
+        "the key answers for its holder"
+    );
+    for i in (0..40).filter(|i| i % 4 == 1 && *i != holders[0]) {
+        assert!(
+            store
+                .load(&format!("shared-key-{i}"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "an append refused for its key left events behind"
+        );
+    }
+    // 1 + 2 (hot) + 2 (shared) + 20 x 3 (cold)
+    assert_eq!(count(store.db(), "events").await, 65);
+}
+
 async fn fifty_concurrent_conflicting_commands_have_one_winner(store: SqlEventStore) {
     execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), options())
         .await
@@ -515,6 +581,7 @@ macro_rules! suite {
 suite!(
     appended_events_load_in_version_order,
     an_append_is_all_or_nothing_and_the_relay_sees_it_whole,
+    conflicting_appends_fail_alone_and_their_neighbours_commit,
     a_stale_expected_version_is_a_conflict_and_writes_nothing,
     an_idempotency_key_is_stored_with_the_append_and_used_once,
     the_log_reads_after_a_position_in_order,

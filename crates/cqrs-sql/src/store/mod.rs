@@ -4,6 +4,7 @@
 mod postgres;
 mod sql;
 mod sqlite;
+mod writer;
 
 pub use sql::SqlEventStore;
 

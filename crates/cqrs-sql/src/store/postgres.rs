@@ -36,10 +36,6 @@ impl Dialect for Postgres {
         ]
     }
 
-    fn payload_param(&self, n: usize) -> String {
-        format!("CAST(${n} AS JSONB)")
-    }
-
     fn payload_column(&self) -> &'static str {
         "payload::text"
     }

@@ -12,8 +12,6 @@ use tokio::sync::watch;
 pub(crate) trait Dialect: Send + Sync {
     /// Idempotent DDL.
     fn schema(&self) -> &'static [&'static str];
-    /// The placeholder for the JSON payload parameter `n`.
-    fn payload_param(&self, n: usize) -> String;
     /// The payload column as text.
     fn payload_column(&self) -> &'static str;
     /// Run first in every append transaction.
@@ -33,7 +31,7 @@ pub struct SqlEventStore {
     committed: Arc<watch::Sender<i64>>,
     notifying: Arc<std::sync::atomic::AtomicBool>,
     select_events: Arc<str>,
-    insert_event: Arc<str>,
+    appends: tokio::sync::mpsc::Sender<super::writer::Job>,
 }
 
 impl SqlEventStore {
@@ -55,11 +53,10 @@ impl SqlEventStore {
              schema_version, {} AS payload, command_id, occurred_at, recorded_at FROM events",
             dialect.payload_column()
         );
-        let insert_event = format!(
-            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, payload, command_id, occurred_at, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, {}, $8, $9, $10) RETURNING position",
-            dialect.payload_param(7)
+        let appends = super::writer::spawn(
+            db.clone(),
+            dialect.append_preamble(),
+            super::writer::writer_count(db.backend),
         );
         Ok(Self {
             db,
@@ -67,7 +64,7 @@ impl SqlEventStore {
             committed: Arc::new(watch::channel(last).0),
             notifying: Arc::default(),
             select_events: select_events.into(),
-            insert_event: insert_event.into(),
+            appends,
         })
     }
 
@@ -115,67 +112,38 @@ impl SqlEventStore {
         rows.iter().map(decode_row).collect()
     }
 
-    async fn append_tx(
+    /// Queues an append for the group-commit writers and waits for its
+    /// outcome: the positions of its events.
+    async fn append_grouped(
         &self,
-        req: &AppendRequest,
-        recorded_at: &str,
-    ) -> Result<Vec<i64>, sqlx::Error> {
-        let mut tx = self.db.writer.begin().await?;
-        if let Some(pre) = self.dialect.append_preamble() {
-            tx.execute(pre).await?;
-        }
-        let occurred_at = timestamp(req.metadata.occurred_at);
-        let mut positions = Vec::with_capacity(req.events.len());
-        for (i, e) in req.events.iter().enumerate() {
-            let version = req.expected_version + 1 + i as i64;
-            let position: i64 = sqlx::query_scalar(&self.insert_event)
-                .bind(&e.event_id)
-                .bind(&req.aggregate_type)
-                .bind(&req.aggregate_id)
-                .bind(version)
-                .bind(&e.event_type)
-                .bind(i64::from(e.schema_version))
-                .bind(e.payload.to_string())
-                .bind(&req.metadata.command_id)
-                .bind(&occurred_at)
-                .bind(recorded_at)
-                .fetch_one(&mut *tx)
-                .await?;
-            positions.push(position);
-        }
-        if let (Some(idem), Some(&last)) = (&req.idempotency, positions.last()) {
-            sqlx::query(
-                "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&idem.key)
-            .bind(&idem.request_hash)
-            .bind(&req.aggregate_id)
-            .bind(&req.metadata.command_id)
-            .bind(req.expected_version + req.events.len() as i64)
-            .bind(last)
-            .bind(recorded_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        request: AppendRequest,
+    ) -> Result<super::writer::Stored, StoreError> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Db(sqlx::Error::PoolClosed);
+        self.appends
+            .send(super::writer::Job { request, reply })
+            .await
+            .map_err(|_| gone())?;
+        let stored = outcome.await.map_err(|_| gone())??;
         if let Some(post) = self.dialect.append_postamble() {
-            // After the commit, in its own tiny transaction, and at most one
-            // at a time per process: a NOTIFY inside every append serialises
+            // After the commit, in its own tiny transaction, at most one at
+            // a time per process: a NOTIFY inside every append serialises
             // all commits on PostgreSQL's notify lock. A wake-up that is
             // skipped or lost only delays the relay until its next poll.
             if !self
                 .notifying
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
-                if let Err(e) = self.db.writer.execute(post).await {
-                    tracing::debug!(error = %e, "outbox notification not sent");
-                }
-                self.notifying
-                    .store(false, std::sync::atomic::Ordering::Release);
+                let (db, notifying) = (self.db.clone(), self.notifying.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = db.writer.execute(post).await {
+                        tracing::debug!(error = %e, "log notification not sent");
+                    }
+                    notifying.store(false, std::sync::atomic::Ordering::Release);
+                });
             }
         }
-        Ok(positions)
+        Ok(stored)
     }
 
     /// Where the relay has published up to: every event at or below this
@@ -349,18 +317,6 @@ fn decode_row(row: &AnyRow) -> Result<EventEnvelope, StoreError> {
     })
 }
 
-fn unique_violation_on(err: &sqlx::Error) -> Option<String> {
-    let db = err.as_database_error()?;
-    if !db.is_unique_violation() {
-        return None;
-    }
-    Some(format!(
-        "{} {}",
-        db.constraint().unwrap_or(""),
-        db.message()
-    ))
-}
-
 impl EventStore for SqlEventStore {
     async fn load(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
         let sql = format!(
@@ -384,27 +340,7 @@ impl EventStore for SqlEventStore {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError> {
-        let now = chrono::Utc::now();
-        let recorded_at = timestamp(now);
-        let positions = match self.append_tx(&req, &recorded_at).await {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(match unique_violation_on(&e) {
-                    Some(what) if what.contains("idempotency") => {
-                        let key = req.idempotency.map(|i| i.key).unwrap_or_default();
-                        StoreError::DuplicateIdempotencyKey(key)
-                    }
-                    Some(what) if what.contains("event_id") || what.contains("events_event_id") => {
-                        StoreError::Corrupt(format!("duplicate event id: {what}"))
-                    }
-                    Some(_) => StoreError::VersionConflict {
-                        aggregate_id: req.aggregate_id,
-                        expected: req.expected_version,
-                    },
-                    None => StoreError::Db(e),
-                })
-            }
-        };
+        let (positions, now) = self.append_grouped(req.clone()).await?;
         if let Some(&last) = positions.last() {
             self.committed.send_if_modified(|p| {
                 let moved = last > *p;

@@ -33,10 +33,6 @@ impl Dialect for Sqlite {
         ]
     }
 
-    fn payload_param(&self, n: usize) -> String {
-        format!("${n}")
-    }
-
     fn payload_column(&self) -> &'static str {
         "payload"
     }

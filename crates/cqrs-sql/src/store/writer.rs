@@ -1,0 +1,341 @@
+//! Group commit: appends from concurrent commands queue up for a few writer
+//! tasks, and each writer commits whatever is waiting in one transaction of
+//! a handful of statements, whatever the batch size. A conflicting append
+//! (its version or its idempotency key taken) fails alone; its batch-mates
+//! commit.
+
+use super::{AppendRequest, StoreError};
+use crate::batch::{self, Kind, Val};
+use crate::db::{timestamp, Backend, Db};
+use sqlx::{AnyConnection, Executor};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Appends waiting for a writer, at most.
+const QUEUE: usize = 4_096;
+
+/// What an append stored: its events' positions and their recording time.
+pub(crate) type Stored = (Vec<i64>, chrono::DateTime<chrono::Utc>);
+
+/// One append and where its outcome goes.
+pub(crate) struct Job {
+    pub request: AppendRequest,
+    pub reply: oneshot::Sender<Result<Stored, StoreError>>,
+}
+
+/// The writers' shared view of the database.
+#[derive(Clone)]
+pub(crate) struct Writers {
+    db: Db,
+    preamble: Option<&'static str>,
+}
+
+/// Starts `count` writers over `db`; they stop when every sender is gone.
+pub(crate) fn spawn(db: Db, preamble: Option<&'static str>, count: usize) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    let writers = Writers { db, preamble };
+    for _ in 0..count.max(1) {
+        let (w, rx) = (writers.clone(), rx.clone());
+        tokio::spawn(async move {
+            while let Some(jobs) = next_batch(&rx).await {
+                w.commit(jobs).await;
+            }
+        });
+    }
+    tx
+}
+
+/// Waits for one job, then takes whatever else is already queued.
+async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
+/// How one append of a batch ended, before the commit.
+enum Fate {
+    Stored(Stored),
+    Refused(StoreError),
+}
+
+impl Writers {
+    /// Commits a batch and answers every job. When the batch as a whole
+    /// fails, each job is tried alone so that the error lands on its owner.
+    async fn commit(&self, jobs: Vec<Job>) {
+        let (jobs, empty): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| !j.request.events.is_empty());
+        for j in empty {
+            let _ = j.reply.send(Ok((Vec::new(), chrono::Utc::now())));
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        metrics::histogram!("cqrs_append_batch_size").record(jobs.len() as f64);
+        let requests: Vec<&AppendRequest> = jobs.iter().map(|j| &j.request).collect();
+        match self.write(&requests).await {
+            Ok(fates) => {
+                for (job, fate) in jobs.into_iter().zip(fates) {
+                    let _ = job.reply.send(match fate {
+                        Fate::Stored(p) => Ok(p),
+                        Fate::Refused(e) => Err(e),
+                    });
+                }
+            }
+            // A row the database refused names no job: try each alone so
+            // that the error reaches its owner only.
+            Err(e) if jobs.len() > 1 && e.as_database_error().is_some() => {
+                for job in jobs {
+                    let outcome = match self.write(&[&job.request]).await {
+                        Ok(mut f) => match f.pop() {
+                            Some(Fate::Stored(p)) => Ok(p),
+                            Some(Fate::Refused(e)) => Err(e),
+                            None => Err(StoreError::Corrupt("an append had no outcome".into())),
+                        },
+                        Err(e) => Err(classify(e)),
+                    };
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            // The database is away: every job fails alike.
+            Err(e) => {
+                let message = e.to_string();
+                let mut jobs = jobs.into_iter();
+                if let Some(first) = jobs.next() {
+                    let _ = first.reply.send(Err(classify(e)));
+                }
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Db(sqlx::Error::Protocol(message.clone()))));
+                }
+            }
+        }
+    }
+
+    /// One transaction: insert every event (a taken version skips the row),
+    /// take back what losers inserted, insert the winners' idempotency keys
+    /// (a taken key skips the row and its append is taken back too).
+    async fn write(&self, requests: &[&AppendRequest]) -> Result<Vec<Fate>, sqlx::Error> {
+        let now = chrono::Utc::now();
+        let recorded_at = timestamp(now);
+        let mut tx = self.db.writer.begin().await?;
+        if let Some(pre) = self.preamble {
+            tx.execute(pre).await?;
+        }
+        let stored = self.insert_events(&mut tx, requests, &recorded_at).await?;
+        let mut fates = Vec::with_capacity(requests.len());
+        let mut taken_back: Vec<&str> = Vec::new();
+        for r in requests {
+            let positions: Vec<Option<i64>> = r
+                .events
+                .iter()
+                .map(|e| stored.get(e.event_id.as_str()).copied())
+                .collect();
+            if positions.iter().all(Option::is_some) {
+                fates.push(Fate::Stored((
+                    positions.into_iter().flatten().collect(),
+                    now,
+                )));
+            } else {
+                taken_back.extend(
+                    r.events
+                        .iter()
+                        .filter(|e| stored.contains_key(e.event_id.as_str()))
+                        .map(|e| e.event_id.as_str()),
+                );
+                fates.push(Fate::Refused(StoreError::VersionConflict {
+                    aggregate_id: r.aggregate_id.clone(),
+                    expected: r.expected_version,
+                }));
+            }
+        }
+        let refused_keys = self
+            .insert_keys(&mut tx, requests, &fates, &recorded_at)
+            .await?;
+        for (index, (r, fate)) in requests.iter().zip(fates.iter_mut()).enumerate() {
+            let Some(idem) = &r.idempotency else { continue };
+            if refused_keys.contains(&index) {
+                taken_back.extend(r.events.iter().map(|e| e.event_id.as_str()));
+                *fate = Fate::Refused(StoreError::DuplicateIdempotencyKey(idem.key.clone()));
+            }
+        }
+        if !taken_back.is_empty() {
+            let sql = format!(
+                "DELETE FROM events WHERE event_id IN ({})",
+                batch::keys(self.db.backend, 1)
+            );
+            sqlx::query(&sql)
+                .bind(batch::keys_json(&taken_back)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(fates)
+    }
+
+    /// Inserts every event of the batch in one statement; returns the
+    /// position of each stored event by id (absent: its version was taken).
+    async fn insert_events(
+        &self,
+        tx: &mut AnyConnection,
+        requests: &[&AppendRequest],
+        recorded_at: &str,
+    ) -> Result<HashMap<String, i64>, sqlx::Error> {
+        let mut rows: Vec<Vec<Val>> = Vec::new();
+        for r in requests {
+            let occurred_at = timestamp(r.metadata.occurred_at);
+            for (i, e) in r.events.iter().enumerate() {
+                rows.push(vec![
+                    Val::Int(rows.len() as i64),
+                    Val::Text(e.event_id.clone()),
+                    Val::Text(r.aggregate_type.clone()),
+                    Val::Text(r.aggregate_id.clone()),
+                    Val::Int(r.expected_version + 1 + i as i64),
+                    Val::Text(e.event_type.clone()),
+                    Val::Int(i64::from(e.schema_version)),
+                    Val::Text(e.payload.to_string()),
+                    Val::Text(r.metadata.command_id.clone()),
+                    Val::Text(occurred_at.clone()),
+                ]);
+            }
+        }
+        let source = batch::rows(
+            self.db.backend,
+            1,
+            &[
+                ("ord", Kind::Int),
+                ("event_id", Kind::Text),
+                ("aggregate_type", Kind::Text),
+                ("aggregate_id", Kind::Text),
+                ("version", Kind::Int),
+                ("event_type", Kind::Text),
+                ("schema_version", Kind::Int),
+                ("payload", Kind::Text),
+                ("command_id", Kind::Text),
+                ("occurred_at", Kind::Text),
+            ],
+        );
+        // Positions are handed out in row order, so one aggregate's events
+        // get increasing positions.
+        let sql = format!(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, payload, command_id, occurred_at, recorded_at) \
+             SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.version, v.event_type, \
+             v.schema_version, {payload}, v.command_id, v.occurred_at, $2 FROM ({source}) AS v \
+             WHERE true ORDER BY v.ord \
+             ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING event_id, position",
+            payload = match self.db.backend {
+                Backend::Postgres => "CAST(v.payload AS JSONB)",
+                Backend::Sqlite => "v.payload",
+            },
+        );
+        let stored: Vec<(String, i64)> = sqlx::query_as(&sql)
+            .bind(batch::rows_json(&rows)?)
+            .bind(recorded_at)
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(stored.into_iter().collect())
+    }
+
+    /// Inserts the idempotency keys of the appends stored so far; returns
+    /// the indexes of the appends whose key another append holds already.
+    async fn insert_keys(
+        &self,
+        tx: &mut AnyConnection,
+        requests: &[&AppendRequest],
+        fates: &[Fate],
+        recorded_at: &str,
+    ) -> Result<HashSet<usize>, sqlx::Error> {
+        let mut rows: Vec<Vec<Val>> = Vec::new();
+        let mut wanted: HashMap<&str, usize> = HashMap::new();
+        let mut refused: HashSet<usize> = HashSet::new();
+        for (index, (r, fate)) in requests.iter().zip(fates).enumerate() {
+            let (Some(idem), Fate::Stored((positions, _))) = (&r.idempotency, fate) else {
+                continue;
+            };
+            let Some(&last) = positions.last() else {
+                continue;
+            };
+            // A key twice in one batch: the first holder keeps it.
+            if wanted.contains_key(idem.key.as_str()) {
+                refused.insert(index);
+                continue;
+            }
+            wanted.insert(idem.key.as_str(), index);
+            rows.push(vec![
+                Val::Text(idem.key.clone()),
+                Val::Text(idem.request_hash.clone()),
+                Val::Text(r.aggregate_id.clone()),
+                Val::Text(r.metadata.command_id.clone()),
+                Val::Int(r.expected_version + r.events.len() as i64),
+                Val::Int(last),
+            ]);
+        }
+        if rows.is_empty() {
+            return Ok(refused);
+        }
+        let source = batch::rows(
+            self.db.backend,
+            1,
+            &[
+                ("key", Kind::Text),
+                ("request_hash", Kind::Text),
+                ("aggregate_id", Kind::Text),
+                ("command_id", Kind::Text),
+                ("version", Kind::Int),
+                ("position", Kind::Int),
+            ],
+        );
+        let sql = format!(
+            "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
+             SELECT v.key, v.request_hash, v.aggregate_id, v.command_id, v.version, v.position, $2 \
+             FROM ({source}) AS v WHERE true ON CONFLICT (key) DO NOTHING RETURNING key"
+        );
+        let inserted: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(batch::rows_json(&rows)?)
+            .bind(recorded_at)
+            .fetch_all(&mut *tx)
+            .await?;
+        let inserted: HashSet<String> = inserted.into_iter().collect();
+        refused.extend(
+            wanted
+                .into_iter()
+                .filter(|(k, _)| !inserted.contains(*k))
+                .map(|(_, i)| i),
+        );
+        Ok(refused)
+    }
+}
+
+/// The store error for a failed write.
+fn classify(e: sqlx::Error) -> StoreError {
+    match e.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::Corrupt(format!(
+            "duplicate event id: {} {}",
+            db.constraint().unwrap_or(""),
+            db.message()
+        )),
+        _ => StoreError::Db(e),
+    }
+}
+
+/// Writers per store: SQLite has one writer anyway; on PostgreSQL a few
+/// transactions in flight keep the WAL flushes overlapping.
+pub(crate) fn writer_count(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    }
+}
