@@ -43,6 +43,18 @@ struct Pipeline {
     settled: u64,
 }
 
+impl Pipeline {
+    /// Nothing in flight, everything up to `checkpoint` confirmed.
+    fn at(checkpoint: i64) -> Self {
+        Self {
+            checkpoint,
+            read_to: checkpoint,
+            in_flight: VecDeque::new(),
+            settled: 0,
+        }
+    }
+}
+
 /// Advisory lock key of relay leadership ("rely").
 const LEADER_KEY: i64 = 0x7265_6c79;
 
@@ -173,13 +185,7 @@ impl Relay {
             Backend::Sqlite => None,
         };
         let mut local = self.store.subscribe();
-        let checkpoint = self.store.relay_checkpoint().await?;
-        let mut pipe = Pipeline {
-            checkpoint,
-            read_to: checkpoint,
-            in_flight: VecDeque::new(),
-            settled: 0,
-        };
+        let mut pipe = Pipeline::at(self.store.relay_checkpoint().await?);
         loop {
             let stopping = *shutdown.borrow();
             if stopping {
@@ -312,13 +318,7 @@ impl Relay {
     /// Publishes everything committed so far and waits for its reports
     /// (tools and benchmarks); returns the checkpoint reached.
     pub async fn publish_all(&self) -> Result<i64, KafkaError> {
-        let checkpoint = self.store.relay_checkpoint().await?;
-        let mut pipe = Pipeline {
-            checkpoint,
-            read_to: checkpoint,
-            in_flight: VecDeque::new(),
-            settled: 0,
-        };
+        let mut pipe = Pipeline::at(self.store.relay_checkpoint().await?);
         loop {
             self.fill(&mut pipe).await?;
             if pipe.in_flight.is_empty() {
