@@ -314,17 +314,4 @@ impl Relay {
             }
         }
     }
-
-    /// Publishes everything committed so far and waits for its reports
-    /// (tools and benchmarks); returns the checkpoint reached.
-    pub async fn publish_all(&self) -> Result<i64, KafkaError> {
-        let mut pipe = Pipeline::at(self.store.relay_checkpoint().await?);
-        loop {
-            self.fill(&mut pipe).await?;
-            if pipe.in_flight.is_empty() {
-                return Ok(pipe.checkpoint);
-            }
-            self.settle_oldest(&mut pipe).await?;
-        }
-    }
 }

@@ -129,7 +129,9 @@ async fn appended_events_load_in_version_order(store: SqlEventStore) {
     assert!(store.load("nobody").await.unwrap().is_empty());
 }
 
-async fn an_append_is_all_or_nothing_and_the_relay_sees_it_whole(store: SqlEventStore) {
+async fn an_append_is_all_or_nothing_and_the_relay_checkpoint_only_moves_forward(
+    store: SqlEventStore,
+) {
     let appended = store.append(append_req("a", 0, 3)).await.unwrap();
     let positions: Vec<i64> = appended.events.iter().map(|e| e.position).collect();
     // The log is the outbox: everything after the relay's checkpoint is pending.
@@ -580,7 +582,7 @@ macro_rules! suite {
 
 suite!(
     appended_events_load_in_version_order,
-    an_append_is_all_or_nothing_and_the_relay_sees_it_whole,
+    an_append_is_all_or_nothing_and_the_relay_checkpoint_only_moves_forward,
     conflicting_appends_fail_alone_and_their_neighbours_commit,
     a_stale_expected_version_is_a_conflict_and_writes_nothing,
     an_idempotency_key_is_stored_with_the_append_and_used_once,

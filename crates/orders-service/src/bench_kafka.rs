@@ -144,14 +144,23 @@ fn raw_consume(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// What `orders bench replay` measured.
+struct Rates {
+    events: usize,
+    value_len: i64,
+    relay: f64,
+    raw_producer: f64,
+    projector: f64,
+    raw_consumer: f64,
+}
+
 /// `orders bench replay`.
 pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
     let What::Replay { events } = what;
     let (Some(url), Some(brokers)) = (&args.database_url, &args.kafka_brokers) else {
         bail!("bench replay needs --database-url and --kafka-brokers");
     };
-    let orders = events.div_ceil(4);
-    let n = orders * 4;
+    let n = events.div_ceil(4) * 4;
     let (write_url, write_name) = scratch_postgres(url).await?;
     let (read_url, read_name) = scratch_postgres(url).await?;
     let kafka = KafkaConfig {
@@ -162,124 +171,169 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
     };
     let result = async {
         cqrs_kafka::ensure_topics(&kafka).await?;
-        let store = SqlEventStore::open(Db::connect(&write_url, &DbOptions::default()).await?).await?;
+        let store =
+            SqlEventStore::open(Db::connect(&write_url, &DbOptions::default()).await?).await?;
         eprintln!("writing {n} events to the write DB ...");
-        fill(&store, orders).await?;
-        let value_len: i64 = sqlx::query_scalar("SELECT CAST(AVG(length(payload::text)) AS BIGINT) FROM events")
-            .fetch_one(&store.db().pool)
-            .await?;
-
-        // Relay: the log -> topic, its checkpoint moving per batch.
-        let relay = Relay::new(
-            RelayConfig {
-                kafka: kafka.clone(),
-                database_url: write_url.clone(),
-                batch_size: 5_000,
-                poll: Duration::from_millis(100),
-                standby_retry: Duration::from_millis(100),
-            },
-            store.clone(),
-        )?;
-        let head = store.head_position().await?;
-        let pb = bar(n, "relay (log -> kafka)");
-        let started = Instant::now();
-        let (stop_relay, relay_rx) = tokio::sync::watch::channel(false);
-        let relay_task = tokio::spawn(relay.run(relay_rx));
-        loop {
-            let at = store.relay_checkpoint().await?;
-            pb.set_position(at as u64);
-            if at >= head {
-                break;
-            }
-            if relay_task.is_finished() || started.elapsed() > Duration::from_secs(1800) {
-                bail!("relay stopped at position {at} of {head}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        pb.finish_and_clear();
-        let relay_rate = n as f64 / started.elapsed().as_secs_f64();
-        let _ = stop_relay.send(true);
-        relay_task.await?.context("relay")?;
+        fill(&store, n / 4).await?;
+        let value_len: i64 =
+            sqlx::query_scalar("SELECT CAST(AVG(length(payload::text)) AS BIGINT) FROM events")
+                .fetch_one(&store.db().pool)
+                .await?;
+        let relay = time_relay(&store, &kafka, &write_url, n).await?;
         let raw_topic = format!("{write_name}.raw");
-        cqrs_kafka::ensure_topics(&KafkaConfig { topic: raw_topic.clone(), ..kafka.clone() }).await?;
-        let raw_producer = raw_produce(&kafka, &raw_topic, n, value_len as usize).await?;
-
-        // Projector catch-up from offset 0 into an empty read DB.
-        let read = Db::connect(&read_url, &DbOptions::default()).await?;
-        let runner = ProjectorRunner::new(
-            read.clone(),
-            ProjectorConfig { name: PROJECTOR.into(), batch_size: 5_000, ..ProjectorConfig::default() },
-            orders::read_model::projections(),
-        )
+        cqrs_kafka::ensure_topics(&KafkaConfig {
+            topic: raw_topic.clone(),
+            ..kafka.clone()
+        })
         .await?;
-        let source = KafkaSource::new(
-            SourceConfig {
-                kafka: kafka.clone(),
-                group_id: format!("{read_name}-group"),
-                session_timeout_ms: 10_000,
-                projector: PROJECTOR.into(),
-            },
-            read.clone(),
-        )?;
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let pb = bar(n, "projector catch-up");
-        let started = Instant::now();
-        let task = tokio::spawn(runner.run(source, rx));
-        loop {
-            let applied: i64 = sqlx::query_scalar(
-                "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
-            )
-            .bind(PROJECTOR)
-            .fetch_one(&read.pool)
-            .await?;
-            pb.set_position(applied as u64);
-            if applied as usize >= n {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(1800) {
-                bail!("projector applied only {applied} of {n} in 30 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let projector_rate = n as f64 / started.elapsed().as_secs_f64();
-        pb.finish_and_clear();
-        let _ = stop.send(true);
-        task.await?.context("projector")?;
-        let topic = kafka.topic.clone();
-        let brokers = brokers.clone();
-        let raw_consumer = tokio::task::spawn_blocking(move || raw_consume(&brokers, &topic, n)).await??;
-        Ok::<_, anyhow::Error>((relay_rate, raw_producer, projector_rate, raw_consumer, value_len))
+        let raw_producer = raw_produce(&kafka, &raw_topic, n, value_len as usize).await?;
+        let projector = time_projector(&kafka, &read_url, &format!("{read_name}-group"), n).await?;
+        let (topic, brokers) = (kafka.topic.clone(), brokers.clone());
+        let raw_consumer =
+            tokio::task::spawn_blocking(move || raw_consume(&brokers, &topic, n)).await??;
+        Ok::<_, anyhow::Error>(Rates {
+            events: n,
+            value_len,
+            relay,
+            raw_producer,
+            projector,
+            raw_consumer,
+        })
     }
     .await;
     drop_scratch(url, &write_name).await;
     drop_scratch(url, &read_name).await;
-    let (relay_rate, raw_producer, projector_rate, raw_consumer, value_len) = result?;
+    report(&result?, &args.out)
+}
+
+/// Runs the relay from an empty checkpoint until it has confirmed the
+/// whole log; events per second.
+async fn time_relay(
+    store: &SqlEventStore,
+    kafka: &KafkaConfig,
+    write_url: &str,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let relay = Relay::new(
+        RelayConfig {
+            kafka: kafka.clone(),
+            database_url: write_url.to_owned(),
+            batch_size: 5_000,
+            poll: Duration::from_millis(100),
+            standby_retry: Duration::from_millis(100),
+        },
+        store.clone(),
+    )?;
+    let head = store.head_position().await?;
+    let pb = bar(n, "relay (log -> kafka)");
+    let started = Instant::now();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(relay.run(rx));
+    loop {
+        let at = store.relay_checkpoint().await?;
+        pb.set_position(at as u64);
+        if at >= head {
+            break;
+        }
+        if task.is_finished() || started.elapsed() > Duration::from_secs(1800) {
+            bail!("relay stopped at position {at} of {head}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pb.finish_and_clear();
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    task.await?.context("relay")?;
+    Ok(rate)
+}
+
+/// Runs a projector from offset 0 into an empty read DB until it has
+/// applied all `n` events; events per second.
+async fn time_projector(
+    kafka: &KafkaConfig,
+    read_url: &str,
+    group_id: &str,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let read = Db::connect(read_url, &DbOptions::default()).await?;
+    let runner = ProjectorRunner::new(
+        read.clone(),
+        ProjectorConfig {
+            name: PROJECTOR.into(),
+            batch_size: 5_000,
+            ..ProjectorConfig::default()
+        },
+        orders::read_model::projections(),
+    )
+    .await?;
+    let source = KafkaSource::new(
+        SourceConfig {
+            kafka: kafka.clone(),
+            group_id: group_id.to_owned(),
+            session_timeout_ms: 10_000,
+            projector: PROJECTOR.into(),
+        },
+        read.clone(),
+    )?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let pb = bar(n, "projector catch-up");
+    let started = Instant::now();
+    let task = tokio::spawn(runner.run(source, rx));
+    loop {
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
+        )
+        .bind(PROJECTOR)
+        .fetch_one(&read.pool)
+        .await?;
+        pb.set_position(applied as u64);
+        if applied as usize >= n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("projector applied only {applied} of {n} in 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let _ = stop.send(true);
+    task.await?.context("projector")?;
+    Ok(rate)
+}
+
+/// Prints the table and writes the JSON results into `out`.
+fn report(r: &Rates, out: &std::path::Path) -> anyhow::Result<()> {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(vec!["stage", "ours /s", "raw baseline /s", "ratio"]);
     table.add_row(vec![
         "relay: event log -> Kafka (checkpointed)".to_owned(),
-        format!("{relay_rate:.0}"),
-        format!("{raw_producer:.0} (raw idempotent producer)"),
-        format!("{:.2}", relay_rate / raw_producer),
+        format!("{:.0}", r.relay),
+        format!("{:.0} (raw idempotent producer)", r.raw_producer),
+        format!("{:.2}", r.relay / r.raw_producer),
     ]);
     table.add_row(vec![
         "projector catch-up: Kafka -> 3 read models".to_owned(),
-        format!("{projector_rate:.0}"),
-        format!("{raw_consumer:.0} (raw consumer)"),
-        format!("{:.2}", projector_rate / raw_consumer),
+        format!("{:.0}", r.projector),
+        format!("{:.0} (raw consumer)", r.raw_consumer),
+        format!("{:.2}", r.projector / r.raw_consumer),
     ]);
     println!("{table}");
     println!(
-        "{n} events ({orders} orders x 4), values of ~{value_len} bytes, 6 partitions, one broker."
+        "{} events ({} orders x 4), values of ~{} bytes, 6 partitions, one broker.",
+        r.events,
+        r.events / 4,
+        r.value_len
     );
-    std::fs::create_dir_all(&args.out)?;
-    let file = args.out.join(format!(
+    std::fs::create_dir_all(out)?;
+    let file = out.join(format!(
         "bench-replay-{}.json",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
     ));
-    let doc = json!({ "machine": machine(), "events": n, "relay_per_sec": relay_rate,
-        "raw_producer_per_sec": raw_producer, "projector_per_sec": projector_rate, "raw_consumer_per_sec": raw_consumer });
+    let doc = json!({ "machine": machine(), "events": r.events, "relay_per_sec": r.relay,
+        "raw_producer_per_sec": r.raw_producer, "projector_per_sec": r.projector,
+        "raw_consumer_per_sec": r.raw_consumer });
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
     println!("results: {}", file.display());
     Ok(())

@@ -5,7 +5,7 @@
 use crate::app::{App, PROJECTOR};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use cqrs_core::Stage;
+use cqrs_core::{EventEnvelope, Stage};
 use cqrs_sql::db::parse_timestamp;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -51,34 +51,8 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(None);
     };
-    let read = sqlx::query("SELECT published_as, consumed_at, applied_at FROM event_traces WHERE projector = $1 AND event_id = $2")
-        .bind(PROJECTOR)
-        .bind(&last.event_id)
-        .fetch_optional(&app.read.pool)
-        .await?;
-    let (consumed, applied, consumed_from) = match read {
-        Some(r) => (
-            ts(r.try_get(1)?),
-            ts(r.try_get(2)?),
-            r.try_get::<String, _>(0)?,
-        ),
-        None => (None, None, String::new()),
-    };
-    let (published_at, published_detail) = match &app.kafka {
-        Some(k) => {
-            // The relay records when each batch's reports came back; where
-            // the record landed is what the projector consumed.
-            let at = app.store.published_at(last.position).await?;
-            let detail = match (&at, consumed_from.is_empty()) {
-                (None, _) => "not yet published".to_owned(),
-                (Some(_), false) => consumed_from.clone(),
-                (Some(_), true) => format!("{} (partition by key {})", k.topic, last.aggregate_id),
-            };
-            (at, detail)
-        }
-        // Embedded: the write DB's log is the channel; committing publishes.
-        None => (Some(last.recorded_at), format!("log@{}", last.position)),
-    };
+    let (consumed, applied, consumed_from) = read_side(app, last).await?;
+    let (published_at, published_detail) = published(app, last, &consumed_from).await?;
     let queried: Option<String> = sqlx::query_scalar(
         "SELECT MIN(queried_at) FROM query_traces WHERE aggregate_id = $1 AND version >= $2",
     )
@@ -128,9 +102,61 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
             "first query presenting a token that includes it".into(),
         ),
     ];
+    Ok(Some(CommandTrace {
+        command_id: command_id.to_owned(),
+        aggregate_id: last.aggregate_id.clone(),
+        event_types: events.iter().map(|e| e.event_type.clone()).collect(),
+        stages: timed(raw),
+    }))
+}
+
+/// When the projector consumed and applied `last`, and from where.
+async fn read_side(
+    app: &App,
+    last: &EventEnvelope,
+) -> anyhow::Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>, String)> {
+    let read = sqlx::query("SELECT published_as, consumed_at, applied_at FROM event_traces WHERE projector = $1 AND event_id = $2")
+        .bind(PROJECTOR)
+        .bind(&last.event_id)
+        .fetch_optional(&app.read.pool)
+        .await?;
+    Ok(match read {
+        Some(r) => (
+            ts(r.try_get(1)?),
+            ts(r.try_get(2)?),
+            r.try_get::<String, _>(0)?,
+        ),
+        None => (None, None, String::new()),
+    })
+}
+
+/// When and where `last` was published.
+async fn published(
+    app: &App,
+    last: &EventEnvelope,
+    consumed_from: &str,
+) -> anyhow::Result<(Option<DateTime<Utc>>, String)> {
+    Ok(match &app.kafka {
+        Some(k) => {
+            // The relay records when each batch's reports came back; where
+            // the record landed is what the projector consumed.
+            let at = app.store.published_at(last.position).await?;
+            let detail = match (&at, consumed_from.is_empty()) {
+                (None, _) => "not yet published".to_owned(),
+                (Some(_), false) => consumed_from.to_owned(),
+                (Some(_), true) => format!("{} (partition by key {})", k.topic, last.aggregate_id),
+            };
+            (at, detail)
+        }
+        // Embedded: the write DB's log is the channel; committing publishes.
+        None => (Some(last.recorded_at), format!("log@{}", last.position)),
+    })
+}
+
+/// The stages with the time each took since the previous one that happened.
+fn timed(raw: [(Stage, &str, Option<DateTime<Utc>>, String); 6]) -> Vec<StageTrace> {
     let mut previous: Option<DateTime<Utc>> = None;
-    let stages = raw
-        .into_iter()
+    raw.into_iter()
         .map(|(stage, component, at, detail)| {
             let since = match (previous, at) {
                 (Some(p), Some(a)) => Some((a - p).num_microseconds().unwrap_or(0) as f64 / 1000.0),
@@ -147,13 +173,7 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
                 detail,
             }
         })
-        .collect();
-    Ok(Some(CommandTrace {
-        command_id: command_id.to_owned(),
-        aggregate_id: last.aggregate_id.clone(),
-        event_types: events.iter().map(|e| e.event_type.clone()).collect(),
-        stages,
-    }))
+        .collect()
 }
 
 /// `orders trace`.

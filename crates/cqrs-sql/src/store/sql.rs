@@ -113,18 +113,19 @@ impl SqlEventStore {
     }
 
     /// Queues an append for the group-commit writers and waits for its
-    /// outcome: the positions of its events.
+    /// outcome; hands the request back with the positions of its events.
     async fn append_grouped(
         &self,
         request: AppendRequest,
-    ) -> Result<super::writer::Stored, StoreError> {
+    ) -> Result<(AppendRequest, super::writer::Stored), StoreError> {
         let (reply, outcome) = tokio::sync::oneshot::channel();
         let gone = || StoreError::Db(sqlx::Error::PoolClosed);
         self.appends
             .send(super::writer::Job { request, reply })
             .await
             .map_err(|_| gone())?;
-        let stored = outcome.await.map_err(|_| gone())??;
+        let (request, stored) = outcome.await.map_err(|_| gone())?;
+        let stored = stored?;
         if let Some(post) = self.dialect.append_postamble() {
             // After the commit, in its own tiny transaction, at most one at
             // a time per process: a NOTIFY inside every append serialises
@@ -143,7 +144,7 @@ impl SqlEventStore {
                 });
             }
         }
-        Ok(stored)
+        Ok((request, stored))
     }
 
     /// Where the relay has published up to: every event at or below this
@@ -340,7 +341,7 @@ impl EventStore for SqlEventStore {
     }
 
     async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError> {
-        let (positions, now) = self.append_grouped(req.clone()).await?;
+        let (req, (positions, now)) = self.append_grouped(req).await?;
         if let Some(&last) = positions.last() {
             self.committed.send_if_modified(|p| {
                 let moved = last > *p;

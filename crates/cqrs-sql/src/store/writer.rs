@@ -21,10 +21,19 @@ const QUEUE: usize = 4_096;
 /// What an append stored: its events' positions and their recording time.
 pub(crate) type Stored = (Vec<i64>, chrono::DateTime<chrono::Utc>);
 
-/// One append and where its outcome goes.
+/// One append and where its outcome goes (with the request handed back,
+/// so that the caller need not keep a copy of its payloads).
 pub(crate) struct Job {
     pub request: AppendRequest,
-    pub reply: oneshot::Sender<Result<Stored, StoreError>>,
+    pub reply: oneshot::Sender<(AppendRequest, Result<Stored, StoreError>)>,
+}
+
+impl Job {
+    /// Hands the request back with its outcome (a caller that has gone away
+    /// no longer wants it).
+    fn answer(self, outcome: Result<Stored, StoreError>) {
+        let _ = self.reply.send((self.request, outcome));
+    }
 }
 
 /// The writers' shared view of the database.
@@ -77,7 +86,7 @@ impl Writers {
         let (jobs, empty): (Vec<Job>, Vec<Job>) =
             jobs.into_iter().partition(|j| !j.request.events.is_empty());
         for j in empty {
-            let _ = j.reply.send(Ok((Vec::new(), chrono::Utc::now())));
+            j.answer(Ok((Vec::new(), chrono::Utc::now())));
         }
         if jobs.is_empty() {
             return;
@@ -87,7 +96,7 @@ impl Writers {
         match self.write(&requests).await {
             Ok(fates) => {
                 for (job, fate) in jobs.into_iter().zip(fates) {
-                    let _ = job.reply.send(match fate {
+                    job.answer(match fate {
                         Fate::Stored(p) => Ok(p),
                         Fate::Refused(e) => Err(e),
                     });
@@ -105,7 +114,7 @@ impl Writers {
                         },
                         Err(e) => Err(classify(e)),
                     };
-                    let _ = job.reply.send(outcome);
+                    job.answer(outcome);
                 }
             }
             // The database is away: every job fails alike.
@@ -113,12 +122,10 @@ impl Writers {
                 let message = e.to_string();
                 let mut jobs = jobs.into_iter();
                 if let Some(first) = jobs.next() {
-                    let _ = first.reply.send(Err(classify(e)));
+                    first.answer(Err(classify(e)));
                 }
                 for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Db(sqlx::Error::Protocol(message.clone()))));
+                    job.answer(Err(StoreError::Db(sqlx::Error::Protocol(message.clone()))));
                 }
             }
         }
