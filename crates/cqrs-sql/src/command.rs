@@ -1,9 +1,14 @@
 //! The command handler: load, decide, append with optimistic concurrency,
 //! retry a bounded number of times, answer idempotently.
 
-use crate::store::{AppendRequest, EventStore, IdempotencyRecord, StoreError, StoredAnswer};
+use crate::store::{
+    AppendRequest, Appended, EventStore, IdempotencyRecord, StoreError, StoredAnswer,
+};
 use chrono::{DateTime, Utc};
 use cqrs_core::{Aggregate, ConsistencyToken, EventEnvelope, EventMetadata, NewEvent};
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
 
 /// How to run one command.
 #[derive(Debug, Clone)]
@@ -95,9 +100,72 @@ async fn answer_for_key<S: EventStore, E: std::error::Error + 'static>(
     }
 }
 
-/// Runs a command against the aggregate `aggregate_id`.
+/// The state and version of recently commanded aggregates, kept after each
+/// committed append so that the next command on the same aggregate does not
+/// reload its history. An entry may be stale (another process appended
+/// since): the version check of the append catches a stale acceptance, and
+/// a refusal or a failed `expected_version` check decided on a cached state
+/// is decided again on the stored one. Bounded, least recently used first out.
+pub struct StateCache<A: Aggregate> {
+    entries: Mutex<LruCache<String, (i64, A::State)>>,
+}
+
+impl<A: Aggregate> StateCache<A> {
+    /// A cache of at most `capacity` aggregates (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// An aggregate that cannot exist yet (an id the caller just generated):
+    /// its first command skips the load.
+    pub fn insert_new(&self, aggregate_id: &str) {
+        self.put(aggregate_id, 0, A::State::default());
+    }
+
+    fn get(&self, aggregate_id: &str) -> Option<(i64, A::State)> {
+        // A poisoned lock only costs a load.
+        self.entries.lock().ok()?.get(aggregate_id).cloned()
+    }
+
+    fn put(&self, aggregate_id: &str, version: i64, state: A::State) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.put(aggregate_id.to_owned(), (version, state));
+        }
+    }
+
+    fn forget(&self, aggregate_id: &str) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.pop(aggregate_id);
+        }
+    }
+}
+
+/// Runs a command against the aggregate `aggregate_id`, loading its history.
 pub async fn execute<A: Aggregate, S: EventStore>(
     store: &S,
+    aggregate_id: &str,
+    command: &A::Command,
+    options: CommandOptions,
+) -> Result<CommandOutcome, CommandError<A::Error>> {
+    execute_cached::<A, S>(store, None, aggregate_id, command, options).await
+}
+
+/// Where a command's state came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Cache,
+    Store,
+}
+
+/// Runs a command against the aggregate `aggregate_id`, starting from its
+/// cached state when `cache` has it.
+pub async fn execute_cached<A: Aggregate, S: EventStore>(
+    store: &S,
+    cache: Option<&StateCache<A>>,
     aggregate_id: &str,
     command: &A::Command,
     options: CommandOptions,
@@ -108,6 +176,7 @@ pub async fn execute<A: Aggregate, S: EventStore>(
         }
     }
     let mut attempt = 0;
+    let mut use_cache = cache.is_some();
     loop {
         if attempt > 0 {
             // A concurrent request with the same key may be the one that won.
@@ -117,29 +186,16 @@ pub async fn execute<A: Aggregate, S: EventStore>(
                 }
             }
         }
-        let history = store.load(aggregate_id).await?;
-        let mut state = A::State::default();
-        for envelope in &history {
-            let event: A::Event = envelope.decode().map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "event {} of {aggregate_id} does not decode: {e}",
-                    envelope.version
-                ))
-            })?;
-            state = A::evolve(state, &event);
-        }
-        let version = history.len() as i64;
-        if let Some(expected) = options.expected_version {
-            if expected != version {
-                return Err(CommandError::VersionConflict {
-                    expected,
-                    actual: version,
-                });
-            }
-        }
-        let events = match A::decide(&state, command) {
+        let (version, state, source) =
+            current_state(store, cache.filter(|_| use_cache), aggregate_id).await?;
+        let decided = match decide::<A>(&state, version, command, &options) {
             Ok(events) => events,
-            Err(refusal) => {
+            // Decided on a state that may be stale: decide again on the stored one.
+            Err(_) if source == Source::Cache => {
+                use_cache = false;
+                continue;
+            }
+            Err(CommandError::Domain(refusal)) => {
                 // The refusal may be caused by this very request, committed
                 // by a concurrent retry with the same key: answer as it did.
                 if let Some(idem) = options
@@ -153,39 +209,31 @@ pub async fn execute<A: Aggregate, S: EventStore>(
                 }
                 return Err(CommandError::Domain(refusal));
             }
+            Err(e) => return Err(e),
         };
-        let events = events
-            .iter()
-            .map(|e| NewEvent::encode(uuid::Uuid::now_v7().to_string(), e))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let request = AppendRequest {
-            aggregate_type: A::TYPE.to_owned(),
-            aggregate_id: aggregate_id.to_owned(),
-            expected_version: version,
-            events,
-            metadata: EventMetadata {
-                command_id: options.command_id.clone(),
-                occurred_at: options.now,
-            },
-            idempotency: options.idempotency.clone(),
-        };
+        let request = append_request::<A>(aggregate_id, version, &decided, &options)?;
         match store.append(request).await {
             Ok(appended) => {
-                let last = appended
-                    .events
-                    .last()
-                    .map_or((version, 0), |e| (e.version, e.position));
-                return Ok(CommandOutcome {
-                    aggregate_id: aggregate_id.to_owned(),
-                    version: last.0,
-                    command_id: options.command_id,
-                    position: last.1,
-                    replayed: false,
-                    events: appended.events,
-                });
+                if let Some(c) = cache {
+                    let state = decided.iter().fold(state, A::evolve);
+                    c.put(aggregate_id, version + decided.len() as i64, state);
+                }
+                return Ok(outcome_of(
+                    aggregate_id,
+                    version,
+                    appended,
+                    options.command_id,
+                ));
             }
             Err(StoreError::VersionConflict { .. }) => {
+                if let Some(c) = cache {
+                    c.forget(aggregate_id);
+                }
+                if source == Source::Cache {
+                    // Stale, not contended: no attempt spent, no pause.
+                    use_cache = false;
+                    continue;
+                }
                 if let Some(expected) = options.expected_version {
                     let actual = store.load(aggregate_id).await?.len() as i64;
                     return Err(CommandError::VersionConflict { expected, actual });
@@ -211,5 +259,91 @@ pub async fn execute<A: Aggregate, S: EventStore>(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// The aggregate's version and state: from `cache` when it has them, else
+/// folded from the stored history.
+async fn current_state<A: Aggregate, S: EventStore>(
+    store: &S,
+    cache: Option<&StateCache<A>>,
+    aggregate_id: &str,
+) -> Result<(i64, A::State, Source), StoreError> {
+    if let Some((version, state)) = cache.and_then(|c| c.get(aggregate_id)) {
+        return Ok((version, state, Source::Cache));
+    }
+    let history = store.load(aggregate_id).await?;
+    let mut state = A::State::default();
+    for envelope in &history {
+        let event: A::Event = envelope.decode().map_err(|e| {
+            StoreError::Corrupt(format!(
+                "event {} of {aggregate_id} does not decode: {e}",
+                envelope.version
+            ))
+        })?;
+        state = A::evolve(state, &event);
+    }
+    Ok((history.len() as i64, state, Source::Store))
+}
+
+/// The pure decision, after the client's `expected_version` check.
+fn decide<A: Aggregate>(
+    state: &A::State,
+    version: i64,
+    command: &A::Command,
+    options: &CommandOptions,
+) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+    if let Some(expected) = options.expected_version.filter(|e| *e != version) {
+        return Err(CommandError::VersionConflict {
+            expected,
+            actual: version,
+        });
+    }
+    A::decide(state, command).map_err(CommandError::Domain)
+}
+
+/// The append of `events` on top of `version`.
+fn append_request<A: Aggregate>(
+    aggregate_id: &str,
+    version: i64,
+    events: &[A::Event],
+    options: &CommandOptions,
+) -> Result<AppendRequest, StoreError> {
+    let events = events
+        .iter()
+        .map(|e| NewEvent::encode(uuid::Uuid::now_v7().to_string(), e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(AppendRequest {
+        aggregate_type: A::TYPE.to_owned(),
+        aggregate_id: aggregate_id.to_owned(),
+        expected_version: version,
+        events,
+        metadata: EventMetadata {
+            command_id: options.command_id.clone(),
+            occurred_at: options.now,
+        },
+        idempotency: options.idempotency.clone(),
+    })
+}
+
+/// The answer to an append that committed.
+fn outcome_of(
+    aggregate_id: &str,
+    version: i64,
+    appended: Appended,
+    command_id: String,
+) -> CommandOutcome {
+    let (version, position) = appended
+        .events
+        .last()
+        .map_or((version, 0), |e| (e.version, e.position));
+    CommandOutcome {
+        aggregate_id: aggregate_id.to_owned(),
+        version,
+        command_id,
+        position,
+        replayed: false,
+        events: appended.events,
     }
 }

@@ -1,6 +1,7 @@
 //! SQL adapters of the CQRS pattern. Write side: an event store whose append
-//! writes events, outbox rows and the idempotency record in one transaction,
-//! and a command handler with optimistic concurrency. Read side: a projector
+//! writes events (the log the relay publishes) and the idempotency record in
+//! one transaction, shared by concurrent appends (group commit), and a command
+//! handler with optimistic concurrency and a cache of aggregate states. Read side: a projector
 //! runner that applies batches together with their checkpoint and drops
 //! events it has already applied. Both run on PostgreSQL and SQLite.
 
@@ -10,7 +11,9 @@ pub mod db;
 pub mod read;
 pub mod store;
 
-pub use command::{execute, CommandError, CommandOptions, CommandOutcome};
+pub use command::{
+    execute, execute_cached, CommandError, CommandOptions, CommandOutcome, StateCache,
+};
 pub use db::{Backend, Db, DbOptions};
 pub use read::{
     AddedColumn, EventSource, LogSource, Projection, ProjectionError, ProjectorConfig,

@@ -5,11 +5,12 @@
 use cqrs_core::{Aggregate, DomainError, DomainEvent, ErrorKind, EventMetadata, NewEvent};
 use cqrs_sql::store::request_hash;
 use cqrs_sql::{
-    execute, AppendRequest, CommandError, CommandOptions, Db, EventStore, IdempotencyRecord,
-    SqlEventStore, StoreError,
+    execute, execute_cached, AppendRequest, CommandError, CommandOptions, Db, EventStore,
+    IdempotencyRecord, SqlEventStore, StateCache, StoreError,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum TicketEvent {
@@ -348,6 +349,114 @@ async fn conflicting_appends_fail_alone_and_their_neighbours_commit(store: SqlEv
     assert_eq!(count(store.db(), "events").await, 65);
 }
 
+/// The store, counting how often a history is loaded.
+struct CountingLoads {
+    store: SqlEventStore,
+    loads: AtomicUsize,
+}
+
+impl EventStore for CountingLoads {
+    async fn load(&self, id: &str) -> Result<Vec<cqrs_core::EventEnvelope>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.store.load(id).await
+    }
+    async fn append(&self, r: AppendRequest) -> Result<cqrs_sql::Appended, StoreError> {
+        self.store.append(r).await
+    }
+    async fn idempotent_answer(
+        &self,
+        key: &str,
+    ) -> Result<Option<cqrs_sql::store::StoredAnswer>, StoreError> {
+        self.store.idempotent_answer(key).await
+    }
+    async fn position_of(&self, id: &str, version: i64) -> Result<Option<i64>, StoreError> {
+        self.store.position_of(id, version).await
+    }
+    async fn read_log(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<cqrs_core::EventEnvelope>, StoreError> {
+        self.store.read_log(after, limit).await
+    }
+    async fn head_position(&self) -> Result<i64, StoreError> {
+        self.store.head_position().await
+    }
+    async fn outbox_pending(&self) -> Result<i64, StoreError> {
+        self.store.outbox_pending().await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.store.subscribe()
+    }
+}
+
+/// A cached state saves the load; one that another process made stale is
+/// caught (by the append's version check, or by deciding a refusal again on
+/// the stored state) and the command ends as it would have without a cache.
+async fn a_cached_state_saves_the_load_and_a_stale_one_is_decided_again(store: SqlEventStore) {
+    let ours = CountingLoads {
+        store: store.clone(),
+        loads: AtomicUsize::new(0),
+    };
+    let cache = StateCache::<Ticket>::new(16);
+    let loads = || ours.loads.load(Ordering::SeqCst);
+    cache.insert_new("t");
+    execute_cached(
+        &ours,
+        Some(&cache),
+        "t",
+        &TicketCommand::Open("x".into()),
+        options(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(loads(), 0, "a new aggregate needs no load");
+    // Another process closes it: our cached state (open) is stale.
+    execute::<Ticket, _>(&store, "t", &TicketCommand::Close, options())
+        .await
+        .unwrap();
+    let r = execute_cached(&ours, Some(&cache), "t", &TicketCommand::Close, options()).await;
+    assert!(
+        matches!(r, Err(CommandError::Domain(TicketError::NotOpen))),
+        "the stale acceptance must fail at append and be refused on the stored state: {r:?}"
+    );
+    assert_eq!(loads(), 1);
+    assert_eq!(store.load("t").await.unwrap().len(), 2, "closed once");
+    // A cached "never opened" that another process opened: the refusal is
+    // decided again on the stored state, and the command goes through.
+    cache.insert_new("u");
+    execute::<Ticket, _>(&store, "u", &TicketCommand::Open("y".into()), options())
+        .await
+        .unwrap();
+    let closed = execute_cached(&ours, Some(&cache), "u", &TicketCommand::Close, options())
+        .await
+        .unwrap();
+    assert_eq!(closed.version, 2);
+    assert_eq!(loads(), 2);
+    // After its own append the state is cached: the next command loads nothing.
+    cache.insert_new("v");
+    execute_cached(
+        &ours,
+        Some(&cache),
+        "v",
+        &TicketCommand::Open("z".into()),
+        options(),
+    )
+    .await
+    .unwrap();
+    let closed = execute_cached(&ours, Some(&cache), "v", &TicketCommand::Close, options())
+        .await
+        .unwrap();
+    assert_eq!((closed.version, loads()), (2, 2));
+    // A refusal on a cached state is checked on the stored one.
+    let again = execute_cached(&ours, Some(&cache), "v", &TicketCommand::Close, options()).await;
+    assert!(matches!(
+        again,
+        Err(CommandError::Domain(TicketError::NotOpen))
+    ));
+    assert_eq!(loads(), 3);
+}
+
 async fn fifty_concurrent_conflicting_commands_have_one_winner(store: SqlEventStore) {
     execute::<Ticket, _>(&store, "t", &TicketCommand::Open("x".into()), options())
         .await
@@ -584,6 +693,7 @@ suite!(
     appended_events_load_in_version_order,
     an_append_is_all_or_nothing_and_the_relay_checkpoint_only_moves_forward,
     conflicting_appends_fail_alone_and_their_neighbours_commit,
+    a_cached_state_saves_the_load_and_a_stale_one_is_decided_again,
     a_stale_expected_version_is_a_conflict_and_writes_nothing,
     an_idempotency_key_is_stored_with_the_append_and_used_once,
     the_log_reads_after_a_position_in_order,

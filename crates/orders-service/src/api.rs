@@ -10,9 +10,9 @@ use cqrs_http::{
     QueryParams, TOKEN_HEADER,
 };
 use cqrs_sql::store::request_hash;
-use cqrs_sql::{execute, CommandOptions, CommandOutcome, EventStore, IdempotencyRecord};
+use cqrs_sql::{execute_cached, CommandOptions, CommandOutcome, EventStore, IdempotencyRecord};
 use orders::read_model::{self, OrderFilter};
-use orders::{CancelOrder, CreateOrder, Order, OrderCommand, PayOrder, ShipOrder, Status};
+use orders::{CancelOrder, CreateOrder, OrderCommand, PayOrder, ShipOrder, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::OpenApi;
@@ -280,7 +280,7 @@ async fn run(
         max_retries: MAX_RETRIES,
     };
     let started = std::time::Instant::now();
-    let result = execute::<Order, _>(&app.store, id, &command, options).await;
+    let result = execute_cached(&app.store, Some(&*app.states), id, &command, options).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => match e {
@@ -316,6 +316,8 @@ async fn create_order(
     JsonBody(body): JsonBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
     let id = uuid::Uuid::now_v7().to_string();
+    // Generated here and now: nothing to load.
+    app.states.insert_new(&id);
     let outcome = run(
         &app,
         &headers,

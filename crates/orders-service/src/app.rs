@@ -6,6 +6,7 @@ use cqrs_kafka::{KafkaConfig, KafkaSource, Relay, RelayConfig, SourceConfig};
 use cqrs_sql::db::sqlite_url;
 use cqrs_sql::{
     Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
+    StateCache,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -155,7 +156,13 @@ pub struct App {
     pub closing: watch::Receiver<bool>,
     /// Whether this process runs the projector (its read DB must take writes).
     pub projects_here: bool,
+    /// The last known state of recently commanded orders (commands skip
+    /// reloading their history; a stale entry is caught at append).
+    pub states: Arc<StateCache<orders::Order>>,
 }
+
+/// Orders whose state the command handler keeps in memory, at most.
+pub const STATE_CACHE_ORDERS: usize = 100_000;
 
 /// A started instance: the app, its background roles and the switch that stops them.
 pub struct Running {
@@ -251,6 +258,7 @@ impl Running {
             live,
             closing: closing_rx,
             projects_here: config.runs(Role::Projector),
+            states: Arc::new(StateCache::new(STATE_CACHE_ORDERS)),
         };
         let sampler = crate::observe::spawn_sampler(
             app.clone(),
