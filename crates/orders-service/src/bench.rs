@@ -4,6 +4,7 @@
 //! send time, so a slow server cannot hide its queue).
 
 use crate::app::{Config, Running};
+use crate::bench_pg;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,6 +48,12 @@ pub struct BackendResult {
     projector_events_per_sec: f64,
     raw_inserts_per_sec: f64,
     ratio_to_raw: f64,
+    /// pgbench one-row INSERT transactions at the same concurrency (PostgreSQL).
+    pgbench_insert_tps: Option<f64>,
+    /// `GET /orders/{id}` per second in a closed loop at the same concurrency.
+    reads_per_sec: f64,
+    /// pgbench select-only at the same concurrency (PostgreSQL).
+    pgbench_select_tps: Option<f64>,
     offered_rate: f64,
     achieved_rate: f64,
     command_us: Percentiles,
@@ -239,12 +246,26 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
         let projector = events as f64 / started.elapsed().as_secs_f64();
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
         let (lat, achieved) = latency(&base, args.commands, args.rate).await?;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT order_id FROM order_details LIMIT 10000")
+            .fetch_all(&running.app.read.pool)
+            .await?;
+        let reads = bench_pg::get_throughput(&base, ids, args.commands, args.concurrency).await?;
+        let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
+            Some(url) => (
+                Some(bench_pg::insert_tps(url, args.concurrency).await?),
+                Some(bench_pg::select_tps(url, args.concurrency).await?),
+            ),
+            None => (None, None),
+        };
         Ok::<_, anyhow::Error>(BackendResult {
             backend: name.to_owned(),
             commands_per_sec: cps,
             projector_events_per_sec: projector,
             raw_inserts_per_sec: raw,
             ratio_to_raw: cps / raw,
+            pgbench_insert_tps,
+            reads_per_sec: reads,
+            pgbench_select_tps,
             offered_rate: args.rate,
             achieved_rate: achieved,
             command_us: (&lat.command).into(),
@@ -331,9 +352,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(vec![
+    report(&results, &args)
+}
+
+/// Prints the two tables and writes the JSON results.
+fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
+    let new_table = |header: Vec<&str>| {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.set_header(header);
+        t
+    };
+    let mut writes = new_table(vec![
         "backend",
         "cmd/s",
         "projector ev/s",
@@ -349,9 +379,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "max ms",
         "errors",
     ]);
+    let mut baselines = new_table(vec![
+        "backend",
+        "cmd/s",
+        "pgbench insert tps",
+        "ratio",
+        "GET /orders/{id} /s",
+        "pgbench select-only tps",
+        "ratio",
+    ]);
     let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    for r in &results {
-        table.add_row(vec![
+    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}", a / b));
+    for r in results {
+        writes.add_row(vec![
             r.backend.clone(),
             format!("{:.0}", r.commands_per_sec),
             format!("{:.0}", r.projector_events_per_sec),
@@ -367,10 +408,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(r.command_to_queryable_us.max),
             r.errors.to_string(),
         ]);
+        baselines.add_row(vec![
+            r.backend.clone(),
+            format!("{:.0}", r.commands_per_sec),
+            opt(r.pgbench_insert_tps),
+            ratio(r.commands_per_sec, r.pgbench_insert_tps),
+            format!("{:.0}", r.reads_per_sec),
+            opt(r.pgbench_select_tps),
+            ratio(r.reads_per_sec, r.pgbench_select_tps),
+        ]);
     }
-    println!("{table}");
+    println!("{writes}");
+    println!("{baselines}");
     println!(
-        "{} commands per phase, {} clients in the closed loop; latency measured from each command's intended send time.",
+        "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
         args.commands, args.concurrency
     );
     std::fs::create_dir_all(&args.out)?;

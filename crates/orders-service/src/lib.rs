@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bench_kafka;
+pub mod bench_pg;
 pub mod client;
 pub mod dead_letters;
 pub mod demo;
