@@ -31,6 +31,10 @@ struct InFlight {
     first: i64,
     last: i64,
     deliveries: Vec<DeliveryFuture>,
+    /// When the log read for it started.
+    read_at: std::time::Instant,
+    /// When its last record was handed to the producer.
+    sent_at: std::time::Instant,
 }
 
 /// What the leader has read, sent and confirmed.
@@ -218,6 +222,7 @@ impl Relay {
     /// committed is left.
     async fn fill(&self, pipe: &mut Pipeline) -> Result<(), KafkaError> {
         while pipe.in_flight.len() < MAX_IN_FLIGHT {
+            let read_at = std::time::Instant::now();
             let events = self
                 .store
                 .read_log(pipe.read_to, self.config.batch_size)
@@ -235,6 +240,8 @@ impl Relay {
                 first,
                 last,
                 deliveries,
+                read_at,
+                sent_at: std::time::Instant::now(),
             });
         }
         Ok(())
@@ -281,7 +288,15 @@ impl Relay {
                 }
             }
         }
+        let reported = std::time::Instant::now();
         self.store.relay_published(batch.first, batch.last).await?;
+        tracing::debug!(
+            events = count,
+            read_and_sent_us = (batch.sent_at - batch.read_at).as_micros() as u64,
+            reports_after_us = (reported - batch.sent_at).as_micros() as u64,
+            checkpoint_us = reported.elapsed().as_micros() as u64,
+            "relay batch confirmed"
+        );
         pipe.checkpoint = batch.last;
         pipe.settled += 1;
         metrics::counter!("cqrs_relay_published_total").increment(count as u64);

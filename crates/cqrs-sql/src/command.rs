@@ -198,16 +198,13 @@ pub async fn execute_cached<A: Aggregate, S: EventStore>(
             Err(CommandError::Domain(refusal)) => {
                 // The refusal may be caused by this very request, committed
                 // by a concurrent retry with the same key: answer as it did.
-                if let Some(idem) = options
-                    .idempotency
-                    .as_ref()
-                    .filter(|_| attempt > 0 || version > 0)
-                {
-                    if let Some(outcome) = answer_for_key(store, idem).await? {
-                        return Ok(outcome);
-                    }
-                }
-                return Err(CommandError::Domain(refusal));
+                let maybe_ours = attempt > 0 || version > 0;
+                return match options.idempotency.as_ref().filter(|_| maybe_ours) {
+                    Some(idem) => answer_for_key(store, idem)
+                        .await?
+                        .ok_or(CommandError::Domain(refusal)),
+                    None => Err(CommandError::Domain(refusal)),
+                };
             }
             Err(e) => return Err(e),
         };
@@ -242,24 +239,30 @@ pub async fn execute_cached<A: Aggregate, S: EventStore>(
                 if attempt > options.max_retries {
                     return Err(CommandError::TooManyConflicts(attempt));
                 }
-                // A little jitter keeps a crowd of retries from colliding again.
-                let jitter = uuid::Uuid::new_v4().as_u128() % 3_000;
-                tokio::time::sleep(std::time::Duration::from_micros(
-                    jitter as u64 * attempt as u64,
-                ))
-                .await;
+                back_off(attempt).await;
             }
             Err(StoreError::DuplicateIdempotencyKey(_)) => {
-                if let Some(idem) = &options.idempotency {
-                    if let Some(outcome) = answer_for_key(store, idem).await? {
-                        return Ok(outcome);
-                    }
-                }
-                return Err(CommandError::IdempotencyMismatch);
+                // Another request with this key committed first: its answer.
+                return match &options.idempotency {
+                    Some(idem) => answer_for_key(store, idem)
+                        .await?
+                        .ok_or(CommandError::IdempotencyMismatch),
+                    None => Err(CommandError::IdempotencyMismatch),
+                };
             }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A pause with jitter before retry `attempt`, so that a crowd of retries
+/// does not collide again.
+async fn back_off(attempt: u32) {
+    let jitter = uuid::Uuid::new_v4().as_u128() % 3_000;
+    tokio::time::sleep(std::time::Duration::from_micros(
+        jitter as u64 * u64::from(attempt),
+    ))
+    .await;
 }
 
 /// The aggregate's version and state: from `cache` when it has them, else

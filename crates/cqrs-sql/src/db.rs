@@ -215,6 +215,24 @@ impl Db {
         }
     }
 
+    /// A write transaction for data that is derived again after a loss (read
+    /// models with their checkpoints, the relay's checkpoint). On PostgreSQL
+    /// its commit does not wait for the WAL flush (`synchronous_commit =
+    /// off`, this transaction only): a server crash may lose its last
+    /// milliseconds of commits, all or nothing per transaction, and they are
+    /// derived again from their source (the projector re-reads what its
+    /// checkpoint no longer covers, the relay re-sends). Never for the event
+    /// store: a 2xx promises an event that is on disk.
+    pub async fn begin_derived(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let mut tx = self.writer.begin().await?;
+        if self.backend == Backend::Postgres {
+            tx.execute("SET LOCAL synchronous_commit TO OFF").await?;
+        }
+        Ok(tx)
+    }
+
     /// The URL this database was opened with (secret: never log it; see
     /// [`redact_url`]).
     pub fn url(&self) -> &str {

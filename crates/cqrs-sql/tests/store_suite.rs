@@ -704,3 +704,36 @@ suite!(
     an_expected_version_that_is_not_current_is_refused,
     a_tailing_reader_misses_nothing_under_concurrent_writes,
 );
+
+/// Read models and the relay checkpoint commit without waiting for the WAL
+/// flush, in that transaction only: the connection goes back to the pool
+/// durable, so an append that gets it next is flushed before its 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_derived_transactions_skip_the_flush_on_postgres() {
+    let url = test_support::fresh_postgres_url().await;
+    let options = cqrs_sql::DbOptions {
+        max_connections: 1,
+        ..cqrs_sql::DbOptions::default()
+    };
+    let db = Db::connect(&url, &options).await.unwrap();
+    let setting = "SELECT current_setting('synchronous_commit')";
+    let mut tx = db.begin_derived().await.unwrap();
+    let inside: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(inside, "off");
+    // One connection in the pool: the same one, after the transaction.
+    let after: String = sqlx::query_scalar(setting)
+        .fetch_one(&db.writer)
+        .await
+        .unwrap();
+    assert_eq!(after, "on");
+    let mut plain = db.writer.begin().await.unwrap();
+    let appends: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *plain)
+        .await
+        .unwrap();
+    assert_eq!(appends, "on");
+}

@@ -347,7 +347,7 @@ impl ProjectorRunner {
         per_event: bool,
     ) -> Result<(BatchReport, Vec<(String, i64)>), BatchError> {
         let mut report = BatchReport::default();
-        let mut tx = self.db.writer.begin().await?;
+        let mut tx = self.db.begin_derived().await?;
         let mut ids: Vec<&str> = batch
             .iter()
             .filter_map(|i| i.event.as_ref().ok())

@@ -164,7 +164,7 @@ impl SqlEventStore {
     /// One transaction, two rows, whatever the batch size.
     pub async fn relay_published(&self, first: i64, last: i64) -> Result<(), StoreError> {
         let now = timestamp(chrono::Utc::now());
-        let mut tx = self.db.writer.begin().await?;
+        let mut tx = self.db.begin_derived().await?;
         sqlx::query(
             "UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1 AND position < $2",
         )
