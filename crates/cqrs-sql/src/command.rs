@@ -231,27 +231,47 @@ pub async fn execute_cached<A: Aggregate, S: EventStore>(
                     use_cache = false;
                     continue;
                 }
-                if let Some(expected) = options.expected_version {
-                    let actual = store.load(aggregate_id).await?.len() as i64;
-                    return Err(CommandError::VersionConflict { expected, actual });
-                }
                 attempt += 1;
-                if attempt > options.max_retries {
-                    return Err(CommandError::TooManyConflicts(attempt));
-                }
-                back_off(attempt).await;
+                contended(store, aggregate_id, &options, attempt).await?;
             }
             Err(StoreError::DuplicateIdempotencyKey(_)) => {
-                // Another request with this key committed first: its answer.
-                return match &options.idempotency {
-                    Some(idem) => answer_for_key(store, idem)
-                        .await?
-                        .ok_or(CommandError::IdempotencyMismatch),
-                    None => Err(CommandError::IdempotencyMismatch),
-                };
+                return taken_key_answer(store, &options).await;
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// After losing a race at append: the client's `expected_version` is
+/// stale (409 with the actual version), or too many attempts were lost, or
+/// a pause before the next attempt.
+async fn contended<S: EventStore, E: std::error::Error + 'static>(
+    store: &S,
+    aggregate_id: &str,
+    options: &CommandOptions,
+    attempt: u32,
+) -> Result<(), CommandError<E>> {
+    if let Some(expected) = options.expected_version {
+        let actual = store.load(aggregate_id).await?.len() as i64;
+        return Err(CommandError::VersionConflict { expected, actual });
+    }
+    if attempt > options.max_retries {
+        return Err(CommandError::TooManyConflicts(attempt));
+    }
+    back_off(attempt).await;
+    Ok(())
+}
+
+/// Another request with this idempotency key committed first: its answer.
+async fn taken_key_answer<S: EventStore, E: std::error::Error + 'static>(
+    store: &S,
+    options: &CommandOptions,
+) -> Result<CommandOutcome, CommandError<E>> {
+    match &options.idempotency {
+        Some(idem) => answer_for_key(store, idem)
+            .await?
+            .ok_or(CommandError::IdempotencyMismatch),
+        None => Err(CommandError::IdempotencyMismatch),
     }
 }
 
