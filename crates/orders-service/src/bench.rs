@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Also bench PostgreSQL with Kafka between the sides (needs --database-url).
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Also sweep offered rates (doubling from 250/s) for this many seconds
+    /// each to find the knee, then measure half the knee.
+    #[arg(long)]
+    pub sweep_secs: Option<f64>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
@@ -59,15 +63,17 @@ pub struct BackendResult {
     command_us: Percentiles,
     command_to_queryable_us: Percentiles,
     errors: usize,
+    /// The open-loop sweep, when asked for.
+    sweep: Option<crate::bench_sweep::Sweep>,
 }
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, serde::Serialize)]
 pub struct Percentiles {
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
+    pub(crate) p50: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
 }
 
 impl From<&Histogram<u64>> for Percentiles {
@@ -129,13 +135,16 @@ async fn throughput(base: &str, n: usize, concurrency: usize) -> anyhow::Result<
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-struct Latencies {
-    command: Histogram<u64>,
-    queryable: Histogram<u64>,
-    errors: usize,
+/// What an open-loop phase measured, from each command's intended send time.
+pub(crate) struct Latencies {
+    pub(crate) command: Histogram<u64>,
+    pub(crate) queryable: Histogram<u64>,
+    pub(crate) errors: usize,
 }
 
-async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(Latencies, f64)> {
+/// `n` creates offered at `rate`/s, each followed by its consistent read;
+/// the latencies and the rate achieved.
+pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(Latencies, f64)> {
     let http = reqwest::Client::new();
     let hist = || Histogram::<u64>::new_with_bounds(1, 120_000_000, 3);
     let lat = Arc::new(Mutex::new(Latencies {
@@ -250,6 +259,10 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
             .fetch_all(&running.app.read.pool)
             .await?;
         let reads = bench_pg::get_throughput(&base, ids, args.commands, args.concurrency).await?;
+        let sweep = match args.sweep_secs {
+            Some(secs) => Some(crate::bench_sweep::run(&base, secs).await?),
+            None => None,
+        };
         let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
             Some(url) => (
                 Some(bench_pg::insert_tps(url, args.concurrency).await?),
@@ -271,6 +284,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
             command_us: (&lat.command).into(),
             command_to_queryable_us: (&lat.queryable).into(),
             errors: lat.errors,
+            sweep,
         })
     }
     .await;
@@ -420,6 +434,11 @@ fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("{writes}");
     println!("{baselines}");
+    for r in results {
+        if let Some(sweep) = &r.sweep {
+            print_sweep(&r.backend, sweep);
+        }
+    }
     println!(
         "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
         args.commands, args.concurrency
@@ -434,6 +453,44 @@ fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
     println!("results: {}", file.display());
     Ok(())
+}
+
+/// The sweep of one backend as a table, with its knee.
+fn print_sweep(backend: &str, sweep: &crate::bench_sweep::Sweep) {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "offered/s",
+        "achieved/s",
+        "cmd p50 ms",
+        "queryable p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "errors",
+        "sustained",
+    ]);
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    let half = sweep.half_knee.iter().map(|p| (p, " (half the knee)"));
+    for (p, note) in sweep.points.iter().map(|p| (p, "")).chain(half) {
+        t.add_row(vec![
+            format!("{:.0}{note}", p.offered),
+            format!("{:.0}", p.achieved),
+            ms(p.command_us.p50),
+            ms(p.command_to_queryable_us.p50),
+            ms(p.command_to_queryable_us.p99),
+            ms(p.command_to_queryable_us.p999),
+            ms(p.command_to_queryable_us.max),
+            p.errors.to_string(),
+            if p.sustained() { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    let knee = sweep
+        .knee
+        .map_or("none (250/s not sustained)".to_owned(), |k| {
+            format!("{k:.0}/s")
+        });
+    println!("{backend}: open-loop sweep, knee {knee}\n{t}");
 }
 
 /// The machine the figures come from.

@@ -6,6 +6,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_kafka;
 pub mod bench_pg;
+pub mod bench_sweep;
 pub mod client;
 pub mod dead_letters;
 pub mod demo;

@@ -1,0 +1,121 @@
+//! The open-loop sweep of `orders bench --sweep`: offered rates doubling
+//! until the service no longer keeps up, the knee (the highest rate it
+//! sustains), and the latencies at half the knee.
+
+use crate::bench::{latency, Percentiles};
+
+/// The first offered rate of the sweep, commands/s.
+const FIRST_RATE: f64 = 250.0;
+
+/// The sweep stops at this offered rate whatever happens.
+const LAST_RATE: f64 = 32_000.0;
+
+/// Above this p99 (command -> queryable) a rate is not sustained.
+const SUSTAINED_P99_US: u64 = 100_000;
+
+/// One offered rate and what came of it.
+#[derive(Debug, serde::Serialize)]
+pub struct SweepPoint {
+    /// Offered, commands/s.
+    pub offered: f64,
+    /// Achieved, commands/s.
+    pub achieved: f64,
+    /// Command answered, from its intended send time.
+    pub command_us: Percentiles,
+    /// Command queryable, from its intended send time.
+    pub command_to_queryable_us: Percentiles,
+    /// Commands or reads that failed.
+    pub errors: usize,
+}
+
+impl SweepPoint {
+    /// Whether the service kept up: at least 95 % of the offered rate, no
+    /// errors, p99 command -> queryable under 100 ms.
+    pub fn sustained(&self) -> bool {
+        self.achieved >= 0.95 * self.offered
+            && self.errors == 0
+            && self.command_to_queryable_us.p99 <= SUSTAINED_P99_US
+    }
+}
+
+/// What the sweep found.
+#[derive(Debug, serde::Serialize)]
+pub struct Sweep {
+    /// Every rate tried, in order.
+    pub points: Vec<SweepPoint>,
+    /// The highest sustained offered rate (None: not even the first).
+    pub knee: Option<f64>,
+    /// Measured again at half the knee.
+    pub half_knee: Option<SweepPoint>,
+}
+
+async fn point(base: &str, seconds: f64, offered: f64) -> anyhow::Result<SweepPoint> {
+    let n = ((offered * seconds) as usize).max(50);
+    let (lat, achieved) = latency(base, n, offered).await?;
+    Ok(SweepPoint {
+        offered,
+        achieved,
+        command_us: (&lat.command).into(),
+        command_to_queryable_us: (&lat.queryable).into(),
+        errors: lat.errors,
+    })
+}
+
+/// Offers rates from 250/s doubling, `seconds` each, until one is not
+/// sustained; then measures half the knee.
+pub async fn run(base: &str, seconds: f64) -> anyhow::Result<Sweep> {
+    let mut points = Vec::new();
+    let mut offered = FIRST_RATE;
+    while offered <= LAST_RATE {
+        let p = point(base, seconds, offered).await?;
+        let sustained = p.sustained();
+        points.push(p);
+        if !sustained {
+            break;
+        }
+        offered *= 2.0;
+    }
+    let knee = points
+        .iter()
+        .take_while(|p| p.sustained())
+        .last()
+        .map(|p| p.offered);
+    let half_knee = match knee {
+        Some(k) => Some(point(base, seconds, k / 2.0).await?),
+        None => None,
+    };
+    Ok(Sweep {
+        points,
+        knee,
+        half_knee,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offered: f64, achieved: f64, p99_ms: u64, errors: usize) -> SweepPoint {
+        let p = |v| Percentiles {
+            p50: v,
+            p99: v,
+            p999: v,
+            max: v,
+        };
+        SweepPoint {
+            offered,
+            achieved,
+            command_us: p(1_000),
+            command_to_queryable_us: p(p99_ms * 1_000),
+            errors,
+        }
+    }
+
+    #[test]
+    fn a_rate_is_sustained_only_when_kept_up_without_errors_or_queues() {
+        assert!(at(1000.0, 990.0, 20, 0).sustained());
+        assert!(!at(1000.0, 900.0, 20, 0).sustained(), "fell behind");
+        assert!(!at(1000.0, 1000.0, 20, 1).sustained(), "an error");
+        assert!(!at(1000.0, 1000.0, 500, 0).sustained(), "a queue built up");
+    }
+}
