@@ -260,7 +260,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
             .await?;
         let reads = bench_pg::get_throughput(&base, ids, args.commands, args.concurrency).await?;
         let sweep = match args.sweep_secs {
-            Some(secs) => Some(crate::bench_sweep::run(&base, secs).await?),
+            Some(secs) => Some(crate::bench_sweep::run(&running, &base, secs).await?),
             None => None,
         };
         let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
@@ -295,7 +295,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
 
 /// Waits until the read model holds every event of the write side (the sum
 /// of applied versions equals the number of events); returns that number.
-async fn caught_up(running: &Running) -> anyhow::Result<i64> {
+pub(crate) async fn caught_up(running: &Running) -> anyhow::Result<i64> {
     let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
         .fetch_one(&running.app.store.db().pool)
         .await?;

@@ -2,7 +2,8 @@
 //! until the service no longer keeps up, the knee (the highest rate it
 //! sustains), and the latencies at half the knee.
 
-use crate::bench::{latency, Percentiles};
+use crate::app::Running;
+use crate::bench::{caught_up, latency, Percentiles};
 
 /// The first offered rate of the sweep, commands/s.
 const FIRST_RATE: f64 = 250.0;
@@ -49,7 +50,15 @@ pub struct Sweep {
     pub half_knee: Option<SweepPoint>,
 }
 
-async fn point(base: &str, seconds: f64, offered: f64) -> anyhow::Result<SweepPoint> {
+/// One rate, started level: the read model holds every event first, so a
+/// backlog left by the rate before does not count against this one.
+async fn point(
+    running: &Running,
+    base: &str,
+    seconds: f64,
+    offered: f64,
+) -> anyhow::Result<SweepPoint> {
+    caught_up(running).await?;
     let n = ((offered * seconds) as usize).max(50);
     let (lat, achieved) = latency(base, n, offered).await?;
     Ok(SweepPoint {
@@ -63,11 +72,11 @@ async fn point(base: &str, seconds: f64, offered: f64) -> anyhow::Result<SweepPo
 
 /// Offers rates from 250/s doubling, `seconds` each, until one is not
 /// sustained; then measures half the knee.
-pub async fn run(base: &str, seconds: f64) -> anyhow::Result<Sweep> {
+pub async fn run(running: &Running, base: &str, seconds: f64) -> anyhow::Result<Sweep> {
     let mut points = Vec::new();
     let mut offered = FIRST_RATE;
     while offered <= LAST_RATE {
-        let p = point(base, seconds, offered).await?;
+        let p = point(running, base, seconds, offered).await?;
         let sustained = p.sustained();
         points.push(p);
         if !sustained {
@@ -81,7 +90,7 @@ pub async fn run(base: &str, seconds: f64) -> anyhow::Result<Sweep> {
         .last()
         .map(|p| p.offered);
     let half_knee = match knee {
-        Some(k) => Some(point(base, seconds, k / 2.0).await?),
+        Some(k) => Some(point(running, base, seconds, k / 2.0).await?),
         None => None,
     };
     Ok(Sweep {

@@ -4,6 +4,7 @@
 pub mod dead_letters;
 mod log_source;
 mod progress;
+mod query_traces;
 pub mod runner;
 
 pub use log_source::{LogSource, LOG_KEY};

@@ -56,6 +56,7 @@ struct Inner {
     bump: watch::Sender<u64>,
     tracked: Mutex<Tracked>,
     closed: AtomicBool,
+    query_traces: super::query_traces::QueryTraces,
 }
 
 /// Read-model progress of one projector, shared by the runner and the API.
@@ -79,6 +80,7 @@ impl ReadProgress {
     pub fn new(db: Db, projector: impl Into<String>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                query_traces: super::query_traces::QueryTraces::new(db.clone()),
                 db,
                 projector: projector.into(),
                 bump: watch::channel(0).0,
@@ -282,24 +284,11 @@ impl ReadProgress {
     }
 
     /// Records that a query served data including the token's write (the
-    /// first time wins); off the request path.
+    /// first time wins); off the request path, written in batches.
     pub fn record_query(&self, token: &ConsistencyToken) {
-        let db = self.inner.db.clone();
-        let (aggregate_id, version) = (token.aggregate_id.clone(), token.version);
-        tokio::spawn(async move {
-            let r = sqlx::query(
-                "INSERT INTO query_traces (aggregate_id, version, queried_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (aggregate_id, version) DO NOTHING",
-            )
-            .bind(aggregate_id)
-            .bind(version)
-            .bind(crate::db::timestamp(chrono::Utc::now()))
-            .execute(&db.writer)
-            .await;
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "query trace not recorded");
-            }
-        });
+        self.inner
+            .query_traces
+            .record(token.aggregate_id.clone(), token.version);
     }
 }
 
