@@ -402,35 +402,9 @@ fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
         "pgbench select-only tps",
         "ratio",
     ]);
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
-    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}", a / b));
     for r in results {
-        writes.add_row(vec![
-            r.backend.clone(),
-            format!("{:.0}", r.commands_per_sec),
-            format!("{:.0}", r.projector_events_per_sec),
-            format!("{:.0}", r.raw_inserts_per_sec),
-            format!("{:.2}", r.ratio_to_raw),
-            format!("{:.0}", r.offered_rate),
-            format!("{:.0}", r.achieved_rate),
-            ms(r.command_us.p50),
-            ms(r.command_us.p99),
-            ms(r.command_to_queryable_us.p50),
-            ms(r.command_to_queryable_us.p99),
-            ms(r.command_to_queryable_us.p999),
-            ms(r.command_to_queryable_us.max),
-            r.errors.to_string(),
-        ]);
-        baselines.add_row(vec![
-            r.backend.clone(),
-            format!("{:.0}", r.commands_per_sec),
-            opt(r.pgbench_insert_tps),
-            ratio(r.commands_per_sec, r.pgbench_insert_tps),
-            format!("{:.0}", r.reads_per_sec),
-            opt(r.pgbench_select_tps),
-            ratio(r.reads_per_sec, r.pgbench_select_tps),
-        ]);
+        writes.add_row(write_row(r));
+        baselines.add_row(baseline_row(r));
     }
     println!("{writes}");
     println!("{baselines}");
@@ -453,6 +427,42 @@ fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
     println!("results: {}", file.display());
     Ok(())
+}
+
+/// A row of the commands-and-latency table.
+fn write_row(r: &BackendResult) -> Vec<String> {
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    vec![
+        r.backend.clone(),
+        format!("{:.0}", r.commands_per_sec),
+        format!("{:.0}", r.projector_events_per_sec),
+        format!("{:.0}", r.raw_inserts_per_sec),
+        format!("{:.2}", r.ratio_to_raw),
+        format!("{:.0}", r.offered_rate),
+        format!("{:.0}", r.achieved_rate),
+        ms(r.command_us.p50),
+        ms(r.command_us.p99),
+        ms(r.command_to_queryable_us.p50),
+        ms(r.command_to_queryable_us.p99),
+        ms(r.command_to_queryable_us.p999),
+        ms(r.command_to_queryable_us.max),
+        r.errors.to_string(),
+    ]
+}
+
+/// A row of the pgbench table (dashes where there is no PostgreSQL).
+fn baseline_row(r: &BackendResult) -> Vec<String> {
+    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}", a / b));
+    vec![
+        r.backend.clone(),
+        format!("{:.0}", r.commands_per_sec),
+        opt(r.pgbench_insert_tps),
+        ratio(r.commands_per_sec, r.pgbench_insert_tps),
+        format!("{:.0}", r.reads_per_sec),
+        opt(r.pgbench_select_tps),
+        ratio(r.reads_per_sec, r.pgbench_select_tps),
+    ]
 }
 
 /// The sweep of one backend as a table, with its knee.
