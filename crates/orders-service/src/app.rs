@@ -335,7 +335,7 @@ impl Running {
 }
 
 /// The write store and the read DB (one pool when they are one database).
-async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventStore, Db)> {
+pub(crate) async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventStore, Db)> {
     let (write_url, read_url) = config.urls();
     if write_url.starts_with("sqlite:") || read_url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {

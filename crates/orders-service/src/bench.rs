@@ -36,6 +36,14 @@ pub struct BenchArgs {
     /// each to find the knee, then measure half the knee.
     #[arg(long)]
     pub sweep_secs: Option<f64>,
+    /// Seconds each pgbench baseline runs.
+    #[arg(long, default_value_t = 10)]
+    pub pgbench_secs: u32,
+    /// Also measure again after importing this many events of made-up
+    /// order history into the write store (e.g. 10000000): whether the cost
+    /// of a command or a query grows with history.
+    #[arg(long)]
+    pub store_events: Option<i64>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
@@ -49,6 +57,8 @@ pub struct BenchArgs {
 pub struct BackendResult {
     backend: String,
     commands_per_sec: f64,
+    /// Create-then-pay over HTTP in a closed loop, commands (two per order)/s.
+    create_pay_commands_per_sec: f64,
     projector_events_per_sec: f64,
     raw_inserts_per_sec: f64,
     ratio_to_raw: f64,
@@ -56,6 +66,10 @@ pub struct BackendResult {
     pgbench_insert_tps: Option<f64>,
     /// `GET /orders/{id}` per second in a closed loop at the same concurrency.
     reads_per_sec: f64,
+    /// Their latencies.
+    reads_us: Percentiles,
+    /// The same with `--store-events` of history in the store.
+    history: Option<crate::bench_history::History>,
     /// pgbench select-only at the same concurrency (PostgreSQL).
     pgbench_select_tps: Option<f64>,
     offered_rate: f64,
@@ -97,12 +111,19 @@ pub(crate) fn bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-fn order_body(i: usize) -> serde_json::Value {
+/// The order a bench client sends as request `i` (bench-cqrs-es builds the same).
+pub(crate) fn order_body(i: usize) -> serde_json::Value {
     json!({ "customer_id": format!("bench-{}", i % 97), "items": [
         { "sku": "sku-1", "quantity": 1 + (i % 5), "unit_price_cents": 1999 } ] })
 }
 
-async fn throughput(base: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+/// The total of [`order_body`]`(i)`, in cents.
+pub(crate) fn order_total(i: usize) -> i64 {
+    1999 * (1 + (i % 5) as i64)
+}
+
+/// Creates over HTTP in a closed loop of `concurrency` clients; commands/s.
+pub(crate) async fn throughput(base: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
     let http = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let pb = bar(n, "throughput (closed loop)");
@@ -254,30 +275,41 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
         let events = caught_up(&running).await?;
         let projector = events as f64 / started.elapsed().as_secs_f64();
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
+        let create_pay =
+            crate::bench_peer::create_then_pay(&base, args.commands / 2, args.concurrency).await?;
         let (lat, achieved) = latency(&base, args.commands, args.rate).await?;
-        let ids: Vec<String> = sqlx::query_scalar("SELECT order_id FROM order_details LIMIT 10000")
-            .fetch_all(&running.app.read.pool)
-            .await?;
-        let reads = bench_pg::get_throughput(&base, ids, args.commands, args.concurrency).await?;
+        let ids = some_order_ids(&running).await?;
+        let (reads, reads_us) =
+            bench_pg::get_throughput(&base, ids, args.commands, args.concurrency).await?;
         let sweep = match args.sweep_secs {
             Some(secs) => Some(crate::bench_sweep::run(&running, &base, secs).await?),
             None => None,
         };
         let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
-            Some(url) => (
-                Some(bench_pg::insert_tps(url, args.concurrency).await?),
-                Some(bench_pg::select_tps(url, args.concurrency).await?),
-            ),
+            Some(url) => {
+                let run = bench_pg::Pgbench {
+                    url,
+                    clients: args.concurrency,
+                    secs: args.pgbench_secs,
+                };
+                (
+                    Some(bench_pg::insert_tps(run).await?),
+                    Some(bench_pg::select_tps(run).await?),
+                )
+            }
             None => (None, None),
         };
         Ok::<_, anyhow::Error>(BackendResult {
             backend: name.to_owned(),
             commands_per_sec: cps,
+            create_pay_commands_per_sec: create_pay,
             projector_events_per_sec: projector,
             raw_inserts_per_sec: raw,
             ratio_to_raw: cps / raw,
             pgbench_insert_tps,
             reads_per_sec: reads,
+            reads_us,
+            history: None,
             pgbench_select_tps,
             offered_rate: args.rate,
             achieved_rate: achieved,
@@ -288,26 +320,48 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
         })
     }
     .await;
+    let settled = caught_up(&running).await;
     server.abort();
     running.stop().await?;
-    result
+    let mut result = result?;
+    settled?;
+    if let Some(events) = args.store_events {
+        result.history = Some(crate::bench_history::run(&config, args, events).await?);
+    }
+    Ok(result)
 }
 
 /// Waits until the read model holds every event of the write side (the sum
 /// of applied versions equals the number of events); returns that number.
 pub(crate) async fn caught_up(running: &Running) -> anyhow::Result<i64> {
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+    caught_up_since(running, 0, 0).await
+}
+
+/// The sum of the versions the projector has applied.
+pub(crate) async fn applied_sum(running: &Running) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
+    )
+    .bind(crate::app::PROJECTOR)
+    .fetch_one(&running.app.read.pool)
+    .await?)
+}
+
+/// Waits until the projector has applied every event after position
+/// `after` (imported history lies at or below it, never projected), counting
+/// from `applied_before` (the applied sum when the history was imported).
+pub(crate) async fn caught_up_since(
+    running: &Running,
+    after: i64,
+    applied_before: i64,
+) -> anyhow::Result<i64> {
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE position > $1")
+        .bind(after)
         .fetch_one(&running.app.store.db().pool)
         .await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let applied: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
-        )
-        .bind(crate::app::PROJECTOR)
-        .fetch_one(&running.app.read.pool)
-        .await?;
-        if applied >= events {
+        if applied_sum(running).await? - applied_before >= events {
             return Ok(events);
         }
         if Instant::now() > deadline {
@@ -315,6 +369,15 @@ pub(crate) async fn caught_up(running: &Running) -> anyhow::Result<i64> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Up to 10,000 order ids from the read model, for the GET phases.
+pub(crate) async fn some_order_ids(running: &Running) -> anyhow::Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT order_id FROM order_details LIMIT 10000")
+            .fetch_all(&running.app.read.pool)
+            .await?,
+    )
 }
 
 pub(crate) async fn drop_scratch(url: &str, name: &str) {
@@ -342,6 +405,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::bench_kafka::run(what, &args).await;
     }
     let mut results = Vec::new();
+    let peer = match &args.database_url {
+        Some(url) => crate::bench_peer::cqrs_es(url, args.commands / 2, args.concurrency).await?,
+        None => None,
+    };
     let dir = tempfile::tempdir()?;
     results.push(bench_one("sqlite (embedded)", Config::embedded(dir.path()), &args).await?);
     if let Some(url) = &args.database_url {
@@ -366,11 +433,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
     }
-    report(&results, &args)
+    report(&results, peer.as_ref(), &args)
 }
 
-/// Prints the two tables and writes the JSON results.
-fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
+/// Prints the tables and writes the JSON results (and the plot of the sweep).
+fn report(
+    results: &[BackendResult],
+    peer: Option<&crate::bench_peer::Peer>,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
     let new_table = |header: Vec<&str>| {
         let mut t = comfy_table::Table::new();
         t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
@@ -408,6 +479,12 @@ fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("{writes}");
     println!("{baselines}");
+    if let Some(peer) = peer {
+        println!("{}", peer_table(results, peer));
+    }
+    if results.iter().any(|r| r.history.is_some()) {
+        println!("{}", history_table(results));
+    }
     for r in results {
         if let Some(sweep) = &r.sweep {
             print_sweep(&r.backend, sweep);
@@ -418,15 +495,87 @@ fn report(results: &[BackendResult], args: &BenchArgs) -> anyhow::Result<()> {
         args.commands, args.concurrency
     );
     std::fs::create_dir_all(&args.out)?;
-    let file = args.out.join(format!(
-        "bench-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let file = args.out.join(format!("bench-{stamp}.json"));
     let doc = json!({ "machine": machine(), "args": { "commands": args.commands, "rate": args.rate,
-        "concurrency": args.concurrency }, "results": results });
+        "concurrency": args.concurrency, "store_events": args.store_events }, "results": results,
+        "cqrs_es": peer });
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
     println!("results: {}", file.display());
+    let sweeps: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.sweep.as_ref().map(|s| (r.backend.as_str(), s)))
+        .collect();
+    if !sweeps.is_empty() {
+        let plot = args.out.join(format!("bench-{stamp}.svg"));
+        crate::bench_plot::write(&plot, &sweeps)?;
+        println!("plot: {}", plot.display());
+    }
     Ok(())
+}
+
+/// Each backend before and after importing `--store-events` of history.
+fn history_table(results: &[BackendResult]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "backend",
+        "events in store",
+        "import s",
+        "cmd/s before",
+        "cmd/s after",
+        "ratio",
+        "GET p99 ms before",
+        "after",
+        "ratio",
+        "GET/s before",
+        "after",
+    ]);
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    for r in results {
+        if let Some(h) = &r.history {
+            t.add_row(vec![
+                r.backend.clone(),
+                h.events.to_string(),
+                format!("{:.0}", h.import_secs),
+                format!("{:.0}", h.before.commands_per_sec),
+                format!("{:.0}", h.after.commands_per_sec),
+                format!("{:.2}", h.command_ratio),
+                ms(h.before.reads_us.p99),
+                ms(h.after.reads_us.p99),
+                format!("{:.2}", h.read_p99_ratio),
+                format!("{:.0}", h.before.reads_per_sec),
+                format!("{:.0}", h.after.reads_per_sec),
+            ]);
+        }
+    }
+    t
+}
+
+/// Create-then-pay: ours over HTTP beside cqrs-es + postgres-es in process.
+fn peer_table(results: &[BackendResult], peer: &crate::bench_peer::Peer) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "create then pay",
+        "cmd/s (HTTP)",
+        "cqrs-es cmd/s (in process)",
+        "ratio",
+        "cqrs-es + view cmd/s",
+        "ratio",
+    ]);
+    for r in results {
+        let ours = r.create_pay_commands_per_sec;
+        t.add_row(vec![
+            r.backend.clone(),
+            format!("{ours:.0}"),
+            format!("{:.0}", peer.commands_per_sec),
+            format!("{:.2}", ours / peer.commands_per_sec),
+            format!("{:.0}", peer.with_view_commands_per_sec),
+            format!("{:.2}", ours / peer.with_view_commands_per_sec),
+        ]);
+    }
+    t
 }
 
 /// A row of the commands-and-latency table.

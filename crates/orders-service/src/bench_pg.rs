@@ -3,23 +3,32 @@
 //! select-only script), and the query side's own closed loop of
 //! `GET /orders/{id}` to set beside the latter.
 
-use crate::bench::bar;
+use crate::bench::{bar, Percentiles};
 use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Seconds each pgbench run lasts.
-const PGBENCH_SECS: u32 = 10;
+/// A pgbench run: where, how many clients, how many seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Pgbench<'a> {
+    /// The database.
+    pub url: &'a str,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Seconds each run lasts.
+    pub secs: u32,
+}
 
 /// pgbench's transactions per second with `args` (a script file or a
-/// built-in) at `clients`, against `url`.
-async fn pgbench(url: &str, clients: usize, args: &[&str]) -> anyhow::Result<f64> {
+/// built-in).
+async fn pgbench(run: Pgbench<'_>, args: &[&str]) -> anyhow::Result<f64> {
     let out = tokio::process::Command::new("pgbench")
-        .args(["-n", "-c", &clients.to_string(), "-j", "2"])
-        .args(["-T", &PGBENCH_SECS.to_string()])
+        .args(["-n", "-c", &run.clients.to_string(), "-j", "2"])
+        .args(["-T", &run.secs.to_string()])
         .args(args)
-        .arg(url)
+        .arg(run.url)
         .output()
         .await
         .context("running pgbench (it ships with PostgreSQL; scripts/services installs it)")?;
@@ -47,8 +56,8 @@ fn tps_of(output: &str) -> Option<f64> {
 
 /// One-row INSERT transactions of an order-sized JSON body into a table
 /// with a primary key, as many clients as ours.
-pub async fn insert_tps(url: &str, clients: usize) -> anyhow::Result<f64> {
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+pub async fn insert_tps(run: Pgbench<'_>) -> anyhow::Result<f64> {
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(run.url).await?;
     sqlx::Executor::execute(
         &mut conn,
         "CREATE TABLE IF NOT EXISTS bench_pgbench (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)",
@@ -61,15 +70,15 @@ pub async fn insert_tps(url: &str, clients: usize) -> anyhow::Result<f64> {
         "INSERT INTO bench_pgbench (body) VALUES ('{\"customer_id\":\"bench-1\",\"items\":[{\"sku\":\"sku-1\",\"quantity\":1,\"unit_price_cents\":1999}]}');\n",
     )?;
     let path = script.to_string_lossy().into_owned();
-    pgbench(url, clients, &["-f", &path]).await
+    pgbench(run, &["-f", &path]).await
 }
 
 /// pgbench's built-in select-only script (one row by primary key from
 /// `pgbench_accounts`, scale 1: 100,000 rows), as many clients as ours.
-pub async fn select_tps(url: &str, clients: usize) -> anyhow::Result<f64> {
+pub async fn select_tps(run: Pgbench<'_>) -> anyhow::Result<f64> {
     let init = tokio::process::Command::new("pgbench")
         .args(["-i", "-q", "-s", "1"])
-        .arg(url)
+        .arg(run.url)
         .output()
         .await
         .context("running pgbench -i")?;
@@ -79,17 +88,17 @@ pub async fn select_tps(url: &str, clients: usize) -> anyhow::Result<f64> {
             String::from_utf8_lossy(&init.stderr)
         );
     }
-    pgbench(url, clients, &["-S"]).await
+    pgbench(run, &["-S"]).await
 }
 
 /// `GET /orders/{id}` in a closed loop of `clients`, over the orders the
-/// read model holds; requests per second.
+/// read model holds: requests per second, and their latencies.
 pub async fn get_throughput(
     base: &str,
     ids: Vec<String>,
     n: usize,
     clients: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Percentiles)> {
     if ids.is_empty() {
         bail!("no orders to read");
     }
@@ -106,26 +115,30 @@ pub async fn get_throughput(
             base.to_owned(),
         );
         tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
-                    return Ok::<_, anyhow::Error>(());
+                    return Ok::<_, anyhow::Error>(latencies);
                 }
                 let id = &ids[i % ids.len()];
+                let sent = Instant::now();
                 let res = http.get(format!("{base}/orders/{id}")).send().await?;
                 if res.status() != 200 {
                     bail!("GET /orders/{id} answered {}", res.status());
                 }
                 res.bytes().await?;
+                latencies.saturating_record(sent.elapsed().as_micros() as u64);
                 pb.inc(1);
             }
         })
     });
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for w in futures::future::join_all(workers).await {
-        w??;
+        all.add(w??)?;
     }
     pb.finish_and_clear();
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    Ok((n as f64 / started.elapsed().as_secs_f64(), (&all).into()))
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_history;
 pub mod bench_kafka;
+pub mod bench_peer;
 pub mod bench_pg;
+pub mod bench_plot;
 pub mod bench_sweep;
 pub mod client;
 pub mod dead_letters;

@@ -935,3 +935,28 @@ pub async fn checkpoint_rows(db: &Db, projector: &str) -> Result<Vec<Checkpoint>
     .fetch_all(&db.pool)
     .await
 }
+
+/// Moves a projector's checkpoint on one source forward to `next_position`
+/// (never back): what lies before it is taken as projected already, as for
+/// history imported with [`crate::SqlEventStore::import_generated`].
+pub async fn advance_checkpoint(
+    db: &Db,
+    projector: &str,
+    source_key: &str,
+    next_position: i64,
+) -> Result<(), sqlx::Error> {
+    ensure_schema(db).await?;
+    sqlx::query(
+        "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (projector, source_key) DO UPDATE SET \
+         next_position = excluded.next_position, updated_at = excluded.updated_at \
+         WHERE projector_checkpoints.next_position < excluded.next_position",
+    )
+    .bind(projector)
+    .bind(source_key)
+    .bind(next_position)
+    .bind(crate::db::timestamp(chrono::Utc::now()))
+    .execute(&db.writer)
+    .await?;
+    Ok(())
+}

@@ -1,11 +1,13 @@
 //! The write side: an append-only event log (which is also the outbox the
 //! relay publishes, behind its checkpoint) with idempotency.
 
+mod history;
 mod postgres;
 mod sql;
 mod sqlite;
 mod writer;
 
+pub use history::GeneratedHistory;
 pub use sql::SqlEventStore;
 
 use cqrs_core::{EventEnvelope, EventMetadata, NewEvent};
@@ -26,6 +28,13 @@ pub enum StoreError {
     /// Another request with the same idempotency key committed first.
     #[error("idempotency key {0:?} was used concurrently")]
     DuplicateIdempotencyKey(String),
+    /// History may only be imported behind a relay that has published
+    /// everything (it is imported as already published).
+    #[error("{pending} events are not yet published; import history when the relay is idle")]
+    Unpublished {
+        /// Events after the relay checkpoint.
+        pending: i64,
+    },
     /// A stored row does not make sense (bad JSON, broken version chain).
     #[error("corrupt store: {0}")]
     Corrupt(String),

@@ -27,8 +27,8 @@ pub(crate) trait Dialect: Send + Sync {
 #[derive(Clone)]
 pub struct SqlEventStore {
     db: Db,
-    dialect: Arc<dyn Dialect>,
-    committed: Arc<watch::Sender<i64>>,
+    pub(super) dialect: Arc<dyn Dialect>,
+    pub(super) committed: Arc<watch::Sender<i64>>,
     notifying: Arc<std::sync::atomic::AtomicBool>,
     select_events: Arc<str>,
     appends: tokio::sync::mpsc::Sender<super::writer::Job>,
@@ -252,7 +252,7 @@ const RELAY_SCHEMA: &[&str] = &[
 ];
 
 /// The checkpoint row's key: one relay leads per write DB.
-const RELAY: &str = "outbox";
+pub(super) const RELAY: &str = "outbox";
 
 /// Creates the relay checkpoint once. A write DB made by a version that
 /// kept an `outbox` table with a published mark per row starts from its
