@@ -151,6 +151,10 @@ impl Db {
                                 conn.execute(format!("PRAGMA synchronous = {sync}").as_str())
                                     .await?;
                                 conn.execute("PRAGMA busy_timeout = 10000").await?;
+                                // SQLite's default page cache is 2 MiB: with
+                                // a log of millions of events every insert
+                                // into its indexes would read pages again.
+                                conn.execute("PRAGMA cache_size = -32768").await?;
                                 Ok(())
                             })
                         })

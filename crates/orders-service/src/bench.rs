@@ -55,30 +55,33 @@ pub struct BenchArgs {
 /// Figures of one backend.
 #[derive(Debug, serde::Serialize)]
 pub struct BackendResult {
-    backend: String,
-    commands_per_sec: f64,
+    pub(crate) backend: String,
+    pub(crate) commands_per_sec: f64,
+    /// The same closed loop against the write side alone (a process with
+    /// only the API role: no relay, no projector), as pgbench runs alone.
+    pub(crate) write_only_commands_per_sec: f64,
     /// Create-then-pay over HTTP in a closed loop, commands (two per order)/s.
-    create_pay_commands_per_sec: f64,
-    projector_events_per_sec: f64,
-    raw_inserts_per_sec: f64,
-    ratio_to_raw: f64,
+    pub(crate) create_pay_commands_per_sec: f64,
+    pub(crate) projector_events_per_sec: f64,
+    pub(crate) raw_inserts_per_sec: f64,
+    pub(crate) ratio_to_raw: f64,
     /// pgbench one-row INSERT transactions at the same concurrency (PostgreSQL).
-    pgbench_insert_tps: Option<f64>,
+    pub(crate) pgbench_insert_tps: Option<f64>,
     /// `GET /orders/{id}` per second in a closed loop at the same concurrency.
-    reads_per_sec: f64,
+    pub(crate) reads_per_sec: f64,
     /// Their latencies.
-    reads_us: Percentiles,
+    pub(crate) reads_us: Percentiles,
     /// The same with `--store-events` of history in the store.
-    history: Option<crate::bench_history::History>,
+    pub(crate) history: Option<crate::bench_history::History>,
     /// pgbench select-only at the same concurrency (PostgreSQL).
-    pgbench_select_tps: Option<f64>,
-    offered_rate: f64,
-    achieved_rate: f64,
-    command_us: Percentiles,
-    command_to_queryable_us: Percentiles,
-    errors: usize,
+    pub(crate) pgbench_select_tps: Option<f64>,
+    pub(crate) offered_rate: f64,
+    pub(crate) achieved_rate: f64,
+    pub(crate) command_us: Percentiles,
+    pub(crate) command_to_queryable_us: Percentiles,
+    pub(crate) errors: usize,
     /// The open-loop sweep, when asked for.
-    sweep: Option<crate::bench_sweep::Sweep>,
+    pub(crate) sweep: Option<crate::bench_sweep::Sweep>,
 }
 
 /// Latency percentiles in microseconds.
@@ -161,6 +164,8 @@ pub(crate) struct Latencies {
     pub(crate) command: Histogram<u64>,
     pub(crate) queryable: Histogram<u64>,
     pub(crate) errors: usize,
+    /// What the first failure was, to tell overload from a bug.
+    pub(crate) first_error: Option<String>,
 }
 
 /// `n` creates offered at `rate`/s, each followed by its consistent read;
@@ -172,6 +177,7 @@ pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(
         command: hist()?,
         queryable: hist()?,
         errors: 0,
+        first_error: None,
     }));
     let pb = bar(n, &format!("latency (open loop, {rate}/s)"));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -188,6 +194,13 @@ pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(
                     .send()
                     .await?;
                 let answered = tokio::time::Instant::now();
+                if res.status() != 201 {
+                    let status = res.status();
+                    bail!(
+                        "create answered {status}: {}",
+                        res.text().await.unwrap_or_default()
+                    );
+                }
                 let token = res
                     .headers()
                     .get("x-consistency-token")
@@ -213,7 +226,10 @@ pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(
                         let _ = l.command.record((answered - intended).as_micros() as u64);
                         let _ = l.queryable.record((visible - intended).as_micros() as u64);
                     }
-                    Err(_) => l.errors += 1,
+                    Err(e) => {
+                        l.errors += 1;
+                        l.first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
             }
             pb.inc(1);
@@ -261,22 +277,40 @@ async fn raw_inserts(db: &cqrs_sql::Db, n: usize, concurrency: usize) -> anyhow:
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Creates in a closed loop against a process with only the API role.
+async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<f64> {
+    let mut api_only = config.clone();
+    api_only.roles = vec![crate::app::Role::Api];
+    let running = Running::start(&api_only).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = running.spawn_server(listener);
+    let cps = throughput(&base, args.commands, args.concurrency).await;
+    server.abort();
+    running.stop().await?;
+    cps
+}
+
 async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Result<BackendResult> {
     eprintln!("== {name}");
+    let write_only = write_side_alone(&config, args).await?;
     let running = Running::start(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = running.spawn_server(listener);
     let result = async {
+        // The write-side phase's events first: every phase starts level.
+        let before = caught_up(&running).await?;
         let started = Instant::now();
         let cps = throughput(&base, args.commands, args.concurrency).await?;
         // The projector's own pace: from the first command until the read
         // model holds the last event. Also lets the next phase start level.
-        let events = caught_up(&running).await?;
+        let events = caught_up(&running).await? - before;
         let projector = events as f64 / started.elapsed().as_secs_f64();
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
         let create_pay =
             crate::bench_peer::create_then_pay(&base, args.commands / 2, args.concurrency).await?;
+        caught_up(&running).await?;
         let (lat, achieved) = latency(&base, args.commands, args.rate).await?;
         let ids = some_order_ids(&running).await?;
         let (reads, reads_us) =
@@ -302,6 +336,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
         Ok::<_, anyhow::Error>(BackendResult {
             backend: name.to_owned(),
             commands_per_sec: cps,
+            write_only_commands_per_sec: write_only,
             create_pay_commands_per_sec: create_pay,
             projector_events_per_sec: projector,
             raw_inserts_per_sec: raw,
@@ -367,7 +402,8 @@ pub(crate) async fn caught_up_since(
         if Instant::now() > deadline {
             bail!("projector did not catch up within 10 minutes");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Not tighter: the sum reads every row of projected_versions.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -433,223 +469,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
     }
-    report(&results, peer.as_ref(), &args)
-}
-
-/// Prints the tables and writes the JSON results (and the plot of the sweep).
-fn report(
-    results: &[BackendResult],
-    peer: Option<&crate::bench_peer::Peer>,
-    args: &BenchArgs,
-) -> anyhow::Result<()> {
-    let new_table = |header: Vec<&str>| {
-        let mut t = comfy_table::Table::new();
-        t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-        t.set_header(header);
-        t
-    };
-    let mut writes = new_table(vec![
-        "backend",
-        "cmd/s",
-        "projector ev/s",
-        "raw insert/s",
-        "ratio",
-        "offered/s",
-        "achieved/s",
-        "cmd p50 ms",
-        "cmd p99 ms",
-        "queryable p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "errors",
-    ]);
-    let mut baselines = new_table(vec![
-        "backend",
-        "cmd/s",
-        "pgbench insert tps",
-        "ratio",
-        "GET /orders/{id} /s",
-        "pgbench select-only tps",
-        "ratio",
-    ]);
-    for r in results {
-        writes.add_row(write_row(r));
-        baselines.add_row(baseline_row(r));
-    }
-    println!("{writes}");
-    println!("{baselines}");
-    if let Some(peer) = peer {
-        println!("{}", peer_table(results, peer));
-    }
-    if results.iter().any(|r| r.history.is_some()) {
-        println!("{}", history_table(results));
-    }
-    for r in results {
-        if let Some(sweep) = &r.sweep {
-            print_sweep(&r.backend, sweep);
-        }
-    }
-    println!(
-        "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
-        args.commands, args.concurrency
-    );
-    std::fs::create_dir_all(&args.out)?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let file = args.out.join(format!("bench-{stamp}.json"));
-    let doc = json!({ "machine": machine(), "args": { "commands": args.commands, "rate": args.rate,
-        "concurrency": args.concurrency, "store_events": args.store_events }, "results": results,
-        "cqrs_es": peer });
-    std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
-    println!("results: {}", file.display());
-    let sweeps: Vec<_> = results
-        .iter()
-        .filter_map(|r| r.sweep.as_ref().map(|s| (r.backend.as_str(), s)))
-        .collect();
-    if !sweeps.is_empty() {
-        let plot = args.out.join(format!("bench-{stamp}.svg"));
-        crate::bench_plot::write(&plot, &sweeps)?;
-        println!("plot: {}", plot.display());
-    }
-    Ok(())
-}
-
-/// Each backend before and after importing `--store-events` of history.
-fn history_table(results: &[BackendResult]) -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        "backend",
-        "events in store",
-        "import s",
-        "cmd/s before",
-        "cmd/s after",
-        "ratio",
-        "GET p99 ms before",
-        "after",
-        "ratio",
-        "GET/s before",
-        "after",
-    ]);
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    for r in results {
-        if let Some(h) = &r.history {
-            t.add_row(vec![
-                r.backend.clone(),
-                h.events.to_string(),
-                format!("{:.0}", h.import_secs),
-                format!("{:.0}", h.before.commands_per_sec),
-                format!("{:.0}", h.after.commands_per_sec),
-                format!("{:.2}", h.command_ratio),
-                ms(h.before.reads_us.p99),
-                ms(h.after.reads_us.p99),
-                format!("{:.2}", h.read_p99_ratio),
-                format!("{:.0}", h.before.reads_per_sec),
-                format!("{:.0}", h.after.reads_per_sec),
-            ]);
-        }
-    }
-    t
-}
-
-/// Create-then-pay: ours over HTTP beside cqrs-es + postgres-es in process.
-fn peer_table(results: &[BackendResult], peer: &crate::bench_peer::Peer) -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        "create then pay",
-        "cmd/s (HTTP)",
-        "cqrs-es cmd/s (in process)",
-        "ratio",
-        "cqrs-es + view cmd/s",
-        "ratio",
-    ]);
-    for r in results {
-        let ours = r.create_pay_commands_per_sec;
-        t.add_row(vec![
-            r.backend.clone(),
-            format!("{ours:.0}"),
-            format!("{:.0}", peer.commands_per_sec),
-            format!("{:.2}", ours / peer.commands_per_sec),
-            format!("{:.0}", peer.with_view_commands_per_sec),
-            format!("{:.2}", ours / peer.with_view_commands_per_sec),
-        ]);
-    }
-    t
-}
-
-/// A row of the commands-and-latency table.
-fn write_row(r: &BackendResult) -> Vec<String> {
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    vec![
-        r.backend.clone(),
-        format!("{:.0}", r.commands_per_sec),
-        format!("{:.0}", r.projector_events_per_sec),
-        format!("{:.0}", r.raw_inserts_per_sec),
-        format!("{:.2}", r.ratio_to_raw),
-        format!("{:.0}", r.offered_rate),
-        format!("{:.0}", r.achieved_rate),
-        ms(r.command_us.p50),
-        ms(r.command_us.p99),
-        ms(r.command_to_queryable_us.p50),
-        ms(r.command_to_queryable_us.p99),
-        ms(r.command_to_queryable_us.p999),
-        ms(r.command_to_queryable_us.max),
-        r.errors.to_string(),
-    ]
-}
-
-/// A row of the pgbench table (dashes where there is no PostgreSQL).
-fn baseline_row(r: &BackendResult) -> Vec<String> {
-    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
-    let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}", a / b));
-    vec![
-        r.backend.clone(),
-        format!("{:.0}", r.commands_per_sec),
-        opt(r.pgbench_insert_tps),
-        ratio(r.commands_per_sec, r.pgbench_insert_tps),
-        format!("{:.0}", r.reads_per_sec),
-        opt(r.pgbench_select_tps),
-        ratio(r.reads_per_sec, r.pgbench_select_tps),
-    ]
-}
-
-/// The sweep of one backend as a table, with its knee.
-fn print_sweep(backend: &str, sweep: &crate::bench_sweep::Sweep) {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        "offered/s",
-        "achieved/s",
-        "cmd p50 ms",
-        "queryable p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "errors",
-        "sustained",
-    ]);
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    let half = sweep.half_knee.iter().map(|p| (p, " (half the knee)"));
-    for (p, note) in sweep.points.iter().map(|p| (p, "")).chain(half) {
-        t.add_row(vec![
-            format!("{:.0}{note}", p.offered),
-            format!("{:.0}", p.achieved),
-            ms(p.command_us.p50),
-            ms(p.command_to_queryable_us.p50),
-            ms(p.command_to_queryable_us.p99),
-            ms(p.command_to_queryable_us.p999),
-            ms(p.command_to_queryable_us.max),
-            p.errors.to_string(),
-            if p.sustained() { "yes" } else { "no" }.to_owned(),
-        ]);
-    }
-    let knee = sweep
-        .knee
-        .map_or("none (250/s not sustained)".to_owned(), |k| {
-            format!("{k:.0}/s")
-        });
-    println!("{backend}: open-loop sweep, knee {knee}\n{t}");
+    crate::bench_report::report(&results, peer.as_ref(), &args)
 }
 
 /// The machine the figures come from.

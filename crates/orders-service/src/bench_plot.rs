@@ -131,6 +131,7 @@ mod tests {
             command_us: p(1),
             command_to_queryable_us: p(p50_ms),
             errors: 0,
+            first_error: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct SweepPoint {
     pub command_to_queryable_us: Percentiles,
     /// Commands or reads that failed.
     pub errors: usize,
+    /// The first failure, if any.
+    pub first_error: Option<String>,
 }
 
 impl SweepPoint {
@@ -67,6 +69,7 @@ async fn point(
         command_us: (&lat.command).into(),
         command_to_queryable_us: (&lat.queryable).into(),
         errors: lat.errors,
+        first_error: lat.first_error,
     })
 }
 
@@ -117,6 +120,7 @@ mod tests {
             command_us: p(1_000),
             command_to_queryable_us: p(p99_ms * 1_000),
             errors,
+            first_error: None,
         }
     }
 

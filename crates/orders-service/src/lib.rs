@@ -9,6 +9,7 @@ pub mod bench_kafka;
 pub mod bench_peer;
 pub mod bench_pg;
 pub mod bench_plot;
+pub mod bench_report;
 pub mod bench_sweep;
 pub mod client;
 pub mod dead_letters;

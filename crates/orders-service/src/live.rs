@@ -99,6 +99,11 @@ async fn render_views(
 ) {
     let mut stale = true;
     loop {
+        // Closing first: the pools close right after, and a render then
+        // would only log that they are closed.
+        if *closing.borrow() {
+            return;
+        }
         if stale {
             if let Some(v) = render(&read).await {
                 view.send_replace(Some(v));
@@ -106,11 +111,12 @@ async fn render_views(
             }
         }
         tokio::select! {
+            biased;
+            _ = closing.wait_for(|c| *c) => return,
             changed = changes.changed() => {
                 if changed.is_err() { return; }
                 stale = true;
             }
-            _ = closing.wait_for(|c| *c) => return,
             _ = tokio::time::sleep(Duration::from_secs(1)), if stale => {}
         }
         tokio::time::sleep(VIEW_EVERY).await;

@@ -50,6 +50,16 @@ impl Dialect for Postgres {
     }
 
     fn log_horizon(&self) -> Option<&'static str> {
-        Some("SELECT 1 FROM (SELECT pg_advisory_xact_lock(1869767794)) AS l")
+        // One statement, one round trip: the exclusive lock is granted
+        // only once every append that took the shared lock before it has
+        // committed, and appends that come after allocate above anything
+        // this statement's snapshot holds. So every position up to the MAX
+        // it returns is final, whichever of the two it evaluates first. The
+        // events themselves must be read by a later statement (a snapshot
+        // taken after the wait).
+        Some(
+            "SELECT (SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events) \
+             FROM (SELECT pg_advisory_xact_lock(1869767794)) AS l",
+        )
     }
 }

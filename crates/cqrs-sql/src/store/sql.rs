@@ -18,8 +18,9 @@ pub(crate) trait Dialect: Send + Sync {
     fn append_preamble(&self) -> Option<&'static str>;
     /// Run after every append commits (e.g. NOTIFY the relay).
     fn append_postamble(&self) -> Option<&'static str>;
-    /// Run in its own transaction before reading the log: waits until no
-    /// append that allocated a position is still in flight.
+    /// Run before reading the log: waits until no append that allocated a
+    /// position is still in flight, and answers the highest position below
+    /// which every position is final (None: appends are serial anyway).
     fn log_horizon(&self) -> Option<&'static str>;
 }
 
@@ -414,15 +415,8 @@ impl EventStore for SqlEventStore {
                     .fetch_all(&self.db.pool)
                     .await?
             }
-            Some(barrier) => {
-                let mut tx = self.db.pool.begin().await?;
-                tx.execute(barrier).await?;
-                let horizon: i64 = sqlx::query_scalar(
-                    "SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.commit().await?;
+            Some(horizon) => {
+                let horizon: i64 = sqlx::query_scalar(horizon).fetch_one(&self.db.pool).await?;
                 if horizon <= after {
                     return Ok(Vec::new());
                 }
