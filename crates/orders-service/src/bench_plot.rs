@@ -27,18 +27,26 @@ fn line(sweep: &Sweep, pick: fn(&crate::bench_sweep::SweepPoint) -> u64) -> Vec<
         .collect()
 }
 
-/// Writes the SVG of `sweeps` (backend name, its sweep) to `file`.
-pub fn write(file: &Path, sweeps: &[(&str, &Sweep)]) -> anyhow::Result<()> {
+/// The chart's coordinates: offered rate by latency, both log scale.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<LogCoord<f64>, LogCoord<f64>>>;
+
+/// The axes' ranges: (highest rate, lowest and highest latency in ms).
+fn bounds(sweeps: &[(&str, &Sweep)]) -> (f64, f64, f64) {
     let all = sweeps
         .iter()
         .flat_map(|(_, s)| s.points.iter().chain(s.half_knee.iter()));
-    let (mut max_rate, mut max_ms) = (1000.0f64, 100.0f64);
-    let mut min_ms = 1.0f64;
+    let (mut max_rate, mut min_ms, mut max_ms) = (1000.0f64, 1.0f64, 100.0f64);
     for p in all {
         max_rate = max_rate.max(p.offered * 1.5);
         max_ms = max_ms.max(p.command_to_queryable_us.max as f64 / 1000.0 * 2.0);
         min_ms = min_ms.min(p.command_to_queryable_us.p50 as f64 / 1000.0 / 2.0);
     }
+    (max_rate, min_ms.max(FLOOR_MS), max_ms)
+}
+
+/// Writes the SVG of `sweeps` (backend name, its sweep) to `file`.
+pub fn write(file: &Path, sweeps: &[(&str, &Sweep)]) -> anyhow::Result<()> {
+    let (max_rate, min_ms, max_ms) = bounds(sweeps);
     let root = SVGBackend::new(file, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -49,10 +57,7 @@ pub fn write(file: &Path, sweeps: &[(&str, &Sweep)]) -> anyhow::Result<()> {
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d(
-            (100f64..max_rate).log_scale(),
-            (min_ms.max(FLOOR_MS)..max_ms).log_scale(),
-        )?;
+        .build_cartesian_2d((100f64..max_rate).log_scale(), (min_ms..max_ms).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("offered rate, commands/s (log); x: the repeat at half the knee")
@@ -62,45 +67,7 @@ pub fn write(file: &Path, sweeps: &[(&str, &Sweep)]) -> anyhow::Result<()> {
         .y_label_formatter(&|v| format!("{v}"))
         .draw()?;
     for (i, (backend, sweep)) in sweeps.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let p50 = line(sweep, |p| p.command_to_queryable_us.p50);
-        let p99 = line(sweep, |p| p.command_to_queryable_us.p99);
-        let knee = sweep
-            .knee
-            .map_or("no knee".to_owned(), |k| format!("knee {k:.0}/s"));
-        chart
-            .draw_series(LineSeries::new(p50.clone(), colour.stroke_width(2)))?
-            .label(format!("{backend} p50 ({knee})"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
-        chart.draw_series(p50.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
-        chart
-            .draw_series(DashedLineSeries::new(
-                p99.clone(),
-                6,
-                4,
-                colour.stroke_width(1),
-            ))?
-            .label(format!("{backend} p99"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(1))
-            });
-        chart.draw_series(
-            p99.iter()
-                .map(|&p| TriangleMarker::new(p, 4, colour.filled())),
-        )?;
-        if let Some(h) = &sweep.half_knee {
-            let at = |us: u64| (h.offered, (us as f64 / 1000.0).max(FLOOR_MS));
-            let (p50, p99) = (
-                at(h.command_to_queryable_us.p50),
-                at(h.command_to_queryable_us.p99),
-            );
-            chart.draw_series([
-                Cross::new(p50, 6, colour.stroke_width(2)),
-                Cross::new(p99, 6, colour.stroke_width(2)),
-            ])?;
-        }
+        draw_backend(&mut chart, COLOURS[i % COLOURS.len()], backend, sweep)?;
     }
     chart
         .configure_series_labels()
@@ -109,6 +76,51 @@ pub fn write(file: &Path, sweeps: &[(&str, &Sweep)]) -> anyhow::Result<()> {
         .border_style(BLACK)
         .draw()?;
     root.present()?;
+    Ok(())
+}
+
+/// One backend: p50 as a solid line, p99 dashed, half the knee as crosses.
+fn draw_backend(
+    chart: &mut Chart<'_, '_>,
+    colour: RGBColor,
+    backend: &str,
+    sweep: &Sweep,
+) -> anyhow::Result<()> {
+    let p50 = line(sweep, |p| p.command_to_queryable_us.p50);
+    let p99 = line(sweep, |p| p.command_to_queryable_us.p99);
+    let knee = sweep
+        .knee
+        .map_or("no knee".to_owned(), |k| format!("knee {k:.0}/s"));
+    let legend = move |width: u32| {
+        move |(x, y): (i32, i32)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(width))
+        }
+    };
+    chart
+        .draw_series(LineSeries::new(p50.clone(), colour.stroke_width(2)))?
+        .label(format!("{backend} p50 ({knee})"))
+        .legend(legend(2));
+    chart.draw_series(p50.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+    chart
+        .draw_series(DashedLineSeries::new(
+            p99.clone(),
+            6,
+            4,
+            colour.stroke_width(1),
+        ))?
+        .label(format!("{backend} p99"))
+        .legend(legend(1));
+    chart.draw_series(
+        p99.iter()
+            .map(|&p| TriangleMarker::new(p, 4, colour.filled())),
+    )?;
+    if let Some(h) = &sweep.half_knee {
+        let at = |us: u64| (h.offered, (us as f64 / 1000.0).max(FLOOR_MS));
+        chart.draw_series([
+            Cross::new(at(h.command_to_queryable_us.p50), 6, colour.stroke_width(2)),
+            Cross::new(at(h.command_to_queryable_us.p99), 6, colour.stroke_width(2)),
+        ])?;
+    }
     Ok(())
 }
 

@@ -4,19 +4,21 @@
 use crate::bench::{machine, BackendResult, BenchArgs};
 use serde_json::json;
 
+/// A table in the report's style.
+fn table(header: Vec<&str>) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(header);
+    t
+}
+
 /// Prints the tables and writes the JSON results (and the plot of the sweep).
 pub(crate) fn report(
     results: &[BackendResult],
     peer: Option<&crate::bench_peer::Peer>,
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
-    let new_table = |header: Vec<&str>| {
-        let mut t = comfy_table::Table::new();
-        t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-        t.set_header(header);
-        t
-    };
-    let mut writes = new_table(vec![
+    let mut writes = table(vec![
         "backend",
         "cmd/s",
         "projector ev/s",
@@ -32,7 +34,7 @@ pub(crate) fn report(
         "max ms",
         "errors",
     ]);
-    let mut baselines = new_table(vec![
+    let mut baselines = table(vec![
         "backend",
         "cmd/s",
         "cmd/s write side alone",
@@ -86,9 +88,7 @@ pub(crate) fn report(
 
 /// Each backend before and after importing `--store-events` of history.
 fn history_table(results: &[BackendResult]) -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut t = table(vec![
         "backend",
         "events in store",
         "import s",
@@ -124,9 +124,7 @@ fn history_table(results: &[BackendResult]) -> comfy_table::Table {
 
 /// Create-then-pay: ours over HTTP beside cqrs-es + postgres-es in process.
 fn peer_table(results: &[BackendResult], peer: &crate::bench_peer::Peer) -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut t = table(vec![
         "create then pay",
         "cmd/s (HTTP)",
         "cqrs-es cmd/s (in process)",
@@ -188,9 +186,7 @@ fn baseline_row(r: &BackendResult) -> Vec<String> {
 
 /// The sweep of one backend as a table, with its knee.
 fn print_sweep(backend: &str, sweep: &crate::bench_sweep::Sweep) {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut t = table(vec![
         "offered/s",
         "achieved/s",
         "cmd p50 ms",
