@@ -3,6 +3,7 @@
 //! (aggregate id, version) it has already applied, and dead-lettering records
 //! it cannot apply (parking the rest of their aggregate behind them).
 
+use super::classify::{classify, Fate, Known, Plan};
 use super::dead_letters::{self, DeadLetterStatus};
 use super::{EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourcedEvent};
 use crate::batch::{self, Kind, Val};
@@ -362,109 +363,32 @@ impl ProjectorRunner {
             elapsed_us = t.elapsed().as_micros() as u64,
             "versions locked"
         );
-        let mut versions: HashMap<&str, i64> = HashMap::new();
-        let mut to_apply: Vec<(&SourcedEvent, &EventEnvelope)> = Vec::new();
-        let mut checkpoints: HashMap<&str, i64> = HashMap::new();
-        let mut newly_parked: Vec<String> = Vec::new();
+        let parked = self.open_dead_letters(&mut tx, &ids).await?;
+        let plan = {
+            let empty = HashMap::new();
+            let poison = self.poison.lock();
+            let known = Known {
+                stored: &stored,
+                poison: poison.as_deref().unwrap_or(&empty),
+                parked: &parked,
+            };
+            classify(batch, known)
+        };
         let now = timestamp(chrono::Utc::now());
-        for (index, item) in batch.iter().enumerate() {
-            let cp = checkpoints
-                .entry(&item.source_key)
-                .or_insert(item.next_position);
-            *cp = (*cp).max(item.next_position);
-            let poisoned = self.poison.lock().ok().and_then(|p| {
-                p.get(&(item.source_key.clone(), item.next_position))
-                    .cloned()
-            });
-            let failure = match (&item.event, poisoned) {
-                (Err(reason), _) => Err(reason.clone()),
-                (Ok(_), Some(reason)) => Err(reason),
-                (Ok(e), None) => Ok(e),
-            };
-            let event = match failure {
-                Err(reason) => {
-                    self.dead_letter(&mut tx, source, item, &reason, &now)
-                        .await?;
-                    if let Some(a) = item.aggregate_id() {
-                        newly_parked.push(a.to_owned());
-                    }
-                    report.dead_lettered += 1;
-                    continue;
-                }
-                Ok(e) => e,
-            };
-            let id = event.aggregate_id.as_str();
-            let mut parked = newly_parked.iter().any(|p| p == id);
-            if !parked && self.is_parked(id) {
-                parked = dead_letters::has_open(&mut tx, &self.config.name, id).await?;
-                if !parked {
-                    // Released by a retry or discard, maybe in another process.
-                    if let Ok(mut p) = self.parked.lock() {
-                        p.remove(id);
-                    }
-                }
-            }
-            if parked {
-                let reason = format!("parked: aggregate {id} has an earlier dead letter");
-                dead_letters::record(
-                    &mut tx,
-                    &self.config.name,
-                    item,
-                    &reason,
-                    DeadLetterStatus::Parked,
-                    &now,
-                )
-                .await?;
-                newly_parked.push(id.to_owned());
-                report.dead_lettered += 1;
-                continue;
-            }
-            let cur = versions
-                .get(id)
-                .or_else(|| stored.get(id))
-                .copied()
-                .unwrap_or(0);
-            if event.version <= cur {
-                report.duplicates += 1;
-                continue;
-            }
-            if event.version != cur + 1 {
-                let reason = format!(
-                    "version gap: read model has {id} at version {cur}, record is version {}",
-                    event.version
-                );
-                self.dead_letter(&mut tx, source, item, &reason, &now)
-                    .await?;
-                newly_parked.push(id.to_owned());
-                report.dead_lettered += 1;
-                continue;
-            }
-            if per_event {
-                for p in &self.projections {
-                    p.apply(&mut tx, &[event])
-                        .await
-                        .map_err(|error| BatchError {
-                            index: Some(index),
-                            error,
-                        })?;
-                }
-            }
-            versions.insert(id, event.version);
-            to_apply.push((item, event));
-        }
+        let to_apply = self
+            .carry_out(
+                &mut tx,
+                source,
+                batch,
+                &plan.fates,
+                per_event,
+                &now,
+                &mut report,
+            )
+            .await?;
         if !per_event && !to_apply.is_empty() {
             let events: Vec<&EventEnvelope> = to_apply.iter().map(|(_, e)| *e).collect();
-            for p in &self.projections {
-                let t = std::time::Instant::now();
-                p.apply(&mut tx, &events)
-                    .await
-                    .map_err(|error| BatchError { index: None, error })?;
-                tracing::trace!(
-                    projection = p.name(),
-                    elapsed_us = t.elapsed().as_micros() as u64,
-                    "projection applied"
-                );
-            }
+            self.apply_projections(&mut tx, &events).await?;
         }
         report.applied = to_apply.len();
         let t = std::time::Instant::now();
@@ -475,7 +399,7 @@ impl ProjectorRunner {
             "versions recorded"
         );
         let t = std::time::Instant::now();
-        write_checkpoints(&mut tx, &self.config.name, &checkpoints, &now).await?;
+        write_checkpoints(&mut tx, &self.config.name, &plan.checkpoints, &now).await?;
         if !to_apply.is_empty() {
             notify_progress(&mut tx, self.db.backend).await?;
         }
@@ -484,12 +408,25 @@ impl ProjectorRunner {
             elapsed_us = t.elapsed().as_micros() as u64,
             "checkpoints and commit"
         );
+        self.committed(&plan, batch.len(), &report);
+        let checkpoints = plan
+            .checkpoints
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        Ok((report, checkpoints))
+    }
+
+    /// After a batch commits: its parked aggregates remembered, waiters on
+    /// its versions woken, its counts in the metrics and, when it had
+    /// duplicates or dead letters, in the log.
+    fn committed(&self, plan: &Plan<'_>, batch_len: usize, report: &BatchReport) {
         if let Ok(mut p) = self.parked.lock() {
-            p.extend(newly_parked);
+            p.extend(plan.newly_parked.iter().cloned());
         }
         self.progress
-            .applied(versions.iter().map(|(k, v)| (*k, *v)));
-        metrics::histogram!("cqrs_projector_batch_size").record(batch.len() as f64);
+            .applied(plan.versions.iter().map(|(k, v)| (*k, *v)));
+        metrics::histogram!("cqrs_projector_batch_size").record(batch_len as f64);
         metrics::counter!("cqrs_projector_events_applied_total").increment(report.applied as u64);
         metrics::counter!("cqrs_projector_duplicates_total").increment(report.duplicates as u64);
         metrics::counter!("cqrs_dead_letters_total").increment(report.dead_lettered as u64);
@@ -497,11 +434,97 @@ impl ProjectorRunner {
             tracing::info!(projector = %self.config.name, applied = report.applied, duplicates = report.duplicates,
                 dead_lettered = report.dead_lettered, "batch had records already applied or dead-lettered");
         }
-        let checkpoints = checkpoints
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        Ok((report, checkpoints))
+    }
+
+    /// Of the batch's aggregates that this process saw parked, those whose
+    /// dead letter is still open (a retry or discard, maybe in another
+    /// process, releases them).
+    async fn open_dead_letters(
+        &self,
+        tx: &mut AnyConnection,
+        ids: &[&str],
+    ) -> Result<HashSet<String>, sqlx::Error> {
+        let mut open = HashSet::new();
+        for id in ids.iter().filter(|id| self.is_parked(id)) {
+            if dead_letters::has_open(tx, &self.config.name, id).await? {
+                open.insert((*id).to_owned());
+            } else if let Ok(mut p) = self.parked.lock() {
+                p.remove(*id);
+            }
+        }
+        Ok(open)
+    }
+
+    /// Carries out the fates of the batch's records, in order: dead letters
+    /// and parked records written, duplicates counted, and (with
+    /// `per_event`) each event projected on its own so that a failure names
+    /// its record. Returns the records to apply.
+    #[allow(clippy::too_many_arguments)]
+    async fn carry_out<'b, S: EventSource>(
+        &self,
+        tx: &mut AnyConnection,
+        source: &mut S,
+        batch: &'b [SourcedEvent],
+        fates: &[Fate],
+        per_event: bool,
+        now: &str,
+        report: &mut BatchReport,
+    ) -> Result<Vec<(&'b SourcedEvent, &'b EventEnvelope)>, BatchError> {
+        let mut to_apply = Vec::with_capacity(batch.len());
+        for (index, (item, fate)) in batch.iter().zip(fates).enumerate() {
+            match (fate, &item.event) {
+                (Fate::Dead(reason), _) => {
+                    self.dead_letter(tx, source, item, reason, now).await?;
+                    report.dead_lettered += 1;
+                }
+                (Fate::Parked(reason), _) => {
+                    let status = DeadLetterStatus::Parked;
+                    dead_letters::record(tx, &self.config.name, item, reason, status, now).await?;
+                    report.dead_lettered += 1;
+                }
+                (Fate::Duplicate, _) => report.duplicates += 1,
+                (Fate::Apply, Ok(event)) => {
+                    if per_event {
+                        for p in &self.projections {
+                            p.apply(tx, &[event]).await.map_err(|error| BatchError {
+                                index: Some(index),
+                                error,
+                            })?;
+                        }
+                    }
+                    to_apply.push((item, event));
+                }
+                (Fate::Apply, Err(_)) => {
+                    return Err(BatchError {
+                        index: Some(index),
+                        error: ProjectionError::Inconsistent(
+                            "an undecodable record was classified to apply".into(),
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(to_apply)
+    }
+
+    /// The batch path: every projection gets all the batch's events at once.
+    async fn apply_projections(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[&EventEnvelope],
+    ) -> Result<(), BatchError> {
+        for p in &self.projections {
+            let t = std::time::Instant::now();
+            p.apply(tx, events)
+                .await
+                .map_err(|error| BatchError { index: None, error })?;
+            tracing::trace!(
+                projection = p.name(),
+                elapsed_us = t.elapsed().as_micros() as u64,
+                "projection applied"
+            );
+        }
+        Ok(())
     }
 
     async fn dead_letter<S: EventSource>(
