@@ -66,7 +66,7 @@ impl KafkaOptions {
             partitions: 6,
             replication: 1,
             group_id: "orders-read-model".into(),
-            session_timeout_ms: 10_000,
+            session_timeout_ms: 45_000,
         }
     }
     fn config(&self) -> KafkaConfig {

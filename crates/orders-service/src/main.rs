@@ -62,7 +62,7 @@ struct DbArgs {
     #[arg(
         long,
         env = "ORDERS_KAFKA_SESSION_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = 45_000
     )]
     kafka_session_timeout_ms: u32,
     /// How long command traces are kept, in seconds.

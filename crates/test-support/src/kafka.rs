@@ -50,7 +50,16 @@ fn java(dir: &Path, args: &[&str]) -> Command {
 /// A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
 fn cluster_id() -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+    // As Kafka's own `random-uuid` does: never a leading '-', which the
+    // storage tool's argument parser would take for an option (one id in
+    // 64 failed to format a node).
+    loop {
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(uuid::Uuid::new_v4().as_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 /// One combined broker+controller node.
@@ -233,5 +242,17 @@ impl KafkaCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cluster_ids_never_start_with_a_dash() {
+        for _ in 0..10_000 {
+            let id = super::cluster_id();
+            assert_eq!(id.len(), 22);
+            assert!(!id.starts_with('-'), "{id}");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod log_source;
 mod progress;
 mod query_traces;
 pub mod runner;
+mod tables;
 
 pub use log_source::{LogSource, LOG_KEY};
 pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
