@@ -4,6 +4,8 @@
 
 use crate::app::Running;
 use crate::bench::{caught_up, latency, Percentiles};
+use anyhow::{bail, Context};
+use std::time::Duration;
 
 /// The first offered rate of the sweep, commands/s.
 const FIRST_RATE: f64 = 250.0;
@@ -52,8 +54,35 @@ pub struct Sweep {
     pub half_knee: Option<SweepPoint>,
 }
 
-/// One rate, started level: the read model holds every event first, so a
-/// backlog left by the rate before does not count against this one.
+/// The server's open connections, from its own `/metrics`.
+async fn open_connections(base: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("http_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no http_connections_open in /metrics")
+}
+
+/// Waits until the connections of the rate before are gone: after an
+/// overloaded rate the server holds up to its cap of them for a while, and
+/// refuses new ones meanwhile.
+async fn connections_settled(base: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while open_connections(base).await? > 8.0 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the server still holds the connections of the rate before after 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// One rate, started level: the read model holds every event first and the
+/// connections of the rate before are closed, so a backlog left by the rate
+/// before does not count against this one.
 async fn point(
     running: &Running,
     base: &str,
@@ -61,6 +90,7 @@ async fn point(
     offered: f64,
 ) -> anyhow::Result<SweepPoint> {
     caught_up(running).await?;
+    connections_settled(base).await?;
     let n = ((offered * seconds) as usize).max(50);
     let (lat, achieved) = latency(base, n, offered).await?;
     Ok(SweepPoint {
