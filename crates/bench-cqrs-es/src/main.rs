@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Options.
+/// The options of `bench-cqrs-es`.
 #[derive(Parser)]
 struct Args {
     /// The database (its tables are created; use a scratch database).

@@ -11,11 +11,11 @@ use sqlx::AnyConnection;
 /// A value in a row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val {
-    /// TEXT.
+    /// A TEXT value.
     Text(String),
     /// Nullable TEXT.
     OptText(Option<String>),
-    /// BIGINT.
+    /// A BIGINT value.
     Int(i64),
 }
 
@@ -33,7 +33,7 @@ impl Serialize for Val {
 /// The SQL type of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// BIGINT.
+    /// A BIGINT column.
     Int,
     /// TEXT (nullable or not).
     Text,

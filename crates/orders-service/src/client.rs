@@ -53,7 +53,7 @@ pub struct PayArgs {
 pub struct ShipArgs {
     /// Order id.
     id: String,
-    /// Carrier.
+    /// Who carries it.
     #[arg(long)]
     carrier: String,
     /// Tracking number.
@@ -68,7 +68,7 @@ pub struct ShipArgs {
 pub struct CancelArgs {
     /// Order id.
     id: String,
-    /// Why.
+    /// Why it is cancelled.
     #[arg(long, default_value = "cancelled from the CLI")]
     reason: String,
     #[command(flatten)]

@@ -11,7 +11,7 @@ fn the_bench_writes_every_figure_with_its_baseline_and_the_plot() {
     let peer = orders.with_file_name("bench-cqrs-es");
     assert!(
         peer.exists(),
-        "{} is missing: build it first (cargo build -p bench-cqrs-es; scripts/test builds the workspace)",
+        "{} is missing: build it first (cargo build -p bench-cqrs-es; cargo test --workspace builds it for its own test)",
         peer.display()
     );
     let out_dir = tempfile::tempdir().unwrap();

@@ -98,7 +98,7 @@ impl fmt::Display for Status {
     }
 }
 
-/// CreateOrder.
+/// The body of `POST /orders`: who orders what.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
@@ -110,7 +110,7 @@ pub struct CreateOrder {
     pub items: Vec<LineItem>,
 }
 
-/// PayOrder.
+/// The body of `POST /orders/{id}/pay`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PayOrder {
     /// Must equal the order total.
@@ -119,7 +119,7 @@ pub struct PayOrder {
     pub payment_ref: String,
 }
 
-/// ShipOrder.
+/// The body of `POST /orders/{id}/ship`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShipOrder {
     /// Who carries it.
@@ -128,10 +128,10 @@ pub struct ShipOrder {
     pub tracking_number: String,
 }
 
-/// CancelOrder.
+/// The body of `POST /orders/{id}/cancel`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelOrder {
-    /// Why.
+    /// Why it is cancelled (shown on the order).
     pub reason: String,
 }
 
@@ -180,7 +180,7 @@ pub enum OrderEvent {
     OrderCreated {
         /// Who ordered.
         customer_id: String,
-        /// What.
+        /// The lines ordered.
         items: Vec<LineItem>,
         /// Sum of quantity x unit price.
         total_cents: i64,
@@ -194,16 +194,16 @@ pub enum OrderEvent {
     },
     /// Handed to a carrier.
     OrderShipped {
-        /// Carrier.
+        /// Who carries it.
         carrier: String,
         /// Tracking number.
         tracking_number: String,
     },
-    /// Arrived.
+    /// The carrier reported it delivered.
     OrderDelivered {},
     /// Cancelled before shipping.
     OrderCancelled {
-        /// Why.
+        /// Why it was cancelled.
         reason: String,
     },
 }

@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 /// One order as `GET /orders/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
-    /// Id.
+    /// The order's id (a UUID).
     pub order_id: String,
     /// Who ordered.
     pub customer_id: String,
     /// Where it is.
     pub status: Status,
-    /// What.
+    /// The lines ordered.
     pub items: Vec<LineItem>,
     /// Total in cents.
     pub total_cents: i64,

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 /// What becomes of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
-    /// Projected.
+    /// Projected into the read model.
     Apply,
     /// Its version is already in the read model: dropped.
     Duplicate,
@@ -25,8 +25,8 @@ pub enum Fate {
 pub struct Known<'a> {
     /// Versions the read model holds for the batch's aggregates.
     pub stored: &'a HashMap<&'a str, i64>,
-    /// Records that failed for good before: (source key, next position) ->
-    /// why.
+    /// Records that failed for good before: (source key, next position)
+    /// -> the reason.
     pub poison: &'a HashMap<(String, i64), String>,
     /// Aggregates with an open dead letter.
     pub parked: &'a HashSet<String>,

@@ -66,7 +66,7 @@ pub struct DeadLetter {
     pub version: Option<i64>,
     /// Its event type, when it decoded.
     pub event_type: Option<String>,
-    /// Why.
+    /// Why it could not be applied.
     pub reason: String,
     /// dead, parked, retried or discarded.
     pub status: String,
