@@ -277,46 +277,70 @@ async fn raw_inserts(db: &cqrs_sql::Db, n: usize, concurrency: usize) -> anyhow:
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A started instance serving HTTP on a free loopback port.
+pub(crate) struct Served {
+    /// The instance.
+    pub(crate) running: Running,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) base: String,
+    server: tokio::task::JoinHandle<bool>,
+}
+
+impl Served {
+    /// Starts `config` and serves it.
+    pub(crate) async fn start(config: &Config) -> anyhow::Result<Self> {
+        let running = Running::start(config).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let server = running.spawn_server(listener);
+        Ok(Self {
+            running,
+            base,
+            server,
+        })
+    }
+
+    /// Stops serving, then the instance.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.server.abort();
+        self.running.stop().await
+    }
+}
+
 /// Creates in a closed loop against a process with only the API role.
 async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<f64> {
     let mut api_only = config.clone();
     api_only.roles = vec![crate::app::Role::Api];
-    let running = Running::start(&api_only).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let server = running.spawn_server(listener);
-    let cps = throughput(&base, args.commands, args.concurrency).await;
-    server.abort();
-    running.stop().await?;
+    let served = Served::start(&api_only).await?;
+    let cps = throughput(&served.base, args.commands, args.concurrency).await;
+    served.stop().await?;
     cps
 }
 
 async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Result<BackendResult> {
     eprintln!("== {name}");
     let write_only = write_side_alone(&config, args).await?;
-    let running = Running::start(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let server = running.spawn_server(listener);
+    let served = Served::start(&config).await?;
+    let (running, base) = (&served.running, served.base.as_str());
     let result = async {
         // The write-side phase's events first: every phase starts level.
-        let before = caught_up(&running).await?;
+        let before = caught_up(running).await?;
         let started = Instant::now();
-        let cps = throughput(&base, args.commands, args.concurrency).await?;
+        let cps = throughput(base, args.commands, args.concurrency).await?;
         // The projector's own pace: from the first command until the read
         // model holds the last event. Also lets the next phase start level.
-        let events = caught_up(&running).await? - before;
+        let events = caught_up(running).await? - before;
         let projector = events as f64 / started.elapsed().as_secs_f64();
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
         let create_pay =
-            crate::bench_peer::create_then_pay(&base, args.commands / 2, args.concurrency).await?;
-        caught_up(&running).await?;
-        let (lat, achieved) = latency(&base, args.commands, args.rate).await?;
-        let ids = some_order_ids(&running).await?;
+            crate::bench_peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
+        caught_up(running).await?;
+        let (lat, achieved) = latency(base, args.commands, args.rate).await?;
+        let ids = some_order_ids(running).await?;
         let (reads, reads_us) =
-            bench_pg::get_throughput(&base, ids, args.commands, args.concurrency).await?;
+            bench_pg::get_throughput(base, ids, args.commands, args.concurrency).await?;
         let sweep = match args.sweep_secs {
-            Some(secs) => Some(crate::bench_sweep::run(&running, &base, secs).await?),
+            Some(secs) => Some(crate::bench_sweep::run(running, base, secs).await?),
             None => None,
         };
         let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
@@ -355,9 +379,8 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
         })
     }
     .await;
-    let settled = caught_up(&running).await;
-    server.abort();
-    running.stop().await?;
+    let settled = caught_up(running).await;
+    served.stop().await?;
     let mut result = result?;
     settled?;
     if let Some(events) = args.store_events {

@@ -9,7 +9,7 @@
 
 use crate::app::{Config, Running, PROJECTOR};
 use crate::bench::{
-    applied_sum, bar, caught_up_since, some_order_ids, throughput, BenchArgs, Percentiles,
+    applied_sum, bar, caught_up_since, some_order_ids, throughput, BenchArgs, Percentiles, Served,
 };
 use cqrs_core::{Aggregate, DomainEvent};
 use cqrs_sql::store::EventStore;
@@ -130,13 +130,9 @@ pub async fn run(config: &Config, args: &BenchArgs, events: i64) -> anyhow::Resu
 
 /// Starts the service, creates then reads over HTTP, stops it.
 async fn restart_and_measure(config: &Config, args: &BenchArgs) -> anyhow::Result<Measured> {
-    let running = Running::start(config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let server = running.spawn_server(listener);
-    let result = measure(&running, &base, args).await;
-    server.abort();
-    running.stop().await?;
+    let served = Served::start(config).await?;
+    let result = measure(&served.running, &served.base, args).await;
+    served.stop().await?;
     result
 }
 

@@ -165,6 +165,7 @@ mod tests {
             &svg[..40.min(svg.len())]
         );
         assert!(svg.contains("sqlite (embedded) p50 (knee 500/s)"), "{svg}");
+        assert!(svg.contains("postgresql p50 (knee 1000/s)"), "{svg}");
         assert!(svg.contains("postgresql p99"), "{svg}");
         assert!(svg.contains("<polyline"), "no lines drawn");
     }

@@ -4,6 +4,11 @@
 use crate::bench::{machine, BackendResult, BenchArgs};
 use serde_json::json;
 
+/// Microseconds as milliseconds with two decimals.
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
 /// A table in the report's style.
 fn table(header: Vec<&str>) -> comfy_table::Table {
     let mut t = comfy_table::Table::new();
@@ -101,7 +106,6 @@ fn history_table(results: &[BackendResult]) -> comfy_table::Table {
         "GET/s before",
         "after",
     ]);
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
     for r in results {
         if let Some(h) = &r.history {
             t.add_row(vec![
@@ -148,7 +152,6 @@ fn peer_table(results: &[BackendResult], peer: &crate::bench_peer::Peer) -> comf
 
 /// A row of the commands-and-latency table.
 fn write_row(r: &BackendResult) -> Vec<String> {
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
     vec![
         r.backend.clone(),
         format!("{:.0}", r.commands_per_sec),
@@ -197,7 +200,6 @@ fn print_sweep(backend: &str, sweep: &crate::bench_sweep::Sweep) {
         "errors",
         "sustained",
     ]);
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
     let half = sweep.half_knee.iter().map(|p| (p, " (half the knee)"));
     for (p, note) in sweep.points.iter().map(|p| (p, "")).chain(half) {
         t.add_row(vec![

@@ -262,17 +262,14 @@ pub async fn advance_checkpoint(
     next_position: i64,
 ) -> Result<(), sqlx::Error> {
     ensure_schema(db).await?;
-    sqlx::query(
-        "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (projector, source_key) DO UPDATE SET \
-         next_position = excluded.next_position, updated_at = excluded.updated_at \
-         WHERE projector_checkpoints.next_position < excluded.next_position",
+    let mut tx = db.writer.begin().await?;
+    let checkpoint = HashMap::from([(source_key, next_position)]);
+    write_checkpoints(
+        &mut tx,
+        projector,
+        &checkpoint,
+        &timestamp(chrono::Utc::now()),
     )
-    .bind(projector)
-    .bind(source_key)
-    .bind(next_position)
-    .bind(timestamp(chrono::Utc::now()))
-    .execute(&db.writer)
     .await?;
-    Ok(())
+    tx.commit().await
 }

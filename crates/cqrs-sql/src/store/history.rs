@@ -2,7 +2,7 @@
 //! command grows with the size of the log: millions of events written by
 //! one `INSERT ... SELECT` per chunk instead of millions of appends.
 
-use super::sql::RELAY;
+use super::sql::advance_relay_checkpoint;
 use super::{SqlEventStore, StoreError};
 use crate::db::{timestamp, Backend};
 use sqlx::Executor;
@@ -103,14 +103,7 @@ impl SqlEventStore {
             head = sqlx::query_scalar("SELECT CAST(MAX(position) AS BIGINT) FROM events")
                 .fetch_one(&mut *tx)
                 .await?;
-            sqlx::query(
-                "UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1",
-            )
-            .bind(RELAY)
-            .bind(head)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
+            advance_relay_checkpoint(&mut tx, head, &now).await?;
             tx.commit().await?;
             progress(last * history.life.len() as i64);
         }

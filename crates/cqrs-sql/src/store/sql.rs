@@ -166,14 +166,7 @@ impl SqlEventStore {
     pub async fn relay_published(&self, first: i64, last: i64) -> Result<(), StoreError> {
         let now = timestamp(chrono::Utc::now());
         let mut tx = self.db.begin_derived().await?;
-        sqlx::query(
-            "UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1 AND position < $2",
-        )
-        .bind(RELAY)
-        .bind(last)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        advance_relay_checkpoint(&mut tx, last, &now).await?;
         sqlx::query(
             "INSERT INTO relay_batches (last_position, first_position, published_at) VALUES ($1, $2, $3) \
              ON CONFLICT (last_position) DO UPDATE SET first_position = excluded.first_position, \
@@ -251,6 +244,23 @@ const RELAY_SCHEMA: &[&str] = &[
         published_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS relay_batches_published ON relay_batches (published_at)",
 ];
+
+/// Moves the relay checkpoint to `position`, never back.
+pub(super) async fn advance_relay_checkpoint(
+    conn: &mut sqlx::AnyConnection,
+    position: i64,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1 AND position < $2",
+    )
+    .bind(RELAY)
+    .bind(position)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 
 /// The checkpoint row's key: one relay leads per write DB.
 pub(super) const RELAY: &str = "outbox";
