@@ -9,6 +9,7 @@
 use crate::record::headers_of;
 use crate::{KafkaConfig, KafkaError};
 use cqrs_sql::{Backend, EventStore, SqlEventStore};
+use futures::future::{join_all, JoinAll};
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -16,6 +17,9 @@ use sqlx::{Connection, Executor};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// What a delivery report says (`Err` when the producer dropped it).
+type Delivery = <DeliveryFuture as std::future::Future>::Output;
 
 /// Batches enqueued ahead of the oldest one whose reports are awaited.
 const MAX_IN_FLIGHT: usize = 4;
@@ -30,7 +34,10 @@ const BATCH_RETENTION: chrono::Duration = chrono::Duration::hours(24);
 struct InFlight {
     first: i64,
     last: i64,
-    deliveries: Vec<DeliveryFuture>,
+    count: usize,
+    /// All its delivery reports (polled in place, so that the leader can
+    /// read new commits while it waits).
+    reports: JoinAll<DeliveryFuture>,
     /// When the log read for it started.
     read_at: std::time::Instant,
     /// When its last record was handed to the producer.
@@ -200,22 +207,46 @@ impl Relay {
                 conn.execute("SELECT 1").await?;
             }
             self.fill(&mut pipe).await?;
-            if !pipe.in_flight.is_empty() {
-                self.settle_oldest(&mut pipe).await?;
-                continue;
-            }
-            tokio::select! {
-                n = async {
-                    match listener.as_mut() {
-                        Some(l) => l.recv().await.map(|_| ()),
-                        None => std::future::pending().await,
-                    }
-                } => n?,
-                _ = local.changed() => {}
-                _ = tokio::time::sleep(self.config.poll) => {}
-                _ = shutdown.wait_for(|s| *s) => {}
+            let room = pipe.in_flight.len() < MAX_IN_FLIGHT;
+            let mut wake = std::pin::pin!(self.woken(&mut listener, &mut local, shutdown));
+            // A commit that lands while the oldest batch's reports are on
+            // their way is read and sent at once, not after them.
+            let reports = match pipe.in_flight.front_mut() {
+                None => None,
+                Some(oldest) => tokio::select! {
+                    biased;
+                    r = &mut oldest.reports => Some(r),
+                    w = &mut wake, if room => { w?; None }
+                },
+            };
+            match reports {
+                Some(reports) => self.settle_oldest(&mut pipe, reports).await?,
+                None if pipe.in_flight.is_empty() => wake.await?,
+                None => {}
             }
         }
+    }
+
+    /// Until something may have been committed: a notification from the
+    /// write DB, a commit of this process, the poll interval, or shutdown.
+    async fn woken(
+        &self,
+        listener: &mut Option<sqlx::postgres::PgListener>,
+        local: &mut watch::Receiver<i64>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), KafkaError> {
+        tokio::select! {
+            n = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            } => n?,
+            _ = local.changed() => {}
+            _ = tokio::time::sleep(self.config.poll) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        Ok(())
     }
 
     /// Reads and enqueues batches until `MAX_IN_FLIGHT` are out or nothing
@@ -239,7 +270,8 @@ impl Relay {
             pipe.in_flight.push_back(InFlight {
                 first,
                 last,
-                deliveries,
+                count: deliveries.len(),
+                reports: join_all(deliveries),
                 read_at,
                 sent_at: std::time::Instant::now(),
             });
@@ -267,15 +299,19 @@ impl Relay {
         }
     }
 
-    /// Awaits the oldest batch's reports and moves the checkpoint past it.
-    /// A failed report fails the leader: it starts again from the stored
-    /// checkpoint, so Kafka may hold duplicates but never a gap.
-    async fn settle_oldest(&self, pipe: &mut Pipeline) -> Result<(), KafkaError> {
+    /// Moves the checkpoint past the oldest batch, whose `reports` came
+    /// back. A failed report fails the leader: it starts again from the
+    /// stored checkpoint, so Kafka may hold duplicates but never a gap.
+    async fn settle_oldest(
+        &self,
+        pipe: &mut Pipeline,
+        reports: Vec<Delivery>,
+    ) -> Result<(), KafkaError> {
         let Some(batch) = pipe.in_flight.pop_front() else {
             return Ok(());
         };
-        let count = batch.deliveries.len();
-        for report in futures::future::join_all(batch.deliveries).await {
+        let count = batch.count;
+        for report in reports {
             match report {
                 Ok(Ok(_)) => {}
                 Ok(Err((err, _))) => {
@@ -314,8 +350,9 @@ impl Relay {
     /// within a few seconds (the rest is sent again by the next leader).
     async fn drain(&self, pipe: &mut Pipeline) -> Result<(), KafkaError> {
         let settle = async {
-            while !pipe.in_flight.is_empty() {
-                self.settle_oldest(pipe).await?;
+            while let Some(oldest) = pipe.in_flight.front_mut() {
+                let reports = (&mut oldest.reports).await;
+                self.settle_oldest(pipe, reports).await?;
             }
             Ok(())
         };

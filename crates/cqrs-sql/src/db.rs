@@ -1,7 +1,7 @@
 //! Connecting to PostgreSQL or SQLite through one pool type.
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -101,6 +101,9 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 impl Db {
     /// Opens a database by URL (`sqlite:PATH` creates the file).
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, sqlx::Error> {
@@ -111,6 +114,20 @@ impl Db {
                 let pool = AnyPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(Duration::from_secs(10))
+                    // sqlx pings every connection it hands out: a second
+                    // round trip for each one-statement query (a third of a
+                    // GET's time). Ping only one that sat idle long enough
+                    // to have been cut (a restart, a proxy); one used within
+                    // the last second has just answered.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect(url)
                     .await?;
                 Ok(Db {

@@ -68,16 +68,23 @@ async fn open_connections(base: &str) -> anyhow::Result<f64> {
 
 /// Waits until the connections of the rate before are gone: after an
 /// overloaded rate the server holds up to its cap of them for a while, and
-/// refuses new ones meanwhile.
+/// refuses new ones meanwhile (so a failed look at `/metrics` means "not
+/// yet", until the deadline).
 async fn connections_settled(base: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while open_connections(base).await? > 8.0 {
+    loop {
+        let open = open_connections(base).await;
+        if matches!(open, Ok(n) if n <= 8.0) {
+            return Ok(());
+        }
         if tokio::time::Instant::now() > deadline {
-            bail!("the server still holds the connections of the rate before after 2 minutes");
+            let seen = open
+                .map(|n| format!("{n} open"))
+                .unwrap_or_else(|e| format!("{e:#}"));
+            bail!("the server still holds the connections of the rate before after 2 minutes ({seen})");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 /// One rate, started level: the read model holds every event first and the

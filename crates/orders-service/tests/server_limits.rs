@@ -170,7 +170,8 @@ async fn with_few_file_descriptors_extra_connections_get_a_prompt_answer_and_hea
     // More idle connections than the process has descriptors for.
     let mut idle = Vec::new();
     for _ in 0..300 {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+        let connect = TcpStream::connect(("127.0.0.1", port));
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
             idle.push(s);
         }
     }
@@ -194,14 +195,21 @@ async fn with_few_file_descriptors_extra_connections_get_a_prompt_answer_and_hea
         server.log_text()
     );
     // Once the idle ones time out, health answers 200.
+    // Each look is bounded too: an unanswered request must fail the test
+    // with its reason, not hold the suite (once in a full run, a look
+    // without a timeout never returned).
     let deadline = Instant::now() + Duration::from_secs(20);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
     loop {
-        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "health never recovered");
+        let last = match http.get(format!("{base}/healthz")).send().await {
+            Ok(r) if r.status() == 200 => break,
+            Ok(r) => format!("answered {}", r.status()),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(Instant::now() < deadline, "health never recovered: {last}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(server.alive());
