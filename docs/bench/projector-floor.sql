@@ -22,15 +22,21 @@ BEGIN;
 SELECT count(*) FROM jsonb_array_elements(CAST(:'j' AS jsonb)) AS r(value);
 ROLLBACK;
 \timing off
-SELECT array_agg('bench-' || lpad(i::text, 9, '0'))::text a1, array_agg('psp-' || i)::text a2 FROM generate_series(5001, 10000) i \gset
+SELECT array_agg('bench-' || lpad(i::text, 9, '0'))::text a1, array_agg('c' || (i % 5000))::text a2,
+  array_agg('paid'::text)::text a3, array_agg('[{"sku":"sku-1","quantity":1,"unit_price_cents":1999}]'::text)::text a4,
+  array_agg(1999::bigint)::text a5, array_agg(2::bigint)::text a6, array_agg('2026-11-27T22:00:00.000000Z'::text)::text a7,
+  array_agg('2026-11-27T22:01:00.000000Z'::text)::text a8, array_agg('psp-' || i)::text a9, array_agg(NULL::text)::text a10,
+  array_agg(NULL::text)::text a11, array_agg(NULL::text)::text a12 FROM generate_series(5001, 10000) i \gset
 \timing on
 \echo '3. the same upsert from native arrays (UNNEST):'
 BEGIN;
-INSERT INTO od SELECT id, 'c1', 'paid', '[{"sku":"sku-1","quantity":1,"unit_price_cents":1999}]', 1999, 2, '2026-11-27T22:00:00.000000Z', '2026-11-27T22:01:00.000000Z', p, NULL, NULL, NULL FROM unnest(CAST(:'a1' AS text[]), CAST(:'a2' AS text[])) AS u(id, p)
+INSERT INTO od SELECT * FROM unnest(CAST(:'a1' AS text[]), CAST(:'a2' AS text[]), CAST(:'a3' AS text[]),
+  CAST(:'a4' AS text[]), CAST(:'a5' AS bigint[]), CAST(:'a6' AS bigint[]), CAST(:'a7' AS text[]), CAST(:'a8' AS text[]),
+  CAST(:'a9' AS text[]), CAST(:'a10' AS text[]), CAST(:'a11' AS text[]), CAST(:'a12' AS text[]))
 ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, items = excluded.items, total_cents = excluded.total_cents, version = excluded.version, created_at = excluded.created_at, updated_at = excluded.updated_at, payment_ref = excluded.payment_ref, carrier = excluded.carrier, tracking_number = excluded.tracking_number, cancel_reason = excluded.cancel_reason;
 ROLLBACK;
 \echo '4. a plain UPDATE of 5,000 rows from arrays:'
 BEGIN;
-UPDATE od SET status = 'paid', version = 2, payment_ref = u.p, updated_at = '2026-11-27T22:01:00.000000Z' FROM unnest(CAST(:'a1' AS text[]), CAST(:'a2' AS text[])) AS u(id, p) WHERE od.order_id = u.id;
+UPDATE od SET status = 'paid', version = 2, payment_ref = u.p, updated_at = '2026-11-27T22:01:00.000000Z' FROM unnest(CAST(:'a1' AS text[]), CAST(:'a9' AS text[])) AS u(id, p) WHERE od.order_id = u.id;
 ROLLBACK;
 DROP TABLE od;

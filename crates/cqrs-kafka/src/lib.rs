@@ -58,4 +58,7 @@ pub enum KafkaError {
     /// A database call failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A blocking task (flushing the producer) panicked or was cancelled.
+    #[error("background task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }

@@ -92,32 +92,66 @@ pub fn raw_of(m: &BorrowedMessage<'_>) -> Value {
     })
 }
 
-fn text<'a>(h: &'a Map<String, Value>, k: &str) -> Result<&'a str, String> {
+/// Why a record on the topic is not one of our events.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The record has no value.
+    #[error("record has no value")]
+    NoValue,
+    /// The value is not JSON.
+    #[error("value is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    /// A header the envelope needs is absent.
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    /// A header does not read as what it holds.
+    #[error("header {header}: {reason}")]
+    BadHeader {
+        /// Which header.
+        header: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key is not the aggregate id (the partitioning would be wrong).
+    #[error("key {key:?} is not the aggregate id {aggregate_id}")]
+    KeyMismatch {
+        /// The record's key.
+        key: Option<String>,
+        /// The aggregate id header.
+        aggregate_id: String,
+    },
+}
+
+fn text<'a>(h: &'a Map<String, Value>, k: &'static str) -> Result<&'a str, RecordError> {
     h.get(k)
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("missing header {k}"))
+        .ok_or(RecordError::MissingHeader(k))
 }
 
-fn time(h: &Map<String, Value>, k: &str) -> Result<DateTime<Utc>, String> {
-    cqrs_sql::db::parse_timestamp(text(h, k)?).map_err(|e| format!("header {k}: {e}"))
+fn bad(header: &'static str, reason: impl ToString) -> RecordError {
+    RecordError::BadHeader {
+        header,
+        reason: reason.to_string(),
+    }
 }
 
-fn int(h: &Map<String, Value>, k: &str) -> Result<i64, String> {
-    text(h, k)?.parse().map_err(|e| format!("header {k}: {e}"))
+fn time(h: &Map<String, Value>, k: &'static str) -> Result<DateTime<Utc>, RecordError> {
+    cqrs_sql::db::parse_timestamp(text(h, k)?).map_err(|e| bad(k, e))
+}
+
+fn int(h: &Map<String, Value>, k: &'static str) -> Result<i64, RecordError> {
+    text(h, k)?.parse().map_err(|e| bad(k, e))
 }
 
 /// Rebuilds the envelope from a record, or says why it is not one.
-pub fn decode(m: &BorrowedMessage<'_>) -> Result<EventEnvelope, String> {
+pub fn decode(m: &BorrowedMessage<'_>) -> Result<EventEnvelope, RecordError> {
     let h = header_map(m);
-    let payload = m.payload().ok_or("record has no value")?;
-    let payload: Value =
-        serde_json::from_slice(payload).map_err(|e| format!("value is not JSON: {e}"))?;
+    let payload = m.payload().ok_or(RecordError::NoValue)?;
+    let payload: Value = serde_json::from_slice(payload)?;
     let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
     let aggregate_id = text(&h, header::AGGREGATE_ID)?.to_owned();
     if key.as_deref() != Some(aggregate_id.as_str()) {
-        return Err(format!(
-            "key {key:?} is not the aggregate id {aggregate_id}"
-        ));
+        return Err(RecordError::KeyMismatch { key, aggregate_id });
     }
     Ok(EventEnvelope {
         position: int(&h, header::POSITION)?,
@@ -128,7 +162,7 @@ pub fn decode(m: &BorrowedMessage<'_>) -> Result<EventEnvelope, String> {
         event_type: text(&h, header::EVENT_TYPE)?.to_owned(),
         schema_version: int(&h, header::SCHEMA_VERSION)?
             .try_into()
-            .map_err(|_| "schema_version out of range".to_owned())?,
+            .map_err(|_| bad(header::SCHEMA_VERSION, "out of range"))?,
         payload,
         metadata: EventMetadata {
             command_id: text(&h, header::COMMAND_ID)?.to_owned(),

@@ -151,9 +151,7 @@ impl Relay {
 
     async fn flush(&self) -> Result<(), KafkaError> {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
-            .await
-            .map_err(|e| KafkaError::Db(sqlx::Error::Protocol(e.to_string())))??;
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
         Ok(())
     }
 

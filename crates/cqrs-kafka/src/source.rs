@@ -160,9 +160,7 @@ impl KafkaSource {
     }
 
     fn consumer(&self) -> Result<&Arc<StreamConsumer<Ctx>>, SourceError> {
-        self.consumer
-            .as_ref()
-            .ok_or_else(|| SourceError::Other("consumer closed".into()))
+        self.consumer.as_ref().ok_or(SourceError::Closed)
     }
 
     fn key(&self, partition: i32) -> String {
@@ -173,14 +171,12 @@ impl KafkaSource {
     async fn seek_fresh(&mut self) -> Result<(), SourceError> {
         let fresh: Vec<i32> = match self.assignment.lock() {
             Ok(mut a) => a.fresh.drain().collect(),
-            Err(_) => return Err(SourceError::Other("assignment lock poisoned".into())),
+            Err(_) => return Err(SourceError::Poisoned("the partition assignment")),
         };
         if fresh.is_empty() {
             return Ok(());
         }
-        let stored = load_checkpoints(&self.read_db, &self.config.projector)
-            .await
-            .map_err(|e| SourceError::Other(format!("read DB: {e}")))?;
+        let stored = load_checkpoints(&self.read_db, &self.config.projector).await?;
         let consumer = self.consumer()?.clone();
         for p in fresh {
             let next = stored.get(&self.key(p)).copied().unwrap_or(0);
@@ -216,7 +212,8 @@ fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: String) -> Sourced
         published_as: format!("{key}@{}", m.offset()),
         consumed_at: chrono::Utc::now(),
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        event: record::decode(m),
+        // The reason is kept as text: it is what the dead letter records.
+        event: record::decode(m).map_err(|e| e.to_string()),
         raw: Some(raw_of(m)),
     }
 }
@@ -229,7 +226,7 @@ impl EventSource for KafkaSource {
         // Checkpoints are read per partition at assignment time (seek_fresh).
         self.consumer()?
             .subscribe(&[&self.config.kafka.topic])
-            .map_err(|e| SourceError::Other(e.to_string()))
+            .map_err(|e| SourceError::broker("subscribing to the topic", e))
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourcedEvent>, SourceError> {
@@ -313,7 +310,7 @@ impl EventSource for KafkaSource {
         self.dlq
             .send(record, Duration::from_secs(30))
             .await
-            .map_err(|(e, _)| SourceError::Other(format!("dead-letter topic: {e}")))?;
+            .map_err(|(e, _)| SourceError::broker("sending to the dead-letter topic", e))?;
         Ok(())
     }
 

@@ -104,6 +104,27 @@ pub fn redact_url(url: &str) -> String {
 /// A pooled PostgreSQL connection idle this long is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// A PostgreSQL pool. sqlx pings every connection it hands out: a second
+/// round trip for each one-statement query (a third of a GET's time). This
+/// one pings only a connection that sat idle long enough to have been cut
+/// (a restart, a proxy); one used within the last second has just answered.
+async fn postgres_pool(url: &str, options: &DbOptions) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect(url)
+        .await
+}
+
 impl Db {
     /// Opens a database by URL (`sqlite:PATH` creates the file).
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, sqlx::Error> {
@@ -111,25 +132,7 @@ impl Db {
         let backend = Backend::of_url(url)?;
         match backend {
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(options.max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
-                    // sqlx pings every connection it hands out: a second
-                    // round trip for each one-statement query (a third of a
-                    // GET's time). Ping only one that sat idle long enough
-                    // to have been cut (a restart, a proxy); one used within
-                    // the last second has just answered.
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for >= PING_IF_IDLE_FOR {
-                                conn.ping().await?;
-                            }
-                            Ok(true)
-                        })
-                    })
-                    .connect(url)
-                    .await?;
+                let pool = postgres_pool(url, options).await?;
                 Ok(Db {
                     backend,
                     writer: pool.clone(),

@@ -19,6 +19,8 @@ fn history(aggregates: i64, salt: u32, relayed: bool) -> GeneratedHistory {
         aggregates,
         salt,
         relayed,
+        unpublished: false,
+        interleaved: false,
     }
 }
 

@@ -1,23 +1,9 @@
 //! The `orders` service: wiring of the Orders domain to the event store, the
-//! projector and the HTTP API, plus the demo, bench and client commands.
+//! projector and the HTTP API (`server`), the commands that talk to a
+//! running one (`cli`), and the demo, verify and bench tools (`tools`).
 
-pub mod api;
-pub mod app;
-pub mod bench;
-pub mod bench_history;
-pub mod bench_kafka;
-pub mod bench_peer;
-pub mod bench_pg;
-pub mod bench_plot;
-pub mod bench_report;
-pub mod bench_sweep;
-pub mod client;
-pub mod dead_letters;
-pub mod demo;
-pub mod live;
-pub mod observe;
-pub mod replay;
-pub mod trace;
-pub mod verify;
+pub mod cli;
+pub mod server;
+pub mod tools;
 
-pub use app::{App, Config, Running};
+pub use server::{App, Config, Running};

@@ -2,8 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orders_service::app::{KafkaOptions, Role};
-use orders_service::{bench, client, dead_letters, demo, replay, trace, Config, Running};
+use orders_service::cli::{client, dead_letters, replay, trace};
+use orders_service::server::{KafkaOptions, Role};
+use orders_service::tools::{bench, demo};
+use orders_service::{Config, Running};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -289,7 +291,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Verify { db, wait_secs } => {
             let report =
-                orders_service::verify::verify(&db.config(), Duration::from_secs(wait_secs))
+                orders_service::tools::verify::verify(&db.config(), Duration::from_secs(wait_secs))
                     .await?;
             print!("{report}");
             match report.exit_code() {

@@ -54,8 +54,8 @@ pub async fn spawn_kafka_app() -> TestApp {
 }
 
 /// Kafka options for a test topic.
-pub fn kafka_options(topic: &str) -> orders_service::app::KafkaOptions {
-    let mut k = orders_service::app::KafkaOptions::new(test_support::kafka_brokers());
+pub fn kafka_options(topic: &str) -> orders_service::server::KafkaOptions {
+    let mut k = orders_service::server::KafkaOptions::new(test_support::kafka_brokers());
     k.topic = topic.to_owned();
     k.group_id = format!("g-{topic}");
     k.session_timeout_ms = 3000;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{order_body, spawn_app};
-use orders_service::app::Role;
+use orders_service::server::Role;
 use serde_json::{json, Value};
 
 /// The six steps of the teaching page: command sent, handled and written,

@@ -38,9 +38,8 @@ async fn two_hundred_live_pages_on_a_100k_event_store_leave_point_reads_fast() {
         .await
         .unwrap();
     let store = cqrs_sql::SqlEventStore::open(db.clone()).await.unwrap();
-    orders_service::bench_kafka::fill(&store, 25_000)
-        .await
-        .unwrap();
+    let history = orders_service::tools::bench::kafka::history(25_000);
+    store.import_generated(&history, |_| {}).await.unwrap();
     db.close().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -8,6 +8,7 @@ mod progress;
 mod query_traces;
 pub mod runner;
 mod tables;
+pub mod traces;
 
 pub use log_source::{LogSource, LOG_KEY};
 pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
@@ -38,6 +39,10 @@ pub enum ProjectionError {
     /// The read database failed.
     #[error("read database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A record could not be sent to the dead-letter channel (the broker is
+    /// away): the batch is retried, nothing is skipped.
+    #[error("dead-letter channel: {0}")]
+    DeadLetterChannel(#[source] SourceError),
 }
 
 /// A read model fed by events. It applies a batch of new events (in log
@@ -112,9 +117,33 @@ pub enum SourceError {
     /// Reading the write store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    /// Anything else the source talks to failed.
-    #[error("{0}")]
-    Other(String),
+    /// The read DB (where checkpoints are) failed.
+    #[error("read database: {0}")]
+    ReadDb(#[from] sqlx::Error),
+    /// The broker, or the client talking to it, failed.
+    #[error("{what}: {source}")]
+    Broker {
+        /// What the source was doing.
+        what: &'static str,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The source was closed before the call.
+    #[error("the event source is closed")]
+    Closed,
+    /// A lock inside the source was poisoned by a panic.
+    #[error("{0} is poisoned (a thread panicked holding it)")]
+    Poisoned(&'static str),
+}
+
+impl SourceError {
+    /// A broker failure while doing `what`.
+    pub fn broker(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SourceError::Broker {
+            what,
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Where a projector gets events from: the write store's log (embedded) or a

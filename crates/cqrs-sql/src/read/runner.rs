@@ -7,7 +7,7 @@ use super::classify::{classify, Fate, Known, Plan};
 use super::dead_letters::{self, DeadLetterStatus};
 pub use super::tables::{
     advance_checkpoint, check_writable, checkpoint_rows, ensure_schema, ensure_tables,
-    load_checkpoints, Checkpoint, CHECKPOINT_SCHEMA,
+    load_checkpoints, lock_out_projectors, Checkpoint, CHECKPOINT_SCHEMA,
 };
 use super::tables::{lock_version, lock_versions, next_seq, notify_progress, write_checkpoints};
 use super::{EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourcedEvent};
@@ -227,7 +227,7 @@ impl ProjectorRunner {
         loop {
             let r = match self.checkpoints().await {
                 Ok(c) => source.resume(&c).await,
-                Err(e) => Err(SourceError::Other(format!("read DB: {e}"))),
+                Err(e) => Err(SourceError::ReadDb(e)),
             };
             match r {
                 Ok(()) => return true,
@@ -501,7 +501,7 @@ impl ProjectorRunner {
             .await
             .map_err(|e| BatchError {
                 index: None,
-                error: ProjectionError::Inconsistent(format!("dead-letter channel: {e}")),
+                error: ProjectionError::DeadLetterChannel(e),
             })?;
         dead_letters::record(
             tx,
@@ -720,7 +720,7 @@ async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
 fn is_transient(e: &ProjectionError) -> bool {
     match e {
         ProjectionError::Db(sqlx::Error::Database(db)) => db.is_unique_violation(),
-        ProjectionError::Db(_) => true,
+        ProjectionError::Db(_) | ProjectionError::DeadLetterChannel(_) => true,
         _ => false,
     }
 }

@@ -6,7 +6,7 @@ use super::dead_letters;
 use super::Projection;
 use crate::batch::{self, Kind, Val};
 use crate::db::{timestamp, Backend, Db};
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Executor, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -249,6 +249,31 @@ pub async fn checkpoint_rows(db: &Db, projector: &str) -> Result<Vec<Checkpoint>
     )
     .bind(projector)
     .fetch_all(&db.pool)
+    .await
+}
+
+/// Holds every live projector back until `tx` ends and returns where
+/// `projector` stands: its checkpoints, which cannot move meanwhile (what a
+/// replay must reach exactly before it swaps its tables in).
+pub async fn lock_out_projectors(
+    tx: &mut AnyConnection,
+    projector: &str,
+) -> Result<Vec<Checkpoint>, sqlx::Error> {
+    if batch::backend_of(tx) == Backend::Postgres {
+        // A runner's first statement locks rows of projected_versions, so
+        // it waits here before touching any table.
+        tx.execute("LOCK TABLE projected_versions IN EXCLUSIVE MODE")
+            .await?;
+    } else {
+        // Takes SQLite's write lock: every projector waits for `tx`.
+        tx.execute("UPDATE projector_checkpoints SET updated_at = updated_at WHERE 1 = 0")
+            .await?;
+    }
+    sqlx::query_as(
+        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
+    )
+    .bind(projector)
+    .fetch_all(&mut *tx)
     .await
 }
 

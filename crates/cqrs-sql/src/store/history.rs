@@ -11,8 +11,10 @@ use sqlx::Executor;
 const CHUNK: i64 = 50_000;
 
 /// `aggregates` aggregates of one type that each lived through `life` (event
-/// type and payload, in order). Ids are UUID-shaped and made from `salt` and
-/// the aggregate's number, so two imports with different salts never clash.
+/// type and payload, in order; `{n}` in a payload's text becomes the
+/// aggregate's number, 1-based). Ids are UUID-shaped and made from `salt`
+/// and the aggregate's number ([`GeneratedHistory::aggregate_id`]), so two
+/// imports with different salts never clash.
 #[derive(Debug, Clone)]
 pub struct GeneratedHistory {
     /// The aggregates' type.
@@ -23,43 +25,75 @@ pub struct GeneratedHistory {
     pub aggregates: i64,
     /// Tells this import's ids from another's (32 bits are used).
     pub salt: u32,
-    /// Whether a relay publishes this store: the import is then refused
-    /// while the relay has events left to send, which would be skipped.
+    /// Whether a relay publishes this store: an import taken as published
+    /// is then refused while the relay has events left to send, which would
+    /// be skipped.
     pub relayed: bool,
+    /// Left for the relay to publish like any append (the relay checkpoint
+    /// stays); otherwise taken as published long ago.
+    pub unpublished: bool,
+    /// Positions follow version, then aggregate (each chunk's first events,
+    /// then their second ones, ...), as a log that many aggregates write at
+    /// once; otherwise aggregate, then version.
+    pub interleaved: bool,
+}
+
+impl GeneratedHistory {
+    /// The id of aggregate number `n` (1-based).
+    pub fn aggregate_id(&self, n: i64) -> String {
+        format!("{:08x}-0000-4000-8000-{n:012x}", self.salt)
+    }
 }
 
 /// The INSERT of one chunk. `$1` type, `$2` the life as a JSON array of
 /// `[event_type, payload]`, `$3..=$4` the aggregate numbers, `$5` now, `$6`
-/// the salt as 8 hex digits. Positions follow aggregate, then version.
-fn insert_sql(backend: Backend) -> &'static str {
+/// the salt as 8 hex digits. Positions follow `order`.
+fn insert_sql(backend: Backend, interleaved: bool) -> String {
     match backend {
         Backend::Postgres => {
-            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, payload, command_id, occurred_at, recorded_at) \
-             SELECT $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-9000-' || lpad(to_hex(a.i), 12, '0'), \
-             $1, $6 || '-0000-4000-8000-' || lpad(to_hex(a.i), 12, '0'), l.ord, l.value->>0, 1, l.value->1, \
-             $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-a000-' || lpad(to_hex(a.i), 12, '0'), $5, $5 \
-             FROM generate_series(CAST($3 AS BIGINT), CAST($4 AS BIGINT)) AS a(i) \
-             CROSS JOIN jsonb_array_elements(CAST($2 AS jsonb)) WITH ORDINALITY AS l(value, ord) \
-             ORDER BY a.i, l.ord"
+            let order = if interleaved {
+                "l.ord, a.i"
+            } else {
+                "a.i, l.ord"
+            };
+            format!(
+                "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+                 schema_version, payload, command_id, occurred_at, recorded_at) \
+                 SELECT $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-9000-' || lpad(to_hex(a.i), 12, '0'), \
+                 $1, $6 || '-0000-4000-8000-' || lpad(to_hex(a.i), 12, '0'), l.ord, l.value->>0, 1, \
+                 CAST(replace(CAST(l.value->1 AS TEXT), '{{n}}', CAST(a.i AS TEXT)) AS jsonb), \
+                 $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-a000-' || lpad(to_hex(a.i), 12, '0'), $5, $5 \
+                 FROM generate_series(CAST($3 AS BIGINT), CAST($4 AS BIGINT)) AS a(i) \
+                 CROSS JOIN jsonb_array_elements(CAST($2 AS jsonb)) WITH ORDINALITY AS l(value, ord) \
+                 ORDER BY {order}"
+            )
         }
         Backend::Sqlite => {
-            "WITH RECURSIVE a(i) AS (SELECT $3 UNION ALL SELECT i + 1 FROM a WHERE i < $4) \
-             INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, payload, command_id, occurred_at, recorded_at) \
-             SELECT printf('%s-%04x-4000-9000-%012x', $6, l.key + 1, a.i), $1, \
-             printf('%s-0000-4000-8000-%012x', $6, a.i), l.key + 1, json_extract(l.value, '$[0]'), 1, \
-             json(json_extract(l.value, '$[1]')), printf('%s-%04x-4000-a000-%012x', $6, l.key + 1, a.i), $5, $5 \
-             FROM a CROSS JOIN json_each($2) AS l ORDER BY a.i, l.key"
+            let order = if interleaved {
+                "l.key, a.i"
+            } else {
+                "a.i, l.key"
+            };
+            format!(
+                "WITH RECURSIVE a(i) AS (SELECT $3 UNION ALL SELECT i + 1 FROM a WHERE i < $4) \
+                 INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+                 schema_version, payload, command_id, occurred_at, recorded_at) \
+                 SELECT printf('%s-%04x-4000-9000-%012x', $6, l.key + 1, a.i), $1, \
+                 printf('%s-0000-4000-8000-%012x', $6, a.i), l.key + 1, json_extract(l.value, '$[0]'), 1, \
+                 json(replace(json_extract(l.value, '$[1]'), '{{n}}', a.i)), \
+                 printf('%s-%04x-4000-a000-%012x', $6, l.key + 1, a.i), $5, $5 \
+                 FROM a CROSS JOIN json_each($2) AS l ORDER BY {order}"
+            )
         }
     }
 }
 
 impl SqlEventStore {
-    /// Writes `history` as if it had been appended and published long ago:
-    /// one transaction per chunk of aggregates, each moving the relay
-    /// checkpoint to its last event (so nothing of it is sent to Kafka).
-    /// Refused while a relay has anything left to publish. Calls
+    /// Writes `history` as if it had been appended (and, unless
+    /// `unpublished`, published) long ago: one transaction per chunk of
+    /// aggregates, each moving the relay checkpoint to its last event (so
+    /// nothing of it is sent to Kafka). Taken as published, it is refused
+    /// while a relay has anything left to publish. Calls
     /// `progress` with the number of events written so far; returns the log
     /// head after the import.
     pub async fn import_generated(
@@ -67,7 +101,7 @@ impl SqlEventStore {
         history: &GeneratedHistory,
         mut progress: impl FnMut(i64),
     ) -> Result<i64, StoreError> {
-        if history.relayed {
+        if history.relayed && !history.unpublished {
             let pending = super::EventStore::outbox_pending(self).await?;
             if pending > 0 {
                 return Err(StoreError::Unpublished { pending });
@@ -91,7 +125,7 @@ impl SqlEventStore {
             if let Some(preamble) = self.dialect.append_preamble() {
                 tx.execute(preamble).await?;
             }
-            sqlx::query(insert_sql(db.backend))
+            sqlx::query(&insert_sql(db.backend, history.interleaved))
                 .bind(&history.aggregate_type)
                 .bind(&life)
                 .bind(first)
@@ -103,7 +137,9 @@ impl SqlEventStore {
             head = sqlx::query_scalar("SELECT CAST(MAX(position) AS BIGINT) FROM events")
                 .fetch_one(&mut *tx)
                 .await?;
-            advance_relay_checkpoint(&mut tx, head, &now).await?;
+            if !history.unpublished {
+                advance_relay_checkpoint(&mut tx, head, &now).await?;
+            }
             tx.commit().await?;
             progress(last * history.life.len() as i64);
         }

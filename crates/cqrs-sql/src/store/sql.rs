@@ -97,6 +97,27 @@ impl SqlEventStore {
         rows.iter().map(decode_row).collect()
     }
 
+    /// How many events lie after `position` (positions may have gaps: a
+    /// rolled-back append leaves one).
+    pub async fn count_after(&self, position: i64) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE position > $1")
+                .bind(position)
+                .fetch_one(&self.db.pool)
+                .await?,
+        )
+    }
+
+    /// The mean size of an event's payload as JSON text, in bytes (0 when
+    /// the log is empty).
+    pub async fn mean_payload_bytes(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT CAST(COALESCE(AVG(length(CAST(payload AS TEXT))), 0) AS BIGINT) FROM events",
+        )
+        .fetch_one(&self.db.pool)
+        .await?)
+    }
+
     /// The events a command appended.
     pub async fn events_of_command(
         &self,

@@ -145,97 +145,122 @@ impl OrderDetails {
         }
         let mut changed: Vec<String> = Vec::new();
         for (e, event) in &events {
-            let at = timestamp(e.metadata.occurred_at);
-            let id = &e.aggregate_id;
-            if let OrderEvent::OrderCreated {
-                customer_id,
-                items,
-                total_cents,
-            } = event
-            {
-                rows.insert(
-                    id.clone(),
-                    OrderView {
-                        order_id: id.clone(),
-                        customer_id: customer_id.clone(),
-                        status: Status::Created,
-                        items: items.clone(),
-                        total_cents: *total_cents,
-                        version: e.version,
-                        created_at: at.clone(),
-                        updated_at: at,
-                        payment_ref: None,
-                        carrier: None,
-                        tracking_number: None,
-                        cancel_reason: None,
-                    },
-                );
-            } else {
-                let o = rows.get_mut(id).ok_or_else(|| missing(e))?;
-                match event {
-                    OrderEvent::OrderPaid { payment_ref, .. } => {
-                        o.payment_ref = Some(payment_ref.clone())
-                    }
-                    OrderEvent::OrderShipped {
-                        carrier,
-                        tracking_number,
-                    } => {
-                        o.carrier = Some(carrier.clone());
-                        o.tracking_number = Some(tracking_number.clone());
-                    }
-                    OrderEvent::OrderCancelled { reason } => o.cancel_reason = Some(reason.clone()),
-                    OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
-                }
-                o.status = target_status(event);
-                o.version = e.version;
-                o.updated_at = at;
-            }
-            changed.push(id.clone());
+            fold_order(&mut rows, e, event)?;
+            changed.push(e.aggregate_id.clone());
         }
         changed.sort_unstable();
         changed.dedup();
-        let mut out = Vec::with_capacity(changed.len());
-        for id in changed {
-            let Some(o) = rows.remove(&id) else { continue };
-            let items = serde_json::to_string(&o.items)
-                .map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
-            out.push(vec![
-                Val::Text(o.order_id),
-                Val::Text(o.customer_id),
-                Val::Text(o.status.as_str().to_owned()),
-                Val::Text(items),
-                Val::Int(o.total_cents),
-                Val::Int(o.version),
-                Val::Text(o.created_at),
-                Val::Text(o.updated_at),
-                Val::OptText(o.payment_ref),
-                Val::OptText(o.carrier),
-                Val::OptText(o.tracking_number),
-                Val::OptText(o.cancel_reason),
-            ]);
-        }
-        use Kind::{Int, Text};
-        let cols = [
-            ("order_id", Text),
-            ("customer_id", Text),
-            ("status", Text),
-            ("items", Text),
-            ("total_cents", Int),
-            ("version", Int),
-            ("created_at", Text),
-            ("updated_at", Text),
-            ("payment_ref", Text),
-            ("carrier", Text),
-            ("tracking_number", Text),
-            ("cancel_reason", Text),
-        ];
-        let update = "customer_id = excluded.customer_id, status = excluded.status, items = excluded.items, \
-            total_cents = excluded.total_cents, version = excluded.version, created_at = excluded.created_at, \
-            updated_at = excluded.updated_at, payment_ref = excluded.payment_ref, carrier = excluded.carrier, \
-            tracking_number = excluded.tracking_number, cancel_reason = excluded.cancel_reason";
-        upsert(tx, &self.table, &cols, "order_id", update, &out).await?;
+        let out = changed
+            .iter()
+            .filter_map(|id| rows.remove(id))
+            .map(order_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        upsert(
+            tx,
+            &self.table,
+            &ORDER_DETAILS_COLS,
+            "order_id",
+            ORDER_DETAILS_UPDATE,
+            &out,
+        )
+        .await?;
         Ok(())
     }
+}
+
+/// The columns of `order_details` as the upsert writes them.
+const ORDER_DETAILS_COLS: [(&str, Kind); 12] = [
+    ("order_id", Kind::Text),
+    ("customer_id", Kind::Text),
+    ("status", Kind::Text),
+    ("items", Kind::Text),
+    ("total_cents", Kind::Int),
+    ("version", Kind::Int),
+    ("created_at", Kind::Text),
+    ("updated_at", Kind::Text),
+    ("payment_ref", Kind::Text),
+    ("carrier", Kind::Text),
+    ("tracking_number", Kind::Text),
+    ("cancel_reason", Kind::Text),
+];
+
+/// What an existing `order_details` row takes from the upsert.
+const ORDER_DETAILS_UPDATE: &str = "customer_id = excluded.customer_id, status = excluded.status, \
+    items = excluded.items, total_cents = excluded.total_cents, version = excluded.version, \
+    created_at = excluded.created_at, updated_at = excluded.updated_at, payment_ref = excluded.payment_ref, \
+    carrier = excluded.carrier, tracking_number = excluded.tracking_number, cancel_reason = excluded.cancel_reason";
+
+/// One event folded into the order rows it needs (a creation adds the row;
+/// any other event needs it already there).
+fn fold_order(
+    rows: &mut HashMap<String, OrderView>,
+    e: &EventEnvelope,
+    event: &OrderEvent,
+) -> Result<(), ProjectionError> {
+    let at = timestamp(e.metadata.occurred_at);
+    let id = &e.aggregate_id;
+    if let OrderEvent::OrderCreated {
+        customer_id,
+        items,
+        total_cents,
+    } = event
+    {
+        rows.insert(
+            id.clone(),
+            OrderView {
+                order_id: id.clone(),
+                customer_id: customer_id.clone(),
+                status: Status::Created,
+                items: items.clone(),
+                total_cents: *total_cents,
+                version: e.version,
+                created_at: at.clone(),
+                updated_at: at,
+                payment_ref: None,
+                carrier: None,
+                tracking_number: None,
+                cancel_reason: None,
+            },
+        );
+        return Ok(());
+    }
+    let o = rows.get_mut(id).ok_or_else(|| missing(e))?;
+    match event {
+        OrderEvent::OrderPaid { payment_ref, .. } => o.payment_ref = Some(payment_ref.clone()),
+        OrderEvent::OrderShipped {
+            carrier,
+            tracking_number,
+        } => {
+            o.carrier = Some(carrier.clone());
+            o.tracking_number = Some(tracking_number.clone());
+        }
+        OrderEvent::OrderCancelled { reason } => o.cancel_reason = Some(reason.clone()),
+        OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
+    }
+    o.status = target_status(event);
+    o.version = e.version;
+    o.updated_at = at;
+    Ok(())
+}
+
+/// An order as the upsert's row, in [`ORDER_DETAILS_COLS`] order.
+fn order_row(o: OrderView) -> Result<Vec<Val>, ProjectionError> {
+    let items = serde_json::to_string(&o.items)
+        .map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
+    Ok(vec![
+        Val::Text(o.order_id),
+        Val::Text(o.customer_id),
+        Val::Text(o.status.as_str().to_owned()),
+        Val::Text(items),
+        Val::Int(o.total_cents),
+        Val::Int(o.version),
+        Val::Text(o.created_at),
+        Val::Text(o.updated_at),
+        Val::OptText(o.payment_ref),
+        Val::OptText(o.carrier),
+        Val::OptText(o.tracking_number),
+        Val::OptText(o.cancel_reason),
+    ])
 }
 
 impl Projection for OrderDetails {

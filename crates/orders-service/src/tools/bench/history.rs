@@ -7,10 +7,11 @@
 //! projector's log checkpoint move past it, so the run measures a large log,
 //! not a catch-up. The read model is not filled with the history's orders.
 
-use crate::app::{Config, Running, PROJECTOR};
-use crate::bench::{
-    applied_sum, bar, caught_up_since, some_order_ids, throughput, BenchArgs, Percentiles, Served,
+use super::args::BenchArgs;
+use super::load::{
+    applied_sum, bar, caught_up_since, some_order_ids, throughput, Percentiles, Served,
 };
+use crate::server::{Config, Running, PROJECTOR};
 use cqrs_core::{Aggregate, DomainEvent};
 use cqrs_sql::store::EventStore;
 use cqrs_sql::store::GeneratedHistory;
@@ -80,7 +81,7 @@ fn life() -> Vec<(String, serde_json::Value)> {
 /// Imports `events` events of history (whole order lives) into the write
 /// store of `config`, moving the projector past them when it reads the log.
 async fn import(config: &Config, events: i64) -> anyhow::Result<()> {
-    let (store, read) = crate::app::open_databases(config).await?;
+    let (store, read) = crate::server::wiring::open_databases(config).await?;
     let life = life();
     let history = GeneratedHistory {
         aggregate_type: orders::Order::TYPE.to_owned(),
@@ -88,6 +89,8 @@ async fn import(config: &Config, events: i64) -> anyhow::Result<()> {
         life,
         salt: rand_salt(),
         relayed: config.kafka.is_some(),
+        unpublished: false,
+        interleaved: false,
     };
     let pb = bar(events as usize, "importing history");
     let head = store
@@ -144,7 +147,7 @@ async fn measure(running: &Running, base: &str, args: &BenchArgs) -> anyhow::Res
     caught_up_since(running, head, applied_before).await?;
     let ids = some_order_ids(running).await?;
     let (reads_per_sec, reads_us) =
-        crate::bench_pg::get_throughput(base, ids, args.commands, args.concurrency).await?;
+        super::pg::get_throughput(base, ids, args.commands, args.concurrency).await?;
     Ok(Measured {
         commands_per_sec,
         reads_per_sec,

@@ -2,8 +2,8 @@
 //! turns database and broker state into gauges: outbox backlog and the
 //! projector's lag per partition.
 
-use crate::app::{App, KafkaOptions, PROJECTOR};
-use crate::live::ProgressSample;
+use super::live::ProgressSample;
+use super::{App, KafkaOptions, PROJECTOR};
 use axum::http::header;
 use axum::response::IntoResponse;
 use futures::future::BoxFuture;
@@ -138,14 +138,11 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
     metrics::gauge!("cqrs_outbox_pending").set(app.store.outbox_pending().await? as f64);
     metrics::gauge!("cqrs_outbox_oldest_pending_age_seconds")
         .set(app.store.oldest_pending_age().await?);
-    let rows: Vec<(String, i64, String)> = sqlx::query_as(
-        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
-    )
-    .bind(PROJECTOR)
-    .fetch_all(&app.read.pool)
-    .await?;
-    let checkpoints: HashMap<String, (i64, String)> =
-        rows.into_iter().map(|(k, n, u)| (k, (n, u))).collect();
+    let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, PROJECTOR).await?;
+    let checkpoints: HashMap<String, (i64, String)> = rows
+        .into_iter()
+        .map(|c| (c.source_key, (c.next_position, c.updated_at)))
+        .collect();
     // Per stream: (records waiting, next offset the projector will read, head).
     let mut heads: Vec<(String, i64, i64)> = Vec::new();
     match (&app.kafka, client) {

@@ -1,88 +1,15 @@
-//! `orders bench`: commands/s (closed loop, beside a raw single-row INSERT
-//! rate on the same database and concurrency) and command->queryable latency
-//! (open loop at a fixed offered rate, measured from each command's intended
-//! send time, so a slow server cannot hide its queue).
+//! The load the benchmarks put on a server, and what they wait for between
+//! phases: closed and open loops over HTTP, raw inserts, a served instance
+//! on a free port, the read model caught up, scratch databases.
 
-use crate::app::{Config, Running};
-use crate::bench_pg;
+use crate::server::{Config, Running};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::Executor;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Options of `orders bench`.
-#[derive(clap::Args, Clone)]
-pub struct BenchArgs {
-    /// Commands per phase.
-    #[arg(long, default_value_t = 2_000)]
-    pub commands: usize,
-    /// Offered rate of the latency phase, commands/s.
-    #[arg(long, default_value_t = 300.0)]
-    pub rate: f64,
-    /// Concurrent clients of the throughput phase (and the raw baseline).
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
-    /// Also bench PostgreSQL: a server URL; a scratch database is created on it.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// Also bench PostgreSQL with Kafka between the sides (needs --database-url).
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-    /// Also sweep offered rates (doubling from 250/s) for this many seconds
-    /// each to find the knee, then measure half the knee.
-    #[arg(long)]
-    pub sweep_secs: Option<f64>,
-    /// Seconds each pgbench baseline runs.
-    #[arg(long, default_value_t = 10)]
-    pub pgbench_secs: u32,
-    /// Also measure again after importing this many events of made-up
-    /// order history into the write store (e.g. 10000000): whether the cost
-    /// of a command or a query grows with history.
-    #[arg(long)]
-    pub store_events: Option<i64>,
-    /// Where to write the JSON results.
-    #[arg(long, default_value = "bench-results")]
-    pub out: PathBuf,
-    /// A focused benchmark instead of the command benchmarks.
-    #[command(subcommand)]
-    pub what: Option<crate::bench_kafka::What>,
-}
-
-/// Figures of one backend.
-#[derive(Debug, serde::Serialize)]
-pub struct BackendResult {
-    pub(crate) backend: String,
-    pub(crate) commands_per_sec: f64,
-    /// The same closed loop against the write side alone (a process with
-    /// only the API role: no relay, no projector), as pgbench runs alone.
-    pub(crate) write_only_commands_per_sec: f64,
-    /// Create-then-pay over HTTP in a closed loop, commands (two per order)/s.
-    pub(crate) create_pay_commands_per_sec: f64,
-    pub(crate) projector_events_per_sec: f64,
-    pub(crate) raw_inserts_per_sec: f64,
-    pub(crate) ratio_to_raw: f64,
-    /// pgbench one-row INSERT transactions at the same concurrency (PostgreSQL).
-    pub(crate) pgbench_insert_tps: Option<f64>,
-    /// `GET /orders/{id}` per second in a closed loop at the same concurrency.
-    pub(crate) reads_per_sec: f64,
-    /// Their latencies.
-    pub(crate) reads_us: Percentiles,
-    /// The same with `--store-events` of history in the store.
-    pub(crate) history: Option<crate::bench_history::History>,
-    /// pgbench select-only at the same concurrency (PostgreSQL).
-    pub(crate) pgbench_select_tps: Option<f64>,
-    pub(crate) offered_rate: f64,
-    pub(crate) achieved_rate: f64,
-    pub(crate) command_us: Percentiles,
-    pub(crate) command_to_queryable_us: Percentiles,
-    pub(crate) errors: usize,
-    /// The open-loop sweep, when asked for.
-    pub(crate) sweep: Option<crate::bench_sweep::Sweep>,
-}
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, serde::Serialize)]
@@ -246,7 +173,11 @@ pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(
 }
 
 /// Single-row INSERT transactions at the same concurrency on the same database.
-async fn raw_inserts(db: &cqrs_sql::Db, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+pub(crate) async fn raw_inserts(
+    db: &cqrs_sql::Db,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     db.writer
         .execute("CREATE TABLE IF NOT EXISTS bench_raw (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
         .await?;
@@ -307,102 +238,16 @@ impl Served {
     }
 }
 
-/// Creates in a closed loop against a process with only the API role.
-async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<f64> {
-    let mut api_only = config.clone();
-    api_only.roles = vec![crate::app::Role::Api];
-    let served = Served::start(&api_only).await?;
-    let cps = throughput(&served.base, args.commands, args.concurrency).await;
-    served.stop().await?;
-    cps
-}
-
-async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Result<BackendResult> {
-    eprintln!("== {name}");
-    let write_only = write_side_alone(&config, args).await?;
-    let served = Served::start(&config).await?;
-    let (running, base) = (&served.running, served.base.as_str());
-    let result = async {
-        // The write-side phase's events first: every phase starts level.
-        let before = caught_up(running).await?;
-        let started = Instant::now();
-        let cps = throughput(base, args.commands, args.concurrency).await?;
-        // The projector's own pace: from the first command until the read
-        // model holds the last event. Also lets the next phase start level.
-        let events = caught_up(running).await? - before;
-        let projector = events as f64 / started.elapsed().as_secs_f64();
-        let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
-        let create_pay =
-            crate::bench_peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
-        caught_up(running).await?;
-        let (lat, achieved) = latency(base, args.commands, args.rate).await?;
-        let ids = some_order_ids(running).await?;
-        let (reads, reads_us) =
-            bench_pg::get_throughput(base, ids, args.commands, args.concurrency).await?;
-        let sweep = match args.sweep_secs {
-            Some(secs) => Some(crate::bench_sweep::run(running, base, secs).await?),
-            None => None,
-        };
-        let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
-            Some(url) => {
-                let run = bench_pg::Pgbench {
-                    url,
-                    clients: args.concurrency,
-                    secs: args.pgbench_secs,
-                };
-                (
-                    Some(bench_pg::insert_tps(run).await?),
-                    Some(bench_pg::select_tps(run).await?),
-                )
-            }
-            None => (None, None),
-        };
-        Ok::<_, anyhow::Error>(BackendResult {
-            backend: name.to_owned(),
-            commands_per_sec: cps,
-            write_only_commands_per_sec: write_only,
-            create_pay_commands_per_sec: create_pay,
-            projector_events_per_sec: projector,
-            raw_inserts_per_sec: raw,
-            ratio_to_raw: cps / raw,
-            pgbench_insert_tps,
-            reads_per_sec: reads,
-            reads_us,
-            history: None,
-            pgbench_select_tps,
-            offered_rate: args.rate,
-            achieved_rate: achieved,
-            command_us: (&lat.command).into(),
-            command_to_queryable_us: (&lat.queryable).into(),
-            errors: lat.errors,
-            sweep,
-        })
-    }
-    .await;
-    let settled = caught_up(running).await;
-    served.stop().await?;
-    let mut result = result?;
-    settled?;
-    if let Some(events) = args.store_events {
-        result.history = Some(crate::bench_history::run(&config, args, events).await?);
-    }
-    Ok(result)
-}
-
 /// Waits until the read model holds every event of the write side (the sum
 /// of applied versions equals the number of events); returns that number.
 pub(crate) async fn caught_up(running: &Running) -> anyhow::Result<i64> {
     caught_up_since(running, 0, 0).await
 }
 
-/// The sum of the versions the projector has applied.
+/// How many events the projector has applied.
 pub(crate) async fn applied_sum(running: &Running) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
-    )
-    .bind(crate::app::PROJECTOR)
-    .fetch_one(&running.app.read.pool)
-    .await?)
+    let read = &running.app.read;
+    Ok(cqrs_sql::read::traces::applied_events(read, crate::server::PROJECTOR).await?)
 }
 
 /// Waits until the projector has applied every event after position
@@ -413,10 +258,7 @@ pub(crate) async fn caught_up_since(
     after: i64,
     applied_before: i64,
 ) -> anyhow::Result<i64> {
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE position > $1")
-        .bind(after)
-        .fetch_one(&running.app.store.db().pool)
-        .await?;
+    let events = running.app.store.count_after(after).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if applied_sum(running).await? - applied_before >= events {
@@ -432,11 +274,12 @@ pub(crate) async fn caught_up_since(
 
 /// Up to 10,000 order ids from the read model, for the GET phases.
 pub(crate) async fn some_order_ids(running: &Running) -> anyhow::Result<Vec<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT order_id FROM order_details LIMIT 10000")
-            .fetch_all(&running.app.read.pool)
-            .await?,
-    )
+    let filter = orders::read_model::OrderFilter {
+        limit: 10_000,
+        ..Default::default()
+    };
+    let (page, _) = orders::read_model::list_orders(&running.app.read.pool, &filter).await?;
+    Ok(page.into_iter().map(|o| o.order_id).collect())
 }
 
 pub(crate) async fn drop_scratch(url: &str, name: &str) {
@@ -456,43 +299,6 @@ pub async fn scratch_postgres(url: &str) -> anyhow::Result<(String, String)> {
         .await?;
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
     Ok((format!("{base}/{name}"), name))
-}
-
-/// `orders bench`.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(what) = &args.what {
-        return crate::bench_kafka::run(what, &args).await;
-    }
-    let mut results = Vec::new();
-    let peer = match &args.database_url {
-        Some(url) => crate::bench_peer::cqrs_es(url, args.commands / 2, args.concurrency).await?,
-        None => None,
-    };
-    let dir = tempfile::tempdir()?;
-    results.push(bench_one("sqlite (embedded)", Config::embedded(dir.path()), &args).await?);
-    if let Some(url) = &args.database_url {
-        let (scratch, name) = scratch_postgres(url).await?;
-        let mut config = Config::embedded(dir.path().join("pg"));
-        config.database_url = Some(scratch);
-        config.pool_size = (args.concurrency as u32 + 4).max(16);
-        let r = bench_one("postgresql", config.clone(), &args).await;
-        drop_scratch(url, &name).await;
-        results.push(r?);
-        if let Some(brokers) = &args.kafka_brokers {
-            let (scratch, name) = scratch_postgres(url).await?;
-            config.database_url = Some(scratch);
-            let mut k = crate::app::KafkaOptions::new(brokers.clone());
-            k.topic = format!("{name}.events");
-            k.group_id = format!("{name}-group");
-            config.kafka = Some(k);
-            let r = bench_one("postgresql + kafka", config, &args).await;
-            drop_scratch(url, &name).await;
-            results.push(r?);
-        }
-    } else {
-        eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
-    }
-    crate::bench_report::report(&results, peer.as_ref(), &args)
 }
 
 /// The machine the figures come from.

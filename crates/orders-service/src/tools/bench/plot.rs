@@ -2,7 +2,7 @@
 //! and p99) against offered rate, one colour per backend, written as SVG
 //! beside the JSON results.
 
-use crate::bench_sweep::Sweep;
+use super::sweep::Sweep;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -19,7 +19,7 @@ const COLOURS: [RGBColor; 4] = [
 
 /// The points of one line: (offered rate, latency in ms), in sweep order
 /// (the repeat at half the knee is drawn as a lone marker).
-fn line(sweep: &Sweep, pick: fn(&crate::bench_sweep::SweepPoint) -> u64) -> Vec<(f64, f64)> {
+fn line(sweep: &Sweep, pick: fn(&super::sweep::SweepPoint) -> u64) -> Vec<(f64, f64)> {
     sweep
         .points
         .iter()
@@ -127,8 +127,8 @@ fn draw_backend(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::Percentiles;
-    use crate::bench_sweep::SweepPoint;
+    use crate::tools::bench::load::Percentiles;
+    use crate::tools::bench::sweep::SweepPoint;
 
     fn point(offered: f64, p50_ms: u64) -> SweepPoint {
         let p = |ms: u64| Percentiles {

@@ -3,7 +3,7 @@
 //! built beside `orders` by `scripts/bench`), at the same concurrency on the
 //! same PostgreSQL server.
 
-use crate::bench::{bar, drop_scratch, order_body, order_total, scratch_postgres};
+use super::load::{bar, drop_scratch, order_body, order_total, scratch_postgres};
 use anyhow::{bail, Context};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

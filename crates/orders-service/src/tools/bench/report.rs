@@ -1,7 +1,9 @@
 //! The report of `orders bench`: its tables on stdout, the JSON results
 //! and the plot of the sweep.
 
-use crate::bench::{machine, BackendResult, BenchArgs};
+use super::args::BenchArgs;
+use super::load::machine;
+use super::results::BackendResult;
 use serde_json::json;
 
 /// Microseconds as milliseconds with two decimals.
@@ -20,7 +22,7 @@ fn table(header: Vec<&str>) -> comfy_table::Table {
 /// Prints the tables and writes the JSON results (and the plot of the sweep).
 pub(crate) fn report(
     results: &[BackendResult],
-    peer: Option<&crate::bench_peer::Peer>,
+    peer: Option<&super::peer::Peer>,
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
     let mut writes = table(vec![
@@ -85,7 +87,7 @@ pub(crate) fn report(
         .collect();
     if !sweeps.is_empty() {
         let plot = args.out.join(format!("bench-{stamp}.svg"));
-        crate::bench_plot::write(&plot, &sweeps)?;
+        super::plot::write(&plot, &sweeps)?;
         println!("plot: {}", plot.display());
     }
     Ok(())
@@ -127,7 +129,7 @@ fn history_table(results: &[BackendResult]) -> comfy_table::Table {
 }
 
 /// Create-then-pay: ours over HTTP beside cqrs-es + postgres-es in process.
-fn peer_table(results: &[BackendResult], peer: &crate::bench_peer::Peer) -> comfy_table::Table {
+fn peer_table(results: &[BackendResult], peer: &super::peer::Peer) -> comfy_table::Table {
     let mut t = table(vec![
         "create then pay",
         "cmd/s (HTTP)",
@@ -188,7 +190,7 @@ fn baseline_row(r: &BackendResult) -> Vec<String> {
 }
 
 /// The sweep of one backend as a table, with its knee.
-fn print_sweep(backend: &str, sweep: &crate::bench_sweep::Sweep) {
+fn print_sweep(backend: &str, sweep: &super::sweep::Sweep) {
     let mut t = table(vec![
         "offered/s",
         "achieved/s",

@@ -2,7 +2,7 @@
 //! events? Tells a projector that is behind (lag) from a read model that is
 //! wrong (divergence), and compares every read model in both directions.
 
-use crate::app::{Config, PROJECTOR};
+use crate::server::{Config, PROJECTOR};
 use cqrs_sql::{ReadProgress, SqlEventStore};
 use orders::read_model;
 use orders::views::Views;

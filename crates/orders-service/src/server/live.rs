@@ -7,7 +7,7 @@
 //! metrics sampler publishes lag and rate; each stream only forwards the
 //! latest of both. A thousand open pages cost the database what one does.
 
-use crate::app::App;
+use super::App;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Html;
 use cqrs_sql::{Db, ReadProgress};
@@ -26,7 +26,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// The page.
 pub async fn page() -> Html<&'static str> {
-    Html(include_str!("../assets/index.html"))
+    Html(include_str!("../../assets/index.html"))
 }
 
 /// Lag and throughput, as the metrics sampler last measured them.

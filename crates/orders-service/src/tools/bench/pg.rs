@@ -3,7 +3,7 @@
 //! select-only script), and the query side's own closed loop of
 //! `GET /orders/{id}` to set beside the latter.
 
-use crate::bench::{bar, Percentiles};
+use super::load::{bar, Percentiles};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,6 @@
 //! `orders dead-letters list|retry|discard`.
 
-use crate::app::{Config, PROJECTOR};
+use crate::server::{Config, PROJECTOR};
 use cqrs_sql::read::dead_letters;
 use cqrs_sql::{Db, DbOptions, ProjectorConfig, ProjectorRunner};
 

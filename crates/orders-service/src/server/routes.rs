@@ -1,6 +1,6 @@
 //! The HTTP API of the Orders service: commands in, queries out.
 
-use crate::app::App;
+use super::App;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -156,14 +156,14 @@ async fn openapi_json(
 #[utoipa::path(get, path = "/commands/{id}/trace", tag = "queries",
     params(("id" = String, Path, description = "Command id (a UUID, from the command's answer)",
         pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
-    responses((status = 200, description = "The stages with times and coordinates", body = crate::trace::CommandTrace),
+    responses((status = 200, description = "The stages with times and coordinates", body = super::trace::CommandTrace),
         QueryErrors))]
 async fn command_trace(
     State(app): State<App>,
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Response, ApiError> {
-    match crate::trace::load(&app, &id).await {
+    match super::trace::load(&app, &id).await {
         Ok(Some(t)) => Ok(Json(t).into_response()),
         Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -178,7 +178,7 @@ async fn command_trace(
 #[utoipa::path(get, path = "/", tag = "meta",
     responses((status = 200, description = "The live page (HTML, no external assets)", content_type = "text/html"), NoParamErrors))]
 async fn live_page(QueryParams(_): QueryParams<NoParams>) -> Response {
-    crate::live::page().await.into_response()
+    super::live::page().await.into_response()
 }
 
 /// `GET /stream`: Server-Sent Events of read-model changes and progress.
@@ -186,14 +186,14 @@ async fn live_page(QueryParams(_): QueryParams<NoParams>) -> Response {
     responses((status = 200, description = "text/event-stream: `view` {stats, orders} on changes, `progress` {lag, rate} every second; ends when the server shuts down", content_type = "text/event-stream"),
         NoParamErrors))]
 async fn live_stream(state: State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
-    crate::live::stream(state).await.into_response()
+    super::live::stream(state).await.into_response()
 }
 
 /// `GET /metrics`: Prometheus text.
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), NoParamErrors))]
 async fn metrics(QueryParams(_): QueryParams<NoParams>) -> Response {
-    crate::observe::metrics().await.into_response()
+    super::observe::metrics().await.into_response()
 }
 
 /// The answer to every command.
@@ -698,7 +698,7 @@ async fn healthz(QueryParams(_): QueryParams<NoParams>) -> Json<serde_json::Valu
     responses((status = 200, description = "Every dependency answers"),
         (status = 503, description = "A dependency does not answer; checks say which"), NoParamErrors))]
 async fn readyz(State(app): State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
-    let checks = crate::observe::readiness(&app).await;
+    let checks = super::observe::readiness(&app).await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()

@@ -2,50 +2,48 @@
 //! relay's rate beside a raw producer's, and the projector's catch-up rate
 //! beside a raw consumer's, all on the same broker in the same run.
 
-use crate::app::PROJECTOR;
-use crate::bench::{bar, drop_scratch, machine, scratch_postgres, BenchArgs};
+use super::args::{BenchArgs, What};
+use super::load::{bar, drop_scratch, machine, scratch_postgres};
+use crate::server::PROJECTOR;
 use anyhow::{bail, Context};
 use cqrs_kafka::{KafkaConfig, KafkaSource, Relay, RelayConfig, SourceConfig};
+use cqrs_sql::store::GeneratedHistory;
 use cqrs_sql::{Db, DbOptions, EventStore, ProjectorConfig, ProjectorRunner, SqlEventStore};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use sqlx::Executor;
 use std::time::{Duration, Instant};
 
-/// Focused benchmarks.
-#[derive(clap::Subcommand, Clone)]
-pub enum What {
-    /// Relay vs raw producer, projector catch-up vs raw consumer, on a topic of N events.
-    Replay {
-        /// Events on the topic (orders x 4 events each).
-        #[arg(long, default_value_t = 1_000_000)]
-        events: usize,
-    },
-}
-
-/// Writes `orders` orders with 4 events each straight into the write DB, as
-/// the command handler would have: versions 1..4 per order.
-pub async fn fill(store: &SqlEventStore, orders: usize) -> anyhow::Result<()> {
-    let sql = format!(
-        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
-         command_id, occurred_at, recorded_at) \
-         SELECT md5(i::text || '-' || v), 'order', 'bench-' || lpad(i::text, 9, '0'), v, \
-           (ARRAY['OrderCreated','OrderPaid','OrderShipped','OrderDelivered'])[v], 1, \
-           CASE v WHEN 1 THEN jsonb_build_object('customer_id', 'c' || (i % 5000), 'items', \
-                jsonb_build_array(jsonb_build_object('sku', 'sku-1', 'quantity', 1 + i % 3, 'unit_price_cents', 1999)), \
-                'total_cents', (1 + i % 3) * 1999) \
-             WHEN 2 THEN jsonb_build_object('amount_cents', (1 + i % 3) * 1999, 'payment_ref', 'psp-' || i) \
-             WHEN 3 THEN jsonb_build_object('carrier', 'dhl', 'tracking_number', 'T' || i) \
-             ELSE '{{}}'::jsonb END, \
-           'bench-' || i || '-' || v, to_char(now() AT TIME ZONE 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-           to_char(now() AT TIME ZONE 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-         FROM generate_series(1, 4) v, generate_series(1, {orders}) i ORDER BY v, i"
-    );
-    store.db().writer.execute(sql.as_str()).await?;
-    store.db().writer.execute("ANALYZE").await?;
-    Ok(())
+/// `orders` orders with 4 events each (created, paid, shipped, delivered),
+/// each with its own customer and references, positioned as many orders
+/// live at once (every first event, then every second one, ...).
+pub fn history(orders: usize) -> GeneratedHistory {
+    let life = vec![
+        (
+            "OrderCreated",
+            json!({ "customer_id": "c{n}", "total_cents": 1999,
+                    "items": [{ "sku": "sku-1", "quantity": 1, "unit_price_cents": 1999 }] }),
+        ),
+        (
+            "OrderPaid",
+            json!({ "amount_cents": 1999, "payment_ref": "psp-{n}" }),
+        ),
+        (
+            "OrderShipped",
+            json!({ "carrier": "dhl", "tracking_number": "T{n}" }),
+        ),
+        ("OrderDelivered", json!({})),
+    ];
+    GeneratedHistory {
+        aggregate_type: <orders::Order as cqrs_core::Aggregate>::TYPE.to_owned(),
+        life: life.into_iter().map(|(t, p)| (t.to_owned(), p)).collect(),
+        aggregates: orders as i64,
+        salt: uuid::Uuid::new_v4().as_u128() as u32,
+        relayed: true,
+        unpublished: true,
+        interleaved: true,
+    }
 }
 
 /// The raw baseline of the relay: the same producer settings, the same key,
@@ -54,9 +52,10 @@ pub async fn fill(store: &SqlEventStore, orders: usize) -> anyhow::Result<()> {
 async fn raw_produce(
     kafka: &KafkaConfig,
     topic: &str,
-    n: usize,
+    history: &GeneratedHistory,
     value_len: usize,
 ) -> anyhow::Result<f64> {
+    let n = (history.aggregates as usize) * history.life.len();
     let producer: FutureProducer = cqrs_kafka::relay::producer_config(kafka).create()?;
     let value = "x".repeat(value_len);
     let pb = bar(n, "raw producer");
@@ -64,7 +63,7 @@ async fn raw_produce(
     let mut pending = Vec::with_capacity(10_000);
     let now = chrono::Utc::now();
     for i in 0..n {
-        let key = format!("bench-{:09}", i / 4);
+        let key = history.aggregate_id((i / 4) as i64 + 1);
         let envelope = cqrs_core::EventEnvelope {
             position: i as i64 + 1,
             event_id: format!("{i:032x}"),
@@ -173,12 +172,13 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
         cqrs_kafka::ensure_topics(&kafka).await?;
         let store =
             SqlEventStore::open(Db::connect(&write_url, &DbOptions::default()).await?).await?;
-        eprintln!("writing {n} events to the write DB ...");
-        fill(&store, n / 4).await?;
-        let value_len: i64 =
-            sqlx::query_scalar("SELECT CAST(AVG(length(payload::text)) AS BIGINT) FROM events")
-                .fetch_one(&store.db().pool)
-                .await?;
+        let history = history(n / 4);
+        let pb = bar(n, "writing the events to the write DB");
+        store
+            .import_generated(&history, |done| pb.set_position(done as u64))
+            .await?;
+        pb.finish_and_clear();
+        let value_len = store.mean_payload_bytes().await?;
         let relay = time_relay(&store, &kafka, &write_url, n).await?;
         let raw_topic = format!("{write_name}.raw");
         cqrs_kafka::ensure_topics(&KafkaConfig {
@@ -186,7 +186,7 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
             ..kafka.clone()
         })
         .await?;
-        let raw_producer = raw_produce(&kafka, &raw_topic, n, value_len as usize).await?;
+        let raw_producer = raw_produce(&kafka, &raw_topic, &history, value_len as usize).await?;
         let projector = time_projector(&kafka, &read_url, &format!("{read_name}-group"), n).await?;
         let (topic, brokers) = (kafka.topic.clone(), brokers.clone());
         let raw_consumer =

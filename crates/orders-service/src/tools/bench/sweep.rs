@@ -2,8 +2,8 @@
 //! until the service no longer keeps up, the knee (the highest rate it
 //! sustains), and the latencies at half the knee.
 
-use crate::app::Running;
-use crate::bench::{caught_up, latency, Percentiles};
+use super::load::{caught_up, latency, Percentiles};
+use crate::server::Running;
 use anyhow::{bail, Context};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! catches up with the live projector under a short lock, and swaps the
 //! tables in one transaction while queries keep being served.
 
-use crate::app::{Config, PROJECTOR};
+use crate::server::{Config, PROJECTOR};
 use anyhow::{bail, Context};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SqlEventStore, LOG_KEY};
@@ -31,7 +31,7 @@ const SUFFIX: &str = "__replay";
 const TAG: &str = "_replay";
 
 /// A record read ahead of its target: offset and event (or why it is not one).
-type Held = (i64, Result<EventEnvelope, String>);
+type Held = (i64, Result<EventEnvelope, cqrs_kafka::record::RecordError>);
 
 /// The events the replay reads, from Kafka or the embedded log.
 enum Reader {
@@ -79,64 +79,82 @@ impl Reader {
                 consumer,
                 topic,
                 pending,
-            } => {
-                let done = |positions: &Positions| {
-                    targets
-                        .iter()
-                        .all(|(k, t)| positions.get(k).copied().unwrap_or(0) >= *t)
-                };
-                loop {
-                    // Apply what is below target, then take what the client
-                    // has buffered (waiting a little only when it has nothing).
-                    let mut out = Vec::new();
-                    for (p, queue) in pending.iter_mut() {
-                        let key = cqrs_kafka::source_key(topic, *p);
-                        let target = targets.get(&key).copied().unwrap_or(0);
-                        while queue.front().is_some_and(|(o, _)| *o < target) {
-                            let Some((offset, event)) = queue.pop_front() else {
-                                break;
-                            };
-                            positions.insert(key.clone(), offset + 1);
-                            // Undecodable records were dead letters for the live model too.
-                            if let Ok(e) = event {
-                                out.push(e);
-                            }
-                        }
-                    }
-                    if !out.is_empty() {
-                        read += out.len() as u64;
-                        pb.inc(out.len() as u64);
-                        // Per-aggregate order holds within each partition; across
-                        // partitions any interleaving gives the same read model.
-                        apply(out).await?;
-                    }
-                    if done(positions) {
-                        break;
-                    }
-                    let mut polled = 0;
-                    while polled < batch.min(10_000) {
-                        let wait = if polled == 0 {
-                            Duration::from_millis(200)
-                        } else {
-                            Duration::ZERO
-                        };
-                        let Some(m) = tokio::task::block_in_place(|| consumer.poll(wait)) else {
-                            break;
-                        };
-                        let m = m.context("reading the topic")?;
-                        use rdkafka::Message;
-                        let event = cqrs_kafka::record::decode(&m);
-                        pending
-                            .entry(m.partition())
-                            .or_default()
-                            .push_back((m.offset(), event));
-                        polled += 1;
-                    }
+            } => loop {
+                // Apply what is below target, then take what the client
+                // has buffered (waiting a little only when it has nothing).
+                let out = take_below(pending, topic, positions, targets);
+                if !out.is_empty() {
+                    read += out.len() as u64;
+                    pb.inc(out.len() as u64);
+                    // Per-aggregate order holds within each partition; across
+                    // partitions any interleaving gives the same read model.
+                    apply(out).await?;
                 }
-            }
+                let done = targets
+                    .iter()
+                    .all(|(k, t)| positions.get(k).copied().unwrap_or(0) >= *t);
+                if done {
+                    break;
+                }
+                poll_into(consumer, pending, batch.min(10_000))?;
+            },
         }
         Ok(read)
     }
+}
+
+/// Takes the held records below their partition's target, moving
+/// `positions` past them; undecodable ones were dead letters for the live
+/// model too, so they are passed over.
+fn take_below(
+    pending: &mut HashMap<i32, VecDeque<Held>>,
+    topic: &str,
+    positions: &mut Positions,
+    targets: &Positions,
+) -> Vec<EventEnvelope> {
+    let mut out = Vec::new();
+    for (p, queue) in pending.iter_mut() {
+        let key = cqrs_kafka::source_key(topic, *p);
+        let target = targets.get(&key).copied().unwrap_or(0);
+        while let Some((offset, event)) = queue.pop_front() {
+            if offset >= target {
+                queue.push_front((offset, event));
+                break;
+            }
+            positions.insert(key.clone(), offset + 1);
+            if let Ok(e) = event {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// Holds up to `max` records the consumer has, waiting up to 200 ms for
+/// the first.
+fn poll_into(
+    consumer: &BaseConsumer,
+    pending: &mut HashMap<i32, VecDeque<Held>>,
+    max: usize,
+) -> anyhow::Result<()> {
+    use rdkafka::Message;
+    for polled in 0..max {
+        let wait = if polled == 0 {
+            Duration::from_millis(200)
+        } else {
+            Duration::ZERO
+        };
+        let Some(m) = tokio::task::block_in_place(|| consumer.poll(wait)) else {
+            break;
+        };
+        let m = m.context("reading the topic")?;
+        let event = cqrs_kafka::record::decode(&m);
+        pending
+            .entry(m.partition())
+            .or_default()
+            .push_back((m.offset(), event));
+    }
+    Ok(())
 }
 
 /// Keeps the events that are the next version of their aggregate (drops
@@ -282,7 +300,7 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
     // Phase 2: lock out the live projector, catch up to exactly where it is,
     // swap the tables, commit. Queries wait only for this transaction.
     let mut tx = read.writer.begin().await?;
-    let final_targets = lock_out_projector(&mut tx, read.backend, topic).await?;
+    let final_targets = lock_out_projector(&mut tx, topic).await?;
     let mut tail: Vec<EventEnvelope> = Vec::new();
     count += reader
         .read_until(
@@ -420,25 +438,9 @@ fn progress_bar(total: i64) -> ProgressBar {
 /// stands: the positions the replay must reach exactly.
 async fn lock_out_projector(
     tx: &mut sqlx::AnyConnection,
-    backend: Backend,
     topic: Option<&str>,
 ) -> anyhow::Result<Positions> {
-    if backend == Backend::Postgres {
-        // The live runner's first statement locks rows of projected_versions,
-        // so it waits here before touching any table we rename.
-        tx.execute("LOCK TABLE projected_versions IN EXCLUSIVE MODE")
-            .await?;
-    } else {
-        // Takes SQLite's write lock: the live projector waits for the swap.
-        tx.execute("UPDATE projector_checkpoints SET updated_at = updated_at WHERE 1 = 0")
-            .await?;
-    }
-    let rows: Vec<cqrs_sql::read::runner::Checkpoint> = sqlx::query_as(
-        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
-    )
-    .bind(PROJECTOR)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = cqrs_sql::read::runner::lock_out_projectors(tx, PROJECTOR).await?;
     checkpoints_of_source(&rows, topic)
 }
 

@@ -1,0 +1,15 @@
+//! The `orders serve` process: its configuration, the state its handlers
+//! share, the HTTP routes, the live page, observability, command traces and
+//! the wiring that starts and stops its roles.
+
+pub mod config;
+pub mod live;
+pub mod observe;
+pub mod routes;
+pub mod state;
+pub mod trace;
+pub mod wiring;
+
+pub use config::{Config, KafkaOptions, Role, PROJECTOR};
+pub use state::App;
+pub use wiring::Running;

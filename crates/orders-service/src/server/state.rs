@@ -1,0 +1,29 @@
+//! What the request handlers share.
+
+use super::config::KafkaOptions;
+use super::live::LiveFeed;
+use cqrs_sql::{Db, ReadProgress, SqlEventStore, StateCache};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What request handlers share.
+#[derive(Clone)]
+pub struct App {
+    /// The write side.
+    pub store: SqlEventStore,
+    /// The read DB.
+    pub read: Db,
+    /// The read model's progress, for consistency waits.
+    pub progress: ReadProgress,
+    /// Kafka, when it sits between the sides (for readiness and lag).
+    pub kafka: Option<KafkaOptions>,
+    /// What the live page's streams forward.
+    pub live: LiveFeed,
+    /// Turns true when the server starts shutting down: streams end.
+    pub closing: watch::Receiver<bool>,
+    /// Whether this process runs the projector (its read DB must take writes).
+    pub projects_here: bool,
+    /// The last known state of recently commanded orders (commands skip
+    /// reloading their history; a stale entry is caught at append).
+    pub states: Arc<StateCache<orders::Order>>,
+}

@@ -1,0 +1,166 @@
+//! The journey of one command through every stage: received, committed,
+//! published, consumed, applied, first queried (`GET /commands/{id}/trace`),
+//! assembled from what the write DB, the relay and the read DB recorded.
+
+use super::{App, PROJECTOR};
+use chrono::{DateTime, Utc};
+use cqrs_core::{EventEnvelope, Stage};
+use cqrs_sql::db::parse_timestamp;
+use serde::{Deserialize, Serialize};
+
+/// One stage of a trace.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StageTrace {
+    /// received, committed, published, consumed, applied, queried.
+    #[schema(value_type = String)]
+    pub stage: Stage,
+    /// Who did it.
+    pub component: String,
+    /// When (absent: not yet), RFC 3339.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub at: Option<DateTime<Utc>>,
+    /// Milliseconds since the previous stage that happened.
+    pub since_previous_ms: Option<f64>,
+    /// Coordinates: position and version, partition and offset, ...
+    pub detail: String,
+}
+
+/// A command's trace.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandTrace {
+    /// The command.
+    pub command_id: String,
+    /// Its aggregate.
+    pub aggregate_id: String,
+    /// The events it appended.
+    pub event_types: Vec<String>,
+    /// The six stages, in order.
+    pub stages: Vec<StageTrace>,
+}
+
+fn ts(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| parse_timestamp(&s).ok())
+}
+
+/// Assembles the trace of `command_id` from the write DB, the relay's
+/// record of published batches and the read DB; `None` when no event has that command id.
+pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandTrace>> {
+    let events = app.store.events_of_command(command_id).await?;
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(None);
+    };
+    let (consumed, applied, consumed_from) = read_side(app, last).await?;
+    let (published_at, published_detail) = published(app, last, &consumed_from).await?;
+    let queried =
+        cqrs_sql::read::traces::first_queried(&app.read, &last.aggregate_id, last.version).await?;
+    let channel = if app.kafka.is_some() {
+        "Kafka"
+    } else {
+        "Event log"
+    };
+    let raw = [
+        (
+            Stage::Received,
+            "Command Handler (API)",
+            Some(first.metadata.occurred_at),
+            format!("{} v{}", last.aggregate_type, first.version - 1),
+        ),
+        (
+            Stage::Committed,
+            "Write DB",
+            Some(last.recorded_at),
+            format!("position {}, version {}", last.position, last.version),
+        ),
+        (Stage::Published, channel, published_at, published_detail),
+        (
+            Stage::Consumed,
+            "Read Model (projector)",
+            consumed,
+            if consumed_from.is_empty() {
+                "not yet".into()
+            } else {
+                format!("from {consumed_from}")
+            },
+        ),
+        (
+            Stage::Applied,
+            "Read DB",
+            applied,
+            "order_details, customer_summary, order_stats".into(),
+        ),
+        (
+            Stage::Queried,
+            "Query Handler",
+            ts(queried),
+            "first query presenting a token that includes it".into(),
+        ),
+    ];
+    Ok(Some(CommandTrace {
+        command_id: command_id.to_owned(),
+        aggregate_id: last.aggregate_id.clone(),
+        event_types: events.iter().map(|e| e.event_type.clone()).collect(),
+        stages: timed(raw),
+    }))
+}
+
+/// When the projector consumed and applied `last`, and from where.
+async fn read_side(
+    app: &App,
+    last: &EventEnvelope,
+) -> anyhow::Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>, String)> {
+    let read = cqrs_sql::read::traces::event_applied(&app.read, PROJECTOR, &last.event_id).await?;
+    Ok(match read {
+        Some(a) => (
+            ts(Some(a.consumed_at)),
+            ts(Some(a.applied_at)),
+            a.published_as,
+        ),
+        None => (None, None, String::new()),
+    })
+}
+
+/// When and where `last` was published.
+async fn published(
+    app: &App,
+    last: &EventEnvelope,
+    consumed_from: &str,
+) -> anyhow::Result<(Option<DateTime<Utc>>, String)> {
+    Ok(match &app.kafka {
+        Some(k) => {
+            // The relay records when each batch's reports came back; where
+            // the record landed is what the projector consumed.
+            let at = app.store.published_at(last.position).await?;
+            let detail = match (&at, consumed_from.is_empty()) {
+                (None, _) => "not yet published".to_owned(),
+                (Some(_), false) => consumed_from.to_owned(),
+                (Some(_), true) => format!("{} (partition by key {})", k.topic, last.aggregate_id),
+            };
+            (at, detail)
+        }
+        // Embedded: the write DB's log is the channel; committing publishes.
+        None => (Some(last.recorded_at), format!("log@{}", last.position)),
+    })
+}
+
+/// The stages with the time each took since the previous one that happened.
+fn timed(raw: [(Stage, &str, Option<DateTime<Utc>>, String); 6]) -> Vec<StageTrace> {
+    let mut previous: Option<DateTime<Utc>> = None;
+    raw.into_iter()
+        .map(|(stage, component, at, detail)| {
+            let since = match (previous, at) {
+                (Some(p), Some(a)) => Some((a - p).num_microseconds().unwrap_or(0) as f64 / 1000.0),
+                _ => None,
+            };
+            if at.is_some() {
+                previous = at;
+            }
+            StageTrace {
+                stage,
+                component: component.to_owned(),
+                at,
+                since_previous_ms: since,
+                detail,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,35 @@
+//! What one backend's run measured (the JSON results are these).
+
+use super::load::Percentiles;
+
+/// Figures of one backend.
+#[derive(Debug, serde::Serialize)]
+pub struct BackendResult {
+    pub(crate) backend: String,
+    pub(crate) commands_per_sec: f64,
+    /// The same closed loop against the write side alone (a process with
+    /// only the API role: no relay, no projector), as pgbench runs alone.
+    pub(crate) write_only_commands_per_sec: f64,
+    /// Create-then-pay over HTTP in a closed loop, commands (two per order)/s.
+    pub(crate) create_pay_commands_per_sec: f64,
+    pub(crate) projector_events_per_sec: f64,
+    pub(crate) raw_inserts_per_sec: f64,
+    pub(crate) ratio_to_raw: f64,
+    /// pgbench one-row INSERT transactions at the same concurrency (PostgreSQL).
+    pub(crate) pgbench_insert_tps: Option<f64>,
+    /// `GET /orders/{id}` per second in a closed loop at the same concurrency.
+    pub(crate) reads_per_sec: f64,
+    /// Their latencies.
+    pub(crate) reads_us: Percentiles,
+    /// The same with `--store-events` of history in the store.
+    pub(crate) history: Option<super::history::History>,
+    /// pgbench select-only at the same concurrency (PostgreSQL).
+    pub(crate) pgbench_select_tps: Option<f64>,
+    pub(crate) offered_rate: f64,
+    pub(crate) achieved_rate: f64,
+    pub(crate) command_us: Percentiles,
+    pub(crate) command_to_queryable_us: Percentiles,
+    pub(crate) errors: usize,
+    /// The open-loop sweep, when asked for.
+    pub(crate) sweep: Option<super::sweep::Sweep>,
+}
