@@ -5,6 +5,8 @@
 pub mod aggregate;
 pub mod envelope;
 pub mod error;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod token;
 pub mod trace;
 

@@ -737,3 +737,23 @@ async fn only_derived_transactions_skip_the_flush_on_postgres() {
         .unwrap();
     assert_eq!(appends, "on");
 }
+
+/// The second aggregate's rules, through the same given/when/then harness
+/// the Orders tests use: the harness needs nothing from any domain.
+#[test]
+fn a_ticket_opens_once_and_closes_once() {
+    use cqrs_core::testing::GivenWhenThen;
+    let opened = TicketEvent::Opened { title: "t".into() };
+    Ticket::given([])
+        .when(TicketCommand::Open("t".into()))
+        .then([opened.clone()]);
+    Ticket::given([opened.clone()])
+        .when(TicketCommand::Open("again".into()))
+        .then_error(TicketError::NotOpen);
+    Ticket::given([opened.clone()])
+        .when(TicketCommand::Close)
+        .then([TicketEvent::Closed {}]);
+    Ticket::given([opened, TicketEvent::Closed {}])
+        .when(TicketCommand::Close)
+        .then_refused("not_open");
+}

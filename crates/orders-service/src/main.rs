@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orders_service::cli::{client, dead_letters, replay, trace};
+use orders_service::server::config::defaults;
 use orders_service::server::{KafkaOptions, Role};
 use orders_service::tools::{bench, demo};
 use orders_service::{Config, Running};
@@ -37,10 +38,10 @@ struct DbArgs {
     #[arg(long, env = "READ_DATABASE_URL")]
     read_database_url: Option<String>,
     /// SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.
-    #[arg(long, env = "ORDERS_SQLITE_SYNCHRONOUS", default_value = "NORMAL")]
+    #[arg(long, env = "ORDERS_SQLITE_SYNCHRONOUS", default_value = defaults::SQLITE_SYNCHRONOUS)]
     sqlite_synchronous: String,
     /// Connections per database pool.
-    #[arg(long, env = "ORDERS_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "ORDERS_POOL_SIZE", default_value_t = defaults::POOL_SIZE)]
     pool_size: u32,
     /// Delay the projector applies before each batch (shows stale reads).
     #[arg(long, env = "ORDERS_PROJECTOR_DELAY_MS", default_value_t = 0)]
@@ -49,26 +50,26 @@ struct DbArgs {
     #[arg(long, env = "KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
     /// Events topic.
-    #[arg(long, env = "ORDERS_KAFKA_TOPIC", default_value = "orders.events")]
+    #[arg(long, env = "ORDERS_KAFKA_TOPIC", default_value = defaults::KAFKA_TOPIC)]
     kafka_topic: String,
     /// Partitions of the events topic when it is created.
-    #[arg(long, env = "ORDERS_KAFKA_PARTITIONS", default_value_t = 6)]
+    #[arg(long, env = "ORDERS_KAFKA_PARTITIONS", default_value_t = defaults::KAFKA_PARTITIONS)]
     kafka_partitions: i32,
     /// Replication factor when topics are created.
-    #[arg(long, env = "ORDERS_KAFKA_REPLICATION", default_value_t = 1)]
+    #[arg(long, env = "ORDERS_KAFKA_REPLICATION", default_value_t = defaults::KAFKA_REPLICATION)]
     kafka_replication: i32,
     /// Consumer group of the projectors.
-    #[arg(long, env = "ORDERS_KAFKA_GROUP", default_value = "orders-read-model")]
+    #[arg(long, env = "ORDERS_KAFKA_GROUP", default_value = defaults::KAFKA_GROUP)]
     kafka_group: String,
     /// How long a dead projector holds its partitions.
     #[arg(
         long,
         env = "ORDERS_KAFKA_SESSION_TIMEOUT_MS",
-        default_value_t = 45_000
+        default_value_t = defaults::KAFKA_SESSION_TIMEOUT_MS
     )]
     kafka_session_timeout_ms: u32,
     /// How long command traces are kept, in seconds.
-    #[arg(long, env = "ORDERS_TRACE_RETENTION_SECS", default_value_t = 86_400)]
+    #[arg(long, env = "ORDERS_TRACE_RETENTION_SECS", default_value_t = defaults::TRACE_RETENTION_SECS)]
     trace_retention_secs: u64,
     /// What this process runs (repeatable: api, relay, projector); all when absent.
     #[arg(long = "role", env = "ORDERS_ROLES", value_enum, value_delimiter = ',')]

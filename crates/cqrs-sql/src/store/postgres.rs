@@ -9,31 +9,12 @@ use super::sql::Dialect;
 pub(crate) struct Postgres;
 
 impl Dialect for Postgres {
-    fn schema(&self) -> &'static [&'static str] {
-        &[
-            "CREATE TABLE IF NOT EXISTS events (
-                position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                event_id TEXT NOT NULL UNIQUE,
-                aggregate_type TEXT NOT NULL,
-                aggregate_id TEXT NOT NULL,
-                version BIGINT NOT NULL,
-                event_type TEXT NOT NULL,
-                schema_version BIGINT NOT NULL,
-                payload JSONB NOT NULL,
-                command_id TEXT NOT NULL,
-                occurred_at TEXT NOT NULL,
-                recorded_at TEXT NOT NULL,
-                CONSTRAINT events_aggregate_version UNIQUE (aggregate_id, version))",
-            "CREATE INDEX IF NOT EXISTS events_command ON events (command_id)",
-            "CREATE TABLE IF NOT EXISTS idempotency (
-                key TEXT PRIMARY KEY,
-                request_hash TEXT NOT NULL,
-                aggregate_id TEXT NOT NULL,
-                command_id TEXT NOT NULL,
-                version BIGINT NOT NULL,
-                position BIGINT NOT NULL,
-                created_at TEXT NOT NULL)",
-        ]
+    fn position_column(&self) -> &'static str {
+        "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    }
+
+    fn payload_type(&self) -> &'static str {
+        "JSONB"
     }
 
     fn payload_column(&self) -> &'static str {

@@ -8,10 +8,28 @@ use sqlx::{Executor, Row};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// The write side's idempotent DDL (`schema.sql`) in `dialect`'s terms.
+pub(crate) fn write_schema(dialect: &dyn Dialect) -> Vec<String> {
+    include_str!("schema.sql")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("{position}", dialect.position_column())
+        .replace("{payload}", dialect.payload_type())
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// What differs between PostgreSQL and SQLite.
 pub(crate) trait Dialect: Send + Sync {
-    /// Idempotent DDL.
-    fn schema(&self) -> &'static [&'static str];
+    /// The `position` column's type and allocation.
+    fn position_column(&self) -> &'static str;
+    /// The payload column's type.
+    fn payload_type(&self) -> &'static str;
     /// The payload column as text.
     fn payload_column(&self) -> &'static str;
     /// Run first in every append transaction.
@@ -42,7 +60,7 @@ impl SqlEventStore {
             Backend::Sqlite => Arc::new(super::sqlite::Sqlite),
             Backend::Postgres => Arc::new(super::postgres::Postgres),
         };
-        db.migrate(dialect.schema()).await?;
+        db.migrate(&write_schema(&*dialect)).await?;
         db.migrate(RELAY_SCHEMA).await?;
         init_relay_checkpoint(&db).await?;
         let last: i64 =
@@ -486,5 +504,25 @@ impl EventStore for SqlEventStore {
 
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.committed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::write_schema;
+
+    #[test]
+    fn both_dialects_get_the_same_tables_with_their_own_position_and_payload() {
+        let pg = write_schema(&crate::store::postgres::Postgres);
+        let lite = write_schema(&crate::store::sqlite::Sqlite);
+        assert_eq!(pg.len(), 3, "{pg:?}");
+        assert_eq!(lite.len(), 3, "{lite:?}");
+        assert!(pg[0].contains("position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"));
+        assert!(pg[0].contains("payload JSONB NOT NULL"));
+        assert!(lite[0].contains("position INTEGER PRIMARY KEY AUTOINCREMENT"));
+        assert!(lite[0].contains("payload TEXT NOT NULL"));
+        for s in pg.iter().chain(&lite) {
+            assert!(!s.contains('{') && !s.contains("--"), "left in: {s}");
+        }
     }
 }

@@ -6,31 +6,14 @@ use super::sql::Dialect;
 pub(crate) struct Sqlite;
 
 impl Dialect for Sqlite {
-    fn schema(&self) -> &'static [&'static str] {
-        &[
-            "CREATE TABLE IF NOT EXISTS events (
-                position INTEGER PRIMARY KEY AUTOINCREMENT,
-                event_id TEXT NOT NULL UNIQUE,
-                aggregate_type TEXT NOT NULL,
-                aggregate_id TEXT NOT NULL,
-                version BIGINT NOT NULL,
-                event_type TEXT NOT NULL,
-                schema_version BIGINT NOT NULL,
-                payload TEXT NOT NULL,
-                command_id TEXT NOT NULL,
-                occurred_at TEXT NOT NULL,
-                recorded_at TEXT NOT NULL,
-                UNIQUE (aggregate_id, version))",
-            "CREATE INDEX IF NOT EXISTS events_command ON events (command_id)",
-            "CREATE TABLE IF NOT EXISTS idempotency (
-                key TEXT PRIMARY KEY,
-                request_hash TEXT NOT NULL,
-                aggregate_id TEXT NOT NULL,
-                command_id TEXT NOT NULL,
-                version BIGINT NOT NULL,
-                position BIGINT NOT NULL,
-                created_at TEXT NOT NULL)",
-        ]
+    fn position_column(&self) -> &'static str {
+        // AUTOINCREMENT: a position is never reused, even after the newest
+        // event is gone.
+        "INTEGER PRIMARY KEY AUTOINCREMENT"
+    }
+
+    fn payload_type(&self) -> &'static str {
+        "TEXT"
     }
 
     fn payload_column(&self) -> &'static str {

@@ -5,6 +5,27 @@ use cqrs_sql::db::sqlite_url;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Every default of a process, in one place: the CLI's flags and the
+/// constructors below both take them from here.
+pub mod defaults {
+    /// Connections per database pool.
+    pub const POOL_SIZE: u32 = 16;
+    /// SQLite's `synchronous` (survives process crashes).
+    pub const SQLITE_SYNCHRONOUS: &str = "NORMAL";
+    /// The events topic.
+    pub const KAFKA_TOPIC: &str = "orders.events";
+    /// Partitions of the events topic when it is created.
+    pub const KAFKA_PARTITIONS: i32 = 6;
+    /// Replication factor of created topics.
+    pub const KAFKA_REPLICATION: i32 = 1;
+    /// The projectors' consumer group.
+    pub const KAFKA_GROUP: &str = "orders-read-model";
+    /// How long a dead projector holds its partitions (Kafka's own default).
+    pub const KAFKA_SESSION_TIMEOUT_MS: u32 = 45_000;
+    /// How long command traces are kept, in seconds.
+    pub const TRACE_RETENTION_SECS: u64 = 86_400;
+}
+
 /// Name under which the order projector stores checkpoints and versions.
 pub const PROJECTOR: &str = "orders_read_model";
 
@@ -53,11 +74,11 @@ impl KafkaOptions {
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
-            topic: "orders.events".into(),
-            partitions: 6,
-            replication: 1,
-            group_id: "orders-read-model".into(),
-            session_timeout_ms: 45_000,
+            topic: defaults::KAFKA_TOPIC.into(),
+            partitions: defaults::KAFKA_PARTITIONS,
+            replication: defaults::KAFKA_REPLICATION,
+            group_id: defaults::KAFKA_GROUP.into(),
+            session_timeout_ms: defaults::KAFKA_SESSION_TIMEOUT_MS,
         }
     }
     pub(crate) fn config(&self) -> KafkaConfig {
@@ -89,11 +110,11 @@ impl Config {
             database_url: None,
             read_database_url: None,
             projector_delay: Duration::ZERO,
-            sqlite_synchronous: "NORMAL".into(),
-            pool_size: 16,
+            sqlite_synchronous: defaults::SQLITE_SYNCHRONOUS.into(),
+            pool_size: defaults::POOL_SIZE,
             kafka: None,
             roles: Vec::new(),
-            trace_retention: Duration::from_secs(24 * 3600),
+            trace_retention: Duration::from_secs(defaults::TRACE_RETENTION_SECS),
         }
     }
 

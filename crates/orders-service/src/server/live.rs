@@ -7,7 +7,6 @@
 //! metrics sampler publishes lag and rate; each stream only forwards the
 //! latest of both. A thousand open pages cost the database what one does.
 
-use super::App;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Html;
 use cqrs_sql::{Db, ReadProgress};
@@ -126,13 +125,13 @@ async fn render_views(
 /// `GET /stream`: `view` events on read-model changes (at most 5 a second),
 /// `progress` events every second ({lag: events not yet applied, rate:
 /// events appended per second}). Ends when the server shuts down.
-pub async fn stream(
-    axum::extract::State(app): axum::extract::State<App>,
+pub fn stream(
+    mut feed: LiveFeed,
+    closing: watch::Receiver<bool>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut feed = app.live.clone();
     // The current view goes out first.
     feed.view.mark_changed();
-    sse(feed, app.closing.clone())
+    sse(feed, closing)
 }
 
 fn sse(

@@ -185,8 +185,8 @@ async fn live_page(QueryParams(_): QueryParams<NoParams>) -> Response {
 #[utoipa::path(get, path = "/stream", tag = "meta",
     responses((status = 200, description = "text/event-stream: `view` {stats, orders} on changes, `progress` {lag, rate} every second; ends when the server shuts down", content_type = "text/event-stream"),
         NoParamErrors))]
-async fn live_stream(state: State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
-    super::live::stream(state).await.into_response()
+async fn live_stream(State(app): State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
+    super::live::stream(app.live.clone(), app.closing.clone()).into_response()
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -270,7 +270,7 @@ async fn time_projector(
         SourceConfig {
             kafka: kafka.clone(),
             group_id: group_id.to_owned(),
-            session_timeout_ms: 45_000,
+            session_timeout_ms: crate::server::config::defaults::KAFKA_SESSION_TIMEOUT_MS,
             projector: PROJECTOR.into(),
         },
         read.clone(),
