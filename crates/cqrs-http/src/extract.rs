@@ -203,3 +203,20 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     }
     Ok(Some(s.to_owned()))
 }
+
+#[cfg(test)]
+mod number_tests {
+    use super::integral_floats_to_integers;
+    use serde_json::json;
+
+    #[test]
+    fn a_large_integral_number_written_with_a_fraction_is_that_integer() {
+        // Parsed a unit in the last place off (3970218797365785.5), this
+        // one was refused as "floating point, expected i64" by the contract
+        // test: serde_json parses floats exactly only with `float_roundtrip`.
+        let mut v: serde_json::Value =
+            serde_json::from_str(r#"{"n": 3970218797365786.0, "m": [2.0], "x": 2.5}"#).unwrap();
+        integral_floats_to_integers(&mut v);
+        assert_eq!(v, json!({ "n": 3970218797365786_i64, "m": [2], "x": 2.5 }));
+    }
+}

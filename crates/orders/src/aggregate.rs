@@ -52,8 +52,12 @@ pub struct LineItem {
     Serialize,
     Deserialize,
     utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
 )]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     /// Created, not paid.
     Created,
@@ -69,26 +73,17 @@ pub enum Status {
 
 impl Status {
     /// Every status, in life order.
-    pub const ALL: [Status; 5] = [
-        Status::Created,
-        Status::Paid,
-        Status::Shipped,
-        Status::Delivered,
-        Status::Cancelled,
-    ];
-    /// The name used in JSON and in the read DB.
+    pub fn all() -> impl Iterator<Item = Status> {
+        <Status as strum::IntoEnumIterator>::iter()
+    }
+    /// The name used in JSON and in the read DB (serde's and strum's
+    /// renames agree: `a_status_reads_as_it_serializes`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Created => "created",
-            Status::Paid => "paid",
-            Status::Shipped => "shipped",
-            Status::Delivered => "delivered",
-            Status::Cancelled => "cancelled",
-        }
+        self.into()
     }
     /// Parses the JSON/DB name.
     pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
+        s.parse().ok()
     }
 }
 
@@ -173,8 +168,8 @@ impl OrderCommand {
 }
 
 /// What happened to an order. Serialized externally tagged; the tag is the
-/// stored event type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// stored event type (the variant's name, for serde and strum alike).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum OrderEvent {
     /// An order was placed.
     OrderCreated {
@@ -210,13 +205,7 @@ pub enum OrderEvent {
 
 impl DomainEvent for OrderEvent {
     fn event_type(&self) -> &'static str {
-        match self {
-            OrderEvent::OrderCreated { .. } => "OrderCreated",
-            OrderEvent::OrderPaid { .. } => "OrderPaid",
-            OrderEvent::OrderShipped { .. } => "OrderShipped",
-            OrderEvent::OrderDelivered {} => "OrderDelivered",
-            OrderEvent::OrderCancelled { .. } => "OrderCancelled",
-        }
+        self.into()
     }
 }
 

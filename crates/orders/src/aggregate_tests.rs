@@ -289,3 +289,34 @@ fn events_round_trip_through_the_stored_envelope_shape() {
         assert_eq!(back, event);
     }
 }
+
+#[test]
+fn a_status_reads_as_it_serializes() {
+    let all: Vec<Status> = Status::all().collect();
+    assert_eq!(all.len(), 5);
+    for s in all {
+        assert_eq!(
+            serde_json::to_value(s).unwrap(),
+            serde_json::json!(s.as_str())
+        );
+        assert_eq!(Status::parse(s.as_str()), Some(s));
+    }
+    assert_eq!(Status::Created.as_str(), "created");
+    assert_eq!(Status::parse("Created"), None, "names are exact");
+}
+
+#[test]
+fn an_event_is_stored_under_its_serde_tag() {
+    let events = [
+        created(100),
+        paid(100),
+        shipped(),
+        OrderEvent::OrderDelivered {},
+        cancelled(),
+    ];
+    for e in events {
+        let tagged = serde_json::to_value(&e).unwrap();
+        let tag = tagged.as_object().and_then(|o| o.keys().next().cloned());
+        assert_eq!(tag.as_deref(), Some(e.event_type()));
+    }
+}

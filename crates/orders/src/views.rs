@@ -79,10 +79,7 @@ impl Default for Views {
         Self {
             orders: BTreeMap::new(),
             customers: BTreeMap::new(),
-            stats: Status::ALL
-                .into_iter()
-                .map(|s| (s, StatusStats::default()))
-                .collect(),
+            stats: Status::all().map(|s| (s, StatusStats::default())).collect(),
         }
     }
 }

@@ -4,8 +4,7 @@
 use super::SourcedEvent;
 use crate::db::Db;
 use cqrs_core::EventEnvelope;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 use std::collections::HashSet;
 
 /// The dead-letter table.
@@ -54,7 +53,7 @@ impl DeadLetterStatus {
 }
 
 /// One dead letter.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct DeadLetter {
     /// Id (time-ordered).
     pub id: String,
@@ -74,26 +73,38 @@ pub struct DeadLetter {
     pub created_at: String,
     /// The decoded event.
     #[serde(skip)]
+    #[sqlx(skip)]
     pub envelope: Option<EventEnvelope>,
+}
+
+/// A stored letter with its envelope still as JSON text.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    #[sqlx(flatten)]
+    letter: DeadLetter,
+    envelope: Option<String>,
+}
+
+impl Stored {
+    /// The letter with its envelope decoded. One that does not decode is
+    /// left out (the letter can still be listed and discarded, not
+    /// retried), with a warning.
+    fn decoded(self) -> DeadLetter {
+        let mut letter = self.letter;
+        letter.envelope = self.envelope.and_then(|e| {
+            serde_json::from_str(&e)
+                .map_err(|error| {
+                    tracing::warn!(id = %letter.id, %error,
+                        "a dead letter's stored envelope does not decode");
+                })
+                .ok()
+        });
+        letter
+    }
 }
 
 const COLUMNS: &str =
     "id, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope";
-
-fn from_row(r: &AnyRow) -> Result<DeadLetter, sqlx::Error> {
-    let envelope: Option<String> = r.try_get("envelope")?;
-    Ok(DeadLetter {
-        id: r.try_get("id")?,
-        published_as: r.try_get("published_as")?,
-        aggregate_id: r.try_get("aggregate_id")?,
-        version: r.try_get("version")?,
-        event_type: r.try_get("event_type")?,
-        reason: r.try_get("reason")?,
-        status: r.try_get("status")?,
-        created_at: r.try_get("created_at")?,
-        envelope: envelope.and_then(|e| serde_json::from_str(&e).ok()),
-    })
-}
 
 /// Stores a dead or parked record.
 pub(crate) async fn record(
@@ -154,12 +165,12 @@ pub(crate) async fn open_for(
         "SELECT {COLUMNS} FROM dead_letters WHERE projector = $1 AND aggregate_id = $2 \
          AND status IN ('dead', 'parked') ORDER BY COALESCE(version, 0), id"
     );
-    let rows = sqlx::query(&sql)
+    let rows: Vec<Stored> = sqlx::query_as(&sql)
         .bind(projector)
         .bind(aggregate_id)
         .fetch_all(&mut *tx)
         .await?;
-    rows.iter().map(from_row).collect()
+    Ok(rows.into_iter().map(Stored::decoded).collect())
 }
 
 /// Closes a letter.
@@ -203,11 +214,11 @@ pub async fn list(db: &Db, projector: &str, all: bool) -> Result<Vec<DeadLetter>
     let sql = format!(
         "SELECT {COLUMNS} FROM dead_letters WHERE projector = $1 {filter} ORDER BY id DESC"
     );
-    let rows = sqlx::query(&sql)
+    let rows: Vec<Stored> = sqlx::query_as(&sql)
         .bind(projector)
         .fetch_all(&db.pool)
         .await?;
-    rows.iter().map(from_row).collect()
+    Ok(rows.into_iter().map(Stored::decoded).collect())
 }
 
 /// Discards open letters: one by id, or every open letter of an aggregate.

@@ -6,7 +6,7 @@ use super::dead_letters;
 use super::Projection;
 use crate::batch::{self, Kind, Val};
 use crate::db::{timestamp, Backend, Db};
-use sqlx::{AnyConnection, Executor, Row};
+use sqlx::{AnyConnection, Executor};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -220,15 +220,13 @@ pub async fn load_checkpoints(
     db: &Db,
     projector: &str,
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT source_key, next_position FROM projector_checkpoints WHERE projector = $1",
     )
     .bind(projector)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("source_key")?, r.try_get("next_position")?)))
-        .collect()
+    Ok(rows.into_iter().collect())
 }
 
 /// A stored checkpoint with the time it last moved.

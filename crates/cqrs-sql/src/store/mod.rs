@@ -53,7 +53,7 @@ pub struct IdempotencyRecord {
 }
 
 /// What a stored idempotency key answered the first time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredAnswer {
     /// Hash of the first request.
     pub request_hash: String,

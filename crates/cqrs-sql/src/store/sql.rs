@@ -3,8 +3,7 @@
 use super::{AppendRequest, Appended, EventStore, StoreError, StoredAnswer};
 use crate::db::{parse_timestamp, timestamp, Backend, Db};
 use cqrs_core::{EventEnvelope, EventMetadata};
-use sqlx::any::AnyRow;
-use sqlx::{Executor, Row};
+use sqlx::Executor;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -111,8 +110,8 @@ impl SqlEventStore {
     /// Every event, in position order (for verification and tooling).
     pub async fn all_events(&self) -> Result<Vec<EventEnvelope>, StoreError> {
         let sql = format!("{} ORDER BY position", self.select_events);
-        let rows = sqlx::query(&sql).fetch_all(&self.db.pool).await?;
-        rows.iter().map(decode_row).collect()
+        let rows = sqlx::query_as(&sql).fetch_all(&self.db.pool).await?;
+        envelopes(rows)
     }
 
     /// How many events lie after `position` (positions may have gaps: a
@@ -145,11 +144,11 @@ impl SqlEventStore {
             "{} WHERE command_id = $1 ORDER BY position",
             self.select_events
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query_as(&sql)
             .bind(command_id)
             .fetch_all(&self.db.pool)
             .await?;
-        rows.iter().map(decode_row).collect()
+        envelopes(rows)
     }
 
     /// Queues an append for the group-commit writers and waits for its
@@ -342,30 +341,53 @@ async fn init_relay_checkpoint(db: &Db) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn decode_row(row: &AnyRow) -> Result<EventEnvelope, StoreError> {
-    let position: i64 = row.try_get("position")?;
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-        StoreError::Corrupt(format!("event at position {position}: {what}: {e}"))
-    };
-    let payload: String = row.try_get("payload")?;
-    let occurred_at: String = row.try_get("occurred_at")?;
-    let recorded_at: String = row.try_get("recorded_at")?;
-    let schema_version: i64 = row.try_get("schema_version")?;
-    Ok(EventEnvelope {
-        position,
-        event_id: row.try_get("event_id")?,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        version: row.try_get("version")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: i32::try_from(schema_version).map_err(|e| corrupt("schema_version", &e))?,
-        payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", &e))?,
-        metadata: EventMetadata {
-            command_id: row.try_get("command_id")?,
-            occurred_at: parse_timestamp(&occurred_at).map_err(|e| corrupt("occurred_at", &e))?,
-        },
-        recorded_at: parse_timestamp(&recorded_at).map_err(|e| corrupt("recorded_at", &e))?,
-    })
+/// An `events` row as stored: timestamps as text, the payload as JSON text.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    event_id: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    version: i64,
+    event_type: String,
+    schema_version: i64,
+    payload: String,
+    command_id: String,
+    occurred_at: String,
+    recorded_at: String,
+}
+
+impl EventRow {
+    /// The envelope it stores, or why the row is corrupt.
+    fn into_envelope(self) -> Result<EventEnvelope, StoreError> {
+        let position = self.position;
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("event at position {position}: {what}: {e}"))
+        };
+        Ok(EventEnvelope {
+            position,
+            event_id: self.event_id,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            version: self.version,
+            event_type: self.event_type,
+            schema_version: i32::try_from(self.schema_version)
+                .map_err(|e| corrupt("schema_version", &e))?,
+            payload: serde_json::from_str(&self.payload).map_err(|e| corrupt("payload", &e))?,
+            metadata: EventMetadata {
+                command_id: self.command_id,
+                occurred_at: parse_timestamp(&self.occurred_at)
+                    .map_err(|e| corrupt("occurred_at", &e))?,
+            },
+            recorded_at: parse_timestamp(&self.recorded_at)
+                .map_err(|e| corrupt("recorded_at", &e))?,
+        })
+    }
+}
+
+/// The envelopes of `rows`, in their order.
+fn envelopes(rows: Vec<EventRow>) -> Result<Vec<EventEnvelope>, StoreError> {
+    rows.into_iter().map(EventRow::into_envelope).collect()
 }
 
 impl EventStore for SqlEventStore {
@@ -374,11 +396,11 @@ impl EventStore for SqlEventStore {
             "{} WHERE aggregate_id = $1 ORDER BY version",
             self.select_events
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query_as(&sql)
             .bind(aggregate_id)
             .fetch_all(&self.db.pool)
             .await?;
-        let events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        let events = envelopes(rows)?;
         for (i, e) in events.iter().enumerate() {
             if e.version != i as i64 + 1 {
                 return Err(StoreError::Corrupt(format!(
@@ -421,20 +443,12 @@ impl EventStore for SqlEventStore {
     }
 
     async fn idempotent_answer(&self, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT request_hash, aggregate_id, command_id, version, position FROM idempotency WHERE key = $1",
         )
         .bind(key)
         .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(StoredAnswer {
-            request_hash: row.try_get("request_hash")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            command_id: row.try_get("command_id")?,
-            version: row.try_get("version")?,
-            position: row.try_get("position")?,
-        }))
+        .await?)
     }
 
     async fn position_of(
@@ -458,7 +472,7 @@ impl EventStore for SqlEventStore {
                     "{} WHERE position > $1 ORDER BY position LIMIT $2",
                     self.select_events
                 );
-                sqlx::query(&sql)
+                sqlx::query_as(&sql)
                     .bind(after)
                     .bind(limit)
                     .fetch_all(&self.db.pool)
@@ -473,7 +487,7 @@ impl EventStore for SqlEventStore {
                     "{} WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3",
                     self.select_events
                 );
-                sqlx::query(&sql)
+                sqlx::query_as(&sql)
                     .bind(after)
                     .bind(horizon)
                     .bind(limit)
@@ -481,7 +495,7 @@ impl EventStore for SqlEventStore {
                     .await?
             }
         };
-        rows.iter().map(decode_row).collect()
+        envelopes(rows)
     }
 
     async fn head_position(&self) -> Result<i64, StoreError> {

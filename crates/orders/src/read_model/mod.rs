@@ -15,7 +15,7 @@ use cqrs_sql::db::{timestamp, Backend};
 use cqrs_sql::{AddedColumn, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, FromRow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -335,7 +335,8 @@ impl CustomerSummaries {
         )
         .await?
         {
-            orders.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+            let (order_id, customer_id, paid): (String, String, i64) = FromRow::from_row(&r)?;
+            orders.insert(order_id, (customer_id, paid));
         }
         let (deltas, touched) = customer_deltas(&events, &mut orders)?;
         self.write_paid(tx, &touched, &orders).await?;
@@ -558,10 +559,10 @@ impl OrderStats {
         )
         .await?
         {
-            let status: String = r.try_get(1)?;
+            let (order_id, status, total): (String, String, i64) = FromRow::from_row(&r)?;
             let status = Status::parse(&status)
                 .ok_or_else(|| ProjectionError::Inconsistent(format!("bad status {status}")))?;
-            members.insert(r.try_get(0)?, (status, r.try_get(2)?));
+            members.insert(order_id, (status, total));
         }
         let (deltas, touched) = status_deltas(&events, &mut members)?;
         self.write_members(tx, &touched, &members).await?;

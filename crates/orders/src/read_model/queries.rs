@@ -4,7 +4,7 @@ use crate::aggregate::Status;
 use crate::money::Cents;
 use crate::views::{CustomerSummary, OrderView, StatusStats, Views};
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, FromRow};
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,23 +21,39 @@ pub(super) const ORDER_COLUMNS: &str =
     "order_id, customer_id, status, items, total_cents, version, created_at, \
     updated_at, payment_ref, carrier, tracking_number, cancel_reason";
 
+/// An `order_details` row as stored (status and items as text).
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    order_id: String,
+    customer_id: String,
+    status: String,
+    items: String,
+    total_cents: i64,
+    version: i64,
+    created_at: String,
+    updated_at: String,
+    payment_ref: Option<String>,
+    carrier: Option<String>,
+    tracking_number: Option<String>,
+    cancel_reason: Option<String>,
+}
+
 pub(super) fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
-    let status: String = row.try_get("status")?;
-    let items: String = row.try_get("items")?;
+    let r = OrderRow::from_row(row)?;
     Ok(OrderView {
-        order_id: row.try_get("order_id")?,
-        customer_id: row.try_get("customer_id")?,
-        status: Status::parse(&status)
-            .ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?,
-        items: serde_json::from_str(&items).map_err(|e| QueryError::Corrupt(e.to_string()))?,
-        total_cents: row.try_get("total_cents")?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        payment_ref: row.try_get("payment_ref")?,
-        carrier: row.try_get("carrier")?,
-        tracking_number: row.try_get("tracking_number")?,
-        cancel_reason: row.try_get("cancel_reason")?,
+        status: Status::parse(&r.status)
+            .ok_or_else(|| QueryError::Corrupt(format!("status {:?}", r.status)))?,
+        items: serde_json::from_str(&r.items).map_err(|e| QueryError::Corrupt(e.to_string()))?,
+        order_id: r.order_id,
+        customer_id: r.customer_id,
+        total_cents: r.total_cents,
+        version: r.version,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        payment_ref: r.payment_ref,
+        carrier: r.carrier,
+        tracking_number: r.tracking_number,
+        cancel_reason: r.cancel_reason,
     })
 }
 
@@ -137,16 +153,25 @@ pub async fn list_orders(
     Ok((orders, next))
 }
 
+/// A `customer_summary` row as stored (money in two columns).
+#[derive(sqlx::FromRow)]
+struct CustomerRow {
+    customer_id: String,
+    order_count: i64,
+    total_spent_cents: i64,
+    total_spent_cents_e18: i64,
+    last_order_id: String,
+    last_order_at: String,
+}
+
 pub(super) fn customer_from_row(row: &AnyRow) -> Result<CustomerSummary, QueryError> {
+    let r = CustomerRow::from_row(row)?;
     Ok(CustomerSummary {
-        customer_id: row.try_get("customer_id")?,
-        order_count: row.try_get("order_count")?,
-        total_spent_cents: Cents::from_parts(
-            row.try_get("total_spent_cents_e18")?,
-            row.try_get("total_spent_cents")?,
-        ),
-        last_order_id: row.try_get("last_order_id")?,
-        last_order_at: row.try_get("last_order_at")?,
+        customer_id: r.customer_id,
+        order_count: r.order_count,
+        total_spent_cents: Cents::from_parts(r.total_spent_cents_e18, r.total_spent_cents),
+        last_order_id: r.last_order_id,
+        last_order_at: r.last_order_at,
     })
 }
 
@@ -170,21 +195,20 @@ pub async fn customer_summary(
 pub async fn stats(
     pool: &AnyPool,
 ) -> Result<std::collections::BTreeMap<Status, StatusStats>, QueryError> {
-    let rows = sqlx::query(
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT status, order_count, revenue_cents, revenue_cents_e18 FROM order_stats",
     )
     .fetch_all(pool)
     .await?;
     let mut out = Views::default().stats;
-    for row in rows {
-        let status: String = row.try_get(0)?;
+    for (status, order_count, cents, cents_e18) in rows {
         let status = Status::parse(&status)
             .ok_or_else(|| QueryError::Corrupt(format!("status {status:?}")))?;
         out.insert(
             status,
             StatusStats {
-                order_count: row.try_get(1)?,
-                revenue_cents: Cents::from_parts(row.try_get(3)?, row.try_get(2)?),
+                order_count,
+                revenue_cents: Cents::from_parts(cents_e18, cents),
             },
         );
     }
