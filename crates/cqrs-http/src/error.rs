@@ -74,9 +74,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Corrupt(m) => {
+            StoreError::Corrupt(ref m) => {
                 tracing::error!(error = %m, "corrupt store");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_store", m)
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.code(), m.clone())
             }
             other => ApiError::unavailable("the write database", &other),
         }
@@ -85,30 +85,26 @@ impl From<StoreError> for ApiError {
 
 impl<E: std::error::Error + DomainError + 'static> From<CommandError<E>> for ApiError {
     fn from(e: CommandError<E>) -> Self {
-        let message = e.to_string();
+        let (message, code) = (e.to_string(), e.code());
         match e {
             CommandError::Domain(d) => match d.kind() {
-                ErrorKind::NotFound => ApiError::new(StatusCode::NOT_FOUND, d.code(), message),
+                ErrorKind::NotFound => ApiError::new(StatusCode::NOT_FOUND, code, message),
                 ErrorKind::Invalid { field } => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, d.code(), message)
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
                         .with_details(json!({ "field": field }))
                 }
-                ErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, d.code(), message),
+                ErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, code, message),
             },
             CommandError::VersionConflict { expected, actual } => {
-                ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
+                ApiError::new(StatusCode::CONFLICT, code, message)
                     .with_details(json!({ "expected_version": expected, "actual_version": actual }))
             }
-            CommandError::TooManyConflicts(n) => {
-                ApiError::new(StatusCode::CONFLICT, "contention", message)
-                    .with_details(json!({ "attempts": n }))
+            CommandError::TooManyConflicts(n) => ApiError::new(StatusCode::CONFLICT, code, message)
+                .with_details(json!({ "attempts": n })),
+            CommandError::IdempotencyMismatch => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+                    .with_details(json!({ "field": "Idempotency-Key" }))
             }
-            CommandError::IdempotencyMismatch => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                message,
-            )
-            .with_details(json!({ "field": "Idempotency-Key" })),
             CommandError::Store(s) => s.into(),
         }
     }

@@ -89,6 +89,20 @@ pub enum CommandError<E: std::error::Error + 'static> {
     Store(#[from] StoreError),
 }
 
+impl<E: std::error::Error + cqrs_core::DomainError + 'static> CommandError<E> {
+    /// The error code a client sees for it, and metrics count it under:
+    /// the one table of them (the domain's own codes come from its error).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::Domain(d) => d.code(),
+            CommandError::VersionConflict { .. } => "version_conflict",
+            CommandError::TooManyConflicts(_) => "contention",
+            CommandError::IdempotencyMismatch => "idempotency_key_reused",
+            CommandError::Store(s) => s.code(),
+        }
+    }
+}
+
 async fn answer_for_key<S: EventStore, E: std::error::Error + 'static>(
     store: &S,
     idem: &IdempotencyRecord,

@@ -43,6 +43,17 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
 }
 
+impl StoreError {
+    /// The error code a client sees for it (an API answers a store that
+    /// failed as unavailable, one whose data is corrupt as such).
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Corrupt(_) => "corrupt_store",
+            _ => "unavailable",
+        }
+    }
+}
+
 /// The idempotency record written with an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {

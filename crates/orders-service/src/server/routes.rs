@@ -283,13 +283,7 @@ async fn run(
     let result = execute_cached(&app.store, Some(&*app.states), id, &command, options).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) => match e {
-            cqrs_sql::CommandError::Domain(d) => cqrs_core::DomainError::code(d),
-            cqrs_sql::CommandError::VersionConflict { .. } => "version_conflict",
-            cqrs_sql::CommandError::TooManyConflicts(_) => "contention",
-            cqrs_sql::CommandError::IdempotencyMismatch => "idempotency_key_reused",
-            cqrs_sql::CommandError::Store(_) => "unavailable",
-        },
+        Err(e) => e.code(),
     };
     metrics::counter!("orders_commands_total", "command" => command.name(), "outcome" => outcome)
         .increment(1);
