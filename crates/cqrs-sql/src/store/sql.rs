@@ -538,5 +538,20 @@ mod schema_tests {
         for s in pg.iter().chain(&lite) {
             assert!(!s.contains('{') && !s.contains("--"), "left in: {s}");
         }
+        // Apart from the two filled-in parts, the statements are the same.
+        let generic = |s: &str, pos: &str, payload: &str| {
+            s.replace(pos, "{position}")
+                .replace(&format!("payload {payload}"), "payload {payload}")
+        };
+        for (p, l) in pg.iter().zip(&lite) {
+            assert_eq!(
+                generic(
+                    p,
+                    "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                    "JSONB"
+                ),
+                generic(l, "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT")
+            );
+        }
     }
 }

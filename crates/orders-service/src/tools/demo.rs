@@ -131,7 +131,6 @@ pub struct DemoRun {
 /// page's steps, each recorded as it happens.
 pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow::Result<DemoRun> {
     let mut s = Scenario {
-        running,
         base,
         http: reqwest::Client::new(),
         probe: Probe {
@@ -168,9 +167,9 @@ pub async fn scenario(running: &Running, base: &str, stale_read: bool) -> anyhow
     })
 }
 
-/// The scenario as it runs: the steps and tracker columns so far.
+/// The scenario as it runs: the steps and tracker columns so far (the
+/// instance is the probe's).
 struct Scenario<'a> {
-    running: &'a Running,
     base: &'a str,
     http: reqwest::Client,
     probe: Probe<'a>,
@@ -231,7 +230,7 @@ impl Scenario<'_> {
     /// Step 2: the command handler decided and committed the event to the
     /// log (the outbox).
     async fn command_processed(&mut self, order_id: &str, token: &str) -> anyhow::Result<()> {
-        let events = self.running.app.store.load(order_id).await?;
+        let events = self.probe.running.app.store.load(order_id).await?;
         let created = events.first().context("the order has no event")?;
         self.steps.push(Step {
             step: "2".into(),
@@ -297,7 +296,7 @@ impl Scenario<'_> {
     /// Step 3, from the read DB's own record of when it consumed and
     /// applied the event.
     async fn event_consumed(&mut self, order_id: &str) -> anyhow::Result<()> {
-        let read = &self.running.app.read;
+        let read = &self.probe.running.app.read;
         let applied = cqrs_sql::read::traces::last_applied(read, PROJECTOR, order_id)
             .await?
             .context("the read model answered, but the projector has no record of the order")?;
@@ -353,7 +352,7 @@ impl Scenario<'_> {
 
     /// Step 6: both sides agree, checked rather than assumed; whether they do.
     async fn end(&mut self) -> anyhow::Result<bool> {
-        let app = &self.running.app;
+        let app = &self.probe.running.app;
         let folded = Views::fold(&app.store.all_events().await?)?;
         let loaded = read_model::load_views(&app.read.pool).await?;
         let consistent = folded == loaded;
