@@ -9,7 +9,7 @@ pub mod source;
 
 pub use admin::ensure_topics;
 pub use relay::{Relay, RelayConfig};
-pub use source::{partition_of, source_key, KafkaSource, SourceConfig};
+pub use source::{KafkaSource, SourceConfig};
 
 /// Where the broker and the topics are.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 use crate::record::{self, header, raw_of};
 use crate::KafkaConfig;
 use cqrs_sql::read::runner::load_checkpoints;
-use cqrs_sql::{Db, EventSource, SourceError, SourcedEvent};
+use cqrs_sql::{Db, EventSource, SourceError, SourceKey, SourcedEvent};
 use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -17,16 +17,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The checkpoint key of a topic partition in the read DB: `topic/partition`.
-pub fn source_key(topic: &str, partition: i32) -> String {
-    format!("{topic}/{partition}")
-}
-
-/// The partition a checkpoint key names, if it is one of `topic`'s.
-pub fn partition_of(key: &str, topic: &str) -> Option<i32> {
-    key.strip_prefix(topic)?.strip_prefix('/')?.parse().ok()
-}
 
 /// How the source joins its group.
 #[derive(Debug, Clone)]
@@ -86,6 +76,8 @@ impl ConsumerContext for Ctx {
 /// Consumes the events topic for a projector.
 pub struct KafkaSource {
     config: SourceConfig,
+    /// The topic, shared by every record's source key.
+    topic: Arc<str>,
     consumer: Option<Arc<StreamConsumer<Ctx>>>,
     dlq: FutureProducer,
     assignment: Arc<Mutex<Assignment>>,
@@ -149,6 +141,7 @@ impl KafkaSource {
             .set("acks", "all")
             .create()?;
         Ok(Self {
+            topic: config.kafka.topic.as_str().into(),
             config,
             consumer: Some(Arc::new(consumer)),
             dlq,
@@ -163,8 +156,8 @@ impl KafkaSource {
         self.consumer.as_ref().ok_or(SourceError::Closed)
     }
 
-    fn key(&self, partition: i32) -> String {
-        source_key(&self.config.kafka.topic, partition)
+    fn key(&self, partition: i32) -> SourceKey {
+        SourceKey::partition(self.topic.clone(), partition)
     }
 
     /// Seeks freshly assigned partitions to the read DB's offsets.
@@ -205,11 +198,11 @@ impl KafkaSource {
     }
 }
 
-fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: String) -> SourcedEvent {
+fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: SourceKey) -> SourcedEvent {
     SourcedEvent {
-        source_key: key.clone(),
-        next_position: m.offset() + 1,
         published_as: format!("{key}@{}", m.offset()),
+        source_key: key,
+        next_position: m.offset() + 1,
         consumed_at: chrono::Utc::now(),
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         // The reason is kept as text: it is what the dead letter records.
@@ -219,10 +212,7 @@ fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: String) -> Sourced
 }
 
 impl EventSource for KafkaSource {
-    async fn resume(
-        &mut self,
-        _checkpoints: &std::collections::HashMap<String, i64>,
-    ) -> Result<(), SourceError> {
+    async fn resume(&mut self, _checkpoints: &HashMap<SourceKey, i64>) -> Result<(), SourceError> {
         // Checkpoints are read per partition at assignment time (seek_fresh).
         self.consumer()?
             .subscribe(&[&self.config.kafka.topic])
@@ -314,17 +304,18 @@ impl EventSource for KafkaSource {
         Ok(())
     }
 
-    async fn committed(&mut self, checkpoints: &[(String, i64)]) -> Result<(), SourceError> {
+    async fn committed(&mut self, checkpoints: &[(SourceKey, i64)]) -> Result<(), SourceError> {
         let mut tpl = TopicPartitionList::new();
         for (key, next) in checkpoints {
-            if let Some(p) = partition_of(key, &self.config.kafka.topic) {
-                if self.owned(p) {
-                    let _ = tpl.add_partition_offset(
-                        &self.config.kafka.topic,
-                        p,
-                        Offset::Offset(*next),
-                    );
-                }
+            let Some(p) = key.partition_of(&self.config.kafka.topic) else {
+                continue;
+            };
+            if !self.owned(p) {
+                continue;
+            }
+            let topic = &self.config.kafka.topic;
+            if let Err(e) = tpl.add_partition_offset(topic, p, Offset::Offset(*next)) {
+                tracing::debug!(partition = p, error = %e, "offset not committed to Kafka");
             }
         }
         if tpl.count() > 0 {

@@ -17,7 +17,7 @@ pub use command::{
 pub use db::{Backend, Db, DbOptions};
 pub use read::{
     AddedColumn, EventSource, LogSource, Projection, ProjectionError, ProjectorConfig,
-    ProjectorRunner, ReadProgress, SourceError, SourcedEvent, WaitOutcome, Waiter, LOG_KEY,
+    ProjectorRunner, ReadProgress, SourceError, SourceKey, SourcedEvent, WaitOutcome, Waiter,
 };
 pub use store::{
     AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError,

@@ -130,40 +130,42 @@ pub struct CancelOrder {
     pub reason: String,
 }
 
-/// Everything a client can ask of an order.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything a client can ask of an order. Its name (as in traces and
+/// metrics) is the variant's `serialize` name; its verb (as in refusals) is
+/// its [`CommandKind`], the variant's name in lower case.
+#[derive(Debug, Clone, PartialEq, strum::IntoStaticStr, strum::EnumDiscriminants)]
+#[strum_discriminants(
+    name(CommandKind),
+    derive(strum::Display, strum::IntoStaticStr),
+    strum(serialize_all = "lowercase")
+)]
 pub enum OrderCommand {
     /// Create a new order.
+    #[strum(serialize = "CreateOrder")]
     Create(CreateOrder),
     /// Pay it.
+    #[strum(serialize = "PayOrder")]
     Pay(PayOrder),
     /// Ship it.
+    #[strum(serialize = "ShipOrder")]
     Ship(ShipOrder),
     /// Mark it delivered.
+    #[strum(serialize = "DeliverOrder")]
     Deliver,
     /// Cancel it.
+    #[strum(serialize = "CancelOrder")]
     Cancel(CancelOrder),
 }
 
 impl OrderCommand {
     /// The command's name, as in traces and metrics.
     pub fn name(&self) -> &'static str {
-        match self {
-            OrderCommand::Create(_) => "CreateOrder",
-            OrderCommand::Pay(_) => "PayOrder",
-            OrderCommand::Ship(_) => "ShipOrder",
-            OrderCommand::Deliver => "DeliverOrder",
-            OrderCommand::Cancel(_) => "CancelOrder",
-        }
+        self.into()
     }
-    fn verb(&self) -> &'static str {
-        match self {
-            OrderCommand::Create(_) => "create",
-            OrderCommand::Pay(_) => "pay",
-            OrderCommand::Ship(_) => "ship",
-            OrderCommand::Deliver => "deliver",
-            OrderCommand::Cancel(_) => "cancel",
-        }
+
+    /// What the command does to an order.
+    pub fn kind(&self) -> CommandKind {
+        self.into()
     }
 }
 
@@ -239,8 +241,8 @@ pub enum OrderError {
     /// The command is not allowed in the order's status.
     #[error("cannot {action} an order that is {status}")]
     InvalidTransition {
-        /// The refused verb.
-        action: &'static str,
+        /// The refused command.
+        action: CommandKind,
         /// The order's status.
         status: Status,
     },
@@ -265,10 +267,10 @@ impl DomainError for OrderError {
             OrderError::AlreadyExists => "order_exists",
             OrderError::Invalid { .. } => "invalid_field",
             OrderError::AmountMismatch { .. } => "amount_mismatch",
-            OrderError::InvalidTransition { status, action } => match (status, *action) {
+            OrderError::InvalidTransition { status, action } => match (status, action) {
                 (Status::Delivered | Status::Cancelled, _) => "order_closed",
-                (Status::Created, "ship") => "not_paid",
-                (Status::Shipped, "cancel") => "already_shipped",
+                (Status::Created, CommandKind::Ship) => "not_paid",
+                (Status::Shipped, CommandKind::Cancel) => "already_shipped",
                 _ => "invalid_transition",
             },
         }
@@ -394,7 +396,7 @@ impl Aggregate for Order {
             (Some(facts), _) => facts,
         };
         let refuse = || OrderError::InvalidTransition {
-            action: command.verb(),
+            action: command.kind(),
             status: facts.status,
         };
         match command {

@@ -306,6 +306,26 @@ fn a_status_reads_as_it_serializes() {
 }
 
 #[test]
+fn a_command_keeps_its_name_and_its_verb() {
+    let commands = [
+        (create("c", vec![item("A", 1, 1)]), "CreateOrder", "create"),
+        (pay(1), "PayOrder", "pay"),
+        (ship(), "ShipOrder", "ship"),
+        (OrderCommand::Deliver, "DeliverOrder", "deliver"),
+        (cancel(), "CancelOrder", "cancel"),
+    ];
+    for (command, name, verb) in commands {
+        assert_eq!(command.name(), name);
+        assert_eq!(command.kind().to_string(), verb);
+    }
+    let refused = OrderError::InvalidTransition {
+        action: CommandKind::Ship,
+        status: Status::Created,
+    };
+    assert_eq!(refused.to_string(), "cannot ship an order that is created");
+}
+
+#[test]
 fn an_event_is_stored_under_its_serde_tag() {
     let events = [
         created(100),

@@ -7,7 +7,7 @@ pub mod read_model;
 pub mod views;
 
 pub use aggregate::{
-    CancelOrder, CreateOrder, LineItem, Order, OrderCommand, OrderError, OrderEvent, OrderState,
-    PayOrder, ShipOrder, Status,
+    CancelOrder, CommandKind, CreateOrder, LineItem, Order, OrderCommand, OrderError, OrderEvent,
+    OrderState, PayOrder, ShipOrder, Status,
 };
 pub use money::Cents;

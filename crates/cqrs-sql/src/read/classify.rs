@@ -3,7 +3,7 @@
 //! earlier dead letter of its aggregate. The runner then carries the plan
 //! out in the batch's transaction.
 
-use super::SourcedEvent;
+use super::{SourceKey, SourcedEvent};
 use std::collections::{HashMap, HashSet};
 
 /// What becomes of one record.
@@ -27,7 +27,7 @@ pub struct Known<'a> {
     pub stored: &'a HashMap<&'a str, i64>,
     /// Records that failed for good before: (source key, next position)
     /// -> the reason.
-    pub poison: &'a HashMap<(String, i64), String>,
+    pub poison: &'a HashMap<(SourceKey, i64), String>,
     /// Aggregates with an open dead letter.
     pub parked: &'a HashSet<String>,
 }
@@ -38,7 +38,7 @@ pub struct Plan<'a> {
     /// One fate per record, in batch order.
     pub fates: Vec<Fate>,
     /// Per source key, the next position once the batch commits.
-    pub checkpoints: HashMap<&'a str, i64>,
+    pub checkpoints: HashMap<&'a SourceKey, i64>,
     /// Per applied aggregate, the version it reaches.
     pub versions: HashMap<&'a str, i64>,
     /// Aggregates this batch dead-lettered or parked.
@@ -52,7 +52,7 @@ pub fn classify<'a>(batch: &'a [SourcedEvent], known: Known<'_>) -> Plan<'a> {
     for item in batch {
         let cp = plan
             .checkpoints
-            .entry(item.source_key.as_str())
+            .entry(&item.source_key)
             .or_insert(item.next_position);
         *cp = (*cp).max(item.next_position);
         let fate = fate_of(item, known, &mut plan);
@@ -105,7 +105,7 @@ mod tests {
 
     fn record(id: &str, version: i64, offset: i64) -> SourcedEvent {
         SourcedEvent {
-            source_key: "t/0".into(),
+            source_key: SourceKey::partition("t", 0),
             next_position: offset + 1,
             published_as: format!("t/0@{offset}"),
             consumed_at: chrono::Utc::now(),
@@ -147,7 +147,12 @@ mod tests {
         let stored = stored.iter().copied().collect();
         let poison = poison
             .iter()
-            .map(|next| (("t/0".to_owned(), *next), "failed 3 times".to_owned()))
+            .map(|next| {
+                (
+                    (SourceKey::partition("t", 0), *next),
+                    "failed 3 times".to_owned(),
+                )
+            })
             .collect();
         let parked = parked.iter().map(|a| a.to_string()).collect();
         let known = Known {
@@ -174,7 +179,10 @@ mod tests {
             },
         );
         assert_eq!(plan.versions, HashMap::from([("a", 4), ("b", 1)]));
-        assert_eq!(plan.checkpoints, HashMap::from([("t/0", 3)]));
+        assert_eq!(
+            plan.checkpoints,
+            HashMap::from([(&SourceKey::partition("t", 0), 3)])
+        );
         assert!(plan.newly_parked.is_empty());
     }
 

@@ -1,6 +1,6 @@
 //! The embedded event source: tails the write store's log.
 
-use super::{EventSource, SourceError, SourcedEvent};
+use super::{EventSource, SourceError, SourceKey, SourcedEvent};
 use crate::store::EventStore;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,9 +14,6 @@ pub struct LogSource<S> {
     wake: watch::Receiver<i64>,
     poll: Duration,
 }
-
-/// The source key of the embedded log in checkpoint tables.
-pub const LOG_KEY: &str = "log";
 
 impl<S: EventStore> LogSource<S> {
     /// A source over `store`, polling every `poll` when nothing wakes it.
@@ -32,9 +29,9 @@ impl<S: EventStore> LogSource<S> {
 }
 
 impl<S: EventStore> EventSource for LogSource<S> {
-    async fn resume(&mut self, checkpoints: &HashMap<String, i64>) -> Result<(), SourceError> {
+    async fn resume(&mut self, checkpoints: &HashMap<SourceKey, i64>) -> Result<(), SourceError> {
         // The checkpoint is the next position to read; the log reads "after".
-        self.after = checkpoints.get(LOG_KEY).copied().unwrap_or(1) - 1;
+        self.after = checkpoints.get(&SourceKey::Log).copied().unwrap_or(1) - 1;
         Ok(())
     }
 
@@ -48,9 +45,9 @@ impl<S: EventStore> EventSource for LogSource<S> {
                 return Ok(events
                     .into_iter()
                     .map(|envelope| SourcedEvent {
-                        source_key: LOG_KEY.to_owned(),
+                        source_key: SourceKey::Log,
                         next_position: envelope.position + 1,
-                        published_as: format!("log@{}", envelope.position),
+                        published_as: format!("{}@{}", SourceKey::Log, envelope.position),
                         consumed_at: now,
                         key: Some(envelope.aggregate_id.clone()),
                         event: Ok(envelope),

@@ -7,12 +7,14 @@ mod log_source;
 mod progress;
 mod query_traces;
 pub mod runner;
+mod source_key;
 mod tables;
 pub mod traces;
 
-pub use log_source::{LogSource, LOG_KEY};
+pub use log_source::LogSource;
 pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
 pub use runner::{ProjectorConfig, ProjectorRunner, CHECKPOINT_SCHEMA};
+pub use source_key::{BadSourceKey, SourceKey};
 
 use chrono::{DateTime, Utc};
 use cqrs_core::EventEnvelope;
@@ -84,8 +86,8 @@ pub struct AddedColumn {
 /// An event as a source delivers it, with where to resume after it.
 #[derive(Debug, Clone)]
 pub struct SourcedEvent {
-    /// Which stream of the source ("log", "orders.events/3").
-    pub source_key: String,
+    /// Which stream of the source it came from.
+    pub source_key: SourceKey,
     /// The position to resume from once this event is handled.
     pub next_position: i64,
     /// Where it was published (e.g. "orders.events/3@1207", "log@17").
@@ -152,7 +154,7 @@ pub trait EventSource: Send {
     /// Positions to resume from, as stored in the read DB, before the first batch.
     fn resume(
         &mut self,
-        checkpoints: &HashMap<String, i64>,
+        checkpoints: &HashMap<SourceKey, i64>,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
 
     /// The next events; waits until at least one is available.
@@ -174,7 +176,7 @@ pub trait EventSource: Send {
     /// Told after a batch committed to the read DB (for lag tooling).
     fn committed(
         &mut self,
-        _checkpoints: &[(String, i64)],
+        _checkpoints: &[(SourceKey, i64)],
     ) -> impl Future<Output = Result<(), SourceError>> + Send {
         async { Ok(()) }
     }

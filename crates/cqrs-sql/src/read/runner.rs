@@ -10,7 +10,9 @@ pub use super::tables::{
     load_checkpoints, lock_out_projectors, Checkpoint, CHECKPOINT_SCHEMA,
 };
 use super::tables::{lock_version, lock_versions, next_seq, notify_progress, write_checkpoints};
-use super::{EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourcedEvent};
+use super::{
+    EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourceKey, SourcedEvent,
+};
 use crate::batch::{self, Kind, Val};
 use crate::db::{timestamp, Db};
 use cqrs_core::EventEnvelope;
@@ -98,7 +100,7 @@ pub struct ProjectorRunner {
     /// Aggregates with open dead letters (confirmed against the DB before use).
     parked: Mutex<HashSet<String>>,
     /// Records that failed deterministically: (source key, next position) -> reason.
-    poison: Mutex<HashMap<(String, i64), String>>,
+    poison: Mutex<HashMap<(SourceKey, i64), String>>,
 }
 
 impl ProjectorRunner {
@@ -137,7 +139,7 @@ impl ProjectorRunner {
     }
 
     /// The stored checkpoints: source key -> next position.
-    pub async fn checkpoints(&self) -> Result<HashMap<String, i64>, sqlx::Error> {
+    pub async fn checkpoints(&self) -> Result<HashMap<SourceKey, i64>, sqlx::Error> {
         load_checkpoints(&self.db, &self.config.name).await
     }
 
@@ -151,7 +153,7 @@ impl ProjectorRunner {
         if !self.resume(&mut source, &mut shutdown).await {
             return Ok(());
         }
-        let mut attempts: HashMap<(String, i64), u32> = HashMap::new();
+        let mut attempts: HashMap<(SourceKey, i64), u32> = HashMap::new();
         let mut batches: u64 = 0;
         loop {
             batches += 1;
@@ -307,7 +309,7 @@ impl ProjectorRunner {
         batch: &[SourcedEvent],
         source: &mut S,
         per_event: bool,
-    ) -> Result<(BatchReport, Vec<(String, i64)>), BatchError> {
+    ) -> Result<(BatchReport, Vec<(SourceKey, i64)>), BatchError> {
         let mut report = BatchReport::default();
         let mut tx = self.db.begin_derived().await?;
         let mut ids: Vec<&str> = batch
@@ -373,7 +375,7 @@ impl ProjectorRunner {
         let checkpoints = plan
             .checkpoints
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
+            .map(|(k, v)| (k.clone(), v))
             .collect();
         Ok((report, checkpoints))
     }

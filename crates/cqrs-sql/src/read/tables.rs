@@ -3,7 +3,7 @@
 //! query traces, and the statements the runner writes them with.
 
 use super::dead_letters;
-use super::Projection;
+use super::{Projection, SourceKey};
 use crate::batch::{self, Kind, Val};
 use crate::db::{timestamp, Backend, Db};
 use sqlx::{AnyConnection, Executor};
@@ -167,17 +167,18 @@ pub(super) async fn next_seq(tx: &mut AnyConnection, projector: &str) -> Result<
 pub(super) async fn write_checkpoints(
     tx: &mut AnyConnection,
     projector: &str,
-    checkpoints: &HashMap<&str, i64>,
+    checkpoints: &HashMap<&SourceKey, i64>,
     now: &str,
 ) -> Result<(), sqlx::Error> {
     if checkpoints.is_empty() {
         return Ok(());
     }
-    let mut sorted: Vec<(&str, i64)> = checkpoints.iter().map(|(k, v)| (*k, *v)).collect();
+    let mut sorted: Vec<(&SourceKey, i64)> = checkpoints.iter().map(|(k, v)| (*k, *v)).collect();
+    // One order for every writer, so two never wait on each other's rows.
     sorted.sort_unstable();
     let rows: Vec<Vec<Val>> = sorted
         .into_iter()
-        .map(|(k, v)| vec![Val::Text(k.to_owned()), Val::Int(v)])
+        .map(|(k, v)| vec![Val::Text(k.to_string()), Val::Int(v)])
         .collect();
     let source = batch::rows(
         batch::backend_of(tx),
@@ -219,21 +220,19 @@ pub(super) async fn notify_progress(
 pub async fn load_checkpoints(
     db: &Db,
     projector: &str,
-) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT source_key, next_position FROM projector_checkpoints WHERE projector = $1",
-    )
-    .bind(projector)
-    .fetch_all(&db.pool)
-    .await?;
-    Ok(rows.into_iter().collect())
+) -> Result<HashMap<SourceKey, i64>, sqlx::Error> {
+    Ok(checkpoint_rows(db, projector)
+        .await?
+        .into_iter()
+        .map(|c| (c.source_key, c.next_position))
+        .collect())
 }
 
 /// A stored checkpoint with the time it last moved.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Checkpoint {
-    /// The stream ("log", "orders.events/3").
-    pub source_key: String,
+    /// The stream.
+    pub source_key: SourceKey,
     /// The next position to read.
     pub next_position: i64,
     /// When a batch last moved it (RFC 3339).
@@ -281,7 +280,7 @@ pub async fn lock_out_projectors(
 pub async fn advance_checkpoint(
     db: &Db,
     projector: &str,
-    source_key: &str,
+    source_key: &SourceKey,
     next_position: i64,
 ) -> Result<(), sqlx::Error> {
     ensure_schema(db).await?;

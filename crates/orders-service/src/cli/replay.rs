@@ -6,7 +6,7 @@
 use crate::server::{Config, PROJECTOR};
 use anyhow::{bail, Context};
 use cqrs_core::EventEnvelope;
-use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SqlEventStore, LOG_KEY};
+use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SourceKey, SqlEventStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -47,7 +47,7 @@ enum Reader {
 }
 
 /// Per source key: the next position the replay will apply.
-type Positions = HashMap<String, i64>;
+type Positions = HashMap<SourceKey, i64>;
 
 impl Reader {
     /// Reads events (in order per source key) strictly below `targets`,
@@ -63,13 +63,13 @@ impl Reader {
         let mut read = 0u64;
         match self {
             Reader::Log { store, after } => {
-                let target = targets.get(LOG_KEY).copied().unwrap_or(1);
+                let target = targets.get(&SourceKey::Log).copied().unwrap_or(1);
                 while *after + 1 < target {
                     let limit = ((target - 1 - *after) as usize).min(batch) as i64;
                     let events = store.read_log(*after, limit).await?;
                     let Some(last) = events.last() else { break };
                     *after = last.position;
-                    positions.insert(LOG_KEY.into(), last.position + 1);
+                    positions.insert(SourceKey::Log, last.position + 1);
                     read += events.len() as u64;
                     pb.inc(events.len() as u64);
                     apply(events).await?;
@@ -114,7 +114,7 @@ fn take_below(
 ) -> Vec<EventEnvelope> {
     let mut out = Vec::new();
     for (p, queue) in pending.iter_mut() {
-        let key = cqrs_kafka::source_key(topic, *p);
+        let key = SourceKey::partition(topic, *p);
         let target = targets.get(&key).copied().unwrap_or(0);
         while let Some((offset, event)) = queue.pop_front() {
             if offset >= target {
@@ -214,9 +214,9 @@ fn checkpoints_of_source(
     rows: &[cqrs_sql::read::runner::Checkpoint],
     topic: Option<&str>,
 ) -> anyhow::Result<Positions> {
-    let ours = |key: &str| match topic {
-        Some(t) => cqrs_kafka::partition_of(key, t).is_some(),
-        None => key == LOG_KEY,
+    let ours = |key: &SourceKey| match topic {
+        Some(t) => key.partition_of(t).is_some(),
+        None => *key == SourceKey::Log,
     };
     let (own, other): (Vec<_>, Vec<_>) = rows.iter().partition(|c| ours(&c.source_key));
     let latest =
@@ -225,7 +225,7 @@ fn checkpoints_of_source(
         format!("topic {t}")
     });
     if let Some(theirs) = latest(&other) {
-        let names: Vec<&str> = other.iter().map(|c| c.source_key.as_str()).collect();
+        let names: Vec<String> = other.iter().map(|c| c.source_key.to_string()).collect();
         if latest(&own).is_none_or(|mine| theirs > mine) {
             bail!(
                 "the live read model follows {} (checkpoint moved at {theirs}), not {this}: run replay with the \

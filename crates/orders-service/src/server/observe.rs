@@ -6,6 +6,7 @@ use super::live::ProgressSample;
 use super::{App, KafkaOptions, PROJECTOR};
 use axum::http::header;
 use axum::response::IntoResponse;
+use cqrs_sql::SourceKey;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rdkafka::config::ClientConfig;
@@ -139,60 +140,68 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
     metrics::gauge!("cqrs_outbox_oldest_pending_age_seconds")
         .set(app.store.oldest_pending_age().await?);
     let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, PROJECTOR).await?;
-    let checkpoints: HashMap<String, (i64, String)> = rows
+    let checkpoints: HashMap<SourceKey, (i64, String)> = rows
         .into_iter()
         .map(|c| (c.source_key, (c.next_position, c.updated_at)))
         .collect();
-    // Per stream: (records waiting, next offset the projector will read, head).
-    let mut heads: Vec<(String, i64, i64)> = Vec::new();
-    match (&app.kafka, client) {
+    let streams = match (&app.kafka, client) {
         (Some(k), Some(c)) => {
-            let topic = k.topic.clone();
-            let marks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
-                let meta = c.fetch_metadata(Some(&topic), Duration::from_secs(2))?;
-                let mut out = Vec::new();
-                for t in meta.topics() {
-                    for p in t.partitions() {
-                        let (_, high) =
-                            c.fetch_watermarks(&topic, p.id(), Duration::from_secs(2))?;
-                        out.push((p.id(), high));
-                    }
-                }
-                Ok(out)
-            })
-            .await??;
-            for (p, high) in marks {
-                let key = cqrs_kafka::source_key(&k.topic, p);
-                let next = checkpoints.get(&key).map_or(0, |c| c.0);
-                heads.push((p.to_string(), next, high));
-            }
+            let marks = high_watermarks(c, k.topic.clone()).await?;
+            marks
+                .into_iter()
+                .map(|(p, high)| {
+                    let key = SourceKey::partition(k.topic.as_str(), p);
+                    let next = checkpoints.get(&key).map_or(0, |c| c.0);
+                    (key, (high - next).max(0))
+                })
+                .collect()
         }
         _ => {
-            let next = checkpoints.get(cqrs_sql::LOG_KEY).map_or(1, |c| c.0);
-            heads.push((cqrs_sql::LOG_KEY.into(), next - 1, log_head));
+            // Log positions start at 1: the checkpoint is one past the last read.
+            let next = checkpoints.get(&SourceKey::Log).map_or(1, |c| c.0);
+            vec![(SourceKey::Log, (log_head - (next - 1)).max(0))]
         }
-    }
+    };
     let now = chrono::Utc::now();
     let mut total_lag = 0;
-    for (partition, next, head) in heads {
-        let lag = (head - next).max(0);
+    for (key, lag) in streams {
         total_lag += lag;
-        metrics::gauge!("cqrs_projector_lag_records", "partition" => partition.clone())
-            .set(lag as f64);
-        // Seconds since this partition's checkpoint last moved while records
+        let label = match &key {
+            SourceKey::Partition { partition, .. } => partition.to_string(),
+            SourceKey::Log => key.to_string(),
+        };
+        metrics::gauge!("cqrs_projector_lag_records", "partition" => label.clone()).set(lag as f64);
+        // Seconds since this stream's checkpoint last moved while records
         // wait (0 when caught up).
-        let key = checkpoints
-            .keys()
-            .find(|k| k.ends_with(&format!("/{partition}")) || **k == partition);
-        let since = key
-            .and_then(|k| checkpoints.get(k))
+        let since = checkpoints
+            .get(&key)
             .and_then(|(_, u)| cqrs_sql::db::parse_timestamp(u).ok())
             .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
-        metrics::gauge!("cqrs_projector_lag_seconds", "partition" => partition).set(if lag > 0 {
+        metrics::gauge!("cqrs_projector_lag_seconds", "partition" => label).set(if lag > 0 {
             since
         } else {
             0.0
         });
     }
     Ok((total_lag, log_head))
+}
+
+/// Every partition of `topic` with its high watermark (the next offset to be
+/// written), asked of the broker off the async threads.
+async fn high_watermarks(
+    client: Arc<BaseConsumer>,
+    topic: String,
+) -> anyhow::Result<Vec<(i32, i64)>> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
+        let meta = client.fetch_metadata(Some(&topic), Duration::from_secs(2))?;
+        let mut out = Vec::new();
+        for t in meta.topics() {
+            for p in t.partitions() {
+                let (_, high) = client.fetch_watermarks(&topic, p.id(), Duration::from_secs(2))?;
+                out.push((p.id(), high));
+            }
+        }
+        Ok(out)
+    })
+    .await?
 }

@@ -67,7 +67,7 @@ impl Probe<'_> {
         let app = &self.running.app;
         let last = app.store.head_position().await?;
         let checkpoints = cqrs_sql::read::runner::load_checkpoints(&app.read, PROJECTOR).await?;
-        let next = checkpoints.get(cqrs_sql::LOG_KEY).copied();
+        let next = checkpoints.get(&cqrs_sql::SourceKey::Log).copied();
         let consumed = next.unwrap_or(1) - 1;
         let (write_db, read_db) = match &self.order_id {
             None => ("Empty".to_owned(), "Empty".to_owned()),

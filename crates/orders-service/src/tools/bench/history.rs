@@ -102,7 +102,7 @@ async fn import(config: &Config, events: i64) -> anyhow::Result<()> {
         sqlx::Executor::execute(&store.db().writer, "CHECKPOINT").await?;
     }
     if config.kafka.is_none() {
-        let log = cqrs_sql::read::LOG_KEY;
+        let log = &cqrs_sql::SourceKey::Log;
         cqrs_sql::read::runner::advance_checkpoint(&read, PROJECTOR, log, head + 1).await?;
     }
     Ok(())
