@@ -38,6 +38,20 @@ pub struct ConsistencyParams {
     pub wait_ms: Option<u64>,
 }
 
+/// The header form of the token, for API documents (handlers read it from
+/// the request's headers with [`wait_consistent`]).
+#[derive(Debug, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct ConsistencyHeader {
+    /// Wait until the read model includes this write.
+    #[param(
+        rename = "x-consistency-token",
+        nullable = false,
+        pattern = r"^v1\.[0-9]{1,18}\.[1-9][0-9]{0,17}\.[A-Za-z0-9-]{1,200}$"
+    )]
+    pub token: Option<String>,
+}
+
 fn invalid_token(message: impl Into<String>) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,

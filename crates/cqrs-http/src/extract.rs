@@ -186,6 +186,20 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
+/// The `Idempotency-Key` header, for API documents (handlers read it with
+/// [`idempotency_key`]).
+#[derive(Debug, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyHeader {
+    /// Retries with the same key return the first answer.
+    #[param(
+        rename = "idempotency-key",
+        nullable = false,
+        pattern = "^[!-~]{1,255}$"
+    )]
+    pub key: Option<String>,
+}
+
 /// The `Idempotency-Key` header: 1..=255 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {

@@ -6,9 +6,11 @@ pub mod error;
 pub mod extract;
 pub mod server;
 
-pub use consistency::{wait_consistent, ConsistencyParams, TOKEN_HEADER, TOKEN_PATTERN};
+pub use consistency::{
+    wait_consistent, ConsistencyHeader, ConsistencyParams, TOKEN_HEADER, TOKEN_PATTERN,
+};
 pub use error::ApiError;
-pub use extract::{idempotency_key, JsonBody, NoParams, PathParam, QueryParams};
+pub use extract::{idempotency_key, IdempotencyHeader, JsonBody, NoParams, PathParam, QueryParams};
 pub use server::{serve, ServerLimits};
 
 use axum::http::{Method, Uri};

@@ -2,9 +2,12 @@
 //! share, the HTTP routes, the live page, observability, command traces and
 //! the wiring that starts and stops its roles.
 
+pub mod api;
+pub mod commands;
 pub mod config;
 pub mod live;
 pub mod observe;
+pub mod queries;
 pub mod routes;
 pub mod state;
 pub mod trace;
