@@ -17,6 +17,7 @@ use sqlx::{Connection, Executor};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// What a delivery report says (`Err` when the producer dropped it).
 type Delivery = <DeliveryFuture as std::future::Future>::Output;
@@ -119,11 +120,11 @@ impl Relay {
     }
 
     /// Runs until `shutdown`: waits for leadership, then publishes.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         loop {
             let leader = tokio::select! {
                 l = self.become_leader() => l,
-                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(()),
             };
             let leader = match leader {
                 Ok(l) => l,
@@ -133,13 +134,13 @@ impl Relay {
                     tracing::warn!(error = %e, "relay cannot take the leader lock; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.standby_retry) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(()),
                     }
                     continue;
                 }
             };
             tracing::info!("relay is the leader");
-            match self.lead(leader, &mut shutdown).await {
+            match self.lead(leader, &shutdown).await {
                 Ok(()) => return self.flush().await,
                 Err(e) => {
                     tracing::error!(error = %e, "relay lost its footing; standing by");
@@ -183,7 +184,7 @@ impl Relay {
     async fn lead(
         &self,
         mut leader: Option<sqlx::AnyConnection>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<(), KafkaError> {
         let mut listener = match self.store.db().backend {
             Backend::Postgres => {
@@ -196,7 +197,7 @@ impl Relay {
         let mut local = self.store.subscribe();
         let mut pipe = Pipeline::at(self.store.relay_checkpoint().await?);
         loop {
-            let stopping = *shutdown.borrow();
+            let stopping = shutdown.is_cancelled();
             if stopping {
                 return self.drain(&mut pipe).await;
             }
@@ -231,7 +232,7 @@ impl Relay {
         &self,
         listener: &mut Option<sqlx::postgres::PgListener>,
         local: &mut watch::Receiver<i64>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<(), KafkaError> {
         tokio::select! {
             n = async {
@@ -242,7 +243,7 @@ impl Relay {
             } => n?,
             _ = local.changed() => {}
             _ = tokio::time::sleep(self.config.poll) => {}
-            _ = shutdown.wait_for(|s| *s) => {}
+            _ = shutdown.cancelled() => {}
         }
         Ok(())
     }

@@ -182,42 +182,39 @@ impl ReadProgress {
     /// Follows the read model as every process moves it: reads the versions
     /// stamped past its cursor whenever woken (PostgreSQL `NOTIFY` from the
     /// projectors) and at least every `poll`. One query per wake-up, however
-    /// many waiters.
-    pub fn follow_database(&self, poll: Duration) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut cursor = loop {
-                match this.head().await {
-                    Ok(seq) => break Cursor { seq, id: None },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the read model's progress; retrying");
-                        tokio::time::sleep(poll).await;
-                    }
-                }
-            };
-            let mut listener = this.listen().await;
-            loop {
-                if let Err(e) = this.catch_up(&mut cursor).await {
-                    tracing::warn!(error = %e, "cannot follow the read model's progress");
-                }
-                match listener.as_mut() {
-                    Some(l) => {
-                        tokio::select! {
-                            r = l.recv() => {
-                                if let Err(e) = r {
-                                    tracing::debug!(error = %e, "progress listener lost; polling");
-                                    tokio::time::sleep(poll).await;
-                                }
-                                // Coalesce a burst of notifications into one read.
-                                while let Some(Ok(_)) = futures::FutureExt::now_or_never(l.recv()) {}
-                            }
-                            _ = tokio::time::sleep(poll) => {}
-                        }
-                    }
-                    None => tokio::time::sleep(poll).await,
+    /// many waiters. Runs until dropped.
+    pub async fn follow_database(self, poll: Duration) {
+        let mut cursor = loop {
+            match self.head().await {
+                Ok(seq) => break Cursor { seq, id: None },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the read model's progress; retrying");
+                    tokio::time::sleep(poll).await;
                 }
             }
-        })
+        };
+        let mut listener = self.listen().await;
+        loop {
+            if let Err(e) = self.catch_up(&mut cursor).await {
+                tracing::warn!(error = %e, "cannot follow the read model's progress");
+            }
+            match listener.as_mut() {
+                Some(l) => {
+                    tokio::select! {
+                        r = l.recv() => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "progress listener lost; polling");
+                                tokio::time::sleep(poll).await;
+                            }
+                            // Coalesce a burst of notifications into one read.
+                            while let Some(Ok(_)) = futures::FutureExt::now_or_never(l.recv()) {}
+                        }
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+                None => tokio::time::sleep(poll).await,
+            }
+        }
     }
 
     async fn listen(&self) -> Option<sqlx::postgres::PgListener> {

@@ -20,7 +20,7 @@ use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// How a projector runs.
 #[derive(Debug, Clone)]
@@ -143,14 +143,14 @@ impl ProjectorRunner {
         load_checkpoints(&self.db, &self.config.name).await
     }
 
-    /// Runs until `shutdown` turns true. Failed batches are retried with
+    /// Runs until `shutdown` is cancelled. Failed batches are retried with
     /// backoff; a record that keeps failing is dead-lettered; nothing is skipped.
     pub async fn run<S: EventSource>(
         self,
         mut source: S,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<(), RunnerError> {
-        if !self.resume(&mut source, &mut shutdown).await {
+        if !self.resume(&mut source, &shutdown).await {
             return Ok(());
         }
         let mut attempts: HashMap<(SourceKey, i64), u32> = HashMap::new();
@@ -160,13 +160,13 @@ impl ProjectorRunner {
             if batches % 200 == 1 {
                 self.prune_traces().await;
             }
-            let Some(batch) = self.next_batch(&mut source, &mut shutdown).await else {
+            let Some(batch) = self.next_batch(&mut source, &shutdown).await else {
                 return Ok(());
             };
             if !self.config.apply_delay.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(self.config.apply_delay) => {}
-                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                 }
             }
             let started = std::time::Instant::now();
@@ -199,7 +199,7 @@ impl ProjectorRunner {
                         metrics::counter!("cqrs_projector_batch_failures_total").increment(1);
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                            _ = shutdown.cancelled() => return Ok(()),
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -220,11 +220,7 @@ impl ProjectorRunner {
 
     /// Hands the stored checkpoints to the source, retrying while the read
     /// DB or the source is away; false at shutdown.
-    async fn resume<S: EventSource>(
-        &self,
-        source: &mut S,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn resume<S: EventSource>(&self, source: &mut S, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
             let r = match self.checkpoints().await {
@@ -251,13 +247,13 @@ impl ProjectorRunner {
     async fn next_batch<S: EventSource>(
         &self,
         source: &mut S,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Option<Vec<SourcedEvent>> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let r = tokio::select! {
                 b = source.next_batch(self.config.batch_size) => b,
-                _ = shutdown.wait_for(|s| *s) => return None,
+                _ = shutdown.cancelled() => return None,
             };
             match r {
                 Ok(b) => return Some(b),
@@ -710,10 +706,10 @@ impl ProjectorRunner {
 }
 
 /// Sleeps for `d` unless shutdown comes first (then false).
-async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,
-        _ = shutdown.wait_for(|s| *s) => false,
+        _ = shutdown.cancelled() => false,
     }
 }
 

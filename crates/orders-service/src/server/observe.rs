@@ -99,37 +99,37 @@ pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
     out
 }
 
-/// Samples gauges every `every` until the task is aborted, and publishes
-/// the total lag and the append rate for the live page.
-pub fn spawn_sampler(
-    app: App,
-    every: Duration,
-    live: watch::Sender<Option<ProgressSample>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let client = app
-            .kafka
-            .as_ref()
-            .and_then(|k| kafka_client(k).ok())
-            .map(Arc::new);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last: Option<(i64, std::time::Instant)> = None;
-        loop {
-            tick.tick().await;
-            match sample(&app, client.clone()).await {
-                Ok((lag, head)) => {
-                    let now = std::time::Instant::now();
-                    let rate = last.map_or(0.0, |(h, t)| {
-                        (head - h).max(0) as f64 / now.duration_since(t).as_secs_f64().max(1e-3)
-                    });
-                    last = Some((head, now));
-                    live.send_replace(Some(ProgressSample { lag, rate }));
-                }
-                Err(e) => tracing::debug!(error = %e, "metrics sample failed"),
+/// Samples gauges every `every` until dropped, and publishes the total lag
+/// and the append rate for the live page.
+pub async fn sample_every(app: App, every: Duration, live: watch::Sender<Option<ProgressSample>>) {
+    let client = app
+        .kafka
+        .as_ref()
+        .and_then(|k| {
+            kafka_client(k)
+                .map_err(
+                    |e| tracing::warn!(error = %e, "no Kafka client: the lag gauges stay unset"),
+                )
+                .ok()
+        })
+        .map(Arc::new);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<(i64, std::time::Instant)> = None;
+    loop {
+        tick.tick().await;
+        match sample(&app, client.clone()).await {
+            Ok((lag, head)) => {
+                let now = std::time::Instant::now();
+                let rate = last.map_or(0.0, |(h, t)| {
+                    (head - h).max(0) as f64 / now.duration_since(t).as_secs_f64().max(1e-3)
+                });
+                last = Some((head, now));
+                live.send_replace(Some(ProgressSample { lag, rate }));
             }
+            Err(e) => tracing::debug!(error = %e, "metrics sample failed"),
         }
-    })
+    }
 }
 
 /// Sets the gauges; returns (records not yet applied, log head position).

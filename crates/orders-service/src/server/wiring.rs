@@ -10,17 +10,20 @@ use cqrs_sql::{
     Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
     StateCache,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 
 /// A started instance: the app, its background roles and the switch that stops them.
 pub struct Running {
     /// Shared state of the handlers.
     pub app: App,
-    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
-    shutdown: watch::Sender<bool>,
+    /// Ends when every role has ended, with the first failure.
+    roles: JoinHandle<anyhow::Result<()>>,
+    shutdown: CancellationToken,
     closing: watch::Sender<bool>,
     failure: watch::Receiver<Option<String>>,
 }
@@ -29,32 +32,46 @@ pub struct Running {
 /// shutdown (an error, a panic, or simply returning) is reported, so that the
 /// process stops and can be restarted instead of running on without it.
 struct Roles {
-    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
-    shutdown: watch::Receiver<bool>,
-    failed: Arc<watch::Sender<Option<String>>>,
+    set: JoinSet<anyhow::Result<()>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+    shutdown: CancellationToken,
 }
 
 impl Roles {
+    /// Starts a role that returns when `shutdown` is cancelled.
     fn spawn(
         &mut self,
         name: &'static str,
         role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
-        use futures::FutureExt;
-        let (stopping, failed) = (self.shutdown.clone(), self.failed.clone());
-        let task = tokio::spawn(async move {
-            let result = std::panic::AssertUnwindSafe(role)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| {
-                    let what = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(anyhow::anyhow!("panicked: {what}"))
-                });
-            if !*stopping.borrow() {
+        let task = self.set.spawn(role);
+        self.names.insert(task.id(), name);
+    }
+
+    /// Starts a role that would run forever: it is dropped at the shutdown.
+    fn spawn_until_shutdown(
+        &mut self,
+        name: &'static str,
+        role: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let shutdown = self.shutdown.clone();
+        self.spawn(name, async move {
+            shutdown.run_until_cancelled_owned(role).await;
+            Ok(())
+        });
+    }
+
+    /// Waits for every role. The first to end before the shutdown is
+    /// reported on `failed`; the first failure is the answer.
+    async fn watch(mut self, failed: watch::Sender<Option<String>>) -> anyhow::Result<()> {
+        let mut first: Option<anyhow::Error> = None;
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, result)) => (id, result),
+                Err(e) => (e.id(), Err(anyhow::anyhow!("{}", why_ended(e)))),
+            };
+            let name = self.names.get(&id).copied().unwrap_or("a role");
+            if !self.shutdown.is_cancelled() {
                 let why = match &result {
                     Ok(()) => format!("{name} stopped on its own"),
                     Err(e) => format!("{name} failed: {e:#}"),
@@ -65,9 +82,26 @@ impl Roles {
                 );
                 failed.send_replace(Some(why));
             }
-            result
-        });
-        self.tasks.push((name, task));
+            if let Err(e) = result {
+                first.get_or_insert(e.context(format!("{name} failed")));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Why a task ended without an answer: its panic's message, or cancelled.
+fn why_ended(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("panicked: {what}")
+        }
+        Err(_) => "cancelled".to_owned(),
     }
 }
 
@@ -76,27 +110,26 @@ impl Running {
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.check()?;
         let (store, read) = open_databases(config).await?;
-        let (shutdown, rx) = watch::channel(false);
-        let (failed, failure) = watch::channel(None);
+        let shutdown = CancellationToken::new();
         let mut roles = Roles {
-            tasks: Vec::new(),
-            shutdown: rx.clone(),
-            failed: Arc::new(failed),
+            set: JoinSet::new(),
+            names: HashMap::new(),
+            shutdown: shutdown.clone(),
         };
         if let Some(k) = &config.kafka {
             ensure_topics(k).await?;
             if config.runs(Role::Relay) {
-                start_relay(&mut roles, k, &store, &rx)?;
+                start_relay(&mut roles, k, &store)?;
             }
         }
         let progress = if config.runs(Role::Projector) {
-            start_projector(&mut roles, config, &store, &read, &rx).await?
+            start_projector(&mut roles, config, &store, &read).await?
         } else {
             cqrs_sql::read::runner::ensure_tables(&read, &orders::read_model::projections())
                 .await?;
             ReadProgress::new(read.clone(), PROJECTOR)
         };
-        follow_progress(&mut roles, &progress, &read, &rx);
+        follow_progress(&mut roles, &progress, &read);
         super::observe::install();
         let (closing, closing_rx) = watch::channel(false);
         let (live, live_sources) =
@@ -111,20 +144,13 @@ impl Running {
             projects_here: config.runs(Role::Projector),
             states: Arc::new(StateCache::new(STATE_CACHE_ORDERS)),
         };
-        let sampler = super::observe::spawn_sampler(
-            app.clone(),
-            Duration::from_millis(500),
-            live_sources.progress,
-        );
-        let mut stop_sampler = rx.clone();
-        roles.spawn("metrics sampler", async move {
-            let _ = stop_sampler.wait_for(|s| *s).await;
-            sampler.abort();
-            Ok(())
-        });
+        let every = Duration::from_millis(500);
+        let sampler = super::observe::sample_every(app.clone(), every, live_sources.progress);
+        roles.spawn_until_shutdown("metrics sampler", sampler);
+        let (failed, failure) = watch::channel(None);
         Ok(Running {
             app,
-            tasks: roles.tasks,
+            roles: tokio::spawn(roles.watch(failed)),
             shutdown,
             closing,
             failure,
@@ -173,12 +199,10 @@ impl Running {
     /// the databases.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.begin_shutdown();
-        let _ = self.shutdown.send(true);
-        for (name, task) in self.tasks {
-            task.await
-                .with_context(|| format!("{name} panicked"))?
-                .with_context(|| format!("{name} failed"))?;
-        }
+        self.shutdown.cancel();
+        self.roles
+            .await
+            .map_err(|e| anyhow::anyhow!("the role watcher {}", why_ended(e)))??;
         self.app.store.db().close().await;
         self.app.read.close().await;
         Ok(())
@@ -222,12 +246,7 @@ async fn ensure_topics(k: &KafkaOptions) -> anyhow::Result<()> {
     .with_context(|| format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic))
 }
 
-fn start_relay(
-    roles: &mut Roles,
-    k: &KafkaOptions,
-    store: &SqlEventStore,
-    rx: &watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+fn start_relay(roles: &mut Roles, k: &KafkaOptions, store: &SqlEventStore) -> anyhow::Result<()> {
     let relay = Relay::new(
         RelayConfig {
             kafka: k.config(),
@@ -238,8 +257,8 @@ fn start_relay(
         },
         store.clone(),
     )?;
-    let rx = rx.clone();
-    roles.spawn("relay", async move { Ok(relay.run(rx).await?) });
+    let shutdown = roles.shutdown.clone();
+    roles.spawn("relay", async move { Ok(relay.run(shutdown).await?) });
     Ok(())
 }
 
@@ -250,7 +269,6 @@ async fn start_projector(
     config: &Config,
     store: &SqlEventStore,
     read: &Db,
-    rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<ReadProgress> {
     let runner = ProjectorRunner::new(
         read.clone(),
@@ -265,7 +283,7 @@ async fn start_projector(
     )
     .await?;
     let progress = runner.progress();
-    let rx = rx.clone();
+    let shutdown = roles.shutdown.clone();
     match &config.kafka {
         Some(k) => {
             let source = KafkaSource::new(
@@ -277,17 +295,15 @@ async fn start_projector(
                 },
                 read.clone(),
             )?;
-            roles.spawn(
-                "projector",
-                async move { Ok(runner.run(source, rx).await?) },
-            );
+            roles.spawn("projector", async move {
+                Ok(runner.run(source, shutdown).await?)
+            });
         }
         None => {
             let source = LogSource::new(store.clone(), Duration::from_millis(500));
-            roles.spawn(
-                "projector",
-                async move { Ok(runner.run(source, rx).await?) },
-            );
+            roles.spawn("projector", async move {
+                Ok(runner.run(source, shutdown).await?)
+            });
         }
     }
     Ok(progress)
@@ -297,21 +313,81 @@ async fn start_projector(
 /// partitions, `dead-letters retry`, a projector elsewhere): follow it
 /// through the read DB, woken by the projectors' NOTIFY on PostgreSQL (the
 /// poll is a fallback there) and polling SQLite.
-fn follow_progress(
-    roles: &mut Roles,
-    progress: &ReadProgress,
-    read: &Db,
-    rx: &watch::Receiver<bool>,
-) {
+fn follow_progress(roles: &mut Roles, progress: &ReadProgress, read: &Db) {
     let poll = Duration::from_millis(match read.backend {
         cqrs_sql::Backend::Postgres => 500,
         cqrs_sql::Backend::Sqlite => 50,
     });
-    let follower = progress.follow_database(poll);
-    let mut rx = rx.clone();
-    roles.spawn("progress follower", async move {
-        let _ = rx.wait_for(|s| *s).await;
-        follower.abort();
-        Ok(())
-    });
+    roles.spawn_until_shutdown("progress follower", progress.clone().follow_database(poll));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles() -> Roles {
+        Roles {
+            set: JoinSet::new(),
+            names: HashMap::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_role_that_fails_before_the_shutdown_is_reported_and_fails_the_stop() {
+        let mut r = roles();
+        let shutdown = r.shutdown.clone();
+        r.spawn_until_shutdown("steady", std::future::pending());
+        r.spawn("relay", async { Err(anyhow::anyhow!("broker gone")) });
+        let (failed, mut failure) = watch::channel(None);
+        let watcher = tokio::spawn(r.watch(failed));
+        let why = failure.wait_for(|f| f.is_some()).await.unwrap().clone();
+        assert_eq!(why.as_deref(), Some("relay failed: broker gone"));
+        assert!(
+            !watcher.is_finished(),
+            "the other roles run until the shutdown"
+        );
+        shutdown.cancel();
+        let stopped = watcher.await.unwrap();
+        assert_eq!(
+            format!("{:#}", stopped.unwrap_err()),
+            "relay failed: broker gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_role_that_panics_or_returns_early_is_reported_by_name() {
+        for (role, expected) in [
+            (
+                futures::FutureExt::boxed(async { panic!("bug in the projector") }),
+                "projector failed: panicked: bug in the projector",
+            ),
+            (
+                futures::FutureExt::boxed(async { Ok(()) }),
+                "projector stopped on its own",
+            ),
+        ] {
+            let mut r = roles();
+            r.spawn("projector", role);
+            let (failed, failure) = watch::channel(None);
+            let _ = r.watch(failed).await;
+            assert_eq!(failure.borrow().as_deref(), Some(expected));
+        }
+    }
+
+    #[tokio::test]
+    async fn roles_that_end_at_the_shutdown_are_not_failures() {
+        let mut r = roles();
+        let shutdown = r.shutdown.clone();
+        r.spawn_until_shutdown("follower", std::future::pending());
+        let stop = shutdown.clone();
+        r.spawn("relay", async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        let (failed, failure) = watch::channel(None);
+        shutdown.cancel();
+        r.watch(failed).await.unwrap();
+        assert_eq!(*failure.borrow(), None);
+    }
 }

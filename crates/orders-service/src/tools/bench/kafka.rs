@@ -227,8 +227,8 @@ async fn time_relay(
     let head = store.head_position().await?;
     let pb = bar(n, "relay (log -> kafka)");
     let started = Instant::now();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(relay.run(rx));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
     loop {
         let at = store.relay_checkpoint().await?;
         pb.set_position(at as u64);
@@ -242,7 +242,7 @@ async fn time_relay(
     }
     pb.finish_and_clear();
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(true);
+    stop.cancel();
     task.await?.context("relay")?;
     Ok(rate)
 }
@@ -275,10 +275,10 @@ async fn time_projector(
         },
         read.clone(),
     )?;
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let pb = bar(n, "projector catch-up");
     let started = Instant::now();
-    let task = tokio::spawn(runner.run(source, rx));
+    let task = tokio::spawn(runner.run(source, stop.clone()));
     loop {
         // The checkpoints (one row per partition, moved in each batch's
         // transaction) count the records consumed from the fresh topic; a
@@ -299,7 +299,7 @@ async fn time_projector(
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    let _ = stop.send(true);
+    stop.cancel();
     task.await?.context("projector")?;
     Ok(rate)
 }
