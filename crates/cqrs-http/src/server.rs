@@ -121,7 +121,9 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set; answers may wait for Nagle");
+        }
         let service = TowerToHyperService::new(router.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -165,7 +167,14 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    // Best effort: a refused client that does not read within a second is
+    // dropped without its answer.
+    if let Ok(Err(error)) | Err(error) = tokio::time::timeout(Duration::from_secs(1), write)
+        .await
+        .map_err(std::io::Error::from)
+    {
+        tracing::debug!(%error, "the refusal did not reach the client");
+    }
 }
 
 /// What the body-reading middleware needs.
@@ -265,7 +274,9 @@ fn linger(body: Body) {
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), discard).await;
+        // Draining is only so that the client reads the answer instead of a
+        // reset; whatever is left after a second is dropped with the socket.
+        let _drained = tokio::time::timeout(Duration::from_secs(1), discard).await;
     });
 }
 

@@ -142,10 +142,7 @@ async fn bad_requests_get_the_documented_4xx_and_write_nothing() {
             assert_eq!(body["details"]["field"], f, "{}: {body}", c.name);
         }
     }
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&app.app().store.db().pool)
-        .await
-        .unwrap();
+    let events = common::events_in(app.app().store.db()).await;
     assert_eq!(events, 1, "no bad request wrote anything");
     app.stop().await;
 }

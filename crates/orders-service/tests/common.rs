@@ -458,3 +458,24 @@ pub async fn grows_by(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// How many events the write store at `db` holds.
+pub async fn events_in(db: &cqrs_sql::Db) -> i64 {
+    let store = cqrs_sql::SqlEventStore::open(db.clone()).await.unwrap();
+    store.count_after(0).await.unwrap()
+}
+
+/// How many dead letters (open or not) the read DB at `db` holds.
+pub async fn dead_letters_in(db: &cqrs_sql::Db) -> usize {
+    let projector = orders_service::server::PROJECTOR;
+    let letters = cqrs_sql::read::dead_letters::list(db, projector, true).await;
+    letters.unwrap().len()
+}
+
+/// Where the projector in `read` took the last applied event of order `id`
+/// from ("log@41", "orders.events/3@17").
+pub async fn applied_from(read: &cqrs_sql::Db, id: &str) -> String {
+    let projector = orders_service::server::PROJECTOR;
+    let applied = cqrs_sql::read::traces::last_applied(read, projector, id).await;
+    applied.unwrap().expect("applied").published_as
+}

@@ -267,10 +267,7 @@ async fn assert_exactly_once(cluster: &Cluster, ledger: &Shared) {
             l.unsure_creates
         );
     }
-    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
-        .fetch_one(&db.pool)
-        .await
-        .expect("dead letters");
+    let dead = common::dead_letters_in(&db).await;
     assert_eq!(dead, 0, "nothing may be dead-lettered");
 }
 

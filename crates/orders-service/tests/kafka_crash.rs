@@ -117,10 +117,7 @@ async fn assert_reflected_once(cluster: &Cluster, accepted: &Accepted) {
         accepted.len(),
         "the read model has orders nobody was told about"
     );
-    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let dead = common::dead_letters_in(&db).await;
     assert_eq!(dead, 0, "no record may be dead-lettered");
 }
 
@@ -172,16 +169,11 @@ async fn killing_relay_and_projector_loses_nothing_and_counts_nothing_twice() {
     // of 0 sends every event again, so the topic holds each event twice; the
     // projector must drop every copy.
     let db = cluster.db().await;
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let events = common::events_in(&db).await;
     let before = duplicates_dropped(&cluster);
     relay.kill9();
-    sqlx::query("UPDATE relay_checkpoint SET position = 0")
-        .execute(&db.writer)
-        .await
-        .unwrap();
+    let store = cqrs_sql::SqlEventStore::open(db.clone()).await.unwrap();
+    store.republish_from(0).await.unwrap();
     relay = cluster.start("relay-again", "relay", None, &[]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while duplicates_dropped(&cluster) < before + events as u64 {
@@ -214,20 +206,16 @@ async fn a_standby_relay_takes_over_within_five_seconds() {
         let a = common::create_order_at(&http, &base, "c", 1).await;
         a["order_id"].as_str().unwrap().to_owned()
     };
-    let db = cluster.db().await;
+    let store = cqrs_sql::SqlEventStore::open(cluster.db().await)
+        .await
+        .unwrap();
     let published = |id: String| {
-        let db = db.clone();
+        let store = store.clone();
         async move {
             // Behind the relay's checkpoint: its delivery report came back.
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM events WHERE aggregate_id = $1 \
-                 AND position <= (SELECT position FROM relay_checkpoint)",
-            )
-            .bind(id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-                == 1
+            let events = cqrs_sql::EventStore::load(&store, &id).await.unwrap();
+            let checkpoint = store.relay_checkpoint().await.unwrap();
+            events.len() == 1 && events[0].position <= checkpoint
         }
     };
     let first = create().await;

@@ -43,12 +43,7 @@ async fn the_six_steps_through_kafka() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(store.published_at(position).await.unwrap().is_some());
-    let consumed: String =
-        sqlx::query_scalar("SELECT published_as FROM projected_versions WHERE aggregate_id = $1")
-            .bind(id)
-            .fetch_one(&app.app().read.pool)
-            .await
-            .unwrap();
+    let consumed = common::applied_from(&app.app().read, id).await;
     assert!(
         consumed.starts_with(&format!("{topic}/")) && consumed.contains('@'),
         "{consumed}"

@@ -146,10 +146,7 @@ async fn stalled_bodies_time_out_and_oversize_declarations_are_refused_before_re
     )
     .await
     .unwrap();
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
+    let events = common::events_in(&store).await;
     assert_eq!(events, 0, "nothing was written");
     assert!(server.terminate().success());
 }

@@ -131,7 +131,13 @@ pub(crate) async fn record(
     .bind(envelope.map(|e| e.event_type.clone()))
     .bind(reason)
     .bind(status.as_str())
-    .bind(envelope.and_then(|e| serde_json::to_string(e).ok()))
+    .bind(envelope.and_then(|e| {
+        // Without its envelope a letter can be listed and discarded, not retried.
+        serde_json::to_string(e)
+            .inspect_err(|error| tracing::warn!(record = %item.published_as, %error,
+                "a dead letter's envelope does not encode; kept without it"))
+            .ok()
+    }))
     .bind(item.raw.as_ref().map(|r| r.to_string()))
     .bind(now)
     .execute(&mut *tx)

@@ -198,6 +198,19 @@ impl SqlEventStore {
         )
     }
 
+    /// Moves the relay's checkpoint back to `position`, so that every event
+    /// after it is published again (after a topic was lost or recreated).
+    /// Consumers that have an event already drop the copy by its version.
+    pub async fn republish_from(&self, position: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1")
+            .bind(RELAY)
+            .bind(position)
+            .bind(timestamp(chrono::Utc::now()))
+            .execute(&self.db.writer)
+            .await?;
+        Ok(())
+    }
+
     /// Records that the events `first..=last` are on Kafka: the checkpoint
     /// moves to `last` (never back) and the batch is remembered for traces.
     /// One transaction, two rows, whatever the batch size.
@@ -262,7 +275,15 @@ impl SqlEventStore {
         .bind(RELAY)
         .fetch_optional(&self.db.pool)
         .await?;
-        Ok(match oldest.and_then(|o| parse_timestamp(&o).ok()) {
+        let oldest = oldest.and_then(|o| {
+            parse_timestamp(&o)
+                .inspect_err(|error| {
+                    tracing::warn!(recorded_at = %o, %error,
+                    "an unpublished event's time does not parse; its age reads 0")
+                })
+                .ok()
+        });
+        Ok(match oldest {
             Some(t) => (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0,
             None => 0.0,
         })
