@@ -1,6 +1,7 @@
 //! axum plumbing for CQRS services: errors as JSON, strict JSON bodies and
 //! query strings, idempotency keys, consistency waits, fallbacks.
 
+pub mod auth;
 pub mod consistency;
 pub mod error;
 pub mod extract;
