@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cqrs_http::auth::{mint_hs256, JwtOptions, Mint, Secret};
 use orders_service::cli::{client, dead_letters, replay, trace};
 use orders_service::server::config::defaults;
 use orders_service::server::{KafkaOptions, Role};
@@ -95,6 +96,8 @@ impl DbArgs {
             }),
             roles: self.roles.clone(),
             trace_retention: Duration::from_secs(self.trace_retention_secs),
+            jwt: None,
+            metrics_public: false,
         }
     }
 }
@@ -142,6 +145,100 @@ impl HttpArgs {
     }
 }
 
+/// Who may call the server.
+#[derive(clap::Args, Clone)]
+struct AuthArgs {
+    /// Shared secret of HS256 bearer tokens; turns authentication on.
+    #[arg(long, env = "ORDERS_JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: Option<Secret>,
+    /// JWKS file of RS256/ES256 public keys; turns authentication on. Read
+    /// again when it changes and on SIGHUP.
+    #[arg(long, env = "ORDERS_JWT_JWKS")]
+    jwt_jwks: Option<PathBuf>,
+    /// Refuse tokens whose `iss` is not this.
+    #[arg(long, env = "ORDERS_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Refuse tokens whose `aud` does not include this.
+    #[arg(long, env = "ORDERS_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "ORDERS_JWT_LEEWAY_SECS", default_value_t = 30)]
+    jwt_leeway_secs: u64,
+    /// Serve /metrics without a token (for a scraper inside the network).
+    #[arg(long, env = "ORDERS_METRICS_PUBLIC")]
+    metrics_public: bool,
+    /// Serve a non-loopback address without authentication, on purpose
+    /// (a gateway in front checks every caller).
+    #[arg(long, env = "ORDERS_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+}
+
+impl AuthArgs {
+    /// The token checks, if any key is configured.
+    fn jwt(&self) -> Option<JwtOptions> {
+        if self.jwt_hs256_secret.is_none() && self.jwt_jwks.is_none() {
+            return None;
+        }
+        Some(JwtOptions {
+            hs256_secret: self.jwt_hs256_secret.clone(),
+            jwks: self.jwt_jwks.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: Duration::from_secs(self.jwt_leeway_secs),
+        })
+    }
+
+    /// Refuses to expose the API beyond this machine with nobody checking
+    /// who calls.
+    fn check_exposure(&self, listen: SocketAddr) -> anyhow::Result<()> {
+        if listen.ip().is_loopback() || self.jwt().is_some() || self.insecure_no_auth {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to serve {listen} without authentication: anyone who reaches it could read \
+             and change every order. Set --jwt-hs256-secret (ORDERS_JWT_HS256_SECRET) or --jwt-jwks \
+             (ORDERS_JWT_JWKS), listen on a loopback address such as 127.0.0.1, or pass \
+             --insecure-no-auth (ORDERS_INSECURE_NO_AUTH) if a gateway in front checks every caller"
+        )
+    }
+}
+
+/// `orders token`: a bearer token signed with the HS256 secret.
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Who the token names (`sub`; for a customer, the customer id).
+    #[arg(long)]
+    sub: String,
+    /// A role it grants (repeatable or comma-separated).
+    #[arg(long = "role", required = true, value_delimiter = ',',
+          value_parser = ["customer", "payments", "warehouse", "operator"])]
+    roles: Vec<String>,
+    /// How long it is valid, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+    /// The server's HS256 secret.
+    #[arg(long, env = "ORDERS_JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: Secret,
+    /// `iss` to put in the token.
+    #[arg(long, env = "ORDERS_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// `aud` to put in the token.
+    #[arg(long, env = "ORDERS_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let mint = Mint {
+        sub: &a.sub,
+        roles: &a.roles,
+        ttl: Duration::from_secs(a.ttl_secs),
+        issuer: a.jwt_issuer.as_deref(),
+        audience: a.jwt_audience.as_deref(),
+    };
+    println!("{}", mint_hs256(&a.jwt_hs256_secret, &mint)?);
+    Ok(())
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API with the in-process projector.
@@ -153,7 +250,11 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         http: HttpArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
+    /// Mint a bearer token from the HS256 secret (for local use and tests).
+    Token(TokenArgs),
     /// Run the teaching page's scenario on a fresh embedded instance and print what happened.
     Demo(demo::DemoArgs),
     /// Check that every read model equals the fold of the write-side events
@@ -204,8 +305,11 @@ fn init_logs(filter: Option<&str>, default: &str) {
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_owned());
+    // Colours only on a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -288,7 +392,23 @@ async fn main() -> anyhow::Result<()> {
         if quiet { "warn" } else { "info,sqlx=warn" },
     );
     match cli.command {
-        Command::Serve { listen, db, http } => serve(listen, db.config(), http).await,
+        Command::Serve {
+            listen,
+            db,
+            http,
+            auth,
+        } => {
+            let config = Config {
+                jwt: auth.jwt(),
+                metrics_public: auth.metrics_public,
+                ..db.config()
+            };
+            if config.runs(Role::Api) {
+                auth.check_exposure(listen)?;
+            }
+            serve(listen, config, http).await
+        }
+        Command::Token(a) => token(a),
         Command::Demo(args) => demo::run(args).await,
         Command::Verify { db, wait_secs } => {
             let report =

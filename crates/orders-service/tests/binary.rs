@@ -262,3 +262,63 @@ fn a_bad_database_url_is_refused_without_its_password() {
     assert!(err.contains("unsupported database URL"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[tokio::test]
+async fn a_public_address_needs_authentication_and_the_cli_carries_a_minted_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let serve = |secret: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orders"));
+        cmd.args(["serve", "--listen", &listen])
+            .env("ORDERS_DATA_DIR", dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("ORDERS_JWT_HS256_SECRET")
+            .stdout(Stdio::null());
+        if let Some(s) = secret {
+            cmd.env("ORDERS_JWT_HS256_SECRET", s);
+        }
+        cmd
+    };
+    let refused = serve(None).stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    for flag in ["--jwt-hs256-secret", "--jwt-jwks", "--insecure-no-auth"] {
+        assert!(why.contains(flag), "the refusal names {flag}: {why}");
+    }
+    let secret = "binary-test-secret-0123456789abcdef";
+    let log = dir.path().join("serve.log");
+    let child = serve(Some(secret))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _server = Server(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orders"));
+        cmd.args(args)
+            .env("ORDERS_SERVER", &base)
+            .env("ORDERS_JWT_HS256_SECRET", secret)
+            .env_remove("ORDERS_TOKEN");
+        if let Some(t) = token {
+            cmd.env("ORDERS_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let minted = cli(&["token", "--sub", "alice", "--role", "customer"], None);
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let create = ["create", "--customer", "alice", "--item", "book:1:700"];
+    let anonymous = cli(&create, None);
+    assert!(!anonymous.status.success());
+    assert!(String::from_utf8_lossy(&anonymous.stdout).contains("unauthenticated"));
+    let created = cli(&create, Some(&token));
+    assert!(created.status.success(), "{created:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert!(answer["order_id"].is_string(), "{answer}");
+    // The caller is in the command's log line; the token is nowhere.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains(r#"caller="alice""#), "{logged}");
+    assert!(!logged.contains(&token) && !logged.contains(secret));
+}

@@ -1,14 +1,30 @@
 //! Client subcommands: talk to a running server as any HTTP client would.
 
 use anyhow::{bail, Context};
+use cqrs_http::auth::Secret;
 use serde_json::{json, Value};
 
-/// Where the server is.
+/// Where the server is, and who is asking.
 #[derive(clap::Args, Clone)]
 pub struct Server {
     /// Base URL of a running `orders serve`.
     #[arg(long, env = "ORDERS_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// Bearer token, when the server checks callers (`orders token` mints one).
+    #[arg(long, env = "ORDERS_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+}
+
+impl Server {
+    /// A request to `path` on the server, with the token if there is one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let req = reqwest::Client::new().request(method, url);
+        match &self.token {
+            Some(t) => req.bearer_auth(t.expose()),
+            None => req,
+        }
+    }
 }
 
 /// `orders create`.
@@ -142,9 +158,7 @@ async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
 }
 
 fn post(server: &Server, path: &str, body: Value) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
-        .post(format!("{}{path}", server.server.trim_end_matches('/')))
-        .json(&body)
+    server.request(reqwest::Method::POST, path).json(&body)
 }
 
 /// `orders create`.
@@ -191,11 +205,9 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<()> {
 }
 /// `orders get`.
 pub async fn get(a: GetArgs) -> anyhow::Result<()> {
-    let mut req = reqwest::Client::new().get(format!(
-        "{}/orders/{}",
-        a.server.server.trim_end_matches('/'),
-        a.id
-    ));
+    let mut req = a
+        .server
+        .request(reqwest::Method::GET, &format!("/orders/{}", a.id));
     if let Some(t) = a.consistent_with {
         req = req.header("x-consistency-token", t);
     }
@@ -216,12 +228,7 @@ pub async fn list(a: ListArgs) -> anyhow::Result<()> {
     if let Some(x) = a.after {
         q.push(("after", x));
     }
-    send(
-        reqwest::Client::new()
-            .get(format!("{}/orders", a.server.server.trim_end_matches('/')))
-            .query(&q),
-    )
-    .await
+    send(a.server.request(reqwest::Method::GET, "/orders").query(&q)).await
 }
 
 #[cfg(test)]

@@ -17,12 +17,11 @@ pub struct TraceArgs {
 
 /// Prints a command's trace as a table.
 pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/commands/{}/trace",
-        a.server.server.trim_end_matches('/'),
-        a.command_id
-    );
-    let res = reqwest::get(&url)
+    let path = format!("/commands/{}/trace", a.command_id);
+    let res = a
+        .server
+        .request(reqwest::Method::GET, &path)
+        .send()
         .await
         .context("cannot reach the server (is `orders serve` running?)")?;
     if !res.status().is_success() {

@@ -1,8 +1,10 @@
 //! What the routes share: the error body and the error sets of the API
 //! document, and the order id that paths carry.
 
+use super::App;
 use axum::http::StatusCode;
 use cqrs_http::ApiError;
+use cqrs_sql::EventStore;
 use serde::Serialize;
 
 /// Every error answer.
@@ -96,4 +98,21 @@ pub fn order_id(raw: &str) -> Result<String, ApiError> {
                 format!("no order with id {raw:?} (ids are UUIDs)"),
             )
         })
+}
+
+/// The customer who placed order `id`, from the write side (it never
+/// changes); `None` when there is no such order.
+pub async fn owner_of(app: &App, id: &str) -> Result<Option<String>, ApiError> {
+    let events = app.store.load(id).await?;
+    let Some(first) = events.first() else {
+        return Ok(None);
+    };
+    match orders::views::decode(first) {
+        Ok(orders::OrderEvent::OrderCreated { customer_id, .. }) => Ok(Some(customer_id)),
+        Ok(_) | Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "corrupt_store",
+            format!("order {id} does not begin with OrderCreated"),
+        )),
+    }
 }

@@ -2,7 +2,8 @@
 //! runs it on the write side, with idempotency keys, optimistic versions,
 //! metrics and a log line.
 
-use super::api::{order_id, BodyErrors, OrderCommandErrors, OrderPath};
+use super::access::Caller;
+use super::api::{order_id, owner_of, BodyErrors, OrderCommandErrors, OrderPath};
 use super::App;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -71,6 +72,7 @@ fn answer(status: StatusCode, outcome: &CommandOutcome) -> Response {
 /// with the command's verb, its target and `body`), counted and logged.
 async fn run(
     app: &App,
+    caller: &Caller,
     headers: &HeaderMap,
     id: &str,
     body: &impl Serialize,
@@ -118,6 +120,7 @@ async fn run(
     tracing::info!(
         command = command.name(),
         order_id = id,
+        caller = caller.sub(),
         ok = result.is_ok(),
         elapsed_us = started.elapsed().as_micros() as u64,
         "command handled"
@@ -130,15 +133,24 @@ async fn run(
     responses((status = 201, description = "Created", body = CommandAnswer), BodyErrors))]
 pub(super) async fn create_order(
     State(app): State<App>,
+    caller: Caller,
     QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
+    if let Some(own) = caller.own_customer().filter(|own| *own != body.customer_id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a customer orders for itself: customer_id must be {own:?}"),
+        )
+        .with_details(serde_json::json!({ "field": "customer_id" })));
+    }
     let id = uuid::Uuid::now_v7().to_string();
     // Generated here and now: nothing to load.
     app.states.insert_new(&id);
     let command = OrderCommand::Create(body.clone());
-    let outcome = run(&app, &headers, &id, &body, command, None).await?;
+    let outcome = run(&app, &caller, &headers, &id, &body, command, None).await?;
     Ok(answer(StatusCode::CREATED, &outcome))
 }
 
@@ -262,15 +274,26 @@ impl OrderCommandBody for CancelBody {
 }
 
 /// Every command on an existing order: the path's id, the body's command.
+/// A customer may command only its own orders; another's is answered as
+/// if it did not exist.
 async fn on_order(
     app: &App,
+    caller: &Caller,
     id: &str,
     headers: &HeaderMap,
     body: &impl OrderCommandBody,
 ) -> Result<Response, ApiError> {
     let id = order_id(id)?;
+    if caller.own_customer().is_some() {
+        let owner = owner_of(app, &id).await?;
+        if !owner.is_some_and(|o| caller.may_see(&o)) {
+            // The very answer a missing order gets.
+            let missing = cqrs_sql::CommandError::Domain(orders::OrderError::NotFound);
+            return Err(missing.into());
+        }
+    }
     let (command, expected) = (body.command(), body.expected_version());
-    let outcome = run(app, headers, &id, body, command, expected).await?;
+    let outcome = run(app, caller, headers, &id, body, command, expected).await?;
     Ok(answer(StatusCode::OK, &outcome))
 }
 
@@ -281,46 +304,50 @@ async fn on_order(
     params(OrderPath, IdempotencyHeader), responses(CommandApplied, BodyErrors, OrderCommandErrors))]
 pub(super) async fn pay_order(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PayBody>,
 ) -> Result<Response, ApiError> {
-    on_order(&app, &id, &headers, &body).await
+    on_order(&app, &caller, &id, &headers, &body).await
 }
 
 #[utoipa::path(post, path = "/orders/{id}/ship", tag = "commands", request_body = ShipBody,
     params(OrderPath, IdempotencyHeader), responses(CommandApplied, BodyErrors, OrderCommandErrors))]
 pub(super) async fn ship_order(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ShipBody>,
 ) -> Result<Response, ApiError> {
-    on_order(&app, &id, &headers, &body).await
+    on_order(&app, &caller, &id, &headers, &body).await
 }
 
 #[utoipa::path(post, path = "/orders/{id}/deliver", tag = "commands", request_body = DeliverBody,
     params(OrderPath, IdempotencyHeader), responses(CommandApplied, BodyErrors, OrderCommandErrors))]
 pub(super) async fn deliver_order(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<DeliverBody>,
 ) -> Result<Response, ApiError> {
-    on_order(&app, &id, &headers, &body).await
+    on_order(&app, &caller, &id, &headers, &body).await
 }
 
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "commands", request_body = CancelBody,
     params(OrderPath, IdempotencyHeader), responses(CommandApplied, BodyErrors, OrderCommandErrors))]
 pub(super) async fn cancel_order(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CancelBody>,
 ) -> Result<Response, ApiError> {
-    on_order(&app, &id, &headers, &body).await
+    on_order(&app, &caller, &id, &headers, &body).await
 }

@@ -1,5 +1,6 @@
 //! How an `orders` process runs: its databases, Kafka, roles and limits.
 
+use cqrs_http::auth::JwtOptions;
 use cqrs_kafka::KafkaConfig;
 use cqrs_sql::db::sqlite_url;
 use std::path::PathBuf;
@@ -50,6 +51,10 @@ pub struct Config {
     pub roles: Vec<Role>,
     /// How long command traces are kept.
     pub trace_retention: Duration,
+    /// Bearer-token checks; authentication is off when absent.
+    pub jwt: Option<JwtOptions>,
+    /// `/metrics` without a token even when authentication is on.
+    pub metrics_public: bool,
 }
 
 /// Kafka settings of the service.
@@ -115,6 +120,8 @@ impl Config {
             kafka: None,
             roles: Vec::new(),
             trace_retention: Duration::from_secs(defaults::TRACE_RETENTION_SECS),
+            jwt: None,
+            metrics_public: false,
         }
     }
 

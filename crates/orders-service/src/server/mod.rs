@@ -2,6 +2,7 @@
 //! share, the HTTP routes, the live page, observability, command traces and
 //! the wiring that starts and stops its roles.
 
+pub mod access;
 pub mod api;
 pub mod commands;
 pub mod config;

@@ -1,7 +1,8 @@
 //! The query routes: they read only the read models (and the write side's
 //! event history), waiting for a consistency token when one is presented.
 
-use super::api::{order_id, OrderPath, QueryErrors};
+use super::access::Caller;
+use super::api::{order_id, owner_of, OrderPath, QueryErrors};
 use super::App;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -27,13 +28,18 @@ fn read_error(e: read_model::QueryError) -> ApiError {
     responses((status = 200, description = "The order", body = orders::views::OrderView), QueryErrors))]
 pub(super) async fn get_order(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
     wait_consistent(&app.progress, &app.store, &headers, &c).await?;
-    match read_model::get_order(&app.read.pool, &id).await.map_err(read_error)? {
+    let order = read_model::get_order(&app.read.pool, &id)
+        .await
+        .map_err(read_error)?;
+    // Another customer's order is answered as if it did not exist.
+    match order.filter(|o| caller.may_see(&o.customer_id)) {
         Some(order) => Ok(Json(order).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -90,9 +96,20 @@ pub struct OrderPage {
     responses((status = 200, description = "A page of orders, newest first", body = OrderPage), QueryErrors))]
 pub(super) async fn list_orders(
     State(app): State<App>,
+    caller: Caller,
     headers: HeaderMap,
-    QueryParams(p): QueryParams<ListParams>,
+    QueryParams(mut p): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
+    if let Some(own) = caller.own_customer() {
+        if p.customer_id.as_deref().is_some_and(|c| c != own) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a customer lists only its own orders",
+            ));
+        }
+        p.customer_id = Some(own.to_owned());
+    }
     let bad = |field: &str, message: String| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
             .with_details(json!({ "field": field }))
@@ -147,15 +164,20 @@ pub(super) async fn list_orders(
     responses((status = 200, description = "The summary", body = orders::views::CustomerSummary), QueryErrors))]
 pub(super) async fn customer_summary(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
     wait_consistent(&app.progress, &app.store, &headers, &c).await?;
-    match read_model::customer_summary(&app.read.pool, &id)
-        .await
-        .map_err(read_error)?
-    {
+    let summary = if caller.may_see(&id) {
+        read_model::customer_summary(&app.read.pool, &id)
+            .await
+            .map_err(read_error)?
+    } else {
+        None
+    };
+    match summary {
         Some(s) => Ok(Json(s).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -199,11 +221,20 @@ pub(super) async fn stats(
     responses((status = 200, description = "The events of the order, from the write side"), QueryErrors))]
 pub(super) async fn order_history(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let events = app.store.load(&id).await?;
+    let visible = match owner_of(&app, &id).await? {
+        Some(owner) => caller.may_see(&owner),
+        None => false,
+    };
+    let events = if visible {
+        app.store.load(&id).await?
+    } else {
+        Vec::new()
+    };
     if events.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -1,7 +1,8 @@
 //! The HTTP API of the Orders service: the router over the command and
 //! query routes, the API document, and the routes about the service itself.
 
-use super::api::{ErrorBody, NoParamErrors, QueryErrors};
+use super::access::Caller;
+use super::api::{owner_of, ErrorBody, NoParamErrors, QueryErrors};
 use super::App;
 use super::{commands, queries};
 use axum::extract::State;
@@ -34,8 +35,14 @@ pub fn router(app: App) -> Router {
         .routes(routes!(live_page))
         .routes(routes!(live_stream))
         .split_for_parts();
+    let mut doc = doc;
+    super::access::document(&mut doc);
     let doc = std::sync::Arc::new(doc);
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            super::access::guard,
+        ))
         .layer(axum::Extension(doc))
         .fallback(cqrs_http::not_found)
         .method_not_allowed_fallback(cqrs_http::method_not_allowed)
@@ -77,17 +84,24 @@ async fn openapi_json(
         QueryErrors))]
 async fn command_trace(
     State(app): State<App>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Response, ApiError> {
-    match super::trace::load(&app, &id).await {
-        Ok(Some(t)) => Ok(Json(t).into_response()),
-        Ok(None) => Err(ApiError::new(
+    let trace = match super::trace::load(&app, &id).await {
+        Ok(Some(t)) if caller.own_customer().is_some() => {
+            let owner = owner_of(&app, &t.aggregate_id).await?;
+            owner.is_some_and(|o| caller.may_see(&o)).then_some(t)
+        }
+        other => other.map_err(|e| ApiError::unavailable("the trace store", &e))?,
+    };
+    match trace {
+        Some(t) => Ok(Json(t).into_response()),
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "command_not_found",
             format!("no command {id:?} (or its trace expired)"),
         )),
-        Err(e) => Err(ApiError::unavailable("the trace store", &e)),
     }
 }
 

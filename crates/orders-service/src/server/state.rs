@@ -1,5 +1,6 @@
 //! What the request handlers share.
 
+use super::access::Access;
 use super::config::KafkaOptions;
 use super::live::LiveFeed;
 use cqrs_sql::{Db, ReadProgress, SqlEventStore, StateCache};
@@ -26,4 +27,6 @@ pub struct App {
     /// The last known state of recently commanded orders (commands skip
     /// reloading their history; a stale entry is caught at append).
     pub states: Arc<StateCache<orders::Order>>,
+    /// Who may call which route.
+    pub access: Access,
 }

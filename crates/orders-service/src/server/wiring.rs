@@ -1,10 +1,12 @@
 //! Starting the pieces: write store, read DB, projector, relay, router;
 //! watching them, and stopping them.
 
+use super::access::Access;
 use super::config::{Config, KafkaOptions, Role, PROJECTOR, STATE_CACHE_ORDERS};
 use super::routes;
 use super::state::App;
 use anyhow::Context;
+use cqrs_http::auth::JwtVerifier;
 use cqrs_kafka::{KafkaSource, Relay, RelayConfig, SourceConfig};
 use cqrs_sql::{
     Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
@@ -130,6 +132,7 @@ impl Running {
             ReadProgress::new(read.clone(), PROJECTOR)
         };
         follow_progress(&mut roles, &progress, &read);
+        let access = open_access(config, &mut roles)?;
         super::observe::install();
         let (closing, closing_rx) = watch::channel(false);
         let (live, live_sources) =
@@ -143,6 +146,7 @@ impl Running {
             closing: closing_rx,
             projects_here: config.runs(Role::Projector),
             states: Arc::new(StateCache::new(STATE_CACHE_ORDERS)),
+            access,
         };
         let every = Duration::from_millis(500);
         let sampler = super::observe::sample_every(app.clone(), every, live_sources.progress);
@@ -307,6 +311,48 @@ async fn start_projector(
         }
     }
     Ok(progress)
+}
+
+/// How callers are checked: the token verifier (its JWKS file read now, so
+/// that a bad one stops the start) and, with a key set, a role that reads
+/// the file again when it changes or on SIGHUP.
+fn open_access(config: &Config, roles: &mut Roles) -> anyhow::Result<Access> {
+    let metrics_public = config.metrics_public;
+    let Some(options) = &config.jwt else {
+        return Ok(Access {
+            verifier: None,
+            metrics_public,
+        });
+    };
+    let verifier = JwtVerifier::new(options.clone()).context("cannot set up token checks")?;
+    let verifier = Arc::new(verifier);
+    if options.jwks.is_some() {
+        roles.spawn_until_shutdown("key set watcher", reload_keys(verifier.clone()));
+    }
+    Ok(Access {
+        verifier: Some(verifier),
+        metrics_public,
+    })
+}
+
+/// Reads the key set again every 2 s if its file changed, and on SIGHUP.
+async fn reload_keys(verifier: Arc<JwtVerifier>) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "no SIGHUP handler: the key set reloads on change only"),
+        )
+        .ok();
+    loop {
+        let forced = tokio::select! {
+            Some(()) = async { hangup.as_mut()?.recv().await } => true,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+        };
+        match verifier.reload(forced) {
+            Ok(true) => tracing::info!(forced, "key set reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "key set not reloaded; the keys in use stay"),
+        }
+    }
 }
 
 /// Other processes move the read model too (projectors owning other

@@ -1,0 +1,312 @@
+//! Who may do what, in one place: the rights a route needs (one table,
+//! [`need`]), the guard that checks them on every request, and the rule for
+//! a customer's own orders ([`Caller::own_customer`]).
+
+use super::App;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cqrs_http::auth::{AuthError, JwtVerifier};
+use cqrs_http::ApiError;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A right a token's `roles` can grant.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, strum::EnumString, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "lowercase")]
+pub enum Right {
+    /// Places, reads and cancels its own orders (`sub` is the customer id).
+    Customer,
+    /// Pays orders.
+    Payments,
+    /// Ships and delivers orders.
+    Warehouse,
+    /// Everything, including stats, metrics and the live stream.
+    Operator,
+}
+
+/// Who a request comes from, as the handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Authentication is off (loopback, or `--insecure-no-auth`): every right.
+    Unchecked,
+    /// A verified token.
+    Token {
+        /// Its subject.
+        sub: String,
+        /// The rights its roles grant (unknown roles grant none).
+        rights: BTreeSet<Right>,
+    },
+}
+
+impl Caller {
+    /// A verified token's caller.
+    pub fn from_token(caller: cqrs_http::auth::Caller) -> Self {
+        let rights = caller.roles.iter().filter_map(|r| r.parse().ok()).collect();
+        Caller::Token {
+            sub: caller.sub,
+            rights,
+        }
+    }
+
+    /// Whether the caller holds `right`.
+    pub fn has(&self, right: Right) -> bool {
+        match self {
+            Caller::Unchecked => true,
+            Caller::Token { rights, .. } => rights.contains(&right),
+        }
+    }
+
+    /// The customer whose orders alone this caller may see and change: its
+    /// `sub`, for a caller that is a customer and no operator.
+    pub fn own_customer(&self) -> Option<&str> {
+        match self {
+            Caller::Token { sub, rights }
+                if rights.contains(&Right::Customer) && !rights.contains(&Right::Operator) =>
+            {
+                Some(sub)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this caller may see an order of `customer_id` (or anything
+    /// that belongs to it): staff see every order, a customer its own.
+    pub fn may_see(&self, customer_id: &str) -> bool {
+        self.own_customer().is_none_or(|own| own == customer_id)
+    }
+
+    /// Who to name in logs and traces (never the token).
+    pub fn sub(&self) -> Option<&str> {
+        match self {
+            Caller::Unchecked => None,
+            Caller::Token { sub, .. } => Some(sub),
+        }
+    }
+}
+
+/// What a route asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: served to anyone.
+    Nothing,
+    /// A verified caller with one of these rights (and the handler then
+    /// limits a customer to its own orders).
+    OneOf(&'static [Right]),
+}
+
+use Right::{Customer, Operator, Payments, Warehouse};
+
+/// The rights each route needs: the whole authorization table.
+pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
+    const STAFF_AND_OWNER: &[Right] = &[Customer, Payments, Warehouse, Operator];
+    const OWNER: &[Right] = &[Customer, Operator];
+    match (method.as_str(), route) {
+        (_, "/" | "/openapi.json" | "/healthz" | "/readyz") => Need::Nothing,
+        ("GET", "/metrics") if metrics_public => Need::Nothing,
+        ("POST", "/orders") => Need::OneOf(OWNER),
+        ("GET", "/orders" | "/orders/{id}") => Need::OneOf(STAFF_AND_OWNER),
+        ("GET", "/orders/{id}/history" | "/customers/{id}/summary" | "/commands/{id}/trace") => {
+            Need::OneOf(OWNER)
+        }
+        ("POST", "/orders/{id}/pay") => Need::OneOf(&[Payments, Operator]),
+        ("POST", "/orders/{id}/ship" | "/orders/{id}/deliver") => {
+            Need::OneOf(&[Warehouse, Operator])
+        }
+        ("POST", "/orders/{id}/cancel") => Need::OneOf(OWNER),
+        // Stats, metrics, the live stream, and any route added later.
+        _ => Need::OneOf(&[Operator]),
+    }
+}
+
+/// How a server checks its callers.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Verifies tokens; `None`: authentication is off.
+    pub verifier: Option<Arc<JwtVerifier>>,
+    /// `/metrics` served without a token.
+    pub metrics_public: bool,
+}
+
+/// Why a request may not go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No caller could be verified: 401.
+    Unauthenticated(AuthError),
+    /// A verified caller without a right the route needs: 403.
+    Forbidden(String),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthenticated(e) => e.response(),
+            Refusal::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
+            }
+        }
+    }
+}
+
+impl Access {
+    /// Who the request comes from, or why it may not go on.
+    fn admit(&self, method: &Method, route: &str, parts: &Parts) -> Result<Caller, Refusal> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(Caller::Unchecked);
+        };
+        let Need::OneOf(rights) = need(method, route, self.metrics_public) else {
+            return Ok(Caller::Unchecked);
+        };
+        let caller = match verifier.caller(&parts.headers) {
+            Ok(c) => Caller::from_token(c),
+            Err(e) => {
+                if e != AuthError::Missing {
+                    tracing::info!(route, reason = %e, "token refused");
+                }
+                return Err(Refusal::Unauthenticated(e));
+            }
+        };
+        if rights.iter().any(|r| caller.has(*r)) {
+            return Ok(caller);
+        }
+        let names: Vec<&str> = rights.iter().map(|r| <&str>::from(*r)).collect();
+        tracing::info!(sub = caller.sub(), route, "forbidden");
+        Err(Refusal::Forbidden(format!(
+            "{method} {route} needs one of the roles {}",
+            names.join(", ")
+        )))
+    }
+}
+
+/// Middleware on every route: checks the caller against [`need`] and
+/// hands the handlers a [`Caller`].
+pub async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    match app.access.admit(&parts.method, &route, &parts) {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Writes the table into the API document: a `bearer` JWT scheme, and on
+/// every operation that needs a right, the requirement and its 401 and 403
+/// answers (naming the roles). Open operations are left without one.
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let mut scheme = Http::new(HttpAuthScheme::Bearer);
+    scheme.bearer_format = Some("JWT".into());
+    scheme.description = Some(
+        "A JWT with `sub` (the caller; a customer's id) and `roles` (customer, payments, \
+         warehouse, operator). Checked only when the server is started with \
+         --jwt-hs256-secret or --jwt-jwks."
+            .into(),
+    );
+    doc.components
+        .get_or_insert_with(Default::default)
+        .security_schemes
+        .insert("bearer".into(), SecurityScheme::Http(scheme));
+    let answer = |what: String| {
+        let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody")));
+        ResponseBuilder::new()
+            .description(what)
+            .content("application/json", body.build())
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            (Method::GET, &mut item.get),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::DELETE, &mut item.delete),
+            (Method::PATCH, &mut item.patch),
+        ];
+        for (method, op) in operations {
+            let (Some(op), Need::OneOf(rights)) = (op.as_mut(), need(&method, path, false)) else {
+                continue;
+            };
+            let names: Vec<&str> = rights.iter().map(|r| <&str>::from(*r)).collect();
+            op.security = Some(vec![SecurityRequirement::new(
+                "bearer",
+                Vec::<String>::new(),
+            )]);
+            let responses = &mut op.responses.responses;
+            let missing = "No valid bearer token (`WWW-Authenticate: Bearer` says why)";
+            responses.insert("401".into(), answer(missing.into()).into());
+            let forbidden = format!("The caller has none of the roles {}", names.join(", "));
+            responses.insert("403".into(), answer(forbidden).into());
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Only a route the guard did not wrap has none: a bug, refused.
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the route was served without its access check",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(sub: &str, rights: &[Right]) -> Caller {
+        Caller::Token {
+            sub: sub.into(),
+            rights: rights.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_customer_sees_only_its_own_and_staff_see_all() {
+        let alice = token("alice", &[Customer]);
+        assert_eq!(alice.own_customer(), Some("alice"));
+        assert!(alice.may_see("alice") && !alice.may_see("bob"));
+        let ops = token("ops", &[Customer, Operator]);
+        assert_eq!(ops.own_customer(), None, "an operator is not limited");
+        assert!(token("w", &[Warehouse]).may_see("bob"));
+        assert!(Caller::Unchecked.may_see("bob") && Caller::Unchecked.has(Operator));
+    }
+
+    #[test]
+    fn roles_name_rights_and_unknown_roles_grant_none() {
+        let caller = Caller::from_token(cqrs_http::auth::Caller {
+            sub: "x".into(),
+            roles: ["payments".into(), "admin".into(), "Operator".into()].into(),
+        });
+        assert_eq!(caller, token("x", &[Payments]));
+    }
+
+    #[test]
+    fn routes_nobody_listed_need_an_operator() {
+        assert_eq!(
+            need(&Method::GET, "/some/new/route", false),
+            Need::OneOf(&[Operator])
+        );
+        assert_eq!(
+            need(&Method::GET, "/metrics", false),
+            Need::OneOf(&[Operator])
+        );
+        assert_eq!(need(&Method::GET, "/metrics", true), Need::Nothing);
+    }
+}
