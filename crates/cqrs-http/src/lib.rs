@@ -6,6 +6,7 @@ pub mod consistency;
 pub mod error;
 pub mod extract;
 pub mod server;
+pub mod tls;
 
 pub use consistency::{
     wait_consistent, ConsistencyHeader, ConsistencyParams, TOKEN_HEADER, TOKEN_PATTERN,

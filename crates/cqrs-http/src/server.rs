@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 /// File descriptors kept free for the databases, the broker and the logs.
 const RESERVED_FDS: u64 = 128;
@@ -78,13 +79,15 @@ impl ServerLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops
-/// accepting and lets open requests finish, for at most
-/// `limits.shutdown_timeout`. Returns whether every connection finished.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until
+/// `shutdown` resolves; then stops accepting and lets open requests finish,
+/// for at most `limits.shutdown_timeout`. Returns whether every connection
+/// finished.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
@@ -125,10 +128,37 @@ pub async fn serve(
             tracing::debug!(%error, "TCP_NODELAY not set; answers may wait for Nagle");
         }
         let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             metrics::gauge!("http_connections_open").increment(1.0);
-            if let Err(e) = conn.await {
+            let ended = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                // The handshake counts against the head deadline: a client
+                // that never finishes it is cut off like a slow head.
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            metrics::counter!("http_tls_handshake_failures_total").increment(1);
+                            Ok(())
+                        }
+                        Err(_) => {
+                            metrics::counter!("http_tls_handshake_failures_total").increment(1);
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             metrics::gauge!("http_connections_open").decrement(1.0);

@@ -3,15 +3,12 @@
 use crate::{KafkaConfig, KafkaError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
 /// Creates `topic` and `topic.dlq` unless they exist.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = config.client().create()?;
     let dlq = config.dlq_topic();
     let topics = [
         NewTopic::new(

@@ -22,6 +22,46 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor when the topic is created.
     pub replication: i32,
+    /// librdkafka properties every client gets on top of ours (TLS, SASL,
+    /// timeouts: `security.protocol`, `sasl.password`, ...).
+    pub properties: KafkaProperties,
+}
+
+/// librdkafka properties passed through. `Debug` shows the keys and hides
+/// the values of credentials (anything named like a password, secret or key).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub Vec<(String, String)>);
+
+impl KafkaProperties {
+    /// Whether `key` names a credential whose value must not be shown.
+    pub fn is_secret(key: &str) -> bool {
+        ["password", "secret", "key", "jaas", "token"]
+            .iter()
+            .any(|w| key.to_ascii_lowercase().contains(w))
+    }
+
+    /// Parses `key=value` (the value may contain `=`).
+    pub fn parse_one(s: &str) -> Result<(String, String), String> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            // The text itself is not quoted: it may hold a credential.
+            _ => Err("a Kafka property is key=value (this one has no key or no '=')".into()),
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.0 {
+            if Self::is_secret(k) {
+                m.entry(k, &"(redacted)");
+            } else {
+                m.entry(k, v);
+            }
+        }
+        m.finish()
+    }
 }
 
 impl KafkaConfig {
@@ -37,6 +77,9 @@ impl KafkaConfig {
             .set("socket.nagle.disable", "true")
             .set("reconnect.backoff.ms", "100")
             .set("reconnect.backoff.max.ms", "1000");
+        for (k, v) in &self.properties.0 {
+            c.set(k, v);
+        }
         c
     }
 

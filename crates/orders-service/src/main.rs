@@ -3,6 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cqrs_http::auth::{mint_hs256, JwtOptions, Mint, Secret};
+use cqrs_http::tls::ServerCert;
+use cqrs_kafka::KafkaProperties;
 use orders_service::cli::{client, dead_letters, replay, trace};
 use orders_service::server::config::defaults;
 use orders_service::server::{KafkaOptions, Role};
@@ -62,6 +64,13 @@ struct DbArgs {
     /// Consumer group of the projectors.
     #[arg(long, env = "ORDERS_KAFKA_GROUP", default_value = defaults::KAFKA_GROUP)]
     kafka_group: String,
+    /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;
+    /// comma-separated in the environment): TLS and SASL, e.g.
+    /// security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512,
+    /// sasl.username=..., sasl.password=..., ssl.ca.location=...
+    #[arg(long = "kafka-property", env = "ORDERS_KAFKA_PROPERTIES", value_delimiter = ',',
+          hide_env_values = true, value_parser = KafkaProperties::parse_one)]
+    kafka_properties: Vec<(String, String)>,
     /// How long a dead projector holds its partitions.
     #[arg(
         long,
@@ -93,6 +102,7 @@ impl DbArgs {
                 replication: self.kafka_replication,
                 group_id: self.kafka_group.clone(),
                 session_timeout_ms: self.kafka_session_timeout_ms,
+                properties: KafkaProperties(self.kafka_properties.clone()),
             }),
             roles: self.roles.clone(),
             trace_retention: Duration::from_secs(self.trace_retention_secs),
@@ -125,6 +135,13 @@ struct HttpArgs {
     /// consistency waits end, the roles stop; whatever remains is dropped.
     #[arg(long, env = "ORDERS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     shutdown_timeout_secs: u64,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); read
+    /// again on SIGHUP.
+    #[arg(long, env = "ORDERS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "ORDERS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl HttpArgs {
@@ -142,6 +159,28 @@ impl HttpArgs {
     }
     fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs.max(1))
+    }
+
+    /// The TLS acceptor, when HTTPS is asked for, with a task that reads
+    /// the certificate again on SIGHUP.
+    fn tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let cert = ServerCert::load(cert, key)?;
+        let acceptor = cert.acceptor()?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match cert.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate not reloaded; the one in use stays")
+                    }
+                }
+            }
+        });
+        Ok(Some(acceptor))
     }
 }
 
@@ -355,8 +394,10 @@ async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Re
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let limits = http.limits();
-        tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, "serving");
-        cqrs_http::serve(listener, running.router(), limits, signal).await;
+        let tls = http.tls()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %listener.local_addr()?, scheme, max_connections = limits.max_connections, "serving");
+        cqrs_http::serve(listener, running.router(), limits, tls, signal).await;
     } else {
         tracing::info!(roles = ?config.roles, "running without the API");
         signal.await;

@@ -94,3 +94,55 @@ pub fn stable_port() -> u16 {
         }
     }
 }
+
+/// The TLS material `scripts/services` makes: the local CA, and the server
+/// certificate and key that PostgreSQL and Kafka present.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA certificate (PEM).
+    pub ca: std::path::PathBuf,
+    /// The server certificate (PEM, for 127.0.0.1 and localhost).
+    pub cert: std::path::PathBuf,
+    /// Its key (PEM).
+    pub key: std::path::PathBuf,
+}
+
+fn required_file(var: &str) -> std::path::PathBuf {
+    let path = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests through scripts/test, or `eval \"$(scripts/services env)\"`")
+    });
+    let path = std::path::PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "{var}={} does not exist: run `scripts/services start`",
+        path.display()
+    );
+    path
+}
+
+/// The TLS files of the local services; panics when they are missing.
+pub fn tls() -> Tls {
+    Tls {
+        ca: required_file("TEST_TLS_CA"),
+        cert: required_file("TEST_TLS_CERT"),
+        key: required_file("TEST_TLS_KEY"),
+    }
+}
+
+/// The broker's SASL_SSL listener and its test user: (brokers, user,
+/// password); panics when nothing answers there.
+pub fn kafka_sasl() -> (String, String, String) {
+    let var = |v: &str| {
+        std::env::var(v)
+            .unwrap_or_else(|_| panic!("{v} is not set: run the tests through scripts/test"))
+    };
+    let brokers = var("TEST_KAFKA_SASL_BROKERS");
+    if let Err(e) = std::net::TcpStream::connect(&brokers) {
+        panic!("Kafka's SASL_SSL listener does not answer at {brokers}: {e}. Run `scripts/services start`.");
+    }
+    (
+        brokers,
+        var("TEST_KAFKA_SASL_USER"),
+        var("TEST_KAFKA_SASL_PASSWORD"),
+    )
+}

@@ -13,17 +13,31 @@ pub struct Server {
     /// Bearer token, when the server checks callers (`orders token` mints one).
     #[arg(long, env = "ORDERS_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
+    /// CA certificate (PEM) to trust for an https:// server with a private CA.
+    #[arg(long, env = "ORDERS_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Server {
     /// A request to `path` on the server, with the token if there is one.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        let mut client = reqwest::Client::builder();
+        if let Some(ca) = &self.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+            client = client.add_root_certificate(cert);
+        }
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let req = reqwest::Client::new().request(method, url);
-        match &self.token {
+        let req = client.build()?.request(method, url);
+        Ok(match &self.token {
             Some(t) => req.bearer_auth(t.expose()),
             None => req,
-        }
+        })
     }
 }
 
@@ -135,8 +149,8 @@ pub fn parse_item(s: &str) -> anyhow::Result<Value> {
     Ok(json!({ "sku": sku, "quantity": quantity, "unit_price_cents": price }))
 }
 
-async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
-    let res = req
+async fn send(req: anyhow::Result<reqwest::RequestBuilder>) -> anyhow::Result<()> {
+    let res = req?
         .send()
         .await
         .context("cannot reach the server (is `orders serve` running?)")?;
@@ -157,8 +171,8 @@ async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn post(server: &Server, path: &str, body: Value) -> reqwest::RequestBuilder {
-    server.request(reqwest::Method::POST, path).json(&body)
+fn post(server: &Server, path: &str, body: Value) -> anyhow::Result<reqwest::RequestBuilder> {
+    Ok(server.request(reqwest::Method::POST, path)?.json(&body))
 }
 
 /// `orders create`.
@@ -207,11 +221,11 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<()> {
 pub async fn get(a: GetArgs) -> anyhow::Result<()> {
     let mut req = a
         .server
-        .request(reqwest::Method::GET, &format!("/orders/{}", a.id));
+        .request(reqwest::Method::GET, &format!("/orders/{}", a.id))?;
     if let Some(t) = a.consistent_with {
         req = req.header("x-consistency-token", t);
     }
-    send(req).await
+    send(Ok(req)).await
 }
 /// `orders list`.
 pub async fn list(a: ListArgs) -> anyhow::Result<()> {
@@ -228,7 +242,12 @@ pub async fn list(a: ListArgs) -> anyhow::Result<()> {
     if let Some(x) = a.after {
         q.push(("after", x));
     }
-    send(a.server.request(reqwest::Method::GET, "/orders").query(&q)).await
+    send(
+        a.server
+            .request(reqwest::Method::GET, "/orders")
+            .map(|r| r.query(&q)),
+    )
+    .await
 }
 
 #[cfg(test)]

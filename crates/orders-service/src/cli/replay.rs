@@ -8,7 +8,6 @@ use anyhow::{bail, Context};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SourceKey, SqlEventStore};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Executor;
@@ -399,8 +398,9 @@ async fn open_reader(
         let store = SqlEventStore::open(Db::connect(write_url, options).await?).await?;
         return Ok(Reader::Log { store, after: 0 });
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
+    let consumer: BaseConsumer = k
+        .config()
+        .client()
         .set(
             "group.id",
             format!("orders-replay-{}", uuid::Uuid::new_v4()),

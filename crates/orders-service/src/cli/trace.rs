@@ -20,7 +20,7 @@ pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
     let path = format!("/commands/{}/trace", a.command_id);
     let res = a
         .server
-        .request(reqwest::Method::GET, &path)
+        .request(reqwest::Method::GET, &path)?
         .send()
         .await
         .context("cannot reach the server (is `orders serve` running?)")?;

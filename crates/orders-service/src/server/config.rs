@@ -1,7 +1,7 @@
 //! How an `orders` process runs: its databases, Kafka, roles and limits.
 
 use cqrs_http::auth::JwtOptions;
-use cqrs_kafka::KafkaConfig;
+use cqrs_kafka::{KafkaConfig, KafkaProperties};
 use cqrs_sql::db::sqlite_url;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +72,8 @@ pub struct KafkaOptions {
     pub group_id: String,
     /// Consumer `session.timeout.ms`.
     pub session_timeout_ms: u32,
+    /// librdkafka properties for every client (TLS, SASL, ...).
+    pub properties: KafkaProperties,
 }
 
 impl KafkaOptions {
@@ -84,14 +86,17 @@ impl KafkaOptions {
             replication: defaults::KAFKA_REPLICATION,
             group_id: defaults::KAFKA_GROUP.into(),
             session_timeout_ms: defaults::KAFKA_SESSION_TIMEOUT_MS,
+            properties: KafkaProperties::default(),
         }
     }
-    pub(crate) fn config(&self) -> KafkaConfig {
+    /// The settings every Kafka client of this process is made from.
+    pub fn config(&self) -> KafkaConfig {
         KafkaConfig {
             brokers: self.brokers.clone(),
             topic: self.topic.clone(),
             partitions: self.partitions,
             replication: self.replication,
+            properties: self.properties.clone(),
         }
     }
 }

@@ -9,7 +9,6 @@ use axum::response::IntoResponse;
 use cqrs_sql::SourceKey;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -44,8 +43,8 @@ pub async fn metrics() -> impl IntoResponse {
 }
 
 fn kafka_client(k: &KafkaOptions) -> Result<BaseConsumer, String> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
+    k.config()
+        .client()
         .set("group.id", format!("orders-metrics-{}", std::process::id()))
         .create()
         .map_err(|e| e.to_string())

@@ -174,6 +174,7 @@ impl Running {
             listener,
             router,
             cqrs_http::ServerLimits::default(),
+            None,
             std::future::pending(),
         ))
     }

@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use cqrs_kafka::{KafkaConfig, KafkaSource, Relay, RelayConfig, SourceConfig};
 use cqrs_sql::store::GeneratedHistory;
 use cqrs_sql::{Db, DbOptions, EventStore, ProjectorConfig, ProjectorRunner, SqlEventStore};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -114,10 +113,11 @@ async fn raw_produce(
 /// The raw baseline of the projector: a consumer that joins a fresh group
 /// on the same topic (timed from before the join, as the projector is) and
 /// only counts the records.
-fn raw_consume(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
+fn raw_consume(kafka: &KafkaConfig, n: usize) -> anyhow::Result<f64> {
+    let topic = kafka.topic.as_str();
     let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = kafka
+        .client()
         .set("group.id", format!("raw-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -167,6 +167,7 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
         topic: format!("{write_name}.events"),
         partitions: 6,
         replication: 1,
+        properties: cqrs_kafka::KafkaProperties::default(),
     };
     let result = async {
         cqrs_kafka::ensure_topics(&kafka).await?;
@@ -188,9 +189,8 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
         .await?;
         let raw_producer = raw_produce(&kafka, &raw_topic, &history, value_len as usize).await?;
         let projector = time_projector(&kafka, &read_url, &format!("{read_name}-group"), n).await?;
-        let (topic, brokers) = (kafka.topic.clone(), brokers.clone());
-        let raw_consumer =
-            tokio::task::spawn_blocking(move || raw_consume(&brokers, &topic, n)).await??;
+        let raw = kafka.clone();
+        let raw_consumer = tokio::task::spawn_blocking(move || raw_consume(&raw, n)).await??;
         Ok::<_, anyhow::Error>(Rates {
             events: n,
             value_len,

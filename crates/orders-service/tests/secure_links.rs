@@ -1,0 +1,254 @@
+//! Every link that leaves the process encrypted at once: the real binary
+//! serves HTTPS, keeps its write and read databases on PostgreSQL over TLS
+//! with the certificate verified (verify-full), and reaches Kafka over
+//! SASL_SSL (SCRAM-SHA-512). A command goes the whole way, and no credential
+//! shows up in the logs.
+
+mod common;
+
+use common::{free_port, Proc};
+use cqrs_http::auth::{mint_hs256, Mint, Secret};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const JWT_SECRET: &str = "secure-links-test-secret-0123456789";
+
+fn operator_token() -> String {
+    let secret: Secret = JWT_SECRET.parse().unwrap();
+    let roles = ["operator".to_owned()];
+    let mint = Mint {
+        sub: "ops",
+        roles: &roles,
+        ttl: Duration::from_secs(600),
+        issuer: None,
+        audience: None,
+    };
+    mint_hs256(&secret, &mint).unwrap()
+}
+
+/// The URL of a fresh database, to be reached over TLS with the server's
+/// certificate checked against the local CA and its name.
+async fn verified_url(ca: &std::path::Path) -> (String, String) {
+    let url = test_support::fresh_postgres_url().await;
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let tls = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    (tls, name)
+}
+
+fn https_client(ca: &std::path::Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn wait_https(http: &reqwest::Client, base: &str, proc: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(proc.alive(), "the server exited:\n{}", proc.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS answer within 60 s:\n{}",
+            proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_travels_over_https_postgres_tls_and_kafka_sasl_ssl() {
+    let tls = test_support::tls();
+    let (brokers, user, password) = test_support::kafka_sasl();
+    let (write_url, write_db) = verified_url(&tls.ca).await;
+    let (read_url, read_db) = verified_url(&tls.ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let topic = test_support::unique_topic();
+    let kafka_properties = [
+        "security.protocol=SASL_SSL".to_owned(),
+        "sasl.mechanisms=SCRAM-SHA-512".to_owned(),
+        format!("sasl.username={user}"),
+        format!("sasl.password={password}"),
+        format!("ssl.ca.location={}", tls.ca.display()),
+    ];
+    let args: Vec<String> = [
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--tls-cert".to_owned(),
+        tls.cert.display().to_string(),
+        "--tls-key".to_owned(),
+        tls.key.display().to_string(),
+        "--database-url".to_owned(),
+        write_url.clone(),
+        "--read-database-url".to_owned(),
+        read_url.clone(),
+        "--kafka-brokers".to_owned(),
+        brokers.clone(),
+        "--kafka-topic".to_owned(),
+        topic.clone(),
+        "--kafka-group".to_owned(),
+        format!("g-{topic}"),
+    ]
+    .into_iter()
+    .collect();
+    let env = [
+        ("ORDERS_JWT_HS256_SECRET", JWT_SECRET.to_owned()),
+        ("ORDERS_KAFKA_PROPERTIES", kafka_properties.join(",")),
+        ("ORDERS_KAFKA_SESSION_TIMEOUT_MS", "6000".to_owned()),
+        (
+            "RUST_LOG",
+            "debug,hyper=info,h2=info,rustls=info,sqlx=info".to_owned(),
+        ),
+    ];
+    let mut server = Proc::serve("secure", dir.path(), &args, &env);
+    let base = format!("https://127.0.0.1:{port}");
+    let http = https_client(&tls.ca);
+    wait_https(&http, &base, &mut server).await;
+    let token = operator_token();
+
+    // HTTPS only: the same port does not speak cleartext HTTP.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        plain.map(|r| r.status() != 200).unwrap_or(true),
+        "cleartext was served"
+    );
+
+    let body = json!({ "customer_id": "alice",
+        "items": [{ "sku": "book", "quantity": 2, "unit_price_cents": 1500 }] });
+    let created: Value = http
+        .post(format!("{base}/orders"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["order_id"].as_str().expect("created").to_owned();
+    let consistency = created["consistency_token"].as_str().unwrap().to_owned();
+    // Read back through the projector, which consumed it from Kafka.
+    let res = http
+        .get(format!(
+            "{base}/orders/{id}?consistent_with={consistency}&wait_ms=30000"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let order: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{order}\n{}", server.log_text());
+    assert_eq!(order["total_cents"], 3000);
+    let command = created["command_id"].as_str().unwrap();
+    let trace: Value = http
+        .get(format!("{base}/commands/{command}/trace"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let consumed_from = trace.to_string();
+    assert!(
+        consumed_from.contains(&format!("{topic}/")),
+        "consumed from Kafka: {trace}"
+    );
+
+    // Every connection the server holds to either database is encrypted.
+    let admin = sqlx::PgPool::connect(&test_support::postgres_admin_url())
+        .await
+        .unwrap();
+    let (encrypted, clear): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE s.ssl), COUNT(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.datname IN ($1, $2)",
+    )
+    .bind(&write_db)
+    .bind(&read_db)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(
+        encrypted > 0 && clear == 0,
+        "{encrypted} encrypted, {clear} in the clear"
+    );
+
+    server.terminate();
+    let logged = server.log_text();
+    for (what, secret) in [
+        ("the SASL password", password.as_str()),
+        ("the JWT secret", JWT_SECRET),
+        ("the bearer token", token.as_str()),
+    ] {
+        assert!(!logged.contains(secret), "{what} is in the log");
+    }
+    assert!(
+        logged.contains("scheme=\"https\"") || logged.contains("scheme=https"),
+        "{logged}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_verify_full_refuses_a_server_its_ca_did_not_sign() {
+    sqlx::any::install_default_drivers();
+    let url = test_support::fresh_postgres_url().await;
+    // The webpki roots do not include the local CA: verification must fail.
+    let unverifiable = format!("{url}?sslmode=verify-full");
+    let refused = cqrs_sql::Db::connect(&unverifiable, &cqrs_sql::DbOptions::default()).await;
+    let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(!why.is_empty(), "connected without a trusted certificate");
+    let tls = test_support::tls();
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", tls.ca.display());
+    cqrs_sql::Db::connect(&verified, &cqrs_sql::DbOptions::default())
+        .await
+        .expect("the local CA verifies the server");
+}
+
+#[tokio::test]
+async fn kafka_sasl_plain_and_scram_take_the_right_password_only() {
+    let tls = test_support::tls();
+    let (brokers, user, password) = test_support::kafka_sasl();
+    let config = |mechanism: &str, password: &str| cqrs_kafka::KafkaConfig {
+        brokers: brokers.clone(),
+        topic: test_support::unique_topic(),
+        partitions: 1,
+        replication: 1,
+        properties: cqrs_kafka::KafkaProperties(vec![
+            ("security.protocol".into(), "SASL_SSL".into()),
+            ("sasl.mechanisms".into(), mechanism.into()),
+            ("sasl.username".into(), user.clone()),
+            ("sasl.password".into(), password.into()),
+            ("ssl.ca.location".into(), tls.ca.display().to_string()),
+        ]),
+    };
+    for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
+        let good = config(mechanism, &password);
+        tokio::time::timeout(Duration::from_secs(30), cqrs_kafka::ensure_topics(&good))
+            .await
+            .unwrap_or_else(|_| panic!("{mechanism}: no answer"))
+            .unwrap_or_else(|e| panic!("{mechanism}: {e}"));
+        let bad = config(mechanism, "not-the-password");
+        let refused =
+            tokio::time::timeout(Duration::from_secs(15), cqrs_kafka::ensure_topics(&bad)).await;
+        assert!(
+            !matches!(refused, Ok(Ok(()))),
+            "{mechanism} took a wrong password"
+        );
+        assert!(
+            !format!("{:?}", bad.properties).contains("not-the-password"),
+            "properties print their password"
+        );
+    }
+}
