@@ -241,7 +241,7 @@ async fn kafka_sasl_plain_and_scram_take_the_right_password_only() {
             .unwrap_or_else(|e| panic!("{mechanism}: {e}"));
         let bad = config(mechanism, "not-the-password");
         let refused =
-            tokio::time::timeout(Duration::from_secs(15), cqrs_kafka::ensure_topics(&bad)).await;
+            tokio::time::timeout(Duration::from_secs(8), cqrs_kafka::ensure_topics(&bad)).await;
         assert!(
             !matches!(refused, Ok(Ok(()))),
             "{mechanism} took a wrong password"
