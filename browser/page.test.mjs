@@ -1,10 +1,12 @@
-// Drives the live page in Debian's Chromium: sends a command from the form,
+// Drives the live page in Debian's Chromium (usage: URL SCREENSHOT [TOKEN]):
+// with a token, enters it first, as a user of a server that checks callers
+// would. Then it sends a command from the form,
 // waits until the journey shows it applied (and queried), checks the order
 // appears in the list fed by Server-Sent Events, saves a screenshot, and
 // fails if the page asked for anything outside the server (no CDN).
 import { chromium } from "playwright-core";
 
-const [url, shot] = process.argv.slice(2);
+const [url, shot, token] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -15,6 +17,10 @@ try {
   const external = [];
   page.on("request", (r) => { if (!r.url().startsWith(url)) external.push(r.url()); });
   await page.goto(url);
+  if (token) {
+    await page.fill("#token", token);
+    await page.$eval("#token", (el) => el.dispatchEvent(new Event("change")));
+  }
   await page.fill("#customer", "browser");
   await page.fill("#qty", "3");
   await page.click("#send");

@@ -10,6 +10,9 @@ pub struct EventMetadata {
     pub command_id: String,
     /// When the command handler decided (write-side clock).
     pub occurred_at: DateTime<Utc>,
+    /// Who sent the command (the token's `sub`), when the server checks callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 /// An event about to be appended.

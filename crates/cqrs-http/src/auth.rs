@@ -21,6 +21,8 @@ pub struct Caller {
     pub sub: String,
     /// `roles`, as the token lists them.
     pub roles: BTreeSet<String>,
+    /// `exp`: when the token stops being valid (seconds since 1970).
+    pub expires: u64,
 }
 
 /// A credential that must not reach logs: its `Debug` says only that it is set.
@@ -137,6 +139,9 @@ struct Claims {
     sub: String,
     #[serde(default)]
     roles: Vec<String>,
+    // Required by the validation; defaulted only to report it as missing.
+    #[serde(default)]
+    exp: u64,
 }
 
 /// Checks bearer tokens.
@@ -238,6 +243,7 @@ impl JwtVerifier {
         Ok(Caller {
             sub: claims.sub,
             roles: claims.roles.into_iter().collect(),
+            expires: claims.exp,
         })
     }
 

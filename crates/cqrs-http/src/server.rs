@@ -91,6 +91,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let router = match tls {
+        Some(_) => router.layer(axum::Extension(crate::tls::Https)),
+        None => router,
+    };
     let router = router.layer(axum::middleware::from_fn_with_state(
         BodyReading {
             limits,

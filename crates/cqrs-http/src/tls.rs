@@ -9,6 +9,11 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+/// Marks a request that came over TLS (an axum extension that
+/// [`crate::serve`] adds when it serves HTTPS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Https;
+
 /// Why a certificate or key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -34,6 +34,8 @@ pub mod header {
     pub const DLQ_REASON: &str = "dlq_reason";
     /// Where a dead-lettered record came from.
     pub const DLQ_SOURCE: &str = "dlq_source";
+    /// Who sent the command (absent when the server checks no caller).
+    pub const CALLER: &str = "caller";
 }
 
 /// Headers of an event.
@@ -54,15 +56,22 @@ pub fn headers_of(e: &EventEnvelope) -> OwnedHeaders {
         (header::RECORDED_AT, cqrs_sql::db::timestamp(e.recorded_at)),
         (header::POSITION, e.position.to_string()),
     ];
-    fields.iter().fold(
-        OwnedHeaders::new_with_capacity(fields.len()),
+    let headers = fields.iter().fold(
+        OwnedHeaders::new_with_capacity(fields.len() + 1),
         |h, (k, v)| {
             h.insert(Header {
                 key: k,
                 value: Some(v.as_bytes()),
             })
         },
-    )
+    );
+    match &e.metadata.caller {
+        Some(caller) => headers.insert(Header {
+            key: header::CALLER,
+            value: Some(caller.as_bytes()),
+        }),
+        None => headers,
+    }
 }
 
 /// The headers of a message as text.
@@ -167,6 +176,10 @@ pub fn decode(m: &BorrowedMessage<'_>) -> Result<EventEnvelope, RecordError> {
         metadata: EventMetadata {
             command_id: text(&h, header::COMMAND_ID)?.to_owned(),
             occurred_at: time(&h, header::OCCURRED_AT)?,
+            caller: h
+                .get(header::CALLER)
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         },
         recorded_at: time(&h, header::RECORDED_AT)?,
     })

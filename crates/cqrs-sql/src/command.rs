@@ -23,6 +23,8 @@ pub struct CommandOptions {
     pub now: DateTime<Utc>,
     /// Appends retried after a conflict before giving up.
     pub max_retries: u32,
+    /// Who sends it (the token's `sub`), stored with its events.
+    pub caller: Option<String>,
 }
 
 /// The answer to a command that succeeded.
@@ -359,6 +361,7 @@ fn append_request<A: Aggregate>(
         metadata: EventMetadata {
             command_id: options.command_id.clone(),
             occurred_at: options.now,
+            caller: options.caller.clone(),
         },
         idempotency: options.idempotency.clone(),
     })

@@ -93,6 +93,7 @@ fn append_req(id: &str, expected: i64, n: usize) -> AppendRequest {
         metadata: EventMetadata {
             command_id: uuid::Uuid::new_v4().to_string(),
             occurred_at: chrono::Utc::now(),
+            caller: None,
         },
         idempotency: None,
     }
@@ -105,6 +106,7 @@ fn options() -> CommandOptions {
         idempotency: None,
         now: chrono::Utc::now(),
         max_retries: 100,
+        caller: None,
     }
 }
 

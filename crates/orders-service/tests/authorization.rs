@@ -170,6 +170,7 @@ async fn every_route_answers_each_role_as_the_table_says() {
         (Method::GET, "/readyz".into(), None, None, [200; 6]),
         (Method::GET, "/metrics".into(), None, None, [401, 403, 403, 403, 403, 200]),
         (Method::GET, "/stream".into(), None, None, [401, 403, 403, 403, 403, 200]),
+        (Method::POST, "/stream/ticket".into(), None, None, [401, 403, 403, 403, 403, 204]),
         (Method::GET, "/stats".into(), None, None, [401, 403, 403, 403, 403, 200]),
         (Method::POST, "/orders".into(), Some(new_order), None, [401, 201, 403, 403, 403, 201]),
         (Method::GET, "/orders".into(), None, None, [401, 200, 200, 200, 200, 200]),
@@ -358,5 +359,86 @@ async fn every_bad_token_is_a_401_that_says_why() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401, "a non-bearer scheme");
+    api.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_takes_an_operators_token_from_its_ticket_cookie() {
+    let api = Api::start().await;
+    let ops = token("ops", &["operator"]);
+    let (s, _, headers) = api
+        .call(&Method::POST, "/stream/ticket", None, Some(&ops))
+        .await;
+    assert_eq!(s, 204);
+    let cookie = headers["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["Path=/stream", "HttpOnly", "SameSite=Strict", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let stream = |cookie: String| {
+        let req = api.app.http.get(format!("{}/stream", api.app.base));
+        async move {
+            req.header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        stream(pair.clone()).await,
+        200,
+        "the ticket opens the stream"
+    );
+    assert_eq!(stream("orders_stream=garbage".into()).await, 401);
+    let customer = format!("orders_stream={}", token("alice", &["customer"]));
+    assert_eq!(stream(customer).await, 403, "a customer's token does not");
+    // The cookie is for the stream alone: elsewhere only the header counts.
+    let res = api
+        .app
+        .http
+        .get(format!("{}/stats", api.app.base))
+        .header("cookie", pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    api.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_trace_names_its_caller() {
+    let api = Api::start().await;
+    let alice = token("alice", &["customer"]);
+    let body = json!({ "customer_id": "alice",
+        "items": [{ "sku": "pen", "quantity": 1, "unit_price_cents": 250 }] });
+    let (s, created, _) = api
+        .call(&Method::POST, "/orders", Some(&body), Some(&alice))
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let command = created["command_id"].as_str().unwrap();
+    let (s, trace, _) = api
+        .call(
+            &Method::GET,
+            &format!("/commands/{command}/trace"),
+            None,
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(s, 200, "{trace}");
+    assert_eq!(trace["caller"], "alice", "{trace}");
+    let (_, history, _) = api
+        .call(
+            &Method::GET,
+            &format!("/orders/{}/history", created["order_id"].as_str().unwrap()),
+            None,
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(
+        history["events"][0]["metadata"]["caller"], "alice",
+        "{history}"
+    );
     api.app.stop().await;
 }

@@ -1,41 +1,45 @@
 //! The live page in a real headless browser (Debian's Chromium driven by
-//! playwright-core; `scripts/test` installs both).
+//! playwright-core; `scripts/test` installs both): once as the demo serves
+//! it, once with authentication on and a token typed into the page.
 
 mod common;
 
 use common::{free_port, wait_healthy, Proc};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_live_page_sends_a_command_and_shows_its_journey_and_the_order() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let browser_dir = root.join("browser");
+fn browser_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../browser");
     assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
+        dir.join("node_modules/playwright-core").exists(),
         "playwright-core is missing: run `npm ci --prefix browser` (scripts/test does)"
     );
-    let dir = tempfile::tempdir().unwrap();
+    dir
+}
+
+/// Serves a fresh instance with `env`, drives the page (typing `token` when
+/// given) and returns the server's log.
+async fn drive(dir: &Path, env: &[(&str, String)], token: Option<&str>, shot: &Path) -> String {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let args = vec![
         "--listen".to_owned(),
         format!("127.0.0.1:{port}"),
         "--data-dir".into(),
-        dir.path().display().to_string(),
+        dir.display().to_string(),
     ];
-    let mut server = Proc::serve("live", dir.path(), &args, &[]);
+    let mut server = Proc::serve("live", dir, &args, env);
     wait_healthy(&base, &mut server).await;
-    let shot = browser_dir.join("live-page.png");
-    let _ = std::fs::remove_file(&shot);
-    let out = std::process::Command::new("node")
-        .current_dir(&browser_dir)
-        .args([
-            "page.test.mjs",
-            &format!("{base}/"),
-            &shot.display().to_string(),
-        ])
-        .output()
-        .expect("node is installed");
+    let _ = std::fs::remove_file(shot);
+    let mut node = std::process::Command::new("node");
+    node.current_dir(browser_dir()).args([
+        "page.test.mjs",
+        &format!("{base}/"),
+        &shot.display().to_string(),
+    ]);
+    if let Some(t) = token {
+        node.arg(t);
+    }
+    let out = node.output().expect("node is installed");
     assert!(
         out.status.success(),
         "{}\n{}\nserver log:\n{}",
@@ -48,5 +52,39 @@ async fn the_live_page_sends_a_command_and_shows_its_journey_and_the_order() {
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "the page must not load anything from the network"
+    );
+    server.terminate();
+    server.log_text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_sends_a_command_and_shows_its_journey_and_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let shot = browser_dir().join("live-page.png");
+    drive(dir.path(), &[], None, &shot).await;
+
+    // With callers checked: the page works once an operator's token is typed
+    // in, the stream included (its cookie), and the token is never logged.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "browser-test-secret-0123456789abcdef";
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["token", "--sub", "ops", "--role", "operator"])
+        .env("ORDERS_JWT_HS256_SECRET", secret)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let env = [
+        ("ORDERS_JWT_HS256_SECRET", secret.to_owned()),
+        ("RUST_LOG", "debug,hyper=info".to_owned()),
+    ];
+    let shot = dir.path().join("live-page-auth.png");
+    let logged = drive(dir.path(), &env, Some(&token), &shot).await;
+    assert!(
+        logged.contains(r#"caller="ops""#),
+        "the command ran as the token's caller"
+    );
+    assert!(
+        !logged.contains(&token) && !logged.contains(secret),
+        "a credential is in the log"
     );
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 const SERVED: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/stream"),
+    ("post", "/stream/ticket"),
     ("get", "/commands/{id}/trace"),
     ("get", "/customers/{id}/summary"),
     ("get", "/healthz"),

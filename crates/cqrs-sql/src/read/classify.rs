@@ -122,6 +122,7 @@ mod tests {
                 metadata: EventMetadata {
                     command_id: "c".into(),
                     occurred_at: chrono::Utc::now(),
+                    caller: None,
                 },
                 recorded_at: chrono::Utc::now(),
             }),

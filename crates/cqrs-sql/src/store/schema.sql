@@ -15,6 +15,7 @@ CREATE TABLE IF NOT EXISTS events (
     command_id TEXT NOT NULL,
     occurred_at TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
+    caller TEXT,
     CONSTRAINT events_aggregate_version UNIQUE (aggregate_id, version));
 
 CREATE INDEX IF NOT EXISTS events_command ON events (command_id);

@@ -60,6 +60,9 @@ impl SqlEventStore {
             Backend::Postgres => Arc::new(super::postgres::Postgres),
         };
         db.migrate(&write_schema(&*dialect)).await?;
+        // Stores made before commands carried their caller.
+        db.add_column_if_missing("events", "caller", "TEXT", None)
+            .await?;
         db.migrate(RELAY_SCHEMA).await?;
         init_relay_checkpoint(&db).await?;
         let last: i64 =
@@ -68,7 +71,7 @@ impl SqlEventStore {
                 .await?;
         let select_events = format!(
             "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, {} AS payload, command_id, occurred_at, recorded_at FROM events",
+             schema_version, {} AS payload, command_id, occurred_at, recorded_at, caller FROM events",
             dialect.payload_column()
         );
         let appends = super::writer::spawn(
@@ -376,6 +379,7 @@ struct EventRow {
     command_id: String,
     occurred_at: String,
     recorded_at: String,
+    caller: Option<String>,
 }
 
 impl EventRow {
@@ -399,6 +403,7 @@ impl EventRow {
                 command_id: self.command_id,
                 occurred_at: parse_timestamp(&self.occurred_at)
                     .map_err(|e| corrupt("occurred_at", &e))?,
+                caller: self.caller,
             },
             recorded_at: parse_timestamp(&self.recorded_at)
                 .map_err(|e| corrupt("recorded_at", &e))?,

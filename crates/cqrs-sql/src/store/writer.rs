@@ -215,6 +215,7 @@ impl Writers {
                     Val::Text(e.payload.to_string()),
                     Val::Text(r.metadata.command_id.clone()),
                     Val::Text(occurred_at.clone()),
+                    Val::OptText(r.metadata.caller.clone()),
                 ]);
             }
         }
@@ -232,15 +233,16 @@ impl Writers {
                 ("payload", Kind::Text),
                 ("command_id", Kind::Text),
                 ("occurred_at", Kind::Text),
+                ("caller", Kind::Text),
             ],
         );
         // Positions are handed out in row order, so one aggregate's events
         // get increasing positions.
         let sql = format!(
             "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, payload, command_id, occurred_at, recorded_at) \
+             schema_version, payload, command_id, occurred_at, recorded_at, caller) \
              SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.version, v.event_type, \
-             v.schema_version, {payload}, v.command_id, v.occurred_at, $2 FROM ({source}) AS v \
+             v.schema_version, {payload}, v.command_id, v.occurred_at, $2, v.caller FROM ({source}) AS v \
              WHERE true ORDER BY v.ord \
              ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING event_id, position",
             payload = match self.db.backend {

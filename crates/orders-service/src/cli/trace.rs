@@ -53,8 +53,13 @@ pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
             s.detail.clone(),
         ]);
     }
+    let by = t
+        .caller
+        .as_deref()
+        .map(|c| format!(", sent by {c}"))
+        .unwrap_or_default();
     println!(
-        "Command {} on {} ({})\n{table}",
+        "Command {} on {} ({}{by})\n{table}",
         t.command_id,
         t.aggregate_id,
         t.event_types.join(", ")

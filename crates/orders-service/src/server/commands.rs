@@ -106,6 +106,7 @@ async fn run(
         idempotency,
         now: chrono::Utc::now(),
         max_retries: MAX_RETRIES,
+        caller: caller.sub().map(str::to_owned),
     };
     let started = std::time::Instant::now();
     let result = execute_cached(&app.store, Some(&*app.states), id, &command, options).await;

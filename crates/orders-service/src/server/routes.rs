@@ -34,6 +34,7 @@ pub fn router(app: App) -> Router {
         .routes(routes!(command_trace))
         .routes(routes!(live_page))
         .routes(routes!(live_stream))
+        .routes(routes!(stream_ticket))
         .split_for_parts();
     let mut doc = doc;
     super::access::document(&mut doc);
@@ -118,6 +119,41 @@ async fn live_page(QueryParams(_): QueryParams<NoParams>) -> Response {
         NoParamErrors))]
 async fn live_stream(State(app): State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
     super::live::stream(app.live.clone(), app.closing.clone()).into_response()
+}
+
+/// `POST /stream/ticket`: lets a browser open `/stream` with its bearer
+/// token, which an `EventSource` cannot send: the token goes into an
+/// HttpOnly, SameSite=Strict cookie for `/stream` alone, until it expires
+/// (never into a URL, where logs would keep it).
+#[utoipa::path(post, path = "/stream/ticket", tag = "meta",
+    responses((status = 204, description = "The cookie is set (nothing to set when the server checks no caller)"), NoParamErrors))]
+async fn stream_ticket(
+    State(app): State<App>,
+    https: Option<axum::Extension<cqrs_http::tls::Https>>,
+    headers: axum::http::HeaderMap,
+    QueryParams(_): QueryParams<NoParams>,
+) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let Some(verifier) = &app.access.verifier else {
+        return res;
+    };
+    // The guard has verified it already; read again for its expiry.
+    let checked = cqrs_http::auth::bearer(&headers).and_then(|t| Ok((t, verifier.verify(t)?)));
+    let (token, caller) = match checked {
+        Ok(c) => c,
+        Err(e) => return e.response(),
+    };
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let max_age = caller.expires.saturating_sub(now).max(1);
+    let secure = if https.is_some() { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}={token}; Path=/stream; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        super::access::STREAM_COOKIE
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(axum::http::header::SET_COOKIE, v);
+    }
+    res
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -32,6 +32,8 @@ pub struct CommandTrace {
     pub command_id: String,
     /// Its aggregate.
     pub aggregate_id: String,
+    /// Who sent it (the token's `sub`; absent when the server checks no caller).
+    pub caller: Option<String>,
     /// The events it appended.
     pub event_types: Vec<String>,
     /// The six stages, in order.
@@ -97,6 +99,7 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
     ];
     Ok(Some(CommandTrace {
         command_id: command_id.to_owned(),
+        caller: first.metadata.caller.clone(),
         aggregate_id: last.aggregate_id.clone(),
         event_types: events.iter().map(|e| e.event_type.clone()).collect(),
         stages: timed(raw),

@@ -147,6 +147,7 @@ mod tests {
             metadata: cqrs_core::EventMetadata {
                 command_id: "c".into(),
                 occurred_at: chrono::Utc::now(),
+                caller: None,
             },
             recorded_at: chrono::Utc::now(),
         };

@@ -75,6 +75,7 @@ async fn raw_produce(
             metadata: cqrs_core::EventMetadata {
                 command_id: format!("bench-{i}"),
                 occurred_at: now,
+                caller: None,
             },
             recorded_at: now,
         };
