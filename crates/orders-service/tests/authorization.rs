@@ -442,3 +442,45 @@ async fn a_commands_trace_names_its_caller() {
     );
     api.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_added_to_the_jwks_file_is_honoured_without_a_restart() {
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cqrs-http/tests/keys");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+    let mut config = Config::embedded(dir.path());
+    config.jwt = Some(JwtOptions {
+        hs256_secret: None,
+        jwks: Some(jwks.clone()),
+        issuer: None,
+        audience: None,
+        leeway: Duration::from_secs(5),
+    });
+    let app = spawn_with(config, dir).await;
+    let pem = std::fs::read(keys.join("rs256.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({ "sub": "ops", "roles": ["operator"], "exp": now + 300 });
+    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let stats = || {
+        let req = app
+            .http
+            .get(format!("{}/stats", app.base))
+            .bearer_auth(&token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(stats().await, 401, "no key yet");
+    std::fs::copy(keys.join("jwks.json"), &jwks).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stats().await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key set was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}

@@ -187,6 +187,13 @@ impl Proc {
         }
     }
 
+    /// Sends SIGHUP (reload keys and certificates).
+    pub fn signal_hup(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         let _ = std::process::Command::new("kill")

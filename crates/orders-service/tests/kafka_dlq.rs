@@ -230,7 +230,11 @@ async fn kcat_reads_the_documented_key_headers_and_json() {
     assert_eq!(header("schema_version"), Some("1"));
     assert_eq!(header("command_id"), answer["command_id"].as_str());
     assert_eq!(header("trace_id"), answer["command_id"].as_str());
-    assert_eq!(header("caller"), None, "no caller where the server checks none");
+    assert_eq!(
+        header("caller"),
+        None,
+        "no caller where the server checks none"
+    );
     assert!(
         header("event_id").is_some()
             && header("occurred_at").is_some()

@@ -185,6 +185,24 @@ async fn a_command_travels_over_https_postgres_tls_and_kafka_sasl_ssl() {
         "{encrypted} encrypted, {clear} in the clear"
     );
 
+    // Nor in what the server shows about itself.
+    let mut shown = String::new();
+    for path in ["/metrics", "/readyz"] {
+        let res = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        shown.push_str(&res.text().await.unwrap());
+    }
+    assert!(shown.contains("cqrs_"), "metrics were served: {shown}");
+    for secret in [password.as_str(), JWT_SECRET, token.as_str()] {
+        assert!(
+            !shown.contains(secret),
+            "a credential is in /metrics or /readyz"
+        );
+    }
     server.terminate();
     let logged = server.log_text();
     for (what, secret) in [
@@ -251,4 +269,149 @@ async fn kafka_sasl_plain_and_scram_take_the_right_password_only() {
             "properties print their password"
         );
     }
+}
+
+/// A CA of its own and a certificate for 127.0.0.1 it signed, made with
+/// openssl: (ca, cert, key).
+fn issued(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
+    let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    let (cert, key, csr, ext) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN={name} CA"),
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    std::fs::write(
+        dir.join(&ext),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    [file("pem").with_file_name(ca), file("pem"), file("key")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_in_a_renewed_certificate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let [old_ca, old_cert, old_key] = issued(dir.path(), "old");
+    let [new_ca, new_cert, new_key] = issued(dir.path(), "new");
+    let (cert, key) = (
+        dir.path().join("serving.pem"),
+        dir.path().join("serving.key"),
+    );
+    std::fs::copy(&old_cert, &cert).unwrap();
+    std::fs::copy(&old_key, &key).unwrap();
+    let port = free_port();
+    let args: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ];
+    let mut server = Proc::serve("renew", dir.path(), &args, &[]);
+    let base = format!("https://127.0.0.1:{port}");
+    wait_https(&https_client(&old_ca), &base, &mut server).await;
+    // A new client each time: a pooled connection keeps the certificate of
+    // its handshake, as it should.
+    let healthy = |ca: &std::path::Path| {
+        let (client, url) = (https_client(ca), format!("{base}/healthz"));
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    };
+    assert!(
+        !healthy(&new_ca).await,
+        "the new certificate is not served yet"
+    );
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    server.signal_hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !healthy(&new_ca).await {
+        assert!(
+            Instant::now() < deadline,
+            "not swapped after SIGHUP:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!healthy(&old_ca).await, "the old certificate is gone");
+    // A broken file on the next SIGHUP keeps the certificate in use.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    server.signal_hup();
+    let logged = Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains("TLS certificate not reloaded") {
+        assert!(Instant::now() < logged, "the failed reload was not logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy(&new_ca).await, "a broken file took the server down");
+    assert!(server.alive());
 }
