@@ -61,9 +61,9 @@ struct DbArgs {
     /// Replication factor when topics are created.
     #[arg(long, env = "ORDERS_KAFKA_REPLICATION", default_value_t = defaults::KAFKA_REPLICATION)]
     kafka_replication: i32,
-    /// Consumer group of the projectors.
-    #[arg(long, env = "ORDERS_KAFKA_GROUP", default_value = defaults::KAFKA_GROUP)]
-    kafka_group: String,
+    /// Consumer group of the projectors (default: <topic>.projectors).
+    #[arg(long, env = "ORDERS_KAFKA_GROUP")]
+    kafka_group: Option<String>,
     /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;
     /// comma-separated in the environment): TLS and SASL, e.g.
     /// security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512,
@@ -100,7 +100,10 @@ impl DbArgs {
                 topic: self.kafka_topic.clone(),
                 partitions: self.kafka_partitions,
                 replication: self.kafka_replication,
-                group_id: self.kafka_group.clone(),
+                group_id: self
+                    .kafka_group
+                    .clone()
+                    .unwrap_or_else(|| defaults::kafka_group(&self.kafka_topic)),
                 session_timeout_ms: self.kafka_session_timeout_ms,
                 properties: KafkaProperties(self.kafka_properties.clone()),
             }),
@@ -425,8 +428,18 @@ async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Re
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    // One line, whatever RUST_BACKTRACE says: the cause chain, not frames.
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
     init_logs(
         cli.log.as_deref(),

@@ -298,6 +298,7 @@ async fn a_public_address_needs_authentication_and_the_cli_carries_a_minted_toke
     let cli = |args: &[&str], token: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orders"));
         cmd.args(args)
+            .env("RUST_BACKTRACE", "1")
             .env("ORDERS_SERVER", &base)
             .env("ORDERS_JWT_HS256_SECRET", secret)
             .env_remove("ORDERS_TOKEN");
@@ -312,11 +313,38 @@ async fn a_public_address_needs_authentication_and_the_cli_carries_a_minted_toke
     let create = ["create", "--customer", "alice", "--item", "book:1:700"];
     let anonymous = cli(&create, None);
     assert!(!anonymous.status.success());
-    assert!(String::from_utf8_lossy(&anonymous.stdout).contains("unauthenticated"));
+    // One line on stderr with the server's error, no backtrace.
+    let why = String::from_utf8_lossy(&anonymous.stderr);
+    assert_eq!(why.lines().count(), 1, "{why}");
+    assert!(
+        why.starts_with("error: 401 Unauthorized: unauthenticated: "),
+        "{why}"
+    );
     let created = cli(&create, Some(&token));
     assert!(created.status.success(), "{created:?}");
     let answer: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     assert!(answer["order_id"].is_string(), "{answer}");
+    // A refused command: one line with the domain's code, logged with it.
+    let id = answer["order_id"].as_str().unwrap();
+    assert!(cli(&["cancel", id], Some(&token)).status.success());
+    let again = cli(&["cancel", id], Some(&token));
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(why.lines().count(), 1, "{why}");
+    assert!(
+        why.starts_with("error: 409 Conflict: order_closed: "),
+        "{why}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains(r#"outcome="order_closed""#)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refusal's code is not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The caller is in the command's log line; the token is nowhere.
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains(r#"caller="alice""#), "{logged}");

@@ -160,15 +160,27 @@ async fn send(req: anyhow::Result<reqwest::RequestBuilder>) -> anyhow::Result<()
         .get("x-consistency-token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    let text = res.text().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("server answered {status}");
+        bail!("{}", refusal(status, &text));
     }
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    println!("{}", serde_json::to_string_pretty(&body)?);
     if let Some(t) = token {
         eprintln!("read your write: orders get ID --consistent-with {t}");
     }
     Ok(())
+}
+
+/// A refused request in one line: the status and the server's JSON error
+/// (`code: message`), or its text when it sent no such body.
+pub fn refusal(status: reqwest::StatusCode, body: &str) -> String {
+    let error: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    match (error["error"].as_str(), error["message"].as_str()) {
+        (Some(code), Some(message)) => format!("{status}: {code}: {message}"),
+        _ if body.trim().is_empty() => format!("{status}"),
+        _ => format!("{status}: {}", body.trim()),
+    }
 }
 
 fn post(server: &Server, path: &str, body: Value) -> anyhow::Result<reqwest::RequestBuilder> {

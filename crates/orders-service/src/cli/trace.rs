@@ -26,7 +26,8 @@ pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
         .context("cannot reach the server (is `orders serve` running?)")?;
     if !res.status().is_success() {
         let status = res.status();
-        bail!("{status}: {}", res.text().await.unwrap_or_default());
+        let body = res.text().await.unwrap_or_default();
+        bail!("{}", crate::cli::client::refusal(status, &body));
     }
     let t: CommandTrace = res.json().await?;
     println!("{}", teaching_tables(&t));

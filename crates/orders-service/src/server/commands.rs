@@ -122,6 +122,7 @@ async fn run(
         command = command.name(),
         order_id = id,
         caller = caller.sub(),
+        outcome,
         ok = result.is_ok(),
         elapsed_us = started.elapsed().as_micros() as u64,
         "command handled"

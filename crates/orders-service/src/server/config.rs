@@ -19,8 +19,11 @@ pub mod defaults {
     pub const KAFKA_PARTITIONS: i32 = 6;
     /// Replication factor of created topics.
     pub const KAFKA_REPLICATION: i32 = 1;
-    /// The projectors' consumer group.
-    pub const KAFKA_GROUP: &str = "orders-read-model";
+    /// The projectors' consumer group on `topic`: one per topic, so that
+    /// services on other topics of one cluster never share it.
+    pub fn kafka_group(topic: &str) -> String {
+        format!("{topic}.projectors")
+    }
     /// How long a dead projector holds its partitions (Kafka's own default).
     pub const KAFKA_SESSION_TIMEOUT_MS: u32 = 45_000;
     /// How long command traces are kept, in seconds.
@@ -84,7 +87,7 @@ impl KafkaOptions {
             topic: defaults::KAFKA_TOPIC.into(),
             partitions: defaults::KAFKA_PARTITIONS,
             replication: defaults::KAFKA_REPLICATION,
-            group_id: defaults::KAFKA_GROUP.into(),
+            group_id: defaults::kafka_group(defaults::KAFKA_TOPIC),
             session_timeout_ms: defaults::KAFKA_SESSION_TIMEOUT_MS,
             properties: KafkaProperties::default(),
         }
@@ -165,3 +168,20 @@ impl Config {
 
 /// Orders whose state the command handler keeps in memory, at most.
 pub const STATE_CACHE_ORDERS: usize = 100_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_topic_gets_a_consumer_group_of_its_own() {
+        assert_eq!(
+            KafkaOptions::new("b:9092").group_id,
+            "orders.events.projectors"
+        );
+        assert_ne!(
+            defaults::kafka_group("a.events"),
+            defaults::kafka_group("b.events")
+        );
+    }
+}
