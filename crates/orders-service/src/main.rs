@@ -281,13 +281,19 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a process with the API listens when not told.
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API with the in-process projector.
     Serve {
-        /// Address to listen on.
-        #[arg(long, env = "ORDERS_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        /// Address to listen on [default: 127.0.0.1:8080 for a process with
+        /// the API; a relay-only or projector-only process listens only when
+        /// given one, for /healthz, /readyz and /metrics].
+        #[arg(long, env = "ORDERS_LISTEN")]
+        listen: Option<SocketAddr>,
         #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
@@ -378,7 +384,17 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Result<()> {
+async fn serve(listen: Option<SocketAddr>, config: Config, http: HttpArgs) -> anyhow::Result<()> {
+    // Bound before the roles start: a taken port stops the process before it
+    // joins the consumer group (a needless rebalance) or takes the relay lock.
+    let listener = match listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let running = Running::start(&config).await?;
     let signalled = std::sync::OnceLock::new();
     let failed = std::sync::OnceLock::new();
@@ -392,17 +408,21 @@ async fn serve(listen: SocketAddr, config: Config, http: HttpArgs) -> anyhow::Re
         let _ = signalled.set(std::time::Instant::now());
         running.begin_shutdown();
     };
-    if config.runs(Role::Api) {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+    if let Some(listener) = listener {
         let limits = http.limits();
         let tls = http.tls()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(addr = %listener.local_addr()?, scheme, max_connections = limits.max_connections, "serving");
-        cqrs_http::serve(listener, running.router(), limits, tls, signal).await;
+        let api = config.runs(Role::Api);
+        // Without the API, only what shows the process's health.
+        let router = if api {
+            running.router()
+        } else {
+            running.ops_router()
+        };
+        tracing::info!(addr = %listener.local_addr()?, scheme, api, max_connections = limits.max_connections, "serving");
+        cqrs_http::serve(listener, router, limits, tls, signal).await;
     } else {
-        tracing::info!(roles = ?config.roles, "running without the API");
+        tracing::info!(roles = ?config.roles, "running without the API and without a listener");
         signal.await;
     }
     let spent = signalled.get().map_or(Duration::ZERO, |t| t.elapsed());
@@ -457,8 +477,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_public: auth.metrics_public,
                 ..db.config()
             };
-            if config.runs(Role::Api) {
-                auth.check_exposure(listen)?;
+            let default = config.runs(Role::Api).then_some(DEFAULT_LISTEN);
+            let listen = listen.or(default);
+            if let Some(addr) = listen {
+                auth.check_exposure(addr)?;
             }
             serve(listen, config, http).await
         }

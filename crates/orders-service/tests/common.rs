@@ -309,7 +309,8 @@ impl Cluster {
         }
     }
 
-    /// Starts one role (api roles listen on `port`).
+    /// Starts one role, listening on `port` when given (the API, or health
+    /// and metrics alone for a relay or projector).
     pub fn start(
         &self,
         name: &str,

@@ -252,3 +252,41 @@ async fn tokens_give_read_your_writes_across_processes_on_every_query_route() {
         (503, Some("not_yet_consistent"), Some("1"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_or_projector_alone_answers_health_and_metrics_and_binds_first() {
+    let cluster = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut relay = cluster.start("relay", "relay", Some(port), &[]);
+    wait_healthy(&base, &mut relay).await;
+    let metrics = wait_metric(&base, "cqrs_outbox_pending", |_| true, "the relay's gauges").await;
+    assert!(metrics.contains("cqrs_outbox_pending"), "{metrics}");
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // No API on it: a command has nowhere to go.
+    let res = reqwest::Client::new()
+        .post(format!("{base}/orders"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // A projector told to listen on that taken port stops before it joins
+    // the consumer group.
+    let mut projector = cluster.start("projector", "projector", Some(port), &[]);
+    let status = projector
+        .wait_exit(Duration::from_secs(20))
+        .expect("the projector exits");
+    assert!(!status.success());
+    let log = projector.log_text();
+    assert!(
+        log.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("partitions assigned"),
+        "it joined the group first:\n{log}"
+    );
+    drop(relay);
+}

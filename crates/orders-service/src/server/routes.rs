@@ -57,6 +57,23 @@ pub fn router(app: App) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// The routes of a process without the API (a relay or a projector alone):
+/// health, readiness and metrics, under the same access table.
+pub fn ops_router(app: App) -> Router {
+    use axum::routing::get;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            super::access::guard,
+        ))
+        .fallback(cqrs_http::not_found)
+        .method_not_allowed_fallback(cqrs_http::method_not_allowed)
+        .with_state(app)
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

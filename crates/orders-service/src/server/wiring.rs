@@ -166,6 +166,12 @@ impl Running {
         routes::router(self.app.clone())
     }
 
+    /// The router of a process without the API: health, readiness and
+    /// metrics only.
+    pub fn ops_router(&self) -> axum::Router {
+        routes::ops_router(self.app.clone())
+    }
+
     /// Serves this instance on `listener` with the default limits until the
     /// task is aborted (for the tools and tests that drive a server).
     pub fn spawn_server(&self, listener: tokio::net::TcpListener) -> JoinHandle<bool> {
