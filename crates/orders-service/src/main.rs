@@ -24,8 +24,21 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "ORDERS_LOG", global = true)]
     log: Option<String>,
+    /// Log lines as JSON objects or as text [default: json when stderr is
+    /// not a terminal (a file, a collector), pretty on a terminal].
+    #[arg(long, env = "ORDERS_LOG_FORMAT", global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line: timestamp, level, target, message and fields.
+    Json,
+    /// Text for people (colours only on a terminal).
+    Pretty,
 }
 
 /// Where the data lives.
@@ -348,18 +361,30 @@ enum Command {
     Trace(trace::TraceArgs),
 }
 
-fn init_logs(filter: Option<&str>, default: &str) {
+/// Installs the log subscriber; returns the format it writes.
+fn init_logs(filter: Option<&str>, format: Option<LogFormat>, default: &str) -> LogFormat {
     let filter = filter
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_owned());
-    // Colours only on a terminal: a log file or collector gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let format = format.unwrap_or(if terminal {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Colours only on a terminal: a log file gets plain text.
+        LogFormat::Pretty => builder.with_ansi(terminal).try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("logs not set up: {e}");
+    }
+    format
 }
 
 async fn shutdown_signal() {
@@ -449,22 +474,28 @@ async fn serve(listen: Option<SocketAddr>, config: Config, http: HttpArgs) -> an
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // One line, whatever RUST_BACKTRACE says: the cause chain, not frames.
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
+    let default_filter = if quiet { "warn" } else { "info,sqlx=warn" };
+    let format = init_logs(cli.log.as_deref(), cli.log_format, default_filter);
+    let serving = matches!(cli.command, Command::Serve { .. });
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line, whatever RUST_BACKTRACE says: the cause chain, not
+            // frames; a server writing JSON logs says it as one more record.
+            let why = format!("{e:#}");
+            if serving && format == LogFormat::Json {
+                tracing::error!(error = %why, "exiting");
+            } else {
+                eprintln!("error: {why}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Bench(_));
-    init_logs(
-        cli.log.as_deref(),
-        if quiet { "warn" } else { "info,sqlx=warn" },
-    );
     match cli.command {
         Command::Serve {
             listen,

@@ -337,7 +337,7 @@ async fn a_public_address_needs_authentication_and_the_cli_carries_a_minted_toke
     let deadline = Instant::now() + Duration::from_secs(5);
     while !std::fs::read_to_string(&log)
         .unwrap()
-        .contains(r#"outcome="order_closed""#)
+        .contains(r#""outcome":"order_closed""#)
     {
         assert!(
             Instant::now() < deadline,
@@ -347,6 +347,15 @@ async fn a_public_address_needs_authentication_and_the_cli_carries_a_minted_toke
     }
     // The caller is in the command's log line; the token is nowhere.
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.contains(r#"caller="alice""#), "{logged}");
+    assert!(logged.contains(r#""caller":"alice""#), "{logged}");
+    // A server's log, written to a file, is one JSON object per line.
+    for line in logged.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            record["timestamp"].is_string() && record["level"].is_string(),
+            "{line}"
+        );
+    }
     assert!(!logged.contains(&token) && !logged.contains(secret));
 }

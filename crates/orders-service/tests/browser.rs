@@ -80,7 +80,7 @@ async fn the_live_page_sends_a_command_and_shows_its_journey_and_the_order() {
     let shot = dir.path().join("live-page-auth.png");
     let logged = drive(dir.path(), &env, Some(&token), &shot).await;
     assert!(
-        logged.contains(r#"caller="ops""#),
+        logged.contains(r#""caller":"ops""#),
         "the command ran as the token's caller"
     );
     assert!(

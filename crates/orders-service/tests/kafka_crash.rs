@@ -72,17 +72,15 @@ async fn accepted_grows_by(accepted: &Accepted, more: usize, procs: &mut [&mut c
 
 /// Records the projectors dropped as already applied, from their logs.
 fn duplicates_dropped(cluster: &Cluster) -> u64 {
-    let ansi = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap();
-    let field = regex::Regex::new("duplicates=([0-9]+)").unwrap();
+    // Each process logs JSON lines; a batch that dropped copies says how many.
     std::fs::read_dir(cluster.dir.path())
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
-        .map(|log| {
-            let plain = ansi.replace_all(&log, "");
-            field
-                .captures_iter(&plain)
-                .filter_map(|c| c[1].parse::<u64>().ok())
-                .sum::<u64>()
+        .flat_map(|log| {
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|record| record["duplicates"].as_u64())
+                .collect::<Vec<_>>()
         })
         .sum()
 }
