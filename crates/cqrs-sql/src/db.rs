@@ -125,13 +125,70 @@ async fn postgres_pool(url: &str, options: &DbOptions) -> Result<AnyPool, sqlx::
         .await
 }
 
+/// How long the first connection to a server may take before the start
+/// fails, naming the server.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first connection to a PostgreSQL server, on its own: its failure says
+/// what went wrong (refused, unknown host, bad password, missing database),
+/// where a pool would only report that it timed out.
+async fn first_connection(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, sqlx::AnyConnection::connect(url)).await {
+        Ok(Ok(conn)) => conn.close().await,
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
+}
+
+/// A connection failure that names the server (password hidden) and, for a
+/// database that does not exist, says how to make it.
+fn connect_error(url: &str, e: sqlx::Error) -> sqlx::Error {
+    let missing = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"));
+    let timed_out = matches!(e, sqlx::Error::PoolTimedOut);
+    let mut why = format!("cannot connect to {}: ", redact_url(url));
+    if timed_out {
+        why.push_str(&format!(
+            "no answer within {} s",
+            FIRST_CONNECT_TIMEOUT.as_secs()
+        ));
+    } else {
+        why.push_str(&e.to_string());
+    }
+    if missing {
+        why.push_str(
+            " (create the database first: `createdb NAME`, or CREATE DATABASE NAME as a user \
+             allowed to; the server's default database `postgres` always exists)",
+        );
+    }
+    sqlx::Error::Configuration(why.into())
+}
+
 impl Db {
-    /// Opens a database by URL (`sqlite:PATH` creates the file).
+    /// Opens a database by URL (`sqlite:PATH` creates the file); logs which
+    /// one and how long the connection took, and names it in any error.
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
+        let started = std::time::Instant::now();
+        let db = Self::open(url, options).await.map_err(|e| match e {
+            // A bad URL or setting says so itself, without connecting.
+            e @ sqlx::Error::Configuration(_) => e,
+            e => connect_error(url, e),
+        })?;
+        tracing::info!(
+            database = %redact_url(url),
+            backend = ?db.backend,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "database connected"
+        );
+        Ok(db)
+    }
+
+    async fn open(url: &str, options: &DbOptions) -> Result<Db, sqlx::Error> {
         let backend = Backend::of_url(url)?;
         match backend {
             Backend::Postgres => {
+                first_connection(url).await?;
                 let pool = postgres_pool(url, options).await?;
                 Ok(Db {
                     backend,

@@ -359,3 +359,47 @@ async fn a_public_address_needs_authentication_and_the_cli_carries_a_minted_toke
     }
     assert!(!logged.contains(&token) && !logged.contains(secret));
 }
+
+#[tokio::test]
+async fn an_unreachable_or_missing_database_is_named_with_the_way_out() {
+    let serve = |url: &str| {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_orders"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let port = free_port();
+    let (err, took) = serve(&format!("postgres://orders:s3cret@127.0.0.1:{port}/orders"));
+    assert!(
+        err.contains(&format!(
+            "cannot connect to postgres://orders:***@127.0.0.1:{port}/orders"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains("refused"),
+        "the cause is given: {err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(
+        took < Duration::from_secs(12),
+        "a refused connection fails fast: {took:?}"
+    );
+    let admin = test_support::postgres_admin_url();
+    let base = admin.rsplit_once('/').unwrap().0;
+    let (err, _) = serve(&format!(
+        "{base}/t_missing_{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    assert!(
+        err.contains("does not exist") && err.contains("createdb"),
+        "{err}"
+    );
+}
