@@ -290,3 +290,33 @@ async fn a_relay_or_projector_alone_answers_health_and_metrics_and_binds_first()
     );
     drop(relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_mode_reports_no_outbox_that_only_a_relay_would_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ];
+    let mut server = common::Proc::serve("embedded", dir.path(), &args, &[]);
+    wait_healthy(&base, &mut server).await;
+    let res = reqwest::Client::new()
+        .post(format!("{base}/orders"))
+        .json(&json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 5}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let text = wait_metric(
+        &base,
+        "cqrs_projector_lag_records",
+        |v| v == 0.0,
+        "lag never 0",
+    )
+    .await;
+    assert!(!text.contains("cqrs_outbox_pending"), "{text}");
+}

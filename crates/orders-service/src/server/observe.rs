@@ -135,9 +135,13 @@ pub async fn sample_every(app: App, every: Duration, live: watch::Sender<Option<
 async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<(i64, i64)> {
     use cqrs_sql::EventStore;
     let log_head = app.store.head_position().await?;
-    metrics::gauge!("cqrs_outbox_pending").set(app.store.outbox_pending().await? as f64);
-    metrics::gauge!("cqrs_outbox_oldest_pending_age_seconds")
-        .set(app.store.oldest_pending_age().await?);
+    // Only a relay moves the outbox checkpoint: in the embedded mode the
+    // projector reads the log itself, and the gauges would only climb.
+    if app.kafka.is_some() {
+        metrics::gauge!("cqrs_outbox_pending").set(app.store.outbox_pending().await? as f64);
+        metrics::gauge!("cqrs_outbox_oldest_pending_age_seconds")
+            .set(app.store.oldest_pending_age().await?);
+    }
     let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, PROJECTOR).await?;
     let checkpoints: HashMap<SourceKey, (i64, String)> = rows
         .into_iter()
