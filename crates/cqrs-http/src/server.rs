@@ -135,36 +135,7 @@ pub async fn serve(
         let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             metrics::gauge!("http_connections_open").increment(1.0);
-            let ended = match tls {
-                None => {
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                // The handshake counts against the head deadline: a client
-                // that never finishes it is cut off like a slow head.
-                Some(tls) => {
-                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            watcher
-                                .watch(http.serve_connection(TokioIo::new(stream), service))
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            metrics::counter!("http_tls_handshake_failures_total").increment(1);
-                            Ok(())
-                        }
-                        Err(_) => {
-                            metrics::counter!("http_tls_handshake_failures_total").increment(1);
-                            Ok(())
-                        }
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            serve_connection(stream, service, http, watcher, tls, limits.header_timeout).await;
             metrics::gauge!("http_connections_open").decrement(1.0);
             drop(permit);
         });
@@ -185,6 +156,43 @@ pub async fn serve(
             );
             false
         }
+    }
+}
+
+/// Serves one connection until it closes or the shutdown ends it; over
+/// TLS, after a handshake that counts against the head deadline (a client
+/// that never finishes it is cut off like a slow head).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    service: TowerToHyperService<axum::Router>,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    tls: Option<TlsAcceptor>,
+    head_deadline: Duration,
+) {
+    let ended = match tls {
+        None => {
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            watcher.watch(conn).await
+        }
+        Some(tls) => match tokio::time::timeout(head_deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(conn).await
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                metrics::counter!("http_tls_handshake_failures_total").increment(1);
+                Ok(())
+            }
+            Err(_) => {
+                metrics::counter!("http_tls_handshake_failures_total").increment(1);
+                Ok(())
+            }
+        },
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

@@ -116,3 +116,17 @@ pub async fn owner_of(app: &App, id: &str) -> Result<Option<String>, ApiError> {
         )),
     }
 }
+
+/// A found value as JSON, or 404 with `code` and `message` (also what a
+/// caller gets for something that is not theirs to see).
+pub fn found<T: Serialize>(
+    value: Option<T>,
+    code: &'static str,
+    message: impl FnOnce() -> String,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    match value {
+        Some(v) => Ok(axum::Json(v).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, code, message())),
+    }
+}

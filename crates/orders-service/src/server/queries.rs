@@ -2,7 +2,7 @@
 //! event history), waiting for a consistency token when one is presented.
 
 use super::access::Caller;
-use super::api::{order_id, owner_of, OrderPath, QueryErrors};
+use super::api::{found, order_id, owner_of, OrderPath, QueryErrors};
 use super::App;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -39,14 +39,13 @@ pub(super) async fn get_order(
         .await
         .map_err(read_error)?;
     // Another customer's order is answered as if it did not exist.
-    match order.filter(|o| caller.may_see(&o.customer_id)) {
-        Some(order) => Ok(Json(order).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "order_not_found",
-            format!("the read model has no order {id} (yet: present a consistency token to wait for a write)"),
-        )),
-    }
+    found(
+        order.filter(|o| caller.may_see(&o.customer_id)),
+        "order_not_found",
+        || {
+            format!("the read model has no order {id} (yet: present a consistency token to wait for a write)")
+        },
+    )
 }
 
 /// Query string of `GET /orders`.
@@ -177,14 +176,9 @@ pub(super) async fn customer_summary(
     } else {
         None
     };
-    match summary {
-        Some(s) => Ok(Json(s).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "customer_not_found",
-            format!("no orders for customer {id:?}"),
-        )),
-    }
+    found(summary, "customer_not_found", || {
+        format!("no orders for customer {id:?}")
+    })
 }
 
 /// Count and value of the orders in each status.

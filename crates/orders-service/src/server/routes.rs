@@ -2,7 +2,7 @@
 //! query routes, the API document, and the routes about the service itself.
 
 use super::access::Caller;
-use super::api::{owner_of, ErrorBody, NoParamErrors, QueryErrors};
+use super::api::{found, owner_of, ErrorBody, NoParamErrors, QueryErrors};
 use super::App;
 use super::{commands, queries};
 use axum::extract::State;
@@ -113,14 +113,9 @@ async fn command_trace(
         }
         other => other.map_err(|e| ApiError::unavailable("the trace store", &e))?,
     };
-    match trace {
-        Some(t) => Ok(Json(t).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "command_not_found",
-            format!("no command {id:?} (or its trace expired)"),
-        )),
-    }
+    found(trace, "command_not_found", || {
+        format!("no command {id:?} (or its trace expired)")
+    })
 }
 
 /// `GET /`: the live page.
