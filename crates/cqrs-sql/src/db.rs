@@ -40,6 +40,9 @@ pub struct DbOptions {
     pub max_connections: u32,
     /// SQLite `synchronous`: `NORMAL` survives a process crash, `FULL` also power loss.
     pub sqlite_synchronous: String,
+    /// Create a PostgreSQL database that does not exist yet (as the URL's
+    /// user, through the server's `postgres` database).
+    pub create_missing: bool,
 }
 
 impl Default for DbOptions {
@@ -47,6 +50,7 @@ impl Default for DbOptions {
         Self {
             max_connections: 16,
             sqlite_synchronous: "NORMAL".into(),
+            create_missing: false,
         }
     }
 }
@@ -141,10 +145,35 @@ async fn first_connection(url: &str) -> Result<(), sqlx::Error> {
     }
 }
 
+fn is_missing_database(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"))
+}
+
+/// Creates the database `url` names, connecting to the same server's
+/// `postgres` database as the same user.
+async fn create_database(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sqlx::{ConnectOptions, Connection};
+    let options = PgConnectOptions::from_str(url)?;
+    let name = options
+        .get_database()
+        .ok_or_else(|| sqlx::Error::Configuration("the URL names no database".into()))?
+        .to_owned();
+    let mut admin: PgConnection = options.database("postgres").connect().await?;
+    // An identifier cannot be a bind parameter: quoted, its quotes doubled.
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    admin
+        .execute(format!("CREATE DATABASE {quoted}").as_str())
+        .await?;
+    admin.close().await?;
+    tracing::info!(database = %name, "database created");
+    Ok(())
+}
+
 /// A connection failure that names the server (password hidden) and, for a
 /// database that does not exist, says how to make it.
 fn connect_error(url: &str, e: sqlx::Error) -> sqlx::Error {
-    let missing = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"));
+    let missing = is_missing_database(&e);
     let timed_out = matches!(e, sqlx::Error::PoolTimedOut);
     let mut why = format!("cannot connect to {}: ", redact_url(url));
     if timed_out {
@@ -157,8 +186,8 @@ fn connect_error(url: &str, e: sqlx::Error) -> sqlx::Error {
     }
     if missing {
         why.push_str(
-            " (create the database first: `createdb NAME`, or CREATE DATABASE NAME as a user \
-             allowed to; the server's default database `postgres` always exists)",
+            " (create it: pass --create-database (ORDERS_CREATE_DATABASE), run `createdb NAME`, \
+             or CREATE DATABASE NAME as a user allowed to)",
         );
     }
     sqlx::Error::Configuration(why.into())
@@ -188,7 +217,13 @@ impl Db {
         let backend = Backend::of_url(url)?;
         match backend {
             Backend::Postgres => {
-                first_connection(url).await?;
+                match first_connection(url).await {
+                    Err(e) if options.create_missing && is_missing_database(&e) => {
+                        create_database(url).await?;
+                        first_connection(url).await?;
+                    }
+                    other => other?,
+                }
                 let pool = postgres_pool(url, options).await?;
                 Ok(Db {
                     backend,

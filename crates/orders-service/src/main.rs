@@ -53,6 +53,10 @@ struct DbArgs {
     /// Read database; defaults to the write database's server, or SQLite.
     #[arg(long, env = "READ_DATABASE_URL")]
     read_database_url: Option<String>,
+    /// Create a PostgreSQL database the URLs name when it does not exist
+    /// (as the URL's user, who needs the CREATEDB right).
+    #[arg(long, env = "ORDERS_CREATE_DATABASE")]
+    create_database: bool,
     /// SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.
     #[arg(long, env = "ORDERS_SQLITE_SYNCHRONOUS", default_value = defaults::SQLITE_SYNCHRONOUS)]
     sqlite_synchronous: String,
@@ -124,6 +128,7 @@ impl DbArgs {
             trace_retention: Duration::from_secs(self.trace_retention_secs),
             jwt: None,
             metrics_public: false,
+            create_database: self.create_database,
         }
     }
 }

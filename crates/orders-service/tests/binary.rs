@@ -394,12 +394,35 @@ async fn an_unreachable_or_missing_database_is_named_with_the_way_out() {
     );
     let admin = test_support::postgres_admin_url();
     let base = admin.rsplit_once('/').unwrap().0;
-    let (err, _) = serve(&format!(
-        "{base}/t_missing_{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    assert!(
-        err.contains("does not exist") && err.contains("createdb"),
-        "{err}"
-    );
+    let missing = format!("{base}/t_missing_{}", uuid::Uuid::new_v4().simple());
+    let (err, _) = serve(&missing);
+    let hint = err.contains("does not exist") && err.contains("--create-database");
+    assert!(hint, "{err}");
+    // Told to, it creates the database and serves from it.
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--create-database",
+        ])
+        .args(["--database-url", &missing])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Server(child);
+    let served = format!("http://127.0.0.1:{port}");
+    wait_healthy(&served).await;
+    let body = serde_json::json!({"customer_id": "c",
+        "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 5}]});
+    let res = reqwest::Client::new()
+        .post(format!("{served}/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
 }

@@ -58,6 +58,8 @@ pub struct Config {
     pub jwt: Option<JwtOptions>,
     /// `/metrics` without a token even when authentication is on.
     pub metrics_public: bool,
+    /// Create PostgreSQL databases the URLs name that do not exist yet.
+    pub create_database: bool,
 }
 
 /// Kafka settings of the service.
@@ -130,6 +132,7 @@ impl Config {
             trace_retention: Duration::from_secs(defaults::TRACE_RETENTION_SECS),
             jwt: None,
             metrics_public: false,
+            create_database: false,
         }
     }
 

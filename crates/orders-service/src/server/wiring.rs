@@ -234,6 +234,7 @@ pub(crate) async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventS
     let options = DbOptions {
         max_connections: config.pool_size,
         sqlite_synchronous: config.sqlite_synchronous.clone(),
+        create_missing: config.create_database,
     };
     let write = Db::connect(&write_url, &options).await?;
     let read = if read_url == write_url {
