@@ -40,6 +40,8 @@ pub enum Caller {
         sub: String,
         /// The rights its roles grant (unknown roles grant none).
         rights: BTreeSet<Right>,
+        /// When the token expires (seconds since 1970).
+        expires: u64,
     },
 }
 
@@ -50,6 +52,16 @@ impl Caller {
         Caller::Token {
             sub: caller.sub,
             rights,
+            expires: caller.expires,
+        }
+    }
+
+    /// When the caller's token expires (seconds since 1970); `None` when no
+    /// token was checked.
+    pub fn expires(&self) -> Option<u64> {
+        match self {
+            Caller::Unchecked => None,
+            Caller::Token { expires, .. } => Some(*expires),
         }
     }
 
@@ -65,7 +77,7 @@ impl Caller {
     /// `sub`, for a caller that is a customer and no operator.
     pub fn own_customer(&self) -> Option<&str> {
         match self {
-            Caller::Token { sub, rights }
+            Caller::Token { sub, rights, .. }
                 if rights.contains(&Right::Customer) && !rights.contains(&Right::Operator) =>
             {
                 Some(sub)
@@ -301,6 +313,7 @@ mod tests {
         Caller::Token {
             sub: sub.into(),
             rights: rights.iter().copied().collect(),
+            expires: 0,
         }
     }
 

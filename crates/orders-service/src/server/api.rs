@@ -103,7 +103,11 @@ pub fn order_id(raw: &str) -> Result<String, ApiError> {
 /// The customer who placed order `id`, from the write side (it never
 /// changes); `None` when there is no such order.
 pub async fn owner_of(app: &App, id: &str) -> Result<Option<String>, ApiError> {
-    let events = app.store.load(id).await?;
+    owner_in(id, &app.store.load(id).await?)
+}
+
+/// The customer who placed order `id`, from its loaded `events`.
+pub fn owner_in(id: &str, events: &[cqrs_core::EventEnvelope]) -> Result<Option<String>, ApiError> {
     let Some(first) = events.first() else {
         return Ok(None);
     };

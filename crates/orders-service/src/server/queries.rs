@@ -2,7 +2,7 @@
 //! event history), waiting for a consistency token when one is presented.
 
 use super::access::Caller;
-use super::api::{found, order_id, owner_of, OrderPath, QueryErrors};
+use super::api::{found, order_id, owner_in, OrderPath, QueryErrors};
 use super::App;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -220,15 +220,10 @@ pub(super) async fn order_history(
     QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    let visible = match owner_of(&app, &id).await? {
-        Some(owner) => caller.may_see(&owner),
-        None => false,
-    };
-    let events = if visible {
-        app.store.load(&id).await?
-    } else {
-        Vec::new()
-    };
+    let mut events = app.store.load(&id).await?;
+    if !owner_in(&id, &events)?.is_some_and(|owner| caller.may_see(&owner)) {
+        events.clear();
+    }
     if events.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

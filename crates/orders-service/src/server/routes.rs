@@ -140,23 +140,18 @@ async fn live_stream(State(app): State<App>, QueryParams(_): QueryParams<NoParam
 #[utoipa::path(post, path = "/stream/ticket", tag = "meta",
     responses((status = 204, description = "The cookie is set (nothing to set when the server checks no caller)"), NoParamErrors))]
 async fn stream_ticket(
-    State(app): State<App>,
+    caller: Caller,
     https: Option<axum::Extension<cqrs_http::tls::Https>>,
     headers: axum::http::HeaderMap,
     QueryParams(_): QueryParams<NoParams>,
 ) -> Response {
     let mut res = StatusCode::NO_CONTENT.into_response();
-    let Some(verifier) = &app.access.verifier else {
+    // The guard verified the token: only its text is needed again.
+    let (Some(expires), Ok(token)) = (caller.expires(), cqrs_http::auth::bearer(&headers)) else {
         return res;
     };
-    // The guard has verified it already; read again for its expiry.
-    let checked = cqrs_http::auth::bearer(&headers).and_then(|t| Ok((t, verifier.verify(t)?)));
-    let (token, caller) = match checked {
-        Ok(c) => c,
-        Err(e) => return e.response(),
-    };
     let now = chrono::Utc::now().timestamp().max(0) as u64;
-    let max_age = caller.expires.saturating_sub(now).max(1);
+    let max_age = expires.saturating_sub(now).max(1);
     let secure = if https.is_some() { "; Secure" } else { "" };
     let cookie = format!(
         "{}={token}; Path=/stream; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
