@@ -33,6 +33,29 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// `expr` (RFC 3339 text) as a value of a native time column
+    /// (`TIMESTAMPTZ` on PostgreSQL; text on SQLite, which has no time type).
+    pub fn instant_in(self, expr: &str) -> String {
+        match self {
+            Backend::Postgres => format!("CAST({expr} AS TIMESTAMPTZ)"),
+            Backend::Sqlite => expr.to_owned(),
+        }
+    }
+
+    /// A native time column read back as RFC 3339 UTC text with
+    /// microseconds (what [`parse_timestamp`] reads), whatever the session's
+    /// time zone.
+    pub fn instant_out(self, column: &str) -> String {
+        match self {
+            Backend::Postgres => {
+                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            }
+            Backend::Sqlite => column.to_owned(),
+        }
+    }
+}
+
 /// How to open a database.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -282,52 +305,6 @@ impl Db {
                     url: DbUrl(url.into()),
                 })
             }
-        }
-    }
-
-    /// Runs idempotent DDL statements, serialised across processes on PostgreSQL.
-    pub async fn migrate<S: AsRef<str>>(&self, statements: &[S]) -> Result<(), sqlx::Error> {
-        let mut conn = self.writer.acquire().await?;
-        if self.backend == Backend::Postgres {
-            conn.execute("SELECT 1 FROM (SELECT pg_advisory_lock(7233083)) AS l")
-                .await?;
-        }
-        let mut result = Ok(());
-        for s in statements {
-            if let Err(e) = conn.execute(s.as_ref()).await {
-                result = Err(e);
-                break;
-            }
-        }
-        if self.backend == Backend::Postgres {
-            conn.execute("SELECT pg_advisory_unlock(7233083)").await?;
-        }
-        result
-    }
-
-    /// Adds `column` to `table` unless it is there (tables made by an older
-    /// version), then runs `backfill` once; serialised across processes like
-    /// [`Db::migrate`]. Returns whether it added the column.
-    pub async fn add_column_if_missing(
-        &self,
-        table: &str,
-        column: &str,
-        definition: &str,
-        backfill: Option<&str>,
-    ) -> Result<bool, sqlx::Error> {
-        let probe = format!("SELECT {column} FROM {table} WHERE 1 = 0");
-        if sqlx::query(&probe).execute(&self.pool).await.is_ok() {
-            return Ok(false);
-        }
-        let mut steps = vec![format!(
-            "ALTER TABLE {table} ADD COLUMN {column} {definition}"
-        )];
-        steps.extend(backfill.map(str::to_owned));
-        match self.migrate(&steps).await {
-            // Another process added it between the probe and the lock.
-            Err(_) if sqlx::query(&probe).execute(&self.pool).await.is_ok() => Ok(false),
-            Err(e) => Err(e),
-            Ok(()) => Ok(true),
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod command;
 pub mod db;
+pub mod migrate;
 pub mod read;
 pub mod store;
 
@@ -15,9 +16,10 @@ pub use command::{
     execute, execute_cached, CommandError, CommandOptions, CommandOutcome, StateCache,
 };
 pub use db::{Backend, Db, DbOptions};
+pub use migrate::{AddedColumn, Component, MigrateError, Migration, Step};
 pub use read::{
-    AddedColumn, EventSource, LogSource, Projection, ProjectionError, ProjectorConfig,
-    ProjectorRunner, ReadProgress, SourceError, SourceKey, SourcedEvent, WaitOutcome, Waiter,
+    EventSource, LogSource, Projection, ProjectionError, ProjectorConfig, ProjectorRunner,
+    ReadProgress, SourceError, SourceKey, SourcedEvent, WaitOutcome, Waiter,
 };
 pub use store::{
     AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError,

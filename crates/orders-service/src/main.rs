@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use cqrs_http::auth::{mint_hs256, JwtOptions, Mint, Secret};
 use cqrs_http::tls::ServerCert;
 use cqrs_kafka::KafkaProperties;
-use orders_service::cli::{client, dead_letters, replay, trace};
+use orders_service::cli::{client, dead_letters, migrate, replay, trace};
 use orders_service::server::config::defaults;
 use orders_service::server::{KafkaOptions, Role};
 use orders_service::tools::{bench, demo};
@@ -57,6 +57,10 @@ struct DbArgs {
     /// (as the URL's user, who needs the CREATEDB right).
     #[arg(long, env = "ORDERS_CREATE_DATABASE")]
     create_database: bool,
+    /// Do not apply due schema migrations at start; refuse to start while
+    /// any is due (run `orders migrate` as a deploy step instead).
+    #[arg(long, env = "ORDERS_NO_MIGRATE")]
+    no_migrate: bool,
     /// SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.
     #[arg(long, env = "ORDERS_SQLITE_SYNCHRONOUS", default_value = defaults::SQLITE_SYNCHRONOUS)]
     sqlite_synchronous: String,
@@ -129,6 +133,7 @@ impl DbArgs {
             jwt: None,
             metrics_public: false,
             create_database: self.create_database,
+            migrate: !self.no_migrate,
         }
     }
 }
@@ -332,6 +337,15 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait_secs: u64,
     },
+    /// Bring the write and read databases to this build's schema (what
+    /// `serve` does at start unless --no-migrate) and list what was applied.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Apply nothing: list what is due and exit 1 if anything is.
+        #[arg(long)]
+        check: bool,
+    },
     /// Inspect and resolve records the projector gave up on.
     DeadLetters {
         #[command(subcommand)]
@@ -534,6 +548,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Replay { args, db } => replay::run(args, &db.config()).await,
+        Command::Migrate { db, check } => match migrate::run(&db.config(), check).await? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Command::DeadLetters { action, db } => dead_letters::run(action, &db.config()).await,
         Command::Create(a) => client::create(a).await,
         Command::Pay(a) => client::pay(a).await,

@@ -16,6 +16,7 @@ pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
 pub use runner::{ProjectorConfig, ProjectorRunner, CHECKPOINT_SCHEMA};
 pub use source_key::{BadSourceKey, SourceKey};
 
+use crate::migrate::{MigrateError, Migration};
 use chrono::{DateTime, Utc};
 use cqrs_core::EventEnvelope;
 use futures::future::BoxFuture;
@@ -41,6 +42,9 @@ pub enum ProjectionError {
     /// The read database failed.
     #[error("read database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The read database could not be brought to this build's schema.
+    #[error(transparent)]
+    Schema(#[from] MigrateError),
     /// A record could not be sent to the dead-letter channel (the broker is
     /// away): the batch is retried, nothing is skipped.
     #[error("dead-letter channel: {0}")]
@@ -55,32 +59,16 @@ pub trait Projection: Send + Sync {
     fn name(&self) -> &'static str;
     /// Its tables, as this instance names them.
     fn tables(&self) -> Vec<String>;
-    /// Idempotent DDL for its tables (indexes named after `index_tag`).
-    fn schema(&self, index_tag: &str) -> Vec<String>;
-    /// Columns added after the first release, created at start on tables
-    /// an older version made.
-    fn added_columns(&self) -> Vec<AddedColumn> {
-        Vec::new()
-    }
+    /// Its tables' migrations, oldest first (indexes named after
+    /// `index_tag`; a replay builds fresh tables from them with its own
+    /// tag). Released migrations are never edited: a change is a new one.
+    fn migrations(&self, index_tag: &str) -> Vec<Migration>;
     /// Applies events.
     fn apply<'a>(
         &'a self,
         tx: &'a mut sqlx::AnyConnection,
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
-}
-
-/// A column that a later version of a projection added to one of its tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddedColumn {
-    /// The table, as this instance names it.
-    pub table: String,
-    /// The column.
-    pub column: &'static str,
-    /// Its type and default, e.g. `BIGINT NOT NULL DEFAULT 0`.
-    pub definition: &'static str,
-    /// Run once right after the column is added (to fill it from old data).
-    pub backfill: Option<String>,
 }
 
 /// An event as a source delivers it, with where to resume after it.

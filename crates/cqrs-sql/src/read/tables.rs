@@ -6,6 +6,7 @@ use super::dead_letters;
 use super::{Projection, SourceKey};
 use crate::batch::{self, Kind, Val};
 use crate::db::{timestamp, Backend, Db};
+use crate::migrate::{self, AddedColumn, Component, MigrateError, Migration};
 use sqlx::{AnyConnection, Executor};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub const CHECKPOINT_SCHEMA: &[&str] = &[
         PRIMARY KEY (aggregate_id, version))",
 ];
 
-/// Indexes over columns that older databases gain in [`ensure_schema`].
+/// Indexes over columns that databases made before versioned migrations gain.
 const CHECKPOINT_INDEXES: &[&str] = &[
     "DROP INDEX IF EXISTS projected_versions_applied",
     "CREATE INDEX IF NOT EXISTS projected_versions_seq ON projected_versions (projector, seq, aggregate_id)",
@@ -104,19 +105,42 @@ pub(super) async fn lock_version(
         .copied())
 }
 
-/// Creates the runner's tables (also for processes that only read them),
-/// adding to tables made by older versions what they lack.
-pub async fn ensure_schema(db: &Db) -> Result<(), sqlx::Error> {
-    db.migrate(CHECKPOINT_SCHEMA).await?;
-    db.add_column_if_missing(
-        "projected_versions",
-        "seq",
-        "BIGINT NOT NULL DEFAULT 0",
-        None,
-    )
-    .await?;
-    db.migrate(CHECKPOINT_INDEXES).await?;
-    db.migrate(dead_letters::SCHEMA).await
+/// The runner's tables and their migrations (component `projector`).
+pub fn runner_component() -> Component {
+    Component {
+        name: "projector".into(),
+        migrations: vec![
+            Migration::new(1, "checkpoints, versions, traces, dead letters")
+                .sql(CHECKPOINT_SCHEMA.iter().copied())
+                // Databases made before migrations were versioned may lack it.
+                .add_column(AddedColumn {
+                    table: "projected_versions".into(),
+                    column: "seq",
+                    definition: "BIGINT NOT NULL DEFAULT 0",
+                    backfill: None,
+                })
+                .sql(CHECKPOINT_INDEXES.iter().copied())
+                .sql(dead_letters::SCHEMA.iter().copied()),
+        ],
+    }
+}
+
+/// The component of each projection: `projection <name>`.
+pub fn projection_components(projections: &[Arc<dyn Projection>]) -> Vec<Component> {
+    projections
+        .iter()
+        .map(|p| Component {
+            name: format!("projection {}", p.name()),
+            migrations: p.migrations(""),
+        })
+        .collect()
+}
+
+/// Brings the runner's tables to this build's schema (also for processes
+/// that only read them).
+pub async fn ensure_schema(db: &Db) -> Result<(), MigrateError> {
+    migrate::migrate(db, &[runner_component()]).await?;
+    Ok(())
 }
 
 /// Whether the read DB accepts the runner's writes now: one checkpoint row
@@ -133,21 +157,22 @@ pub async fn check_writable(db: &Db) -> Result<(), sqlx::Error> {
     tx.rollback().await
 }
 
-/// Creates the runner's tables and those of `projections`: what a process
-/// that serves queries needs even before any projector has run.
+/// Brings the runner's tables and those of `projections` to this build's
+/// schema: what a process that serves queries needs even before any
+/// projector has run.
 pub async fn ensure_tables(
     db: &Db,
     projections: &[Arc<dyn Projection>],
-) -> Result<(), sqlx::Error> {
-    ensure_schema(db).await?;
-    for p in projections {
-        db.migrate(&p.schema("")).await?;
-        for c in p.added_columns() {
-            db.add_column_if_missing(&c.table, c.column, c.definition, c.backfill.as_deref())
-                .await?;
-        }
-    }
+) -> Result<(), MigrateError> {
+    migrate::migrate(db, &read_components(projections)).await?;
     Ok(())
+}
+
+/// Every component of a read DB that holds `projections`.
+pub fn read_components(projections: &[Arc<dyn Projection>]) -> Vec<Component> {
+    let mut all = vec![runner_component()];
+    all.extend(projection_components(projections));
+    all
 }
 
 /// Takes the next commit-ordered stamp of `projector`. The counter row stays
@@ -282,7 +307,7 @@ pub async fn advance_checkpoint(
     projector: &str,
     source_key: &SourceKey,
     next_position: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), super::ProjectionError> {
     ensure_schema(db).await?;
     let mut tx = db.writer.begin().await?;
     let checkpoint = HashMap::from([(source_key, next_position)]);
@@ -293,5 +318,5 @@ pub async fn advance_checkpoint(
         &timestamp(chrono::Utc::now()),
     )
     .await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }

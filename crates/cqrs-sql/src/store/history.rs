@@ -62,7 +62,8 @@ fn insert_sql(backend: Backend, interleaved: bool) -> String {
                  SELECT $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-9000-' || lpad(to_hex(a.i), 12, '0'), \
                  $1, $6 || '-0000-4000-8000-' || lpad(to_hex(a.i), 12, '0'), l.ord, l.value->>0, 1, \
                  CAST(replace(CAST(l.value->1 AS TEXT), '{{n}}', CAST(a.i AS TEXT)) AS jsonb), \
-                 $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-a000-' || lpad(to_hex(a.i), 12, '0'), $5, $5 \
+                 $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-a000-' || lpad(to_hex(a.i), 12, '0'), \
+                 CAST($5 AS TIMESTAMPTZ), CAST($5 AS TIMESTAMPTZ) \
                  FROM generate_series(CAST($3 AS BIGINT), CAST($4 AS BIGINT)) AS a(i) \
                  CROSS JOIN jsonb_array_elements(CAST($2 AS jsonb)) WITH ORDINALITY AS l(value, ord) \
                  ORDER BY {order}"

@@ -8,7 +8,7 @@ mod sqlite;
 mod writer;
 
 pub use history::GeneratedHistory;
-pub use sql::SqlEventStore;
+pub use sql::{write_components, SqlEventStore};
 
 use cqrs_core::{EventEnvelope, EventMetadata, NewEvent};
 use std::future::Future;
@@ -41,6 +41,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The write DB could not be brought to this build's schema.
+    #[error(transparent)]
+    Schema(#[from] crate::migrate::MigrateError),
 }
 
 impl StoreError {
@@ -49,6 +52,7 @@ impl StoreError {
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::Corrupt(_) => "corrupt_store",
+            StoreError::Schema(_) => "schema_mismatch",
             _ => "unavailable",
         }
     }

@@ -1,7 +1,11 @@
 -- The write side's tables, for both databases. The dialects differ only in
 -- what stands for {position} (how positions are allocated) and {payload}
 -- (the payload's column type); `store::sql::write_schema` fills them in.
--- Statements are separated by semicolons; every one is idempotent.
+-- Statements are separated by semicolons; every one is idempotent (stores
+-- made before migrations were versioned have these tables already).
+-- This is migration 1 of `event_store` (`store::sql::write_components`):
+-- never edit a statement here (its checksum is recorded in every database);
+-- a change is a new migration there.
 
 CREATE TABLE IF NOT EXISTS events (
     position {position},

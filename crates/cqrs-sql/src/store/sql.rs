@@ -2,12 +2,13 @@
 
 use super::{AppendRequest, Appended, EventStore, StoreError, StoredAnswer};
 use crate::db::{parse_timestamp, timestamp, Backend, Db};
+use crate::migrate::{AddedColumn, Component, Migration};
 use cqrs_core::{EventEnvelope, EventMetadata};
 use sqlx::Executor;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The write side's idempotent DDL (`schema.sql`) in `dialect`'s terms.
+/// The write side's first schema (`schema.sql`) in `dialect`'s terms.
 pub(crate) fn write_schema(dialect: &dyn Dialect) -> Vec<String> {
     include_str!("schema.sql")
         .lines()
@@ -52,18 +53,68 @@ pub struct SqlEventStore {
     appends: tokio::sync::mpsc::Sender<super::writer::Job>,
 }
 
+fn dialect_of(backend: Backend) -> Arc<dyn Dialect> {
+    match backend {
+        Backend::Sqlite => Arc::new(super::sqlite::Sqlite),
+        Backend::Postgres => Arc::new(super::postgres::Postgres),
+    }
+}
+
+/// The write side's owners of tables and their migrations: `event_store`
+/// (events, idempotency) and `relay` (its checkpoint and batches).
+pub fn write_components(backend: Backend) -> Vec<Component> {
+    let dialect = dialect_of(backend);
+    vec![
+        Component {
+            name: "event_store".into(),
+            migrations: vec![
+                Migration::new(1, "events and idempotency keys")
+                    .sql(write_schema(&*dialect))
+                    // Stores made before commands carried their caller.
+                    .add_column(AddedColumn {
+                        table: "events".into(),
+                        column: "caller",
+                        definition: "TEXT",
+                        backfill: None,
+                    }),
+                // Version 1 kept RFC 3339 text; the text casts exactly.
+                Migration::new(2, "native timestamps")
+                    .only(
+                        Backend::Postgres,
+                        "ALTER TABLE events \
+                         ALTER COLUMN occurred_at TYPE TIMESTAMPTZ USING CAST(occurred_at AS TIMESTAMPTZ), \
+                         ALTER COLUMN recorded_at TYPE TIMESTAMPTZ USING CAST(recorded_at AS TIMESTAMPTZ)",
+                    )
+                    .only(
+                        Backend::Postgres,
+                        "ALTER TABLE idempotency \
+                         ALTER COLUMN created_at TYPE TIMESTAMPTZ USING CAST(created_at AS TIMESTAMPTZ)",
+                    ),
+            ],
+        },
+        Component {
+            name: "relay".into(),
+            migrations: vec![Migration::new(1, "checkpoint and batches").sql(RELAY_SCHEMA.iter().copied())],
+        },
+    ]
+}
+
 impl SqlEventStore {
-    /// Opens the store and creates its tables if missing.
+    /// Opens the store, bringing its tables to this build's schema first
+    /// (see [`crate::migrate`]).
     pub async fn open(db: Db) -> Result<Self, StoreError> {
-        let dialect: Arc<dyn Dialect> = match db.backend {
-            Backend::Sqlite => Arc::new(super::sqlite::Sqlite),
-            Backend::Postgres => Arc::new(super::postgres::Postgres),
-        };
-        db.migrate(&write_schema(&*dialect)).await?;
-        // Stores made before commands carried their caller.
-        db.add_column_if_missing("events", "caller", "TEXT", None)
-            .await?;
-        db.migrate(RELAY_SCHEMA).await?;
+        crate::migrate::migrate(&db, &write_components(db.backend)).await?;
+        Self::open_current(db).await
+    }
+
+    /// Opens a store whose schema must already be this build's (a process
+    /// not allowed to migrate); refuses with [`MigrateError::Pending`] when
+    /// migrations are due.
+    ///
+    /// [`MigrateError::Pending`]: crate::MigrateError::Pending
+    pub async fn open_current(db: Db) -> Result<Self, StoreError> {
+        crate::migrate::ensure_current(&db, &write_components(db.backend)).await?;
+        let dialect = dialect_of(db.backend);
         init_relay_checkpoint(&db).await?;
         let last: i64 =
             sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
@@ -71,8 +122,11 @@ impl SqlEventStore {
                 .await?;
         let select_events = format!(
             "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, {} AS payload, command_id, occurred_at, recorded_at, caller FROM events",
-            dialect.payload_column()
+             schema_version, {} AS payload, command_id, {} AS occurred_at, {} AS recorded_at, \
+             caller FROM events",
+            dialect.payload_column(),
+            db.backend.instant_out("occurred_at"),
+            db.backend.instant_out("recorded_at"),
         );
         let appends = super::writer::spawn(
             db.clone(),
@@ -99,11 +153,13 @@ impl SqlEventStore {
     /// next command).
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         let mut tx = self.db.writer.begin().await?;
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
-             VALUES ($1, '', '', '', 0, 0, '')",
-        )
+             VALUES ($1, '', '', '', 0, 0, {})",
+            self.db.backend.instant_in("$2")
+        ))
         .bind(format!("readiness-probe-{}", uuid::Uuid::new_v4()))
+        .bind(timestamp(chrono::Utc::now()))
         .execute(&mut *tx)
         .await?;
         tx.rollback().await?;
@@ -271,10 +327,11 @@ impl SqlEventStore {
     /// Age in seconds of the oldest event the relay has not published (0
     /// when none).
     pub async fn oldest_pending_age(&self) -> Result<f64, StoreError> {
-        let oldest: Option<String> = sqlx::query_scalar(
-            "SELECT recorded_at FROM events WHERE position > \
+        let oldest: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT {} FROM events WHERE position > \
              (SELECT position FROM relay_checkpoint WHERE relay = $1) ORDER BY position LIMIT 1",
-        )
+            self.db.backend.instant_out("recorded_at")
+        ))
         .bind(RELAY)
         .fetch_optional(&self.db.pool)
         .await?;

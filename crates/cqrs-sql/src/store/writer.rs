@@ -242,13 +242,15 @@ impl Writers {
             "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
              schema_version, payload, command_id, occurred_at, recorded_at, caller) \
              SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.version, v.event_type, \
-             v.schema_version, {payload}, v.command_id, v.occurred_at, $2, v.caller FROM ({source}) AS v \
+             v.schema_version, {payload}, v.command_id, {occurred_at}, {recorded_at}, v.caller FROM ({source}) AS v \
              WHERE true ORDER BY v.ord \
              ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING event_id, position",
             payload = match self.db.backend {
                 Backend::Postgres => "CAST(v.payload AS JSONB)",
                 Backend::Sqlite => "v.payload",
             },
+            occurred_at = self.db.backend.instant_in("v.occurred_at"),
+            recorded_at = self.db.backend.instant_in("$2"),
         );
         let stored: Vec<(String, i64)> = sqlx::query_as(&sql)
             .bind(batch::rows_json(&rows)?)
@@ -309,8 +311,9 @@ impl Writers {
         );
         let sql = format!(
             "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
-             SELECT v.key, v.request_hash, v.aggregate_id, v.command_id, v.version, v.position, $2 \
-             FROM ({source}) AS v WHERE true ON CONFLICT (key) DO NOTHING RETURNING key"
+             SELECT v.key, v.request_hash, v.aggregate_id, v.command_id, v.version, v.position, {created_at} \
+             FROM ({source}) AS v WHERE true ON CONFLICT (key) DO NOTHING RETURNING key",
+            created_at = self.db.backend.instant_in("$2"),
         );
         let inserted: Vec<String> = sqlx::query_scalar(&sql)
             .bind(batch::rows_json(&rows)?)

@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod dead_letters;
+pub mod migrate;
 pub mod replay;
 pub mod trace;

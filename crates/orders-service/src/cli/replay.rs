@@ -6,7 +6,7 @@
 use crate::server::{Config, PROJECTOR};
 use anyhow::{bail, Context};
 use cqrs_core::EventEnvelope;
-use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SourceKey, SqlEventStore};
+use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SourceKey, SqlEventStore, Step};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -370,22 +370,34 @@ async fn refuse_over_dead_letters(read: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fresh tables, without secondary indexes on SQLite (built at the swap).
+/// Fresh tables, built by their projection's migrations, without secondary
+/// indexes on SQLite (built at the swap).
 async fn create_fresh_tables(read: &Db, fresh: &[Arc<dyn Projection>]) -> anyhow::Result<()> {
+    let mut conn = read.writer.acquire().await?;
     for p in fresh {
         for t in p.tables() {
-            read.writer
-                .execute(format!("DROP TABLE IF EXISTS {t}").as_str())
+            conn.execute(format!("DROP TABLE IF EXISTS {t}").as_str())
                 .await?;
         }
-        let ddl: Vec<String> = p
-            .schema(TAG)
-            .into_iter()
-            .filter(|s| read.backend == Backend::Postgres || !s.starts_with("CREATE INDEX"))
-            .collect();
-        read.migrate(&ddl).await?;
+        for m in p.migrations(TAG) {
+            for step in &m.steps {
+                let deferred = matches!(step, Step::Sql(s) if s.starts_with("CREATE INDEX"));
+                if read.backend == Backend::Sqlite && deferred {
+                    continue;
+                }
+                cqrs_sql::migrate::run_step(&mut conn, read.backend, step).await?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Every statement of a projection's migrations.
+fn ddl_of(p: &dyn Projection, tag: &str, backend: Backend) -> Vec<String> {
+    p.migrations(tag)
+        .iter()
+        .flat_map(|m| m.statements(backend))
+        .collect()
 }
 
 /// The topic from its beginning, or the embedded log.
@@ -462,10 +474,13 @@ async fn swap_in(
             tx.execute(format!("DROP TABLE {live_t}__old").as_str())
                 .await?;
         }
-        let live_ddl = l.schema("");
+        let live_ddl = ddl_of(&**l, "", backend);
         let canonical = index_names(&live_ddl);
         if backend == Backend::Postgres {
-            for (tagged, name) in index_names(&f.schema(TAG)).iter().zip(&canonical) {
+            for (tagged, name) in index_names(&ddl_of(&**f, TAG, backend))
+                .iter()
+                .zip(&canonical)
+            {
                 tx.execute(format!("ALTER INDEX IF EXISTS {tagged} RENAME TO {name}").as_str())
                     .await?;
             }

@@ -60,6 +60,9 @@ pub struct Config {
     pub metrics_public: bool,
     /// Create PostgreSQL databases the URLs name that do not exist yet.
     pub create_database: bool,
+    /// Apply due schema migrations at start (otherwise refuse to start
+    /// while any is due).
+    pub migrate: bool,
 }
 
 /// Kafka settings of the service.
@@ -133,6 +136,7 @@ impl Config {
             jwt: None,
             metrics_public: false,
             create_database: false,
+            migrate: true,
         }
     }
 

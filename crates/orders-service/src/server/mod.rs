@@ -10,6 +10,7 @@ pub mod live;
 pub mod observe;
 pub mod queries;
 pub mod routes;
+pub mod schema;
 pub mod state;
 pub mod trace;
 pub mod wiring;

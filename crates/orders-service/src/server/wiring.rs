@@ -220,8 +220,20 @@ impl Running {
     }
 }
 
-/// The write store and the read DB (one pool when they are one database).
+/// The write store and the read DB (one pool when they are one database),
+/// at this build's schema.
 pub(crate) async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventStore, Db)> {
+    let (write, read) = connect_databases(config).await?;
+    let applied = super::schema::bring_current(&write, &read, config.migrate).await?;
+    if !applied.is_empty() {
+        tracing::info!(count = applied.len(), "databases migrated");
+    }
+    Ok((SqlEventStore::open_current(write).await?, read))
+}
+
+/// Connections to the write DB and the read DB (one pool when they are one
+/// database), the data directory made first when either is SQLite.
+pub async fn connect_databases(config: &Config) -> anyhow::Result<(Db, Db)> {
     let (write_url, read_url) = config.urls();
     if write_url.starts_with("sqlite:") || read_url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -242,7 +254,7 @@ pub(crate) async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventS
     } else {
         Db::connect(&read_url, &options).await?
     };
-    Ok((SqlEventStore::open(write).await?, read))
+    Ok((write, read))
 }
 
 /// Creates the topics; a broker that does not answer is an answer too: say

@@ -7,7 +7,7 @@ use crate::views::{target_status, OrderView};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
 use cqrs_sql::db::timestamp;
-use cqrs_sql::{Projection, ProjectionError};
+use cqrs_sql::{Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 use std::collections::HashMap;
@@ -163,9 +163,9 @@ impl Projection for OrderDetails {
     fn tables(&self) -> Vec<String> {
         vec![self.table.clone()]
     }
-    fn schema(&self, tag: &str) -> Vec<String> {
+    fn migrations(&self, tag: &str) -> Vec<Migration> {
         let t = &self.table;
-        vec![
+        vec![Migration::new(1, "orders and their indexes").sql([
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
                 order_id TEXT PRIMARY KEY,
@@ -184,7 +184,7 @@ impl Projection for OrderDetails {
             format!("CREATE INDEX IF NOT EXISTS order_details_customer{tag} ON {t} (customer_id, order_id)"),
             format!("CREATE INDEX IF NOT EXISTS order_details_status{tag} ON {t} (status, order_id)"),
             format!("CREATE INDEX IF NOT EXISTS order_details_customer_status{tag} ON {t} (customer_id, status, order_id)"),
-        ]
+        ])]
     }
     fn apply<'a>(
         &'a self,

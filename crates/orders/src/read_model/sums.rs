@@ -9,7 +9,7 @@ use crate::aggregate::OrderEvent;
 use crate::money::{add_parts_sql, carry_sql, Cents};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
-use cqrs_sql::{AddedColumn, Projection, ProjectionError};
+use cqrs_sql::{AddedColumn, Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
@@ -55,7 +55,8 @@ pub trait Sums: Send + Sync + 'static {
     /// The `SET` clauses that merge [`Sums::EXTRA_COLUMNS`] of a delta
     /// (`excluded`) into the stored row of `table`.
     fn merge_extra_sql(table: &str) -> String;
-    /// Idempotent DDL for the sums table and the members table.
+    /// Idempotent DDL for the sums table and the members table (migration
+    /// 1: never edited once released).
     fn schema(sums: &str, members: &str) -> Vec<String>;
 }
 
@@ -205,16 +206,16 @@ impl<S: Sums> Projection for SumProjection<S> {
     fn tables(&self) -> Vec<String> {
         vec![self.sums.clone(), self.members.clone()]
     }
-    fn schema(&self, _index_tag: &str) -> Vec<String> {
-        S::schema(&self.sums, &self.members)
-    }
-    fn added_columns(&self) -> Vec<AddedColumn> {
-        vec![AddedColumn {
-            table: self.sums.clone(),
-            column: S::MONEY_E18,
-            definition: "BIGINT NOT NULL DEFAULT 0",
-            backfill: Some(carry_sql(&self.sums, S::MONEY)),
-        }]
+    fn migrations(&self, _index_tag: &str) -> Vec<Migration> {
+        vec![Migration::new(1, "sums and members")
+            .sql(S::schema(&self.sums, &self.members))
+            // Read DBs from the version that kept each sum in one BIGINT.
+            .add_column(AddedColumn {
+                table: self.sums.clone(),
+                column: S::MONEY_E18,
+                definition: "BIGINT NOT NULL DEFAULT 0",
+                backfill: Some(carry_sql(&self.sums, S::MONEY)),
+            })]
     }
     fn apply<'a>(
         &'a self,

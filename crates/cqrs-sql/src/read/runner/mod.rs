@@ -8,7 +8,8 @@ mod apply;
 use super::dead_letters::{self, DeadLetterStatus};
 pub use super::tables::{
     advance_checkpoint, check_writable, checkpoint_rows, ensure_schema, ensure_tables,
-    load_checkpoints, lock_out_projectors, Checkpoint, CHECKPOINT_SCHEMA,
+    load_checkpoints, lock_out_projectors, projection_components, read_components,
+    runner_component, Checkpoint, CHECKPOINT_SCHEMA,
 };
 use super::tables::{lock_version, next_seq, notify_progress};
 use super::{
@@ -102,12 +103,13 @@ pub struct ProjectorRunner {
 }
 
 impl ProjectorRunner {
-    /// A runner; creates the runner's and the projections' tables.
+    /// A runner; brings the runner's and the projections' tables to this
+    /// build's schema.
     pub async fn new(
         db: Db,
         config: ProjectorConfig,
         projections: Vec<Arc<dyn Projection>>,
-    ) -> Result<Self, sqlx::Error> {
+    ) -> Result<Self, ProjectionError> {
         ensure_tables(&db, &projections).await?;
         let progress = ReadProgress::new(db.clone(), config.name.clone());
         let parked = dead_letters::parked_aggregates(&db, &config.name).await?;
