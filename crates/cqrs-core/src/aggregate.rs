@@ -3,13 +3,45 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-/// An event that knows its own name and schema version.
+/// An event that knows its own name and schema version, and how payloads
+/// stored by older versions become today's.
+///
+/// Changing an event's JSON shape means: raise [`DomainEvent::current_version`]
+/// for its type and teach [`DomainEvent::upcast`] the step from the version
+/// before. Stored events are never rewritten; every read
+/// ([`crate::EventEnvelope::decode`]: the command handler's load, projectors
+/// on the log or on Kafka, replays) upcasts them step by step.
 pub trait DomainEvent {
     /// The stable name stored with the event ("OrderCreated").
     fn event_type(&self) -> &'static str;
-    /// The payload's schema version, for upcasting later.
-    fn schema_version(&self) -> i32 {
+    /// The payload's schema version, stored with the event.
+    fn schema_version(&self) -> i32
+    where
+        Self: Sized,
+    {
+        Self::current_version(self.event_type())
+    }
+    /// The schema version this build writes for events named `event_type`.
+    fn current_version(event_type: &str) -> i32
+    where
+        Self: Sized,
+    {
+        let _ = event_type;
         1
+    }
+    /// A payload of `event_type` at `version` in its shape at `version + 1`.
+    fn upcast(
+        event_type: &str,
+        version: i32,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, String>
+    where
+        Self: Sized,
+    {
+        let _ = payload;
+        Err(format!(
+            "no upcaster for {event_type} from version {version}"
+        ))
     }
 }
 

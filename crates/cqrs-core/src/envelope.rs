@@ -55,12 +55,63 @@ pub struct EventEnvelope {
 }
 
 impl EventEnvelope {
-    /// Decodes the payload into a domain event type.
-    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+    /// Decodes the payload into a domain event type, upcasting a payload
+    /// stored at an older schema version one step at a time first.
+    pub fn decode<E: serde::de::DeserializeOwned + crate::DomainEvent>(
+        &self,
+    ) -> Result<E, DecodeError> {
+        let current = E::current_version(&self.event_type);
+        if self.schema_version > current {
+            return Err(DecodeError::Newer {
+                event_type: self.event_type.clone(),
+                version: self.schema_version,
+                known: current,
+            });
+        }
+        let mut payload = self.payload.clone();
+        for version in self.schema_version..current {
+            payload = E::upcast(&self.event_type, version, payload).map_err(|reason| {
+                DecodeError::Upcast {
+                    event_type: self.event_type.clone(),
+                    version,
+                    reason,
+                }
+            })?;
+        }
         // The stored JSON is externally tagged by event type so that the
         // payload alone is enough to decode it.
-        serde_json::from_value(serde_json::json!({ &self.event_type: self.payload }))
+        Ok(serde_json::from_value(
+            serde_json::json!({ &self.event_type: payload }),
+        )?)
     }
+}
+
+/// Why a stored event does not decode into the domain's event type.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The (upcast) payload does not fit the type.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A step from an older version failed.
+    #[error("{event_type} v{version} does not upcast: {reason}")]
+    Upcast {
+        /// Its type.
+        event_type: String,
+        /// The version the failing step started from.
+        version: i32,
+        /// The upcaster's complaint.
+        reason: String,
+    },
+    /// Written by a newer build than this one.
+    #[error("{event_type} v{version} is newer than this build knows (v{known})")]
+    Newer {
+        /// Its type.
+        event_type: String,
+        /// The stored version.
+        version: i32,
+        /// The newest version this build knows.
+        known: i32,
+    },
 }
 
 /// Why an event could not be turned into a stored payload.

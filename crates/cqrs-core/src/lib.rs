@@ -11,7 +11,7 @@ pub mod token;
 pub mod trace;
 
 pub use aggregate::{Aggregate, DomainEvent};
-pub use envelope::{EncodeError, EventEnvelope, EventMetadata, NewEvent};
+pub use envelope::{DecodeError, EncodeError, EventEnvelope, EventMetadata, NewEvent};
 pub use error::{DomainError, ErrorKind};
 pub use token::{ConsistencyToken, TokenError};
 pub use trace::Stage;

@@ -10,11 +10,8 @@ fn history(aggregates: i64, salt: u32, relayed: bool) -> GeneratedHistory {
     GeneratedHistory {
         aggregate_type: "ticket".to_owned(),
         life: vec![
-            (
-                "Opened".to_owned(),
-                serde_json::json!({ "Opened": { "title": "t" } }),
-            ),
-            ("Closed".to_owned(), serde_json::json!({ "Closed": {} })),
+            ("Opened".to_owned(), 1, serde_json::json!({ "title": "t" })),
+            ("Closed".to_owned(), 1, serde_json::json!({})),
         ],
         aggregates,
         salt,
@@ -66,10 +63,8 @@ async fn imported_history_reads_back_as_published_events(store: SqlEventStore) {
     let events = store.load(id).await.unwrap();
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["Opened", "Closed"]);
-    assert_eq!(
-        events[0].payload,
-        serde_json::json!({ "Opened": { "title": "t" } })
-    );
+    assert_eq!(events[0].payload, serde_json::json!({ "title": "t" }));
+    assert_eq!(events[0].schema_version, 1);
     assert_eq!(events[1].position, events[0].position + 1);
     assert_eq!(events[0].aggregate_type, "ticket");
     assert!(uuid::Uuid::parse_str(&events[0].event_id).is_ok());

@@ -39,6 +39,31 @@ pub struct LineItem {
     pub unit_price_cents: i64,
 }
 
+/// One line of an order as the event records it: the line as ordered and
+/// what it came to, fixed when the order was placed (since event version 2
+/// of `OrderCreated`; older events are upcast, see `event_versions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// How many.
+    pub quantity: i64,
+    /// Price of one unit in cents.
+    pub unit_price_cents: i64,
+    /// quantity x unit price.
+    pub line_total_cents: i64,
+}
+
+impl From<&OrderLine> for LineItem {
+    fn from(l: &OrderLine) -> Self {
+        LineItem {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+            unit_price_cents: l.unit_price_cents,
+        }
+    }
+}
+
 /// Where an order is in its life.
 #[derive(
     Debug,
@@ -177,8 +202,8 @@ pub enum OrderEvent {
     OrderCreated {
         /// Who ordered.
         customer_id: String,
-        /// The lines ordered.
-        items: Vec<LineItem>,
+        /// The lines ordered, each with its total.
+        items: Vec<OrderLine>,
         /// Sum of quantity x unit price.
         total_cents: i64,
     },
@@ -208,6 +233,16 @@ pub enum OrderEvent {
 impl DomainEvent for OrderEvent {
     fn event_type(&self) -> &'static str {
         self.into()
+    }
+    fn current_version(event_type: &str) -> i32 {
+        crate::event_versions::current_version(event_type)
+    }
+    fn upcast(
+        event_type: &str,
+        version: i32,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        crate::event_versions::upcast(event_type, version, payload)
     }
 }
 
@@ -323,7 +358,8 @@ pub fn is_customer_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
+/// The order's lines with their totals, and the order total.
+fn validate_create(c: &CreateOrder) -> Result<(Vec<OrderLine>, i64), OrderError> {
     if !is_customer_id(&c.customer_id) {
         return Err(invalid(
             "customer_id",
@@ -341,6 +377,7 @@ fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
         ));
     }
     let mut total: i64 = 0;
+    let mut lines = Vec::with_capacity(c.items.len());
     for (i, item) in c.items.iter().enumerate() {
         check_text(&format!("items[{i}].sku"), &item.sku, limits::MAX_SKU)?;
         if !(1..=limits::MAX_QUANTITY).contains(&item.quantity) {
@@ -365,13 +402,20 @@ fn validate_create(c: &CreateOrder) -> Result<i64, OrderError> {
         }
         // The limits above bound the total by 100 x 10^4 x 10^8 = 10^14;
         // checked all the same, so a changed limit cannot make it wrap.
-        total = item
+        let too_big = || invalid("items", "the order total does not fit in 64-bit cents");
+        let line_total_cents = item
             .quantity
             .checked_mul(item.unit_price_cents)
-            .and_then(|line| total.checked_add(line))
-            .ok_or_else(|| invalid("items", "the order total does not fit in 64-bit cents"))?;
+            .ok_or_else(too_big)?;
+        total = total.checked_add(line_total_cents).ok_or_else(too_big)?;
+        lines.push(OrderLine {
+            sku: item.sku.clone(),
+            quantity: item.quantity,
+            unit_price_cents: item.unit_price_cents,
+            line_total_cents,
+        });
     }
-    Ok(total)
+    Ok((lines, total))
 }
 
 impl Aggregate for Order {
@@ -384,10 +428,10 @@ impl Aggregate for Order {
     fn decide(state: &OrderState, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
         let facts = match (&state.0, command) {
             (None, OrderCommand::Create(c)) => {
-                let total_cents = validate_create(c)?;
+                let (items, total_cents) = validate_create(c)?;
                 return Ok(vec![OrderEvent::OrderCreated {
                     customer_id: c.customer_id.clone(),
-                    items: c.items.clone(),
+                    items,
                     total_cents,
                 }]);
             }

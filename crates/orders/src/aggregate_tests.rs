@@ -32,6 +32,16 @@ fn item(sku: &str, quantity: i64, unit_price_cents: i64) -> LineItem {
     }
 }
 
+/// The line as the event records it.
+fn line(sku: &str, quantity: i64, unit_price_cents: i64) -> OrderLine {
+    OrderLine {
+        sku: sku.into(),
+        quantity,
+        unit_price_cents,
+        line_total_cents: quantity * unit_price_cents,
+    }
+}
+
 fn create(customer: &str, items: Vec<LineItem>) -> OrderCommand {
     OrderCommand::Create(CreateOrder {
         customer_id: customer.into(),
@@ -42,7 +52,7 @@ fn create(customer: &str, items: Vec<LineItem>) -> OrderCommand {
 fn created(total: i64) -> OrderEvent {
     OrderEvent::OrderCreated {
         customer_id: "c1".into(),
-        items: vec![item("sku", 1, total)],
+        items: vec![line("sku", 1, total)],
         total_cents: total,
     }
 }
@@ -86,7 +96,7 @@ fn creating_an_order_totals_its_items() {
         ))
         .then(vec![OrderEvent::OrderCreated {
             customer_id: "c-1_A".into(),
-            items: vec![item("a", 2, 1_000), item("b", 1, 800)],
+            items: vec![line("a", 2, 1_000), line("b", 1, 800)],
             total_cents: 2_800,
         }]);
 }

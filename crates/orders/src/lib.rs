@@ -2,12 +2,13 @@
 //! models that the same event stream feeds.
 
 pub mod aggregate;
+pub mod event_versions;
 pub mod money;
 pub mod read_model;
 pub mod views;
 
 pub use aggregate::{
     CancelOrder, CommandKind, CreateOrder, LineItem, Order, OrderCommand, OrderError, OrderEvent,
-    OrderState, PayOrder, ShipOrder, Status,
+    OrderLine, OrderState, PayOrder, ShipOrder, Status,
 };
 pub use money::Cents;

@@ -2,7 +2,7 @@
 //! events: what `verify` and the property tests compare the read DB against.
 //! The same types are the query answers.
 
-use crate::aggregate::{LineItem, OrderEvent, Status};
+use crate::aggregate::{LineItem, OrderEvent, OrderLine, Status};
 use crate::money::{Cents, MoneyOverflow};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::db::timestamp;
@@ -139,7 +139,7 @@ impl Views {
         &mut self,
         envelope: &EventEnvelope,
         customer_id: &str,
-        items: &[LineItem],
+        items: &[OrderLine],
         total_cents: i64,
         at: String,
     ) -> Result<(), ProjectionError> {
@@ -150,7 +150,7 @@ impl Views {
                 order_id: id.clone(),
                 customer_id: customer_id.to_owned(),
                 status: Status::Created,
-                items: items.to_vec(),
+                items: items.iter().map(LineItem::from).collect(),
                 total_cents,
                 version: envelope.version,
                 created_at: at.clone(),

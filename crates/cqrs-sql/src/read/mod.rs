@@ -33,8 +33,8 @@ pub enum ProjectionError {
         event_type: String,
         /// Its schema version.
         schema_version: i32,
-        /// serde's complaint.
-        source: serde_json::Error,
+        /// Why: serde's complaint, a failed upcast, or a newer version.
+        source: cqrs_core::DecodeError,
     },
     /// The event contradicts the read model (e.g. paid before created).
     #[error("event does not fit the read model: {0}")]

@@ -11,7 +11,7 @@ use sqlx::Executor;
 const CHUNK: i64 = 50_000;
 
 /// `aggregates` aggregates of one type that each lived through `life` (event
-/// type and payload, in order; `{n}` in a payload's text becomes the
+/// type, schema version and payload, in order; `{n}` in a payload's text becomes the
 /// aggregate's number, 1-based). Ids are UUID-shaped and made from `salt`
 /// and the aggregate's number ([`GeneratedHistory::aggregate_id`]), so two
 /// imports with different salts never clash.
@@ -20,7 +20,7 @@ pub struct GeneratedHistory {
     /// The aggregates' type.
     pub aggregate_type: String,
     /// Every aggregate's events, in version order.
-    pub life: Vec<(String, serde_json::Value)>,
+    pub life: Vec<(String, i32, serde_json::Value)>,
     /// How many aggregates.
     pub aggregates: i64,
     /// Tells this import's ids from another's (32 bits are used).
@@ -46,7 +46,7 @@ impl GeneratedHistory {
 }
 
 /// The INSERT of one chunk. `$1` type, `$2` the life as a JSON array of
-/// `[event_type, payload]`, `$3..=$4` the aggregate numbers, `$5` now, `$6`
+/// `[event_type, payload, schema_version]`, `$3..=$4` the aggregate numbers, `$5` now, `$6`
 /// the salt as 8 hex digits. Positions follow `order`.
 fn insert_sql(backend: Backend, interleaved: bool) -> String {
     match backend {
@@ -60,7 +60,7 @@ fn insert_sql(backend: Backend, interleaved: bool) -> String {
                 "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
                  schema_version, payload, command_id, occurred_at, recorded_at) \
                  SELECT $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-9000-' || lpad(to_hex(a.i), 12, '0'), \
-                 $1, $6 || '-0000-4000-8000-' || lpad(to_hex(a.i), 12, '0'), l.ord, l.value->>0, 1, \
+                 $1, $6 || '-0000-4000-8000-' || lpad(to_hex(a.i), 12, '0'), l.ord, l.value->>0, CAST(l.value->>2 AS BIGINT), \
                  CAST(replace(CAST(l.value->1 AS TEXT), '{{n}}', CAST(a.i AS TEXT)) AS jsonb), \
                  $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-a000-' || lpad(to_hex(a.i), 12, '0'), \
                  CAST($5 AS TIMESTAMPTZ), CAST($5 AS TIMESTAMPTZ) \
@@ -80,7 +80,7 @@ fn insert_sql(backend: Backend, interleaved: bool) -> String {
                  INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
                  schema_version, payload, command_id, occurred_at, recorded_at) \
                  SELECT printf('%s-%04x-4000-9000-%012x', $6, l.key + 1, a.i), $1, \
-                 printf('%s-0000-4000-8000-%012x', $6, a.i), l.key + 1, json_extract(l.value, '$[0]'), 1, \
+                 printf('%s-0000-4000-8000-%012x', $6, a.i), l.key + 1, json_extract(l.value, '$[0]'), json_extract(l.value, '$[2]'), \
                  json(replace(json_extract(l.value, '$[1]'), '{{n}}', a.i)), \
                  printf('%s-%04x-4000-a000-%012x', $6, l.key + 1, a.i), $5, $5 \
                  FROM a CROSS JOIN json_each($2) AS l ORDER BY {order}"
@@ -112,7 +112,7 @@ impl SqlEventStore {
         let life: Vec<serde_json::Value> = history
             .life
             .iter()
-            .map(|(t, p)| serde_json::json!([t, p]))
+            .map(|(t, v, p)| serde_json::json!([t, p, v]))
             .collect();
         let life = serde_json::Value::Array(life).to_string();
         let (salt, now) = (

@@ -129,7 +129,7 @@ fn missing(e: &EventEnvelope) -> ProjectionError {
 mod tests {
     use super::sums::fold_batch;
     use super::*;
-    use crate::aggregate::{LineItem, Status};
+    use crate::aggregate::{OrderLine, Status};
     use crate::money::Cents;
     use std::collections::HashMap;
 
@@ -157,10 +157,11 @@ mod tests {
     fn created(total: i64) -> OrderEvent {
         OrderEvent::OrderCreated {
             customer_id: "alice".into(),
-            items: vec![LineItem {
+            items: vec![OrderLine {
                 sku: "s".into(),
                 quantity: 1,
                 unit_price_cents: total,
+                line_total_cents: total,
             }],
             total_cents: total,
         }

@@ -2,7 +2,7 @@
 
 use super::queries::{order_from_row, ORDER_COLUMNS};
 use super::{decoded, ids, load_rows, missing, upsert};
-use crate::aggregate::{OrderEvent, Status};
+use crate::aggregate::{LineItem, OrderEvent, Status};
 use crate::views::{target_status, OrderView};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
@@ -104,7 +104,7 @@ fn fold_order(
                 order_id: id.clone(),
                 customer_id: customer_id.clone(),
                 status: Status::Created,
-                items: items.clone(),
+                items: items.iter().map(LineItem::from).collect(),
                 total_cents: *total_cents,
                 version: e.version,
                 created_at: at.clone(),

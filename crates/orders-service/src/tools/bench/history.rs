@@ -12,10 +12,10 @@ use super::load::{
     applied_sum, bar, caught_up_since, some_order_ids, throughput, Percentiles, Served,
 };
 use crate::server::{Config, Running, PROJECTOR};
-use cqrs_core::{Aggregate, DomainEvent};
+use cqrs_core::Aggregate;
 use cqrs_sql::store::EventStore;
 use cqrs_sql::store::GeneratedHistory;
-use orders::{LineItem, OrderEvent};
+use orders::{OrderEvent, OrderLine};
 use std::time::Instant;
 
 /// The figures with history, beside the same measurement just before the
@@ -47,15 +47,17 @@ pub struct Measured {
     pub reads_us: Percentiles,
 }
 
-/// An order's whole life, as the events the domain emits.
-fn life() -> Vec<(String, serde_json::Value)> {
+/// An order's whole life, as the events the domain emits (type, schema
+/// version, payload).
+fn life() -> anyhow::Result<Vec<(String, i32, serde_json::Value)>> {
     let events = [
         OrderEvent::OrderCreated {
             customer_id: "history-1".to_owned(),
-            items: vec![LineItem {
+            items: vec![OrderLine {
                 sku: "sku-1".to_owned(),
                 quantity: 2,
                 unit_price_cents: 1999,
+                line_total_cents: 3998,
             }],
             total_cents: 3998,
         },
@@ -72,8 +74,9 @@ fn life() -> Vec<(String, serde_json::Value)> {
     events
         .iter()
         .map(|e| {
-            let payload = serde_json::to_value(e).unwrap_or_default();
-            (e.event_type().to_owned(), payload)
+            // The stored payload is the variant's content, as appends store it.
+            let stored = cqrs_core::NewEvent::encode(String::new(), e)?;
+            Ok((stored.event_type, stored.schema_version, stored.payload))
         })
         .collect()
 }
@@ -82,7 +85,7 @@ fn life() -> Vec<(String, serde_json::Value)> {
 /// store of `config`, moving the projector past them when it reads the log.
 async fn import(config: &Config, events: i64) -> anyhow::Result<()> {
     let (store, read) = crate::server::wiring::open_databases(config).await?;
-    let life = life();
+    let life = life()?;
     let history = GeneratedHistory {
         aggregate_type: orders::Order::TYPE.to_owned(),
         aggregates: events / life.len() as i64,

@@ -22,7 +22,8 @@ pub fn history(orders: usize) -> GeneratedHistory {
         (
             "OrderCreated",
             json!({ "customer_id": "c{n}", "total_cents": 1999,
-                    "items": [{ "sku": "sku-1", "quantity": 1, "unit_price_cents": 1999 }] }),
+                    "items": [{ "sku": "sku-1", "quantity": 1, "unit_price_cents": 1999,
+                                "line_total_cents": 1999 }] }),
         ),
         (
             "OrderPaid",
@@ -36,7 +37,10 @@ pub fn history(orders: usize) -> GeneratedHistory {
     ];
     GeneratedHistory {
         aggregate_type: <orders::Order as cqrs_core::Aggregate>::TYPE.to_owned(),
-        life: life.into_iter().map(|(t, p)| (t.to_owned(), p)).collect(),
+        life: life
+            .into_iter()
+            .map(|(t, p)| (t.to_owned(), orders::event_versions::current_version(t), p))
+            .collect(),
         aggregates: orders as i64,
         salt: uuid::Uuid::new_v4().as_u128() as u32,
         relayed: true,
