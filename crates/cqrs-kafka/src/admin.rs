@@ -3,11 +3,23 @@
 use crate::{KafkaConfig, KafkaError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
-/// Creates `topic` and `topic.dlq` unless they exist.
-pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
+/// What the cluster said about the events topic once it existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicsReady {
+    /// Brokers in the cluster's metadata.
+    pub brokers: usize,
+    /// Partitions of the events topic as it is (not as asked for: a topic
+    /// that existed keeps its own count).
+    pub partitions: i32,
+}
+
+/// Creates `topic` and `topic.dlq` unless they exist, then reads the
+/// events topic's metadata.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicsReady, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = config.client().create()?;
     let dlq = config.dlq_topic();
     let topics = [
@@ -28,5 +40,19 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
             }
         }
     }
-    Ok(())
+    let (client, topic) = (config.client(), config.topic.clone());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client.create()?;
+        let meta = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len() as i32);
+        Ok(TopicsReady {
+            brokers: meta.brokers().len(),
+            partitions,
+        })
+    })
+    .await?
 }

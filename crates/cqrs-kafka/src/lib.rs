@@ -7,7 +7,7 @@ pub mod record;
 pub mod relay;
 pub mod source;
 
-pub use admin::ensure_topics;
+pub use admin::{ensure_topics, TopicsReady};
 pub use relay::{Relay, RelayConfig};
 pub use source::{KafkaSource, SourceConfig};
 

@@ -1,6 +1,8 @@
 //! The live page in a real headless browser (Debian's Chromium driven by
-//! playwright-core; `scripts/test` installs both): once as the demo serves
-//! it, once with authentication on and a token typed into the page.
+//! playwright-core; `scripts/test` installs both), at 1280 px and on a
+//! phone's 390 px (and 360 px): once as the demo serves it, saving the
+//! README's screenshots into docs/, once with authentication on and a token
+//! typed into the page.
 
 mod common;
 
@@ -17,8 +19,14 @@ fn browser_dir() -> PathBuf {
 }
 
 /// Serves a fresh instance with `env`, drives the page (typing `token` when
-/// given) and returns the server's log.
-async fn drive(dir: &Path, env: &[(&str, String)], token: Option<&str>, shot: &Path) -> String {
+/// given), saves its screenshots at 1280 and 390 px, and returns the
+/// server's log.
+async fn drive(
+    dir: &Path,
+    env: &[(&str, String)],
+    token: Option<&str>,
+    shots: [&Path; 2],
+) -> String {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let args = vec![
@@ -29,12 +37,15 @@ async fn drive(dir: &Path, env: &[(&str, String)], token: Option<&str>, shot: &P
     ];
     let mut server = Proc::serve("live", dir, &args, env);
     wait_healthy(&base, &mut server).await;
-    let _ = std::fs::remove_file(shot);
+    for shot in shots {
+        let _ = std::fs::remove_file(shot);
+    }
     let mut node = std::process::Command::new("node");
     node.current_dir(browser_dir()).args([
         "page.test.mjs",
         &format!("{base}/"),
-        &shot.display().to_string(),
+        &shots[0].display().to_string(),
+        &shots[1].display().to_string(),
     ]);
     if let Some(t) = token {
         node.arg(t);
@@ -47,7 +58,9 @@ async fn drive(dir: &Path, env: &[(&str, String)], token: Option<&str>, shot: &P
         String::from_utf8_lossy(&out.stderr),
         server.log_text()
     );
-    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    for shot in shots {
+        assert!(shot.exists(), "no screenshot at {}", shot.display());
+    }
     let html = reqwest::get(&base).await.unwrap().text().await.unwrap();
     assert!(
         !html.contains("http://") && !html.contains("https://"),
@@ -58,10 +71,14 @@ async fn drive(dir: &Path, env: &[(&str, String)], token: Option<&str>, shot: &P
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_live_page_sends_a_command_and_shows_its_journey_and_the_order() {
+async fn the_live_page_follows_commands_over_one_stream_at_desktop_and_phone_widths() {
     let dir = tempfile::tempdir().unwrap();
-    let shot = browser_dir().join("live-page.png");
-    drive(dir.path(), &[], None, &shot).await;
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let shots = [
+        docs.join("live-page-1280.png"),
+        docs.join("live-page-390.png"),
+    ];
+    drive(dir.path(), &[], None, [&shots[0], &shots[1]]).await;
 
     // With callers checked: the page works once an operator's token is typed
     // in, the stream included (its cookie), and the token is never logged.
@@ -77,8 +94,11 @@ async fn the_live_page_sends_a_command_and_shows_its_journey_and_the_order() {
         ("ORDERS_JWT_HS256_SECRET", secret.to_owned()),
         ("RUST_LOG", "debug,hyper=info".to_owned()),
     ];
-    let shot = dir.path().join("live-page-auth.png");
-    let logged = drive(dir.path(), &env, Some(&token), &shot).await;
+    let shots = [
+        dir.path().join("auth-1280.png"),
+        dir.path().join("auth-390.png"),
+    ];
+    let logged = drive(dir.path(), &env, Some(&token), [&shots[0], &shots[1]]).await;
     assert!(
         logged.contains(r#""caller":"ops""#),
         "the command ran as the token's caller"

@@ -260,6 +260,33 @@ async fn a_relay_or_projector_alone_answers_health_and_metrics_and_binds_first()
     let base = format!("http://127.0.0.1:{port}");
     let mut relay = cluster.start("relay", "relay", Some(port), &[]);
     wait_healthy(&base, &mut relay).await;
+    // One JSON line per dependency at start: where, and how long it took.
+    let lines: Vec<serde_json::Value> = relay
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let line = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in {lines:?}"))
+    };
+    let db = line("database connected");
+    assert!(db["elapsed_ms"].is_u64(), "{db}");
+    assert!(
+        db["database"].as_str().is_some_and(|u| u.contains(":***@")),
+        "{db}"
+    );
+    let kafka = line("kafka connected");
+    assert!(
+        kafka["elapsed_ms"].is_u64() && kafka["brokers"].as_u64() >= Some(1),
+        "{kafka}"
+    );
+    assert!(
+        kafka["partitions"].as_i64() > Some(0) && kafka["topic"].is_string(),
+        "{kafka}"
+    );
     let metrics = wait_metric(&base, "cqrs_outbox_pending", |_| true, "the relay's gauges").await;
     assert!(metrics.contains("cqrs_outbox_pending"), "{metrics}");
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
@@ -289,6 +316,106 @@ async fn a_relay_or_projector_alone_answers_health_and_metrics_and_binds_first()
         "it joined the group first:\n{log}"
     );
     drop(relay);
+}
+
+/// The `(event, data)` pairs of a Server-Sent Events stream until `done`
+/// says to stop (or 20 s pass).
+async fn sse_until(
+    mut res: reqwest::Response,
+    mut done: impl FnMut(&str, &serde_json::Value) -> bool,
+) -> Vec<(String, serde_json::Value)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut buf, mut seen) = (String::new(), Vec::new());
+    while Instant::now() < deadline {
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(1), res.chunk()).await
+        else {
+            continue;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let field = |k: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(str::to_owned)
+            };
+            let (Some(event), Some(data)) = (field("event: "), field("data: ")) else {
+                continue;
+            };
+            let data: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+            let stop = done(&event, &data);
+            seen.push((event, data));
+            if stop {
+                return seen;
+            }
+        }
+    }
+    panic!("the stream did not deliver in 20 s: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_says_its_mode_and_carries_a_followed_journey_to_the_end() {
+    let app = common::spawn_app(false, 0).await;
+    let (s, created, _) = app.post("/orders", common::order_body()).await;
+    assert_eq!(s, 201, "{created}");
+    let command = created["command_id"].as_str().unwrap().to_owned();
+    let res = app
+        .http
+        .get(format!("{}/stream?follow={command}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let stages_done = |j: &serde_json::Value| {
+        j["stages"]
+            .as_array()
+            .map_or(0, |s| s.iter().filter(|s| !s["at"].is_null()).count())
+    };
+    // Applied: five stages; the consistent read then makes the sixth.
+    let mut queried = false;
+    let seen = sse_until(res, |event, data| {
+        if event == "journey" && stages_done(data) == 5 && !queried {
+            queried = true;
+            let (http, url, token) = (
+                app.http.clone(),
+                format!(
+                    "{}/orders/{}",
+                    app.base,
+                    created["order_id"].as_str().unwrap()
+                ),
+                created["consistency_token"].as_str().unwrap().to_owned(),
+            );
+            tokio::spawn(async move {
+                http.get(url)
+                    .header("x-consistency-token", token)
+                    .send()
+                    .await
+            });
+        }
+        event == "journey" && stages_done(data) == 6
+    })
+    .await;
+    assert_eq!(seen[0].0, "mode", "{seen:?}");
+    assert_eq!(seen[0].1["kafka"], serde_json::Value::Null);
+    let journeys: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|(e, _)| e == "journey")
+        .map(|(_, d)| d)
+        .collect();
+    assert!(journeys.iter().all(|j| j["command_id"] == command.as_str()));
+    assert!(seen.iter().any(|(e, _)| e == "view"), "{seen:?}");
+
+    // A follow list that is not command ids, or too long, is refused.
+    for bad in ["nope".to_owned(), vec![command.clone(); 9].join(",")] {
+        let (s, body, _) = app.get(&format!("/stream?follow={bad}"), None).await;
+        assert_eq!(
+            (s, body["details"]["field"].as_str()),
+            (400, Some("follow")),
+            "{body}"
+        );
+    }
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,7 +258,7 @@ async fn kafka_sasl_plain_and_scram_take_the_right_password_only() {
         let refused =
             tokio::time::timeout(Duration::from_secs(8), cqrs_kafka::ensure_topics(&bad)).await;
         assert!(
-            !matches!(refused, Ok(Ok(()))),
+            !matches!(refused, Ok(Ok(_))),
             "{mechanism} took a wrong password"
         );
         assert!(

@@ -1,11 +1,15 @@
 //! The live page (`GET /`, every asset in the binary) and its Server-Sent
-//! Events (`GET /stream`): the read model's orders and stats after each
-//! change, and once a second the projection lag and command throughput.
+//! Events (`GET /stream`): the server's mode first, the read model's orders
+//! and stats after each change, once a second the projection lag and command
+//! throughput, and the journey of each command the stream was asked to follow
+//! (`?follow=ID`) until it is complete. One connection carries it all, so a
+//! page never holds more than one request open.
 //!
 //! What the page shows is computed once for every viewer: one task renders
 //! the view when the read model moves (at most 5 times a second) and the
 //! metrics sampler publishes lag and rate; each stream only forwards the
-//! latest of both. A thousand open pages cost the database what one does.
+//! latest of both. A thousand open pages cost the database what one does;
+//! only a followed journey is read per stream, and only until it completes.
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Html;
@@ -22,6 +26,12 @@ use tokio::sync::watch;
 const VIEW_EVERY: Duration = Duration::from_millis(200);
 /// How often a stream sends progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often a followed journey is read again while it is incomplete.
+const JOURNEY_EVERY: Duration = Duration::from_millis(150);
+/// How long a journey is followed at most.
+const FOLLOW_FOR: Duration = Duration::from_secs(60);
+/// Most commands one stream follows.
+pub const MAX_FOLLOWED: usize = 8;
 
 /// The page.
 pub async fn page() -> Html<&'static str> {
@@ -122,28 +132,100 @@ async fn render_views(
     }
 }
 
-/// `GET /stream`: `view` events on read-model changes (at most 5 a second),
-/// `progress` events every second ({lag: events not yet applied, rate:
-/// events appended per second}). Ends when the server shuts down.
+/// Commands a stream follows, and what it last sent of each.
+struct Followed {
+    app: super::App,
+    ids: Vec<String>,
+    sent: std::collections::HashMap<String, String>,
+    until: tokio::time::Instant,
+}
+
+impl Followed {
+    /// The next journey that changed since it was last sent; drops the
+    /// commands whose journey is complete once it went out.
+    async fn next_change(&mut self) -> Option<String> {
+        for id in self.ids.clone() {
+            let trace = match super::trace::load(&self.app, &id).await {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, command_id = %id, "live journey unavailable");
+                    continue;
+                }
+            };
+            let complete = trace.stages.iter().all(|s| s.at.is_some());
+            let Ok(json) = serde_json::to_string(&trace) else {
+                continue;
+            };
+            if complete {
+                self.ids.retain(|i| *i != id);
+            }
+            if self.sent.get(&id) != Some(&json) {
+                self.sent.insert(id, json.clone());
+                return Some(json);
+            }
+        }
+        None
+    }
+
+    fn active(&self) -> bool {
+        !self.ids.is_empty() && tokio::time::Instant::now() < self.until
+    }
+}
+
+/// The server's mode, the first event of every stream.
+fn mode_event(app: &super::App) -> Event {
+    let kafka = app
+        .kafka
+        .as_ref()
+        .map(|k| json!({ "topic": k.topic, "partitions": k.partitions }));
+    let data = json!({ "kafka": kafka, "projects_here": app.projects_here });
+    Event::default().event("mode").data(data.to_string())
+}
+
+/// `GET /stream`: `mode` first ({kafka: {topic, partitions} or null,
+/// projects_here}), `view` events on read-model changes (at most 5 a
+/// second), `progress` events every second ({lag: events not yet applied,
+/// rate: events appended per second}), and `journey` events (a command's
+/// trace, as `GET /commands/{id}/trace` answers it) for each command in
+/// `follow` whenever it changes, until it is complete (or a minute passed).
+/// Ends when the server shuts down.
 pub fn stream(
-    mut feed: LiveFeed,
-    closing: watch::Receiver<bool>,
+    app: super::App,
+    follow: Vec<String>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut feed = app.live.clone();
     // The current view goes out first.
     feed.view.mark_changed();
-    sse(feed, closing)
+    let closing = app.closing.clone();
+    let first = mode_event(&app);
+    let followed = Followed {
+        app,
+        ids: follow,
+        sent: Default::default(),
+        until: tokio::time::Instant::now() + FOLLOW_FOR,
+    };
+    sse(first, feed, followed, closing)
 }
 
 fn sse(
+    first: Event,
     feed: LiveFeed,
+    followed: Followed,
     closing: watch::Receiver<bool>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut journeys = tokio::time::interval(JOURNEY_EVERY);
+    journeys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events = futures::stream::unfold(
-        (feed, closing, tick),
-        |(mut feed, mut closing, mut tick)| async move {
+        (Some(first), feed, followed, closing, tick, journeys),
+        |(mut first, mut feed, mut followed, mut closing, mut tick, mut journeys)| async move {
+            if let Some(e) = first.take() {
+                return Some((Ok(e), (first, feed, followed, closing, tick, journeys)));
+            }
             loop {
+                let mut journey_due = false;
                 let event = tokio::select! {
                     changed = feed.view.changed() => {
                         if changed.is_err() {
@@ -159,10 +241,23 @@ fn sse(
                             Event::default().event("progress").data(data)
                         })
                     }
+                    _ = journeys.tick(), if followed.active() => {
+                        journey_due = true;
+                        None
+                    }
                     _ = closing.wait_for(|c| *c) => return None,
                 };
+                // Read outside the select: its other futures borrow the
+                // watch channels, which must not be held across a query.
+                let event = match journey_due {
+                    true => followed
+                        .next_change()
+                        .await
+                        .map(|j| Event::default().event("journey").data(j)),
+                    false => event,
+                };
                 if let Some(e) = event {
-                    return Some((Ok(e), (feed, closing, tick)));
+                    return Some((Ok(e), (first, feed, followed, closing, tick, journeys)));
                 }
             }
         },

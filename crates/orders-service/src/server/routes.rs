@@ -125,12 +125,65 @@ async fn live_page(QueryParams(_): QueryParams<NoParams>) -> Response {
     super::live::page().await.into_response()
 }
 
-/// `GET /stream`: Server-Sent Events of read-model changes and progress.
-#[utoipa::path(get, path = "/stream", tag = "meta",
-    responses((status = 200, description = "text/event-stream: `view` {stats, orders} on changes, `progress` {lag, rate} every second; ends when the server shuts down", content_type = "text/event-stream"),
+/// Query string of `GET /stream`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Command ids (UUIDs, comma-separated, at most 8) whose journeys the
+    /// stream carries as `journey` events until each is complete.
+    #[param(
+        nullable = false,
+        min_length = 36,
+        max_length = 300,
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}){0,7}$"
+    )]
+    follow: Option<String>,
+}
+
+/// `GET /stream`: Server-Sent Events of the server's mode, read-model
+/// changes, progress and followed commands' journeys.
+#[utoipa::path(get, path = "/stream", tag = "meta", params(StreamParams),
+    responses((status = 200, description = "text/event-stream: `mode` {kafka: {topic, partitions} or null, projects_here} first, `view` {stats, orders} on changes, `progress` {lag, rate} every second, `journey` (a command trace) whenever a followed command moves on, until it is complete; ends when the server shuts down", content_type = "text/event-stream"),
         NoParamErrors))]
-async fn live_stream(State(app): State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
-    super::live::stream(app.live.clone(), app.closing.clone()).into_response()
+async fn live_stream(
+    State(app): State<App>,
+    QueryParams(p): QueryParams<StreamParams>,
+) -> Result<Response, ApiError> {
+    let follow = match p.follow.as_deref() {
+        None => Vec::new(),
+        Some(list) => followed_ids(list)?,
+    };
+    Ok(super::live::stream(app, follow).into_response())
+}
+
+/// The command ids of `follow`, as stored; a bad list is a bad query (400,
+/// as the query extractor answers).
+fn followed_ids(list: &str) -> Result<Vec<String>, ApiError> {
+    let bad = |message: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("follow: {message}"),
+        )
+        .with_details(json!({ "field": "follow" }))
+    };
+    let ids: Vec<String> = list
+        .split(',')
+        .map(|raw| {
+            uuid::Uuid::parse_str(raw)
+                .map(|u| u.to_string())
+                .map_err(|_| bad(format!("{raw:?} is not a command id (a UUID)")))
+        })
+        .collect::<Result<_, _>>()?;
+    if ids.len() > super::live::MAX_FOLLOWED {
+        return Err(bad(format!(
+            "at most {} command ids, got {}",
+            super::live::MAX_FOLLOWED,
+            ids.len()
+        )));
+    }
+    Ok(ids)
 }
 
 /// `POST /stream/ticket`: lets a browser open `/stream` with its bearer

@@ -118,8 +118,11 @@ impl Running {
             names: HashMap::new(),
             shutdown: shutdown.clone(),
         };
-        if let Some(k) = &config.kafka {
-            ensure_topics(k).await?;
+        let kafka = match &config.kafka {
+            Some(k) => Some(ensure_topics(k).await?),
+            None => None,
+        };
+        if let Some(k) = &kafka {
             if config.runs(Role::Relay) {
                 start_relay(&mut roles, k, &store)?;
             }
@@ -141,7 +144,7 @@ impl Running {
             store,
             read,
             progress,
-            kafka: config.kafka.clone(),
+            kafka,
             live,
             closing: closing_rx,
             projects_here: config.runs(Role::Projector),
@@ -257,17 +260,36 @@ pub async fn connect_databases(config: &Config) -> anyhow::Result<(Db, Db)> {
     Ok((write, read))
 }
 
-/// Creates the topics; a broker that does not answer is an answer too: say
-/// so within seconds instead of waiting on the client's own timeouts.
-async fn ensure_topics(k: &KafkaOptions) -> anyhow::Result<()> {
-    tokio::time::timeout(
+/// Creates the topics and logs what the cluster answered; a broker that does
+/// not answer is an answer too: say so within seconds instead of waiting on
+/// the client's own timeouts. Returns the options with the topic's real
+/// partition count (an existing topic keeps its own).
+async fn ensure_topics(k: &KafkaOptions) -> anyhow::Result<KafkaOptions> {
+    let started = std::time::Instant::now();
+    let ready = tokio::time::timeout(
         Duration::from_secs(15),
         cqrs_kafka::ensure_topics(&k.config()),
     )
     .await
     .map_err(|_| anyhow::anyhow!("Kafka at {} did not answer within 15 s", k.brokers))
     .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic))
+    .with_context(|| format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic))?;
+    tracing::info!(
+        bootstrap = %k.brokers,
+        brokers = ready.brokers,
+        topic = %k.topic,
+        partitions = ready.partitions,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "kafka connected"
+    );
+    if ready.partitions != k.partitions {
+        tracing::warn!(topic = %k.topic, partitions = ready.partitions, asked = k.partitions,
+            "the topic existed with another partition count; it keeps its own");
+    }
+    Ok(KafkaOptions {
+        partitions: ready.partitions,
+        ..k.clone()
+    })
 }
 
 fn start_relay(roles: &mut Roles, k: &KafkaOptions, store: &SqlEventStore) -> anyhow::Result<()> {
