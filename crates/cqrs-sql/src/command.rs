@@ -27,6 +27,27 @@ pub struct CommandOptions {
     pub caller: Option<String>,
 }
 
+impl CommandOptions {
+    /// A new command: a fresh id (UUIDv7), decided now, no expected version,
+    /// no idempotency key, no caller, up to 10 retries after a conflict.
+    pub fn new() -> Self {
+        Self {
+            command_id: uuid::Uuid::now_v7().to_string(),
+            expected_version: None,
+            idempotency: None,
+            now: Utc::now(),
+            max_retries: 10,
+            caller: None,
+        }
+    }
+}
+
+impl Default for CommandOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The answer to a command that succeeded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandOutcome {

@@ -82,7 +82,7 @@ struct DbArgs {
     /// Replication factor when topics are created.
     #[arg(long, env = "ORDERS_KAFKA_REPLICATION", default_value_t = defaults::KAFKA_REPLICATION)]
     kafka_replication: i32,
-    /// Consumer group of the projectors (default: <topic>.projectors).
+    /// Consumer group of the projectors (default: TOPIC.projectors).
     #[arg(long, env = "ORDERS_KAFKA_GROUP")]
     kafka_group: Option<String>,
     /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;

@@ -258,7 +258,7 @@ pub enum OrderError {
     /// A field breaks a rule.
     #[error("{field}: {reason}")]
     Invalid {
-        /// The field, as named in the request ("items[2].quantity").
+        /// The field, as named in the request (`items[2].quantity`).
         field: String,
         /// What rule it breaks.
         reason: String,
