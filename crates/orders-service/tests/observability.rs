@@ -260,11 +260,15 @@ async fn a_relay_or_projector_alone_answers_health_and_metrics_and_binds_first()
     let base = format!("http://127.0.0.1:{port}");
     let mut relay = cluster.start("relay", "relay", Some(port), &[]);
     wait_healthy(&base, &mut relay).await;
-    // One JSON line per dependency at start: where, and how long it took.
-    let lines: Vec<serde_json::Value> = relay
-        .log_text()
+    // Its log (a file, not a terminal) is one JSON object per line, with one
+    // line per dependency at start: where, and how long it took.
+    let text = relay.log_text();
+    // Whole lines only: the relay may be writing the next one.
+    let lines: Vec<serde_json::Value> = text[..text.rfind('\n').map_or(0, |i| i + 1)]
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
         .collect();
     let line = |message: &str| {
         lines
