@@ -6,6 +6,7 @@
 
 use crate::db::Backend;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
+use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
 /// A value in a row.
@@ -99,6 +100,57 @@ impl Serialize for Rows<'_> {
         }
         seq.end()
     }
+}
+
+/// Rows of `table` whose `key` is among `keys`: one statement.
+pub async fn load_rows(
+    tx: &mut AnyConnection,
+    columns: &str,
+    table: &str,
+    key: &str,
+    keys: &[&str],
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let backend = backend_of(tx);
+    // `= ANY(ARRAY(...))`: PostgreSQL keeps the key's index scan whatever it
+    // guesses of the list's length.
+    let filter = match backend {
+        Backend::Postgres => format!("{key} = ANY(ARRAY({}))", self::keys(backend, 1)),
+        Backend::Sqlite => format!("{key} IN ({})", self::keys(backend, 1)),
+    };
+    sqlx::query(&format!("SELECT {columns} FROM {table} WHERE {filter}"))
+        .bind(keys_json(keys)?)
+        .fetch_all(&mut *tx)
+        .await
+}
+
+/// Multi-row upsert in one statement:
+/// `INSERT ... SELECT <rows> ON CONFLICT (key) DO UPDATE SET <update>`.
+pub async fn upsert(
+    tx: &mut AnyConnection,
+    table: &str,
+    columns: &[(&str, Kind)],
+    key: &str,
+    update: &str,
+    rows: &[Vec<Val>],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    let names = names.join(", ");
+    let source = self::rows(backend_of(tx), 1, columns);
+    let sql = format!(
+        "INSERT INTO {table} ({names}) SELECT {names} FROM ({source}) AS v WHERE true \
+         ON CONFLICT ({key}) DO UPDATE SET {update}"
+    );
+    sqlx::query(&sql)
+        .bind(rows_json(rows)?)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

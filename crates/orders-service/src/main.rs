@@ -53,6 +53,11 @@ struct DbArgs {
     /// Read database; defaults to the write database's server, or SQLite.
     #[arg(long, env = "READ_DATABASE_URL")]
     read_database_url: Option<String>,
+    /// The inventory's own write database [default: inventory.db beside the
+    /// SQLite files, or WRITE_DB_inventory on the write database's
+    /// PostgreSQL server, created when missing].
+    #[arg(long, env = "INVENTORY_DATABASE_URL")]
+    inventory_database_url: Option<String>,
     /// Create a PostgreSQL database the URLs name when it does not exist
     /// (as the URL's user, who needs the CREATEDB right).
     #[arg(long, env = "ORDERS_CREATE_DATABASE")]
@@ -76,6 +81,11 @@ struct DbArgs {
     /// Events topic.
     #[arg(long, env = "ORDERS_KAFKA_TOPIC", default_value = defaults::KAFKA_TOPIC)]
     kafka_topic: String,
+    /// The inventory's events topic [default: inventory.events beside
+    /// orders.events, X.inventory.events beside X.events]; its projectors'
+    /// group is TOPIC.projectors.
+    #[arg(long, env = "ORDERS_KAFKA_INVENTORY_TOPIC")]
+    kafka_inventory_topic: Option<String>,
     /// Partitions of the events topic when it is created.
     #[arg(long, env = "ORDERS_KAFKA_PARTITIONS", default_value_t = defaults::KAFKA_PARTITIONS)]
     kafka_partitions: i32,
@@ -112,6 +122,7 @@ impl DbArgs {
         Config {
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
+            inventory_database_url: self.inventory_database_url.clone(),
             read_database_url: self.read_database_url.clone(),
             projector_delay: Duration::from_millis(self.projector_delay_ms),
             sqlite_synchronous: self.sqlite_synchronous.clone(),
@@ -127,6 +138,7 @@ impl DbArgs {
                     .unwrap_or_else(|| defaults::kafka_group(&self.kafka_topic)),
                 session_timeout_ms: self.kafka_session_timeout_ms,
                 properties: KafkaProperties(self.kafka_properties.clone()),
+                inventory_topic: self.kafka_inventory_topic.clone(),
             }),
             roles: self.roles.clone(),
             trace_retention: Duration::from_secs(self.trace_retention_secs),

@@ -162,6 +162,20 @@ async fn every_route_answers_each_role_as_the_table_says() {
     );
     let new_order = json!({ "customer_id": "alice",
         "items": [{ "sku": "mug", "quantity": 1, "unit_price_cents": 800 }] });
+    // A tracked SKU, read back with its token so that an allowed read is 200.
+    let ops = token("ops", &["operator"]);
+    let (_, added, _) = api
+        .call(
+            &Method::POST,
+            "/inventory/book/stock",
+            Some(&json!({ "quantity": 1 })),
+            Some(&ops),
+        )
+        .await;
+    let book = format!(
+        "/inventory/book?consistent_with={}",
+        added["consistency_token"].as_str().unwrap()
+    );
     #[rustfmt::skip]
     let rows: Vec<Row> = vec![
         (Method::GET, "/".into(), None, None, [200; 6]),
@@ -183,6 +197,9 @@ async fn every_route_answers_each_role_as_the_table_says() {
         (Method::POST, "ship".into(), None, Some(&["pay"]), [401, 403, 403, 403, 200, 200]),
         (Method::POST, "deliver".into(), None, Some(&["pay", "ship"]), [401, 403, 403, 403, 200, 200]),
         (Method::POST, "cancel".into(), None, Some(&[]), [401, 200, 404, 403, 403, 200]),
+        (Method::POST, "/inventory/book/stock".into(), Some(json!({ "quantity": 1 })), None, [401, 403, 403, 403, 200, 200]),
+        (Method::GET, "/inventory".into(), None, None, [401, 403, 403, 200, 200, 200]),
+        (Method::GET, book, None, None, [401, 403, 403, 200, 200, 200]),
     ];
     let mut wrong = Vec::new();
     for (method, path, body, moved, expected) in &rows {

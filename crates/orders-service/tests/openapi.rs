@@ -25,6 +25,9 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/orders/{id}/deliver"),
     ("post", "/orders/{id}/pay"),
     ("post", "/orders/{id}/ship"),
+    ("get", "/inventory"),
+    ("get", "/inventory/{sku}"),
+    ("post", "/inventory/{sku}/stock"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,8 +153,8 @@ async fn documented_limits_are_the_enforced_ones() {
         }
     }
     assert_eq!(
-        token_params, 8,
-        "4 query routes, each with the header and the parameter"
+        token_params, 10,
+        "5 query routes (4 of orders, 1 of inventory), each with the header and the parameter"
     );
     // A real token fits the documented pattern.
     let (_, token) = app.create().await;

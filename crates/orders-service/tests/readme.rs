@@ -72,6 +72,11 @@ async fn the_readmes_http_api_blocks_run_in_order_against_a_fresh_server() {
         stdout.contains(r#""customer_id":"alice","order_count":2"#),
         "{stdout}"
     );
+    // The inventory's block: stock in, read back with its token.
+    assert!(
+        stdout.contains(r#""on_hand":5,"reserved":0,"available":5"#),
+        "{stdout}"
+    );
 }
 
 /// Runs `script` under `bash -euo pipefail` in `cwd`, with the `orders` just

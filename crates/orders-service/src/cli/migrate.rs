@@ -7,21 +7,25 @@ use crate::server::{schema, wiring, Config};
 /// prints each owner's version; returns the exit code (1: `check` found
 /// migrations due).
 pub async fn run(config: &Config, check: bool) -> anyhow::Result<i32> {
-    let (write, read) = wiring::connect_databases(config).await?;
+    let dbs = wiring::connect_databases(config).await?;
     let code = if check {
-        let due = schema::pending(&write, &read).await?;
+        let due = schema::pending(&dbs).await?;
         for m in &due {
             println!("due: {m}");
         }
         i32::from(!due.is_empty())
     } else {
-        for m in schema::bring_current(&write, &read, true).await? {
+        for m in schema::bring_current(&dbs, true).await? {
             println!("applied: {m}");
         }
         0
     };
-    let same = write.url() == read.url();
-    for (role, db) in [("write", &write), ("read", &read)] {
+    let same = dbs.write.url() == dbs.read.url();
+    for (role, db) in [
+        ("write", &dbs.write),
+        ("inventory", &dbs.inventory),
+        ("read", &dbs.read),
+    ] {
         if role == "read" && same {
             break;
         }
@@ -29,7 +33,8 @@ pub async fn run(config: &Config, check: bool) -> anyhow::Result<i32> {
             println!("{role} db: {component} at version {version}");
         }
     }
-    write.close().await;
-    read.close().await;
+    for db in [&dbs.write, &dbs.inventory, &dbs.read] {
+        db.close().await;
+    }
     Ok(code)
 }

@@ -130,6 +130,8 @@ pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
             Need::OneOf(&[Warehouse, Operator])
         }
         ("POST", "/orders/{id}/cancel") => Need::OneOf(OWNER),
+        ("POST", "/inventory/{sku}/stock") => Need::OneOf(&[Warehouse, Operator]),
+        ("GET", "/inventory" | "/inventory/{sku}") => Need::OneOf(&[Payments, Warehouse, Operator]),
         // Stats, metrics, the live stream, and any route added later.
         _ => Need::OneOf(&[Operator]),
     }

@@ -15,6 +15,16 @@ pub mod defaults {
     pub const SQLITE_SYNCHRONOUS: &str = "NORMAL";
     /// The events topic.
     pub const KAFKA_TOPIC: &str = "orders.events";
+    /// The inventory's events topic beside the events topic `topic`:
+    /// `inventory.events` beside `orders.events`, `X.inventory.events`
+    /// beside `X.events`, else `<topic>.inventory`.
+    pub fn kafka_inventory_topic(topic: &str) -> String {
+        match topic.strip_suffix(".events") {
+            Some("orders") => "inventory.events".to_owned(),
+            Some(prefix) => format!("{prefix}.inventory.events"),
+            None => format!("{topic}.inventory"),
+        }
+    }
     /// Partitions of the events topic when it is created.
     pub const KAFKA_PARTITIONS: i32 = 6;
     /// Replication factor of created topics.
@@ -32,6 +42,8 @@ pub mod defaults {
 
 /// Name under which the order projector stores checkpoints and versions.
 pub const PROJECTOR: &str = "orders_read_model";
+/// Name under which the inventory projector stores checkpoints and versions.
+pub const INVENTORY_PROJECTOR: &str = "inventory_read_model";
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -40,6 +52,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Write DB; SQLite under `data_dir` when absent.
     pub database_url: Option<String>,
+    /// The inventory's write DB (its own event store and outbox); derived
+    /// from the write DB when absent (see [`Config::inventory_url`]).
+    pub inventory_database_url: Option<String>,
     /// Read DB; the write DB's server (PostgreSQL) or a SQLite file under `data_dir`.
     pub read_database_url: Option<String>,
     /// Artificial delay before the projector applies each batch.
@@ -82,6 +97,9 @@ pub struct KafkaOptions {
     pub session_timeout_ms: u32,
     /// librdkafka properties for every client (TLS, SASL, ...).
     pub properties: KafkaProperties,
+    /// The inventory's events topic (derived from `topic` when absent:
+    /// [`defaults::kafka_inventory_topic`]).
+    pub inventory_topic: Option<String>,
 }
 
 impl KafkaOptions {
@@ -95,6 +113,20 @@ impl KafkaOptions {
             group_id: defaults::kafka_group(defaults::KAFKA_TOPIC),
             session_timeout_ms: defaults::KAFKA_SESSION_TIMEOUT_MS,
             properties: KafkaProperties::default(),
+            inventory_topic: None,
+        }
+    }
+    /// The same cluster, for the inventory's topic and its own group.
+    pub fn inventory(&self) -> KafkaOptions {
+        let topic = self
+            .inventory_topic
+            .clone()
+            .unwrap_or_else(|| defaults::kafka_inventory_topic(&self.topic));
+        KafkaOptions {
+            group_id: defaults::kafka_group(&topic),
+            topic,
+            inventory_topic: None,
+            ..self.clone()
         }
     }
     /// The settings every Kafka client of this process is made from.
@@ -126,6 +158,7 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             database_url: None,
+            inventory_database_url: None,
             read_database_url: None,
             projector_delay: Duration::ZERO,
             sqlite_synchronous: defaults::SQLITE_SYNCHRONOUS.into(),
@@ -171,6 +204,38 @@ impl Config {
             });
         (write, read)
     }
+
+    /// The inventory's write DB: as given; else `inventory.db` beside
+    /// SQLite files, or on the write DB's PostgreSQL server the write
+    /// database's name with `_inventory` appended. The second value says
+    /// whether it was derived (a derived database is created when missing).
+    pub fn inventory_url(&self) -> (String, bool) {
+        if let Some(url) = &self.inventory_database_url {
+            return (url.clone(), false);
+        }
+        let (write, _) = self.urls();
+        if write.starts_with("sqlite:") {
+            return (sqlite_url(&self.data_dir.join("inventory.db")), true);
+        }
+        (with_database_suffix(&write, "_inventory"), true)
+    }
+}
+
+/// `url` naming the database `<its name><suffix>` (query kept).
+fn with_database_suffix(url: &str, suffix: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let named = match base.rsplit_once('/') {
+        Some((server, name)) if !server.ends_with('/') && !name.is_empty() => {
+            format!("{server}/{name}{suffix}")
+        }
+        _ => format!("{}/postgres{suffix}", base.trim_end_matches('/')),
+    };
+    match query {
+        Some(q) => format!("{named}?{q}"),
+        None => named,
+    }
 }
 
 /// Orders whose state the command handler keeps in memory, at most.
@@ -179,6 +244,40 @@ pub const STATE_CACHE_ORDERS: usize = 100_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inventory_database_sits_beside_the_write_database() {
+        let mut c = Config::embedded("/d");
+        assert_eq!(
+            c.inventory_url(),
+            ("sqlite:///d/inventory.db".to_owned(), true)
+        );
+        c.database_url = Some("postgres://u:p@h:5432/shop?sslmode=require".into());
+        assert_eq!(
+            c.inventory_url().0,
+            "postgres://u:p@h:5432/shop_inventory?sslmode=require"
+        );
+        c.database_url = Some("postgres://u:p@h:5432".into());
+        assert_eq!(
+            c.inventory_url().0,
+            "postgres://u:p@h:5432/postgres_inventory"
+        );
+        c.inventory_database_url = Some("postgres://h/inv".into());
+        assert_eq!(c.inventory_url(), ("postgres://h/inv".to_owned(), false));
+    }
+
+    #[test]
+    fn the_inventory_topic_sits_beside_the_orders_topic() {
+        let mut k = KafkaOptions::new("b:9092");
+        assert_eq!(k.inventory().topic, "inventory.events");
+        assert_eq!(k.inventory().group_id, "inventory.events.projectors");
+        k.topic = "t1.events".into();
+        assert_eq!(k.inventory().topic, "t1.inventory.events");
+        k.topic = "shop".into();
+        assert_eq!(k.inventory().topic, "shop.inventory");
+        k.inventory_topic = Some("stock".into());
+        assert_eq!(k.inventory().topic, "stock");
+    }
 
     #[test]
     fn each_topic_gets_a_consumer_group_of_its_own() {

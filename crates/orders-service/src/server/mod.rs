@@ -6,6 +6,7 @@ pub mod access;
 pub mod api;
 pub mod commands;
 pub mod config;
+pub mod inventory;
 pub mod live;
 pub mod observe;
 pub mod queries;
@@ -15,6 +16,6 @@ pub mod state;
 pub mod trace;
 pub mod wiring;
 
-pub use config::{Config, KafkaOptions, Role, PROJECTOR};
+pub use config::{Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR};
 pub use state::App;
 pub use wiring::Running;

@@ -4,7 +4,7 @@
 use super::access::Caller;
 use super::api::{found, owner_of, ErrorBody, NoParamErrors, QueryErrors};
 use super::App;
-use super::{commands, queries};
+use super::{commands, inventory, queries};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,9 @@ pub fn router(app: App) -> Router {
         .routes(routes!(queries::order_history))
         .routes(routes!(queries::customer_summary))
         .routes(routes!(queries::stats))
+        .routes(routes!(inventory::add_stock))
+        .routes(routes!(inventory::get_stock))
+        .routes(routes!(inventory::list_stock))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))

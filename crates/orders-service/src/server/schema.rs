@@ -1,31 +1,41 @@
 //! The service's databases brought to this build's schema: which owners of
-//! tables live in the write DB and which in the read DB, migrated at start
-//! (or by `orders migrate`) or only checked (`--no-migrate`).
+//! tables live in which database (the orders' write DB, the inventory's
+//! write DB, the shared read DB), migrated at start (or by `orders
+//! migrate`) or only checked (`--no-migrate`).
 
+use super::wiring::Databases;
 use cqrs_sql::migrate::{self, Applied};
 use cqrs_sql::{Component, Db};
 
-/// The owners of tables in the write DB.
+/// The owners of tables in an event store's database.
 pub fn write_components(write: &Db) -> Vec<Component> {
     cqrs_sql::store::write_components(write.backend)
 }
 
-/// The owners of tables in the read DB: the projector runner and each order
-/// projection.
+/// The owners of tables in the read DB: the projector runner and each
+/// projection of both services.
 pub fn read_components() -> Vec<Component> {
-    cqrs_sql::read::runner::read_components(&orders::read_model::projections())
+    let mut projections = orders::read_model::projections();
+    projections.extend(inventory::read_model::projections());
+    cqrs_sql::read::runner::read_components(&projections)
 }
 
-/// Applies what either database lacks (`apply`), or refuses with the list
-/// of what is due; returns what it applied.
+fn targets(dbs: &Databases) -> [(&Db, Vec<Component>); 3] {
+    [
+        (&dbs.write, write_components(&dbs.write)),
+        (&dbs.inventory, write_components(&dbs.inventory)),
+        (&dbs.read, read_components()),
+    ]
+}
+
+/// Applies what any database lacks (`apply`), or refuses with the list of
+/// what is due; returns what it applied.
 pub async fn bring_current(
-    write: &Db,
-    read: &Db,
+    dbs: &Databases,
     apply: bool,
 ) -> Result<Vec<Applied>, migrate::MigrateError> {
-    let targets = [(write, write_components(write)), (read, read_components())];
     let mut applied = Vec::new();
-    for (db, components) in &targets {
+    for (db, components) in &targets(dbs) {
         if apply {
             applied.extend(migrate::migrate(db, components).await?);
         } else {
@@ -35,9 +45,11 @@ pub async fn bring_current(
     Ok(applied)
 }
 
-/// What is due on either database, without applying it.
-pub async fn pending(write: &Db, read: &Db) -> Result<Vec<Applied>, migrate::MigrateError> {
-    let mut due = migrate::pending(write, &write_components(write)).await?;
-    due.extend(migrate::pending(read, &read_components()).await?);
+/// What is due on any database, without applying it.
+pub async fn pending(dbs: &Databases) -> Result<Vec<Applied>, migrate::MigrateError> {
+    let mut due = Vec::new();
+    for (db, components) in &targets(dbs) {
+        due.extend(migrate::pending(db, components).await?);
+    }
     Ok(due)
 }

@@ -12,10 +12,14 @@ use tokio::sync::watch;
 pub struct App {
     /// The write side.
     pub store: SqlEventStore,
+    /// The inventory's write side (its own event store and outbox).
+    pub inventory: SqlEventStore,
     /// The read DB.
     pub read: Db,
     /// The read model's progress, for consistency waits.
     pub progress: ReadProgress,
+    /// The inventory read model's progress.
+    pub inventory_progress: ReadProgress,
     /// Kafka, when it sits between the sides (for readiness and lag).
     pub kafka: Option<KafkaOptions>,
     /// What the live page's streams forward.

@@ -2,7 +2,9 @@
 //! watching them, and stopping them.
 
 use super::access::Access;
-use super::config::{Config, KafkaOptions, Role, PROJECTOR, STATE_CACHE_ORDERS};
+use super::config::{
+    Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS,
+};
 use super::routes;
 use super::state::App;
 use anyhow::Context;
@@ -111,29 +113,48 @@ impl Running {
     /// Opens the databases and starts this process's roles.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.check()?;
-        let (store, read) = open_databases(config).await?;
+        let (store, inventory, read) = open_databases(config).await?;
         let shutdown = CancellationToken::new();
         let mut roles = Roles {
             set: JoinSet::new(),
             names: HashMap::new(),
             shutdown: shutdown.clone(),
         };
-        let kafka = match &config.kafka {
-            Some(k) => Some(ensure_topics(k).await?),
-            None => None,
+        let (kafka, inventory_kafka) = match &config.kafka {
+            Some(k) => (
+                Some(ensure_topics(k).await?),
+                Some(ensure_topics(&k.inventory()).await?),
+            ),
+            None => (None, None),
         };
-        if let Some(k) = &kafka {
-            if config.runs(Role::Relay) {
-                start_relay(&mut roles, k, &store)?;
+        if config.runs(Role::Relay) {
+            for (name, k, s) in [
+                ("relay", &kafka, &store),
+                ("inventory relay", &inventory_kafka, &inventory),
+            ] {
+                if let Some(k) = k {
+                    start_relay(&mut roles, name, k, s)?;
+                }
             }
         }
-        let progress = if config.runs(Role::Projector) {
-            start_projector(&mut roles, config, &store, &read).await?
-        } else {
-            cqrs_sql::read::runner::ensure_tables(&read, &orders::read_model::projections())
-                .await?;
-            ReadProgress::new(read.clone(), PROJECTOR)
+        let orders_side = ReadSide {
+            name: PROJECTOR,
+            role: "projector",
+            projections: orders::read_model::projections(),
+            store: &store,
+            kafka: config.kafka.as_ref(),
         };
+        let inventory_options = config.kafka.as_ref().map(KafkaOptions::inventory);
+        let inventory_side = ReadSide {
+            name: INVENTORY_PROJECTOR,
+            role: "inventory projector",
+            projections: inventory::read_model::projections(),
+            store: &inventory,
+            kafka: inventory_options.as_ref(),
+        };
+        let progress = start_read_side(&mut roles, config, orders_side, &read).await?;
+        let inventory_progress = start_read_side(&mut roles, config, inventory_side, &read).await?;
+        follow_progress(&mut roles, &inventory_progress, &read);
         follow_progress(&mut roles, &progress, &read);
         let access = open_access(config, &mut roles)?;
         super::observe::install();
@@ -142,8 +163,10 @@ impl Running {
             super::live::LiveFeed::start(read.clone(), &progress, closing_rx.clone());
         let app = App {
             store,
+            inventory,
             read,
             progress,
+            inventory_progress,
             kafka,
             live,
             closing: closing_rx,
@@ -223,22 +246,43 @@ impl Running {
     }
 }
 
-/// The write store and the read DB (one pool when they are one database),
-/// at this build's schema.
-pub(crate) async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventStore, Db)> {
-    let (write, read) = connect_databases(config).await?;
-    let applied = super::schema::bring_current(&write, &read, config.migrate).await?;
+/// The databases of one process: the orders' write DB, the inventory's own
+/// write DB, and the read DB both services' read models share.
+pub struct Databases {
+    /// The orders' event store.
+    pub write: Db,
+    /// The inventory's event store.
+    pub inventory: Db,
+    /// The read models.
+    pub read: Db,
+}
+
+/// The two event stores and the read DB, at this build's schema.
+pub(crate) async fn open_databases(
+    config: &Config,
+) -> anyhow::Result<(SqlEventStore, SqlEventStore, Db)> {
+    let dbs = connect_databases(config).await?;
+    let applied = super::schema::bring_current(&dbs, config.migrate).await?;
     if !applied.is_empty() {
         tracing::info!(count = applied.len(), "databases migrated");
     }
-    Ok((SqlEventStore::open_current(write).await?, read))
+    Ok((
+        SqlEventStore::open_current(dbs.write).await?,
+        SqlEventStore::open_current(dbs.inventory).await?,
+        dbs.read,
+    ))
 }
 
-/// Connections to the write DB and the read DB (one pool when they are one
-/// database), the data directory made first when either is SQLite.
-pub async fn connect_databases(config: &Config) -> anyhow::Result<(Db, Db)> {
+/// Connections to the databases (one pool where two are one database), the
+/// data directory made first when any is SQLite. The inventory's database,
+/// when derived from the write DB's URL, is created if missing.
+pub async fn connect_databases(config: &Config) -> anyhow::Result<Databases> {
     let (write_url, read_url) = config.urls();
-    if write_url.starts_with("sqlite:") || read_url.starts_with("sqlite:") {
+    let (inventory_url, derived) = config.inventory_url();
+    if [&write_url, &read_url, &inventory_url]
+        .iter()
+        .any(|u| u.starts_with("sqlite:"))
+    {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",
@@ -257,7 +301,18 @@ pub async fn connect_databases(config: &Config) -> anyhow::Result<(Db, Db)> {
     } else {
         Db::connect(&read_url, &options).await?
     };
-    Ok((write, read))
+    let inventory_options = DbOptions {
+        create_missing: config.create_database || derived,
+        ..options
+    };
+    let inventory = Db::connect(&inventory_url, &inventory_options)
+        .await
+        .context("the inventory's database (--inventory-database-url)")?;
+    Ok(Databases {
+        write,
+        inventory,
+        read,
+    })
 }
 
 /// Creates the topics and logs what the cluster answered; a broker that does
@@ -292,7 +347,12 @@ async fn ensure_topics(k: &KafkaOptions) -> anyhow::Result<KafkaOptions> {
     })
 }
 
-fn start_relay(roles: &mut Roles, k: &KafkaOptions, store: &SqlEventStore) -> anyhow::Result<()> {
+fn start_relay(
+    roles: &mut Roles,
+    name: &'static str,
+    k: &KafkaOptions,
+    store: &SqlEventStore,
+) -> anyhow::Result<()> {
     let relay = Relay::new(
         RelayConfig {
             kafka: k.config(),
@@ -304,52 +364,69 @@ fn start_relay(roles: &mut Roles, k: &KafkaOptions, store: &SqlEventStore) -> an
         store.clone(),
     )?;
     let shutdown = roles.shutdown.clone();
-    roles.spawn("relay", async move { Ok(relay.run(shutdown).await?) });
+    roles.spawn(name, async move { Ok(relay.run(shutdown).await?) });
     Ok(())
 }
 
-/// Starts the projector on Kafka or on the embedded log; returns the
-/// progress that consistency waits watch.
-async fn start_projector(
+/// One service's read side: its projector's name and projections, fed from
+/// its event store (embedded) or its topic.
+struct ReadSide<'a> {
+    name: &'static str,
+    role: &'static str,
+    projections: Vec<Arc<dyn cqrs_sql::Projection>>,
+    store: &'a SqlEventStore,
+    kafka: Option<&'a KafkaOptions>,
+}
+
+/// Starts `side`'s projector where this process runs projectors (else only
+/// makes sure its tables exist, for queries); returns the progress that
+/// consistency waits watch.
+async fn start_read_side(
     roles: &mut Roles,
     config: &Config,
-    store: &SqlEventStore,
+    side: ReadSide<'_>,
     read: &Db,
 ) -> anyhow::Result<ReadProgress> {
+    if !config.runs(Role::Projector) {
+        cqrs_sql::read::runner::ensure_tables(read, &side.projections).await?;
+        return Ok(ReadProgress::new(read.clone(), side.name));
+    }
     let runner = ProjectorRunner::new(
         read.clone(),
         ProjectorConfig {
-            name: PROJECTOR.into(),
+            name: side.name.into(),
             batch_size: 500,
             apply_delay: config.projector_delay,
             max_attempts: 3,
             trace_retention: config.trace_retention,
         },
-        orders::read_model::projections(),
+        side.projections,
     )
     .await?;
     let progress = runner.progress();
     let shutdown = roles.shutdown.clone();
-    match &config.kafka {
+    match side.kafka {
         Some(k) => {
             let source = KafkaSource::new(
                 SourceConfig {
                     kafka: k.config(),
                     group_id: k.group_id.clone(),
                     session_timeout_ms: k.session_timeout_ms,
-                    projector: PROJECTOR.into(),
+                    projector: side.name.into(),
                 },
                 read.clone(),
             )?;
-            roles.spawn("projector", async move {
-                Ok(runner.run(source, shutdown).await?)
-            });
+            roles.spawn(
+                side.role,
+                async move { Ok(runner.run(source, shutdown).await?) },
+            );
         }
         None => {
-            let source = LogSource::new(store.clone(), Duration::from_millis(500));
-            roles.spawn("projector", async move {
-                Ok(runner.run(source, shutdown).await?)
-            });
+            let source = LogSource::new(side.store.clone(), Duration::from_millis(500));
+            roles.spawn(
+                side.role,
+                async move { Ok(runner.run(source, shutdown).await?) },
+            );
         }
     }
     Ok(progress)

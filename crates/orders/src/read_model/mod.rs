@@ -18,11 +18,8 @@ use crate::aggregate::OrderEvent;
 use crate::money::MoneyOverflow;
 use crate::views::decode;
 use cqrs_core::EventEnvelope;
-use cqrs_sql::batch::{self, Kind, Val};
-use cqrs_sql::db::Backend;
+use cqrs_sql::batch::{load_rows, upsert};
 use cqrs_sql::{Projection, ProjectionError};
-use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
 use std::sync::Arc;
 
 /// All order projections over the live tables.
@@ -61,57 +58,6 @@ fn ids<'a>(events: &[(&'a EventEnvelope, OrderEvent)]) -> Vec<&'a str> {
     ids.sort_unstable();
     ids.dedup();
     ids
-}
-
-/// Rows of `table` whose `key` is among `keys`: one statement.
-async fn load_rows(
-    tx: &mut AnyConnection,
-    columns: &str,
-    table: &str,
-    key: &str,
-    keys: &[&str],
-) -> Result<Vec<AnyRow>, sqlx::Error> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let backend = batch::backend_of(tx);
-    // `= ANY(ARRAY(...))`: PostgreSQL keeps the key's index scan whatever it
-    // guesses of the list's length.
-    let filter = match backend {
-        Backend::Postgres => format!("{key} = ANY(ARRAY({}))", batch::keys(backend, 1)),
-        Backend::Sqlite => format!("{key} IN ({})", batch::keys(backend, 1)),
-    };
-    sqlx::query(&format!("SELECT {columns} FROM {table} WHERE {filter}"))
-        .bind(batch::keys_json(keys)?)
-        .fetch_all(&mut *tx)
-        .await
-}
-
-/// Multi-row upsert in one statement:
-/// `INSERT ... SELECT <rows> ON CONFLICT (key) DO UPDATE SET <update>`.
-async fn upsert(
-    tx: &mut AnyConnection,
-    table: &str,
-    columns: &[(&str, Kind)],
-    key: &str,
-    update: &str,
-    rows: &[Vec<Val>],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
-    let names = names.join(", ");
-    let source = batch::rows(batch::backend_of(tx), 1, columns);
-    let sql = format!(
-        "INSERT INTO {table} ({names}) SELECT {names} FROM ({source}) AS v WHERE true \
-         ON CONFLICT ({key}) DO UPDATE SET {update}"
-    );
-    sqlx::query(&sql)
-        .bind(batch::rows_json(rows)?)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 fn overflow(e: MoneyOverflow) -> ProjectionError {

@@ -84,7 +84,7 @@ fn life() -> anyhow::Result<Vec<(String, i32, serde_json::Value)>> {
 /// Imports `events` events of history (whole order lives) into the write
 /// store of `config`, moving the projector past them when it reads the log.
 async fn import(config: &Config, events: i64) -> anyhow::Result<()> {
-    let (store, read) = crate::server::wiring::open_databases(config).await?;
+    let (store, _, read) = crate::server::wiring::open_databases(config).await?;
     let life = life()?;
     let history = GeneratedHistory {
         aggregate_type: orders::Order::TYPE.to_owned(),

@@ -1,0 +1,176 @@
+//! The inventory's routes: stock in (`POST /inventory/{sku}/stock`) on its
+//! own event store, and its read model (`GET /inventory/{sku}`,
+//! `GET /inventory`), with the same idempotency keys and consistency tokens
+//! as the order routes.
+
+use super::access::Caller;
+use super::api::{BodyErrors, QueryErrors};
+use super::App;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cqrs_http::{
+    idempotency_key, wait_consistent, ApiError, ConsistencyHeader, ConsistencyParams,
+    IdempotencyHeader, JsonBody, PathParam, QueryParams, TOKEN_HEADER,
+};
+use cqrs_sql::store::request_hash;
+use cqrs_sql::{execute, CommandOptions, IdempotencyRecord};
+use inventory::read_model::{self, StockView};
+use inventory::{Stock, StockCommand};
+use serde::{Deserialize, Serialize};
+
+/// The SKU a path names, checked as order lines check theirs.
+fn sku_of(raw: &str) -> Result<String, ApiError> {
+    let ok = !raw.is_empty()
+        && raw.chars().count() <= orders::aggregate::limits::MAX_SKU
+        && !raw.chars().any(char::is_control);
+    ok.then(|| raw.to_owned()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "sku: 1..=64 characters, no control characters",
+        )
+    })
+}
+
+/// Body of `POST /inventory/{sku}/stock`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddStock {
+    /// Units that arrived, 1..=1,000,000.
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub quantity: i64,
+}
+
+/// The answer to a stock command.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]
+pub struct StockAnswer {
+    /// The SKU.
+    pub sku: String,
+    /// Its stock's version after the command.
+    pub version: i64,
+    /// Id of the command.
+    pub command_id: String,
+    /// Present it to `GET /inventory/{sku}` to read this write.
+    pub consistency_token: String,
+}
+
+#[utoipa::path(post, path = "/inventory/{sku}/stock", tag = "inventory", request_body = AddStock,
+    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), IdempotencyHeader),
+    responses((status = 200, description = "Added: the stock's new version, and the token to read it with", body = StockAnswer),
+        BodyErrors))]
+pub(super) async fn add_stock(
+    State(app): State<App>,
+    caller: Caller,
+    PathParam(sku): PathParam<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AddStock>,
+) -> Result<Response, ApiError> {
+    let sku = sku_of(&sku)?;
+    let idempotency = idempotency_key(&headers)?.map(|key| IdempotencyRecord {
+        key,
+        request_hash: request_hash(&[b"AddStock", sku.as_bytes(), &body.quantity.to_be_bytes()]),
+    });
+    let options = CommandOptions {
+        idempotency,
+        caller: caller.sub().map(str::to_owned),
+        ..CommandOptions::new()
+    };
+    let command = StockCommand::Add {
+        quantity: body.quantity,
+    };
+    let result = execute::<Stock, _>(&app.inventory, &Stock::id(&sku), &command, options).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    tracing::info!(command = "AddStock", sku = %sku, caller = caller.sub(), outcome, "command handled");
+    let done = result?;
+    let token = done.token().to_string();
+    let mut res = Json(StockAnswer {
+        sku,
+        version: done.version,
+        command_id: done.command_id.clone(),
+        consistency_token: token.clone(),
+    })
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&token) {
+        res.headers_mut().insert(TOKEN_HEADER, v);
+    }
+    if done.replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(res)
+}
+
+fn read_error(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("the read database", &e)
+}
+
+#[utoipa::path(get, path = "/inventory/{sku}", tag = "inventory",
+    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), ConsistencyHeader, ConsistencyParams),
+    responses((status = 200, description = "The SKU's stock", body = StockView), QueryErrors))]
+pub(super) async fn get_stock(
+    State(app): State<App>,
+    PathParam(sku): PathParam<String>,
+    headers: HeaderMap,
+    QueryParams(c): QueryParams<ConsistencyParams>,
+) -> Result<Response, ApiError> {
+    let sku = sku_of(&sku)?;
+    wait_consistent(&app.inventory_progress, &app.inventory, &headers, &c).await?;
+    let stock = read_model::stock(&app.read.pool, &sku)
+        .await
+        .map_err(read_error)?;
+    super::api::found(stock, "sku_not_tracked", || {
+        format!("no stock records for {sku:?}: it is not tracked (always available to orders)")
+    })
+}
+
+/// Query string of `GET /inventory`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InventoryParams {
+    /// The SKU after which the page starts (the last one of the page before).
+    #[param(nullable = false, min_length = 1, max_length = 64)]
+    after: Option<String>,
+    /// Page size, 1..=100 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+}
+
+/// A page of tracked SKUs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InventoryPage {
+    /// In SKU order.
+    pub stock: Vec<StockView>,
+    /// `after` for the next page (absent on the last one).
+    pub next: Option<String>,
+}
+
+#[utoipa::path(get, path = "/inventory", tag = "inventory", params(InventoryParams),
+    responses((status = 200, description = "Tracked SKUs in SKU order", body = InventoryPage), QueryErrors))]
+pub(super) async fn list_stock(
+    State(app): State<App>,
+    QueryParams(p): QueryParams<InventoryParams>,
+) -> Result<Response, ApiError> {
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit: must be 1..=100, got {limit}"),
+        ));
+    }
+    let stock = read_model::list(&app.read.pool, p.after.as_deref(), limit)
+        .await
+        .map_err(read_error)?;
+    let next = (stock.len() as i64 == limit)
+        .then(|| stock.last().map(|s| s.sku.clone()))
+        .flatten();
+    Ok(Json(InventoryPage { stock, next }).into_response())
+}
