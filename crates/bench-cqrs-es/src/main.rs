@@ -120,6 +120,7 @@ fn create(i: usize) -> (CreateOrder, i64) {
             quantity,
             unit_price_cents: 1999,
         }],
+        tracked_skus: Default::default(),
     };
     (order, 1999 * quantity)
 }

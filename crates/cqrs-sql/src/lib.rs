@@ -11,6 +11,8 @@
 //! - [`store`]: the [`EventStore`] trait and [`SqlEventStore`].
 //! - [`command`]: [`execute`], the command handler for any
 //!   [`cqrs_core::Aggregate`].
+//! - [`process`]: process managers (sagas) run as projections, exactly once
+//!   in effect.
 //! - [`read`]: [`Projection`] (your read model: its migrations and how it
 //!   applies a batch), [`ProjectorRunner`], [`LogSource`], [`ReadProgress`].
 //!
@@ -58,6 +60,7 @@ pub mod batch;
 pub mod command;
 pub mod db;
 pub mod migrate;
+pub mod process;
 pub mod read;
 pub mod store;
 

@@ -78,6 +78,7 @@ impl InventoryStock {
                 StockEvent::StockAdded { quantity } => row.on_hand += quantity,
                 StockEvent::StockReserved { quantity, .. } => row.reserved += quantity,
                 StockEvent::ReservationReleased { quantity, .. } => row.reserved -= quantity,
+                StockEvent::ReservationRejected { .. } => {}
             }
             row.version = e.version;
             row.updated_at = timestamp(e.recorded_at);

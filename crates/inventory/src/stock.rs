@@ -1,6 +1,7 @@
 //! Stock of one SKU. Tracked from its first `StockAdded`: before that a SKU
 //! has no stock records and is not the inventory's business (always
-//! available to orders). Available = on hand - reserved, never below zero.
+//! available to orders). Available = on hand - reserved, never below zero:
+//! a reservation that does not fit is recorded as rejected.
 
 use cqrs_core::{Aggregate, DomainError, DomainEvent, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,16 @@ pub enum StockEvent {
         /// How many.
         quantity: i64,
     },
+    /// A reservation that did not fit what was available: recorded as a
+    /// fact, so that a retried reservation gets the same answer.
+    ReservationRejected {
+        /// The order.
+        order_id: String,
+        /// Units asked for.
+        requested: i64,
+        /// Units available then.
+        available: i64,
+    },
     /// An order's units given back.
     ReservationReleased {
         /// The order.
@@ -89,14 +100,6 @@ pub enum StockError {
         field: &'static str,
         /// The rule.
         reason: String,
-    },
-    /// Not enough available for the reservation.
-    #[error("{requested} requested, {available} available")]
-    Insufficient {
-        /// Units asked for.
-        requested: i64,
-        /// Units available.
-        available: i64,
     },
     /// A reservation for a SKU with no stock records.
     #[error("this SKU has no stock records: it is not tracked")]
@@ -124,7 +127,6 @@ impl DomainError for StockError {
     fn code(&self) -> &'static str {
         match self {
             StockError::Invalid { .. } => "invalid_field",
-            StockError::Insufficient { .. } => "insufficient_stock",
             StockError::NotTracked => "stock_not_tracked",
             StockError::ReservationMismatch { .. } => "reservation_mismatch",
         }
@@ -190,6 +192,7 @@ impl Aggregate for Stock {
             StockEvent::ReservationReleased { order_id, .. } => {
                 s.reservations.remove(order_id);
             }
+            StockEvent::ReservationRejected { .. } => {}
         }
         s
     }
@@ -227,10 +230,11 @@ fn reserve(s: &StockState, order_id: &str, quantity: i64) -> Result<Vec<StockEve
             held,
             requested: quantity,
         }),
-        None if quantity > s.available() => Err(StockError::Insufficient {
+        None if quantity > s.available() => Ok(vec![StockEvent::ReservationRejected {
+            order_id: order_id.to_owned(),
             requested: quantity,
             available: s.available(),
-        }),
+        }]),
         None => Ok(vec![StockEvent::StockReserved {
             order_id: order_id.to_owned(),
             quantity,

@@ -3,6 +3,7 @@
 //! running one (`cli`), and the demo, verify and bench tools (`tools`).
 
 pub mod cli;
+pub mod saga;
 pub mod server;
 pub mod tools;
 

@@ -61,6 +61,7 @@ async fn run_sequence(postgres: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
                     OrderCommand::Create(CreateOrder {
                         customer_id: format!("c{customer}"),
                         items,
+                        tracked_skus: Default::default(),
                     }),
                 )
             }

@@ -1,7 +1,9 @@
 //! The order aggregate as a pure decider.
 
+use crate::stock::{lines_to_reserve, StockLine, StockStatus};
 use cqrs_core::{Aggregate, DomainError, DomainEvent, ErrorKind};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// Limits of the domain, in one place so that errors can quote them.
@@ -128,6 +130,10 @@ pub struct CreateOrder {
     /// What: 1..=100 lines.
     #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItem>,
+    /// Which of the lines' SKUs the inventory tracks: filled in by the
+    /// command handler from the inventory's records, never by a client.
+    #[serde(skip)]
+    pub tracked_skus: BTreeSet<String>,
 }
 
 /// The body of `POST /orders/{id}/pay`.
@@ -180,6 +186,9 @@ pub enum OrderCommand {
     /// Cancel it.
     #[strum(serialize = "CancelOrder")]
     Cancel(CancelOrder),
+    /// Record that its tracked lines are reserved (the order saga's).
+    #[strum(serialize = "ConfirmStock")]
+    ConfirmStock,
 }
 
 impl OrderCommand {
@@ -228,6 +237,14 @@ pub enum OrderEvent {
         /// Why it was cancelled.
         reason: String,
     },
+    /// Created with lines the inventory tracks: they must be reserved
+    /// before it ships.
+    StockReservationRequested {
+        /// Units per tracked SKU.
+        lines: Vec<StockLine>,
+    },
+    /// Its tracked lines are reserved.
+    StockReserved {},
 }
 
 impl DomainEvent for OrderEvent {
@@ -273,6 +290,9 @@ pub enum OrderError {
         /// What was offered.
         got: i64,
     },
+    /// Its tracked lines are not reserved yet.
+    #[error("cannot ship: its stock is not reserved yet")]
+    StockNotReserved,
     /// The command is not allowed in the order's status.
     #[error("cannot {action} an order that is {status}")]
     InvalidTransition {
@@ -293,7 +313,9 @@ impl DomainError for OrderError {
             OrderError::AmountMismatch { .. } => ErrorKind::Invalid {
                 field: "amount_cents".into(),
             },
-            OrderError::AlreadyExists | OrderError::InvalidTransition { .. } => ErrorKind::Conflict,
+            OrderError::AlreadyExists
+            | OrderError::InvalidTransition { .. }
+            | OrderError::StockNotReserved => ErrorKind::Conflict,
         }
     }
     fn code(&self) -> &'static str {
@@ -302,6 +324,7 @@ impl DomainError for OrderError {
             OrderError::AlreadyExists => "order_exists",
             OrderError::Invalid { .. } => "invalid_field",
             OrderError::AmountMismatch { .. } => "amount_mismatch",
+            OrderError::StockNotReserved => "stock_not_reserved",
             OrderError::InvalidTransition { status, action } => match (status, action) {
                 (Status::Delivered | Status::Cancelled, _) => "order_closed",
                 (Status::Created, CommandKind::Ship) => "not_paid",
@@ -319,6 +342,8 @@ pub struct OrderFacts {
     pub status: Status,
     /// What must be paid.
     pub total_cents: i64,
+    /// Its stock (None: no line is tracked).
+    pub stock: Option<StockStatus>,
 }
 
 /// State of one order: `None` until it is created.
@@ -429,11 +454,19 @@ impl Aggregate for Order {
         let facts = match (&state.0, command) {
             (None, OrderCommand::Create(c)) => {
                 let (items, total_cents) = validate_create(c)?;
-                return Ok(vec![OrderEvent::OrderCreated {
+                let lines = lines_to_reserve(
+                    c.items.iter().map(|i| (i.sku.as_str(), i.quantity)),
+                    &c.tracked_skus,
+                );
+                let mut events = vec![OrderEvent::OrderCreated {
                     customer_id: c.customer_id.clone(),
                     items,
                     total_cents,
-                }]);
+                }];
+                if !lines.is_empty() {
+                    events.push(OrderEvent::StockReservationRequested { lines });
+                }
+                return Ok(events);
             }
             (Some(_), OrderCommand::Create(_)) => return Err(OrderError::AlreadyExists),
             (None, _) => return Err(OrderError::NotFound),
@@ -465,6 +498,9 @@ impl Aggregate for Order {
                 if facts.status != Status::Paid {
                     return Err(refuse());
                 }
+                if facts.stock == Some(StockStatus::Pending) {
+                    return Err(OrderError::StockNotReserved);
+                }
                 check_text("carrier", &s.carrier, limits::MAX_TEXT)?;
                 check_text("tracking_number", &s.tracking_number, limits::MAX_TEXT)?;
                 Ok(vec![OrderEvent::OrderShipped {
@@ -487,16 +523,30 @@ impl Aggregate for Order {
                     reason: c.reason.clone(),
                 }])
             }
+            OrderCommand::ConfirmStock => {
+                if !matches!(facts.status, Status::Created | Status::Paid) {
+                    return Err(refuse());
+                }
+                Ok(match facts.stock {
+                    Some(StockStatus::Pending) => vec![OrderEvent::StockReserved {}],
+                    // Reserved already, or nothing to reserve: nothing new.
+                    _ => Vec::new(),
+                })
+            }
         }
     }
 
     fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
         let set = |status| OrderState(state.0.clone().map(|f| OrderFacts { status, ..f }));
+        let stock = |stock| OrderState(state.0.clone().map(|f| OrderFacts { stock, ..f }));
         match event {
             OrderEvent::OrderCreated { total_cents, .. } => OrderState(Some(OrderFacts {
                 status: Status::Created,
                 total_cents: *total_cents,
+                stock: None,
             })),
+            OrderEvent::StockReservationRequested { .. } => stock(Some(StockStatus::Pending)),
+            OrderEvent::StockReserved {} => stock(Some(StockStatus::Reserved)),
             OrderEvent::OrderPaid { .. } => set(Status::Paid),
             OrderEvent::OrderShipped { .. } => set(Status::Shipped),
             OrderEvent::OrderDelivered {} => set(Status::Delivered),

@@ -46,6 +46,7 @@ fn create(customer: &str, items: Vec<LineItem>) -> OrderCommand {
     OrderCommand::Create(CreateOrder {
         customer_id: customer.into(),
         items,
+        tracked_skus: Default::default(),
     })
 }
 
@@ -349,4 +350,86 @@ fn an_event_is_stored_under_its_serde_tag() {
         let tag = tagged.as_object().and_then(|o| o.keys().next().cloned());
         assert_eq!(tag.as_deref(), Some(e.event_type()));
     }
+}
+
+fn tracked(customer: &str, items: Vec<LineItem>, skus: &[&str]) -> OrderCommand {
+    OrderCommand::Create(CreateOrder {
+        customer_id: customer.into(),
+        items,
+        tracked_skus: skus.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+fn requested(lines: &[(&str, i64)]) -> OrderEvent {
+    OrderEvent::StockReservationRequested {
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| StockLine {
+                sku: (*sku).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn an_order_with_tracked_lines_asks_for_their_stock_in_units_per_sku() {
+    given([])
+        .when(tracked(
+            "c1",
+            vec![
+                item("book", 2, 100),
+                item("mug", 1, 50),
+                item("book", 1, 100),
+            ],
+            &["book"],
+        ))
+        .then(vec![
+            OrderEvent::OrderCreated {
+                customer_id: "c1".into(),
+                items: vec![
+                    line("book", 2, 100),
+                    line("mug", 1, 50),
+                    line("book", 1, 100),
+                ],
+                total_cents: 350,
+            },
+            requested(&[("book", 3)]),
+        ]);
+}
+
+#[test]
+fn a_tracked_order_ships_only_once_its_stock_is_reserved() {
+    given([created(100), requested(&[("sku", 1)]), paid(100)])
+        .when(ship())
+        .then_refused("stock_not_reserved");
+    given([
+        created(100),
+        requested(&[("sku", 1)]),
+        OrderEvent::StockReserved {},
+        paid(100),
+    ])
+    .when(ship())
+    .then(vec![shipped()]);
+    // Untracked orders never wait.
+    given([created(100), paid(100)])
+        .when(ship())
+        .then(vec![shipped()]);
+}
+
+#[test]
+fn confirming_stock_happens_once_and_never_on_a_cancelled_order() {
+    given([created(100), requested(&[("sku", 1)])])
+        .when(OrderCommand::ConfirmStock)
+        .then(vec![OrderEvent::StockReserved {}]);
+    given([
+        created(100),
+        requested(&[("sku", 1)]),
+        OrderEvent::StockReserved {},
+    ])
+    .when(OrderCommand::ConfirmStock)
+    .then(vec![]);
+    given([created(100), requested(&[("sku", 1)]), cancelled()])
+        .when(OrderCommand::ConfirmStock)
+        .then_refused("order_closed");
 }

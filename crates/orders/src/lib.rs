@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod event_versions;
 pub mod money;
 pub mod read_model;
+pub mod stock;
 pub mod views;
 
 pub use aggregate::{
@@ -12,3 +13,4 @@ pub use aggregate::{
     OrderLine, OrderState, PayOrder, ShipOrder, Status,
 };
 pub use money::Cents;
+pub use stock::{StockLine, StockStatus};

@@ -4,6 +4,7 @@
 
 use crate::aggregate::{LineItem, OrderEvent, OrderLine, Status};
 use crate::money::{Cents, MoneyOverflow};
+use crate::stock::StockStatus;
 use cqrs_core::EventEnvelope;
 use cqrs_sql::db::timestamp;
 use cqrs_sql::ProjectionError;
@@ -37,6 +38,11 @@ pub struct OrderView {
     pub tracking_number: Option<String>,
     /// Why it was cancelled.
     pub cancel_reason: Option<String>,
+    /// Its tracked lines' stock: `pending` until the order saga reserved
+    /// them (it cannot ship before), then `reserved`; absent when the
+    /// inventory tracks none of its SKUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock: Option<StockStatus>,
 }
 
 /// Per-customer summary.
@@ -97,14 +103,24 @@ pub fn decode(envelope: &EventEnvelope) -> Result<OrderEvent, ProjectionError> {
     })
 }
 
-/// The status an event moves an order to, if it is a transition.
-pub fn target_status(event: &OrderEvent) -> Status {
+/// The status an event moves an order to (None: its status stays).
+pub fn target_status(event: &OrderEvent) -> Option<Status> {
     match event {
-        OrderEvent::OrderCreated { .. } => Status::Created,
-        OrderEvent::OrderPaid { .. } => Status::Paid,
-        OrderEvent::OrderShipped { .. } => Status::Shipped,
-        OrderEvent::OrderDelivered {} => Status::Delivered,
-        OrderEvent::OrderCancelled { .. } => Status::Cancelled,
+        OrderEvent::OrderCreated { .. } => Some(Status::Created),
+        OrderEvent::OrderPaid { .. } => Some(Status::Paid),
+        OrderEvent::OrderShipped { .. } => Some(Status::Shipped),
+        OrderEvent::OrderDelivered {} => Some(Status::Delivered),
+        OrderEvent::OrderCancelled { .. } => Some(Status::Cancelled),
+        OrderEvent::StockReservationRequested { .. } | OrderEvent::StockReserved {} => None,
+    }
+}
+
+/// Where an event leaves the order's stock (None: unchanged).
+pub fn target_stock(event: &OrderEvent) -> Option<StockStatus> {
+    match event {
+        OrderEvent::StockReservationRequested { .. } => Some(StockStatus::Pending),
+        OrderEvent::StockReserved {} => Some(StockStatus::Reserved),
+        _ => None,
     }
 }
 
@@ -159,6 +175,7 @@ impl Views {
                 carrier: None,
                 tracking_number: None,
                 cancel_reason: None,
+                stock: None,
             },
         );
         let c = self
@@ -224,12 +241,20 @@ impl Views {
                         .map_err(overflow)?;
                 }
             }
-            OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
+            OrderEvent::OrderDelivered {}
+            | OrderEvent::OrderCreated { .. }
+            | OrderEvent::StockReservationRequested { .. }
+            | OrderEvent::StockReserved {} => {}
         }
-        let to = target_status(event);
-        order.status = to;
+        if let Some(stock) = target_stock(event) {
+            order.stock = Some(stock);
+        }
         order.version = envelope.version;
         order.updated_at = at;
+        let Some(to) = target_status(event) else {
+            return Ok(());
+        };
+        order.status = to;
         let total = Cents::from(order.total_cents);
         self.count_in(from, -1, Cents::ZERO.checked_sub(total).map_err(overflow)?)?;
         self.count_in(to, 1, total)

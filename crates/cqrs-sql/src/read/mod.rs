@@ -45,6 +45,10 @@ pub enum ProjectionError {
     /// The read database could not be brought to this build's schema.
     #[error(transparent)]
     Schema(#[from] MigrateError),
+    /// A service the projection calls is away (a process manager's command
+    /// store): the batch is retried until it answers, never dead-lettered.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A record could not be sent to the dead-letter channel (the broker is
     /// away): the batch is retried, nothing is skipped.
     #[error("dead-letter channel: {0}")]

@@ -166,6 +166,25 @@ impl SqlEventStore {
         Ok(())
     }
 
+    /// Which of `ids` have any event: one query, whatever their number.
+    pub async fn existing(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "SELECT aggregate_id FROM events WHERE version = 1 AND aggregate_id IN ({})",
+            crate::batch::keys(self.db.backend, 1)
+        );
+        let found: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(crate::batch::keys_json(ids)?)
+            .fetch_all(&self.db.pool)
+            .await?;
+        Ok(found.into_iter().collect())
+    }
+
     /// Every event, in position order (for verification and tooling).
     pub async fn all_events(&self) -> Result<Vec<EventEnvelope>, StoreError> {
         let sql = format!("{} ORDER BY position", self.select_events);

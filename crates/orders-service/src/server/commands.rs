@@ -17,6 +17,7 @@ use cqrs_sql::store::request_hash;
 use cqrs_sql::{execute_cached, CommandOptions, CommandOutcome, IdempotencyRecord};
 use orders::{CancelOrder, CommandKind, CreateOrder, OrderCommand, PayOrder, ShipOrder};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// Conflicting appends retried before answering 409.
 const MAX_RETRIES: u32 = 10;
@@ -138,7 +139,7 @@ pub(super) async fn create_order(
     caller: Caller,
     QueryParams(_): QueryParams<NoParams>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<CreateOrder>,
+    JsonBody(mut body): JsonBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
     if let Some(own) = caller.own_customer().filter(|own| *own != body.customer_id) {
         return Err(ApiError::new(
@@ -148,12 +149,31 @@ pub(super) async fn create_order(
         )
         .with_details(serde_json::json!({ "field": "customer_id" })));
     }
+    body.tracked_skus = tracked_skus(&app, &body).await?;
     let id = uuid::Uuid::now_v7().to_string();
     // Generated here and now: nothing to load.
     app.states.insert_new(&id);
     let command = OrderCommand::Create(body.clone());
     let outcome = run(&app, &caller, &headers, &id, &body, command, None).await?;
     Ok(answer(StatusCode::CREATED, &outcome))
+}
+
+/// The SKUs of the order's lines that the inventory tracks (have stock
+/// records), asked of the inventory's store in one query. Tracking only
+/// ever starts, so a SKU stocked a moment after this is like one stocked
+/// after the order.
+async fn tracked_skus(app: &App, body: &CreateOrder) -> Result<BTreeSet<String>, ApiError> {
+    let ids: BTreeSet<String> = body
+        .items
+        .iter()
+        .map(|i| inventory::Stock::id(&i.sku))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let found = app.inventory.existing(&ids).await?;
+    Ok(found
+        .iter()
+        .filter_map(|id| inventory::Stock::sku_of(id).map(str::to_owned))
+        .collect())
 }
 
 /// A JSON body that asks one command of an existing order.

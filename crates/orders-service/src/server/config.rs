@@ -34,6 +34,10 @@ pub mod defaults {
     pub fn kafka_group(topic: &str) -> String {
         format!("{topic}.projectors")
     }
+    /// The order saga's consumer group on the orders' topic.
+    pub fn kafka_saga_group(topic: &str) -> String {
+        format!("{topic}.order-saga")
+    }
     /// How long a dead projector holds its partitions (Kafka's own default).
     pub const KAFKA_SESSION_TIMEOUT_MS: u32 = 45_000;
     /// How long command traces are kept, in seconds.

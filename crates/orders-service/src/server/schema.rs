@@ -17,7 +17,12 @@ pub fn write_components(write: &Db) -> Vec<Component> {
 pub fn read_components() -> Vec<Component> {
     let mut projections = orders::read_model::projections();
     projections.extend(inventory::read_model::projections());
-    cqrs_sql::read::runner::read_components(&projections)
+    let mut components = cqrs_sql::read::runner::read_components(&projections);
+    components.push(Component {
+        name: format!("projection {}", crate::saga::SAGA),
+        migrations: cqrs_sql::process::instance_migrations(),
+    });
+    components
 }
 
 fn targets(dbs: &Databases) -> [(&Db, Vec<Component>); 3] {

@@ -154,6 +154,9 @@ impl Running {
         };
         let progress = start_read_side(&mut roles, config, orders_side, &read).await?;
         let inventory_progress = start_read_side(&mut roles, config, inventory_side, &read).await?;
+        if config.runs(Role::Projector) {
+            start_saga(&mut roles, config, &store, &inventory, &read).await?;
+        }
         follow_progress(&mut roles, &inventory_progress, &read);
         follow_progress(&mut roles, &progress, &read);
         let access = open_access(config, &mut roles)?;
@@ -430,6 +433,63 @@ async fn start_read_side(
         }
     }
     Ok(progress)
+}
+
+/// Starts the order saga: a projector of its own (`order_saga`, its own
+/// consumer group on the orders' topic, or the orders' log) whose one
+/// projection issues the saga's commands on both stores.
+async fn start_saga(
+    roles: &mut Roles,
+    config: &Config,
+    store: &SqlEventStore,
+    inventory: &SqlEventStore,
+    read: &Db,
+) -> anyhow::Result<()> {
+    use crate::saga::{OrderSaga, SagaBus, SAGA};
+    let bus = SagaBus {
+        orders: store.clone(),
+        inventory: inventory.clone(),
+    };
+    let saga: Arc<dyn cqrs_sql::Projection> = Arc::new(cqrs_sql::process::ProcessProjection::<
+        OrderSaga,
+        _,
+    >::new(bus));
+    let runner = ProjectorRunner::new(
+        read.clone(),
+        ProjectorConfig {
+            name: SAGA.into(),
+            batch_size: 100,
+            apply_delay: std::time::Duration::ZERO,
+            max_attempts: 3,
+            trace_retention: config.trace_retention,
+        },
+        vec![saga],
+    )
+    .await?;
+    let shutdown = roles.shutdown.clone();
+    match &config.kafka {
+        Some(k) => {
+            let source = KafkaSource::new(
+                SourceConfig {
+                    kafka: k.config(),
+                    group_id: super::config::defaults::kafka_saga_group(&k.topic),
+                    session_timeout_ms: k.session_timeout_ms,
+                    projector: SAGA.into(),
+                },
+                read.clone(),
+            )?;
+            roles.spawn("order saga", async move {
+                Ok(runner.run(source, shutdown).await?)
+            });
+        }
+        None => {
+            let source = LogSource::new(store.clone(), Duration::from_millis(500));
+            roles.spawn("order saga", async move {
+                Ok(runner.run(source, shutdown).await?)
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How callers are checked: the token verifier (its JWKS file read now, so

@@ -3,11 +3,11 @@
 use super::queries::{order_from_row, ORDER_COLUMNS};
 use super::{decoded, ids, load_rows, missing, upsert};
 use crate::aggregate::{LineItem, OrderEvent, Status};
-use crate::views::{target_status, OrderView};
+use crate::views::{target_status, target_stock, OrderView};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
 use cqrs_sql::db::timestamp;
-use cqrs_sql::{Migration, Projection, ProjectionError};
+use cqrs_sql::{AddedColumn, Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 use std::collections::HashMap;
@@ -62,7 +62,7 @@ impl OrderDetails {
 }
 
 /// The columns of `order_details` as the upsert writes them.
-const ORDER_DETAILS_COLS: [(&str, Kind); 12] = [
+const ORDER_DETAILS_COLS: [(&str, Kind); 13] = [
     ("order_id", Kind::Text),
     ("customer_id", Kind::Text),
     ("status", Kind::Text),
@@ -75,13 +75,15 @@ const ORDER_DETAILS_COLS: [(&str, Kind); 12] = [
     ("carrier", Kind::Text),
     ("tracking_number", Kind::Text),
     ("cancel_reason", Kind::Text),
+    ("stock", Kind::Text),
 ];
 
 /// What an existing `order_details` row takes from the upsert.
 const ORDER_DETAILS_UPDATE: &str = "customer_id = excluded.customer_id, status = excluded.status, \
     items = excluded.items, total_cents = excluded.total_cents, version = excluded.version, \
     created_at = excluded.created_at, updated_at = excluded.updated_at, payment_ref = excluded.payment_ref, \
-    carrier = excluded.carrier, tracking_number = excluded.tracking_number, cancel_reason = excluded.cancel_reason";
+    carrier = excluded.carrier, tracking_number = excluded.tracking_number, cancel_reason = excluded.cancel_reason, \
+    stock = excluded.stock";
 
 /// One event folded into the order rows it needs (a creation adds the row;
 /// any other event needs it already there).
@@ -113,6 +115,7 @@ fn fold_order(
                 carrier: None,
                 tracking_number: None,
                 cancel_reason: None,
+                stock: None,
             },
         );
         return Ok(());
@@ -128,9 +131,17 @@ fn fold_order(
             o.tracking_number = Some(tracking_number.clone());
         }
         OrderEvent::OrderCancelled { reason } => o.cancel_reason = Some(reason.clone()),
-        OrderEvent::OrderDelivered {} | OrderEvent::OrderCreated { .. } => {}
+        OrderEvent::OrderDelivered {}
+        | OrderEvent::OrderCreated { .. }
+        | OrderEvent::StockReservationRequested { .. }
+        | OrderEvent::StockReserved {} => {}
     }
-    o.status = target_status(event);
+    if let Some(status) = target_status(event) {
+        o.status = status;
+    }
+    if let Some(stock) = target_stock(event) {
+        o.stock = Some(stock);
+    }
     o.version = e.version;
     o.updated_at = at;
     Ok(())
@@ -153,6 +164,7 @@ fn order_row(o: OrderView) -> Result<Vec<Val>, ProjectionError> {
         Val::OptText(o.carrier),
         Val::OptText(o.tracking_number),
         Val::OptText(o.cancel_reason),
+        Val::OptText(o.stock.map(|s| s.as_str().to_owned())),
     ])
 }
 
@@ -184,7 +196,13 @@ impl Projection for OrderDetails {
             format!("CREATE INDEX IF NOT EXISTS order_details_customer{tag} ON {t} (customer_id, order_id)"),
             format!("CREATE INDEX IF NOT EXISTS order_details_status{tag} ON {t} (status, order_id)"),
             format!("CREATE INDEX IF NOT EXISTS order_details_customer_status{tag} ON {t} (customer_id, status, order_id)"),
-        ])]
+        ]),
+        Migration::new(2, "stock status").add_column(AddedColumn {
+            table: t.clone(),
+            column: "stock",
+            definition: "TEXT",
+            backfill: None,
+        })]
     }
     fn apply<'a>(
         &'a self,

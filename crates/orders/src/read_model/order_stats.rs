@@ -99,7 +99,9 @@ impl Sums for StatusSums {
         members: &mut HashMap<String, Member>,
         deltas: &mut BTreeMap<String, StatusDelta>,
     ) -> Result<bool, ProjectionError> {
-        let to = target_status(event);
+        let Some(to) = target_status(event) else {
+            return Ok(false);
+        };
         let mut add = |s: Status, orders: i64, cents: i64| {
             let d: &mut StatusDelta = deltas.entry(s.as_str().to_owned()).or_default();
             d.add(orders, cents)

@@ -2,6 +2,7 @@
 
 use crate::aggregate::Status;
 use crate::money::Cents;
+use crate::stock::StockStatus;
 use crate::views::{CustomerSummary, OrderView, StatusStats, Views};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, FromRow};
@@ -19,7 +20,7 @@ pub enum QueryError {
 
 pub(super) const ORDER_COLUMNS: &str =
     "order_id, customer_id, status, items, total_cents, version, created_at, \
-    updated_at, payment_ref, carrier, tracking_number, cancel_reason";
+    updated_at, payment_ref, carrier, tracking_number, cancel_reason, stock";
 
 /// An `order_details` row as stored (status and items as text).
 #[derive(sqlx::FromRow)]
@@ -36,6 +37,7 @@ struct OrderRow {
     carrier: Option<String>,
     tracking_number: Option<String>,
     cancel_reason: Option<String>,
+    stock: Option<String>,
 }
 
 pub(super) fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
@@ -54,6 +56,12 @@ pub(super) fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
         carrier: r.carrier,
         tracking_number: r.tracking_number,
         cancel_reason: r.cancel_reason,
+        stock: match r.stock.as_deref() {
+            None => None,
+            Some(s) => Some(
+                StockStatus::parse(s).ok_or_else(|| QueryError::Corrupt(format!("stock {s:?}")))?,
+            ),
+        },
     })
 }
 

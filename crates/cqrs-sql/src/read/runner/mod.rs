@@ -184,9 +184,15 @@ impl ProjectorRunner {
                             let key = (item.source_key.clone(), item.next_position);
                             let n = attempts.entry(key.clone()).or_insert(0);
                             *n += 1;
-                            let deterministic = !matches!(e.error, ProjectionError::Db(_));
+                            let deterministic = !matches!(
+                                e.error,
+                                ProjectionError::Db(_) | ProjectionError::Unavailable(_)
+                            );
+                            // A service away is waited for, however long.
+                            let give_up = !matches!(e.error, ProjectionError::Unavailable(_))
+                                && *n >= self.config.max_attempts;
                             per_event = false;
-                            if deterministic || *n >= self.config.max_attempts {
+                            if deterministic || give_up {
                                 tracing::warn!(projector = %self.config.name, record = %item.published_as,
                                     error = %e.error, "dead-lettering record");
                                 if let Ok(mut p) = self.poison.lock() {
@@ -377,7 +383,9 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
 fn is_transient(e: &ProjectionError) -> bool {
     match e {
         ProjectionError::Db(sqlx::Error::Database(db)) => db.is_unique_violation(),
-        ProjectionError::Db(_) | ProjectionError::DeadLetterChannel(_) => true,
+        ProjectionError::Db(_)
+        | ProjectionError::DeadLetterChannel(_)
+        | ProjectionError::Unavailable(_) => true,
         _ => false,
     }
 }
