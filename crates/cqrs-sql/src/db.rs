@@ -185,11 +185,18 @@ async fn create_database(url: &str) -> Result<(), sqlx::Error> {
     let mut admin: PgConnection = options.database("postgres").connect().await?;
     // An identifier cannot be a bind parameter: quoted, its quotes doubled.
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    admin
+    match admin
         .execute(format!("CREATE DATABASE {quoted}").as_str())
-        .await?;
+        .await
+    {
+        Ok(_) => tracing::info!(database = %name, "database created"),
+        // Another process created it first (processes starting together):
+        // 42P04 duplicate_database, or the catalogue's unique index.
+        Err(sqlx::Error::Database(d))
+            if matches!(d.code().as_deref(), Some("42P04") | Some("23505")) => {}
+        Err(e) => return Err(e),
+    }
     admin.close().await?;
-    tracing::info!(database = %name, "database created");
     Ok(())
 }
 

@@ -167,13 +167,13 @@ async fn every_route_answers_each_role_as_the_table_says() {
     let (_, added, _) = api
         .call(
             &Method::POST,
-            "/inventory/book/stock",
+            "/inventory/shelf/stock",
             Some(&json!({ "quantity": 1 })),
             Some(&ops),
         )
         .await;
     let book = format!(
-        "/inventory/book?consistent_with={}",
+        "/inventory/shelf?consistent_with={}",
         added["consistency_token"].as_str().unwrap()
     );
     #[rustfmt::skip]
@@ -197,7 +197,7 @@ async fn every_route_answers_each_role_as_the_table_says() {
         (Method::POST, "ship".into(), None, Some(&["pay"]), [401, 403, 403, 403, 200, 200]),
         (Method::POST, "deliver".into(), None, Some(&["pay", "ship"]), [401, 403, 403, 403, 200, 200]),
         (Method::POST, "cancel".into(), None, Some(&[]), [401, 200, 404, 403, 403, 200]),
-        (Method::POST, "/inventory/book/stock".into(), Some(json!({ "quantity": 1 })), None, [401, 403, 403, 403, 200, 200]),
+        (Method::POST, "/inventory/shelf/stock".into(), Some(json!({ "quantity": 1 })), None, [401, 403, 403, 403, 200, 200]),
         (Method::GET, "/inventory".into(), None, None, [401, 403, 403, 200, 200, 200]),
         (Method::GET, book, None, None, [401, 403, 403, 200, 200, 200]),
     ];
