@@ -7,7 +7,9 @@
 // whole journey (a page that held a request per command would stall on the
 // browser's six connections per host). At 390 px (and 360 px) the page must
 // fit the width. Saves a screenshot at each width, and fails if the page
-// asked for anything outside the server (no CDN) or polled a trace.
+// asked for anything outside the server (no CDN) or polled a trace. With
+// EXPECT_REACTIONS set (the SKU is in stock), each journey must show the
+// order saga's reservation and confirmation.
 import { chromium } from "playwright-core";
 
 const [url, shotWide, shotNarrow, token] = process.argv.slice(2);
@@ -44,6 +46,10 @@ async function sendOne(page, customer) {
   await page.fill("#qty", "3");
   await page.click("#send");
   await journeyDone(page);
+  // With the SKU in stock, the saga's two commands show under the journey.
+  if (process.env.EXPECT_REACTIONS) {
+    await page.waitForFunction(() => document.querySelectorAll('#reactions [data-reaction="StockReserved"]').length === 2, null, { timeout: 20000 });
+  }
   const orderId = await page.inputValue("#order");
   await page.waitForSelector(`tr[data-order="${orderId}"]`, { timeout: 20000 });
   return orderId;

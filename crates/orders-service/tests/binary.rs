@@ -155,6 +155,36 @@ fn demo_prints_both_tables_from_a_real_run() {
     }
 }
 
+#[test]
+fn demo_saga_prints_the_two_service_flow_from_a_real_run() {
+    let out = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["demo", "--saga"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "Process table",
+        "State tracker",
+        "Add stock (2)",
+        "OrderCreated, StockReservationRequested",
+        "Saga reacts to StockReservationRequested",
+        "Inventory (stock:book)",
+        "ReservationRejected",
+        "status=created stock=reserved",
+        "status=cancelled stock=pending reason=out_of_stock",
+        "Write DB (Inventory)",
+        "book: on hand 2, reserved 2, available 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
 fn verify(dir: &std::path::Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_orders"))
         .args(["verify", "--wait-secs", "1"])

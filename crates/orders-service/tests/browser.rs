@@ -19,13 +19,14 @@ fn browser_dir() -> PathBuf {
 }
 
 /// Serves a fresh instance with `env`, drives the page (typing `token` when
-/// given), saves its screenshots at 1280 and 390 px, and returns the
-/// server's log.
+/// given; with `stock`, the page's SKU in stock so that the saga reacts),
+/// saves its screenshots at 1280 and 390 px, and returns the server's log.
 async fn drive(
     dir: &Path,
     env: &[(&str, String)],
     token: Option<&str>,
     shots: [&Path; 2],
+    stock: bool,
 ) -> String {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -41,6 +42,17 @@ async fn drive(
         let _ = std::fs::remove_file(shot);
     }
     let mut node = std::process::Command::new("node");
+    if stock {
+        // The page orders "book": in stock, its orders go through the saga.
+        let r = reqwest::Client::new()
+            .post(format!("{base}/inventory/book/stock"))
+            .json(&serde_json::json!({ "quantity": 1000 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        node.env("EXPECT_REACTIONS", "1");
+    }
     node.current_dir(browser_dir()).args([
         "page.test.mjs",
         &format!("{base}/"),
@@ -78,7 +90,7 @@ async fn the_live_page_follows_commands_over_one_stream_at_desktop_and_phone_wid
         docs.join("live-page-1280.png"),
         docs.join("live-page-390.png"),
     ];
-    drive(dir.path(), &[], None, [&shots[0], &shots[1]]).await;
+    drive(dir.path(), &[], None, [&shots[0], &shots[1]], true).await;
 
     // With callers checked: the page works once an operator's token is typed
     // in, the stream included (its cookie), and the token is never logged.
@@ -98,7 +110,14 @@ async fn the_live_page_follows_commands_over_one_stream_at_desktop_and_phone_wid
         dir.path().join("auth-1280.png"),
         dir.path().join("auth-390.png"),
     ];
-    let logged = drive(dir.path(), &env, Some(&token), [&shots[0], &shots[1]]).await;
+    let logged = drive(
+        dir.path(),
+        &env,
+        Some(&token),
+        [&shots[0], &shots[1]],
+        false,
+    )
+    .await;
     assert!(
         logged.contains(r#""caller":"ops""#),
         "the command ran as the token's caller"

@@ -22,10 +22,41 @@ async fn stock(app: &common::TestApp, sku: &str, quantity: i64) {
 }
 
 async fn order(app: &common::TestApp, sku: &str, quantity: i64) -> String {
+    order_and_command(app, sku, quantity).await.0
+}
+
+/// A new order and the id of the command that created it.
+async fn order_and_command(app: &common::TestApp, sku: &str, quantity: i64) -> (String, String) {
     let body = json!({ "customer_id": "saga", "items": [{ "sku": sku, "quantity": quantity, "unit_price_cents": 100 }] });
     let (s, b, _) = app.post("/orders", body).await;
     assert_eq!(s, 201, "{b}");
-    b["order_id"].as_str().expect("id").to_owned()
+    (
+        b["order_id"].as_str().expect("id").to_owned(),
+        b["command_id"].as_str().expect("command id").to_owned(),
+    )
+}
+
+/// The reactions in a command's trace: (aggregate, appended event types).
+async fn reactions(app: &common::TestApp, command: &str) -> Vec<(String, String)> {
+    let (s, t, _) = app.get(&format!("/commands/{command}/trace"), None).await;
+    assert_eq!(s, 200, "{t}");
+    t["reactions"]
+        .as_array()
+        .expect("reactions")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["by"], "order_saga");
+            assert_eq!(r["trigger"], "StockReservationRequested");
+            assert!(
+                r["since_command_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+                "{r}"
+            );
+            (
+                r["aggregate_id"].as_str().unwrap_or_default().to_owned(),
+                r["event_types"][0].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The order once `done` says the saga is through with it (20 s at most).
@@ -59,15 +90,30 @@ async fn inventory_of(app: &common::TestApp, sku: &str, reserved: i64) -> Value 
 async fn the_saga_reserves_rejects_and_releases(app: common::TestApp) {
     stock(&app, "book", 3).await;
 
-    let a = order(&app, "book", 2).await;
+    let (a, a_command) = order_and_command(&app, "book", 2).await;
     let a_view = settled(&app, &a, |o| o["stock"] == "reserved").await;
     assert_eq!(a_view["status"], "created");
     inventory_of(&app, "book", 2).await;
+    // The creation's trace shows what it caused.
+    assert_eq!(
+        reactions(&app, &a_command).await,
+        [
+            ("stock:book".to_owned(), "StockReserved".to_owned()),
+            (a.clone(), "StockReserved".to_owned())
+        ]
+    );
 
     // One more than is left: cancelled out of stock, nothing held for it.
-    let b = order(&app, "book", 2).await;
+    let (b, b_command) = order_and_command(&app, "book", 2).await;
     let b_view = settled(&app, &b, |o| o["status"] == "cancelled").await;
     assert_eq!(b_view["cancel_reason"], "out_of_stock", "{b_view}");
+    assert_eq!(
+        reactions(&app, &b_command).await,
+        [
+            ("stock:book".to_owned(), "ReservationRejected".to_owned()),
+            (b.clone(), "OrderCancelled".to_owned())
+        ]
+    );
     let book = inventory_of(&app, "book", 2).await;
     assert_eq!(book["available"], 1);
 

@@ -166,6 +166,25 @@ impl SqlEventStore {
         Ok(())
     }
 
+    /// The commands stored under any of `keys` (idempotency keys), as
+    /// `(key, command id)`: one query.
+    pub async fn keyed_commands(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT key, command_id FROM idempotency WHERE key IN ({})",
+            crate::batch::keys(self.db.backend, 1)
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(crate::batch::keys_json(keys)?)
+            .fetch_all(&self.db.pool)
+            .await?)
+    }
+
     /// Which of `ids` have any event: one query, whatever their number.
     pub async fn existing(
         &self,

@@ -65,7 +65,35 @@ pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
         t.aggregate_id,
         t.event_types.join(", ")
     );
+    if !t.reactions.is_empty() {
+        println!("Reactions\n{}", reactions_table(&t.reactions));
+    }
     Ok(())
+}
+
+/// The commands other components issued in reaction, as a table.
+pub fn reactions_table(reactions: &[crate::server::trace::Reaction]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "#",
+        "By",
+        "On event",
+        "Command on",
+        "Appended",
+        "+ms after the command",
+    ]);
+    for (i, r) in reactions.iter().enumerate() {
+        table.add_row(vec![
+            (i + 1).to_string(),
+            r.by.clone(),
+            r.trigger.clone(),
+            r.aggregate_id.clone(),
+            r.event_types.join(", "),
+            format!("{:.2}", r.since_command_ms),
+        ]);
+    }
+    table
 }
 
 /// The trace as the teaching page's step table and state tracker (the same

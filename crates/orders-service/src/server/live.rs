@@ -153,7 +153,7 @@ impl Followed {
                     continue;
                 }
             };
-            let complete = trace.stages.iter().all(|s| s.at.is_some());
+            let complete = journey_complete(&trace);
             let Ok(json) = serde_json::to_string(&trace) else {
                 continue;
             };
@@ -171,6 +171,22 @@ impl Followed {
     fn active(&self) -> bool {
         !self.ids.is_empty() && tokio::time::Instant::now() < self.until
     }
+}
+
+/// Whether a journey has nothing more to come: every stage happened, and a
+/// creation that asked for stock has the saga's last word (its command on
+/// the order: the confirmation or the cancel).
+fn journey_complete(t: &super::trace::CommandTrace) -> bool {
+    let stages = t.stages.iter().all(|s| s.at.is_some());
+    let asked = t
+        .event_types
+        .iter()
+        .any(|e| e == "StockReservationRequested");
+    let answered = t
+        .reactions
+        .last()
+        .is_some_and(|r| r.aggregate_id == t.aggregate_id);
+    stages && (!asked || answered)
 }
 
 /// The server's mode, the first event of every stream.

@@ -3,6 +3,7 @@
 //! assembled from what the write DB, the relay and the read DB recorded.
 
 use super::{App, PROJECTOR};
+use crate::saga::{OrderSaga, SAGA};
 use chrono::{DateTime, Utc};
 use cqrs_core::{EventEnvelope, Stage};
 use cqrs_sql::db::parse_timestamp;
@@ -38,6 +39,33 @@ pub struct CommandTrace {
     pub event_types: Vec<String>,
     /// The six stages, in order.
     pub stages: Vec<StageTrace>,
+    /// Commands that other components issued in reaction to its events (the
+    /// order saga's reservations, releases, confirmation or cancel), in
+    /// the order they were issued.
+    pub reactions: Vec<Reaction>,
+}
+
+/// A command issued in reaction to a traced command's event.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Reaction {
+    /// Who reacted ("order_saga").
+    pub by: String,
+    /// The event it reacted to.
+    pub trigger: String,
+    /// When it consumed that event, RFC 3339 (absent: once it commits).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub consumed_at: Option<DateTime<Utc>>,
+    /// The reaction's command.
+    pub command_id: String,
+    /// The aggregate it commanded (`stock:<sku>`, or an order id).
+    pub aggregate_id: String,
+    /// The events it appended.
+    pub event_types: Vec<String>,
+    /// When they committed, RFC 3339.
+    #[schema(value_type = String, format = DateTime)]
+    pub committed_at: DateTime<Utc>,
+    /// Milliseconds from the traced command's commit to this one's.
+    pub since_command_ms: f64,
 }
 
 fn ts(s: Option<String>) -> Option<DateTime<Utc>> {
@@ -103,7 +131,65 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
         aggregate_id: last.aggregate_id.clone(),
         event_types: events.iter().map(|e| e.event_type.clone()).collect(),
         stages: timed(raw),
+        reactions: reactions(app, &events).await?,
     }))
+}
+
+/// Most commands one reaction is looked for (a reservation and a release
+/// per line, a confirmation or a cancel).
+const MAX_REACTION_COMMANDS: usize = 2 * orders::aggregate::limits::MAX_ITEMS + 2;
+
+/// The saga's commands caused by `events`, found by their idempotency keys
+/// (`order_saga/<event id>/<n>`) in both stores.
+async fn reactions(app: &App, events: &[EventEnvelope]) -> anyhow::Result<Vec<Reaction>> {
+    use cqrs_sql::process::ProcessManager;
+    let mut found = Vec::new();
+    let Some(committed) = events.last().map(|e| e.recorded_at) else {
+        return Ok(found);
+    };
+    for trigger in events
+        .iter()
+        .filter(|e| OrderSaga::instance_of(e).is_some())
+    {
+        let keys: Vec<String> = (1..=MAX_REACTION_COMMANDS)
+            .map(|n| format!("{SAGA}/{}/{n}", trigger.event_id))
+            .collect();
+        let consumed = cqrs_sql::read::traces::event_applied(&app.read, SAGA, &trigger.event_id)
+            .await?
+            .and_then(|a| parse_timestamp(&a.consumed_at).ok());
+        let mut keyed = Vec::new();
+        for store in [&app.inventory, &app.store] {
+            for (key, command_id) in store.keyed_commands(&keys).await? {
+                let n: usize = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                keyed.push((n, store, command_id));
+            }
+        }
+        keyed.sort_by_key(|(n, _, _)| *n);
+        for (_, store, command_id) in keyed {
+            let appended = store.events_of_command(&command_id).await?;
+            let Some(last) = appended.last() else {
+                continue;
+            };
+            found.push(Reaction {
+                by: SAGA.to_owned(),
+                trigger: trigger.event_type.clone(),
+                consumed_at: consumed,
+                aggregate_id: last.aggregate_id.clone(),
+                event_types: appended.iter().map(|e| e.event_type.clone()).collect(),
+                committed_at: last.recorded_at,
+                since_command_ms: (last.recorded_at - committed)
+                    .num_microseconds()
+                    .unwrap_or(0) as f64
+                    / 1000.0,
+                command_id,
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// When the projector consumed and applied `last`, and from where.

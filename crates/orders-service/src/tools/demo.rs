@@ -23,6 +23,10 @@ pub struct DemoArgs {
     /// Print the captured run as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// The two-service flow instead: stock, an order the saga reserves, one
+    /// it cancels out of stock.
+    #[arg(long)]
+    pub saga: bool,
 }
 
 /// The state of each store at one moment, as the tracker shows it.
@@ -379,58 +383,72 @@ impl Scenario<'_> {
     }
 }
 
+/// Cells wrap to the terminal; piped output keeps whole cells, so it greps.
+fn arrangement() -> ContentArrangement {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        ContentArrangement::Dynamic
+    } else {
+        ContentArrangement::Disabled
+    }
+}
+
+/// The step table: one row per step, times in ms since `started_at`.
+pub fn steps_table(started_at: DateTime<Utc>, steps: &[Step]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(arrangement());
+    table.set_header(vec![
+        "Step",
+        "+ms",
+        "Action",
+        "Component",
+        "Data State",
+        "Event",
+        "Output",
+    ]);
+    for s in steps {
+        let ms = (s.at - started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        table.add_row(vec![
+            s.step.clone(),
+            format!("{ms:.2}"),
+            s.action.clone(),
+            s.component.clone(),
+            s.data_state.clone(),
+            s.event.clone(),
+            s.output.clone(),
+        ]);
+    }
+    table
+}
+
+/// The state tracker: a row per variable, a column per moment.
+pub fn tracker_table<S>(columns: &[(String, S)], rows: &[(&str, fn(&S) -> String)]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(arrangement());
+    let mut header = vec!["Variable".to_owned()];
+    header.extend(columns.iter().map(|(l, _)| l.clone()));
+    table.set_header(header);
+    for (name, get) in rows {
+        let mut row = vec![(*name).to_owned()];
+        row.extend(columns.iter().map(|(_, s)| get(s)));
+        table.add_row(row);
+    }
+    table
+}
+
 impl fmt::Display for DemoRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Wrap to the terminal; piped output keeps whole cells, so it greps.
-        let arrangement = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-            ContentArrangement::Dynamic
-        } else {
-            ContentArrangement::Disabled
-        };
-        let mut steps = Table::new();
-        steps
-            .load_preset(UTF8_FULL_CONDENSED)
-            .set_content_arrangement(arrangement.clone());
-        steps.set_header(vec![
-            "Step",
-            "+ms",
-            "Action",
-            "Component",
-            "Data State",
-            "Event",
-            "Output",
-        ]);
-        for s in &self.steps {
-            let ms = (s.at - self.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-            steps.add_row(vec![
-                s.step.clone(),
-                format!("{ms:.2}"),
-                s.action.clone(),
-                s.component.clone(),
-                s.data_state.clone(),
-                s.event.clone(),
-                s.output.clone(),
-            ]);
-        }
-        let mut tracker = Table::new();
-        tracker
-            .load_preset(UTF8_FULL_CONDENSED)
-            .set_content_arrangement(arrangement);
-        let mut header = vec!["Variable".to_owned()];
-        header.extend(self.tracker.iter().map(|(l, _)| l.clone()));
-        tracker.set_header(header);
-        type Cell = fn(&Snapshot) -> &String;
-        let rows: [(&str, Cell); 4] = [
-            ("Write DB (Orders)", |s| &s.write_db),
-            ("Event log (Kafka's place)", |s| &s.event_log),
-            ("Read DB (Query)", |s| &s.read_db),
-            ("Client Output", |s| &s.client_output),
+        let steps = steps_table(self.started_at, &self.steps);
+        let rows: [(&str, fn(&Snapshot) -> String); 4] = [
+            ("Write DB (Orders)", |s| s.write_db.clone()),
+            ("Event log (Kafka's place)", |s| s.event_log.clone()),
+            ("Read DB (Query)", |s| s.read_db.clone()),
+            ("Client Output", |s| s.client_output.clone()),
         ];
-        for (name, get) in rows {
-            let mut row = vec![name.to_owned()];
-            row.extend(self.tracker.iter().map(|(_, s)| get(s).clone()));
-            tracker.add_row(row);
-        }
+        let tracker = tracker_table(&self.tracker, &rows);
         writeln!(f, "CQRS flow, real run — order {}\n", self.order_id)?;
         writeln!(
             f,
@@ -449,6 +467,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = running.spawn_server(listener);
+    if args.saga {
+        let result = super::demo_saga::scenario(&running, &base).await;
+        server.abort();
+        running.stop().await?;
+        let run = result?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&run)?);
+        } else {
+            println!("{run}");
+            println!("Embedded mode: two SQLite write DBs (orders, inventory), each log its own outbox; the saga and both projectors tail them in process.");
+        }
+        return Ok(());
+    }
     let result = scenario(&running, &base, args.projector_delay_ms > 0).await;
     server.abort();
     running.stop().await?;

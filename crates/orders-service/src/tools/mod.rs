@@ -3,4 +3,5 @@
 
 pub mod bench;
 pub mod demo;
+pub mod demo_saga;
 pub mod verify;
