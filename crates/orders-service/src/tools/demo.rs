@@ -422,8 +422,11 @@ pub fn steps_table(started_at: DateTime<Utc>, steps: &[Step]) -> Table {
     table
 }
 
+/// A tracker row: its name and how to read it from a snapshot.
+pub type TrackerRow<'a, S> = (&'a str, fn(&S) -> String);
+
 /// The state tracker: a row per variable, a column per moment.
-pub fn tracker_table<S>(columns: &[(String, S)], rows: &[(&str, fn(&S) -> String)]) -> Table {
+pub fn tracker_table<S>(columns: &[(String, S)], rows: &[TrackerRow<'_, S>]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
@@ -442,7 +445,7 @@ pub fn tracker_table<S>(columns: &[(String, S)], rows: &[(&str, fn(&S) -> String
 impl fmt::Display for DemoRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let steps = steps_table(self.started_at, &self.steps);
-        let rows: [(&str, fn(&Snapshot) -> String); 4] = [
+        let rows: [TrackerRow<'_, Snapshot>; 4] = [
             ("Write DB (Orders)", |s| s.write_db.clone()),
             ("Event log (Kafka's place)", |s| s.event_log.clone()),
             ("Read DB (Query)", |s| s.read_db.clone()),

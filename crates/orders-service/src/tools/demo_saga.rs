@@ -4,7 +4,7 @@
 //! table (times from the traces: when each command and reaction committed)
 //! and the state tracker of both write DBs, the read DB and the client.
 
-use super::demo::{steps_table, tracker_table, Step};
+use super::demo::{steps_table, tracker_table, Step, TrackerRow};
 use crate::server::trace::{CommandTrace, Reaction};
 use crate::server::Running;
 use anyhow::{bail, Context};
@@ -264,7 +264,7 @@ pub async fn scenario(running: &Running, base: &str) -> anyhow::Result<SagaRun> 
 impl fmt::Display for SagaRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let steps = steps_table(self.started_at, &self.steps);
-        let rows: [(&str, fn(&SagaSnapshot) -> String); 4] = [
+        let rows: [TrackerRow<'_, SagaSnapshot>; 4] = [
             ("Write DB (Orders)", |s| s.orders_db.clone()),
             ("Write DB (Inventory)", |s| s.inventory_db.clone()),
             ("Read DB (Query)", |s| s.read_db.clone()),
