@@ -284,9 +284,12 @@ pub(crate) async fn some_order_ids(running: &Running) -> anyhow::Result<Vec<Stri
 
 pub(crate) async fn drop_scratch(url: &str, name: &str) {
     if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await {
-        let _ = conn
-            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-            .await;
+        // The inventory's database beside it, made by the service.
+        for db in [name.to_owned(), format!("{name}_inventory")] {
+            let _ = conn
+                .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+                .await;
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod pg;
 pub mod plot;
 pub mod report;
 pub mod results;
+pub mod saga;
 pub mod sweep;
 
 use crate::server::{Config, KafkaOptions, Role};
@@ -51,6 +52,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
         let create_pay = peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
         caught_up(running).await?;
         let (lat, achieved) = latency(base, args.commands, args.rate).await?;
+        let saga = saga::create_to_reserved(running, base, args.commands, args.rate).await?;
         let ids = some_order_ids(running).await?;
         let (reads, reads_us) =
             pg::get_throughput(base, ids, args.commands, args.concurrency).await?;
@@ -90,6 +92,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
             command_us: (&lat.command).into(),
             command_to_queryable_us: (&lat.queryable).into(),
             errors: lat.errors,
+            saga,
             sweep,
         })
     }

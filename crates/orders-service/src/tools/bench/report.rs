@@ -56,8 +56,29 @@ pub(crate) fn report(
         writes.add_row(write_row(r));
         baselines.add_row(baseline_row(r));
     }
+    let mut saga = table(vec![
+        "backend",
+        "saga orders",
+        "offered/s",
+        "create -> stock reserved p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+    ]);
+    for r in results {
+        saga.add_row(vec![
+            r.backend.clone(),
+            r.saga.orders.to_string(),
+            format!("{:.0}", r.offered_rate),
+            ms(r.saga.create_to_reserved_us.p50),
+            ms(r.saga.create_to_reserved_us.p99),
+            ms(r.saga.create_to_reserved_us.max),
+            r.saga.errors.to_string(),
+        ]);
+    }
     println!("{writes}");
     println!("{baselines}");
+    println!("{saga}");
     if let Some(peer) = peer {
         println!("{}", peer_table(results, peer));
     }

@@ -30,6 +30,8 @@ pub struct BackendResult {
     pub(crate) command_us: Percentiles,
     pub(crate) command_to_queryable_us: Percentiles,
     pub(crate) errors: usize,
+    /// Create -> stock reserved by the order saga, at the offered rate.
+    pub(crate) saga: super::saga::SagaLatency,
     /// The open-loop sweep, when asked for.
     pub(crate) sweep: Option<super::sweep::Sweep>,
 }
