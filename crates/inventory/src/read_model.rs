@@ -79,6 +79,10 @@ impl InventoryStock {
                 StockEvent::StockReserved { quantity, .. } => row.reserved += quantity,
                 StockEvent::ReservationReleased { quantity, .. } => row.reserved -= quantity,
                 StockEvent::ReservationRejected { .. } => {}
+                StockEvent::StockDispatched { quantity, .. } => {
+                    row.on_hand -= quantity;
+                    row.reserved -= quantity;
+                }
             }
             row.version = e.version;
             row.updated_at = timestamp(e.recorded_at);

@@ -48,6 +48,12 @@ pub enum StockCommand {
         /// The order.
         order_id: String,
     },
+    /// The order shipped: what it holds leaves the shelf (nothing when it
+    /// holds nothing).
+    Dispatch {
+        /// The order.
+        order_id: String,
+    },
 }
 
 /// What happened to a SKU's stock.
@@ -77,6 +83,13 @@ pub enum StockEvent {
     },
     /// An order's units given back.
     ReservationReleased {
+        /// The order.
+        order_id: String,
+        /// How many.
+        quantity: i64,
+    },
+    /// An order's units left with it: off the shelf and no longer held.
+    StockDispatched {
         /// The order.
         order_id: String,
         /// How many.
@@ -175,6 +188,15 @@ impl Aggregate for Stock {
                 })
                 .into_iter()
                 .collect()),
+            StockCommand::Dispatch { order_id } => Ok(s
+                .reservations
+                .get(order_id)
+                .map(|&quantity| StockEvent::StockDispatched {
+                    order_id: order_id.clone(),
+                    quantity,
+                })
+                .into_iter()
+                .collect()),
         }
     }
 
@@ -184,8 +206,8 @@ impl Aggregate for Stock {
                 s.tracked = true;
                 s.on_hand += quantity;
             }
-            // Reserved units leave the shelf only when the order ships; until
-            // then they are on hand and held.
+            // Reserved units leave the shelf when the order ships
+            // (`StockDispatched`); until then they are on hand and held.
             StockEvent::StockReserved { order_id, quantity } => {
                 s.reservations.insert(order_id.clone(), *quantity);
             }
@@ -193,6 +215,10 @@ impl Aggregate for Stock {
                 s.reservations.remove(order_id);
             }
             StockEvent::ReservationRejected { .. } => {}
+            StockEvent::StockDispatched { order_id, quantity } => {
+                s.on_hand -= quantity;
+                s.reservations.remove(order_id);
+            }
         }
         s
     }

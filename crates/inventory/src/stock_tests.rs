@@ -102,3 +102,22 @@ fn available_is_on_hand_less_reserved() {
     assert_eq!((s.on_hand, s.reserved(), s.available()), (10, 4, 6));
     assert_eq!(Stock::sku_of(&Stock::id("book")), Some("book"));
 }
+
+#[test]
+fn a_shipped_order_takes_its_units_off_the_shelf_once() {
+    let dispatch = StockCommand::Dispatch {
+        order_id: "o1".into(),
+    };
+    let dispatched = StockEvent::StockDispatched {
+        order_id: "o1".into(),
+        quantity: 2,
+    };
+    Stock::given([added(5), reserved("o1", 2)])
+        .when(dispatch.clone())
+        .then([dispatched.clone()]);
+    Stock::given([added(5), reserved("o1", 2), dispatched.clone()])
+        .when(dispatch)
+        .then([]);
+    let s = Stock::fold(&[added(5), reserved("o1", 2), dispatched]);
+    assert_eq!((s.on_hand, s.reserved(), s.available()), (3, 0, 3));
+}

@@ -118,7 +118,7 @@ async fn readyz_names_each_dependency_and_fails_with_the_reason() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(
         body,
-        json!({"ready": true, "checks": {"write_db": "ok", "read_db": "ok", "kafka": "ok"}})
+        json!({"ready": true, "checks": {"write_db": "ok", "inventory_db": "ok", "read_db": "ok", "kafka": "ok"}})
     );
     app.app().read.pool.close().await;
     let (s, body, _) = app.get("/readyz", None).await;

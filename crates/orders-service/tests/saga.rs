@@ -1,7 +1,8 @@
 //! The order saga between the orders and the inventory, on the embedded log
 //! and on PostgreSQL + Kafka: tracked orders get their stock reserved or are
-//! cancelled `out_of_stock`, cancelled orders give their stock back, and
-//! untracked orders are as they always were.
+//! cancelled `out_of_stock`, shipped orders take their units off the shelf,
+//! cancelled orders give their stock back, and untracked orders are as they
+//! always were.
 
 mod common;
 
@@ -137,9 +138,15 @@ async fn the_saga_reserves_rejects_and_releases(app: common::TestApp) {
         let (s, e, _) = app.post(&format!("/orders/{a}/{step}"), body).await;
         assert_eq!(s, 200, "{step}: {e}");
     }
+    // Shipped: its 2 units left the shelf.
+    let book = inventory_of(&app, "book", 0).await;
+    assert_eq!(
+        (book["on_hand"].as_i64(), book["available"].as_i64()),
+        (Some(1), Some(1))
+    );
     let d = order(&app, "book", 1).await;
     settled(&app, &d, |o| o["stock"] == "reserved").await;
-    inventory_of(&app, "book", 3).await;
+    inventory_of(&app, "book", 1).await;
     let (s, e, _) = app
         .post(
             &format!("/orders/{d}/cancel"),
@@ -147,10 +154,10 @@ async fn the_saga_reserves_rejects_and_releases(app: common::TestApp) {
         )
         .await;
     assert_eq!(s, 200, "{e}");
-    let book = inventory_of(&app, "book", 2).await;
+    let book = inventory_of(&app, "book", 0).await;
     assert_eq!(
         (book["on_hand"].as_i64(), book["available"].as_i64()),
-        (Some(3), Some(1))
+        (Some(1), Some(1))
     );
     app.stop().await;
 }

@@ -144,6 +144,12 @@ impl CommandBus<SagaCommand, SagaAnswer> for SagaBus {
                     };
                     self.on_stock(sku, c, key, command).await
                 }
+                SagaCommand::Dispatch { order_id, sku } => {
+                    let c = StockCommand::Dispatch {
+                        order_id: order_id.clone(),
+                    };
+                    self.on_stock(sku, c, key, command).await
+                }
                 SagaCommand::Confirm { order_id } => {
                     self.on_order(order_id, OrderCommand::ConfirmStock, key, command)
                         .await

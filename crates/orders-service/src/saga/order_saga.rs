@@ -5,6 +5,7 @@
 //!   reserved, cancel the order (`out_of_stock`).
 //! - The order refuses the confirmation (cancelled meanwhile): release all.
 //! - `OrderCancelled` with anything reserved: release it.
+//! - `OrderShipped`: what it holds leaves the shelf (dispatch).
 
 use cqrs_core::EventEnvelope;
 use cqrs_sql::process::ProcessManager;
@@ -26,6 +27,8 @@ pub enum Phase {
     OutOfStock,
     /// The order was cancelled; nothing is held for it.
     Released,
+    /// The order shipped; its units left the shelf.
+    Dispatched,
 }
 
 /// One order's saga.
@@ -55,6 +58,13 @@ pub enum SagaCommand {
     },
     /// `Release` on a SKU's stock.
     Release {
+        /// The order.
+        order_id: String,
+        /// The SKU.
+        sku: String,
+    },
+    /// `Dispatch` on a SKU's stock.
+    Dispatch {
         /// The order.
         order_id: String,
         /// The SKU.
@@ -119,7 +129,7 @@ impl ProcessManager for OrderSaga {
     fn instance_of(event: &EventEnvelope) -> Option<String> {
         matches!(
             event.event_type.as_str(),
-            "StockReservationRequested" | "OrderCancelled"
+            "StockReservationRequested" | "OrderCancelled" | "OrderShipped"
         )
         .then(|| event.aggregate_id.clone())
     }
@@ -137,6 +147,19 @@ impl ProcessManager for OrderSaga {
                 s.phase = Phase::Reserving;
                 let first = next_step(&s);
                 (s, vec![first])
+            }
+            OrderEvent::OrderShipped { .. } if !s.reserved.is_empty() => {
+                let dispatch = s
+                    .reserved
+                    .iter()
+                    .map(|sku| SagaCommand::Dispatch {
+                        order_id: s.order_id.clone(),
+                        sku: sku.clone(),
+                    })
+                    .collect();
+                s.reserved.clear();
+                s.phase = Phase::Dispatched;
+                (s, dispatch)
             }
             OrderEvent::OrderCancelled { .. } if !s.reserved.is_empty() => {
                 let release = release_all(&s);
@@ -180,9 +203,12 @@ impl ProcessManager for OrderSaga {
                 s.phase = Phase::Released;
                 (s, release)
             }
-            (SagaCommand::Release { .. } | SagaCommand::CancelOutOfStock { .. }, _) => {
-                (s, Vec::new())
-            }
+            (
+                SagaCommand::Release { .. }
+                | SagaCommand::Dispatch { .. }
+                | SagaCommand::CancelOutOfStock { .. },
+                _,
+            ) => (s, Vec::new()),
         }
     }
 }

@@ -133,3 +133,24 @@ fn only_the_events_it_reacts_to_start_an_instance() {
         Some("o1")
     );
 }
+
+#[test]
+fn a_shipped_order_dispatches_what_it_holds() {
+    let (s, _) = requested();
+    let (s, _) = OrderSaga::on_answer(&s, &reserve("a", 2), &SagaAnswer::Done);
+    let (s, _) = OrderSaga::on_answer(&s, &reserve("b", 1), &SagaAnswer::Done);
+    let (s, _) = OrderSaga::on_answer(&s, &confirm(), &SagaAnswer::Done);
+    let shipped = event(OrderEvent::OrderShipped {
+        carrier: "c".into(),
+        tracking_number: "t".into(),
+    });
+    let (s, commands) = OrderSaga::on_event(&s, &shipped).unwrap();
+    let dispatch = |sku: &str| SagaCommand::Dispatch {
+        order_id: "o1".into(),
+        sku: sku.into(),
+    };
+    assert_eq!(
+        (s.phase, commands),
+        (Phase::Dispatched, vec![dispatch("a"), dispatch("b")])
+    );
+}

@@ -50,8 +50,9 @@ fn kafka_client(k: &KafkaOptions) -> Result<BaseConsumer, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Each dependency and whether it answers: the write DB must accept a
-/// write, the read DB a read (and a write where the projector runs here).
+/// Each dependency and whether it answers: the write DBs (the orders' and
+/// the inventory's) must accept a write, the read DB a read (and a write
+/// where the projector runs here).
 pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
     let within = |what: BoxFuture<'static, Result<(), String>>| async move {
         match tokio::time::timeout(Duration::from_secs(2), what).await {
@@ -62,6 +63,12 @@ pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
     let store = app.store.clone();
     let write = within(Box::pin(async move {
         store.check_writable().await.map_err(|e| e.to_string())
+    }))
+    .await;
+    // Creates ask it which SKUs are tracked; the saga writes to it.
+    let stock = app.inventory.clone();
+    let inventory = within(Box::pin(async move {
+        stock.check_writable().await.map_err(|e| e.to_string())
     }))
     .await;
     let read_db = app.read.clone();
@@ -79,7 +86,11 @@ pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
         Ok(())
     }))
     .await;
-    let mut out = vec![("write_db", write), ("read_db", read)];
+    let mut out = vec![
+        ("write_db", write),
+        ("inventory_db", inventory),
+        ("read_db", read),
+    ];
     if let Some(k) = app.kafka.clone() {
         let r = tokio::task::spawn_blocking(move || {
             let c = kafka_client(&k)?;
