@@ -127,19 +127,26 @@ async fn serve_answers_and_stops_cleanly_on_sigterm() {
     );
 }
 
-#[test]
-fn demo_prints_both_tables_from_a_real_run() {
+/// What `orders demo ARGS` printed, after it succeeded.
+fn demo(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_orders"))
-        .args(["demo", "--projector-delay-ms", "200"])
+        .arg("demo")
+        .args(args)
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn demo_prints_both_tables_from_a_real_run() {
+    let text = demo(&["--projector-delay-ms", "200"]);
     for needle in [
         "Process table",
         "State tracker",
@@ -157,17 +164,7 @@ fn demo_prints_both_tables_from_a_real_run() {
 
 #[test]
 fn demo_saga_prints_the_two_service_flow_from_a_real_run() {
-    let out = Command::new(env!("CARGO_BIN_EXE_orders"))
-        .args(["demo", "--saga"])
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = demo(&["--saga"]);
     for needle in [
         "Process table",
         "State tracker",

@@ -439,6 +439,11 @@ pub async fn create_order_at(
     r.json().await.expect("JSON answer")
 }
 
+/// A number in lo..hi (kills at random points of a load).
+pub fn random_count(lo: usize, hi: usize) -> usize {
+    lo + (uuid::Uuid::new_v4().as_u128() % (hi - lo) as u128) as usize
+}
+
 /// The logs of `procs`, one after the other, for failure messages.
 pub fn logs_of(procs: &[&mut Proc]) -> String {
     procs

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, wait_healthy, Cluster};
+use common::{free_port, random_count, wait_healthy, Cluster};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +12,6 @@ use tokio::sync::watch;
 
 /// Orders accepted with a 2xx and the version each must reach.
 type Accepted = Arc<Mutex<HashMap<String, i64>>>;
-
-/// A number in lo..hi.
-fn random_count(lo: usize, hi: usize) -> usize {
-    lo + (uuid::Uuid::new_v4().as_u128() % (hi - lo) as u128) as usize
-}
 
 /// Clients that create and pay orders until told to stop; every 2xx is recorded.
 fn drive(

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{free_port, wait_healthy, Cluster, Proc};
+use common::{free_port, random_count, wait_healthy, Cluster, Proc};
 use cqrs_core::Aggregate;
 use cqrs_sql::EventStore;
 use serde_json::json;
@@ -22,10 +22,6 @@ const STOCK: i64 = 60;
 
 /// Orders accepted with a 201 and the units each asked for.
 type Accepted = Arc<Mutex<HashMap<String, i64>>>;
-
-fn random_count(lo: usize, hi: usize) -> usize {
-    lo + (uuid::Uuid::new_v4().as_u128() % (hi - lo) as u128) as usize
-}
 
 /// Clients ordering 1-3 widgets until told to stop; every 201 is recorded.
 fn drive(

@@ -7,7 +7,8 @@ use cqrs_core::DomainError;
 use cqrs_sql::process::{BusError, CommandBus};
 use cqrs_sql::store::request_hash;
 use cqrs_sql::{
-    execute, CommandError, CommandOptions, CommandOutcome, IdempotencyRecord, SqlEventStore,
+    execute, execute_cached, CommandError, CommandOptions, CommandOutcome, IdempotencyRecord,
+    SqlEventStore, StateCache,
 };
 use futures::future::BoxFuture;
 use inventory::{Stock, StockCommand};
@@ -16,6 +17,9 @@ use orders::{CancelOrder, Order, OrderCommand};
 /// The reason the saga cancels an order with.
 pub const OUT_OF_STOCK: &str = "out_of_stock";
 
+/// SKUs whose stock state the saga keeps in memory, at most.
+const STOCK_STATES: usize = 10_000;
+
 /// The two stores the saga commands.
 #[derive(Clone)]
 pub struct SagaBus {
@@ -23,6 +27,22 @@ pub struct SagaBus {
     pub orders: SqlEventStore,
     /// The inventory's event store.
     pub inventory: SqlEventStore,
+    /// The last known state of the SKUs it reserved on: a SKU's history
+    /// grows with every order, and every order's reservation would load it
+    /// all again. A state another writer made stale (stock added through
+    /// the API) is caught at append and decided again on the stored one.
+    pub stock_states: std::sync::Arc<StateCache<Stock>>,
+}
+
+impl SagaBus {
+    /// A bus over the two stores.
+    pub fn new(orders: SqlEventStore, inventory: SqlEventStore) -> Self {
+        Self {
+            orders,
+            inventory,
+            stock_states: std::sync::Arc::new(StateCache::new(STOCK_STATES)),
+        }
+    }
 }
 
 fn options(key: String, command: &SagaCommand) -> CommandOptions {
@@ -80,8 +100,9 @@ impl SagaBus {
         key: String,
         saga: &SagaCommand,
     ) -> Result<SagaAnswer, BusError> {
-        let result = execute::<Stock, _>(
+        let result = execute_cached(
             &self.inventory,
+            Some(&*self.stock_states),
             &Stock::id(sku),
             &command,
             options(key, saga),

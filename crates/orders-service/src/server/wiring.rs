@@ -446,10 +446,7 @@ async fn start_saga(
     read: &Db,
 ) -> anyhow::Result<()> {
     use crate::saga::{OrderSaga, SagaBus, SAGA};
-    let bus = SagaBus {
-        orders: store.clone(),
-        inventory: inventory.clone(),
-    };
+    let bus = SagaBus::new(store.clone(), inventory.clone());
     let saga: Arc<dyn cqrs_sql::Projection> = Arc::new(cqrs_sql::process::ProcessProjection::<
         OrderSaga,
         _,
