@@ -158,22 +158,11 @@ pub(super) async fn create_order(
     Ok(answer(StatusCode::CREATED, &outcome))
 }
 
-/// The SKUs of the order's lines that the inventory tracks (have stock
-/// records), asked of the inventory's store in one query. Tracking only
-/// ever starts, so a SKU stocked a moment after this is like one stocked
-/// after the order.
+/// The SKUs of the order's lines that the inventory tracks (see
+/// [`super::tracked`]).
 async fn tracked_skus(app: &App, body: &CreateOrder) -> Result<BTreeSet<String>, ApiError> {
-    let ids: BTreeSet<String> = body
-        .items
-        .iter()
-        .map(|i| inventory::Stock::id(&i.sku))
-        .collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let found = app.inventory.existing(&ids).await?;
-    Ok(found
-        .iter()
-        .filter_map(|id| inventory::Stock::sku_of(id).map(str::to_owned))
-        .collect())
+    let skus: BTreeSet<String> = body.items.iter().map(|i| i.sku.clone()).collect();
+    Ok(app.tracked.of(&app.inventory, &skus).await?)
 }
 
 /// A JSON body that asks one command of an existing order.

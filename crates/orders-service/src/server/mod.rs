@@ -14,6 +14,7 @@ pub mod routes;
 pub mod schema;
 pub mod state;
 pub mod trace;
+pub mod tracked;
 pub mod wiring;
 
 pub use config::{Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR};

@@ -33,4 +33,6 @@ pub struct App {
     pub states: Arc<StateCache<orders::Order>>,
     /// Who may call which route.
     pub access: Access,
+    /// Which SKUs the inventory tracks, as creates ask it.
+    pub tracked: Arc<super::tracked::TrackedSkus>,
 }

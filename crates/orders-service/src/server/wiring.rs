@@ -176,6 +176,7 @@ impl Running {
             projects_here: config.runs(Role::Projector),
             states: Arc::new(StateCache::new(STATE_CACHE_ORDERS)),
             access,
+            tracked: Arc::default(),
         };
         let every = Duration::from_millis(500);
         let sampler = super::observe::sample_every(app.clone(), every, live_sources.progress);
