@@ -29,7 +29,8 @@ use sqlx::AnyConnection;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
-/// A command to issue, and what the process manager makes of its answer.
+/// A process manager's decisions, with no I/O: on each event, and on each
+/// answer to a command it issued.
 pub trait ProcessManager: Send + Sync + 'static {
     /// Its name: the key of its state and of its commands' idempotency keys.
     const NAME: &'static str;
@@ -189,24 +190,6 @@ pub fn instance_migrations() -> Vec<Migration> {
             updated_at TEXT NOT NULL,
             PRIMARY KEY (process, instance_id))",
     ])]
-}
-
-/// The state of one instance of `process`, as last committed.
-pub async fn instance_state<S: DeserializeOwned>(
-    pool: &sqlx::AnyPool,
-    process: &str,
-    instance: &str,
-) -> Result<Option<S>, ProjectionError> {
-    let json: Option<String> = sqlx::query_scalar(
-        "SELECT state FROM process_instances WHERE process = $1 AND instance_id = $2",
-    )
-    .bind(process)
-    .bind(instance)
-    .fetch_optional(pool)
-    .await?;
-    json.map(|j| serde_json::from_str(&j))
-        .transpose()
-        .map_err(|e| ProjectionError::Inconsistent(e.to_string()))
 }
 
 impl<P: ProcessManager, B: CommandBus<P::Command, P::Answer> + 'static> Projection

@@ -470,31 +470,36 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = running.spawn_server(listener);
-    if args.saga {
-        let result = super::demo_saga::scenario(&running, &base).await;
-        server.abort();
-        running.stop().await?;
-        let run = result?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&run)?);
-        } else {
+    let result = match args.saga {
+        true => super::demo_saga::scenario(&running, &base)
+            .await
+            .map(Captured::Saga),
+        false => scenario(&running, &base, args.projector_delay_ms > 0)
+            .await
+            .map(Captured::Page),
+    };
+    server.abort();
+    running.stop().await?;
+    match (result?, args.json) {
+        (Captured::Page(run), true) => println!("{}", serde_json::to_string_pretty(&run)?),
+        (Captured::Saga(run), true) => println!("{}", serde_json::to_string_pretty(&run)?),
+        (Captured::Page(run), false) => {
+            println!("{run}");
+            println!("Embedded mode: SQLite write DB (its event log is the outbox), tailed by an in-process projector, SQLite read DB.");
+            if args.projector_delay_ms == 0 {
+                println!("Try `orders demo --projector-delay-ms 500` to see a stale read, then the token's consistent read.");
+            }
+        }
+        (Captured::Saga(run), false) => {
             println!("{run}");
             println!("Embedded mode: two SQLite write DBs (orders, inventory), each log its own outbox; the saga and both projectors tail them in process.");
         }
-        return Ok(());
-    }
-    let result = scenario(&running, &base, args.projector_delay_ms > 0).await;
-    server.abort();
-    running.stop().await?;
-    let run = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
-    } else {
-        println!("{run}");
-        println!("Embedded mode: SQLite write DB (its event log is the outbox), tailed by an in-process projector, SQLite read DB.");
-        if args.projector_delay_ms == 0 {
-            println!("Try `orders demo --projector-delay-ms 500` to see a stale read, then the token's consistent read.");
-        }
     }
     Ok(())
+}
+
+/// What a demo captured: the teaching page's scenario, or the saga's.
+enum Captured {
+    Page(DemoRun),
+    Saga(super::demo_saga::SagaRun),
 }
