@@ -53,8 +53,11 @@ async fn v1_events_work_through_the_store_kafka_and_replay_after_the_v2_change()
     let id = uuid::Uuid::now_v7().to_string();
     let token = append_v1_order(&app, &id).await;
 
-    // Relayed to Kafka at v1 and projected from there.
-    let (s, order, _) = app.get(&format!("/orders/{id}"), Some(&token)).await;
+    // Relayed to Kafka at v1 and projected from there. The first read waits
+    // long: a fresh consumer group takes seconds to be handed its partitions.
+    let (s, order, _) = app
+        .get(&format!("/orders/{id}?wait_ms=20000"), Some(&token))
+        .await;
     assert_eq!(s, 200, "{order}");
     assert_eq!(
         (order["status"].as_str(), order["total_cents"].as_i64()),
@@ -73,7 +76,9 @@ async fn v1_events_work_through_the_store_kafka_and_replay_after_the_v2_change()
         .as_str()
         .expect("token")
         .to_owned();
-    let (s, order, _) = app.get(&format!("/orders/{id}"), Some(&token)).await;
+    let (s, order, _) = app
+        .get(&format!("/orders/{id}?wait_ms=20000"), Some(&token))
+        .await;
     assert_eq!(
         (s, order["status"].as_str()),
         (200, Some("paid")),
@@ -91,7 +96,7 @@ async fn v1_events_work_through_the_store_kafka_and_replay_after_the_v2_change()
     let new = app.app().store.load(&new_id).await.expect("load");
     assert_eq!(new[0].schema_version, 2);
     assert_eq!(new[0].payload["items"][0]["line_total_cents"], 3000);
-    app.get(&format!("/orders/{new_id}"), Some(&new_token))
+    app.get(&format!("/orders/{new_id}?wait_ms=20000"), Some(&new_token))
         .await;
 
     // A replay from the topic's beginning rebuilds the read model from the

@@ -40,7 +40,7 @@ async fn stock_in_and_read_back(app: common::TestApp) {
         .as_str()
         .expect("token")
         .to_owned();
-    let (s, book, _) = app.get("/inventory/book", Some(&token)).await;
+    let (s, book, _) = app.get("/inventory/book?wait_ms=20000", Some(&token)).await;
     assert_eq!(s, 200, "{book}");
     assert_eq!(
         (
@@ -72,7 +72,7 @@ async fn stock_in_and_read_back(app: common::TestApp) {
         .as_str()
         .expect("token")
         .to_owned();
-    let (_, book, _) = app.get("/inventory/book", Some(&token)).await;
+    let (_, book, _) = app.get("/inventory/book?wait_ms=20000", Some(&token)).await;
     assert_eq!(
         (book["on_hand"].as_i64(), book["version"].as_i64()),
         (Some(8), Some(2)),

@@ -18,7 +18,9 @@ async fn stock(app: &common::TestApp, sku: &str, quantity: i64) {
         .await;
     assert_eq!(s, 200, "{b}");
     let token = b["consistency_token"].as_str().expect("token").to_owned();
-    let (s, _, _) = app.get(&format!("/inventory/{sku}"), Some(&token)).await;
+    let (s, _, _) = app
+        .get(&format!("/inventory/{sku}?wait_ms=20000"), Some(&token))
+        .await;
     assert_eq!(s, 200);
 }
 
