@@ -333,6 +333,20 @@ impl Db {
         Ok(tx)
     }
 
+    /// A read-only transaction on the read pool that sees one moment of the
+    /// database throughout (SQLite: any read transaction in WAL mode;
+    /// PostgreSQL: repeatable read).
+    pub async fn begin_snapshot(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await?;
+        }
+        Ok(tx)
+    }
+
     /// The URL this database was opened with (secret: never log it; see
     /// [`redact_url`]).
     pub fn url(&self) -> &str {

@@ -11,6 +11,15 @@
 //! version (an event is reacted to once per commit), dead letters, kill -9
 //! and rebalance safety.
 //!
+//! The reactions run ahead of the batch's transaction
+//! ([`Projection::ahead`]): the runner reads the applied versions and the
+//! instances' states in one snapshot, the instances react (side by side,
+//! each to its own events in order), and only then does the transaction
+//! open, so that the read DB's writer (one connection on SQLite) is not
+//! held while commands commit elsewhere. In the transaction each instance
+//! keeps what it reached ahead if its saved version is still the one it
+//! reacted from, to the same events; otherwise it reacts again there.
+//!
 //! Why that is exactly once in effect: the commands of a reaction are issued
 //! before its transaction commits. A crash in between re-delivers the event
 //! to the same state; the pure functions issue the same commands with the
@@ -24,10 +33,13 @@ use crate::migrate::Migration;
 use crate::read::{Projection, ProjectionError};
 use cqrs_core::EventEnvelope;
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
 use sqlx::AnyConnection;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// A process manager's decisions, with no I/O: on each event, and on each
 /// answer to a command it issued.
@@ -69,20 +81,111 @@ pub trait CommandBus<C, A>: Send + Sync {
     fn issue<'a>(&'a self, command: &'a C, key: String) -> BoxFuture<'a, Result<A, BusError>>;
 }
 
+/// How many instances of a batch react at once by default.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+
+/// Serialises work per key within a process: commands of concurrent
+/// reactions on one aggregate (a popular SKU) queue here instead of racing
+/// to append at the same version and retrying.
+#[derive(Debug, Default)]
+pub struct KeyedLocks {
+    held: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds one key of a [`KeyedLocks`] until dropped.
+pub struct KeyedGuard<'a> {
+    locks: &'a KeyedLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    /// Waits for `key`, in the order asked.
+    pub async fn lock(&self, key: &str) -> KeyedGuard<'_> {
+        let mutex = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.entry(key.to_owned()).or_default().clone()
+        };
+        KeyedGuard {
+            locks: self,
+            key: key.to_owned(),
+            guard: Some(mutex.lock_owned().await),
+        }
+    }
+
+    /// Keys held or waited for now.
+    pub fn len(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// No key is held or waited for.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for KeyedGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Under the map's lock nobody can take a new handle, so a count of
+        // one (the map's own) means nobody holds or waits for the key.
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            held.remove(&self.key);
+        }
+    }
+}
+
 /// A process manager with its bus, run as a projection: its instances'
 /// state lives in `process_instances`, written in the runner's transaction.
+///
+/// The instances of a batch react concurrently (each to its own events in
+/// order), so one instance waiting on a commit does not hold up the
+/// others; their states are written in the batch's transaction once all
+/// have reacted.
 pub struct ProcessProjection<P: ProcessManager, B> {
     bus: B,
+    concurrency: usize,
+    /// The reactions done ahead of the batch's transaction, per instance.
+    ahead: std::sync::Mutex<HashMap<String, Reacted<P::State>>>,
     _p: PhantomData<fn() -> P>,
 }
 
+/// An instance's reaction done ahead of its batch's transaction: from the
+/// state saved at which version, to which events, and the state reached.
+struct Reacted<S> {
+    from_version: i64,
+    events: Vec<String>,
+    state: S,
+}
+
+/// One instance's share of a batch: its events in order, and its state and
+/// saved version before them.
+struct Share<'a, S> {
+    instance: String,
+    events: Vec<&'a EventEnvelope>,
+    state: S,
+    version: i64,
+}
+
 impl<P: ProcessManager, B: CommandBus<P::Command, P::Answer>> ProcessProjection<P, B> {
-    /// Runs `P` with `bus`.
+    /// Runs `P` with `bus`, [`DEFAULT_CONCURRENCY`] instances at once.
     pub fn new(bus: B) -> Self {
         Self {
             bus,
+            concurrency: DEFAULT_CONCURRENCY,
+            ahead: std::sync::Mutex::default(),
             _p: PhantomData,
         }
+    }
+
+    /// At most `n` (at least 1) instances of a batch react at once.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
     /// Reacts to one event: the commands, each answer fed back, until none
@@ -112,21 +215,144 @@ impl<P: ProcessManager, B: CommandBus<P::Command, P::Answer>> ProcessProjection<
         Ok(state)
     }
 
+    /// Reacts to one instance's events in order; the final state.
+    async fn react_all<'e>(
+        &self,
+        share: Share<'e, P::State>,
+    ) -> Result<Share<'e, P::State>, ProjectionError> {
+        let mut state = share.state.clone();
+        for e in &share.events {
+            state = self.react(state, e).await?;
+        }
+        Ok(Share { state, ..share })
+    }
+
+    /// The instances of `events`, each with its events and its saved
+    /// state as `conn` reads it.
+    async fn shares<'e>(
+        conn: &mut AnyConnection,
+        events: &[&'e EventEnvelope],
+    ) -> Result<Vec<Share<'e, P::State>>, ProjectionError> {
+        let mut shares = Vec::new();
+        for (instance, events) in by_instance::<P>(events) {
+            let (state, version) = load(conn, P::NAME, &instance).await?;
+            shares.push(Share {
+                instance,
+                events,
+                state,
+                version,
+            });
+        }
+        Ok(shares)
+    }
+
+    /// Every share reacted to, [`Self::with_concurrency`] at once. Every
+    /// reaction runs to its end, even when another failed: a command
+    /// dropped halfway would be left to the retry to find out.
+    async fn react_shares<'e>(
+        &self,
+        shares: Vec<Share<'e, P::State>>,
+    ) -> Vec<Result<Share<'e, P::State>, ProjectionError>> {
+        let mut reactions = Vec::with_capacity(shares.len());
+        for share in shares {
+            reactions.push(self.react_all(share));
+        }
+        futures::stream::iter(reactions)
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await
+    }
+
+    fn reacted_ahead(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reacted<P::State>>> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reacts to the batch from the snapshot's states and keeps what each
+    /// instance reached for [`Self::apply_events`].
+    async fn act_ahead(
+        &self,
+        snapshot: &mut AnyConnection,
+        events: &[&EventEnvelope],
+    ) -> Result<(), ProjectionError> {
+        self.reacted_ahead().clear();
+        let shares = Self::shares(snapshot, events).await?;
+        let mut done = HashMap::new();
+        let mut failed = None;
+        for reacted in self.react_shares(shares).await {
+            match reacted {
+                Ok(s) => {
+                    let reacted = Reacted {
+                        from_version: s.version,
+                        events: s.events.iter().map(|e| e.event_id.clone()).collect(),
+                        state: s.state,
+                    };
+                    done.insert(s.instance, reacted);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        *self.reacted_ahead() = done;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Saves each instance's state in the batch's transaction: the one
+    /// reached ahead when the instance is still at the version it was
+    /// reacted from, to the same events; else reacts again now (the same
+    /// commands with the same keys, where the state is the same).
     async fn apply_events(
         &self,
         tx: &mut AnyConnection,
         events: &[&EventEnvelope],
     ) -> Result<(), ProjectionError> {
-        for e in events {
-            let Some(instance) = P::instance_of(e) else {
-                continue;
-            };
-            let (state, version) = load(tx, P::NAME, &instance).await?;
-            let state = self.react(state, e).await?;
-            save(tx, P::NAME, &instance, &state, version).await?;
+        let mut ahead = std::mem::take(&mut *self.reacted_ahead());
+        let (mut done, mut todo) = (Vec::new(), Vec::new());
+        for share in Self::shares(tx, events).await? {
+            match ahead.remove(&share.instance) {
+                Some(r)
+                    if r.from_version == share.version
+                        && r.events.iter().eq(share.events.iter().map(|e| &e.event_id)) =>
+                {
+                    done.push(Ok(Share {
+                        state: r.state,
+                        ..share
+                    }))
+                }
+                _ => todo.push(share),
+            }
+        }
+        if !todo.is_empty() {
+            metrics::counter!("cqrs_process_reactions_in_transaction_total", "process" => P::NAME)
+                .increment(todo.len() as u64);
+            done.extend(self.react_shares(todo).await);
+        }
+        for share in done {
+            let share = share?;
+            save(tx, P::NAME, &share.instance, &share.state, share.version).await?;
         }
         Ok(())
     }
+}
+
+/// The batch's events grouped by the instance they belong to, each group
+/// in batch order, groups in the order of their first event.
+fn by_instance<'a, P: ProcessManager>(
+    events: &[&'a EventEnvelope],
+) -> Vec<(String, Vec<&'a EventEnvelope>)> {
+    let mut groups: Vec<(String, Vec<&'a EventEnvelope>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for e in events {
+        let Some(instance) = P::instance_of(e) else {
+            continue;
+        };
+        match index.get(&instance) {
+            Some(&i) => groups[i].1.push(e),
+            None => {
+                index.insert(instance.clone(), groups.len());
+                groups.push((instance, vec![e]));
+            }
+        }
+    }
+    groups
 }
 
 /// An instance's state and how many times it was saved (0: never).
@@ -210,5 +436,15 @@ impl<P: ProcessManager, B: CommandBus<P::Command, P::Answer> + 'static> Projecti
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply_events(tx, events))
+    }
+    fn acts_ahead(&self) -> bool {
+        true
+    }
+    fn ahead<'a>(
+        &'a self,
+        snapshot: &'a mut AnyConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(self.act_ahead(snapshot, events))
     }
 }

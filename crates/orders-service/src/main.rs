@@ -72,6 +72,11 @@ struct DbArgs {
     /// Connections per database pool.
     #[arg(long, env = "ORDERS_POOL_SIZE", default_value_t = defaults::POOL_SIZE)]
     pool_size: u32,
+    /// Orders whose saga reactions of one batch run at once (1: one after
+    /// another).
+    #[arg(long, env = "ORDERS_SAGA_CONCURRENCY", default_value_t = defaults::SAGA_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    saga_concurrency: u16,
     /// Delay the projector applies before each batch (shows stale reads).
     #[arg(long, env = "ORDERS_PROJECTOR_DELAY_MS", default_value_t = 0)]
     projector_delay_ms: u64,
@@ -127,6 +132,7 @@ impl DbArgs {
             projector_delay: Duration::from_millis(self.projector_delay_ms),
             sqlite_synchronous: self.sqlite_synchronous.clone(),
             pool_size: self.pool_size,
+            saga_concurrency: usize::from(self.saga_concurrency),
             kafka: self.kafka_brokers.as_ref().map(|b| KafkaOptions {
                 brokers: b.clone(),
                 topic: self.kafka_topic.clone(),

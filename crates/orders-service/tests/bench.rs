@@ -75,6 +75,18 @@ fn the_bench_writes_every_figure_with_its_baseline_and_the_plot() {
         );
         positive(&r["history"]["command_ratio"], "command ratio");
         assert!(!r["sweep"]["points"].as_array().unwrap().is_empty(), "{r}");
+        // The saga on one hot SKU and spread over many: every order reserved.
+        let saga = r["saga"].as_array().unwrap();
+        let spreads: Vec<_> = saga.iter().map(|p| p["skus"].as_u64()).collect();
+        assert_eq!(spreads, [Some(1), Some(100)], "{r}");
+        for phase in saga {
+            assert_eq!(
+                (&phase["orders"], &phase["errors"]),
+                (&200.into(), &0.into()),
+                "{phase}"
+            );
+            positive(&phase["create_to_reserved_us"]["p50"], "saga p50");
+        }
     }
     positive(&results[1]["pgbench_insert_tps"], "pgbench insert");
     positive(&results[1]["pgbench_select_tps"], "pgbench select-only");

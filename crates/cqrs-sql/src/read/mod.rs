@@ -73,6 +73,24 @@ pub trait Projection: Send + Sync {
         tx: &'a mut sqlx::AnyConnection,
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+    /// Whether it acts ahead of its batches ([`Projection::ahead`]).
+    fn acts_ahead(&self) -> bool {
+        false
+    }
+    /// Before a batch's transaction opens: slow side effects for the events
+    /// about to be applied (a process manager's commands), so that they do
+    /// not hold the read DB's writer. `snapshot` reads the read DB as of
+    /// one moment, the one whose applied versions chose `events`. `apply`
+    /// then uses what this did where nothing changed since, and does it
+    /// again (idempotently) where something did.
+    fn ahead<'a>(
+        &'a self,
+        snapshot: &'a mut sqlx::AnyConnection,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        let _ = (snapshot, events);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// An event as a source delivers it, with where to resume after it.

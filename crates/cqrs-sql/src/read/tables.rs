@@ -62,6 +62,18 @@ pub(super) async fn lock_versions<'a>(
     projector: &str,
     ids: &[&'a str],
 ) -> Result<HashMap<&'a str, i64>, sqlx::Error> {
+    versions(tx, backend, projector, ids, true).await
+}
+
+/// Reads the applied versions of `ids` (absent: never applied), locking
+/// their rows on PostgreSQL when `lock`.
+pub(super) async fn versions<'a>(
+    tx: &mut AnyConnection,
+    backend: Backend,
+    projector: &str,
+    ids: &[&'a str],
+    lock: bool,
+) -> Result<HashMap<&'a str, i64>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -71,8 +83,9 @@ pub(super) async fn lock_versions<'a>(
     let sql = match backend {
         Backend::Postgres => format!(
             "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 \
-             AND aggregate_id = ANY(ARRAY({})) ORDER BY aggregate_id FOR UPDATE",
-            batch::keys(backend, 2)
+             AND aggregate_id = ANY(ARRAY({})) ORDER BY aggregate_id{}",
+            batch::keys(backend, 2),
+            if lock { " FOR UPDATE" } else { "" }
         ),
         Backend::Sqlite => format!(
             "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 \

@@ -4,7 +4,7 @@
 
 use super::order_saga::{SagaAnswer, SagaCommand};
 use cqrs_core::DomainError;
-use cqrs_sql::process::{BusError, CommandBus};
+use cqrs_sql::process::{BusError, CommandBus, KeyedLocks};
 use cqrs_sql::store::request_hash;
 use cqrs_sql::{
     execute, execute_cached, CommandError, CommandOptions, CommandOutcome, IdempotencyRecord,
@@ -32,6 +32,9 @@ pub struct SagaBus {
     /// all again. A state another writer made stale (stock added through
     /// the API) is caught at append and decided again on the stored one.
     pub stock_states: std::sync::Arc<StateCache<Stock>>,
+    /// One command at a time per SKU from this process: the saga's
+    /// concurrent reactions on a popular SKU queue instead of conflicting.
+    pub stock_turns: std::sync::Arc<KeyedLocks>,
 }
 
 impl SagaBus {
@@ -41,6 +44,7 @@ impl SagaBus {
             orders,
             inventory,
             stock_states: std::sync::Arc::new(StateCache::new(STOCK_STATES)),
+            stock_turns: std::sync::Arc::default(),
         }
     }
 }
@@ -100,6 +104,7 @@ impl SagaBus {
         key: String,
         saga: &SagaCommand,
     ) -> Result<SagaAnswer, BusError> {
+        let turn = self.stock_turns.lock(sku).await;
         let result = execute_cached(
             &self.inventory,
             Some(&*self.stock_states),
@@ -108,6 +113,7 @@ impl SagaBus {
             options(key, saga),
         )
         .await;
+        drop(turn);
         let outcome = match issued(result)? {
             Issued::Done(o) => o,
             Issued::Refused(code) => return Ok(SagaAnswer::Refused(code.to_owned())),

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub mod defaults {
     /// Connections per database pool.
     pub const POOL_SIZE: u32 = 16;
+    /// Orders whose saga reactions of one batch run at once.
+    pub const SAGA_CONCURRENCY: u16 = 32;
     /// SQLite's `synchronous` (survives process crashes).
     pub const SQLITE_SYNCHRONOUS: &str = "NORMAL";
     /// The events topic.
@@ -67,6 +69,9 @@ pub struct Config {
     pub sqlite_synchronous: String,
     /// Connections per pool.
     pub pool_size: u32,
+    /// Orders whose saga reactions of one batch run at once (1: one after
+    /// another).
+    pub saga_concurrency: usize,
     /// Kafka between the write and read sides; the embedded log when absent.
     pub kafka: Option<KafkaOptions>,
     /// What this process runs; all of them when empty.
@@ -167,6 +172,7 @@ impl Config {
             projector_delay: Duration::ZERO,
             sqlite_synchronous: defaults::SQLITE_SYNCHRONOUS.into(),
             pool_size: defaults::POOL_SIZE,
+            saga_concurrency: usize::from(defaults::SAGA_CONCURRENCY),
             kafka: None,
             roles: Vec::new(),
             trace_retention: Duration::from_secs(defaults::TRACE_RETENTION_SECS),

@@ -448,10 +448,10 @@ async fn start_saga(
 ) -> anyhow::Result<()> {
     use crate::saga::{OrderSaga, SagaBus, SAGA};
     let bus = SagaBus::new(store.clone(), inventory.clone());
-    let saga: Arc<dyn cqrs_sql::Projection> = Arc::new(cqrs_sql::process::ProcessProjection::<
-        OrderSaga,
-        _,
-    >::new(bus));
+    let saga: Arc<dyn cqrs_sql::Projection> = Arc::new(
+        cqrs_sql::process::ProcessProjection::<OrderSaga, _>::new(bus)
+            .with_concurrency(config.saga_concurrency),
+    );
     let runner = ProjectorRunner::new(
         read.clone(),
         ProjectorConfig {

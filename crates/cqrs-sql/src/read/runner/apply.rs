@@ -4,10 +4,10 @@
 
 use super::{BatchError, BatchReport, ProjectorRunner};
 use crate::batch::{self, Kind, Val};
-use crate::db::timestamp;
+use crate::db::{timestamp, Backend};
 use crate::read::classify::{classify, Fate, Known, Plan};
 use crate::read::dead_letters::{self, DeadLetterStatus};
-use crate::read::tables::{lock_versions, next_seq, notify_progress, write_checkpoints};
+use crate::read::tables::{lock_versions, next_seq, notify_progress, versions, write_checkpoints};
 use crate::read::{EventSource, ProjectionError, SourceKey, SourcedEvent};
 use cqrs_core::EventEnvelope;
 use sqlx::AnyConnection;
@@ -24,14 +24,11 @@ impl ProjectorRunner {
         per_event: bool,
     ) -> Result<(BatchReport, Vec<(SourceKey, i64)>), BatchError> {
         let mut report = BatchReport::default();
+        let ids = aggregate_ids(batch);
+        if !per_event && self.projections.iter().any(|p| p.acts_ahead()) {
+            self.act_ahead(batch, &ids).await?;
+        }
         let mut tx = self.db.begin_derived().await?;
-        let mut ids: Vec<&str> = batch
-            .iter()
-            .filter_map(|i| i.event.as_ref().ok())
-            .map(|e| e.aggregate_id.as_str())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
         let t = std::time::Instant::now();
         let stored = lock_versions(&mut tx, self.db.backend, &self.config.name, &ids).await?;
         tracing::trace!(
@@ -40,16 +37,7 @@ impl ProjectorRunner {
             "versions locked"
         );
         let parked = self.open_dead_letters(&mut tx, &ids).await?;
-        let plan = {
-            let empty = HashMap::new();
-            let poison = self.poison.lock();
-            let known = Known {
-                stored: &stored,
-                poison: poison.as_deref().unwrap_or(&empty),
-                parked: &parked,
-            };
-            classify(batch, known)
-        };
+        let plan = self.plan(batch, &stored, &parked);
         let now = timestamp(chrono::Utc::now());
         let to_apply = self
             .carry_out(
@@ -91,6 +79,64 @@ impl ProjectorRunner {
             .map(|(k, v)| (k.clone(), v))
             .collect();
         Ok((report, checkpoints))
+    }
+
+    /// What becomes of each record, given the versions and open dead
+    /// letters read.
+    fn plan<'b>(
+        &self,
+        batch: &'b [SourcedEvent],
+        stored: &HashMap<&str, i64>,
+        parked: &HashSet<String>,
+    ) -> Plan<'b> {
+        let empty = HashMap::new();
+        let poison = self.poison.lock();
+        let known = Known {
+            stored,
+            poison: poison.as_deref().unwrap_or(&empty),
+            parked,
+        };
+        classify(batch, known)
+    }
+
+    /// Lets the projections that act ahead ([`Projection::ahead`]) do so for
+    /// the records the batch will apply, as one snapshot of the read DB
+    /// sees them: no read-DB lock is held meanwhile. The transaction that
+    /// follows classifies again under its locks; a projection redoes what
+    /// changed in between.
+    async fn act_ahead(&self, batch: &[SourcedEvent], ids: &[&str]) -> Result<(), BatchError> {
+        let t = std::time::Instant::now();
+        let mut snapshot = self.db.begin_snapshot().await?;
+        let stored = versions(
+            &mut snapshot,
+            self.db.backend,
+            &self.config.name,
+            ids,
+            false,
+        )
+        .await?;
+        let parked = self.open_dead_letters(&mut snapshot, ids).await?;
+        let plan = self.plan(batch, &stored, &parked);
+        let events: Vec<&EventEnvelope> = batch
+            .iter()
+            .zip(&plan.fates)
+            .filter_map(|(item, fate)| match (fate, &item.event) {
+                (Fate::Apply, Ok(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        for p in self.projections.iter().filter(|p| p.acts_ahead()) {
+            p.ahead(&mut snapshot, &events)
+                .await
+                .map_err(|error| BatchError { index: None, error })?;
+        }
+        snapshot.rollback().await?;
+        tracing::trace!(
+            events = events.len(),
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "acted ahead"
+        );
+        Ok(())
     }
 
     /// After a batch commits: its parked aggregates remembered, waiters on
@@ -287,71 +333,117 @@ impl ProjectorRunner {
         stored: &HashMap<&str, i64>,
         now: &str,
     ) -> Result<(), sqlx::Error> {
-        let mut last: HashMap<&str, (&SourcedEvent, &EventEnvelope)> = HashMap::new();
-        for (item, e) in applied {
-            last.insert(e.aggregate_id.as_str(), (item, e));
-        }
         self.record_traces(tx, applied, now).await?;
-        if last.is_empty() {
+        let (mut old, mut new) = version_rows(applied, stored);
+        if old.is_empty() && new.is_empty() {
             return Ok(());
         }
-        let (mut old, mut new): (Vec<Vec<Val>>, Vec<Vec<Val>>) = (Vec::new(), Vec::new());
-        for (id, (item, e)) in last {
-            let row = vec![
-                Val::Text(e.aggregate_id.clone()),
-                Val::Int(e.version),
-                Val::Int(e.position),
-                Val::Text(item.published_as.clone()),
-                Val::Text(timestamp(item.consumed_at)),
-            ];
-            if stored.contains_key(id) {
-                old.push(row);
-            } else {
-                new.push(row);
-            }
-        }
         let seq = next_seq(tx, &self.config.name).await?;
-        let source = batch::rows(
-            batch::backend_of(tx),
-            4,
-            &[
-                ("aggregate_id", Kind::Text),
-                ("version", Kind::Int),
-                ("position", Kind::Int),
-                ("published_as", Kind::Text),
-                ("consumed_at", Kind::Text),
-            ],
-        );
-        if !old.is_empty() {
-            let sql = format!(
-                "UPDATE projected_versions SET version = v.version, position = v.position, \
-                 published_as = v.published_as, consumed_at = v.consumed_at, applied_at = $1, seq = $3 \
-                 FROM ({source}) AS v \
-                 WHERE projected_versions.projector = $2 AND projected_versions.aggregate_id = v.aggregate_id"
-            );
-            sqlx::query(&sql)
-                .bind(now)
-                .bind(&self.config.name)
-                .bind(seq)
-                .bind(batch::rows_json(&old)?)
-                .execute(&mut *tx)
-                .await?;
+        let stamp = (now, self.config.name.as_str(), seq);
+        if batch::backend_of(tx) == Backend::Sqlite {
+            // SQLite plans `UPDATE … FROM` as a walk over all of the
+            // projector's rows for each row of the batch (70 ms a batch at
+            // a few thousand aggregates); an upsert is driven by the batch's
+            // rows, each found by its key. SQLite has one writer, so there is
+            // no concurrent insert of a new aggregate to fail on.
+            old.append(&mut new);
+            return write_versions(tx, VERSIONS_UPSERT, stamp, &old).await;
         }
-        if !new.is_empty() {
-            let sql = format!(
-                "INSERT INTO projected_versions \
-                 (aggregate_id, version, position, published_as, consumed_at, applied_at, projector, seq) \
-                 SELECT v.aggregate_id, v.version, v.position, v.published_as, v.consumed_at, $1, $2, $3 \
-                 FROM ({source}) AS v"
-            );
-            sqlx::query(&sql)
-                .bind(now)
-                .bind(&self.config.name)
-                .bind(seq)
-                .bind(batch::rows_json(&new)?)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
+        write_versions(tx, VERSIONS_UPDATE, stamp, &old).await?;
+        write_versions(tx, VERSIONS_INSERT, stamp, &new).await
     }
+}
+
+/// The version rows of the batch's last event per aggregate: those stored
+/// before, and the new ones.
+fn version_rows(
+    applied: &[(&SourcedEvent, &EventEnvelope)],
+    stored: &HashMap<&str, i64>,
+) -> (Vec<Vec<Val>>, Vec<Vec<Val>>) {
+    let mut last: HashMap<&str, (&SourcedEvent, &EventEnvelope)> = HashMap::new();
+    for (item, e) in applied {
+        last.insert(e.aggregate_id.as_str(), (item, e));
+    }
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    for (id, (item, e)) in last {
+        let row = vec![
+            Val::Text(e.aggregate_id.clone()),
+            Val::Int(e.version),
+            Val::Int(e.position),
+            Val::Text(item.published_as.clone()),
+            Val::Text(timestamp(item.consumed_at)),
+        ];
+        if stored.contains_key(id) {
+            old.push(row);
+        } else {
+            new.push(row);
+        }
+    }
+    (old, new)
+}
+
+/// Rows stored before get their new version ($1 applied at, $2 projector,
+/// $3 seq, $4 the rows).
+const VERSIONS_UPDATE: &str = "UPDATE projected_versions SET version = v.version, \
+    position = v.position, published_as = v.published_as, consumed_at = v.consumed_at, \
+    applied_at = $1, seq = $3 FROM ({source}) AS v \
+    WHERE projected_versions.projector = $2 AND projected_versions.aggregate_id = v.aggregate_id";
+
+/// New rows (parameters as [`VERSIONS_UPDATE`]).
+const VERSIONS_INSERT: &str = "INSERT INTO projected_versions \
+    (aggregate_id, version, position, published_as, consumed_at, applied_at, projector, seq) \
+    SELECT v.aggregate_id, v.version, v.position, v.published_as, v.consumed_at, $1, $2, $3 \
+    FROM ({source}) AS v";
+
+/// Either (parameters as [`VERSIONS_UPDATE`]).
+const VERSIONS_UPSERT: &str = "INSERT INTO projected_versions \
+    (aggregate_id, version, position, published_as, consumed_at, applied_at, projector, seq) \
+    SELECT v.aggregate_id, v.version, v.position, v.published_as, v.consumed_at, $1, $2, $3 \
+    FROM ({source}) AS v WHERE true ON CONFLICT (projector, aggregate_id) DO UPDATE SET \
+    version = excluded.version, position = excluded.position, \
+    published_as = excluded.published_as, consumed_at = excluded.consumed_at, \
+    applied_at = excluded.applied_at, seq = excluded.seq";
+
+/// Runs one of the version statements over `rows` (none: nothing to do),
+/// stamped (applied at, projector, seq).
+async fn write_versions(
+    tx: &mut AnyConnection,
+    statement: &str,
+    (now, projector, seq): (&str, &str, i64),
+    rows: &[Vec<Val>],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let source = batch::rows(
+        batch::backend_of(tx),
+        4,
+        &[
+            ("aggregate_id", Kind::Text),
+            ("version", Kind::Int),
+            ("position", Kind::Int),
+            ("published_as", Kind::Text),
+            ("consumed_at", Kind::Text),
+        ],
+    );
+    sqlx::query(&statement.replace("{source}", &source))
+        .bind(now)
+        .bind(projector)
+        .bind(seq)
+        .bind(batch::rows_json(rows)?)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The batch's aggregates, each once, sorted (the order rows are locked in).
+fn aggregate_ids(batch: &[SourcedEvent]) -> Vec<&str> {
+    let mut ids: Vec<&str> = batch
+        .iter()
+        .filter_map(|i| i.event.as_ref().ok())
+        .map(|e| e.aggregate_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }

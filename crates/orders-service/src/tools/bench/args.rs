@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// of a command or a query grows with history.
     #[arg(long)]
     pub store_events: Option<i64>,
+    /// Orders whose saga reactions of one batch run at once (as `serve`).
+    #[arg(long, env = "ORDERS_SAGA_CONCURRENCY", default_value_t = crate::server::config::defaults::SAGA_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub saga_concurrency: u16,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,

@@ -34,8 +34,13 @@ async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<f
     cps
 }
 
-async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Result<BackendResult> {
+async fn bench_one(
+    name: &str,
+    mut config: Config,
+    args: &BenchArgs,
+) -> anyhow::Result<BackendResult> {
     eprintln!("== {name}");
+    config.saga_concurrency = usize::from(args.saga_concurrency);
     let write_only = write_side_alone(&config, args).await?;
     let served = Served::start(&config).await?;
     let (running, base) = (&served.running, served.base.as_str());
@@ -52,7 +57,7 @@ async fn bench_one(name: &str, config: Config, args: &BenchArgs) -> anyhow::Resu
         let create_pay = peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
         caught_up(running).await?;
         let (lat, achieved) = latency(base, args.commands, args.rate).await?;
-        let saga = saga::create_to_reserved(running, base, args.commands, args.rate).await?;
+        let saga = saga::phases(running, base, args.commands, args.rate).await?;
         let ids = some_order_ids(running).await?;
         let (reads, reads_us) =
             pg::get_throughput(base, ids, args.commands, args.concurrency).await?;

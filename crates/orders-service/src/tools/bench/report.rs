@@ -58,6 +58,7 @@ pub(crate) fn report(
     }
     let mut saga = table(vec![
         "backend",
+        "SKUs",
         "saga orders",
         "offered/s",
         "create -> stock reserved p50 ms",
@@ -66,15 +67,18 @@ pub(crate) fn report(
         "errors",
     ]);
     for r in results {
-        saga.add_row(vec![
-            r.backend.clone(),
-            r.saga.orders.to_string(),
-            format!("{:.0}", r.offered_rate),
-            ms(r.saga.create_to_reserved_us.p50),
-            ms(r.saga.create_to_reserved_us.p99),
-            ms(r.saga.create_to_reserved_us.max),
-            r.saga.errors.to_string(),
-        ]);
+        for phase in &r.saga {
+            saga.add_row(vec![
+                r.backend.clone(),
+                phase.skus.to_string(),
+                phase.orders.to_string(),
+                format!("{:.0}", r.offered_rate),
+                ms(phase.create_to_reserved_us.p50),
+                ms(phase.create_to_reserved_us.p99),
+                ms(phase.create_to_reserved_us.max),
+                phase.errors.to_string(),
+            ]);
+        }
     }
     println!("{writes}");
     println!("{baselines}");

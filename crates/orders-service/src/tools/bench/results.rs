@@ -30,8 +30,9 @@ pub struct BackendResult {
     pub(crate) command_us: Percentiles,
     pub(crate) command_to_queryable_us: Percentiles,
     pub(crate) errors: usize,
-    /// Create -> stock reserved by the order saga, at the offered rate.
-    pub(crate) saga: super::saga::SagaLatency,
+    /// Create -> stock reserved by the order saga, at the offered rate, on
+    /// one SKU and spread over many.
+    pub(crate) saga: Vec<super::saga::SagaLatency>,
     /// The open-loop sweep, when asked for.
     pub(crate) sweep: Option<super::sweep::Sweep>,
 }

@@ -1,6 +1,8 @@
-//! The saga's latency: orders of a tracked SKU offered at a fixed rate,
+//! The saga's latency: orders of tracked SKUs offered at a fixed rate,
 //! each timed from its intended send to the commit of the order's
-//! `StockReserved` (the saga's last word, in the write DB).
+//! `StockReserved` (the saga's last word, in the write DB). Run on one hot
+//! SKU (every reservation on one aggregate, one commit after another) and
+//! spread over many (reservations side by side).
 
 use super::load::{bar, Percentiles};
 use crate::server::Running;
@@ -11,12 +13,19 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use std::time::Duration;
 
-/// The SKU the phase orders (stocked first).
-const SKU: &str = "bench-stocked";
+/// The SKUs the phases order from, one and many.
+pub(crate) const SPREADS: [usize; 2] = [1, 100];
 
-/// What the saga phase measured.
+/// The `k`th SKU of a phase over `skus` (stocked first).
+fn sku(skus: usize, k: usize) -> String {
+    format!("bench-{skus}-{k}")
+}
+
+/// What one saga phase measured.
 #[derive(Debug, serde::Serialize)]
 pub struct SagaLatency {
+    /// The SKUs the orders were spread over (order i takes SKU i mod skus).
+    pub(crate) skus: usize,
     /// Orders offered and settled.
     pub(crate) orders: usize,
     /// From the intended send to the order's `StockReserved` commit.
@@ -25,23 +34,45 @@ pub struct SagaLatency {
     pub(crate) errors: usize,
 }
 
-/// `n` creates of one stocked unit each, offered at `rate`/s.
-pub(crate) async fn create_to_reserved(
+/// Every phase of [`SPREADS`], one after another.
+pub(crate) async fn phases(
     running: &Running,
     base: &str,
     n: usize,
     rate: f64,
+) -> anyhow::Result<Vec<SagaLatency>> {
+    let mut out = Vec::with_capacity(SPREADS.len());
+    for skus in SPREADS {
+        out.push(create_to_reserved(running, base, n, rate, skus).await?);
+    }
+    Ok(out)
+}
+
+/// `n` creates of one stocked unit each, spread over `skus` SKUs, offered
+/// at `rate`/s.
+async fn create_to_reserved(
+    running: &Running,
+    base: &str,
+    n: usize,
+    rate: f64,
+    skus: usize,
 ) -> anyhow::Result<SagaLatency> {
     let http = reqwest::Client::new();
-    let stocked = http
-        .post(format!("{base}/inventory/{SKU}/stock"))
-        .json(&json!({ "quantity": (n as i64 + 1).min(1_000_000) }))
-        .send()
-        .await?;
-    if !stocked.status().is_success() {
-        bail!("stock answered {}", stocked.status());
+    let each = (n / skus + 1).min(1_000_000) as i64;
+    for k in 0..skus {
+        let stocked = http
+            .post(format!("{base}/inventory/{}/stock", sku(skus, k)))
+            .json(&json!({ "quantity": each }))
+            .send()
+            .await?;
+        if !stocked.status().is_success() {
+            bail!("stock answered {}", stocked.status());
+        }
     }
-    let pb = bar(n, &format!("saga latency (open loop, {rate}/s)"));
+    let pb = bar(
+        n,
+        &format!("saga latency over {skus} SKU(s) (open loop, {rate}/s)"),
+    );
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let wall_start = Utc::now() + chrono::Duration::milliseconds(50);
     let mut tasks = Vec::with_capacity(n);
@@ -51,7 +82,7 @@ pub(crate) async fn create_to_reserved(
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + offset).await;
             let body = json!({ "customer_id": format!("saga-{}", i % 97),
-                "items": [{ "sku": SKU, "quantity": 1, "unit_price_cents": 100 }] });
+                "items": [{ "sku": sku(skus, i % skus), "quantity": 1, "unit_price_cents": 100 }] });
             let r = async {
                 let res = http
                     .post(format!("{base}/orders"))
@@ -88,6 +119,7 @@ pub(crate) async fn create_to_reserved(
         }
     }
     Ok(SagaLatency {
+        skus,
         orders: sent.len(),
         create_to_reserved_us: Percentiles::from(&hist),
         errors,
