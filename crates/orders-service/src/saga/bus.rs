@@ -104,7 +104,9 @@ impl SagaBus {
         key: String,
         saga: &SagaCommand,
     ) -> Result<SagaAnswer, BusError> {
+        let asked = std::time::Instant::now();
         let turn = self.stock_turns.lock(sku).await;
+        let waited = asked.elapsed();
         let result = execute_cached(
             &self.inventory,
             Some(&*self.stock_states),
@@ -114,6 +116,12 @@ impl SagaBus {
         )
         .await;
         drop(turn);
+        tracing::trace!(
+            sku,
+            waited_us = waited.as_micros() as u64,
+            executed_us = (asked.elapsed() - waited).as_micros() as u64,
+            "saga stock command"
+        );
         let outcome = match issued(result)? {
             Issued::Done(o) => o,
             Issued::Refused(code) => return Ok(SagaAnswer::Refused(code.to_owned())),
