@@ -42,6 +42,27 @@ struct Told {
     cancelled: Arc<Mutex<HashSet<String>>>,
 }
 
+impl Told {
+    /// Accepted orders not cancelled by their client.
+    fn not_cancelled(&self) -> Vec<String> {
+        let accepted = self.accepted.lock().unwrap();
+        let cancelled = self.cancelled.lock().unwrap();
+        accepted
+            .keys()
+            .filter(|id| !cancelled.contains(*id))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Whether the order reads back reserved and not cancelled (None: the
+/// server did not answer).
+async fn reads_reserved(http: &reqwest::Client, base: &str, id: &str) -> Option<bool> {
+    let r = http.get(format!("{base}/orders/{id}")).send().await.ok()?;
+    let o: serde_json::Value = r.json().await.unwrap_or_default();
+    Some(o["stock"] == "reserved" && o["status"] != "cancelled")
+}
+
 /// The lines of a client's `i`th order, in SKU order (as the order keeps
 /// them): 1-3 widgets, and every other order 1-2 gadgets too.
 fn lines_of(c: usize, i: i64) -> Lines {
@@ -102,16 +123,18 @@ fn drive(
     (told, tasks)
 }
 
-/// Cancels `id` as its client; a cancel answered 200 is recorded.
-async fn cancel(http: &reqwest::Client, base: &str, id: &str, told: &Told) {
+/// Cancels `id` as its client; a cancel answered 200 is recorded (true).
+async fn cancel(http: &reqwest::Client, base: &str, id: &str, told: &Told) -> bool {
     let answer = http
         .post(format!("{base}/orders/{id}/cancel"))
         .json(&json!({ "reason": CLIENT_REASON }))
         .send()
         .await;
-    if answer.is_ok_and(|r| r.status() == 200) {
+    let done = answer.is_ok_and(|r| r.status() == 200);
+    if done {
         told.cancelled.lock().unwrap().insert(id.to_owned());
     }
+    done
 }
 
 /// Until told to stop, every 50 ms: cancel one accepted order that reads
@@ -126,23 +149,14 @@ fn cancel_reserved(
         let http = reqwest::Client::new();
         while !*stop.borrow() {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let candidates: Vec<String> = {
-                let accepted = told.accepted.lock().unwrap();
-                let cancelled = told.cancelled.lock().unwrap();
-                accepted
-                    .keys()
-                    .filter(|id| !cancelled.contains(*id))
-                    .cloned()
-                    .collect()
-            };
-            for id in candidates.iter().take(40) {
-                let Ok(r) = http.get(format!("{base}/orders/{id}")).send().await else {
-                    break;
-                };
-                let o: serde_json::Value = r.json().await.unwrap_or_default();
-                if o["stock"] == "reserved" && o["status"] != "cancelled" {
-                    cancel(&http, &base, id, &told).await;
-                    break;
+            for id in told.not_cancelled().iter().take(40) {
+                match reads_reserved(&http, &base, id).await {
+                    None => break,
+                    Some(true) => {
+                        cancel(&http, &base, id, &told).await;
+                        break;
+                    }
+                    Some(false) => {}
                 }
             }
         }
@@ -161,22 +175,10 @@ async fn cancel_reserved_now(base: &str, told: &Told, n: usize, procs: &mut [&mu
             "no order read back reserved\n{}",
             common::logs_of(procs)
         );
-        let candidates: Vec<String> = {
-            let accepted = told.accepted.lock().unwrap();
-            let cancelled = told.cancelled.lock().unwrap();
-            accepted
-                .keys()
-                .filter(|id| !cancelled.contains(*id))
-                .cloned()
-                .collect()
-        };
-        for id in candidates {
-            let Ok(r) = http.get(format!("{base}/orders/{id}")).send().await else {
-                continue;
-            };
-            let o: serde_json::Value = r.json().await.unwrap_or_default();
-            if o["stock"] == "reserved" && o["status"] != "cancelled" {
-                cancel(&http, base, &id, told).await;
+        for id in told.not_cancelled() {
+            if reads_reserved(&http, base, &id).await == Some(true)
+                && cancel(&http, base, &id, told).await
+            {
                 done += 1;
                 if done == n {
                     break;
