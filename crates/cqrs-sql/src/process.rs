@@ -220,7 +220,7 @@ impl<P: ProcessManager, B: CommandBus<P::Command, P::Answer>> ProcessProjection<
         &self,
         share: Share<'e, P::State>,
     ) -> Result<Share<'e, P::State>, ProjectionError> {
-        let mut state = share.state.clone();
+        let mut state = share.state;
         for e in &share.events {
             state = self.react(state, e).await?;
         }
