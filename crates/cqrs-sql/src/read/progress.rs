@@ -255,9 +255,14 @@ impl ReadProgress {
                 .bind(&self.inner.projector)
                 .bind(cursor.seq)
                 .bind(FOLLOW_PAGE),
+                // A row-value comparison, which both databases turn into a
+                // range of the (projector, seq, aggregate_id) index. Written
+                // as `seq > $2 OR (seq = $2 AND …)`, PostgreSQL 15 filtered
+                // every one of the projector's rows from the index's start
+                // (20 ms at 100,000 rows, on every wake-up).
                 Some(id) => sqlx::query_as::<_, (String, i64, i64)>(
                     "SELECT aggregate_id, version, seq FROM projected_versions \
-                     WHERE projector = $1 AND (seq > $2 OR (seq = $2 AND aggregate_id > $3)) \
+                     WHERE projector = $1 AND (seq, aggregate_id) > ($2, $3) \
                      ORDER BY seq, aggregate_id LIMIT $4",
                 )
                 .bind(&self.inner.projector)
