@@ -25,6 +25,30 @@ pub(crate) fn report(
     peer: Option<&super::peer::Peer>,
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
+    let (writes, baselines) = write_tables(results);
+    println!("{writes}");
+    println!("{baselines}");
+    println!("{}", saga_table(results));
+    if let Some(peer) = peer {
+        println!("{}", peer_table(results, peer));
+    }
+    if results.iter().any(|r| r.history.is_some()) {
+        println!("{}", history_table(results));
+    }
+    for r in results {
+        if let Some(sweep) = &r.sweep {
+            print_sweep(&r.backend, sweep);
+        }
+    }
+    println!(
+        "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
+        args.commands, args.concurrency
+    );
+    write_files(results, peer, args)
+}
+
+/// Each backend's write side and latency, and its like-for-like baselines.
+fn write_tables(results: &[BackendResult]) -> (comfy_table::Table, comfy_table::Table) {
     let mut writes = table(vec![
         "backend",
         "cmd/s",
@@ -56,6 +80,11 @@ pub(crate) fn report(
         writes.add_row(write_row(r));
         baselines.add_row(baseline_row(r));
     }
+    (writes, baselines)
+}
+
+/// Each backend's saga phases: create -> stock reserved per SKU spread.
+fn saga_table(results: &[BackendResult]) -> comfy_table::Table {
     let mut saga = table(vec![
         "backend",
         "SKUs",
@@ -80,24 +109,15 @@ pub(crate) fn report(
             ]);
         }
     }
-    println!("{writes}");
-    println!("{baselines}");
-    println!("{saga}");
-    if let Some(peer) = peer {
-        println!("{}", peer_table(results, peer));
-    }
-    if results.iter().any(|r| r.history.is_some()) {
-        println!("{}", history_table(results));
-    }
-    for r in results {
-        if let Some(sweep) = &r.sweep {
-            print_sweep(&r.backend, sweep);
-        }
-    }
-    println!(
-        "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
-        args.commands, args.concurrency
-    );
+    saga
+}
+
+/// Writes the JSON results under `--out`, and the plot when there was a sweep.
+fn write_files(
+    results: &[BackendResult],
+    peer: Option<&super::peer::Peer>,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let file = args.out.join(format!("bench-{stamp}.json"));
