@@ -3,6 +3,8 @@
 //! commands of each order. (Its binary is also what `orders bench` runs, so
 //! this test is what makes cargo build it for the workspace's tests.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

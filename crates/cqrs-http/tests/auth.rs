@@ -1,6 +1,8 @@
 //! Bearer tokens as a client presents them: every way a token can be wrong
 //! is refused with its reason, and the reason never quotes the token.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use axum::http::{header, HeaderMap, HeaderValue};
 use cqrs_http::auth::{mint_hs256, AuthError, Caller, JwtOptions, JwtVerifier, Mint, Secret};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

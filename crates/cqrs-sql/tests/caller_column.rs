@@ -2,6 +2,8 @@
 //! too: opening such a store adds the column, old events read back without
 //! a caller, new ones with theirs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use cqrs_core::{EventMetadata, NewEvent};
 use cqrs_sql::{AppendRequest, Db, EventStore, SqlEventStore};
 

@@ -2,6 +2,8 @@
 //! SQLite and PostgreSQL: what it writes must read back as ordinary,
 //! already published events, and appends after it must work as before.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use cqrs_core::{EventMetadata, NewEvent};
 use cqrs_sql::store::GeneratedHistory;
 use cqrs_sql::{AppendRequest, EventStore, SqlEventStore, StoreError};

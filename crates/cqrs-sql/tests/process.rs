@@ -5,6 +5,8 @@
 //! what was reacted ahead of the transaction is kept where the instance did
 //! not move meanwhile, and done again where it did.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use cqrs_core::{EventEnvelope, EventMetadata};
 use cqrs_sql::migrate::{migrate, Component};
 use cqrs_sql::process::{

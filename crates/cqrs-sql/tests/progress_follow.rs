@@ -4,6 +4,8 @@
 //! next page must go on after the last aggregate read, neither skipping
 //! nor stalling, on SQLite and PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use cqrs_core::ConsistencyToken;
 use cqrs_sql::read::{ReadProgress, WaitOutcome, CHECKPOINT_SCHEMA};
 use cqrs_sql::{batch, Db};

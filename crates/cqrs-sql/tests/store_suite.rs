@@ -2,6 +2,8 @@
 //! PostgreSQL. A tiny "ticket" aggregate defined here shows the framework
 //! needs nothing from the Orders domain.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use cqrs_core::{Aggregate, DomainError, DomainEvent, ErrorKind, EventMetadata, NewEvent};
 use cqrs_sql::store::request_hash;
 use cqrs_sql::{

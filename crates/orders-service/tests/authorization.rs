@@ -1,6 +1,8 @@
 //! Who may do what, through the real server with authentication on: every
 //! route for every role, anonymous callers and every kind of bad token.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::spawn_with;

@@ -1,5 +1,7 @@
 //! A table of bad requests and the documented 4xx answers; none may write.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::spawn_app;

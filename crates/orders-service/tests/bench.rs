@@ -2,6 +2,8 @@
 //! PostgreSQL, with the cqrs-es baseline, the sweep and imported history;
 //! every figure the report promises is in the JSON, and the plot is written.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use serde_json::Value;
 use std::process::Command;
 

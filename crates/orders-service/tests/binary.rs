@@ -1,5 +1,7 @@
 //! The real `orders` binary: serve, answer as a client expects, drain on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 //! README's screenshots into docs/, once with authentication on and a token
 //! typed into the page.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, wait_healthy, Proc};

@@ -1,6 +1,8 @@
 //! Property: after any sequence of commands, every read model equals the
 //! fold of the write-side events (DESIGN invariant 6).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use cqrs_sql::{execute, CommandOptions, EventStore};
 use orders::read_model::load_views;
 use orders::views::Views;

@@ -5,6 +5,8 @@
 //! read model still equals the fold of the log. Stored events are never
 //! rewritten.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use cqrs_core::{ConsistencyToken, EventMetadata, NewEvent};

@@ -9,6 +9,8 @@
 //! commands accepted during the fault, the time to recover and the time to
 //! drain the lag.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, wait_healthy, Cluster, Proc};

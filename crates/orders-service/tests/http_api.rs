@@ -1,5 +1,7 @@
 //! The HTTP contract, through a real server on a free port.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{order_body, spawn_app};

@@ -3,6 +3,8 @@
 //! its own topic), read-your-writes with its tokens, idempotent stock
 //! commands, and clear refusals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use serde_json::{json, Value};

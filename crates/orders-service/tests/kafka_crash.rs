@@ -1,6 +1,8 @@
 //! Crash tests with real processes: API, relay and projector apart, over a
 //! real Kafka broker and PostgreSQL; relay and projector die by kill -9.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, random_count, wait_healthy, Cluster};

@@ -1,5 +1,7 @@
 //! Poison records and clients that are not ours, on a real broker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{order_body, spawn_kafka_app};

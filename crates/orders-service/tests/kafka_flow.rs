@@ -1,5 +1,7 @@
 //! The CQRS flow through a real Apache Kafka broker, over HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{order_body, spawn_kafka_app};

@@ -1,6 +1,8 @@
 //! Two hundred open live pages on a 100k-event store cost the server what one
 //! does: point reads stay fast while every page streams views and progress.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, wait_healthy, Proc};

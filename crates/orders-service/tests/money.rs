@@ -2,6 +2,8 @@
 //! databases, `/stats` keeps answering, and a read model written by a version
 //! that stored sums in one BIGINT is carried over exactly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{spawn_app, TestApp};

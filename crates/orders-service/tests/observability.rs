@@ -1,5 +1,7 @@
 //! Metrics and readiness, scraped as Prometheus and a load balancer would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, spawn_kafka_app, wait_healthy, Cluster};

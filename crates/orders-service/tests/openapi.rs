@@ -1,6 +1,8 @@
 //! The OpenAPI document and the router agree: every documented route is
 //! served, and every served route is documented.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::spawn_app;

@@ -3,6 +3,8 @@
 //! clients that write through one API and read each write back through
 //! either, presenting its consistency token.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, wait_healthy, Cluster};

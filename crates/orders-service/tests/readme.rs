@@ -2,6 +2,8 @@
 //! order, against a fresh server (its port put where the README says 8080),
 //! with curl failing on any 4xx or 5xx answer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, wait_healthy, Proc};

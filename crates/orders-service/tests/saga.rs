@@ -4,6 +4,8 @@
 //! cancelled orders give their stock back, and untracked orders are as they
 //! always were.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use serde_json::{json, Value};

@@ -11,6 +11,8 @@
 //! orders, order by order: no double reservation, and no lost release
 //! (after an out-of-stock second line, and after a client's cancel).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, random_count, wait_healthy, Cluster, Proc};

@@ -4,6 +4,8 @@
 //! SASL_SSL (SCRAM-SHA-512). A command goes the whole way, and no credential
 //! shows up in the logs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, Proc};

@@ -2,6 +2,8 @@
 //! bodies, oversize declarations, more connections than descriptors, and a
 //! SIGTERM while live streams and waits are open. Defaults are what is tested.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use common::{free_port, wait_healthy, Proc};

@@ -4,6 +4,8 @@
 //! fold of the log; a process told not to migrate refuses until
 //! `orders migrate` has run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 mod common;
 
 use cqrs_sql::{Db, DbOptions};

@@ -168,7 +168,8 @@ pub struct CancelOrder {
 #[strum_discriminants(
     name(CommandKind),
     derive(strum::Display, strum::IntoStaticStr),
-    strum(serialize_all = "lowercase")
+    strum(serialize_all = "lowercase"),
+    doc = "Which command an [`OrderCommand`] is, without its fields: its verb in refusals."
 )]
 pub enum OrderCommand {
     /// Create a new order.

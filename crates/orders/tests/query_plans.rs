@@ -1,6 +1,8 @@
 //! Every filter combination of `GET /orders` is served by an index, with no
 //! sort, on both databases (the plans are read from the databases).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use cqrs_sql::Db;
 use orders::read_model::{bind_list_filter, list_orders_sql, projections, OrderFilter};
 use orders::Status;

@@ -2,6 +2,10 @@
 //! PostgreSQL database on the server that `scripts/services` starts.
 //! A missing PostgreSQL is a failure, never a skip.
 
+// Only tests use this crate: a setup that cannot be made panics, which is
+// how a test fails.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 pub mod kafka;
 pub mod postgres;
 pub mod proxy;
@@ -12,7 +16,7 @@ use tempfile::TempDir;
 /// The admin URL of the test PostgreSQL server.
 pub fn postgres_admin_url() -> String {
     std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:55432/postgres".into())
 }
 
 /// A new, empty PostgreSQL database; returns its URL.
@@ -53,10 +57,10 @@ pub async fn fresh_sqlite() -> (Db, TempDir) {
     (db, dir)
 }
 
-/// The test Kafka broker (`TEST_KAFKA_BROKERS`, default 127.0.0.1:9092);
+/// The test Kafka broker (`TEST_KAFKA_BROKERS`, default 127.0.0.1:19092, the broker of `scripts/services`);
 /// panics when nothing answers there.
 pub fn kafka_brokers() -> String {
-    let brokers = std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let brokers = std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
     let first = brokers.split(',').next().unwrap_or_default().to_owned();
     if let Err(e) = std::net::TcpStream::connect(&first) {
         panic!(

@@ -1,4 +1,6 @@
 //! Shared helpers: an instance served on a free port, talked to over HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 #![allow(dead_code)]
 
 use orders_service::{Config, Running};
