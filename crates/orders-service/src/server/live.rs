@@ -81,6 +81,9 @@ impl LiveFeed {
 }
 
 async fn render(read: &Db) -> Option<Arc<str>> {
+    // Counted, so that it shows that open pages do not multiply the
+    // database's work.
+    metrics::counter!("orders_live_view_renders_total").increment(1);
     let stats = read_model::stats(&read.pool)
         .await
         .inspect_err(|e| tracing::warn!(error = %e, "live view: stats unavailable"))
