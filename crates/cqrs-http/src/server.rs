@@ -42,13 +42,23 @@ pub struct ServerLimits {
     pub shutdown_timeout: Duration,
 }
 
+/// The defaults of [`ServerLimits`], in the units a flag takes.
+pub mod defaults {
+    /// Seconds for a complete request head.
+    pub const HEADER_TIMEOUT_SECS: u64 = 10;
+    /// Seconds for a complete request body.
+    pub const BODY_TIMEOUT_SECS: u64 = 10;
+    /// Open connections at most.
+    pub const MAX_CONNECTIONS: usize = 1024;
+}
+
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(defaults::HEADER_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(defaults::BODY_TIMEOUT_SECS),
             max_body_bytes: crate::MAX_BODY_BYTES,
-            max_connections: 1024,
+            max_connections: defaults::MAX_CONNECTIONS,
             shutdown_timeout: Duration::from_secs(8),
         }
     }

@@ -27,12 +27,17 @@ pub struct KafkaConfig {
     pub properties: KafkaProperties,
 }
 
-/// librdkafka properties passed through. `Debug` shows the keys and hides
-/// the values of credentials (anything named like a password, secret or key).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct KafkaProperties(pub Vec<(String, String)>);
+/// One librdkafka property, `KEY=VALUE`. `Debug` shows the key and hides
+/// the value of a credential (anything named like a password, secret or key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    /// The librdkafka key, e.g. `sasl.username`.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+}
 
-impl KafkaProperties {
+impl KafkaProperty {
     /// Whether `key` names a credential whose value must not be shown.
     pub fn is_secret(key: &str) -> bool {
         ["password", "secret", "key", "jaas", "token"]
@@ -41,26 +46,43 @@ impl KafkaProperties {
     }
 
     /// Parses `key=value` (the value may contain `=`).
-    pub fn parse_one(s: &str) -> Result<(String, String), String> {
+    pub fn parse(s: &str) -> Result<KafkaProperty, String> {
         match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            Some((k, v)) if !k.trim().is_empty() => Ok(KafkaProperty {
+                key: k.trim().to_owned(),
+                value: v.to_owned(),
+            }),
             // The text itself is not quoted: it may hold a credential.
             _ => Err("a Kafka property is key=value (this one has no key or no '=')".into()),
         }
     }
 }
 
-impl std::fmt::Debug for KafkaProperties {
+impl std::fmt::Debug for KafkaProperty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut m = f.debug_map();
-        for (k, v) in &self.0 {
-            if Self::is_secret(k) {
-                m.entry(k, &"(redacted)");
-            } else {
-                m.entry(k, v);
-            }
+        if Self::is_secret(&self.key) {
+            write!(f, "{}=(redacted)", self.key)
+        } else {
+            write!(f, "{}={}", self.key, self.value)
         }
-        m.finish()
+    }
+}
+
+/// librdkafka properties passed through to every client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub Vec<KafkaProperty>);
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for KafkaProperties {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        KafkaProperties(
+            pairs
+                .into_iter()
+                .map(|(k, v)| KafkaProperty {
+                    key: k.into(),
+                    value: v.into(),
+                })
+                .collect(),
+        )
     }
 }
 
@@ -77,8 +99,8 @@ impl KafkaConfig {
             .set("socket.nagle.disable", "true")
             .set("reconnect.backoff.ms", "100")
             .set("reconnect.backoff.max.ms", "1000");
-        for (k, v) in &self.properties.0 {
-            c.set(k, v);
+        for p in &self.properties.0 {
+            c.set(&p.key, &p.value);
         }
         c
     }

@@ -68,11 +68,19 @@ pub struct DbOptions {
     pub create_missing: bool,
 }
 
+/// The defaults of [`DbOptions`], for flags that set them.
+pub mod defaults {
+    /// Connections per pool.
+    pub const MAX_CONNECTIONS: u32 = 16;
+    /// SQLite's `synchronous`: survives a process crash.
+    pub const SQLITE_SYNCHRONOUS: &str = "NORMAL";
+}
+
 impl Default for DbOptions {
     fn default() -> Self {
         Self {
-            max_connections: 16,
-            sqlite_synchronous: "NORMAL".into(),
+            max_connections: defaults::MAX_CONNECTIONS,
+            sqlite_synchronous: defaults::SQLITE_SYNCHRONOUS.into(),
             create_missing: false,
         }
     }

@@ -1,10 +1,11 @@
-//! The `orders` service: wiring of the Orders domain to the event store, the
-//! projector and the HTTP API (`server`), the commands that talk to a
-//! running one (`cli`), and the demo, verify and bench tools (`tools`).
+//! The orders service as a library: how a process is configured
+//! ([`config`]), its HTTP API, live page and roles ([`server`]), and the
+//! order saga between the orders and the inventory ([`saga`]). The `orders`
+//! binary (crate `orders-cli`) and the bench (`orders-bench`) drive it.
 
-pub mod cli;
+pub mod config;
 pub mod saga;
 pub mod server;
-pub mod tools;
 
-pub use server::{App, Config, Running};
+pub use config::{Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR};
+pub use server::{App, Running};

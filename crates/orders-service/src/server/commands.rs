@@ -19,9 +19,6 @@ use orders::{CancelOrder, CommandKind, CreateOrder, OrderCommand, PayOrder, Ship
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// Conflicting appends retried before answering 409.
-const MAX_RETRIES: u32 = 10;
-
 /// The answer to every command.
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]
 pub struct CommandAnswer {
@@ -102,12 +99,10 @@ async fn run(
         None => None,
     };
     let options = CommandOptions {
-        command_id: uuid::Uuid::now_v7().to_string(),
         expected_version,
         idempotency,
-        now: chrono::Utc::now(),
-        max_retries: MAX_RETRIES,
         caller: caller.sub().map(str::to_owned),
+        ..CommandOptions::new()
     };
     let started = std::time::Instant::now();
     let result = execute_cached(&app.store, Some(&*app.states), id, &command, options).await;

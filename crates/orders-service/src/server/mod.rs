@@ -5,7 +5,6 @@
 pub mod access;
 pub mod api;
 pub mod commands;
-pub mod config;
 pub mod inventory;
 pub mod live;
 pub mod observe;
@@ -17,6 +16,6 @@ pub mod trace;
 pub mod tracked;
 pub mod wiring;
 
-pub use config::{Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR};
+pub use crate::config::{Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR};
 pub use state::App;
 pub use wiring::Running;

@@ -1,8 +1,8 @@
 //! What the request handlers share.
 
 use super::access::Access;
-use super::config::KafkaOptions;
 use super::live::LiveFeed;
+use crate::config::KafkaOptions;
 use cqrs_sql::{Db, ReadProgress, SqlEventStore, StateCache};
 use std::sync::Arc;
 use tokio::sync::watch;

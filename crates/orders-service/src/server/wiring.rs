@@ -2,11 +2,11 @@
 //! watching them, and stopping them.
 
 use super::access::Access;
-use super::config::{
-    Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS,
-};
 use super::routes;
 use super::state::App;
+use crate::config::{
+    Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS,
+};
 use anyhow::Context;
 use cqrs_http::auth::JwtVerifier;
 use cqrs_kafka::{KafkaSource, Relay, RelayConfig, SourceConfig};
@@ -262,11 +262,9 @@ pub struct Databases {
 }
 
 /// The two event stores and the read DB, at this build's schema.
-pub(crate) async fn open_databases(
-    config: &Config,
-) -> anyhow::Result<(SqlEventStore, SqlEventStore, Db)> {
+pub async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventStore, SqlEventStore, Db)> {
     let dbs = connect_databases(config).await?;
-    let applied = super::schema::bring_current(&dbs, config.migrate).await?;
+    let applied = super::schema::bring_current(&dbs, !config.no_migrate).await?;
     if !applied.is_empty() {
         tracing::info!(count = applied.len(), "databases migrated");
     }
@@ -414,7 +412,7 @@ async fn start_read_side(
             let source = KafkaSource::new(
                 SourceConfig {
                     kafka: k.config(),
-                    group_id: k.group_id.clone(),
+                    group_id: k.group_id(),
                     session_timeout_ms: k.session_timeout_ms,
                     projector: side.name.into(),
                 },
@@ -450,7 +448,7 @@ async fn start_saga(
     let bus = SagaBus::new(store.clone(), inventory.clone());
     let saga: Arc<dyn cqrs_sql::Projection> = Arc::new(
         cqrs_sql::process::ProcessProjection::<OrderSaga, _>::new(bus)
-            .with_concurrency(config.saga_concurrency),
+            .with_concurrency(usize::from(config.saga_concurrency)),
     );
     let runner = ProjectorRunner::new(
         read.clone(),
@@ -470,7 +468,7 @@ async fn start_saga(
             let source = KafkaSource::new(
                 SourceConfig {
                     kafka: k.config(),
-                    group_id: super::config::defaults::kafka_saga_group(&k.topic),
+                    group_id: crate::config::defaults::kafka_saga_group(&k.topic),
                     session_timeout_ms: k.session_timeout_ms,
                     projector: SAGA.into(),
                 },

@@ -1,0 +1,150 @@
+//! The benchmarks of `orders-bench`: commands/s (closed loop, beside a raw single-row INSERT
+//! rate on the same database and concurrency) and command->queryable latency
+//! (open loop at a fixed offered rate, measured from each command's intended
+//! send time, so a slow server cannot hide its queue).
+
+pub mod args;
+pub mod history;
+pub mod kafka;
+pub mod load;
+pub mod peer;
+pub mod pg;
+pub mod plot;
+pub mod report;
+pub mod results;
+pub mod saga;
+pub mod sweep;
+
+pub use args::{BenchArgs, What};
+use load::{
+    caught_up, drop_scratch, latency, raw_inserts, scratch_postgres, some_order_ids, throughput,
+    Served,
+};
+use orders_service::server::{Config, KafkaOptions, Role};
+use results::BackendResult;
+use std::time::Instant;
+
+/// Creates in a closed loop against a process with only the API role.
+async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<f64> {
+    let mut api_only = config.clone();
+    api_only.roles = vec![Role::Api];
+    let served = Served::start(&api_only).await?;
+    let cps = throughput(&served.base, args.commands, args.concurrency).await;
+    served.stop().await?;
+    cps
+}
+
+async fn bench_one(
+    name: &str,
+    mut config: Config,
+    args: &BenchArgs,
+) -> anyhow::Result<BackendResult> {
+    eprintln!("== {name}");
+    config.saga_concurrency = args.saga_concurrency;
+    let write_only = write_side_alone(&config, args).await?;
+    let served = Served::start(&config).await?;
+    let (running, base) = (&served.running, served.base.as_str());
+    let result = async {
+        // The write-side phase's events first: every phase starts level.
+        let before = caught_up(running).await?;
+        let started = Instant::now();
+        let cps = throughput(base, args.commands, args.concurrency).await?;
+        // The projector's own pace: from the first command until the read
+        // model holds the last event. Also lets the next phase start level.
+        let events = caught_up(running).await? - before;
+        let projector = events as f64 / started.elapsed().as_secs_f64();
+        let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
+        let create_pay = peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
+        caught_up(running).await?;
+        let (lat, achieved) = latency(base, args.commands, args.rate).await?;
+        let saga = saga::phases(running, base, args.commands, args.rate).await?;
+        let ids = some_order_ids(running).await?;
+        let (reads, reads_us) =
+            pg::get_throughput(base, ids, args.commands, args.concurrency).await?;
+        let sweep = match args.sweep_secs {
+            Some(secs) => Some(sweep::run(running, base, secs).await?),
+            None => None,
+        };
+        let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
+            Some(url) => {
+                let run = pg::Pgbench {
+                    url,
+                    clients: args.concurrency,
+                    secs: args.pgbench_secs,
+                };
+                (
+                    Some(pg::insert_tps(run).await?),
+                    Some(pg::select_tps(run).await?),
+                )
+            }
+            None => (None, None),
+        };
+        Ok::<_, anyhow::Error>(BackendResult {
+            backend: name.to_owned(),
+            commands_per_sec: cps,
+            write_only_commands_per_sec: write_only,
+            create_pay_commands_per_sec: create_pay,
+            projector_events_per_sec: projector,
+            raw_inserts_per_sec: raw,
+            ratio_to_raw: cps / raw,
+            pgbench_insert_tps,
+            reads_per_sec: reads,
+            reads_us,
+            history: None,
+            pgbench_select_tps,
+            offered_rate: args.rate,
+            achieved_rate: achieved,
+            command_us: (&lat.command).into(),
+            command_to_queryable_us: (&lat.queryable).into(),
+            errors: lat.errors,
+            saga,
+            sweep,
+        })
+    }
+    .await;
+    let settled = caught_up(running).await;
+    served.stop().await?;
+    let mut result = result?;
+    settled?;
+    if let Some(events) = args.store_events {
+        result.history = Some(history::run(&config, args, events).await?);
+    }
+    Ok(result)
+}
+
+/// `orders-bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(what) = &args.what {
+        return kafka::run(what, &args).await;
+    }
+    let mut results = Vec::new();
+    let peer = match &args.database_url {
+        Some(url) => peer::cqrs_es(url, args.commands / 2, args.concurrency).await?,
+        None => None,
+    };
+    let dir = tempfile::tempdir()?;
+    results.push(bench_one("sqlite (embedded)", Config::embedded(dir.path()), &args).await?);
+    if let Some(url) = &args.database_url {
+        let (scratch, name) = scratch_postgres(url).await?;
+        let mut config = Config::embedded(dir.path().join("pg"));
+        config.database_url = Some(scratch);
+        config.pool_size = (args.concurrency as u32 + 4).max(16);
+        let r = bench_one("postgresql", config.clone(), &args).await;
+        drop_scratch(url, &name).await;
+        results.push(r?);
+        if let Some(brokers) = &args.kafka_brokers {
+            let (scratch, name) = scratch_postgres(url).await?;
+            config.database_url = Some(scratch);
+            let mut k = KafkaOptions::new(brokers.clone());
+            k.topic = format!("{name}.events");
+            k.group = Some(format!("{name}-group"));
+            config.kafka = Some(k);
+            let r = bench_one("postgresql + kafka", config, &args).await;
+            drop_scratch(url, &name).await;
+            results.push(r?);
+        }
+    } else {
+        eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
+    }
+    report::report(&results, peer.as_ref(), &args)
+}

@@ -1,0 +1,36 @@
+//! Where and how the `orders` binary writes its logs.
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line: timestamp, level, target, message and fields.
+    Json,
+    /// Text for people (colours only on a terminal).
+    Pretty,
+}
+
+/// Installs the log subscriber; returns the format it writes.
+pub fn init_logs(filter: Option<&str>, format: Option<LogFormat>, default: &str) -> LogFormat {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.to_owned());
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let format = format.unwrap_or(if terminal {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Colours only on a terminal: a log file gets plain text.
+        LogFormat::Pretty => builder.with_ansi(terminal).try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("logs not set up: {e}");
+    }
+    format
+}

@@ -1,0 +1,165 @@
+//! `orders`: the CQRS Orders service and its tools.
+
+use clap::{Parser, Subcommand};
+use orders_cli::logs::{init_logs, LogFormat};
+use orders_cli::serve::{serve, AuthArgs, HttpArgs, DEFAULT_LISTEN};
+use orders_cli::{client, dead_letters, demo, migrate, replay, token, trace, verify};
+use orders_service::{Config, Role};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "orders",
+    version,
+    about = "CQRS Orders service: commands -> event store -> projector -> read models"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "ORDERS_LOG", global = true)]
+    log: Option<String>,
+    /// Log lines as JSON objects or as text [default: json when stderr is
+    /// not a terminal (a file, a collector), pretty on a terminal].
+    #[arg(long, env = "ORDERS_LOG_FORMAT", global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API with the in-process projector.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080 for a process with
+        /// the API; a relay-only or projector-only process listens only when
+        /// given one, for /healthz, /readyz and /metrics].
+        #[arg(long, env = "ORDERS_LISTEN")]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        config: Config,
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// Mint a bearer token from the HS256 secret (for local use and tests).
+    Token(token::TokenArgs),
+    /// Run the teaching page's scenario on a fresh embedded instance and print what happened.
+    Demo(demo::DemoArgs),
+    /// Check that every read model equals the fold of the write-side events
+    /// (exit 0 consistent, 1 diverged, 2 lagging: the projector is behind).
+    Verify {
+        #[command(flatten)]
+        config: Config,
+        /// How long to wait for the projector to catch up.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
+    },
+    /// Bring the write and read databases to this build's schema (what
+    /// `serve` does at start unless --no-migrate) and list what was applied.
+    Migrate {
+        #[command(flatten)]
+        config: Config,
+        /// Apply nothing: list what is due and exit 1 if anything is.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Inspect and resolve records the projector gave up on.
+    DeadLetters {
+        #[command(subcommand)]
+        action: dead_letters::Action,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Rebuild read models from the start of the log and swap them in.
+    Replay {
+        #[command(flatten)]
+        args: replay::ReplayArgs,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Client: create an order.
+    Create(client::CreateArgs),
+    /// Client: pay an order.
+    Pay(client::PayArgs),
+    /// Client: ship an order.
+    Ship(client::ShipArgs),
+    /// Client: mark an order delivered.
+    Deliver(client::IdArgs),
+    /// Client: cancel an order.
+    Cancel(client::CancelArgs),
+    /// Client: show an order.
+    Get(client::GetArgs),
+    /// Client: list orders.
+    List(client::ListArgs),
+    /// Client: the journey of one command through every stage.
+    Trace(trace::TraceArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo(_));
+    let default_filter = if quiet { "warn" } else { "info,sqlx=warn" };
+    let format = init_logs(cli.log.as_deref(), cli.log_format, default_filter);
+    let serving = matches!(cli.command, Command::Serve { .. });
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever RUST_BACKTRACE says: the cause chain, not
+            // frames; a server writing JSON logs says it as one more record.
+            let why = format!("{e:#}");
+            if serving && format == LogFormat::Json {
+                tracing::error!(error = %why, "exiting");
+            } else {
+                eprintln!("error: {why}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            config,
+            http,
+            auth,
+        } => {
+            let config = auth.apply(config);
+            let default = config.runs(Role::Api).then_some(DEFAULT_LISTEN);
+            let listen = listen.or(default);
+            if let Some(addr) = listen {
+                auth.check_exposure(addr)?;
+            }
+            serve(listen, config, http).await
+        }
+        Command::Token(a) => token::token(a),
+        Command::Demo(args) => demo::run(args).await,
+        Command::Verify { config, wait_secs } => {
+            let report = verify::verify(&config, Duration::from_secs(wait_secs)).await?;
+            print!("{report}");
+            exit_with(report.exit_code())
+        }
+        Command::Replay { args, config } => replay::run(args, &config).await,
+        Command::Migrate { config, check } => exit_with(migrate::run(&config, check).await?),
+        Command::DeadLetters { action, config } => dead_letters::run(action, &config).await,
+        Command::Create(a) => client::create(a).await,
+        Command::Pay(a) => client::pay(a).await,
+        Command::Ship(a) => client::ship(a).await,
+        Command::Deliver(a) => client::deliver(a).await,
+        Command::Cancel(a) => client::cancel(a).await,
+        Command::Get(a) => client::get(a).await,
+        Command::List(a) => client::list(a).await,
+        Command::Trace(a) => trace::print(a).await,
+    }
+}
+
+/// Ends the process with `code` (0: returns, for a normal exit).
+fn exit_with(code: i32) -> anyhow::Result<()> {
+    match code {
+        0 => Ok(()),
+        code => std::process::exit(code),
+    }
+}

@@ -1,0 +1,405 @@
+//! How an `orders` process runs: its databases, Kafka, roles and limits.
+
+use cqrs_http::auth::JwtOptions;
+use cqrs_kafka::{KafkaConfig, KafkaProperties, KafkaProperty};
+use cqrs_sql::db::{defaults as db, sqlite_url};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Defaults that more than the flags above use (the bench's flags, names
+/// derived from a topic); every other default is written in its flag.
+pub mod defaults {
+    /// Orders whose saga reactions of one batch run at once.
+    pub const SAGA_CONCURRENCY: u16 = 32;
+    /// The events topic.
+    pub const KAFKA_TOPIC: &str = "orders.events";
+    /// The inventory's events topic beside the events topic `topic`:
+    /// `inventory.events` beside `orders.events`, `X.inventory.events`
+    /// beside `X.events`, else `<topic>.inventory`.
+    pub fn kafka_inventory_topic(topic: &str) -> String {
+        match topic.strip_suffix(".events") {
+            Some("orders") => "inventory.events".to_owned(),
+            Some(prefix) => format!("{prefix}.inventory.events"),
+            None => format!("{topic}.inventory"),
+        }
+    }
+    /// The projectors' consumer group on `topic`: one per topic, so that
+    /// services on other topics of one cluster never share it.
+    pub fn kafka_group(topic: &str) -> String {
+        format!("{topic}.projectors")
+    }
+    /// The order saga's consumer group on the orders' topic.
+    pub fn kafka_saga_group(topic: &str) -> String {
+        format!("{topic}.order-saga")
+    }
+    /// How long a dead projector holds its partitions (Kafka's own default).
+    pub const KAFKA_SESSION_TIMEOUT_MS: u32 = 45_000;
+}
+
+/// Name under which the order projector stores checkpoints and versions.
+pub const PROJECTOR: &str = "orders_read_model";
+/// Name under which the inventory projector stores checkpoints and versions.
+pub const INVENTORY_PROJECTOR: &str = "inventory_read_model";
+
+/// How a process runs: its databases, Kafka, roles and limits. `serve` and
+/// every tool that opens the databases take these flags (each with its
+/// environment variable); [`Config::embedded`] is what they default to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Directory of the embedded SQLite databases.
+    #[arg(long, env = "ORDERS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Write database (postgres://...); embedded SQLite when absent.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Read database; defaults to the write database's server, or SQLite.
+    #[arg(long, env = "READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+    /// The inventory's own write database [default: inventory.db beside the
+    /// SQLite files, or WRITE_DB_inventory on the write database's
+    /// PostgreSQL server, created when missing].
+    #[arg(long, env = "INVENTORY_DATABASE_URL")]
+    pub inventory_database_url: Option<String>,
+    /// Create a PostgreSQL database the URLs name when it does not exist
+    /// (as the URL's user, who needs the CREATEDB right).
+    #[arg(long, env = "ORDERS_CREATE_DATABASE")]
+    pub create_database: bool,
+    /// Do not apply due schema migrations at start; refuse to start while
+    /// any is due (run `orders migrate` as a deploy step instead).
+    #[arg(long, env = "ORDERS_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.
+    #[arg(long, env = "ORDERS_SQLITE_SYNCHRONOUS", default_value = db::SQLITE_SYNCHRONOUS)]
+    pub sqlite_synchronous: String,
+    /// Connections per database pool.
+    #[arg(long, env = "ORDERS_POOL_SIZE", default_value_t = db::MAX_CONNECTIONS)]
+    pub pool_size: u32,
+    /// Orders whose saga reactions of one batch run at once (1: one after
+    /// another).
+    #[arg(long, env = "ORDERS_SAGA_CONCURRENCY", default_value_t = defaults::SAGA_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub saga_concurrency: u16,
+    /// Delay the projector applies before each batch, in milliseconds
+    /// (shows stale reads).
+    #[arg(long = "projector-delay-ms", env = "ORDERS_PROJECTOR_DELAY_MS", default_value = "0",
+          value_parser = millis, value_name = "MS")]
+    pub projector_delay: Duration,
+    /// Kafka between the write and read sides; the embedded log when absent.
+    #[command(flatten)]
+    pub kafka: Option<KafkaOptions>,
+    /// What this process runs (repeatable: api, relay, projector); all when absent.
+    #[arg(long = "role", env = "ORDERS_ROLES", value_enum, value_delimiter = ',')]
+    pub roles: Vec<Role>,
+    /// How long command traces are kept, in seconds.
+    #[arg(long = "trace-retention-secs", env = "ORDERS_TRACE_RETENTION_SECS", default_value = "86400",
+          value_parser = secs, value_name = "SECS")]
+    pub trace_retention: Duration,
+    /// Bearer-token checks; authentication is off when absent (`serve`
+    /// sets it from its own flags).
+    #[arg(skip)]
+    pub jwt: Option<JwtOptions>,
+    /// `/metrics` without a token even when authentication is on (`serve`
+    /// sets it from its own flags).
+    #[arg(skip)]
+    pub metrics_public: bool,
+}
+
+/// Kafka settings of the service: present when `--kafka-brokers` (or
+/// `KAFKA_BROKERS`) is given; the others are refused without it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaOptions {
+    /// Kafka bootstrap servers; the embedded log when absent.
+    // Not `required`: clap would then ask for it even when no Kafka flag is
+    // given; the group is absent then, and any other Kafka flag without it
+    // is refused when the group is read.
+    #[arg(
+        id = "kafka-brokers",
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        value_name = "HOST:PORT,...",
+        required = false
+    )]
+    pub brokers: String,
+    /// Events topic.
+    #[arg(long = "kafka-topic", env = "ORDERS_KAFKA_TOPIC", default_value = defaults::KAFKA_TOPIC)]
+    pub topic: String,
+    /// The inventory's events topic [default: inventory.events beside
+    /// orders.events, X.inventory.events beside X.events]; its projectors'
+    /// group is TOPIC.projectors.
+    #[arg(long = "kafka-inventory-topic", env = "ORDERS_KAFKA_INVENTORY_TOPIC")]
+    pub inventory_topic: Option<String>,
+    /// Partitions of the events topic when it is created.
+    #[arg(
+        long = "kafka-partitions",
+        env = "ORDERS_KAFKA_PARTITIONS",
+        default_value_t = 6
+    )]
+    pub partitions: i32,
+    /// Replication factor when topics are created.
+    #[arg(
+        long = "kafka-replication",
+        env = "ORDERS_KAFKA_REPLICATION",
+        default_value_t = 1
+    )]
+    pub replication: i32,
+    /// Consumer group of the projectors [default: TOPIC.projectors].
+    #[arg(long = "kafka-group", env = "ORDERS_KAFKA_GROUP")]
+    pub group: Option<String>,
+    /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;
+    /// comma-separated in the environment): TLS and SASL, e.g.
+    /// security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512,
+    /// sasl.username=..., sasl.password=..., ssl.ca.location=...
+    #[arg(long = "kafka-property", env = "ORDERS_KAFKA_PROPERTIES", value_delimiter = ',',
+          hide_env_values = true, value_parser = KafkaProperty::parse, value_name = "KEY=VALUE")]
+    pub properties: Vec<KafkaProperty>,
+    /// How long a dead projector holds its partitions, in milliseconds
+    /// (Kafka's own default).
+    #[arg(long = "kafka-session-timeout-ms", env = "ORDERS_KAFKA_SESSION_TIMEOUT_MS",
+          default_value_t = defaults::KAFKA_SESSION_TIMEOUT_MS)]
+    pub session_timeout_ms: u32,
+}
+
+/// `args` parsed as these flags alone, every environment variable ignored:
+/// the defaults as the flags' attributes write them, never a second copy.
+/// (Only a change to those attributes can make it fail, and the tests below
+/// would.)
+fn parsed<T: clap::FromArgMatches + clap::Args>(args: &[&str]) -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new("defaults").no_binary_name(true))
+        .mut_args(|a| a.env(None));
+    T::from_arg_matches(&command.try_get_matches_from(args)?)
+}
+
+fn millis(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("milliseconds: {e}"))
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("seconds: {e}"))
+}
+
+impl KafkaOptions {
+    /// The defaults for a broker list.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        let flag = format!("--kafka-brokers={}", brokers.into());
+        parsed::<KafkaOptions>(&[&flag])
+            .unwrap_or_else(|e| panic!("the Kafka flags' own defaults do not parse: {e}"))
+    }
+    /// The projectors' consumer group.
+    pub fn group_id(&self) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| defaults::kafka_group(&self.topic))
+    }
+    /// The same cluster, for the inventory's topic and its own group.
+    pub fn inventory(&self) -> KafkaOptions {
+        let topic = self
+            .inventory_topic
+            .clone()
+            .unwrap_or_else(|| defaults::kafka_inventory_topic(&self.topic));
+        KafkaOptions {
+            group: None,
+            topic,
+            inventory_topic: None,
+            ..self.clone()
+        }
+    }
+    /// The settings every Kafka client of this process is made from.
+    pub fn config(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+            partitions: self.partitions,
+            replication: self.replication,
+            properties: KafkaProperties(self.properties.clone()),
+        }
+    }
+}
+
+/// A part of the service a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API (commands and queries).
+    Api,
+    /// The outbox relay to Kafka (needs Kafka).
+    Relay,
+    /// The projector (from Kafka, or from the embedded log).
+    Projector,
+}
+
+impl Config {
+    /// The embedded default under `data_dir`: every flag at its default.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let config = parsed::<Config>(&[])
+            .unwrap_or_else(|e| panic!("the flags' own defaults do not parse: {e}"));
+        Config {
+            data_dir: data_dir.into(),
+            ..config
+        }
+    }
+
+    /// Refuses combinations that could only idle or fail later.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.roles.contains(&Role::Relay) && self.kafka.is_none() {
+            anyhow::bail!(
+                "--role relay needs --kafka-brokers: without Kafka (the embedded mode) there is \
+                 nothing to relay to; the projector reads the event log itself"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether this process runs `role`.
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.is_empty() || self.roles.contains(&role)
+    }
+
+    /// The write and read database URLs.
+    pub fn urls(&self) -> (String, String) {
+        let write = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.data_dir.join("write.db")));
+        let read = self
+            .read_database_url
+            .clone()
+            .unwrap_or_else(|| match &self.database_url {
+                Some(url) if !url.starts_with("sqlite:") => url.clone(),
+                _ => sqlite_url(&self.data_dir.join("read.db")),
+            });
+        (write, read)
+    }
+
+    /// The inventory's write DB: as given; else `inventory.db` beside
+    /// SQLite files, or on the write DB's PostgreSQL server the write
+    /// database's name with `_inventory` appended. The second value says
+    /// whether it was derived (a derived database is created when missing).
+    pub fn inventory_url(&self) -> (String, bool) {
+        if let Some(url) = &self.inventory_database_url {
+            return (url.clone(), false);
+        }
+        let (write, _) = self.urls();
+        if write.starts_with("sqlite:") {
+            return (sqlite_url(&self.data_dir.join("inventory.db")), true);
+        }
+        (with_database_suffix(&write, "_inventory"), true)
+    }
+}
+
+/// `url` naming the database `<its name><suffix>` (query kept).
+fn with_database_suffix(url: &str, suffix: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let named = match base.rsplit_once('/') {
+        Some((server, name)) if !server.ends_with('/') && !name.is_empty() => {
+            format!("{server}/{name}{suffix}")
+        }
+        _ => format!("{}/postgres{suffix}", base.trim_end_matches('/')),
+    };
+    match query {
+        Some(q) => format!("{named}?{q}"),
+        None => named,
+    }
+}
+
+/// Orders whose state the command handler keeps in memory, at most.
+pub const STATE_CACHE_ORDERS: usize = 100_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inventory_database_sits_beside_the_write_database() {
+        let mut c = Config::embedded("/d");
+        assert_eq!(
+            c.inventory_url(),
+            ("sqlite:///d/inventory.db".to_owned(), true)
+        );
+        c.database_url = Some("postgres://u:p@h:5432/shop?sslmode=require".into());
+        assert_eq!(
+            c.inventory_url().0,
+            "postgres://u:p@h:5432/shop_inventory?sslmode=require"
+        );
+        c.database_url = Some("postgres://u:p@h:5432".into());
+        assert_eq!(
+            c.inventory_url().0,
+            "postgres://u:p@h:5432/postgres_inventory"
+        );
+        c.inventory_database_url = Some("postgres://h/inv".into());
+        assert_eq!(c.inventory_url(), ("postgres://h/inv".to_owned(), false));
+    }
+
+    #[test]
+    fn the_inventory_topic_sits_beside_the_orders_topic() {
+        let mut k = KafkaOptions::new("b:9092");
+        assert_eq!(k.inventory().topic, "inventory.events");
+        assert_eq!(k.inventory().group_id(), "inventory.events.projectors");
+        k.topic = "t1.events".into();
+        assert_eq!(k.inventory().topic, "t1.inventory.events");
+        k.topic = "shop".into();
+        assert_eq!(k.inventory().topic, "shop.inventory");
+        k.inventory_topic = Some("stock".into());
+        assert_eq!(k.inventory().topic, "stock");
+    }
+
+    #[test]
+    fn the_defaults_are_the_flags_defaults_whatever_the_environment() {
+        // Set for this process: Config::embedded must not read it.
+        std::env::set_var("ORDERS_POOL_SIZE", "3");
+        let c = Config::embedded("/d");
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(c.pool_size, 16);
+        assert_eq!(c.sqlite_synchronous, "NORMAL");
+        assert_eq!(c.saga_concurrency, defaults::SAGA_CONCURRENCY);
+        assert_eq!(c.trace_retention, Duration::from_secs(86_400));
+        assert_eq!(c.projector_delay, Duration::ZERO);
+        assert!(c.kafka.is_none() && c.roles.is_empty() && c.jwt.is_none());
+        assert!(!c.no_migrate && !c.create_database && c.database_url.is_none());
+        let k = KafkaOptions::new("-b:9092");
+        assert_eq!(k.brokers, "-b:9092");
+        assert_eq!(
+            (k.topic.as_str(), k.partitions, k.replication),
+            ("orders.events", 6, 1)
+        );
+        assert_eq!(k.session_timeout_ms, defaults::KAFKA_SESSION_TIMEOUT_MS);
+        assert!(k.properties.is_empty() && k.group.is_none());
+    }
+
+    #[test]
+    fn kafka_flags_need_the_brokers_and_properties_hide_their_secrets() {
+        let refused = parsed::<Config>(&["--kafka-topic", "t.events"]).unwrap_err();
+        assert!(refused.to_string().contains("kafka-brokers"), "{refused}");
+        let c = parsed::<Config>(&[
+            "--kafka-brokers",
+            "b:1",
+            "--kafka-property",
+            "sasl.password=hunter2",
+            "--kafka-property",
+            "client.id=x=y",
+        ])
+        .unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(k.properties[1].value, "x=y");
+        assert!(!format!("{:?}", k.config()).contains("hunter2"));
+        assert!(
+            parsed::<Config>(&["--kafka-brokers", "b:1", "--kafka-property", "nokey"]).is_err()
+        );
+    }
+
+    #[test]
+    fn each_topic_gets_a_consumer_group_of_its_own() {
+        assert_eq!(
+            KafkaOptions::new("b:9092").group_id(),
+            "orders.events.projectors"
+        );
+        assert_ne!(
+            defaults::kafka_group("a.events"),
+            defaults::kafka_group("b.events")
+        );
+    }
+}
