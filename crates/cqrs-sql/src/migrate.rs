@@ -91,7 +91,7 @@ impl Migration {
 
     /// What identifies its content: a later edit of a released migration
     /// is refused rather than silently skipped.
-    fn checksum(&self) -> String {
+    pub fn checksum(&self) -> String {
         let mut h = Sha256::new();
         for s in &self.steps {
             h.update(format!("{s:?}\n").as_bytes());
