@@ -8,7 +8,7 @@
 
 use crate::record::headers_of;
 use crate::{KafkaConfig, KafkaError};
-use cqrs_sql::{Backend, EventStore, SqlEventStore};
+use cqrs_sql::{EventStore, SqlEventStore};
 use futures::future::{join_all, JoinAll};
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -159,13 +159,13 @@ impl Relay {
     /// Blocks (polling) until this process holds the leader lock; on SQLite
     /// there is one writer process, so it is the leader.
     async fn become_leader(&self) -> Result<Option<sqlx::AnyConnection>, KafkaError> {
-        if self.store.db().backend == Backend::Sqlite {
+        let Some(try_lead) = self.store.db().sql().try_lead else {
             return Ok(None);
-        }
+        };
         let mut announced = false;
         loop {
             let mut conn = sqlx::AnyConnection::connect(&self.config.database_url).await?;
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            let got: bool = sqlx::query_scalar(try_lead)
                 .bind(LEADER_KEY)
                 .fetch_one(&mut conn)
                 .await?;
@@ -186,14 +186,10 @@ impl Relay {
         mut leader: Option<sqlx::AnyConnection>,
         shutdown: &CancellationToken,
     ) -> Result<(), KafkaError> {
-        let mut listener = match self.store.db().backend {
-            Backend::Postgres => {
-                let mut l = sqlx::postgres::PgListener::connect(&self.config.database_url).await?;
-                l.listen("cqrs_events").await?;
-                Some(l)
-            }
-            Backend::Sqlite => None,
-        };
+        let dialect = self.store.db().dialect;
+        let mut listener = dialect
+            .listen(&self.config.database_url, cqrs_sql::store::LOG_CHANNEL)
+            .await?;
         let mut local = self.store.subscribe();
         let mut pipe = Pipeline::at(self.store.relay_checkpoint().await?);
         loop {
@@ -230,14 +226,14 @@ impl Relay {
     /// write DB, a commit of this process, the poll interval, or shutdown.
     async fn woken(
         &self,
-        listener: &mut Option<sqlx::postgres::PgListener>,
+        listener: &mut Option<cqrs_sql::dialect::Listener>,
         local: &mut watch::Receiver<i64>,
         shutdown: &CancellationToken,
     ) -> Result<(), KafkaError> {
         tokio::select! {
             n = async {
                 match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
+                    Some(l) => l.recv().await,
                     None => std::future::pending().await,
                 }
             } => n?,

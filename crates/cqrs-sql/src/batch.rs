@@ -4,7 +4,7 @@
 //! (Statements with thousands of bind parameters, one per value, spent
 //! most of a projector batch in parsing and planning: see BENCHMARKS.md.)
 
-use crate::db::Backend;
+use crate::dialect::{fill, Dialect};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
@@ -41,18 +41,14 @@ pub enum Kind {
 }
 
 /// Which database a connection talks to.
-pub fn backend_of(conn: &AnyConnection) -> Backend {
-    if conn.backend_name() == "PostgreSQL" {
-        Backend::Postgres
-    } else {
-        Backend::Sqlite
-    }
+pub fn dialect_of(conn: &AnyConnection) -> &'static dyn Dialect {
+    crate::dialect::of_connection(conn)
 }
 
 /// `SELECT r.value->>0 AS <col0>, ... FROM <the rows of parameter $param>`:
 /// a row source over a JSON array of arrays ([`rows_json`]), its columns
 /// named and typed after `cols`.
-pub fn rows(backend: Backend, param: usize, cols: &[(&str, Kind)]) -> String {
+pub fn rows(dialect: &dyn Dialect, param: usize, cols: &[(&str, Kind)]) -> String {
     let list = cols
         .iter()
         .enumerate()
@@ -62,21 +58,21 @@ pub fn rows(backend: Backend, param: usize, cols: &[(&str, Kind)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let from = match backend {
-        Backend::Postgres => format!("jsonb_array_elements(CAST(${param} AS jsonb)) AS r(value)"),
-        Backend::Sqlite => format!("json_each(${param}) AS r"),
-    };
+    let from = fill(dialect.sql().rows_from, &[("param", &param.to_string())]);
     format!("SELECT {list} FROM {from}")
 }
 
 /// `SELECT r.value FROM <the strings of parameter $param>` ([`keys_json`]).
-pub fn keys(backend: Backend, param: usize) -> String {
-    match backend {
-        Backend::Postgres => {
-            format!("SELECT r.value FROM jsonb_array_elements_text(CAST(${param} AS jsonb)) AS r(value)")
-        }
-        Backend::Sqlite => format!("SELECT r.value FROM json_each(${param}) AS r"),
-    }
+pub fn keys(dialect: &dyn Dialect, param: usize) -> String {
+    fill(dialect.sql().keys_from, &[("param", &param.to_string())])
+}
+
+/// `column` is one of the strings of parameter `$param` ([`keys_json`]).
+pub fn key_in(dialect: &dyn Dialect, column: &str, param: usize) -> String {
+    fill(
+        dialect.sql().key_in,
+        &[("column", column), ("keys", &keys(dialect, param))],
+    )
 }
 
 /// Rows as the JSON parameter of [`rows`].
@@ -113,13 +109,7 @@ pub async fn load_rows(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let backend = backend_of(tx);
-    // `= ANY(ARRAY(...))`: PostgreSQL keeps the key's index scan whatever it
-    // guesses of the list's length.
-    let filter = match backend {
-        Backend::Postgres => format!("{key} = ANY(ARRAY({}))", self::keys(backend, 1)),
-        Backend::Sqlite => format!("{key} IN ({})", self::keys(backend, 1)),
-    };
+    let filter = key_in(dialect_of(tx), key, 1);
     sqlx::query(&format!("SELECT {columns} FROM {table} WHERE {filter}"))
         .bind(keys_json(keys)?)
         .fetch_all(&mut *tx)
@@ -141,7 +131,7 @@ pub async fn upsert(
     }
     let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
     let names = names.join(", ");
-    let source = self::rows(backend_of(tx), 1, columns);
+    let source = self::rows(dialect_of(tx), 1, columns);
     let sql = format!(
         "INSERT INTO {table} ({names}) SELECT {names} FROM ({source}) AS v WHERE true \
          ON CONFLICT ({key}) DO UPDATE SET {update}"
@@ -160,10 +150,10 @@ mod tests {
     #[test]
     fn rows_read_their_columns_by_position() {
         assert_eq!(
-            rows(Backend::Sqlite, 2, &[("id", Kind::Text), ("n", Kind::Int)]),
+            rows(&crate::Sqlite, 2, &[("id", Kind::Text), ("n", Kind::Int)]),
             "SELECT r.value->>0 AS id, CAST(r.value->>1 AS BIGINT) AS n FROM json_each($2) AS r"
         );
-        assert!(rows(Backend::Postgres, 1, &[("id", Kind::Text)])
+        assert!(rows(&crate::Postgres, 1, &[("id", Kind::Text)])
             .ends_with("FROM jsonb_array_elements(CAST($1 AS jsonb)) AS r(value)"));
         assert_eq!(
             rows_json(&[vec![

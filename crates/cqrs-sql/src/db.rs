@@ -1,60 +1,9 @@
-//! Connecting to PostgreSQL or SQLite through one pool type.
+//! Connecting to PostgreSQL or SQLite through one pool type; how each
+//! database connects is its [`Dialect`]'s.
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Connection, Executor};
-use std::str::FromStr;
+use crate::dialect::{Dialect, DialectSql};
+use sqlx::{AnyPool, Executor};
 use std::time::Duration;
-
-/// Which database a URL points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// A SQLite file (or memory).
-    Sqlite,
-    /// A PostgreSQL server.
-    Postgres,
-}
-
-impl Backend {
-    /// Tells the backend from a URL's scheme.
-    pub fn of_url(url: &str) -> Result<Backend, sqlx::Error> {
-        if url.starts_with("sqlite:") {
-            Ok(Backend::Sqlite)
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Ok(Backend::Postgres)
-        } else {
-            Err(sqlx::Error::Configuration(
-                format!(
-                    "unsupported database URL {:?}: use sqlite:PATH or postgres://...",
-                    redact_url(url)
-                )
-                .into(),
-            ))
-        }
-    }
-}
-
-impl Backend {
-    /// `expr` (RFC 3339 text) as a value of a native time column
-    /// (`TIMESTAMPTZ` on PostgreSQL; text on SQLite, which has no time type).
-    pub fn instant_in(self, expr: &str) -> String {
-        match self {
-            Backend::Postgres => format!("CAST({expr} AS TIMESTAMPTZ)"),
-            Backend::Sqlite => expr.to_owned(),
-        }
-    }
-
-    /// A native time column read back as RFC 3339 UTC text with
-    /// microseconds (what [`parse_timestamp`] reads), whatever the session's
-    /// time zone.
-    pub fn instant_out(self, column: &str) -> String {
-        match self {
-            Backend::Postgres => {
-                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-            }
-            Backend::Sqlite => column.to_owned(),
-        }
-    }
-}
 
 /// How to open a database.
 #[derive(Debug, Clone)]
@@ -91,8 +40,8 @@ impl Default for DbOptions {
 /// queue in the pool beats SQLITE_BUSY.
 #[derive(Clone, Debug)]
 pub struct Db {
-    /// Which database this is.
-    pub backend: Backend,
+    /// What differs on this database.
+    pub dialect: &'static dyn Dialect,
     /// For reads (and writes on PostgreSQL).
     pub pool: AnyPool,
     /// For writes.
@@ -136,82 +85,25 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// A pooled PostgreSQL connection idle this long is pinged before use.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
-
-/// A PostgreSQL pool. sqlx pings every connection it hands out: a second
-/// round trip for each one-statement query (a third of a GET's time). This
-/// one pings only a connection that sat idle long enough to have been cut
-/// (a restart, a proxy); one used within the last second has just answered.
-async fn postgres_pool(url: &str, options: &DbOptions) -> Result<AnyPool, sqlx::Error> {
-    AnyPoolOptions::new()
-        .max_connections(options.max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE_FOR {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect(url)
-        .await
+/// What a [`Dialect`] opens: a pool for reads and one for writes (the same
+/// pool where the database takes concurrent writers).
+pub struct Pools {
+    /// For reads.
+    pub pool: AnyPool,
+    /// For writes.
+    pub writer: AnyPool,
+    /// The URL as connected (with any options the dialect added).
+    pub url: String,
 }
 
 /// How long the first connection to a server may take before the start
 /// fails, naming the server.
-const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The first connection to a PostgreSQL server, on its own: its failure says
-/// what went wrong (refused, unknown host, bad password, missing database),
-/// where a pool would only report that it timed out.
-async fn first_connection(url: &str) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
-    match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, sqlx::AnyConnection::connect(url)).await {
-        Ok(Ok(conn)) => conn.close().await,
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(sqlx::Error::PoolTimedOut),
-    }
-}
-
-fn is_missing_database(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"))
-}
-
-/// Creates the database `url` names, connecting to the same server's
-/// `postgres` database as the same user.
-async fn create_database(url: &str) -> Result<(), sqlx::Error> {
-    use sqlx::postgres::{PgConnectOptions, PgConnection};
-    use sqlx::{ConnectOptions, Connection};
-    let options = PgConnectOptions::from_str(url)?;
-    let name = options
-        .get_database()
-        .ok_or_else(|| sqlx::Error::Configuration("the URL names no database".into()))?
-        .to_owned();
-    let mut admin: PgConnection = options.database("postgres").connect().await?;
-    // An identifier cannot be a bind parameter: quoted, its quotes doubled.
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match admin
-        .execute(format!("CREATE DATABASE {quoted}").as_str())
-        .await
-    {
-        Ok(_) => tracing::info!(database = %name, "database created"),
-        // Another process created it first (processes starting together):
-        // 42P04 duplicate_database, or the catalogue's unique index.
-        Err(sqlx::Error::Database(d))
-            if matches!(d.code().as_deref(), Some("42P04") | Some("23505")) => {}
-        Err(e) => return Err(e),
-    }
-    admin.close().await?;
-    Ok(())
-}
+pub(crate) const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection failure that names the server (password hidden) and, for a
 /// database that does not exist, says how to make it.
-fn connect_error(url: &str, e: sqlx::Error) -> sqlx::Error {
-    let missing = is_missing_database(&e);
+fn connect_error(dialect: &dyn Dialect, url: &str, e: sqlx::Error) -> sqlx::Error {
+    let missing = dialect.is_missing_database(&e);
     let timed_out = matches!(e, sqlx::Error::PoolTimedOut);
     let mut why = format!("cannot connect to {}: ", redact_url(url));
     if timed_out {
@@ -237,90 +129,29 @@ impl Db {
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let started = std::time::Instant::now();
-        let db = Self::open(url, options).await.map_err(|e| match e {
+        let dialect = crate::dialect::of_url(url)?;
+        let pools = dialect.open(url, options).await.map_err(|e| match e {
             // A bad URL or setting says so itself, without connecting.
             e @ sqlx::Error::Configuration(_) => e,
-            e => connect_error(url, e),
+            e => connect_error(dialect, url, e),
         })?;
         tracing::info!(
             database = %redact_url(url),
-            backend = ?db.backend,
+            dialect = ?dialect,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "database connected"
         );
-        Ok(db)
+        Ok(Db {
+            dialect,
+            pool: pools.pool,
+            writer: pools.writer,
+            url: DbUrl(pools.url.into()),
+        })
     }
 
-    async fn open(url: &str, options: &DbOptions) -> Result<Db, sqlx::Error> {
-        let backend = Backend::of_url(url)?;
-        match backend {
-            Backend::Postgres => {
-                match first_connection(url).await {
-                    Err(e) if options.create_missing && is_missing_database(&e) => {
-                        create_database(url).await?;
-                        first_connection(url).await?;
-                    }
-                    other => other?,
-                }
-                let pool = postgres_pool(url, options).await?;
-                Ok(Db {
-                    backend,
-                    writer: pool.clone(),
-                    pool,
-                    url: DbUrl(url.into()),
-                })
-            }
-            Backend::Sqlite => {
-                let url = if url.contains('?') || url.contains(":memory:") {
-                    url.to_owned()
-                } else {
-                    format!("{url}?mode=rwc")
-                };
-                let connect = AnyConnectOptions::from_str(&url)?;
-                let sync = options.sqlite_synchronous.clone();
-                if !matches!(
-                    sync.to_ascii_uppercase().as_str(),
-                    "OFF" | "NORMAL" | "FULL" | "EXTRA"
-                ) {
-                    return Err(sqlx::Error::Configuration(
-                        format!(
-                            "sqlite synchronous must be OFF, NORMAL, FULL or EXTRA, not {sync:?}"
-                        )
-                        .into(),
-                    ));
-                }
-                let opts = |n: u32| {
-                    let sync = sync.clone();
-                    AnyPoolOptions::new()
-                        .max_connections(n)
-                        .acquire_timeout(Duration::from_secs(30))
-                        .after_connect(move |conn, _| {
-                            let sync = sync.clone();
-                            Box::pin(async move {
-                                conn.execute("PRAGMA journal_mode = WAL").await?;
-                                conn.execute(format!("PRAGMA synchronous = {sync}").as_str())
-                                    .await?;
-                                conn.execute("PRAGMA busy_timeout = 10000").await?;
-                                // SQLite's default page cache is 2 MiB: with
-                                // a log of millions of events every insert
-                                // into its indexes would read pages again.
-                                conn.execute("PRAGMA cache_size = -32768").await?;
-                                Ok(())
-                            })
-                        })
-                };
-                let writer = opts(1).connect_with(connect.clone()).await?;
-                let pool = opts(options.max_connections.clamp(1, 8))
-                    .connect_with(connect)
-                    .await?;
-                Ok(Db {
-                    backend,
-                    pool,
-                    writer,
-                    url: DbUrl(url.into()),
-                })
-            }
-        }
+    /// The statements and fragments of this database's dialect.
+    pub fn sql(&self) -> &'static DialectSql {
+        self.dialect.sql()
     }
 
     /// A write transaction for data that is derived again after a loss (read
@@ -335,8 +166,8 @@ impl Db {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         let mut tx = self.writer.begin().await?;
-        if self.backend == Backend::Postgres {
-            tx.execute("SET LOCAL synchronous_commit TO OFF").await?;
+        if let Some(preamble) = self.sql().derived_preamble {
+            tx.execute(preamble).await?;
         }
         Ok(tx)
     }
@@ -348,9 +179,8 @@ impl Db {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .await?;
+        if let Some(preamble) = self.sql().snapshot_preamble {
+            tx.execute(preamble).await?;
         }
         Ok(tx)
     }

@@ -6,6 +6,8 @@
 //! events it has already applied. Both run on PostgreSQL and SQLite.
 //!
 //! - [`db`]: one pool type for both databases ([`Db::connect`]).
+//! - [`dialect`]: everything that differs between them ([`Dialect`]); the
+//!   statements live in `sql/*.sql`.
 //! - [`migrate`]: versioned migrations per owner of tables, applied by
 //!   [`SqlEventStore::open`] and [`ProjectorRunner::new`].
 //! - [`store`]: the [`EventStore`] trait and [`SqlEventStore`].
@@ -59,6 +61,7 @@
 pub mod batch;
 pub mod command;
 pub mod db;
+pub mod dialect;
 pub mod migrate;
 pub mod process;
 pub mod read;
@@ -67,7 +70,8 @@ pub mod store;
 pub use command::{
     execute, execute_cached, CommandError, CommandOptions, CommandOutcome, StateCache,
 };
-pub use db::{Backend, Db, DbOptions};
+pub use db::{Db, DbOptions};
+pub use dialect::{Dialect, Postgres, Sqlite};
 pub use migrate::{AddedColumn, Component, MigrateError, Migration, Step};
 pub use read::{
     EventSource, LogSource, Projection, ProjectionError, ProjectorConfig, ProjectorRunner,

@@ -5,7 +5,8 @@
 //! Owners evolve independently (a user's projection next to ours), which is
 //! why this is not one global sequence such as `sqlx::migrate!` keeps.
 
-use crate::db::{timestamp, Backend, Db};
+use crate::db::{timestamp, Db};
+use crate::dialect::{section, Dialect};
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Executor};
 
@@ -15,7 +16,7 @@ pub enum Step {
     /// Runs on every database.
     Sql(String),
     /// Runs only on one kind of database (a native type, say).
-    Only(Backend, String),
+    Only(&'static dyn Dialect, String),
     /// Adds a column unless the table has it (tables made before their
     /// owner's migrations were versioned may lack it), then runs the backfill.
     AddColumn(AddedColumn),
@@ -62,9 +63,9 @@ impl Migration {
         self
     }
 
-    /// Adds a statement run only on `backend`.
-    pub fn only(mut self, backend: Backend, statement: impl Into<String>) -> Self {
-        self.steps.push(Step::Only(backend, statement.into()));
+    /// Adds a statement run only on `dialect`.
+    pub fn only(mut self, dialect: &'static dyn Dialect, statement: impl Into<String>) -> Self {
+        self.steps.push(Step::Only(dialect, statement.into()));
         self
     }
 
@@ -74,13 +75,13 @@ impl Migration {
         self
     }
 
-    /// The SQL it runs on `backend` (an added column as its `ALTER TABLE`).
-    pub fn statements(&self, backend: Backend) -> Vec<String> {
+    /// The SQL it runs on `dialect` (an added column as its `ALTER TABLE`).
+    pub fn statements(&self, dialect: &dyn Dialect) -> Vec<String> {
         self.steps
             .iter()
             .filter_map(|s| match s {
                 Step::Sql(sql) => Some(sql.clone()),
-                Step::Only(b, sql) => (*b == backend).then(|| sql.clone()),
+                Step::Only(d, sql) => (**d == *dialect).then(|| sql.clone()),
                 Step::AddColumn(c) => Some(format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
                     c.table, c.column, c.definition
@@ -90,7 +91,9 @@ impl Migration {
     }
 
     /// What identifies its content: a later edit of a released migration
-    /// is refused rather than silently skipped.
+    /// is refused rather than silently skipped. (It hashes each step's
+    /// `Debug` text, dialect names included: a test pins every released
+    /// one.)
     pub fn checksum(&self) -> String {
         let mut h = Sha256::new();
         for s in &self.steps {
@@ -171,16 +174,11 @@ pub enum MigrateError {
     },
 }
 
-const LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
-    component TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    name TEXT NOT NULL,
-    checksum TEXT NOT NULL,
-    applied_at TEXT NOT NULL,
-    PRIMARY KEY (component, version))";
-
-/// Serialises migrating processes on PostgreSQL (session advisory lock key).
-const LOCK_KEY: i64 = 7233083;
+const SQL: &str = include_str!("../sql/migrate.sql");
+const LEDGER: &str = section(SQL, "ledger");
+const VERSIONS: &str = section(SQL, "versions");
+const RECORD: &str = section(SQL, "record");
+const RECORDED: &str = section(SQL, "recorded");
 
 /// Applies every migration `db` lacks, owner by owner; returns what it
 /// applied. Concurrent processes wait for each other (PostgreSQL: an
@@ -192,14 +190,12 @@ pub async fn migrate(db: &Db, components: &[Component]) -> Result<Vec<Applied>, 
         return Ok(Vec::new());
     }
     let mut conn = db.writer.acquire().await?;
-    if db.backend == Backend::Postgres {
-        conn.execute(format!("SELECT 1 FROM (SELECT pg_advisory_lock({LOCK_KEY})) AS l").as_str())
-            .await?;
+    if let Some(lock) = db.sql().migrate_lock {
+        conn.execute(lock).await?;
     }
-    let result = migrate_locked(&mut conn, db.backend, components).await;
-    if db.backend == Backend::Postgres {
-        conn.execute(format!("SELECT pg_advisory_unlock({LOCK_KEY})").as_str())
-            .await?;
+    let result = migrate_locked(&mut conn, db.dialect, components).await;
+    if let Some(unlock) = db.sql().migrate_unlock {
+        conn.execute(unlock).await?;
     }
     result
 }
@@ -207,7 +203,7 @@ pub async fn migrate(db: &Db, components: &[Component]) -> Result<Vec<Applied>, 
 /// What [`migrate`] would apply, without applying it.
 pub async fn pending(db: &Db, components: &[Component]) -> Result<Vec<Applied>, MigrateError> {
     let mut conn = db.pool.acquire().await?;
-    let has_ledger = has_table(&mut conn, db.backend, "schema_migrations").await?;
+    let has_ledger = has_table(&mut conn, db.dialect, "schema_migrations").await?;
     let mut due = Vec::new();
     for c in components {
         let recorded = if has_ledger {
@@ -236,20 +232,15 @@ pub async fn ensure_current(db: &Db, components: &[Component]) -> Result<(), Mig
 /// The recorded versions of every owner, as `(component, version)`.
 pub async fn versions(db: &Db) -> Result<Vec<(String, i64)>, MigrateError> {
     let mut conn = db.pool.acquire().await?;
-    if !has_table(&mut conn, db.backend, "schema_migrations").await? {
+    if !has_table(&mut conn, db.dialect, "schema_migrations").await? {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query_as(
-        "SELECT component, CAST(MAX(version) AS BIGINT) FROM schema_migrations \
-         GROUP BY component ORDER BY component",
-    )
-    .fetch_all(&mut *conn)
-    .await?)
+    Ok(sqlx::query_as(VERSIONS).fetch_all(&mut *conn).await?)
 }
 
 async fn migrate_locked(
     conn: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     components: &[Component],
 ) -> Result<Vec<Applied>, MigrateError> {
     conn.execute(LEDGER).await?;
@@ -258,7 +249,7 @@ async fn migrate_locked(
         loop {
             // Read and apply under one write lock, one migration at a time,
             // so a second process (SQLite has no advisory lock) sees it done.
-            begin(conn, backend).await?;
+            begin(conn, dialect).await?;
             let next = match recorded(conn, &c.name).await.and_then(|r| due_of(c, &r)) {
                 Ok(due) => due.into_iter().next(),
                 Err(e) => {
@@ -271,7 +262,7 @@ async fn migrate_locked(
                 break;
             };
             let started = std::time::Instant::now();
-            if let Err(source) = apply(conn, backend, c, m).await {
+            if let Err(source) = apply(conn, dialect, c, m).await {
                 conn.execute("ROLLBACK").await?;
                 return Err(MigrateError::Failed {
                     migration: applied(c, m),
@@ -287,54 +278,47 @@ async fn migrate_locked(
     Ok(done)
 }
 
-async fn begin(conn: &mut AnyConnection, backend: Backend) -> Result<(), MigrateError> {
-    conn.execute(match backend {
-        Backend::Sqlite => "BEGIN IMMEDIATE",
-        Backend::Postgres => "BEGIN",
-    })
-    .await?;
+async fn begin(conn: &mut AnyConnection, dialect: &dyn Dialect) -> Result<(), MigrateError> {
+    conn.execute(dialect.sql().begin_write).await?;
     Ok(())
 }
 
 async fn apply(
     conn: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     c: &Component,
     m: &Migration,
 ) -> Result<(), sqlx::Error> {
     for step in &m.steps {
-        run_step(conn, backend, step).await?;
+        run_step(conn, dialect, step).await?;
     }
-    sqlx::query(
-        "INSERT INTO schema_migrations (component, version, name, checksum, applied_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&c.name)
-    .bind(m.version)
-    .bind(m.name)
-    .bind(m.checksum())
-    .bind(timestamp(chrono::Utc::now()))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(RECORD)
+        .bind(&c.name)
+        .bind(m.version)
+        .bind(m.name)
+        .bind(m.checksum())
+        .bind(timestamp(chrono::Utc::now()))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Runs one step outside the ledger (fresh tables built for a replay).
 pub async fn run_step(
     conn: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     step: &Step,
 ) -> Result<(), sqlx::Error> {
     match step {
         Step::Sql(sql) => {
             conn.execute(sql.as_str()).await?;
         }
-        Step::Only(b, sql) if *b == backend => {
+        Step::Only(d, sql) if **d == *dialect => {
             conn.execute(sql.as_str()).await?;
         }
         Step::Only(..) => {}
         Step::AddColumn(c) => {
-            if !has_column(conn, backend, &c.table, c.column).await? {
+            if !has_column(conn, dialect, &c.table, c.column).await? {
                 conn.execute(
                     format!(
                         "ALTER TABLE {} ADD COLUMN {} {}",
@@ -352,22 +336,14 @@ pub async fn run_step(
     Ok(())
 }
 
-/// Whether `table` has `column` (asked of the catalogue: a failed probe
-/// would abort a PostgreSQL transaction).
+/// Whether `table` has `column`.
 async fn has_column(
     conn: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     table: &str,
     column: &str,
 ) -> Result<bool, sqlx::Error> {
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT COUNT(*) FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
-        }
-        Backend::Sqlite => "SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2",
-    };
-    let n: i64 = sqlx::query_scalar(sql)
+    let n: i64 = sqlx::query_scalar(dialect.sql().has_column)
         .bind(table)
         .bind(column)
         .fetch_one(conn)
@@ -378,17 +354,13 @@ async fn has_column(
 /// Whether `table` exists.
 async fn has_table(
     conn: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     table: &str,
 ) -> Result<bool, sqlx::Error> {
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT COUNT(*) FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = $1"
-        }
-        Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
-    };
-    let n: i64 = sqlx::query_scalar(sql).bind(table).fetch_one(conn).await?;
+    let n: i64 = sqlx::query_scalar(dialect.sql().has_table)
+        .bind(table)
+        .fetch_one(conn)
+        .await?;
     Ok(n > 0)
 }
 
@@ -397,12 +369,10 @@ async fn recorded(
     conn: &mut AnyConnection,
     component: &str,
 ) -> Result<Vec<(i64, String)>, MigrateError> {
-    Ok(sqlx::query_as(
-        "SELECT version, checksum FROM schema_migrations WHERE component = $1 ORDER BY version",
-    )
-    .bind(component)
-    .fetch_all(conn)
-    .await?)
+    Ok(sqlx::query_as(RECORDED)
+        .bind(component)
+        .fetch_all(conn)
+        .await?)
 }
 
 /// The migrations of `c` not yet recorded, after checking the recorded ones
@@ -451,7 +421,7 @@ mod tests {
             name: "t".into(),
             migrations: vec![
                 Migration::new(1, "create").sql(["CREATE TABLE t (a TEXT)"]),
-                Migration::new(2, "native time").only(Backend::Postgres, "ALTER TABLE t ..."),
+                Migration::new(2, "native time").only(&crate::Postgres, "ALTER TABLE t ..."),
             ],
         }
     }
@@ -477,9 +447,9 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_only_step_runs_on_its_backend_alone() {
+    fn a_dialect_only_step_runs_on_its_dialect_alone() {
         let c = component();
-        assert!(c.migrations[1].statements(Backend::Sqlite).is_empty());
-        assert_eq!(c.migrations[1].statements(Backend::Postgres).len(), 1);
+        assert!(c.migrations[1].statements(&crate::Sqlite).is_empty());
+        assert_eq!(c.migrations[1].statements(&crate::Postgres).len(), 1);
     }
 }

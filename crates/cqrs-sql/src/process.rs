@@ -29,6 +29,7 @@
 //! is a stable function of its key: record a refusal that may stop holding
 //! later (out of stock) as an event rather than as an error.
 
+use crate::dialect::section;
 use crate::migrate::Migration;
 use crate::read::{Projection, ProjectionError};
 use cqrs_core::EventEnvelope;
@@ -39,6 +40,8 @@ use sqlx::AnyConnection;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::marker::PhantomData;
+
+const SQL: &str = include_str!("../sql/process.sql");
 use std::sync::Arc;
 
 /// A process manager's decisions, with no I/O: on each event, and on each
@@ -361,13 +364,11 @@ async fn load<S: DeserializeOwned + Default>(
     process: &str,
     instance: &str,
 ) -> Result<(S, i64), ProjectionError> {
-    let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT state, version FROM process_instances WHERE process = $1 AND instance_id = $2",
-    )
-    .bind(process)
-    .bind(instance)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row: Option<(String, i64)> = sqlx::query_as(section(SQL, "load"))
+        .bind(process)
+        .bind(instance)
+        .fetch_optional(&mut *tx)
+        .await?;
     match row {
         None => Ok((S::default(), 0)),
         Some((json, version)) => serde_json::from_str(&json)
@@ -389,33 +390,21 @@ async fn save<S: Serialize>(
 ) -> Result<(), ProjectionError> {
     let json = serde_json::to_string(state)
         .map_err(|e| ProjectionError::Inconsistent(format!("{process} {instance}: {e}")))?;
-    sqlx::query(
-        "INSERT INTO process_instances (process, instance_id, state, version, updated_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (process, instance_id) DO UPDATE \
-         SET state = excluded.state, version = excluded.version, updated_at = excluded.updated_at",
-    )
-    .bind(process)
-    .bind(instance)
-    .bind(json)
-    .bind(version + 1)
-    .bind(crate::db::timestamp(chrono::Utc::now()))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(section(SQL, "save"))
+        .bind(process)
+        .bind(instance)
+        .bind(json)
+        .bind(version + 1)
+        .bind(crate::db::timestamp(chrono::Utc::now()))
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
 /// The migrations of the instances' table, shared by every process manager
 /// (each creates it if missing): the component `projection <name>`.
 pub fn instance_migrations() -> Vec<Migration> {
-    vec![Migration::new(1, "process instances").sql([
-        "CREATE TABLE IF NOT EXISTS process_instances (
-            process TEXT NOT NULL,
-            instance_id TEXT NOT NULL,
-            state TEXT NOT NULL,
-            version BIGINT NOT NULL,
-            updated_at TEXT NOT NULL,
-            PRIMARY KEY (process, instance_id))",
-    ])]
+    vec![Migration::new(1, "process instances").sql([section(SQL, "table")])]
 }
 
 impl<P: ProcessManager, B: CommandBus<P::Command, P::Answer> + 'static> Projection

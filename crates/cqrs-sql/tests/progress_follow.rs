@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use cqrs_core::ConsistencyToken;
-use cqrs_sql::read::{ReadProgress, WaitOutcome, CHECKPOINT_SCHEMA};
+use cqrs_sql::read::{ReadProgress, WaitOutcome};
 use cqrs_sql::{batch, Db};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -21,7 +21,7 @@ async fn stamp(db: &Db, seq: i64) {
         "INSERT INTO projected_versions \
          (projector, aggregate_id, version, position, published_as, consumed_at, applied_at, seq) \
          SELECT 'p', v.value, 1, 0, '', '', '', $2 FROM ({}) AS v",
-        batch::keys(db.backend, 1)
+        batch::keys(db.dialect, 1)
     );
     sqlx::query(&sql)
         .bind(batch::keys_json(&ids).expect("keys"))
@@ -32,12 +32,9 @@ async fn stamp(db: &Db, seq: i64) {
 }
 
 async fn the_follower_pages_through_one_stamp_larger_than_a_page(db: Db) {
-    for statement in CHECKPOINT_SCHEMA {
-        sqlx::query(statement)
-            .execute(&db.writer)
-            .await
-            .expect("runner tables");
-    }
+    cqrs_sql::read::runner::ensure_schema(&db)
+        .await
+        .expect("runner tables");
     let progress = ReadProgress::new(db.clone(), "p");
     let mut moved = progress.changes();
     tokio::spawn(progress.clone().follow_database(Duration::from_millis(50)));

@@ -191,12 +191,13 @@ async fn an_append_is_all_or_nothing_and_the_relay_checkpoint_only_moves_forward
 /// break an append half-way.
 async fn refuse_inserts(db: &Db, table: &str, when: &str) {
     let name = format!("refuse_{table}");
-    let statements = match db.backend {
-        cqrs_sql::Backend::Sqlite => vec![format!(
+    // Test-only SQL: a trigger is written differently on each database.
+    let statements = match db.dialect.name() {
+        "Sqlite" => vec![format!(
             "CREATE TRIGGER {name} BEFORE INSERT ON {table} WHEN NEW.{when} \
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
         )],
-        cqrs_sql::Backend::Postgres => vec![
+        _ => vec![
             format!(
                 "CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN \
                  RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql"

@@ -100,10 +100,6 @@ async fn import(config: &Config, events: i64) -> anyhow::Result<()> {
         .import_generated(&history, |done| pb.set_position(done as u64))
         .await?;
     pb.finish_and_clear();
-    if store.db().backend == cqrs_sql::Backend::Postgres {
-        // The import's dirty pages written now, not during the measurement.
-        sqlx::Executor::execute(&store.db().writer, "CHECKPOINT").await?;
-    }
     if config.kafka.is_none() {
         let log = &cqrs_sql::SourceKey::Log;
         cqrs_sql::read::runner::advance_checkpoint(&read, PROJECTOR, log, head + 1).await?;

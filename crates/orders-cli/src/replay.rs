@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context};
 use cqrs_core::EventEnvelope;
-use cqrs_sql::{Backend, Db, DbOptions, EventStore, Projection, SourceKey, SqlEventStore, Step};
+use cqrs_sql::{Db, DbOptions, Dialect, EventStore, Projection, SourceKey, SqlEventStore, Step};
 use indicatif::{ProgressBar, ProgressStyle};
 use orders_service::server::{Config, PROJECTOR};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -315,7 +315,7 @@ pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
         .await?;
     let new = next_versions(tail, &mut versions)?;
     apply_all(&mut tx, &fresh, &new).await?;
-    swap_in(&mut tx, read.backend, &fresh, &live).await?;
+    swap_in(&mut tx, read.dialect, &fresh, &live).await?;
     tx.commit().await?;
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -382,10 +382,10 @@ async fn create_fresh_tables(read: &Db, fresh: &[Arc<dyn Projection>]) -> anyhow
         for m in p.migrations(TAG) {
             for step in &m.steps {
                 let deferred = matches!(step, Step::Sql(s) if s.starts_with("CREATE INDEX"));
-                if read.backend == Backend::Sqlite && deferred {
+                if !read.dialect.renames_indexes() && deferred {
                     continue;
                 }
-                cqrs_sql::migrate::run_step(&mut conn, read.backend, step).await?;
+                cqrs_sql::migrate::run_step(&mut conn, read.dialect, step).await?;
             }
         }
     }
@@ -393,10 +393,10 @@ async fn create_fresh_tables(read: &Db, fresh: &[Arc<dyn Projection>]) -> anyhow
 }
 
 /// Every statement of a projection's migrations.
-fn ddl_of(p: &dyn Projection, tag: &str, backend: Backend) -> Vec<String> {
+fn ddl_of(p: &dyn Projection, tag: &str, dialect: &dyn Dialect) -> Vec<String> {
     p.migrations(tag)
         .iter()
-        .flat_map(|m| m.statements(backend))
+        .flat_map(|m| m.statements(dialect))
         .collect()
 }
 
@@ -459,7 +459,7 @@ async fn lock_out_projector(
 /// Renames the fresh tables (and their indexes) into the live names.
 async fn swap_in(
     tx: &mut sqlx::AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     fresh: &[Arc<dyn Projection>],
     live: &[Arc<dyn Projection>],
 ) -> anyhow::Result<()> {
@@ -474,10 +474,10 @@ async fn swap_in(
             tx.execute(format!("DROP TABLE {live_t}__old").as_str())
                 .await?;
         }
-        let live_ddl = ddl_of(&**l, "", backend);
+        let live_ddl = ddl_of(&**l, "", dialect);
         let canonical = index_names(&live_ddl);
-        if backend == Backend::Postgres {
-            for (tagged, name) in index_names(&ddl_of(&**f, TAG, backend))
+        if dialect.renames_indexes() {
+            for (tagged, name) in index_names(&ddl_of(&**f, TAG, dialect))
                 .iter()
                 .zip(&canonical)
             {

@@ -262,6 +262,10 @@ async fn settled(
                         ends.by_client += 1;
                     }
                 }
+            } else if cancelled_by_client.contains(&id) {
+                // Its cancel was answered 2xx: the read model has yet to
+                // show it (a projector may have just been killed).
+                still.push(id);
             } else if o["stock"] == "reserved" {
                 ends.reserved.insert(id.clone(), all[&id].clone());
             } else {

@@ -3,6 +3,7 @@
 use cqrs_http::auth::JwtOptions;
 use cqrs_kafka::{KafkaConfig, KafkaProperties, KafkaProperty};
 use cqrs_sql::db::{defaults as db, sqlite_url};
+use cqrs_sql::dialect::{is_embedded_url, of_url};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -267,7 +268,7 @@ impl Config {
             .read_database_url
             .clone()
             .unwrap_or_else(|| match &self.database_url {
-                Some(url) if !url.starts_with("sqlite:") => url.clone(),
+                Some(url) if !is_embedded_url(url) => url.clone(),
                 _ => sqlite_url(&self.data_dir.join("read.db")),
             });
         (write, read)
@@ -282,27 +283,13 @@ impl Config {
             return (url.clone(), false);
         }
         let (write, _) = self.urls();
-        if write.starts_with("sqlite:") {
-            return (sqlite_url(&self.data_dir.join("inventory.db")), true);
+        let beside = of_url(&write)
+            .ok()
+            .and_then(|d| d.sibling(&write, "_inventory"));
+        match beside {
+            Some(url) => (url, true),
+            None => (sqlite_url(&self.data_dir.join("inventory.db")), true),
         }
-        (with_database_suffix(&write, "_inventory"), true)
-    }
-}
-
-/// `url` naming the database `<its name><suffix>` (query kept).
-fn with_database_suffix(url: &str, suffix: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let named = match base.rsplit_once('/') {
-        Some((server, name)) if !server.ends_with('/') && !name.is_empty() => {
-            format!("{server}/{name}{suffix}")
-        }
-        _ => format!("{}/postgres{suffix}", base.trim_end_matches('/')),
-    };
-    match query {
-        Some(q) => format!("{named}?{q}"),
-        None => named,
     }
 }
 

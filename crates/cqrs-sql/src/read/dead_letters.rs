@@ -3,29 +3,17 @@
 
 use super::SourcedEvent;
 use crate::db::Db;
+use crate::dialect::section;
 use cqrs_core::EventEnvelope;
 use sqlx::AnyConnection;
 use std::collections::HashSet;
 
-/// The dead-letter table.
-pub const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS dead_letters (
-        id TEXT PRIMARY KEY,
-        projector TEXT NOT NULL,
-        source_key TEXT NOT NULL,
-        next_position BIGINT NOT NULL,
-        published_as TEXT NOT NULL,
-        aggregate_id TEXT,
-        version BIGINT,
-        event_type TEXT,
-        reason TEXT NOT NULL,
-        status TEXT NOT NULL,
-        envelope TEXT,
-        raw TEXT,
-        created_at TEXT NOT NULL,
-        resolved_at TEXT)",
-    "CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (projector, aggregate_id, status)",
-];
+const SQL: &str = include_str!("../../sql/dead_letters.sql");
+
+/// The dead-letter table and its index (part of the runner's migration 1).
+pub(crate) fn schema() -> [&'static str; 2] {
+    [section(SQL, "table"), section(SQL, "index")]
+}
 
 /// Where a dead letter stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +91,6 @@ impl Stored {
     }
 }
 
-const COLUMNS: &str =
-    "id, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope";
-
 /// Stores a dead or parked record.
 pub(crate) async fn record(
     tx: &mut AnyConnection,
@@ -116,32 +101,30 @@ pub(crate) async fn record(
     now: &str,
 ) -> Result<(), sqlx::Error> {
     let envelope = item.event.as_ref().ok();
-    sqlx::query(
-        "INSERT INTO dead_letters (id, projector, source_key, next_position, published_as, aggregate_id, version, \
-         event_type, reason, status, envelope, raw, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(projector)
-    .bind(&item.source_key)
-    .bind(item.next_position)
-    .bind(&item.published_as)
-    .bind(item.aggregate_id())
-    .bind(envelope.map(|e| e.version))
-    .bind(envelope.map(|e| e.event_type.clone()))
-    .bind(reason)
-    .bind(status.as_str())
-    .bind(envelope.and_then(|e| {
-        // Without its envelope a letter can be listed and discarded, not retried.
-        serde_json::to_string(e)
-            .inspect_err(|error| tracing::warn!(record = %item.published_as, %error,
-                "a dead letter's envelope does not encode; kept without it"))
-            .ok()
-    }))
-    .bind(item.raw.as_ref().map(|r| r.to_string()))
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(section(SQL, "record"))
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(projector)
+        .bind(&item.source_key)
+        .bind(item.next_position)
+        .bind(&item.published_as)
+        .bind(item.aggregate_id())
+        .bind(envelope.map(|e| e.version))
+        .bind(envelope.map(|e| e.event_type.clone()))
+        .bind(reason)
+        .bind(status.as_str())
+        .bind(envelope.and_then(|e| {
+            // Without its envelope a letter can be listed and discarded, not retried.
+            serde_json::to_string(e)
+                .inspect_err(|error| {
+                    tracing::warn!(record = %item.published_as, %error,
+                "a dead letter's envelope does not encode; kept without it")
+                })
+                .ok()
+        }))
+        .bind(item.raw.as_ref().map(|r| r.to_string()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -151,13 +134,11 @@ pub(crate) async fn has_open(
     projector: &str,
     aggregate_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM dead_letters WHERE projector = $1 AND aggregate_id = $2 AND status IN ('dead', 'parked')",
-    )
-    .bind(projector)
-    .bind(aggregate_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let n: i64 = sqlx::query_scalar(section(SQL, "has_open"))
+        .bind(projector)
+        .bind(aggregate_id)
+        .fetch_one(&mut *tx)
+        .await?;
     Ok(n > 0)
 }
 
@@ -167,11 +148,7 @@ pub(crate) async fn open_for(
     projector: &str,
     aggregate_id: &str,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE projector = $1 AND aggregate_id = $2 \
-         AND status IN ('dead', 'parked') ORDER BY COALESCE(version, 0), id"
-    );
-    let rows: Vec<Stored> = sqlx::query_as(&sql)
+    let rows: Vec<Stored> = sqlx::query_as(section(SQL, "open_for"))
         .bind(projector)
         .bind(aggregate_id)
         .fetch_all(&mut *tx)
@@ -186,7 +163,7 @@ pub(crate) async fn resolve(
     status: DeadLetterStatus,
     now: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE dead_letters SET status = $1, resolved_at = $2 WHERE id = $3")
+    sqlx::query(section(SQL, "resolve"))
         .bind(status.as_str())
         .bind(now)
         .bind(id)
@@ -200,27 +177,20 @@ pub(crate) async fn parked_aggregates(
     db: &Db,
     projector: &str,
 ) -> Result<HashSet<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT DISTINCT aggregate_id FROM dead_letters WHERE projector = $1 AND status IN ('dead', 'parked') \
-         AND aggregate_id IS NOT NULL",
-    )
-    .bind(projector)
-    .fetch_all(&db.pool)
-    .await
-    .map(|v: Vec<String>| v.into_iter().collect())
+    sqlx::query_scalar(section(SQL, "parked_aggregates"))
+        .bind(projector)
+        .fetch_all(&db.pool)
+        .await
+        .map(|v: Vec<String>| v.into_iter().collect())
 }
 
 /// Dead letters, newest first; only open ones unless `all`.
 pub async fn list(db: &Db, projector: &str, all: bool) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let filter = if all {
-        ""
-    } else {
-        "AND status IN ('dead', 'parked')"
+    let sql = match all {
+        true => section(SQL, "list_all"),
+        false => section(SQL, "list_open"),
     };
-    let sql = format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE projector = $1 {filter} ORDER BY id DESC"
-    );
-    let rows: Vec<Stored> = sqlx::query_as(&sql)
+    let rows: Vec<Stored> = sqlx::query_as(sql)
         .bind(projector)
         .fetch_all(&db.pool)
         .await?;
@@ -230,14 +200,11 @@ pub async fn list(db: &Db, projector: &str, all: bool) -> Result<Vec<DeadLetter>
 /// Discards open letters: one by id, or every open letter of an aggregate.
 pub async fn discard(db: &Db, projector: &str, id_or_aggregate: &str) -> Result<u64, sqlx::Error> {
     let now = crate::db::timestamp(chrono::Utc::now());
-    let done = sqlx::query(
-        "UPDATE dead_letters SET status = 'discarded', resolved_at = $1 WHERE projector = $2 \
-         AND status IN ('dead', 'parked') AND (id = $3 OR aggregate_id = $3)",
-    )
-    .bind(now)
-    .bind(projector)
-    .bind(id_or_aggregate)
-    .execute(&db.writer)
-    .await?;
+    let done = sqlx::query(section(SQL, "discard"))
+        .bind(now)
+        .bind(projector)
+        .bind(id_or_aggregate)
+        .execute(&db.writer)
+        .await?;
     Ok(done.rows_affected())
 }

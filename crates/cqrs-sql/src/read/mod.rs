@@ -13,7 +13,7 @@ pub mod traces;
 
 pub use log_source::LogSource;
 pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
-pub use runner::{ProjectorConfig, ProjectorRunner, CHECKPOINT_SCHEMA};
+pub use runner::{ProjectorConfig, ProjectorRunner};
 pub use source_key::{BadSourceKey, SourceKey};
 
 use crate::migrate::{MigrateError, Migration};

@@ -7,7 +7,9 @@
 //! `NOTIFY` on PostgreSQL, polling otherwise) into an in-memory map; waiters
 //! read only that map, so a thousand waiters cost no database reads per batch.
 
-use crate::db::{Backend, Db};
+use crate::db::Db;
+use crate::dialect::section;
+use crate::read::tables::SQL;
 use cqrs_core::ConsistencyToken;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,24 +127,20 @@ impl ReadProgress {
 
     /// The aggregate's version as the read DB has it now.
     pub async fn stored_version(&self, aggregate_id: &str) -> Result<i64, sqlx::Error> {
-        let v: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM projected_versions WHERE projector = $1 AND aggregate_id = $2",
-        )
-        .bind(&self.inner.projector)
-        .bind(aggregate_id)
-        .fetch_optional(&self.inner.db.pool)
-        .await?;
+        let v: Option<i64> = sqlx::query_scalar(section(SQL, "version_of"))
+            .bind(&self.inner.projector)
+            .bind(aggregate_id)
+            .fetch_optional(&self.inner.db.pool)
+            .await?;
         Ok(v.unwrap_or(0))
     }
 
     /// Every aggregate's version as the read DB has it (for verification).
     pub async fn stored_versions(&self) -> Result<HashMap<String, i64>, sqlx::Error> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1",
-        )
-        .bind(&self.inner.projector)
-        .fetch_all(&self.inner.db.pool)
-        .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(section(SQL, "all_versions"))
+            .bind(&self.inner.projector)
+            .fetch_all(&self.inner.db.pool)
+            .await?;
         Ok(rows.into_iter().collect())
     }
 
@@ -207,7 +205,7 @@ impl ReadProgress {
                                 tokio::time::sleep(poll).await;
                             }
                             // Coalesce a burst of notifications into one read.
-                            while let Some(Ok(_)) = futures::FutureExt::now_or_never(l.recv()) {}
+                            l.drain();
                         }
                         _ = tokio::time::sleep(poll) => {}
                     }
@@ -217,17 +215,10 @@ impl ReadProgress {
         }
     }
 
-    async fn listen(&self) -> Option<sqlx::postgres::PgListener> {
-        if self.inner.db.backend != Backend::Postgres {
-            return None;
-        }
-        let connect = async {
-            let mut l = sqlx::postgres::PgListener::connect(self.inner.db.url()).await?;
-            l.listen(PROGRESS_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        match connect.await {
-            Ok(l) => Some(l),
+    async fn listen(&self) -> Option<crate::dialect::Listener> {
+        let db = &self.inner.db;
+        match db.dialect.listen(db.url(), PROGRESS_CHANNEL).await {
+            Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot LISTEN for read-model progress; polling");
                 None
@@ -236,39 +227,29 @@ impl ReadProgress {
     }
 
     async fn head(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
-        )
-        .bind(&self.inner.projector)
-        .fetch_one(&self.inner.db.pool)
-        .await
+        sqlx::query_scalar(section(SQL, "last_stamp"))
+            .bind(&self.inner.projector)
+            .fetch_one(&self.inner.db.pool)
+            .await
     }
 
     /// Reads every version stamped after `cursor`, page by page.
     async fn catch_up(&self, cursor: &mut Cursor) -> Result<(), sqlx::Error> {
         loop {
             let q = match &cursor.id {
-                None => sqlx::query_as::<_, (String, i64, i64)>(
-                    "SELECT aggregate_id, version, seq FROM projected_versions \
-                     WHERE projector = $1 AND seq > $2 ORDER BY seq, aggregate_id LIMIT $3",
-                )
-                .bind(&self.inner.projector)
-                .bind(cursor.seq)
-                .bind(FOLLOW_PAGE),
-                // A row-value comparison, which both databases turn into a
-                // range of the (projector, seq, aggregate_id) index. Written
-                // as `seq > $2 OR (seq = $2 AND …)`, PostgreSQL 15 filtered
-                // every one of the projector's rows from the index's start
-                // (20 ms at 100,000 rows, on every wake-up).
-                Some(id) => sqlx::query_as::<_, (String, i64, i64)>(
-                    "SELECT aggregate_id, version, seq FROM projected_versions \
-                     WHERE projector = $1 AND (seq, aggregate_id) > ($2, $3) \
-                     ORDER BY seq, aggregate_id LIMIT $4",
-                )
-                .bind(&self.inner.projector)
-                .bind(cursor.seq)
-                .bind(id.clone())
-                .bind(FOLLOW_PAGE),
+                None => sqlx::query_as::<_, (String, i64, i64)>(section(SQL, "stamped_after"))
+                    .bind(&self.inner.projector)
+                    .bind(cursor.seq)
+                    .bind(FOLLOW_PAGE),
+                // A row-value comparison: an index range on both (see the
+                // statement's comment).
+                Some(id) => {
+                    sqlx::query_as::<_, (String, i64, i64)>(section(SQL, "stamped_after_id"))
+                        .bind(&self.inner.projector)
+                        .bind(cursor.seq)
+                        .bind(id.clone())
+                        .bind(FOLLOW_PAGE)
+                }
             };
             let rows = q.fetch_all(&self.inner.db.pool).await?;
             let Some((id, _, seq)) = rows.last() else {

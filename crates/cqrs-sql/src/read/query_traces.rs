@@ -71,7 +71,7 @@ async fn write(db: &Db, traces: &[Trace]) -> Result<(), sqlx::Error> {
         .map(|(a, v, at)| vec![Val::Text(a.clone()), Val::Int(*v), Val::Text(at.clone())])
         .collect();
     let source = batch::rows(
-        db.backend,
+        db.dialect,
         1,
         &[
             ("aggregate_id", Kind::Text),
@@ -79,11 +79,9 @@ async fn write(db: &Db, traces: &[Trace]) -> Result<(), sqlx::Error> {
             ("queried_at", Kind::Text),
         ],
     );
-    let sql = format!(
-        "INSERT INTO query_traces (aggregate_id, version, queried_at) \
-         SELECT v.aggregate_id, v.version, MIN(v.queried_at) FROM ({source}) AS v WHERE true \
-         GROUP BY v.aggregate_id, v.version \
-         ON CONFLICT (aggregate_id, version) DO NOTHING"
+    let sql = crate::dialect::fill(
+        crate::dialect::section(crate::read::tables::SQL, "write_query_traces"),
+        &[("rows", &source)],
     );
     let mut tx = db.begin_derived().await?;
     sqlx::query(&sql)

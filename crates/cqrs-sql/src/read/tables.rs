@@ -5,71 +5,31 @@
 use super::dead_letters;
 use super::{Projection, SourceKey};
 use crate::batch::{self, Kind, Val};
-use crate::db::{timestamp, Backend, Db};
+use crate::db::{timestamp, Db};
+use crate::dialect::{fill, section, Dialect};
 use crate::migrate::{self, AddedColumn, Component, MigrateError, Migration};
 use sqlx::{AnyConnection, Executor};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The runner's own tables.
-pub const CHECKPOINT_SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS projector_checkpoints (
-        projector TEXT NOT NULL,
-        source_key TEXT NOT NULL,
-        next_position BIGINT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (projector, source_key))",
-    "CREATE TABLE IF NOT EXISTS projected_versions (
-        projector TEXT NOT NULL,
-        aggregate_id TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        position BIGINT NOT NULL,
-        published_as TEXT NOT NULL,
-        consumed_at TEXT NOT NULL,
-        applied_at TEXT NOT NULL,
-        seq BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (projector, aggregate_id))",
-    // One row per projector: the last commit-ordered stamp handed out.
-    "CREATE TABLE IF NOT EXISTS projector_progress (
-        projector TEXT PRIMARY KEY,
-        seq BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS event_traces (
-        projector TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        command_id TEXT NOT NULL,
-        published_as TEXT NOT NULL,
-        consumed_at TEXT NOT NULL,
-        applied_at TEXT NOT NULL,
-        PRIMARY KEY (projector, event_id))",
-    "CREATE INDEX IF NOT EXISTS event_traces_applied ON event_traces (projector, applied_at)",
-    "CREATE TABLE IF NOT EXISTS query_traces (
-        aggregate_id TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        queried_at TEXT NOT NULL,
-        PRIMARY KEY (aggregate_id, version))",
-];
-
-/// Indexes over columns that databases made before versioned migrations gain.
-const CHECKPOINT_INDEXES: &[&str] = &[
-    "DROP INDEX IF EXISTS projected_versions_applied",
-    "CREATE INDEX IF NOT EXISTS projected_versions_seq ON projected_versions (projector, seq, aggregate_id)",
-];
+/// The runner's statements (`sql/projector.sql`).
+pub(crate) const SQL: &str = include_str!("../../sql/projector.sql");
 
 /// Reads and locks the applied versions of aggregates (absent: never applied).
 pub(super) async fn lock_versions<'a>(
     tx: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     projector: &str,
     ids: &[&'a str],
 ) -> Result<HashMap<&'a str, i64>, sqlx::Error> {
-    versions(tx, backend, projector, ids, true).await
+    versions(tx, dialect, projector, ids, true).await
 }
 
 /// Reads the applied versions of `ids` (absent: never applied), locking
 /// their rows on PostgreSQL when `lock`.
 pub(super) async fn versions<'a>(
     tx: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     projector: &str,
     ids: &[&'a str],
     lock: bool,
@@ -77,23 +37,11 @@ pub(super) async fn versions<'a>(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    // SQLite has one writer, so the transaction itself is the lock. On
-    // PostgreSQL `= ANY(ARRAY(...))` keeps the primary key's index scan
-    // whatever the planner guesses of the list's length.
-    let sql = match backend {
-        Backend::Postgres => format!(
-            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 \
-             AND aggregate_id = ANY(ARRAY({})) ORDER BY aggregate_id{}",
-            batch::keys(backend, 2),
-            if lock { " FOR UPDATE" } else { "" }
-        ),
-        Backend::Sqlite => format!(
-            "SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 \
-             AND aggregate_id IN ({})",
-            batch::keys(backend, 2)
-        ),
+    let sql = match lock {
+        true => dialect.sql().versions_locked,
+        false => dialect.sql().versions,
     };
-    let rows = sqlx::query_as::<_, (String, i64)>(&sql)
+    let rows = sqlx::query_as::<_, (String, i64)>(sql)
         .bind(projector)
         .bind(batch::keys_json(ids)?)
         .fetch_all(&mut *tx)
@@ -108,11 +56,11 @@ pub(super) async fn versions<'a>(
 /// Reads and locks one aggregate's applied version (None: never applied).
 pub(super) async fn lock_version(
     tx: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
     projector: &str,
     aggregate_id: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
-    Ok(lock_versions(tx, backend, projector, &[aggregate_id])
+    Ok(lock_versions(tx, dialect, projector, &[aggregate_id])
         .await?
         .get(aggregate_id)
         .copied())
@@ -124,7 +72,17 @@ pub fn runner_component() -> Component {
         name: "projector".into(),
         migrations: vec![
             Migration::new(1, "checkpoints, versions, traces, dead letters")
-                .sql(CHECKPOINT_SCHEMA.iter().copied())
+                .sql(
+                    [
+                        "checkpoints_table",
+                        "versions_table",
+                        "progress_table",
+                        "event_traces_table",
+                        "event_traces_index",
+                        "query_traces_table",
+                    ]
+                    .map(|name| section(SQL, name)),
+                )
                 // Databases made before migrations were versioned may lack it.
                 .add_column(AddedColumn {
                     table: "projected_versions".into(),
@@ -132,8 +90,11 @@ pub fn runner_component() -> Component {
                     definition: "BIGINT NOT NULL DEFAULT 0",
                     backfill: None,
                 })
-                .sql(CHECKPOINT_INDEXES.iter().copied())
-                .sql(dead_letters::SCHEMA.iter().copied()),
+                .sql([
+                    section(SQL, "drop_old_versions_index"),
+                    section(SQL, "versions_seq_index"),
+                ])
+                .sql(dead_letters::schema()),
         ],
     }
 }
@@ -160,13 +121,10 @@ pub async fn ensure_schema(db: &Db) -> Result<(), MigrateError> {
 /// written and rolled back.
 pub async fn check_writable(db: &Db) -> Result<(), sqlx::Error> {
     let mut tx = db.writer.begin().await?;
-    sqlx::query(
-        "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
-         VALUES ($1, 'probe', 0, '')",
-    )
-    .bind(format!("readiness-probe-{}", uuid::Uuid::new_v4()))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(section(SQL, "probe_write"))
+        .bind(format!("readiness-probe-{}", uuid::Uuid::new_v4()))
+        .execute(&mut *tx)
+        .await?;
     tx.rollback().await
 }
 
@@ -192,13 +150,10 @@ pub fn read_components(projections: &[Arc<dyn Projection>]) -> Vec<Component> {
 /// locked until the caller's transaction ends, so stamps commit in the order
 /// they are taken, whichever process takes them; take it as late as possible.
 pub(super) async fn next_seq(tx: &mut AnyConnection, projector: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO projector_progress (projector, seq) VALUES ($1, 1) \
-         ON CONFLICT (projector) DO UPDATE SET seq = projector_progress.seq + 1 RETURNING seq",
-    )
-    .bind(projector)
-    .fetch_one(&mut *tx)
-    .await
+    sqlx::query_scalar(section(SQL, "next_seq"))
+        .bind(projector)
+        .fetch_one(&mut *tx)
+        .await
 }
 
 /// Moves the checkpoints forward (never back), in key order: one statement.
@@ -219,18 +174,11 @@ pub(super) async fn write_checkpoints(
         .map(|(k, v)| vec![Val::Text(k.to_string()), Val::Int(v)])
         .collect();
     let source = batch::rows(
-        batch::backend_of(tx),
+        batch::dialect_of(tx),
         3,
         &[("source_key", Kind::Text), ("next_position", Kind::Int)],
     );
-    let sql = format!(
-        "INSERT INTO projector_checkpoints (projector, source_key, next_position, updated_at) \
-         SELECT $1, v.source_key, v.next_position, $2 FROM ({source}) AS v WHERE true \
-         ON CONFLICT (projector, source_key) DO UPDATE SET \
-         next_position = CASE WHEN excluded.next_position > projector_checkpoints.next_position \
-         THEN excluded.next_position ELSE projector_checkpoints.next_position END, \
-         updated_at = excluded.updated_at"
-    );
+    let sql = fill(section(SQL, "write_checkpoints"), &[("rows", &source)]);
     sqlx::query(&sql)
         .bind(projector)
         .bind(now)
@@ -243,10 +191,10 @@ pub(super) async fn write_checkpoints(
 /// Wakes followers in other processes once the transaction commits.
 pub(super) async fn notify_progress(
     tx: &mut AnyConnection,
-    backend: Backend,
+    dialect: &dyn Dialect,
 ) -> Result<(), sqlx::Error> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, '')) AS n")
+    if let Some(notify) = dialect.sql().notify_progress {
+        sqlx::query(notify)
             .bind(super::progress::PROGRESS_CHANNEL)
             .execute(&mut *tx)
             .await?;
@@ -279,12 +227,10 @@ pub struct Checkpoint {
 
 /// The stored checkpoints of a projector, with when each last moved.
 pub async fn checkpoint_rows(db: &Db, projector: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
-    )
-    .bind(projector)
-    .fetch_all(&db.pool)
-    .await
+    sqlx::query_as(section(SQL, "checkpoints"))
+        .bind(projector)
+        .fetch_all(&db.pool)
+        .await
 }
 
 /// Holds every live projector back until `tx` ends and returns where
@@ -294,22 +240,12 @@ pub async fn lock_out_projectors(
     tx: &mut AnyConnection,
     projector: &str,
 ) -> Result<Vec<Checkpoint>, sqlx::Error> {
-    if batch::backend_of(tx) == Backend::Postgres {
-        // A runner's first statement locks rows of projected_versions, so
-        // it waits here before touching any table.
-        tx.execute("LOCK TABLE projected_versions IN EXCLUSIVE MODE")
-            .await?;
-    } else {
-        // Takes SQLite's write lock: every projector waits for `tx`.
-        tx.execute("UPDATE projector_checkpoints SET updated_at = updated_at WHERE 1 = 0")
-            .await?;
-    }
-    sqlx::query_as(
-        "SELECT source_key, next_position, updated_at FROM projector_checkpoints WHERE projector = $1",
-    )
-    .bind(projector)
-    .fetch_all(&mut *tx)
-    .await
+    tx.execute(batch::dialect_of(tx).sql().lock_out_projectors)
+        .await?;
+    sqlx::query_as(section(SQL, "checkpoints"))
+        .bind(projector)
+        .fetch_all(&mut *tx)
+        .await
 }
 
 /// Moves a projector's checkpoint on one source forward to `next_position`

@@ -4,6 +4,8 @@
 //! only reads of them outside this crate's own paths.
 
 use crate::db::Db;
+use crate::dialect::section;
+use crate::read::tables::SQL;
 
 /// When and from where the projector took one event (or an aggregate's
 /// last applied one).
@@ -24,7 +26,7 @@ pub async fn event_applied(
     projector: &str,
     event_id: &str,
 ) -> Result<Option<Applied>, sqlx::Error> {
-    applied_row(db, "event_traces", "event_id", projector, event_id).await
+    applied_row(db, section(SQL, "event_trace"), projector, event_id).await
 }
 
 /// How `projector` consumed and applied the last event of `aggregate_id`
@@ -34,28 +36,18 @@ pub async fn last_applied(
     projector: &str,
     aggregate_id: &str,
 ) -> Result<Option<Applied>, sqlx::Error> {
-    applied_row(
-        db,
-        "projected_versions",
-        "aggregate_id",
-        projector,
-        aggregate_id,
-    )
-    .await
+    applied_row(db, section(SQL, "last_applied"), projector, aggregate_id).await
 }
 
-/// The [`Applied`] columns of one row of `table` (both tables have them).
+/// The [`Applied`] columns of the one row `sql` finds for `projector` and
+/// `value`.
 async fn applied_row(
     db: &Db,
-    table: &str,
-    key: &str,
+    sql: &'static str,
     projector: &str,
     value: &str,
 ) -> Result<Option<Applied>, sqlx::Error> {
-    let sql = format!(
-        "SELECT published_as, consumed_at, applied_at FROM {table} WHERE projector = $1 AND {key} = $2"
-    );
-    sqlx::query_as(&sql)
+    sqlx::query_as(sql)
         .bind(projector)
         .bind(value)
         .fetch_optional(&db.pool)
@@ -69,13 +61,11 @@ pub async fn first_queried(
     aggregate_id: &str,
     version: i64,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT MIN(queried_at) FROM query_traces WHERE aggregate_id = $1 AND version >= $2",
-    )
-    .bind(aggregate_id)
-    .bind(version)
-    .fetch_one(&db.pool)
-    .await
+    sqlx::query_scalar(section(SQL, "first_queried"))
+        .bind(aggregate_id)
+        .bind(version)
+        .fetch_one(&db.pool)
+        .await
 }
 
 /// How many events `projector` has applied, counted as the sum of every
@@ -83,10 +73,8 @@ pub async fn first_queried(
 /// version order, without gaps). Reads every row of the projector's
 /// versions: for tools, not for a hot path.
 pub async fn applied_events(db: &Db, projector: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(version), 0) AS BIGINT) FROM projected_versions WHERE projector = $1",
-    )
-    .bind(projector)
-    .fetch_one(&db.pool)
-    .await
+    sqlx::query_scalar(section(SQL, "applied_events"))
+        .bind(projector)
+        .fetch_one(&db.pool)
+        .await
 }

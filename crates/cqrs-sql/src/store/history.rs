@@ -4,7 +4,8 @@
 
 use super::sql::advance_relay_checkpoint;
 use super::{SqlEventStore, StoreError};
-use crate::db::{timestamp, Backend};
+use crate::db::timestamp;
+use crate::dialect::{fill, Dialect};
 use sqlx::Executor;
 
 /// Aggregates per statement (and per transaction).
@@ -45,48 +46,16 @@ impl GeneratedHistory {
     }
 }
 
-/// The INSERT of one chunk. `$1` type, `$2` the life as a JSON array of
-/// `[event_type, payload, schema_version]`, `$3..=$4` the aggregate numbers, `$5` now, `$6`
-/// the salt as 8 hex digits. Positions follow `order`.
-fn insert_sql(backend: Backend, interleaved: bool) -> String {
-    match backend {
-        Backend::Postgres => {
-            let order = if interleaved {
-                "l.ord, a.i"
-            } else {
-                "a.i, l.ord"
-            };
-            format!(
-                "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-                 schema_version, payload, command_id, occurred_at, recorded_at) \
-                 SELECT $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-9000-' || lpad(to_hex(a.i), 12, '0'), \
-                 $1, $6 || '-0000-4000-8000-' || lpad(to_hex(a.i), 12, '0'), l.ord, l.value->>0, CAST(l.value->>2 AS BIGINT), \
-                 CAST(replace(CAST(l.value->1 AS TEXT), '{{n}}', CAST(a.i AS TEXT)) AS jsonb), \
-                 $6 || '-' || lpad(to_hex(l.ord), 4, '0') || '-4000-a000-' || lpad(to_hex(a.i), 12, '0'), \
-                 CAST($5 AS TIMESTAMPTZ), CAST($5 AS TIMESTAMPTZ) \
-                 FROM generate_series(CAST($3 AS BIGINT), CAST($4 AS BIGINT)) AS a(i) \
-                 CROSS JOIN jsonb_array_elements(CAST($2 AS jsonb)) WITH ORDINALITY AS l(value, ord) \
-                 ORDER BY {order}"
-            )
-        }
-        Backend::Sqlite => {
-            let order = if interleaved {
-                "l.key, a.i"
-            } else {
-                "a.i, l.key"
-            };
-            format!(
-                "WITH RECURSIVE a(i) AS (SELECT $3 UNION ALL SELECT i + 1 FROM a WHERE i < $4) \
-                 INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-                 schema_version, payload, command_id, occurred_at, recorded_at) \
-                 SELECT printf('%s-%04x-4000-9000-%012x', $6, l.key + 1, a.i), $1, \
-                 printf('%s-0000-4000-8000-%012x', $6, a.i), l.key + 1, json_extract(l.value, '$[0]'), json_extract(l.value, '$[2]'), \
-                 json(replace(json_extract(l.value, '$[1]'), '{{n}}', a.i)), \
-                 printf('%s-%04x-4000-a000-%012x', $6, l.key + 1, a.i), $5, $5 \
-                 FROM a CROSS JOIN json_each($2) AS l ORDER BY {order}"
-            )
-        }
-    }
+/// The INSERT of one chunk (`insert_history` of the dialect's file).
+/// Positions follow version, then aggregate when `interleaved`.
+fn insert_sql(dialect: &dyn Dialect, interleaved: bool) -> String {
+    let d = dialect.sql();
+    let order = if interleaved {
+        d.history_interleaved
+    } else {
+        d.history_by_aggregate
+    };
+    fill(d.insert_history, &[("order", order)])
 }
 
 impl SqlEventStore {
@@ -123,10 +92,10 @@ impl SqlEventStore {
         for first in (1..=history.aggregates).step_by(CHUNK as usize) {
             let last = (first + CHUNK - 1).min(history.aggregates);
             let mut tx = db.writer.begin().await?;
-            if let Some(preamble) = self.dialect.append_preamble() {
+            if let Some(preamble) = db.sql().append_preamble {
                 tx.execute(preamble).await?;
             }
-            sqlx::query(&insert_sql(db.backend, history.interleaved))
+            sqlx::query(&insert_sql(db.dialect, history.interleaved))
                 .bind(&history.aggregate_type)
                 .bind(&life)
                 .bind(first)
@@ -135,7 +104,7 @@ impl SqlEventStore {
                 .bind(&salt)
                 .execute(&mut *tx)
                 .await?;
-            head = sqlx::query_scalar("SELECT CAST(MAX(position) AS BIGINT) FROM events")
+            head = sqlx::query_scalar(super::sql::HEAD)
                 .fetch_one(&mut *tx)
                 .await?;
             if !history.unpublished {
@@ -144,11 +113,11 @@ impl SqlEventStore {
             tx.commit().await?;
             progress(last * history.life.len() as i64);
         }
-        // As after any bulk load: fresh statistics (the planner would plan
-        // for the table as it was) and the visibility map set (or autovacuum
-        // does it later, in the middle of whatever runs then).
-        if db.backend == Backend::Postgres {
-            db.writer.execute("VACUUM (ANALYZE) events").await?;
+        for after in [db.sql().after_bulk_load, db.sql().flush_after_bulk_load]
+            .into_iter()
+            .flatten()
+        {
+            db.writer.execute(after).await?;
         }
         self.committed.send_if_modified(|p| {
             let moved = head > *p;

@@ -2,12 +2,14 @@
 //! relay publishes, behind its checkpoint) with idempotency.
 
 mod history;
-mod postgres;
 mod sql;
-mod sqlite;
 mod writer;
 
 pub use history::GeneratedHistory;
+
+/// The channel appends notify at commit where the database can wake another
+/// process (PostgreSQL's `append_postamble` in `sql/postgres.sql` names it).
+pub const LOG_CHANNEL: &str = "cqrs_events";
 pub use sql::{write_components, SqlEventStore};
 
 use cqrs_core::{EventEnvelope, EventMetadata, NewEvent};

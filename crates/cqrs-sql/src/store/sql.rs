@@ -1,22 +1,31 @@
-//! The event store over either database; the differences live in a `Dialect`.
+//! The event store over either database; its statements are in
+//! `sql/event_store.sql` and `sql/relay.sql`, the differences in the `Db`'s
+//! [`Dialect`].
 
 use super::{AppendRequest, Appended, EventStore, StoreError, StoredAnswer};
-use crate::db::{parse_timestamp, timestamp, Backend, Db};
+use crate::db::{parse_timestamp, timestamp, Db};
+use crate::dialect::{fill, section, Dialect};
 use crate::migrate::{AddedColumn, Component, Migration};
 use cqrs_core::{EventEnvelope, EventMetadata};
 use sqlx::Executor;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The write side's first schema (`schema.sql`) in `dialect`'s terms.
+const SQL: &str = include_str!("../../sql/event_store.sql");
+const RELAY_SQL: &str = include_str!("../../sql/relay.sql");
+/// The last position of the log (0 when empty).
+pub(super) const HEAD: &str = section(SQL, "head");
+
+/// The write side's first schema (`sql/event_store_v1.sql`) in `dialect`'s
+/// terms: statements separated by semicolons, comments dropped.
 pub(crate) fn write_schema(dialect: &dyn Dialect) -> Vec<String> {
-    include_str!("schema.sql")
+    include_str!("../../sql/event_store_v1.sql")
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
         .collect::<Vec<_>>()
         .join("\n")
-        .replace("{position}", dialect.position_column())
-        .replace("{payload}", dialect.payload_type())
+        .replace("{position}", dialect.sql().position_column)
+        .replace("{payload}", dialect.sql().payload_type)
         .split(';')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -24,52 +33,80 @@ pub(crate) fn write_schema(dialect: &dyn Dialect) -> Vec<String> {
         .collect()
 }
 
-/// What differs between PostgreSQL and SQLite.
-pub(crate) trait Dialect: Send + Sync {
-    /// The `position` column's type and allocation.
-    fn position_column(&self) -> &'static str;
-    /// The payload column's type.
-    fn payload_type(&self) -> &'static str;
-    /// The payload column as text.
-    fn payload_column(&self) -> &'static str;
-    /// Run first in every append transaction.
-    fn append_preamble(&self) -> Option<&'static str>;
-    /// Run after every append commits (e.g. NOTIFY the relay).
-    fn append_postamble(&self) -> Option<&'static str>;
-    /// Run before reading the log: waits until no append that allocated a
-    /// position is still in flight, and answers the highest position below
-    /// which every position is final (None: appends are serial anyway).
-    fn log_horizon(&self) -> Option<&'static str>;
+/// The store's statements, filled in for its dialect once.
+struct Statements {
+    load: String,
+    all_events: String,
+    events_of_command: String,
+    read_log: String,
+    read_log_below: String,
+    existing: String,
+    keyed_commands: String,
+    probe_write: String,
+    oldest_pending: String,
+}
+
+impl Statements {
+    fn of(dialect: &dyn Dialect) -> Statements {
+        let d = dialect.sql();
+        let columns = fill(
+            section(SQL, "event_columns"),
+            &[
+                ("payload", d.payload_out),
+                (
+                    "occurred_at",
+                    &fill(d.instant_out, &[("column", "occurred_at")]),
+                ),
+                (
+                    "recorded_at",
+                    &fill(d.instant_out, &[("column", "recorded_at")]),
+                ),
+            ],
+        );
+        let events = |name: &str| fill(section(SQL, name), &[("event_columns", &columns)]);
+        let keys = crate::batch::keys(dialect, 1);
+        Statements {
+            load: events("load"),
+            all_events: events("all_events"),
+            events_of_command: events("events_of_command"),
+            read_log: events("read_log"),
+            read_log_below: events("read_log_below"),
+            existing: fill(section(SQL, "existing"), &[("keys", &keys)]),
+            keyed_commands: fill(section(SQL, "keyed_commands"), &[("keys", &keys)]),
+            probe_write: fill(
+                section(SQL, "probe_write"),
+                &[("created_at", &fill(d.instant_in, &[("expr", "$2")]))],
+            ),
+            oldest_pending: fill(
+                section(RELAY_SQL, "oldest_pending"),
+                &[(
+                    "recorded_at",
+                    &fill(d.instant_out, &[("column", "recorded_at")]),
+                )],
+            ),
+        }
+    }
 }
 
 /// The event store on a SQL database.
 #[derive(Clone)]
 pub struct SqlEventStore {
     db: Db,
-    pub(super) dialect: Arc<dyn Dialect>,
     pub(super) committed: Arc<watch::Sender<i64>>,
     notifying: Arc<std::sync::atomic::AtomicBool>,
-    select_events: Arc<str>,
+    sql: Arc<Statements>,
     appends: tokio::sync::mpsc::Sender<super::writer::Job>,
-}
-
-fn dialect_of(backend: Backend) -> Arc<dyn Dialect> {
-    match backend {
-        Backend::Sqlite => Arc::new(super::sqlite::Sqlite),
-        Backend::Postgres => Arc::new(super::postgres::Postgres),
-    }
 }
 
 /// The write side's owners of tables and their migrations: `event_store`
 /// (events, idempotency) and `relay` (its checkpoint and batches).
-pub fn write_components(backend: Backend) -> Vec<Component> {
-    let dialect = dialect_of(backend);
+pub fn write_components(dialect: &'static dyn Dialect) -> Vec<Component> {
     vec![
         Component {
             name: "event_store".into(),
             migrations: vec![
                 Migration::new(1, "events and idempotency keys")
-                    .sql(write_schema(&*dialect))
+                    .sql(write_schema(dialect))
                     // Stores made before commands carried their caller.
                     .add_column(AddedColumn {
                         table: "events".into(),
@@ -80,21 +117,22 @@ pub fn write_components(backend: Backend) -> Vec<Component> {
                 // Version 1 kept RFC 3339 text; the text casts exactly.
                 Migration::new(2, "native timestamps")
                     .only(
-                        Backend::Postgres,
-                        "ALTER TABLE events \
-                         ALTER COLUMN occurred_at TYPE TIMESTAMPTZ USING CAST(occurred_at AS TIMESTAMPTZ), \
-                         ALTER COLUMN recorded_at TYPE TIMESTAMPTZ USING CAST(recorded_at AS TIMESTAMPTZ)",
+                        &crate::Postgres,
+                        crate::dialect::postgres::only("only_native_timestamps_events"),
                     )
                     .only(
-                        Backend::Postgres,
-                        "ALTER TABLE idempotency \
-                         ALTER COLUMN created_at TYPE TIMESTAMPTZ USING CAST(created_at AS TIMESTAMPTZ)",
+                        &crate::Postgres,
+                        crate::dialect::postgres::only("only_native_timestamps_idempotency"),
                     ),
             ],
         },
         Component {
             name: "relay".into(),
-            migrations: vec![Migration::new(1, "checkpoint and batches").sql(RELAY_SCHEMA.iter().copied())],
+            migrations: vec![Migration::new(1, "checkpoint and batches").sql([
+                section(RELAY_SQL, "checkpoint_table"),
+                section(RELAY_SQL, "batches_table"),
+                section(RELAY_SQL, "batches_index"),
+            ])],
         },
     ]
 }
@@ -103,7 +141,7 @@ impl SqlEventStore {
     /// Opens the store, bringing its tables to this build's schema first
     /// (see [`crate::migrate`]).
     pub async fn open(db: Db) -> Result<Self, StoreError> {
-        crate::migrate::migrate(&db, &write_components(db.backend)).await?;
+        crate::migrate::migrate(&db, &write_components(db.dialect)).await?;
         Self::open_current(db).await
     }
 
@@ -113,32 +151,15 @@ impl SqlEventStore {
     ///
     /// [`MigrateError::Pending`]: crate::MigrateError::Pending
     pub async fn open_current(db: Db) -> Result<Self, StoreError> {
-        crate::migrate::ensure_current(&db, &write_components(db.backend)).await?;
-        let dialect = dialect_of(db.backend);
+        crate::migrate::ensure_current(&db, &write_components(db.dialect)).await?;
         init_relay_checkpoint(&db).await?;
-        let last: i64 =
-            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-                .fetch_one(&db.pool)
-                .await?;
-        let select_events = format!(
-            "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, {} AS payload, command_id, {} AS occurred_at, {} AS recorded_at, \
-             caller FROM events",
-            dialect.payload_column(),
-            db.backend.instant_out("occurred_at"),
-            db.backend.instant_out("recorded_at"),
-        );
-        let appends = super::writer::spawn(
-            db.clone(),
-            dialect.append_preamble(),
-            super::writer::writer_count(db.backend),
-        );
+        let last: i64 = sqlx::query_scalar(HEAD).fetch_one(&db.pool).await?;
+        let appends = super::writer::spawn(db.clone());
         Ok(Self {
+            sql: Arc::new(Statements::of(db.dialect)),
             db,
-            dialect,
             committed: Arc::new(watch::channel(last).0),
             notifying: Arc::default(),
-            select_events: select_events.into(),
             appends,
         })
     }
@@ -153,15 +174,11 @@ impl SqlEventStore {
     /// next command).
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         let mut tx = self.db.writer.begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
-             VALUES ($1, '', '', '', 0, 0, {})",
-            self.db.backend.instant_in("$2")
-        ))
-        .bind(format!("readiness-probe-{}", uuid::Uuid::new_v4()))
-        .bind(timestamp(chrono::Utc::now()))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(&self.sql.probe_write)
+            .bind(format!("readiness-probe-{}", uuid::Uuid::new_v4()))
+            .bind(timestamp(chrono::Utc::now()))
+            .execute(&mut *tx)
+            .await?;
         tx.rollback().await?;
         Ok(())
     }
@@ -175,11 +192,7 @@ impl SqlEventStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT key, command_id FROM idempotency WHERE key IN ({})",
-            crate::batch::keys(self.db.backend, 1)
-        );
-        Ok(sqlx::query_as(&sql)
+        Ok(sqlx::query_as(&self.sql.keyed_commands)
             .bind(crate::batch::keys_json(keys)?)
             .fetch_all(&self.db.pool)
             .await?)
@@ -193,11 +206,7 @@ impl SqlEventStore {
         if ids.is_empty() {
             return Ok(Default::default());
         }
-        let sql = format!(
-            "SELECT aggregate_id FROM events WHERE version = 1 AND aggregate_id IN ({})",
-            crate::batch::keys(self.db.backend, 1)
-        );
-        let found: Vec<String> = sqlx::query_scalar(&sql)
+        let found: Vec<String> = sqlx::query_scalar(&self.sql.existing)
             .bind(crate::batch::keys_json(ids)?)
             .fetch_all(&self.db.pool)
             .await?;
@@ -206,30 +215,27 @@ impl SqlEventStore {
 
     /// Every event, in position order (for verification and tooling).
     pub async fn all_events(&self) -> Result<Vec<EventEnvelope>, StoreError> {
-        let sql = format!("{} ORDER BY position", self.select_events);
-        let rows = sqlx::query_as(&sql).fetch_all(&self.db.pool).await?;
+        let rows = sqlx::query_as(&self.sql.all_events)
+            .fetch_all(&self.db.pool)
+            .await?;
         envelopes(rows)
     }
 
     /// How many events lie after `position` (positions may have gaps: a
     /// rolled-back append leaves one).
     pub async fn count_after(&self, position: i64) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE position > $1")
-                .bind(position)
-                .fetch_one(&self.db.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(section(SQL, "count_after"))
+            .bind(position)
+            .fetch_one(&self.db.pool)
+            .await?)
     }
 
     /// The mean size of an event's payload as JSON text, in bytes (0 when
     /// the log is empty).
     pub async fn mean_payload_bytes(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT CAST(COALESCE(AVG(length(CAST(payload AS TEXT))), 0) AS BIGINT) FROM events",
-        )
-        .fetch_one(&self.db.pool)
-        .await?)
+        Ok(sqlx::query_scalar(section(SQL, "mean_payload_bytes"))
+            .fetch_one(&self.db.pool)
+            .await?)
     }
 
     /// The events a command appended.
@@ -237,11 +243,7 @@ impl SqlEventStore {
         &self,
         command_id: &str,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let sql = format!(
-            "{} WHERE command_id = $1 ORDER BY position",
-            self.select_events
-        );
-        let rows = sqlx::query_as(&sql)
+        let rows = sqlx::query_as(&self.sql.events_of_command)
             .bind(command_id)
             .fetch_all(&self.db.pool)
             .await?;
@@ -262,7 +264,7 @@ impl SqlEventStore {
             .map_err(|_| gone())?;
         let (request, stored) = outcome.await.map_err(|_| gone())?;
         let stored = stored?;
-        if let Some(post) = self.dialect.append_postamble() {
+        if let Some(post) = self.db.sql().append_postamble {
             // After the commit, in its own tiny transaction, at most one at
             // a time per process: a NOTIFY inside every append serialises
             // all commits on PostgreSQL's notify lock. A wake-up that is
@@ -286,20 +288,18 @@ impl SqlEventStore {
     /// Where the relay has published up to: every event at or below this
     /// position is on Kafka.
     pub async fn relay_checkpoint(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT position FROM relay_checkpoint WHERE relay = $1")
-                .bind(RELAY)
-                .fetch_optional(&self.db.pool)
-                .await?
-                .unwrap_or(0),
-        )
+        Ok(sqlx::query_scalar(section(RELAY_SQL, "checkpoint"))
+            .bind(RELAY)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .unwrap_or(0))
     }
 
     /// Moves the relay's checkpoint back to `position`, so that every event
     /// after it is published again (after a topic was lost or recreated).
     /// Consumers that have an event already drop the copy by its version.
     pub async fn republish_from(&self, position: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1")
+        sqlx::query(section(RELAY_SQL, "rewind"))
             .bind(RELAY)
             .bind(position)
             .bind(timestamp(chrono::Utc::now()))
@@ -315,16 +315,12 @@ impl SqlEventStore {
         let now = timestamp(chrono::Utc::now());
         let mut tx = self.db.begin_derived().await?;
         advance_relay_checkpoint(&mut tx, last, &now).await?;
-        sqlx::query(
-            "INSERT INTO relay_batches (last_position, first_position, published_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (last_position) DO UPDATE SET first_position = excluded.first_position, \
-             published_at = excluded.published_at",
-        )
-        .bind(last)
-        .bind(first)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(section(RELAY_SQL, "record_batch"))
+            .bind(last)
+            .bind(first)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -335,13 +331,11 @@ impl SqlEventStore {
         &self,
         before: chrono::DateTime<chrono::Utc>,
     ) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM relay_batches WHERE published_at < $1")
-                .bind(timestamp(before))
-                .execute(&self.db.writer)
-                .await?
-                .rows_affected(),
-        )
+        Ok(sqlx::query(section(RELAY_SQL, "prune_batches"))
+            .bind(timestamp(before))
+            .execute(&self.db.writer)
+            .await?
+            .rows_affected())
     }
 
     /// When the relay published the event at `position` (None: not yet, or
@@ -350,13 +344,10 @@ impl SqlEventStore {
         &self,
         position: i64,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
-        let at: Option<String> = sqlx::query_scalar(
-            "SELECT published_at FROM relay_batches WHERE last_position >= $1 AND first_position <= $1 \
-             ORDER BY last_position LIMIT 1",
-        )
-        .bind(position)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let at: Option<String> = sqlx::query_scalar(section(RELAY_SQL, "published_at"))
+            .bind(position)
+            .fetch_optional(&self.db.pool)
+            .await?;
         at.map(|a| parse_timestamp(&a))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("relay batch time: {e}")))
@@ -365,14 +356,10 @@ impl SqlEventStore {
     /// Age in seconds of the oldest event the relay has not published (0
     /// when none).
     pub async fn oldest_pending_age(&self) -> Result<f64, StoreError> {
-        let oldest: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT {} FROM events WHERE position > \
-             (SELECT position FROM relay_checkpoint WHERE relay = $1) ORDER BY position LIMIT 1",
-            self.db.backend.instant_out("recorded_at")
-        ))
-        .bind(RELAY)
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let oldest: Option<String> = sqlx::query_scalar(&self.sql.oldest_pending)
+            .bind(RELAY)
+            .fetch_optional(&self.db.pool)
+            .await?;
         let oldest = oldest.and_then(|o| {
             parse_timestamp(&o)
                 .inspect_err(|error| {
@@ -388,34 +375,18 @@ impl SqlEventStore {
     }
 }
 
-/// The relay's tables, the same on both databases: its checkpoint (one
-/// row), and when each published batch went out (for traces).
-const RELAY_SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS relay_checkpoint (
-        relay TEXT PRIMARY KEY,
-        position BIGINT NOT NULL,
-        updated_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS relay_batches (
-        last_position BIGINT PRIMARY KEY,
-        first_position BIGINT NOT NULL,
-        published_at TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS relay_batches_published ON relay_batches (published_at)",
-];
-
 /// Moves the relay checkpoint to `position`, never back.
 pub(super) async fn advance_relay_checkpoint(
     conn: &mut sqlx::AnyConnection,
     position: i64,
     now: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE relay_checkpoint SET position = $2, updated_at = $3 WHERE relay = $1 AND position < $2",
-    )
-    .bind(RELAY)
-    .bind(position)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    sqlx::query(section(RELAY_SQL, "advance"))
+        .bind(RELAY)
+        .bind(position)
+        .bind(now)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -426,37 +397,30 @@ pub(super) const RELAY: &str = "outbox";
 /// kept an `outbox` table with a published mark per row starts from its
 /// first unpublished row, so nothing is skipped and little is sent twice.
 async fn init_relay_checkpoint(db: &Db) -> Result<(), StoreError> {
-    let exists: Option<i64> =
-        sqlx::query_scalar("SELECT position FROM relay_checkpoint WHERE relay = $1")
-            .bind(RELAY)
-            .fetch_optional(&db.pool)
-            .await?;
+    let exists: Option<i64> = sqlx::query_scalar(section(RELAY_SQL, "checkpoint"))
+        .bind(RELAY)
+        .fetch_optional(&db.pool)
+        .await?;
     if exists.is_some() {
         return Ok(());
     }
-    let legacy = sqlx::query("SELECT 1 FROM outbox WHERE 1 = 0")
+    let legacy = sqlx::query(section(RELAY_SQL, "legacy_outbox"))
         .execute(&db.pool)
         .await
         .is_ok();
     let start: i64 = if legacy {
-        sqlx::query_scalar(
-            "SELECT CAST(COALESCE((SELECT MIN(position) - 1 FROM outbox WHERE published_at IS NULL), \
-             (SELECT MAX(position) FROM outbox), 0) AS BIGINT)",
-        )
-        .fetch_one(&db.pool)
-        .await?
+        sqlx::query_scalar(section(RELAY_SQL, "legacy_start"))
+            .fetch_one(&db.pool)
+            .await?
     } else {
         0
     };
-    sqlx::query(
-        "INSERT INTO relay_checkpoint (relay, position, updated_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (relay) DO NOTHING",
-    )
-    .bind(RELAY)
-    .bind(start)
-    .bind(timestamp(chrono::Utc::now()))
-    .execute(&db.writer)
-    .await?;
+    sqlx::query(section(RELAY_SQL, "init"))
+        .bind(RELAY)
+        .bind(start)
+        .bind(timestamp(chrono::Utc::now()))
+        .execute(&db.writer)
+        .await?;
     Ok(())
 }
 
@@ -513,11 +477,7 @@ fn envelopes(rows: Vec<EventRow>) -> Result<Vec<EventEnvelope>, StoreError> {
 
 impl EventStore for SqlEventStore {
     async fn load(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
-        let sql = format!(
-            "{} WHERE aggregate_id = $1 ORDER BY version",
-            self.select_events
-        );
-        let rows = sqlx::query_as(&sql)
+        let rows = sqlx::query_as(&self.sql.load)
             .bind(aggregate_id)
             .fetch_all(&self.db.pool)
             .await?;
@@ -564,12 +524,10 @@ impl EventStore for SqlEventStore {
     }
 
     async fn idempotent_answer(&self, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT request_hash, aggregate_id, command_id, version, position FROM idempotency WHERE key = $1",
-        )
-        .bind(key)
-        .fetch_optional(&self.db.pool)
-        .await?)
+        Ok(sqlx::query_as(section(SQL, "idempotent_answer"))
+            .bind(key)
+            .fetch_optional(&self.db.pool)
+            .await?)
     }
 
     async fn position_of(
@@ -577,23 +535,17 @@ impl EventStore for SqlEventStore {
         aggregate_id: &str,
         version: i64,
     ) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT position FROM events WHERE aggregate_id = $1 AND version = $2",
-        )
-        .bind(aggregate_id)
-        .bind(version)
-        .fetch_optional(&self.db.pool)
-        .await?)
+        Ok(sqlx::query_scalar(section(SQL, "position_of"))
+            .bind(aggregate_id)
+            .bind(version)
+            .fetch_optional(&self.db.pool)
+            .await?)
     }
 
     async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
-        let rows = match self.dialect.log_horizon() {
+        let rows = match self.db.sql().log_horizon {
             None => {
-                let sql = format!(
-                    "{} WHERE position > $1 ORDER BY position LIMIT $2",
-                    self.select_events
-                );
-                sqlx::query_as(&sql)
+                sqlx::query_as(&self.sql.read_log)
                     .bind(after)
                     .bind(limit)
                     .fetch_all(&self.db.pool)
@@ -604,11 +556,7 @@ impl EventStore for SqlEventStore {
                 if horizon <= after {
                     return Ok(Vec::new());
                 }
-                let sql = format!(
-                    "{} WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3",
-                    self.select_events
-                );
-                sqlx::query_as(&sql)
+                sqlx::query_as(&self.sql.read_log_below)
                     .bind(after)
                     .bind(horizon)
                     .bind(limit)
@@ -620,21 +568,14 @@ impl EventStore for SqlEventStore {
     }
 
     async fn head_position(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(position), 0) AS BIGINT) FROM events")
-                .fetch_one(&self.db.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(HEAD).fetch_one(&self.db.pool).await?)
     }
 
     async fn outbox_pending(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM events WHERE position > \
-             (SELECT position FROM relay_checkpoint WHERE relay = $1)",
-        )
-        .bind(RELAY)
-        .fetch_one(&self.db.pool)
-        .await?)
+        Ok(sqlx::query_scalar(section(RELAY_SQL, "pending"))
+            .bind(RELAY)
+            .fetch_one(&self.db.pool)
+            .await?)
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {
@@ -648,8 +589,8 @@ mod schema_tests {
 
     #[test]
     fn both_dialects_get_the_same_tables_with_their_own_position_and_payload() {
-        let pg = write_schema(&crate::store::postgres::Postgres);
-        let lite = write_schema(&crate::store::sqlite::Sqlite);
+        let pg = write_schema(&crate::Postgres);
+        let lite = write_schema(&crate::Sqlite);
         assert_eq!(pg.len(), 3, "{pg:?}");
         assert_eq!(lite.len(), 3, "{lite:?}");
         assert!(pg[0].contains("position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"));

@@ -6,7 +6,8 @@
 
 use super::{AppendRequest, StoreError};
 use crate::batch::{self, Kind, Val};
-use crate::db::{timestamp, Backend, Db};
+use crate::db::{timestamp, Db};
+use crate::dialect::{fill, section};
 use sqlx::{AnyConnection, Executor};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,18 +37,81 @@ impl Job {
     }
 }
 
+const SQL: &str = include_str!("../../sql/event_store.sql");
+
+/// The columns of a batch of events, as [`batch::rows`] reads them.
+const EVENT_ROW: [(&str, Kind); 11] = [
+    ("ord", Kind::Int),
+    ("event_id", Kind::Text),
+    ("aggregate_type", Kind::Text),
+    ("aggregate_id", Kind::Text),
+    ("version", Kind::Int),
+    ("event_type", Kind::Text),
+    ("schema_version", Kind::Int),
+    ("payload", Kind::Text),
+    ("command_id", Kind::Text),
+    ("occurred_at", Kind::Text),
+    ("caller", Kind::Text),
+];
+
+/// The columns of a batch of idempotency keys.
+const KEY_ROW: [(&str, Kind); 6] = [
+    ("key", Kind::Text),
+    ("request_hash", Kind::Text),
+    ("aggregate_id", Kind::Text),
+    ("command_id", Kind::Text),
+    ("version", Kind::Int),
+    ("position", Kind::Int),
+];
+
+/// The writers' statements, filled in for the database once.
+struct Statements {
+    insert_events: String,
+    insert_keys: String,
+    take_back: String,
+}
+
 /// The writers' shared view of the database.
 #[derive(Clone)]
 pub(crate) struct Writers {
     db: Db,
-    preamble: Option<&'static str>,
+    sql: Arc<Statements>,
 }
 
-/// Starts `count` writers over `db`; they stop when every sender is gone.
-pub(crate) fn spawn(db: Db, preamble: Option<&'static str>, count: usize) -> mpsc::Sender<Job> {
+/// Starts the dialect's number of writers over `db`; they stop when every
+/// sender is gone.
+pub(crate) fn spawn(db: Db) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>(QUEUE);
     let rx = Arc::new(Mutex::new(rx));
-    let writers = Writers { db, preamble };
+    let d = db.sql();
+    let instant = |expr: &str| fill(d.instant_in, &[("expr", expr)]);
+    let sql = Statements {
+        insert_events: fill(
+            section(SQL, "insert_events"),
+            &[
+                ("payload", d.payload_in),
+                ("occurred_at", &instant("v.occurred_at")),
+                ("recorded_at", &instant("$2")),
+                ("rows", &batch::rows(db.dialect, 1, &EVENT_ROW)),
+            ],
+        ),
+        insert_keys: fill(
+            section(SQL, "insert_keys"),
+            &[
+                ("created_at", &instant("$2")),
+                ("rows", &batch::rows(db.dialect, 1, &KEY_ROW)),
+            ],
+        ),
+        take_back: fill(
+            section(SQL, "take_back"),
+            &[("keys", &batch::keys(db.dialect, 1))],
+        ),
+    };
+    let count = db.dialect.writers();
+    let writers = Writers {
+        db,
+        sql: Arc::new(sql),
+    };
     for _ in 0..count.max(1) {
         let (w, rx) = (writers.clone(), rx.clone());
         tokio::spawn(async move {
@@ -138,7 +202,7 @@ impl Writers {
         let now = chrono::Utc::now();
         let recorded_at = timestamp(now);
         let mut tx = self.db.writer.begin().await?;
-        if let Some(pre) = self.preamble {
+        if let Some(pre) = self.db.sql().append_preamble {
             tx.execute(pre).await?;
         }
         let stored = self.insert_events(&mut tx, requests, &recorded_at).await?;
@@ -179,11 +243,7 @@ impl Writers {
             }
         }
         if !taken_back.is_empty() {
-            let sql = format!(
-                "DELETE FROM events WHERE event_id IN ({})",
-                batch::keys(self.db.backend, 1)
-            );
-            sqlx::query(&sql)
+            sqlx::query(&self.sql.take_back)
                 .bind(batch::keys_json(&taken_back)?)
                 .execute(&mut *tx)
                 .await?;
@@ -219,40 +279,7 @@ impl Writers {
                 ]);
             }
         }
-        let source = batch::rows(
-            self.db.backend,
-            1,
-            &[
-                ("ord", Kind::Int),
-                ("event_id", Kind::Text),
-                ("aggregate_type", Kind::Text),
-                ("aggregate_id", Kind::Text),
-                ("version", Kind::Int),
-                ("event_type", Kind::Text),
-                ("schema_version", Kind::Int),
-                ("payload", Kind::Text),
-                ("command_id", Kind::Text),
-                ("occurred_at", Kind::Text),
-                ("caller", Kind::Text),
-            ],
-        );
-        // Positions are handed out in row order, so one aggregate's events
-        // get increasing positions.
-        let sql = format!(
-            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, payload, command_id, occurred_at, recorded_at, caller) \
-             SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.version, v.event_type, \
-             v.schema_version, {payload}, v.command_id, {occurred_at}, {recorded_at}, v.caller FROM ({source}) AS v \
-             WHERE true ORDER BY v.ord \
-             ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING event_id, position",
-            payload = match self.db.backend {
-                Backend::Postgres => "CAST(v.payload AS JSONB)",
-                Backend::Sqlite => "v.payload",
-            },
-            occurred_at = self.db.backend.instant_in("v.occurred_at"),
-            recorded_at = self.db.backend.instant_in("$2"),
-        );
-        let stored: Vec<(String, i64)> = sqlx::query_as(&sql)
+        let stored: Vec<(String, i64)> = sqlx::query_as(&self.sql.insert_events)
             .bind(batch::rows_json(&rows)?)
             .bind(recorded_at)
             .fetch_all(&mut *tx)
@@ -297,25 +324,7 @@ impl Writers {
         if rows.is_empty() {
             return Ok(refused);
         }
-        let source = batch::rows(
-            self.db.backend,
-            1,
-            &[
-                ("key", Kind::Text),
-                ("request_hash", Kind::Text),
-                ("aggregate_id", Kind::Text),
-                ("command_id", Kind::Text),
-                ("version", Kind::Int),
-                ("position", Kind::Int),
-            ],
-        );
-        let sql = format!(
-            "INSERT INTO idempotency (key, request_hash, aggregate_id, command_id, version, position, created_at) \
-             SELECT v.key, v.request_hash, v.aggregate_id, v.command_id, v.version, v.position, {created_at} \
-             FROM ({source}) AS v WHERE true ON CONFLICT (key) DO NOTHING RETURNING key",
-            created_at = self.db.backend.instant_in("$2"),
-        );
-        let inserted: Vec<String> = sqlx::query_scalar(&sql)
+        let inserted: Vec<String> = sqlx::query_scalar(&self.sql.insert_keys)
             .bind(batch::rows_json(&rows)?)
             .bind(recorded_at)
             .fetch_all(&mut *tx)
@@ -340,14 +349,5 @@ fn classify(e: sqlx::Error) -> StoreError {
             db.message()
         )),
         _ => StoreError::Db(e),
-    }
-}
-
-/// Writers per store: SQLite has one writer anyway; on PostgreSQL a few
-/// transactions in flight keep the WAL flushes overlapping.
-pub(crate) fn writer_count(backend: Backend) -> usize {
-    match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
     }
 }

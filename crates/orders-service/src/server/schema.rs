@@ -9,7 +9,7 @@ use cqrs_sql::{Component, Db};
 
 /// The owners of tables in an event store's database.
 pub fn write_components(write: &Db) -> Vec<Component> {
-    cqrs_sql::store::write_components(write.backend)
+    cqrs_sql::store::write_components(write.dialect)
 }
 
 /// The owners of tables in the read DB: the projector runner and each

@@ -283,7 +283,7 @@ pub async fn connect_databases(config: &Config) -> anyhow::Result<Databases> {
     let (inventory_url, derived) = config.inventory_url();
     if [&write_url, &read_url, &inventory_url]
         .iter()
-        .any(|u| u.starts_with("sqlite:"))
+        .any(|u| cqrs_sql::dialect::is_embedded_url(u))
     {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
@@ -535,10 +535,7 @@ async fn reload_keys(verifier: Arc<JwtVerifier>) {
 /// through the read DB, woken by the projectors' NOTIFY on PostgreSQL (the
 /// poll is a fallback there) and polling SQLite.
 fn follow_progress(roles: &mut Roles, progress: &ReadProgress, read: &Db) {
-    let poll = Duration::from_millis(match read.backend {
-        cqrs_sql::Backend::Postgres => 500,
-        cqrs_sql::Backend::Sqlite => 50,
-    });
+    let poll = read.dialect.follow_poll();
     roles.spawn_until_shutdown("progress follower", progress.clone().follow_database(poll));
 }
 

@@ -4,9 +4,11 @@
 
 use super::{BatchError, BatchReport, ProjectorRunner};
 use crate::batch::{self, Kind, Val};
-use crate::db::{timestamp, Backend};
+use crate::db::timestamp;
+use crate::dialect::{fill, section};
 use crate::read::classify::{classify, Fate, Known, Plan};
 use crate::read::dead_letters::{self, DeadLetterStatus};
+use crate::read::tables::SQL;
 use crate::read::tables::{lock_versions, next_seq, notify_progress, versions, write_checkpoints};
 use crate::read::{EventSource, ProjectionError, SourceKey, SourcedEvent};
 use cqrs_core::EventEnvelope;
@@ -30,7 +32,7 @@ impl ProjectorRunner {
         }
         let mut tx = self.db.begin_derived().await?;
         let t = std::time::Instant::now();
-        let stored = lock_versions(&mut tx, self.db.backend, &self.config.name, &ids).await?;
+        let stored = lock_versions(&mut tx, self.db.dialect, &self.config.name, &ids).await?;
         tracing::trace!(
             ids = ids.len(),
             elapsed_us = t.elapsed().as_micros() as u64,
@@ -65,7 +67,7 @@ impl ProjectorRunner {
         let t = std::time::Instant::now();
         write_checkpoints(&mut tx, &self.config.name, &plan.checkpoints, &now).await?;
         if !to_apply.is_empty() {
-            notify_progress(&mut tx, self.db.backend).await?;
+            notify_progress(&mut tx, self.db.dialect).await?;
         }
         tx.commit().await?;
         tracing::trace!(
@@ -109,7 +111,7 @@ impl ProjectorRunner {
         let mut snapshot = self.db.begin_snapshot().await?;
         let stored = versions(
             &mut snapshot,
-            self.db.backend,
+            self.db.dialect,
             &self.config.name,
             ids,
             false,
@@ -298,7 +300,7 @@ impl ProjectorRunner {
             })
             .collect();
         let source = batch::rows(
-            batch::backend_of(tx),
+            batch::dialect_of(tx),
             3,
             &[
                 ("event_id", Kind::Text),
@@ -307,11 +309,7 @@ impl ProjectorRunner {
                 ("consumed_at", Kind::Text),
             ],
         );
-        let sql = format!(
-            "INSERT INTO event_traces (event_id, command_id, published_as, consumed_at, applied_at, projector) \
-             SELECT v.event_id, v.command_id, v.published_as, v.consumed_at, $1, $2 FROM ({source}) AS v \
-             WHERE true ON CONFLICT (projector, event_id) DO NOTHING"
-        );
+        let sql = fill(section(SQL, "write_event_traces"), &[("rows", &source)]);
         sqlx::query(&sql)
             .bind(now)
             .bind(&self.config.name)
@@ -340,12 +338,7 @@ impl ProjectorRunner {
         }
         let seq = next_seq(tx, &self.config.name).await?;
         let stamp = (now, self.config.name.as_str(), seq);
-        if batch::backend_of(tx) == Backend::Sqlite {
-            // SQLite plans `UPDATE … FROM` as a walk over all of the
-            // projector's rows for each row of the batch (70 ms a batch at
-            // a few thousand aggregates); an upsert is driven by the batch's
-            // rows, each found by its key. SQLite has one writer, so there is
-            // no concurrent insert of a new aggregate to fail on.
+        if batch::dialect_of(tx).upserts_versions() {
             old.append(&mut new);
             return write_versions(tx, VERSIONS_UPSERT, stamp, &old).await;
         }
@@ -382,27 +375,12 @@ fn version_rows(
     (old, new)
 }
 
-/// Rows stored before get their new version ($1 applied at, $2 projector,
-/// $3 seq, $4 the rows).
-const VERSIONS_UPDATE: &str = "UPDATE projected_versions SET version = v.version, \
-    position = v.position, published_as = v.published_as, consumed_at = v.consumed_at, \
-    applied_at = $1, seq = $3 FROM ({source}) AS v \
-    WHERE projected_versions.projector = $2 AND projected_versions.aggregate_id = v.aggregate_id";
-
-/// New rows (parameters as [`VERSIONS_UPDATE`]).
-const VERSIONS_INSERT: &str = "INSERT INTO projected_versions \
-    (aggregate_id, version, position, published_as, consumed_at, applied_at, projector, seq) \
-    SELECT v.aggregate_id, v.version, v.position, v.published_as, v.consumed_at, $1, $2, $3 \
-    FROM ({source}) AS v";
-
-/// Either (parameters as [`VERSIONS_UPDATE`]).
-const VERSIONS_UPSERT: &str = "INSERT INTO projected_versions \
-    (aggregate_id, version, position, published_as, consumed_at, applied_at, projector, seq) \
-    SELECT v.aggregate_id, v.version, v.position, v.published_as, v.consumed_at, $1, $2, $3 \
-    FROM ({source}) AS v WHERE true ON CONFLICT (projector, aggregate_id) DO UPDATE SET \
-    version = excluded.version, position = excluded.position, \
-    published_as = excluded.published_as, consumed_at = excluded.consumed_at, \
-    applied_at = excluded.applied_at, seq = excluded.seq";
+/// Rows stored before get their new version.
+const VERSIONS_UPDATE: &str = section(SQL, "versions_update");
+/// New rows.
+const VERSIONS_INSERT: &str = section(SQL, "versions_insert");
+/// Either, where one writer makes it safe.
+const VERSIONS_UPSERT: &str = section(SQL, "versions_upsert");
 
 /// Runs one of the version statements over `rows` (none: nothing to do),
 /// stamped (applied at, projector, seq).
@@ -416,7 +394,7 @@ async fn write_versions(
         return Ok(());
     }
     let source = batch::rows(
-        batch::backend_of(tx),
+        batch::dialect_of(tx),
         4,
         &[
             ("aggregate_id", Kind::Text),
@@ -426,7 +404,7 @@ async fn write_versions(
             ("consumed_at", Kind::Text),
         ],
     );
-    sqlx::query(&statement.replace("{source}", &source))
+    sqlx::query(&fill(statement, &[("rows", &source)]))
         .bind(now)
         .bind(projector)
         .bind(seq)

@@ -9,13 +9,14 @@ use super::dead_letters::{self, DeadLetterStatus};
 pub use super::tables::{
     advance_checkpoint, check_writable, checkpoint_rows, ensure_schema, ensure_tables,
     load_checkpoints, lock_out_projectors, projection_components, read_components,
-    runner_component, Checkpoint, CHECKPOINT_SCHEMA,
+    runner_component, Checkpoint,
 };
-use super::tables::{lock_version, next_seq, notify_progress};
+use super::tables::{lock_version, next_seq, notify_progress, SQL};
 use super::{
     EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourceKey, SourcedEvent,
 };
 use crate::db::{timestamp, Db};
+use crate::dialect::section;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,12 +283,12 @@ impl ProjectorRunner {
         let retention = chrono::Duration::from_std(self.config.trace_retention)
             .unwrap_or(chrono::Duration::days(1));
         let cutoff = timestamp(chrono::Utc::now() - retention);
-        let r = sqlx::query("DELETE FROM event_traces WHERE projector = $1 AND applied_at < $2")
+        let r = sqlx::query(section(SQL, "prune_event_traces"))
             .bind(&self.config.name)
             .bind(&cutoff)
             .execute(&self.db.writer)
             .await;
-        let q = sqlx::query("DELETE FROM query_traces WHERE queried_at < $1")
+        let q = sqlx::query(section(SQL, "prune_query_traces"))
             .bind(&cutoff)
             .execute(&self.db.writer)
             .await;
@@ -311,7 +312,7 @@ impl ProjectorRunner {
     ) -> Result<(usize, usize), ProjectionError> {
         let mut tx = self.db.writer.begin().await?;
         let mut current =
-            lock_version(&mut tx, self.db.backend, &self.config.name, aggregate_id).await?;
+            lock_version(&mut tx, self.db.dialect, &self.config.name, aggregate_id).await?;
         let open = dead_letters::open_for(&mut tx, &self.config.name, aggregate_id).await?;
         let now = timestamp(chrono::Utc::now());
         let (mut done, mut left) = (0, 0);
@@ -328,13 +329,9 @@ impl ProjectorRunner {
                 for p in &self.projections {
                     p.apply(&mut tx, &[event]).await?;
                 }
-                let sql = if current.is_some() {
-                    "UPDATE projected_versions SET version = $3, position = $4, published_as = $5, consumed_at = $6, \
-                     applied_at = $6, seq = $7 WHERE projector = $1 AND aggregate_id = $2"
-                } else {
-                    "INSERT INTO projected_versions \
-                     (projector, aggregate_id, version, position, published_as, consumed_at, applied_at, seq) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7)"
+                let sql = match current {
+                    Some(_) => section(SQL, "version_update_one"),
+                    None => section(SQL, "version_insert_one"),
                 };
                 let seq = next_seq(&mut tx, &self.config.name).await?;
                 sqlx::query(sql)
@@ -355,7 +352,7 @@ impl ProjectorRunner {
             }
         }
         if current.is_some() {
-            notify_progress(&mut tx, self.db.backend).await?;
+            notify_progress(&mut tx, self.db.dialect).await?;
         }
         tx.commit().await?;
         if left == 0 {
