@@ -161,13 +161,14 @@ impl KafkaSource {
     }
 
     /// Seeks freshly assigned partitions to the read DB's offsets.
-    async fn seek_fresh(&mut self) -> Result<(), SourceError> {
+    async fn seek_fresh(&mut self) -> Result<HashSet<i32>, SourceError> {
         let fresh: Vec<i32> = match self.assignment.lock() {
             Ok(mut a) => a.fresh.drain().collect(),
             Err(_) => return Err(SourceError::Poisoned("the partition assignment")),
         };
+        let mut seeked = HashSet::new();
         if fresh.is_empty() {
-            return Ok(());
+            return Ok(seeked);
         }
         let stored = load_checkpoints(&self.read_db, &self.config.projector).await?;
         let consumer = self.consumer()?.clone();
@@ -175,19 +176,24 @@ impl KafkaSource {
             let next = stored.get(&self.key(p)).copied().unwrap_or(0);
             self.floor.insert(p, next);
             if next > 0 {
-                // Asynchronous seek; anything fetched before it lands is below
-                // the floor and dropped.
-                if let Err(e) = consumer.seek(
+                // Asynchronous seek: the fetcher starts again at `next`, so
+                // what was received of the partition before it comes again.
+                match consumer.seek(
                     &self.config.kafka.topic,
                     p,
                     Offset::Offset(next),
                     Duration::ZERO,
                 ) {
-                    tracing::debug!(partition = p, error = %e, "seek not taken; relying on the floor");
+                    Ok(()) => {
+                        seeked.insert(p);
+                    }
+                    Err(e) => {
+                        tracing::debug!(partition = p, error = %e, "seek not taken; relying on the floor")
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(seeked)
     }
 
     fn owned(&self, partition: i32) -> bool {
@@ -254,7 +260,9 @@ impl EventSource for KafkaSource {
                     None => break,
                 }
             }
-            self.seek_fresh().await?;
+            // A partition sought to its checkpoint just now is read again
+            // from there: what this batch holds of it would come twice.
+            let seeked = self.seek_fresh().await?;
             let revoked: HashSet<i32> = self
                 .assignment
                 .lock()
@@ -262,7 +270,7 @@ impl EventSource for KafkaSource {
                 .unwrap_or_default();
             for (p, item) in received {
                 let below_floor = self.floor.get(&p).is_some_and(|f| item.next_position <= *f);
-                if !below_floor && self.owned(p) && !revoked.contains(&p) {
+                if !below_floor && !seeked.contains(&p) && self.owned(p) && !revoked.contains(&p) {
                     batch.push((p, item));
                 }
             }

@@ -27,7 +27,14 @@ pub struct DemoArgs {
     /// it cancels out of stock.
     #[arg(long)]
     pub saga: bool,
+    /// Widest the tables may be, in columns: cells wrap to fit (and to a
+    /// narrower terminal); 0 never wraps, one row a line, for grep.
+    #[arg(long, default_value_t = WIDTH)]
+    pub width: u16,
 }
+
+/// How wide the tables are when not told: they fit a 120-column screen.
+pub const WIDTH: u16 = 120;
 
 /// The state of each store at one moment, as the tracker shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -383,21 +390,27 @@ impl Scenario<'_> {
     }
 }
 
-/// Cells wrap to the terminal; piped output keeps whole cells, so it greps.
-fn arrangement() -> ContentArrangement {
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        ContentArrangement::Dynamic
-    } else {
-        ContentArrangement::Disabled
+/// A table whose cells wrap to fit `width` columns (or a narrower
+/// terminal); `width` 0 keeps whole cells.
+fn fitted(width: u16) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    if width == 0 {
+        table.set_content_arrangement(ContentArrangement::Disabled);
+        return table;
     }
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        .then(|| table.width())
+        .flatten();
+    table
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(terminal.map_or(width, |t| t.min(width)));
+    table
 }
 
 /// The step table: one row per step, times in ms since `started_at`.
-pub fn steps_table(started_at: DateTime<Utc>, steps: &[Step]) -> Table {
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(arrangement());
+pub fn steps_table(started_at: DateTime<Utc>, steps: &[Step], width: u16) -> Table {
+    let mut table = fitted(width);
     table.set_header(vec![
         "Step",
         "+ms",
@@ -426,11 +439,8 @@ pub fn steps_table(started_at: DateTime<Utc>, steps: &[Step]) -> Table {
 pub type TrackerRow<'a, S> = (&'a str, fn(&S) -> String);
 
 /// The state tracker: a row per variable, a column per moment.
-pub fn tracker_table<S>(columns: &[(String, S)], rows: &[TrackerRow<'_, S>]) -> Table {
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(arrangement());
+pub fn tracker_table<S>(columns: &[(String, S)], rows: &[TrackerRow<'_, S>], width: u16) -> Table {
+    let mut table = fitted(width);
     let mut header = vec!["Variable".to_owned()];
     header.extend(columns.iter().map(|(l, _)| l.clone()));
     table.set_header(header);
@@ -442,16 +452,18 @@ pub fn tracker_table<S>(columns: &[(String, S)], rows: &[TrackerRow<'_, S>]) -> 
     table
 }
 
+/// `{run}` fits [`WIDTH`] columns; `{run:N}` fits N (0: never wraps).
 impl fmt::Display for DemoRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let steps = steps_table(self.started_at, &self.steps);
+        let width = f.width().map_or(WIDTH, |w| w as u16);
+        let steps = steps_table(self.started_at, &self.steps, width);
         let rows: [TrackerRow<'_, Snapshot>; 4] = [
             ("Write DB (Orders)", |s| s.write_db.clone()),
             ("Event log (Kafka's place)", |s| s.event_log.clone()),
             ("Read DB (Query)", |s| s.read_db.clone()),
             ("Client Output", |s| s.client_output.clone()),
         ];
-        let tracker = tracker_table(&self.tracker, &rows);
+        let tracker = tracker_table(&self.tracker, &rows, width);
         writeln!(f, "CQRS flow, real run — order {}\n", self.order_id)?;
         writeln!(
             f,
@@ -484,15 +496,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         (Captured::Page(run), true) => println!("{}", serde_json::to_string_pretty(&run)?),
         (Captured::Saga(run), true) => println!("{}", serde_json::to_string_pretty(&run)?),
         (Captured::Page(run), false) => {
-            println!("{run}");
-            println!("Embedded mode: SQLite write DB (its event log is the outbox), tailed by an in-process projector, SQLite read DB.");
+            println!("{run:w$}", w = usize::from(args.width));
+            println!("Embedded mode: SQLite write DB (its event log is the outbox), tailed by an");
+            println!("in-process projector, SQLite read DB.");
             if args.projector_delay_ms == 0 {
-                println!("Try `orders demo --projector-delay-ms 500` to see a stale read, then the token's consistent read.");
+                println!(
+                    "Try `orders demo --projector-delay-ms 500` to see a stale read, then the"
+                );
+                println!("token's consistent read.");
             }
         }
         (Captured::Saga(run), false) => {
-            println!("{run}");
-            println!("Embedded mode: two SQLite write DBs (orders, inventory), each log its own outbox; the saga and both projectors tail them in process.");
+            println!("{run:w$}", w = usize::from(args.width));
+            println!("Embedded mode: two SQLite write DBs (orders, inventory), each log its own");
+            println!("outbox; the saga and both projectors tail them in process.");
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! table (times from the traces: when each command and reaction committed)
 //! and the state tracker of both write DBs, the read DB and the client.
 
-use super::demo::{steps_table, tracker_table, Step, TrackerRow};
+use super::demo::{steps_table, tracker_table, Step, TrackerRow, WIDTH};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use cqrs_sql::EventStore;
@@ -261,17 +261,23 @@ pub async fn scenario(running: &Running, base: &str) -> anyhow::Result<SagaRun> 
     Ok(s.run)
 }
 
+/// `{run}` fits [`WIDTH`] columns; `{run:N}` fits N (0: never wraps).
 impl fmt::Display for SagaRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let steps = steps_table(self.started_at, &self.steps);
+        let width = f.width().map_or(WIDTH, |w| w as u16);
+        let steps = steps_table(self.started_at, &self.steps, width);
         let rows: [TrackerRow<'_, SagaSnapshot>; 4] = [
             ("Write DB (Orders)", |s| s.orders_db.clone()),
             ("Write DB (Inventory)", |s| s.inventory_db.clone()),
             ("Read DB (Query)", |s| s.read_db.clone()),
             ("Client Output", |s| s.client_output.clone()),
         ];
-        let tracker = tracker_table(&self.tracker, &rows);
-        writeln!(f, "Two services and a saga, real run: stock of 2, an order of 2 (reserved), an order of 1 (out of stock)\n")?;
+        let tracker = tracker_table(&self.tracker, &rows, width);
+        writeln!(
+            f,
+            "Two services and a saga, real run: stock of 2, an order of 2 (reserved),"
+        )?;
+        writeln!(f, "an order of 1 (out of stock)\n")?;
         writeln!(
             f,
             "Process table (times in ms since the first command)\n{steps}\n"

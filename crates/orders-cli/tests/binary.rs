@@ -146,9 +146,35 @@ fn demo(args: &[&str]) -> String {
     text
 }
 
+/// No line of `text` is wider than `columns` (box-drawing characters are
+/// one column each).
+fn assert_fits(text: &str, columns: usize) {
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= columns,
+            "{} columns: {line}\n{text}",
+            line.chars().count()
+        );
+    }
+}
+
+#[test]
+fn demo_tables_fit_120_columns_unless_asked_to_keep_whole_cells() {
+    for args in [&[][..], &["--saga"][..]] {
+        let text = demo(args);
+        assert_fits(&text, 120);
+        assert!(text.contains("Process table") && text.contains("State tracker"));
+        let narrow = demo(&[args, &["--width", "90"]].concat());
+        assert_fits(&narrow, 90);
+    }
+    // Whole cells, one row a line: wider than 120, as the run's content is.
+    let whole = demo(&["--width", "0"]);
+    assert!(whole.lines().any(|l| l.chars().count() > 120));
+}
+
 #[test]
 fn demo_prints_both_tables_from_a_real_run() {
-    let text = demo(&["--projector-delay-ms", "200"]);
+    let text = demo(&["--projector-delay-ms", "200", "--width", "0"]);
     for needle in [
         "Process table",
         "State tracker",
@@ -166,7 +192,7 @@ fn demo_prints_both_tables_from_a_real_run() {
 
 #[test]
 fn demo_saga_prints_the_two_service_flow_from_a_real_run() {
-    let text = demo(&["--saga"]);
+    let text = demo(&["--saga", "--width", "0"]);
     for needle in [
         "Process table",
         "State tracker",
