@@ -100,39 +100,67 @@ pub struct Pools {
 /// fails, naming the server.
 pub(crate) const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a database could not be opened. Each variant says its cause once
+/// (the database's own words are kept as text, not as a source that a
+/// report would print a second time).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL or an option is wrong; nothing was tried.
+    #[error("{0}")]
+    Config(String),
+    /// The server or file did not take the connection.
+    #[error("cannot connect to {url}: {reason}{hint}")]
+    Refused {
+        /// The URL, its password hidden.
+        url: String,
+        /// What the database or the network said.
+        reason: String,
+        /// How to fix it, when known (a database that does not exist).
+        hint: &'static str,
+    },
+}
+
 /// A connection failure that names the server (password hidden) and, for a
 /// database that does not exist, says how to make it.
-fn connect_error(dialect: &dyn Dialect, url: &str, e: sqlx::Error) -> sqlx::Error {
-    let missing = dialect.is_missing_database(&e);
-    let timed_out = matches!(e, sqlx::Error::PoolTimedOut);
-    let mut why = format!("cannot connect to {}: ", redact_url(url));
-    if timed_out {
-        why.push_str(&format!(
-            "no answer within {} s",
-            FIRST_CONNECT_TIMEOUT.as_secs()
-        ));
-    } else {
-        why.push_str(&e.to_string());
-    }
-    if missing {
-        why.push_str(
+fn connect_error(dialect: &dyn Dialect, url: &str, e: sqlx::Error) -> ConnectError {
+    let reason = match &e {
+        sqlx::Error::PoolTimedOut => {
+            format!("no answer within {} s", FIRST_CONNECT_TIMEOUT.as_secs())
+        }
+        // sqlx's own wording ("error returned from database: ...") says
+        // nothing the reason does not.
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        sqlx::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    };
+    let hint = match dialect.is_missing_database(&e) {
+        true => {
             " (create it: pass --create-database (ORDERS_CREATE_DATABASE), run `createdb NAME`, \
-             or CREATE DATABASE NAME as a user allowed to)",
-        );
+             or CREATE DATABASE NAME as a user allowed to)"
+        }
+        false => "",
+    };
+    ConnectError::Refused {
+        url: redact_url(url),
+        reason,
+        hint,
     }
-    sqlx::Error::Configuration(why.into())
 }
 
 impl Db {
     /// Opens a database by URL (`sqlite:PATH` creates the file); logs which
     /// one and how long the connection took, and names it in any error.
-    pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, sqlx::Error> {
+    pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, ConnectError> {
         sqlx::any::install_default_drivers();
         let started = std::time::Instant::now();
-        let dialect = crate::dialect::of_url(url)?;
+        let config = |e: sqlx::Error| match e {
+            sqlx::Error::Configuration(why) => ConnectError::Config(why.to_string()),
+            e => ConnectError::Config(e.to_string()),
+        };
+        let dialect = crate::dialect::of_url(url).map_err(config)?;
         let pools = dialect.open(url, options).await.map_err(|e| match e {
             // A bad URL or setting says so itself, without connecting.
-            e @ sqlx::Error::Configuration(_) => e,
+            e @ sqlx::Error::Configuration(_) => config(e),
             e => connect_error(dialect, url, e),
         })?;
         tracing::info!(

@@ -70,7 +70,7 @@ pub mod store;
 pub use command::{
     execute, execute_cached, CommandError, CommandOptions, CommandOutcome, StateCache,
 };
-pub use db::{Db, DbOptions};
+pub use db::{ConnectError, Db, DbOptions};
 pub use dialect::{Dialect, Postgres, Sqlite};
 pub use migrate::{AddedColumn, Component, MigrateError, Migration, Step};
 pub use read::{

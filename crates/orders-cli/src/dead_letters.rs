@@ -29,7 +29,7 @@ pub enum Action {
 }
 
 async fn read_db(config: &Config) -> anyhow::Result<Db> {
-    let (_, read_url) = config.urls();
+    let (_, read_url) = config.existing_urls()?;
     let db = Db::connect(
         &read_url,
         &DbOptions {

@@ -34,3 +34,55 @@ pub fn init_logs(filter: Option<&str>, format: Option<LogFormat>, default: &str)
     }
     format
 }
+
+/// `e` and its causes on one line, each said once: a cause whose text its
+/// error already quotes (`"schema migrations: {0}"` with the database's
+/// error as its source, too) is not repeated.
+pub fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cause_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("connection refused")]
+        Refused,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Quoting {
+        #[error("schema migrations: {0}")]
+        Db(#[from] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot start")]
+    struct Wrapping(#[source] Quoting);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = Wrapping(Quoting::Db(Inner::Refused));
+        assert_eq!(
+            cause_chain(&e),
+            "cannot start: schema migrations: connection refused"
+        );
+        let anyhow = anyhow::Error::new(Quoting::Db(Inner::Refused)).context("migrating");
+        assert_eq!(
+            cause_chain(anyhow.as_ref()),
+            "migrating: schema migrations: connection refused"
+        );
+    }
+}

@@ -108,7 +108,7 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, whatever RUST_BACKTRACE says: the cause chain, not
             // frames; a server writing JSON logs says it as one more record.
-            let why = format!("{e:#}");
+            let why = orders_cli::logs::cause_chain(e.as_ref());
             if serving && format == LogFormat::Json {
                 tracing::error!(error = %why, "exiting");
             } else {

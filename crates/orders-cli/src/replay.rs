@@ -251,7 +251,7 @@ fn checkpoints_of_source(
 /// `orders replay`: check, build fresh tables (phase 1), catch up under a
 /// lock and swap (phase 2).
 pub async fn run(args: ReplayArgs, config: &Config) -> anyhow::Result<()> {
-    let (write_url, read_url) = config.urls();
+    let (write_url, read_url) = config.existing_urls()?;
     let options = DbOptions {
         max_connections: 4,
         ..DbOptions::default()

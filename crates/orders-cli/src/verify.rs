@@ -156,7 +156,7 @@ fn compare(
 /// Compares every read model with the fold of the write-side events,
 /// waiting up to `wait` for the projector to catch up.
 pub async fn verify(config: &Config, wait: Duration) -> anyhow::Result<VerifyReport> {
-    let (write_url, read_url) = config.urls();
+    let (write_url, read_url) = config.existing_urls()?;
     let options = cqrs_sql::DbOptions::default();
     let store = SqlEventStore::open(cqrs_sql::Db::connect(&write_url, &options).await?).await?;
     let read = cqrs_sql::Db::connect(&read_url, &options).await?;

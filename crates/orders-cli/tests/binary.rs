@@ -415,6 +415,32 @@ async fn a_public_address_needs_authentication_and_the_cli_carries_a_minted_toke
     assert!(!logged.contains(&token) && !logged.contains(secret));
 }
 
+#[test]
+fn a_tool_pointed_at_no_data_says_so_once_and_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    for tool in [&["verify"][..], &["replay"], &["dead-letters", "list"]] {
+        let (command, rest) = tool.split_first().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_orders"))
+            .arg(command)
+            .arg("--data-dir")
+            .arg(&missing)
+            .args(rest)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tool:?}");
+        assert_eq!(
+            err.matches("no data directory").count(),
+            1,
+            "{tool:?}: {err}"
+        );
+        assert!(err.contains("--data-dir"), "{tool:?}: {err}");
+        assert!(!missing.exists(), "{tool:?} made the directory");
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_or_missing_database_is_named_with_the_way_out() {
     let serve = |url: &str| {
@@ -443,6 +469,7 @@ async fn an_unreachable_or_missing_database_is_named_with_the_way_out() {
         "the cause is given: {err}"
     );
     assert!(!err.contains("s3cret"), "{err}");
+    assert_eq!(err.matches("cannot connect").count(), 1, "said once: {err}");
     assert!(
         took < Duration::from_secs(12),
         "a refused connection fails fast: {took:?}"
@@ -453,6 +480,7 @@ async fn an_unreachable_or_missing_database_is_named_with_the_way_out() {
     let (err, _) = serve(&missing);
     let hint = err.contains("does not exist") && err.contains("--create-database");
     assert!(hint, "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "said once: {err}");
     // Told to, it creates the database and serves from it.
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_orders"))

@@ -258,6 +258,22 @@ impl Config {
         self.roles.is_empty() || self.roles.contains(&role)
     }
 
+    /// The write and read database URLs of a deployment that exists: for
+    /// the tools that read it (an embedded one's data directory must be
+    /// there; they never make an empty one).
+    pub fn existing_urls(&self) -> anyhow::Result<(String, String)> {
+        let (write, read) = self.urls();
+        let embedded = is_embedded_url(&write) || is_embedded_url(&read);
+        if embedded && !self.data_dir.is_dir() {
+            anyhow::bail!(
+                "no data directory {}: pass --data-dir (ORDERS_DATA_DIR) where `orders serve` keeps \
+                 its SQLite files, or --database-url for PostgreSQL",
+                self.data_dir.display()
+            );
+        }
+        Ok((write, read))
+    }
+
     /// The write and read database URLs.
     pub fn urls(&self) -> (String, String) {
         let write = self
