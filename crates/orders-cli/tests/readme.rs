@@ -1,6 +1,6 @@
-//! The README's HTTP API section, run as written: its shell blocks, in
-//! order, against a fresh server (its port put where the README says 8080),
-//! with curl failing on any 4xx or 5xx answer.
+//! The runnable blocks of the README and of docs/, run as written: their
+//! shell blocks, in order, against a fresh server (its port put where the
+//! text says 8080), with curl failing on any 4xx or 5xx answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
@@ -8,16 +8,17 @@ mod common;
 
 use common::{free_port, wait_healthy, Proc};
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md")
+/// A document of the checkout: `README.md`, `docs/api.md`, ...
+fn doc(path: &str) -> String {
+    let full = format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
 
 /// The ```sh blocks after `marker` up to the next `## ` heading.
 fn blocks_after(readme: &str, marker: &str) -> Vec<String> {
     let start = readme
         .find(marker)
-        .unwrap_or_else(|| panic!("no {marker:?} in the README"));
+        .unwrap_or_else(|| panic!("no {marker:?} in the document"));
     let section = &readme[start + 1..];
     let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
     let mut blocks = Vec::new();
@@ -31,20 +32,65 @@ fn blocks_after(readme: &str, marker: &str) -> Vec<String> {
     blocks
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_http_api_blocks_run_in_order_against_a_fresh_server() {
-    let blocks = blocks_after(&readme(), "\n## HTTP API");
-    assert!(blocks.len() >= 2, "commands and queries: {blocks:?}");
-    let dir = tempfile::tempdir().unwrap();
+/// The ```sh blocks between `start` and `end`.
+fn blocks_between(text: &str, start: &str, end: &str) -> Vec<String> {
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start:?} in the document"));
+    let to = text[from..].find(end).map_or(text.len(), |i| from + i);
+    blocks_after(&text[..to], start)
+}
+
+/// A fresh embedded server with its data under `data`, on a free port; the
+/// process stops when dropped.
+async fn fresh_server(name: &str, dir: &std::path::Path, data: &std::path::Path) -> (Proc, u16) {
     let port = free_port();
     let args = vec![
         "--listen".to_owned(),
         format!("127.0.0.1:{port}"),
         "--data-dir".into(),
-        dir.path().display().to_string(),
+        data.display().to_string(),
     ];
-    let mut server = Proc::serve("readme", dir.path(), &args, &[]);
+    let mut server = Proc::serve(name, dir, &args, &[]);
     wait_healthy(&format!("http://127.0.0.1:{port}"), &mut server).await;
+    (server, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_tour_runs_against_a_fresh_server() {
+    let blocks = blocks_between(&doc("README.md"), "\n### 2. A server", "\n### 3.");
+    let [serve, tour] = &blocks[..] else {
+        panic!("the serve line, then the tour: {blocks:?}");
+    };
+    assert!(serve.contains("-- serve"), "{serve}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = fresh_server("readme-tour", dir.path(), dir.path()).await;
+    let script = format!("curl() {{ command curl --fail-with-body \"$@\"; }}\n{tour}");
+    let (stdout, _) = run(&script, dir.path(), port, &[]).await;
+    // The consistent read, the trace's six stages, the payment, the stats.
+    assert!(stdout.contains(r#""status":"created""#), "{stdout}");
+    for stage in [
+        "received",
+        "committed",
+        "published",
+        "consumed",
+        "applied",
+        "queried",
+    ] {
+        assert!(
+            stdout.contains(&format!(r#""stage":"{stage}""#)),
+            "{stage}: {stdout}"
+        );
+    }
+    assert!(stdout.contains(r#""paid":{"order_count":1"#), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_blocks_run_in_order_against_a_fresh_server() {
+    let blocks = blocks_after(&doc("docs/api.md"), "\n## HTTP API");
+    assert!(blocks.len() >= 2, "commands and queries: {blocks:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = fresh_server("readme", dir.path(), dir.path()).await;
     let script = format!(
         "set -euo pipefail\ncurl() {{ command curl --fail-with-body \"$@\"; }}\n{}",
         blocks
@@ -123,24 +169,15 @@ async fn run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_client_commands_and_verify_run_against_a_fresh_server() {
-    let blocks = blocks_after(&readme(), "\n## Client commands");
+async fn the_client_commands_and_verify_run_against_a_fresh_server() {
+    let blocks = blocks_after(&doc("docs/api.md"), "\n## Client commands");
     assert_eq!(
         blocks.len(),
         2,
         "the client commands, then verify: {blocks:?}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let data = dir.path().join("data");
-    let args = vec![
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--data-dir".into(),
-        data.display().to_string(),
-    ];
-    let mut server = Proc::serve("readme-cli", dir.path(), &args, &[]);
-    wait_healthy(&format!("http://127.0.0.1:{port}"), &mut server).await;
+    let (_server, port) = fresh_server("readme-cli", dir.path(), &dir.path().join("data")).await;
     let (stdout, stderr) = run(&blocks.join("\n"), dir.path(), port, &[]).await;
     assert!(stdout.contains(r#""status": "delivered""#), "{stdout}");
     assert!(stdout.contains("refused: it was delivered"), "{stdout}");
@@ -152,10 +189,9 @@ async fn the_readmes_client_commands_and_verify_run_against_a_fresh_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_security_example_runs_as_written() {
-    let readme = readme();
-    let security = blocks_after(&readme, "\n## Security");
-    let json = blocks_after(&readme, "\n## Client commands")[0]
+async fn the_security_example_runs_as_written() {
+    let security = blocks_after(&doc("docs/security.md"), "\n## A worked example");
+    let json = blocks_after(&doc("docs/api.md"), "\n## Client commands")[0]
         .lines()
         .next()
         .expect("the json helper")
@@ -174,8 +210,8 @@ async fn the_readmes_security_example_runs_as_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_migration_commands_run_on_a_fresh_database() {
-    let blocks = blocks_after(&readme(), "**Schema migrations.**");
+async fn the_migration_commands_run_on_a_fresh_database() {
+    let blocks = blocks_after(&doc("docs/operations.md"), "\n## Schema migrations");
     let dir = tempfile::tempdir().unwrap();
     let db = test_support::fresh_postgres_url().await;
     let (stdout, _) = run(&blocks[0], dir.path(), free_port(), &[("DB", &db)]).await;

@@ -92,6 +92,39 @@ pub struct DialectSql {
     pub try_lead: Option<&'static str>,
 }
 
+/// A statement of `file` that may be empty ("nothing to run here").
+pub(crate) const fn optional(file: &'static str, name: &str) -> Option<&'static str> {
+    let s = section(file, name);
+    if s.is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+/// The [`DialectSql`] of a dialect's `.sql` file: each field is the
+/// section of its own name (`Option` fields are empty where the dialect has
+/// nothing to run).
+macro_rules! dialect_sql {
+    ($file:expr) => {
+        dialect_sql!($file;
+            required: position_column, payload_type, payload_out, payload_in, instant_in,
+                instant_out, rows_from, keys_from, key_in, insert_history,
+                history_interleaved, history_by_aggregate, begin_write, has_column,
+                has_table, versions, versions_locked, lock_out_projectors;
+            optional: append_preamble, append_postamble, log_horizon, after_bulk_load,
+                flush_after_bulk_load, derived_preamble, snapshot_preamble, migrate_lock,
+                migrate_unlock, notify_progress, try_lead)
+    };
+    ($file:expr; required: $($r:ident),*; optional: $($o:ident),*) => {
+        $crate::dialect::DialectSql {
+            $($r: $crate::dialect::section($file, stringify!($r)),)*
+            $($o: $crate::dialect::optional($file, stringify!($o)),)*
+        }
+    };
+}
+pub(crate) use dialect_sql;
+
 /// What differs between the databases. Implemented by [`Postgres`] and
 /// [`Sqlite`]; a `Db` knows its own ([`crate::Db::dialect`]).
 pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {

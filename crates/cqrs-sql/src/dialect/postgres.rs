@@ -4,7 +4,7 @@
 //! migrations; a pool that pings only connections idle long enough to have
 //! been cut; a missing database made on request.
 
-use super::{section, Dialect, DialectSql, Listener};
+use super::{dialect_sql, section, Dialect, DialectSql, Listener};
 use crate::db::{DbOptions, Pools, FIRST_CONNECT_TIMEOUT};
 use futures::future::BoxFuture;
 use sqlx::any::AnyPoolOptions;
@@ -23,41 +23,7 @@ pub(crate) const fn only(name: &str) -> &'static str {
     section(FILE, name)
 }
 
-const fn some(name: &str) -> Option<&'static str> {
-    Some(section(FILE, name))
-}
-
-static SQL: DialectSql = DialectSql {
-    position_column: section(FILE, "position_column"),
-    payload_type: section(FILE, "payload_type"),
-    payload_out: section(FILE, "payload_out"),
-    payload_in: section(FILE, "payload_in"),
-    instant_in: section(FILE, "instant_in"),
-    instant_out: section(FILE, "instant_out"),
-    rows_from: section(FILE, "rows_from"),
-    keys_from: section(FILE, "keys_from"),
-    key_in: section(FILE, "key_in"),
-    append_preamble: some("append_preamble"),
-    append_postamble: some("append_postamble"),
-    log_horizon: some("log_horizon"),
-    insert_history: section(FILE, "insert_history"),
-    history_interleaved: section(FILE, "history_interleaved"),
-    history_by_aggregate: section(FILE, "history_by_aggregate"),
-    after_bulk_load: some("after_bulk_load"),
-    flush_after_bulk_load: some("flush_after_bulk_load"),
-    begin_write: section(FILE, "begin_write"),
-    derived_preamble: some("derived_preamble"),
-    snapshot_preamble: some("snapshot_preamble"),
-    migrate_lock: some("migrate_lock"),
-    migrate_unlock: some("migrate_unlock"),
-    has_column: section(FILE, "has_column"),
-    has_table: section(FILE, "has_table"),
-    versions: section(FILE, "versions"),
-    versions_locked: section(FILE, "versions_locked"),
-    notify_progress: some("notify_progress"),
-    lock_out_projectors: section(FILE, "lock_out_projectors"),
-    try_lead: some("try_lead"),
-};
+static SQL: DialectSql = dialect_sql!(FILE);
 
 impl Dialect for Postgres {
     fn name(&self) -> &'static str {

@@ -3,7 +3,7 @@
 //! queues writes instead of meeting SQLITE_BUSY; WAL mode lets readers go
 //! on beside it. Nothing can wake another process: followers poll.
 
-use super::{section, Dialect, DialectSql, Listener};
+use super::{dialect_sql, Dialect, DialectSql, Listener};
 use crate::db::{DbOptions, Pools};
 use futures::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -17,47 +17,7 @@ pub struct Sqlite;
 
 const FILE: &str = include_str!("../../sql/sqlite.sql");
 
-/// An empty statement: nothing to run.
-const fn optional(name: &str) -> Option<&'static str> {
-    let s = section(FILE, name);
-    if s.is_empty() {
-        None
-    } else {
-        Some(s)
-    }
-}
-
-static SQL: DialectSql = DialectSql {
-    position_column: section(FILE, "position_column"),
-    payload_type: section(FILE, "payload_type"),
-    payload_out: section(FILE, "payload_out"),
-    payload_in: section(FILE, "payload_in"),
-    instant_in: section(FILE, "instant_in"),
-    instant_out: section(FILE, "instant_out"),
-    rows_from: section(FILE, "rows_from"),
-    keys_from: section(FILE, "keys_from"),
-    key_in: section(FILE, "key_in"),
-    append_preamble: optional("append_preamble"),
-    append_postamble: optional("append_postamble"),
-    log_horizon: optional("log_horizon"),
-    insert_history: section(FILE, "insert_history"),
-    history_interleaved: section(FILE, "history_interleaved"),
-    history_by_aggregate: section(FILE, "history_by_aggregate"),
-    after_bulk_load: optional("after_bulk_load"),
-    flush_after_bulk_load: optional("flush_after_bulk_load"),
-    begin_write: section(FILE, "begin_write"),
-    derived_preamble: optional("derived_preamble"),
-    snapshot_preamble: optional("snapshot_preamble"),
-    migrate_lock: optional("migrate_lock"),
-    migrate_unlock: optional("migrate_unlock"),
-    has_column: section(FILE, "has_column"),
-    has_table: section(FILE, "has_table"),
-    versions: section(FILE, "versions"),
-    versions_locked: section(FILE, "versions_locked"),
-    notify_progress: optional("notify_progress"),
-    lock_out_projectors: section(FILE, "lock_out_projectors"),
-    try_lead: optional("try_lead"),
-};
+static SQL: DialectSql = dialect_sql!(FILE);
 
 impl Dialect for Sqlite {
     fn name(&self) -> &'static str {
