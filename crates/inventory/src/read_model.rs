@@ -5,6 +5,7 @@ use crate::stock::{Stock, StockEvent};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{load_rows, upsert, Kind, Val};
 use cqrs_sql::db::timestamp;
+use cqrs_sql::dialect::{fill, section};
 use cqrs_sql::{Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -37,6 +38,8 @@ pub fn projections() -> Vec<std::sync::Arc<dyn Projection>> {
 }
 
 const TABLE: &str = "inventory_stock";
+/// The read model's statements (`sql/stock.sql`).
+const SQL: &str = include_str!("../sql/stock.sql");
 const COLUMNS: &str =
     "sku, on_hand, reserved, on_hand - reserved AS available, version, updated_at";
 
@@ -121,14 +124,7 @@ impl Projection for InventoryStock {
         vec![TABLE.to_owned()]
     }
     fn migrations(&self, _index_tag: &str) -> Vec<Migration> {
-        vec![Migration::new(1, "stock per SKU").sql([format!(
-            "CREATE TABLE IF NOT EXISTS {TABLE} (
-                sku TEXT PRIMARY KEY,
-                on_hand BIGINT NOT NULL,
-                reserved BIGINT NOT NULL,
-                version BIGINT NOT NULL,
-                updated_at TEXT NOT NULL)"
-        )])]
+        vec![Migration::new(1, "stock per SKU").sql([section(SQL, "table")])]
     }
     fn apply<'a>(
         &'a self,
@@ -141,7 +137,7 @@ impl Projection for InventoryStock {
 
 /// One SKU's stock, if it is tracked.
 pub async fn stock(pool: &AnyPool, sku: &str) -> Result<Option<StockView>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM {TABLE} WHERE sku = $1"))
+    let row = sqlx::query(&fill(section(SQL, "by_sku"), &[("columns", COLUMNS)]))
         .bind(sku)
         .fetch_optional(pool)
         .await?;
@@ -154,12 +150,10 @@ pub async fn list(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<StockView>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM {TABLE} WHERE sku > $1 ORDER BY sku LIMIT $2"
-    ))
-    .bind(after.unwrap_or(""))
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(&fill(section(SQL, "list"), &[("columns", COLUMNS)]))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(StockView::from_row).collect()
 }

@@ -8,6 +8,7 @@ use crate::money::Cents;
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
 use cqrs_sql::db::timestamp;
+use cqrs_sql::dialect::{fill, section};
 use cqrs_sql::ProjectionError;
 use sqlx::any::AnyRow;
 use sqlx::FromRow;
@@ -132,20 +133,13 @@ impl Sums for CustomerSums {
 
     fn schema(summary: &str, orders: &str) -> Vec<String> {
         vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS {summary} (
-                customer_id TEXT PRIMARY KEY,
-                order_count BIGINT NOT NULL,
-                total_spent_cents BIGINT NOT NULL,
-                total_spent_cents_e18 BIGINT NOT NULL DEFAULT 0,
-                last_order_id TEXT NOT NULL,
-                last_order_at TEXT NOT NULL)"
+            fill(
+                section(super::SQL, "customer_summary_table"),
+                &[("summary", summary)],
             ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {orders} (
-                order_id TEXT PRIMARY KEY,
-                customer_id TEXT NOT NULL,
-                paid_cents BIGINT NOT NULL)"
+            fill(
+                section(super::SQL, "customer_orders_table"),
+                &[("orders", orders)],
             ),
         ]
     }

@@ -3,6 +3,9 @@
 //! (`sums.rs`); the queries are in `queries.rs`. Portable SQL: the same
 //! statements run on PostgreSQL and SQLite.
 
+/// The read models' statements (`sql/read_models.sql`).
+const SQL: &str = include_str!("../../sql/read_models.sql");
+
 mod customer_summary;
 mod order_details;
 mod order_stats;

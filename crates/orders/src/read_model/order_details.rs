@@ -1,12 +1,14 @@
 //! `order_details`: one row per order, what `GET /orders/{id}` returns.
 
 use super::queries::{order_from_row, ORDER_COLUMNS};
+use super::SQL;
 use super::{decoded, ids, load_rows, missing, upsert};
 use crate::aggregate::{LineItem, OrderEvent, Status};
 use crate::views::{target_status, target_stock, OrderView};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
 use cqrs_sql::db::timestamp;
+use cqrs_sql::dialect::{fill, section};
 use cqrs_sql::{AddedColumn, Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
@@ -177,32 +179,24 @@ impl Projection for OrderDetails {
     }
     fn migrations(&self, tag: &str) -> Vec<Migration> {
         let t = &self.table;
-        vec![Migration::new(1, "orders and their indexes").sql([
-            format!(
-                "CREATE TABLE IF NOT EXISTS {t} (
-                order_id TEXT PRIMARY KEY,
-                customer_id TEXT NOT NULL,
-                status TEXT NOT NULL,
-                items TEXT NOT NULL,
-                total_cents BIGINT NOT NULL,
-                version BIGINT NOT NULL,
-                created_at TEXT NOT NULL,
-                updated_at TEXT NOT NULL,
-                payment_ref TEXT,
-                carrier TEXT,
-                tracking_number TEXT,
-                cancel_reason TEXT)"
+        let named = |n: &str| fill(section(SQL, n), &[("t", t), ("tag", tag)]);
+        vec![
+            Migration::new(1, "orders and their indexes").sql(
+                [
+                    "order_details_table",
+                    "order_details_by_customer",
+                    "order_details_by_status",
+                    "order_details_by_customer_status",
+                ]
+                .map(named),
             ),
-            format!("CREATE INDEX IF NOT EXISTS order_details_customer{tag} ON {t} (customer_id, order_id)"),
-            format!("CREATE INDEX IF NOT EXISTS order_details_status{tag} ON {t} (status, order_id)"),
-            format!("CREATE INDEX IF NOT EXISTS order_details_customer_status{tag} ON {t} (customer_id, status, order_id)"),
-        ]),
-        Migration::new(2, "stock status").add_column(AddedColumn {
-            table: t.clone(),
-            column: "stock",
-            definition: "TEXT",
-            backfill: None,
-        })]
+            Migration::new(2, "stock status").add_column(AddedColumn {
+                table: t.clone(),
+                column: "stock",
+                definition: "TEXT",
+                backfill: None,
+            }),
+        ]
     }
     fn apply<'a>(
         &'a self,

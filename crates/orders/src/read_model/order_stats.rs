@@ -8,6 +8,7 @@ use crate::money::Cents;
 use crate::views::target_status;
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
+use cqrs_sql::dialect::{fill, section};
 use cqrs_sql::ProjectionError;
 use sqlx::any::AnyRow;
 use sqlx::FromRow;
@@ -128,18 +129,13 @@ impl Sums for StatusSums {
 
     fn schema(stats: &str, members: &str) -> Vec<String> {
         vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS {stats} (
-                status TEXT PRIMARY KEY,
-                order_count BIGINT NOT NULL,
-                revenue_cents BIGINT NOT NULL,
-                revenue_cents_e18 BIGINT NOT NULL DEFAULT 0)"
+            fill(
+                section(super::SQL, "order_stats_table"),
+                &[("stats", stats)],
             ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {members} (
-                order_id TEXT PRIMARY KEY,
-                status TEXT NOT NULL,
-                total_cents BIGINT NOT NULL)"
+            fill(
+                section(super::SQL, "order_stats_members_table"),
+                &[("members", members)],
             ),
         ]
     }

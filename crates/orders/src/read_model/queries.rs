@@ -1,9 +1,11 @@
 //! Queries over the read models: what the query handlers serve.
 
+use super::SQL;
 use crate::aggregate::Status;
 use crate::money::Cents;
 use crate::stock::StockStatus;
 use crate::views::{CustomerSummary, OrderView, StatusStats, Views};
+use cqrs_sql::dialect::{fill, section};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, FromRow};
 
@@ -67,7 +69,10 @@ pub(super) fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
 
 /// One order, if the read model has it.
 pub async fn get_order(pool: &AnyPool, order_id: &str) -> Result<Option<OrderView>, QueryError> {
-    let sql = format!("SELECT {ORDER_COLUMNS} FROM order_details WHERE order_id = $1");
+    let sql = fill(
+        section(SQL, "order_by_id"),
+        &[("order_columns", ORDER_COLUMNS)],
+    );
     let row = sqlx::query(&sql)
         .bind(order_id)
         .fetch_optional(pool)
@@ -191,7 +196,10 @@ pub async fn customer_summary(
     pool: &AnyPool,
     customer_id: &str,
 ) -> Result<Option<CustomerSummary>, QueryError> {
-    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customer_summary WHERE customer_id = $1");
+    let sql = fill(
+        section(SQL, "customer_by_id"),
+        &[("customer_columns", CUSTOMER_COLUMNS)],
+    );
     let row = sqlx::query(&sql)
         .bind(customer_id)
         .fetch_optional(pool)
@@ -203,11 +211,9 @@ pub async fn customer_summary(
 pub async fn stats(
     pool: &AnyPool,
 ) -> Result<std::collections::BTreeMap<Status, StatusStats>, QueryError> {
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT status, order_count, revenue_cents, revenue_cents_e18 FROM order_stats",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(section(SQL, "stats"))
+        .fetch_all(pool)
+        .await?;
     let mut out = Views::default().stats;
     for (status, order_count, cents, cents_e18) in rows {
         let status = Status::parse(&status)
@@ -225,9 +231,15 @@ pub async fn stats(
 
 /// Everything the read DB holds, as values, to compare with a fold.
 pub async fn load_views(pool: &AnyPool) -> Result<Views, QueryError> {
-    let sql = format!("SELECT {ORDER_COLUMNS} FROM order_details");
+    let sql = fill(
+        section(SQL, "all_orders"),
+        &[("order_columns", ORDER_COLUMNS)],
+    );
     let orders = sqlx::query(&sql).fetch_all(pool).await?;
-    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customer_summary");
+    let sql = fill(
+        section(SQL, "all_customers"),
+        &[("customer_columns", CUSTOMER_COLUMNS)],
+    );
     let customers = sqlx::query(&sql).fetch_all(pool).await?;
     Ok(Views {
         orders: orders
