@@ -1,39 +1,10 @@
 //! Connecting to PostgreSQL or SQLite through one pool type; how each
 //! database connects is its [`Dialect`]'s.
 
+use crate::connect::FIRST_CONNECT_TIMEOUT;
+pub use crate::connect::{defaults, redact_url, DbOptions, Pools};
 use crate::dialect::{Dialect, DialectSql};
 use sqlx::{AnyPool, Executor};
-use std::time::Duration;
-
-/// How to open a database.
-#[derive(Debug, Clone)]
-pub struct DbOptions {
-    /// Connections in the pool (PostgreSQL) or readers (SQLite).
-    pub max_connections: u32,
-    /// SQLite `synchronous`: `NORMAL` survives a process crash, `FULL` also power loss.
-    pub sqlite_synchronous: String,
-    /// Create a PostgreSQL database that does not exist yet (as the URL's
-    /// user, through the server's `postgres` database).
-    pub create_missing: bool,
-}
-
-/// The defaults of [`DbOptions`], for flags that set them.
-pub mod defaults {
-    /// Connections per pool.
-    pub const MAX_CONNECTIONS: u32 = 16;
-    /// SQLite's `synchronous`: survives a process crash.
-    pub const SQLITE_SYNCHRONOUS: &str = "NORMAL";
-}
-
-impl Default for DbOptions {
-    fn default() -> Self {
-        Self {
-            max_connections: defaults::MAX_CONNECTIONS,
-            sqlite_synchronous: defaults::SQLITE_SYNCHRONOUS.into(),
-            create_missing: false,
-        }
-    }
-}
 
 /// A database: a pool for reads and a pool for writes. On SQLite the writer
 /// pool has one connection, because SQLite has one writer at a time and a
@@ -58,47 +29,6 @@ impl std::fmt::Debug for DbUrl {
         write!(f, "{:?}", redact_url(&self.0))
     }
 }
-
-/// The URL with any password replaced by `***`, fit for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let mut out = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            // userinfo ends at the last '@' before the path.
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                    let hidden = if userinfo.contains(':') { ":***" } else { "" };
-                    format!("{scheme}://{user}{hidden}@{host}{path}")
-                }
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    };
-    // A password may also come as a query parameter.
-    if let Some(i) = out.find("password=") {
-        let start = i + "password=".len();
-        let end = out[start..].find('&').map_or(out.len(), |e| start + e);
-        out.replace_range(start..end, "***");
-    }
-    out
-}
-
-/// What a [`Dialect`] opens: a pool for reads and one for writes (the same
-/// pool where the database takes concurrent writers).
-pub struct Pools {
-    /// For reads.
-    pub pool: AnyPool,
-    /// For writes.
-    pub writer: AnyPool,
-    /// The URL as connected (with any options the dialect added).
-    pub url: String,
-}
-
-/// How long the first connection to a server may take before the start
-/// fails, naming the server.
-pub(crate) const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a database could not be opened. Each variant says its cause once
 /// (the database's own words are kept as text, not as a source that a

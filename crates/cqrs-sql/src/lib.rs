@@ -60,6 +60,7 @@
 
 pub mod batch;
 pub mod command;
+mod connect;
 pub mod db;
 pub mod dialect;
 pub mod migrate;

@@ -35,6 +35,16 @@ pub struct AddedColumn {
     pub backfill: Option<String>,
 }
 
+impl AddedColumn {
+    /// Its `ALTER TABLE … ADD COLUMN`.
+    pub fn statement(&self) -> String {
+        format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            self.table, self.column, self.definition
+        )
+    }
+}
+
 /// One numbered change of an owner's tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
@@ -82,10 +92,7 @@ impl Migration {
             .filter_map(|s| match s {
                 Step::Sql(sql) => Some(sql.clone()),
                 Step::Only(d, sql) => (**d == *dialect).then(|| sql.clone()),
-                Step::AddColumn(c) => Some(format!(
-                    "ALTER TABLE {} ADD COLUMN {} {}",
-                    c.table, c.column, c.definition
-                )),
+                Step::AddColumn(c) => Some(c.statement()),
             })
             .collect()
     }
@@ -319,14 +326,7 @@ pub async fn run_step(
         Step::Only(..) => {}
         Step::AddColumn(c) => {
             if !has_column(conn, dialect, &c.table, c.column).await? {
-                conn.execute(
-                    format!(
-                        "ALTER TABLE {} ADD COLUMN {} {}",
-                        c.table, c.column, c.definition
-                    )
-                    .as_str(),
-                )
-                .await?;
+                conn.execute(c.statement().as_str()).await?;
                 if let Some(b) = &c.backfill {
                     conn.execute(b.as_str()).await?;
                 }

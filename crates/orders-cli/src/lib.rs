@@ -6,7 +6,6 @@
 pub mod client;
 pub mod dead_letters;
 pub mod demo;
-pub mod demo_saga;
 pub mod logs;
 pub mod migrate;
 pub mod replay;

@@ -156,8 +156,8 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     fn open<'a>(
         &'a self,
         url: &'a str,
-        options: &'a crate::db::DbOptions,
-    ) -> BoxFuture<'a, Result<crate::db::Pools, sqlx::Error>>;
+        options: &'a crate::connect::DbOptions,
+    ) -> BoxFuture<'a, Result<crate::connect::Pools, sqlx::Error>>;
     /// Whether `e` says the database `url` names does not exist.
     fn is_missing_database(&self, e: &sqlx::Error) -> bool;
     /// Opens a connection that wakes on `channel`'s notifications from
@@ -202,7 +202,7 @@ pub fn of_url(url: &str) -> Result<&'static dyn Dialect, sqlx::Error> {
         Err(sqlx::Error::Configuration(
             format!(
                 "unsupported database URL {:?}: use sqlite:PATH or postgres://...",
-                crate::db::redact_url(url)
+                crate::connect::redact_url(url)
             )
             .into(),
         ))

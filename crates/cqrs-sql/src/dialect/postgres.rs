@@ -5,7 +5,7 @@
 //! been cut; a missing database made on request.
 
 use super::{dialect_sql, section, Dialect, DialectSql, Listener};
-use crate::db::{DbOptions, Pools, FIRST_CONNECT_TIMEOUT};
+use crate::connect::{DbOptions, Pools, FIRST_CONNECT_TIMEOUT};
 use futures::future::BoxFuture;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Connection, Executor};

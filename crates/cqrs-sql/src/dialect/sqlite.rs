@@ -4,7 +4,7 @@
 //! on beside it. Nothing can wake another process: followers poll.
 
 use super::{dialect_sql, Dialect, DialectSql, Listener};
-use crate::db::{DbOptions, Pools};
+use crate::connect::{DbOptions, Pools};
 use futures::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::Executor;

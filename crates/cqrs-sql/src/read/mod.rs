@@ -8,6 +8,7 @@ mod progress;
 mod query_traces;
 pub mod runner;
 mod source_key;
+mod sql;
 mod tables;
 pub mod traces;
 

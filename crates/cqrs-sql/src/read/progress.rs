@@ -9,7 +9,7 @@
 
 use crate::db::Db;
 use crate::dialect::section;
-use crate::read::tables::SQL;
+use crate::read::sql::SQL;
 use cqrs_core::ConsistencyToken;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -80,7 +80,7 @@ async fn write(db: &Db, traces: &[Trace]) -> Result<(), sqlx::Error> {
         ],
     );
     let sql = crate::dialect::fill(
-        crate::dialect::section(crate::read::tables::SQL, "write_query_traces"),
+        crate::dialect::section(crate::read::sql::SQL, "write_query_traces"),
         &[("rows", &source)],
     );
     let mut tx = db.begin_derived().await?;

@@ -12,8 +12,7 @@ use sqlx::{AnyConnection, Executor};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The runner's statements (`sql/projector.sql`).
-pub(crate) const SQL: &str = include_str!("../../sql/projector.sql");
+use super::sql::SQL;
 
 /// Reads and locks the applied versions of aggregates (absent: never applied).
 pub(super) async fn lock_versions<'a>(

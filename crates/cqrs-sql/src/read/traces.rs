@@ -5,7 +5,7 @@
 
 use crate::db::Db;
 use crate::dialect::section;
-use crate::read::tables::SQL;
+use crate::read::sql::SQL;
 
 /// When and from where the projector took one event (or an aggregate's
 /// last applied one).

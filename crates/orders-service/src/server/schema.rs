@@ -3,9 +3,19 @@
 //! write DB, the shared read DB), migrated at start (or by `orders
 //! migrate`) or only checked (`--no-migrate`).
 
-use super::wiring::Databases;
 use cqrs_sql::migrate::{self, Applied};
 use cqrs_sql::{Component, Db};
+
+/// The databases of one process: the orders' write DB, the inventory's own
+/// write DB, and the read DB both services' read models share.
+pub struct Databases {
+    /// The orders' event store.
+    pub write: Db,
+    /// The inventory's event store.
+    pub inventory: Db,
+    /// The read models.
+    pub read: Db,
+}
 
 /// The owners of tables in an event store's database.
 pub fn write_components(write: &Db) -> Vec<Component> {

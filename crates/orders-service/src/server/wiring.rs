@@ -3,6 +3,7 @@
 
 use super::access::Access;
 use super::routes;
+use super::schema::Databases;
 use super::state::App;
 use crate::config::{
     Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS,
@@ -248,17 +249,6 @@ impl Running {
         self.app.read.close().await;
         Ok(())
     }
-}
-
-/// The databases of one process: the orders' write DB, the inventory's own
-/// write DB, and the read DB both services' read models share.
-pub struct Databases {
-    /// The orders' event store.
-    pub write: Db,
-    /// The inventory's event store.
-    pub inventory: Db,
-    /// The read models.
-    pub read: Db,
 }
 
 /// The two event stores and the read DB, at this build's schema.

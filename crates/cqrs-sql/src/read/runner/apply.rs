@@ -8,7 +8,7 @@ use crate::db::timestamp;
 use crate::dialect::{fill, section};
 use crate::read::classify::{classify, Fate, Known, Plan};
 use crate::read::dead_letters::{self, DeadLetterStatus};
-use crate::read::tables::SQL;
+use crate::read::sql::SQL;
 use crate::read::tables::{lock_versions, next_seq, notify_progress, versions, write_checkpoints};
 use crate::read::{EventSource, ProjectionError, SourceKey, SourcedEvent};
 use cqrs_core::EventEnvelope;

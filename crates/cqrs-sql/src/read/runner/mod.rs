@@ -6,12 +6,13 @@
 mod apply;
 
 use super::dead_letters::{self, DeadLetterStatus};
+use super::sql::SQL;
 pub use super::tables::{
     advance_checkpoint, check_writable, checkpoint_rows, ensure_schema, ensure_tables,
     load_checkpoints, lock_out_projectors, projection_components, read_components,
     runner_component, Checkpoint,
 };
-use super::tables::{lock_version, next_seq, notify_progress, SQL};
+use super::tables::{lock_version, next_seq, notify_progress};
 use super::{
     EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourceKey, SourcedEvent,
 };

@@ -1,40 +1,16 @@
-//! `orders demo`: the teaching page's scenario (create an order, then query
-//! its status), run for real on a fresh embedded instance, printed as the
-//! page's step table and state tracker from what actually happened.
+//! The teaching page's scenario (create an order, then query its status),
+//! run for real against a served instance and recorded step by step.
 
+use super::tables::{steps_table, tracker_table, Step, TrackerRow, WIDTH};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use cqrs_sql::EventStore;
 use orders::read_model;
 use orders::views::Views;
-use orders_service::server::{Config, Running, PROJECTOR};
+use orders_service::server::{Running, PROJECTOR};
 use serde_json::{json, Value};
 use std::fmt;
 use std::time::Duration;
-
-/// Options of `orders demo`.
-#[derive(clap::Args, Clone)]
-pub struct DemoArgs {
-    /// Delay the projector before applying, to show a stale read and then the
-    /// consistent read that waits with the token.
-    #[arg(long, default_value_t = 0)]
-    pub projector_delay_ms: u64,
-    /// Print the captured run as JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
-    /// The two-service flow instead: stock, an order the saga reserves, one
-    /// it cancels out of stock.
-    #[arg(long)]
-    pub saga: bool,
-    /// Widest the tables may be, in columns: cells wrap to fit (and to a
-    /// narrower terminal); 0 never wraps, one row a line, for grep.
-    #[arg(long, default_value_t = WIDTH)]
-    pub width: u16,
-}
-
-/// How wide the tables are when not told: they fit a 120-column screen.
-pub const WIDTH: u16 = 120;
 
 /// The state of each store at one moment, as the tracker shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -47,25 +23,6 @@ pub struct Snapshot {
     pub read_db: String,
     /// What the client has seen.
     pub client_output: String,
-}
-
-/// One row of the step table.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Step {
-    /// Step number on the teaching page ("2b" for the stale read).
-    pub step: String,
-    /// When it completed.
-    pub at: DateTime<Utc>,
-    /// What happened.
-    pub action: String,
-    /// Who did it.
-    pub component: String,
-    /// The data after it.
-    pub data_state: String,
-    /// The event involved.
-    pub event: String,
-    /// What came out.
-    pub output: String,
 }
 
 struct Probe<'a> {
@@ -390,68 +347,6 @@ impl Scenario<'_> {
     }
 }
 
-/// A table whose cells wrap to fit `width` columns (or a narrower
-/// terminal); `width` 0 keeps whole cells.
-fn fitted(width: u16) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    if width == 0 {
-        table.set_content_arrangement(ContentArrangement::Disabled);
-        return table;
-    }
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout())
-        .then(|| table.width())
-        .flatten();
-    table
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_width(terminal.map_or(width, |t| t.min(width)));
-    table
-}
-
-/// The step table: one row per step, times in ms since `started_at`.
-pub fn steps_table(started_at: DateTime<Utc>, steps: &[Step], width: u16) -> Table {
-    let mut table = fitted(width);
-    table.set_header(vec![
-        "Step",
-        "+ms",
-        "Action",
-        "Component",
-        "Data State",
-        "Event",
-        "Output",
-    ]);
-    for s in steps {
-        let ms = (s.at - started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-        table.add_row(vec![
-            s.step.clone(),
-            format!("{ms:.2}"),
-            s.action.clone(),
-            s.component.clone(),
-            s.data_state.clone(),
-            s.event.clone(),
-            s.output.clone(),
-        ]);
-    }
-    table
-}
-
-/// A tracker row: its name and how to read it from a snapshot.
-pub type TrackerRow<'a, S> = (&'a str, fn(&S) -> String);
-
-/// The state tracker: a row per variable, a column per moment.
-pub fn tracker_table<S>(columns: &[(String, S)], rows: &[TrackerRow<'_, S>], width: u16) -> Table {
-    let mut table = fitted(width);
-    let mut header = vec!["Variable".to_owned()];
-    header.extend(columns.iter().map(|(l, _)| l.clone()));
-    table.set_header(header);
-    for (name, get) in rows {
-        let mut row = vec![(*name).to_owned()];
-        row.extend(columns.iter().map(|(_, s)| get(s)));
-        table.add_row(row);
-    }
-    table
-}
-
 /// `{run}` fits [`WIDTH`] columns; `{run:N}` fits N (0: never wraps).
 impl fmt::Display for DemoRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -471,52 +366,4 @@ impl fmt::Display for DemoRun {
         )?;
         writeln!(f, "State tracker\n{tracker}")
     }
-}
-
-/// `orders demo`.
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = Config::embedded(dir.path());
-    config.projector_delay = Duration::from_millis(args.projector_delay_ms);
-    let running = Running::start(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let server = running.spawn_server(listener);
-    let result = match args.saga {
-        true => super::demo_saga::scenario(&running, &base)
-            .await
-            .map(Captured::Saga),
-        false => scenario(&running, &base, args.projector_delay_ms > 0)
-            .await
-            .map(Captured::Page),
-    };
-    server.abort();
-    running.stop().await?;
-    match (result?, args.json) {
-        (Captured::Page(run), true) => println!("{}", serde_json::to_string_pretty(&run)?),
-        (Captured::Saga(run), true) => println!("{}", serde_json::to_string_pretty(&run)?),
-        (Captured::Page(run), false) => {
-            println!("{run:w$}", w = usize::from(args.width));
-            println!("Embedded mode: SQLite write DB (its event log is the outbox), tailed by an");
-            println!("in-process projector, SQLite read DB.");
-            if args.projector_delay_ms == 0 {
-                println!(
-                    "Try `orders demo --projector-delay-ms 500` to see a stale read, then the"
-                );
-                println!("token's consistent read.");
-            }
-        }
-        (Captured::Saga(run), false) => {
-            println!("{run:w$}", w = usize::from(args.width));
-            println!("Embedded mode: two SQLite write DBs (orders, inventory), each log its own");
-            println!("outbox; the saga and both projectors tail them in process.");
-        }
-    }
-    Ok(())
-}
-
-/// What a demo captured: the teaching page's scenario, or the saga's.
-enum Captured {
-    Page(DemoRun),
-    Saga(super::demo_saga::SagaRun),
 }

@@ -4,7 +4,7 @@
 //! table (times from the traces: when each command and reaction committed)
 //! and the state tracker of both write DBs, the read DB and the client.
 
-use super::demo::{steps_table, tracker_table, Step, TrackerRow, WIDTH};
+use super::tables::{steps_table, tracker_table, Step, TrackerRow, WIDTH};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use cqrs_sql::EventStore;
