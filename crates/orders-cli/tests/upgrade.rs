@@ -118,8 +118,11 @@ async fn a_database_from_before_migrations_upgrades_and_serves(postgres: bool) {
         (200, Some("shipped")),
         "{order}"
     );
-    // A new order next to the old ones.
-    app.create().await;
+    // A new order next to the old ones, read back with its token: the
+    // projector has applied it before the server stops (verify runs after).
+    let (id, token) = app.create().await;
+    let (s, order, _) = app.get(&format!("/orders/{id}"), Some(&token)).await;
+    assert_eq!(s, 200, "{order}");
 
     let store = &app.app().store;
     let events = store.all_events().await.expect("events");
