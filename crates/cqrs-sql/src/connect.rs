@@ -60,7 +60,7 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// What a [`Dialect`] opens: a pool for reads and one for writes (the same
+/// What a [`Dialect`](crate::Dialect) opens: a pool for reads and one for writes (the same
 /// pool where the database takes concurrent writers).
 pub struct Pools {
     /// For reads.
