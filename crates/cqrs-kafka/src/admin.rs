@@ -7,6 +7,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
+/// How long a topic just created may take to show its partitions.
+const METADATA_WAIT: Duration = Duration::from_secs(10);
+
 /// What the cluster said about the events topic once it existed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicsReady {
@@ -43,16 +46,24 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicsReady, KafkaErr
     let (client, topic) = (config.client(), config.topic.clone());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = client.create()?;
-        let meta = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions = meta
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len() as i32);
-        Ok(TopicsReady {
-            brokers: meta.brokers().len(),
-            partitions,
-        })
+        // A topic just created may not be in the metadata yet (no
+        // partitions): ask again for a while rather than report none.
+        let deadline = std::time::Instant::now() + METADATA_WAIT;
+        loop {
+            let meta = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            let partitions = meta
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len() as i32);
+            if partitions > 0 || std::time::Instant::now() >= deadline {
+                return Ok(TopicsReady {
+                    brokers: meta.brokers().len(),
+                    partitions,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     })
     .await?
 }
