@@ -34,6 +34,21 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The secret a file holds (one trailing line break dropped), so that
+    /// it need not be a flag, which any user of the machine sees in `ps`.
+    pub fn from_file(path: &Path) -> Result<Secret, std::io::Error> {
+        let text = std::fs::read_to_string(path)?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is empty",
+            ));
+        }
+        Ok(Secret(text.to_owned()))
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -49,8 +64,12 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// The longest a token may still be valid when it is presented, unless
+/// configured otherwise.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// How tokens are checked.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct JwtOptions {
     /// The HS256 shared secret, if HS256 tokens are accepted.
     pub hs256_secret: Option<Secret>,
@@ -62,6 +81,22 @@ pub struct JwtOptions {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// Tokens whose `exp` lies further ahead than this are refused: a token
+    /// that never expires is one that cannot be taken back.
+    pub max_lifetime: Duration,
+}
+
+impl Default for JwtOptions {
+    fn default() -> Self {
+        Self {
+            hs256_secret: None,
+            jwks: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::ZERO,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
+        }
+    }
 }
 
 /// Why a request has no verified caller. Texts never quote the token.
@@ -239,6 +274,15 @@ impl JwtVerifier {
         .claims;
         if claims.sub.is_empty() {
             return Err(AuthError::Invalid("`sub` is empty".into()));
+        }
+        let latest = jsonwebtoken::get_current_timestamp()
+            .saturating_add(self.options.max_lifetime.as_secs())
+            .saturating_add(self.options.leeway.as_secs());
+        if claims.exp > latest {
+            return Err(AuthError::Invalid(format!(
+                "`exp` lies more than {} s ahead (the longest a token may live here)",
+                self.options.max_lifetime.as_secs()
+            )));
         }
         Ok(Caller {
             sub: claims.sub,

@@ -5,7 +5,10 @@ pub mod auth;
 pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod logging;
+pub mod parse_errors;
 pub mod server;
+pub mod ticket;
 pub mod tls;
 
 pub use consistency::{

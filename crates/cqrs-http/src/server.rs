@@ -4,6 +4,7 @@
 //! before a byte is read), a cap on open connections that stays below the
 //! file-descriptor limit, and a graceful shutdown bounded in time.
 
+use crate::parse_errors::JsonParseErrors;
 use crate::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -182,12 +183,14 @@ async fn serve_connection(
 ) {
     let ended = match tls {
         None => {
-            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(JsonParseErrors::new(stream));
+            let conn = http.serve_connection(io, service);
             watcher.watch(conn).await
         }
         Some(tls) => match tokio::time::timeout(head_deadline, tls.accept(stream)).await {
             Ok(Ok(stream)) => {
-                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let io = TokioIo::new(JsonParseErrors::new(stream));
+                let conn = http.serve_connection(io, service);
                 watcher.watch(conn).await
             }
             Ok(Err(e)) => {

@@ -22,6 +22,7 @@ fn options() -> JwtOptions {
         issuer: Some("https://id.example".into()),
         audience: Some("orders".into()),
         leeway: Duration::from_secs(5),
+        ..JwtOptions::default()
     }
 }
 
@@ -240,4 +241,31 @@ fn a_refusal_is_a_401_with_a_bearer_challenge() {
         res.headers()[header::WWW_AUTHENTICATE],
         r#"Bearer realm="orders""#
     );
+}
+
+#[test]
+fn a_token_that_lives_longer_than_the_maximum_is_refused() {
+    let v = JwtVerifier::new(JwtOptions {
+        max_lifetime: Duration::from_secs(3600),
+        ..options()
+    })
+    .unwrap();
+    let within = sign(Algorithm::HS256, None, &claims(3600));
+    assert_eq!(who(v.verify(&within)), Ok(alice()), "exactly the maximum");
+    let too_far = "`exp` lies more than 3600 s ahead (the longest a token may live here)";
+    for exp_in in [3600 + 5 + 2, 25 * 3600] {
+        let token = sign(Algorithm::HS256, None, &claims(exp_in));
+        assert_eq!(v.verify(&token), Err(AuthError::Invalid(too_far.into())));
+    }
+    // exp = 2^64-1: the endless token of the probe.
+    let mut endless = claims(0);
+    endless["exp"] = json!(u64::MAX);
+    let token = sign(Algorithm::HS256, None, &endless);
+    assert_eq!(v.verify(&token), Err(AuthError::Invalid(too_far.into())));
+    // The default is a day.
+    let v = JwtVerifier::new(options()).unwrap();
+    let day = sign(Algorithm::HS256, None, &claims(24 * 3600));
+    assert!(v.verify(&day).is_ok());
+    let longer = sign(Algorithm::HS256, None, &claims(24 * 3600 + 60));
+    assert!(v.verify(&longer).is_err());
 }

@@ -67,3 +67,17 @@ FROM ({rows}) AS v WHERE true ON CONFLICT (key) DO NOTHING RETURNING key
 -- The events of appends refused after they were inserted.
 -- name: take_back
 DELETE FROM events WHERE event_id IN ({keys})
+
+-- Migration 3 of `event_store`: a caller's key is stored as
+-- `<length of its scope>:<scope>:<key>` (`IdempotencyRecord::for_caller`),
+-- the scope being the caller its command recorded ('' when nobody was
+-- checked). A process manager's own keys (`<its name>/...`, issued as
+-- itself) keep their form. Never edit: a change is a new migration.
+-- name: scope_idempotency_keys
+UPDATE idempotency SET key = (
+    SELECT CAST(length(COALESCE(MAX(e.caller), '')) AS TEXT) || ':' || COALESCE(MAX(e.caller), '') || ':' || idempotency.key
+    FROM events e WHERE e.command_id = idempotency.command_id)
+WHERE NOT EXISTS (
+    SELECT 1 FROM events e
+    WHERE e.command_id = idempotency.command_id AND e.caller IS NOT NULL
+      AND idempotency.key LIKE e.caller || '/%')

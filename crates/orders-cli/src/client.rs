@@ -11,8 +11,16 @@ pub struct Server {
     #[arg(long, env = "ORDERS_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// Bearer token, when the server checks callers (`orders token` mints one).
-    #[arg(long, env = "ORDERS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ORDERS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<Secret>,
+    /// A file holding the bearer token (out of `ps`, where a flag shows).
+    #[arg(long, env = "ORDERS_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
     /// CA certificate (PEM) to trust for an https:// server with a private CA.
     #[arg(long, env = "ORDERS_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
@@ -34,7 +42,11 @@ impl Server {
         }
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let req = client.build()?.request(method, url);
-        Ok(match &self.token {
+        let token = match &self.token_file {
+            Some(path) => Some(crate::serve::read_secret(path, "--token-file")?),
+            None => self.token.clone(),
+        };
+        Ok(match token {
             Some(t) => req.bearer_auth(t.expose()),
             None => req,
         })

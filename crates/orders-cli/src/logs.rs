@@ -35,6 +35,59 @@ pub fn init_logs(filter: Option<&str>, format: Option<LogFormat>, default: &str)
     format
 }
 
+/// Warnings for the secrets `args` (the command line, program name
+/// first) carries as flags, where any user of the machine reads them in
+/// `ps`: each names the flag and the safer way, never the value.
+pub fn secrets_in_flags(args: &[String]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let value = || inline.clone().or_else(|| args.clone().next().cloned());
+        let safer = match flag {
+            "--jwt-hs256-secret" => "--jwt-hs256-secret-file or ORDERS_JWT_HS256_SECRET",
+            "--token" => "--token-file or ORDERS_TOKEN",
+            "--database-url" if value().is_some_and(|v| has_password(&v)) => {
+                "--database-url-file or DATABASE_URL"
+            }
+            "--read-database-url" if value().is_some_and(|v| has_password(&v)) => {
+                "--read-database-url-file or READ_DATABASE_URL"
+            }
+            "--inventory-database-url" if value().is_some_and(|v| has_password(&v)) => {
+                "--inventory-database-url-file or INVENTORY_DATABASE_URL"
+            }
+            "--kafka-property"
+                if value().is_some_and(|v| {
+                    v.split_once('=')
+                        .is_some_and(|(k, _)| cqrs_kafka::KafkaProperty::is_secret(k))
+                }) =>
+            {
+                "--kafka-properties-file"
+            }
+            _ => continue,
+        };
+        warnings.push(format!(
+            "{flag} carries a secret on the command line, where any user of this machine              can read it (ps, /proc); use {safer}"
+        ));
+    }
+    warnings
+}
+
+/// Whether a URL names a password (`scheme://user:password@host`).
+fn has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || rest.contains("password=")
+}
+
 /// `e` and its causes on one line, each said once: a cause whose text its
 /// error already quotes (`"schema migrations: {0}"` with the database's
 /// error as its source, too) is not repeated.
@@ -84,5 +137,38 @@ mod tests {
             cause_chain(anyhow.as_ref()),
             "migrating: schema migrations: connection refused"
         );
+    }
+}
+
+#[cfg(test)]
+mod secret_flag_tests {
+    use super::secrets_in_flags;
+
+    fn warned(line: &str) -> Vec<String> {
+        let args: Vec<String> = line.split(' ').map(str::to_owned).collect();
+        secrets_in_flags(&args)
+    }
+
+    #[test]
+    fn a_secret_flag_is_named_with_the_safer_way_and_never_quoted() {
+        let w =
+            warned("orders serve --jwt-hs256-secret hunter2 --database-url=postgres://u:pw@h/db");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("--jwt-hs256-secret-file") && w[1].contains("--database-url-file"));
+        assert!(w
+            .iter()
+            .all(|w| !w.contains("hunter2") && !w.contains("pw@")));
+        let w = warned("orders serve --kafka-property sasl.password=x --kafka-property acks=all");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("--kafka-properties-file"));
+    }
+
+    #[test]
+    fn flags_without_secrets_are_not_warned_of() {
+        assert!(
+            warned("orders serve --database-url postgres://u@h/db --jwt-hs256-secret-file /s")
+                .is_empty()
+        );
+        assert!(warned("orders serve --read-database-url=sqlite:///tmp/r.db").is_empty());
     }
 }

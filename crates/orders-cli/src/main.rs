@@ -36,7 +36,7 @@ enum Command {
         #[arg(long, env = "ORDERS_LISTEN")]
         listen: Option<SocketAddr>,
         #[command(flatten)]
-        config: Config,
+        config: Box<Config>,
         #[command(flatten)]
         http: HttpArgs,
         #[command(flatten)]
@@ -103,6 +103,10 @@ async fn main() -> std::process::ExitCode {
     let default_filter = if quiet { "warn" } else { "info,sqlx=warn" };
     let format = init_logs(cli.log.as_deref(), cli.log_format, default_filter);
     let serving = matches!(cli.command, Command::Serve { .. });
+    let args: Vec<String> = std::env::args().collect();
+    for warning in orders_cli::logs::secrets_in_flags(&args) {
+        tracing::warn!("{warning}");
+    }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -127,7 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             http,
             auth,
         } => {
-            let config = auth.apply(config);
+            let config = auth.apply(config.read_secret_files()?)?;
             let default = config.runs(Role::Api).then_some(DEFAULT_LISTEN);
             let listen = listen.or(default);
             if let Some(addr) = listen {
@@ -138,13 +142,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(a) => token::token(a),
         Command::Demo(args) => demo::run(args).await,
         Command::Verify { config, wait_secs } => {
+            let config = config.read_secret_files()?;
             let report = verify::verify(&config, Duration::from_secs(wait_secs)).await?;
             print!("{report}");
             exit_with(report.exit_code())
         }
-        Command::Replay { args, config } => replay::run(args, &config).await,
-        Command::Migrate { config, check } => exit_with(migrate::run(&config, check).await?),
-        Command::DeadLetters { action, config } => dead_letters::run(action, &config).await,
+        Command::Replay { args, config } => replay::run(args, &config.read_secret_files()?).await,
+        Command::Migrate { config, check } => {
+            exit_with(migrate::run(&config.read_secret_files()?, check).await?)
+        }
+        Command::DeadLetters { action, config } => {
+            dead_letters::run(action, &config.read_secret_files()?).await
+        }
         Command::Create(a) => client::create(a).await,
         Command::Pay(a) => client::pay(a).await,
         Command::Ship(a) => client::ship(a).await,

@@ -86,9 +86,18 @@ impl HttpArgs {
 /// Who may call the server.
 #[derive(clap::Args, Clone)]
 pub struct AuthArgs {
-    /// Shared secret of HS256 bearer tokens; turns authentication on.
-    #[arg(long, env = "ORDERS_JWT_HS256_SECRET", hide_env_values = true)]
+    /// Shared secret of HS256 bearer tokens; turns authentication on. As a
+    /// flag it shows in `ps`: prefer the file or the environment.
+    #[arg(
+        long,
+        env = "ORDERS_JWT_HS256_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_hs256_secret_file"
+    )]
     jwt_hs256_secret: Option<Secret>,
+    /// A file holding the HS256 secret (one line); turns authentication on.
+    #[arg(long, env = "ORDERS_JWT_HS256_SECRET_FILE", value_name = "PATH")]
+    jwt_hs256_secret_file: Option<PathBuf>,
     /// JWKS file of RS256/ES256 public keys; turns authentication on. Read
     /// again when it changes and on SIGHUP.
     #[arg(long, env = "ORDERS_JWT_JWKS")]
@@ -99,9 +108,19 @@ pub struct AuthArgs {
     /// Refuse tokens whose `aud` does not include this.
     #[arg(long, env = "ORDERS_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (a live stream
+    /// ends this long after its token expires).
     #[arg(long, env = "ORDERS_JWT_LEEWAY_SECS", default_value_t = 30)]
     jwt_leeway_secs: u64,
+    /// Refuse tokens whose `exp` lies more than this many seconds ahead.
+    #[arg(long, env = "ORDERS_JWT_MAX_LIFETIME_SECS",
+          default_value_t = cqrs_http::auth::DEFAULT_MAX_LIFETIME.as_secs())]
+    jwt_max_lifetime_secs: u64,
+    /// A file holding the key stream tickets are signed with, for replicas
+    /// behind one address (a ticket one signs opens a stream on another)
+    /// [default: a random key of this process].
+    #[arg(long, env = "ORDERS_STREAM_TICKET_SECRET_FILE", value_name = "PATH")]
+    stream_ticket_secret_file: Option<PathBuf>,
     /// Serve /metrics without a token (for a scraper inside the network).
     #[arg(long, env = "ORDERS_METRICS_PUBLIC")]
     metrics_public: bool,
@@ -112,33 +131,50 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    /// `config` with these callers' checks.
-    pub fn apply(&self, config: Config) -> Config {
-        Config {
-            jwt: self.jwt(),
+    /// `config` with these callers' checks (the secret files read now).
+    pub fn apply(&self, config: Config) -> anyhow::Result<Config> {
+        let stream_ticket_secret = match &self.stream_ticket_secret_file {
+            Some(path) => Some(read_secret(path, "--stream-ticket-secret-file")?),
+            None => None,
+        };
+        Ok(Config {
+            jwt: self.jwt()?,
+            stream_ticket_secret,
             metrics_public: self.metrics_public,
             ..config
-        }
+        })
+    }
+
+    /// Whether any key to check tokens with is configured.
+    fn checks_tokens(&self) -> bool {
+        self.jwt_hs256_secret.is_some()
+            || self.jwt_hs256_secret_file.is_some()
+            || self.jwt_jwks.is_some()
     }
 
     /// The token checks, if any key is configured.
-    pub fn jwt(&self) -> Option<JwtOptions> {
-        if self.jwt_hs256_secret.is_none() && self.jwt_jwks.is_none() {
-            return None;
+    pub fn jwt(&self) -> anyhow::Result<Option<JwtOptions>> {
+        if !self.checks_tokens() {
+            return Ok(None);
         }
-        Some(JwtOptions {
-            hs256_secret: self.jwt_hs256_secret.clone(),
+        let hs256_secret = match &self.jwt_hs256_secret_file {
+            Some(path) => Some(read_secret(path, "--jwt-hs256-secret-file")?),
+            None => self.jwt_hs256_secret.clone(),
+        };
+        Ok(Some(JwtOptions {
+            hs256_secret,
             jwks: self.jwt_jwks.clone(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             leeway: Duration::from_secs(self.jwt_leeway_secs),
-        })
+            max_lifetime: Duration::from_secs(self.jwt_max_lifetime_secs.max(1)),
+        }))
     }
 
     /// Refuses to expose the API beyond this machine with nobody checking
     /// who calls.
     pub fn check_exposure(&self, listen: SocketAddr) -> anyhow::Result<()> {
-        if listen.ip().is_loopback() || self.jwt().is_some() || self.insecure_no_auth {
+        if listen.ip().is_loopback() || self.checks_tokens() || self.insecure_no_auth {
             return Ok(());
         }
         anyhow::bail!(
@@ -148,6 +184,11 @@ impl AuthArgs {
              --insecure-no-auth (ORDERS_INSECURE_NO_AUTH) if a gateway in front checks every caller"
         )
     }
+}
+
+/// The secret in the file `flag` names.
+pub fn read_secret(path: &std::path::Path, flag: &str) -> anyhow::Result<Secret> {
+    Secret::from_file(path).with_context(|| format!("{flag} {}", path.display()))
 }
 
 /// Where a process with the API listens when not told.

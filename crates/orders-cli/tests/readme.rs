@@ -222,7 +222,11 @@ async fn the_migration_commands_run_on_a_fresh_database() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("write db: event_store at version 2"),
+        stdout.contains("applied: event_store 3 (idempotency keys scoped to their caller)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("write db: event_store at version 3"),
         "{stdout}"
     );
 }

@@ -106,7 +106,7 @@ async fn a_command_travels_over_https_postgres_tls_and_kafka_sasl_ssl() {
         ("ORDERS_KAFKA_SESSION_TIMEOUT_MS", "6000".to_owned()),
         (
             "RUST_LOG",
-            "debug,hyper=info,h2=info,rustls=info,sqlx=info".to_owned(),
+            "trace,h2=info,rustls=info,sqlx=info,tokio=info,runtime=info".to_owned(),
         ),
     ];
     let mut server = Proc::serve("secure", dir.path(), &args, &env);
@@ -187,6 +187,38 @@ async fn a_command_travels_over_https_postgres_tls_and_kafka_sasl_ssl() {
         "{encrypted} encrypted, {clear} in the clear"
     );
 
+    // A stream ticket over HTTPS: a Secure cookie, and never the token.
+    let res = http
+        .post(format!("{base}/stream/ticket"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(
+        !cookie.contains(token.as_str()),
+        "the cookie echoes the token"
+    );
+    let ticket = cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.strip_prefix("orders_stream="))
+        .unwrap()
+        .to_owned();
+    // A token and the ticket in query strings, where no route takes them:
+    // refused, and not written to the (debug) log either.
+    for query in [format!("access_token={token}"), format!("x={ticket}")] {
+        let res = http
+            .get(format!("{base}/orders?{query}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400);
+    }
+
     // Nor in what the server shows about itself.
     let mut shown = String::new();
     for path in ["/metrics", "/readyz"] {
@@ -211,6 +243,7 @@ async fn a_command_travels_over_https_postgres_tls_and_kafka_sasl_ssl() {
         ("the SASL password", password.as_str()),
         ("the JWT secret", JWT_SECRET),
         ("the bearer token", token.as_str()),
+        ("the stream ticket", ticket.as_str()),
     ] {
         assert!(!logged.contains(secret), "{what} is in the log");
     }

@@ -51,16 +51,41 @@ pub struct Config {
     #[arg(long, env = "ORDERS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Write database (postgres://...); embedded SQLite when absent.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// A file holding the write database's URL (keeps its password out of
+    /// `ps`, where a flag shows).
+    #[arg(
+        long,
+        env = "DATABASE_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<PathBuf>,
     /// Read database; defaults to the write database's server, or SQLite.
-    #[arg(long, env = "READ_DATABASE_URL")]
+    #[arg(long, env = "READ_DATABASE_URL", hide_env_values = true)]
     pub read_database_url: Option<String>,
+    /// A file holding the read database's URL.
+    #[arg(
+        long,
+        env = "READ_DATABASE_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "read_database_url"
+    )]
+    pub read_database_url_file: Option<PathBuf>,
     /// The inventory's own write database [default: inventory.db beside the
     /// SQLite files, or WRITE_DB_inventory on the write database's
     /// PostgreSQL server, created when missing].
-    #[arg(long, env = "INVENTORY_DATABASE_URL")]
+    #[arg(long, env = "INVENTORY_DATABASE_URL", hide_env_values = true)]
     pub inventory_database_url: Option<String>,
+    /// A file holding the inventory database's URL.
+    #[arg(
+        long,
+        env = "INVENTORY_DATABASE_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "inventory_database_url"
+    )]
+    pub inventory_database_url_file: Option<PathBuf>,
     /// Create a PostgreSQL database the URLs name when it does not exist
     /// (as the URL's user, who needs the CREATEDB right).
     #[arg(long, env = "ORDERS_CREATE_DATABASE")]
@@ -99,6 +124,11 @@ pub struct Config {
     /// sets it from its own flags).
     #[arg(skip)]
     pub jwt: Option<JwtOptions>,
+    /// The key stream tickets are signed with, shared by replicas behind
+    /// one address; a random key of this process when absent (`serve` sets
+    /// it from its own flags).
+    #[arg(skip)]
+    pub stream_ticket_secret: Option<cqrs_http::auth::Secret>,
     /// `/metrics` without a token even when authentication is on (`serve`
     /// sets it from its own flags).
     #[arg(skip)]
@@ -153,6 +183,15 @@ pub struct KafkaOptions {
     #[arg(long = "kafka-property", env = "ORDERS_KAFKA_PROPERTIES", value_delimiter = ',',
           hide_env_values = true, value_parser = KafkaProperty::parse, value_name = "KEY=VALUE")]
     pub properties: Vec<KafkaProperty>,
+    /// A file of librdkafka properties, KEY=VALUE a line (`#` starts a
+    /// comment): where a SASL password or a key's passphrase belongs, out
+    /// of `ps`.
+    #[arg(
+        long = "kafka-properties-file",
+        env = "ORDERS_KAFKA_PROPERTIES_FILE",
+        value_name = "PATH"
+    )]
+    pub properties_file: Option<PathBuf>,
     /// How long a dead projector holds its partitions, in milliseconds
     /// (Kafka's own default).
     #[arg(long = "kafka-session-timeout-ms", env = "ORDERS_KAFKA_SESSION_TIMEOUT_MS",
@@ -240,6 +279,50 @@ impl Config {
             data_dir: data_dir.into(),
             ..config
         }
+    }
+
+    /// The same config with the URLs and Kafka properties that files hold
+    /// read in (each `*_file` flag), so that no secret need be a flag.
+    pub fn read_secret_files(mut self) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let read = |path: &PathBuf, flag: &str| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{flag} {}", path.display()))?;
+            let text = text.trim();
+            if text.is_empty() {
+                anyhow::bail!("{flag} {}: the file is empty", path.display());
+            }
+            Ok(text.to_owned())
+        };
+        if let Some(p) = self.database_url_file.take() {
+            self.database_url = Some(read(&p, "--database-url-file")?);
+        }
+        if let Some(p) = self.read_database_url_file.take() {
+            self.read_database_url = Some(read(&p, "--read-database-url-file")?);
+        }
+        if let Some(p) = self.inventory_database_url_file.take() {
+            self.inventory_database_url = Some(read(&p, "--inventory-database-url-file")?);
+        }
+        if let Some(kafka) = &mut self.kafka {
+            if let Some(p) = kafka.properties_file.take() {
+                let text = read(&p, "--kafka-properties-file")?;
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let property = KafkaProperty::parse(line).map_err(|why| {
+                        anyhow::anyhow!(
+                            "--kafka-properties-file {} line {}: {why}",
+                            p.display(),
+                            n + 1
+                        )
+                    })?;
+                    kafka.properties.push(property);
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// Refuses combinations that could only idle or fail later.

@@ -51,6 +51,7 @@ impl Api {
             issuer: Some(ISSUER.into()),
             audience: Some(AUDIENCE.into()),
             leeway: Duration::from_secs(5),
+            ..JwtOptions::default()
         });
         Api {
             app: spawn_with(config, dir).await,
@@ -382,51 +383,6 @@ async fn every_bad_token_is_a_401_that_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_event_stream_takes_an_operators_token_from_its_ticket_cookie() {
-    let api = Api::start().await;
-    let ops = token("ops", &["operator"]);
-    let (s, _, headers) = api
-        .call(&Method::POST, "/stream/ticket", None, Some(&ops))
-        .await;
-    assert_eq!(s, 204);
-    let cookie = headers["set-cookie"].to_str().unwrap().to_owned();
-    for attribute in ["Path=/stream", "HttpOnly", "SameSite=Strict", "Max-Age="] {
-        assert!(cookie.contains(attribute), "{cookie}");
-    }
-    let pair = cookie.split(';').next().unwrap().to_owned();
-    let stream = |cookie: String| {
-        let req = api.app.http.get(format!("{}/stream", api.app.base));
-        async move {
-            req.header("cookie", cookie)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(
-        stream(pair.clone()).await,
-        200,
-        "the ticket opens the stream"
-    );
-    assert_eq!(stream("orders_stream=garbage".into()).await, 401);
-    let customer = format!("orders_stream={}", token("alice", &["customer"]));
-    assert_eq!(stream(customer).await, 403, "a customer's token does not");
-    // The cookie is for the stream alone: elsewhere only the header counts.
-    let res = api
-        .app
-        .http
-        .get(format!("{}/stats", api.app.base))
-        .header("cookie", pair)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
-    api.app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commands_trace_names_its_caller() {
     let api = Api::start().await;
     let alice = token("alice", &["customer"]);
@@ -475,6 +431,7 @@ async fn a_key_added_to_the_jwks_file_is_honoured_without_a_restart() {
         issuer: None,
         audience: None,
         leeway: Duration::from_secs(5),
+        ..JwtOptions::default()
     });
     let app = spawn_with(config, dir).await;
     let pem = std::fs::read(keys.join("rs256.pem")).unwrap();

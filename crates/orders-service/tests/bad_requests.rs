@@ -148,3 +148,80 @@ async fn bad_requests_get_the_documented_4xx_and_write_nothing() {
     assert_eq!(events, 1, "no bad request wrote anything");
     app.stop().await;
 }
+
+/// What the server answers to `raw` bytes sent on a fresh connection:
+/// its status and its body as JSON.
+async fn raw_answer(base: &str, raw: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes the connection after a parse error")
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_http_parser_refuses_get_json_bodies_too() {
+    let app = spawn_app(false, 0).await;
+    let long_path = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: [(&str, Vec<u8>, u16, &str); 4] = [
+        (
+            "a malformed request line",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        ("a 100 KB path", long_path.into_bytes(), 414, "uri_too_long"),
+        (
+            "too many headers",
+            format!("GET / HTTP/1.1\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a bad Content-Length",
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (what, raw, status, code) in cases {
+        let (s, body) = raw_answer(&app.base, &raw).await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (status, Some(code)),
+            "{what}: {body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    // Nothing was written by any of them.
+    let (s, list, _) = app.get("/orders", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["orders"], json!([]));
+    app.stop().await;
+}

@@ -37,6 +37,7 @@ fn released_migrations_keep_their_checksums_on_both_dialects() {
 const POSTGRES: &str = "\
 event_store 1 a7b7bd8db35fb773
 event_store 2 af116e79addcd79b
+event_store 3 d1a97248938eb3a2
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
 projection order_details 1 518fb844d09d6494
@@ -48,6 +49,7 @@ projection order_saga 1 c41caacb2f8bdec4";
 const SQLITE: &str = "\
 event_store 1 60dfec04e09a55d4
 event_store 2 af116e79addcd79b
+event_store 3 d1a97248938eb3a2
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
 projection order_details 1 518fb844d09d6494

@@ -78,7 +78,45 @@ impl Dialect for Sqlite {
     }
 }
 
+/// The file a SQLite URL names (`None` for an in-memory database).
+fn file_of(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
+}
+
+/// Creates a database file that is not there yet, readable by its owner
+/// alone (0600), in directories made 0700: it holds every order and
+/// customer. SQLite gives its -wal and -shm files the database file's mode.
+/// A file that exists keeps its mode.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn open(url: &str, options: &DbOptions) -> Result<Pools, sqlx::Error> {
+    if let Some(file) = file_of(url) {
+        create_private(&file)?;
+    }
     let url = if url.contains('?') || url.contains(":memory:") {
         url.to_owned()
     } else {
@@ -119,4 +157,39 @@ async fn open(url: &str, options: &DbOptions) -> Result<Pools, sqlx::Error> {
         .connect_with(connect)
         .await?;
     Ok(Pools { pool, writer, url })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn urls_name_their_file() {
+        assert_eq!(file_of("sqlite:///d/w.db"), Some("/d/w.db".into()));
+        assert_eq!(file_of("sqlite://w.db?mode=rwc"), Some("w.db".into()));
+        assert_eq!(file_of("sqlite::memory:"), None);
+        assert_eq!(file_of("postgres://h/db"), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_database_and_its_directory_are_its_owners_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("new/dir/write.db");
+        let url = format!("sqlite://{}", file.display());
+        sqlx::any::install_default_drivers();
+        let pools = open(&url, &DbOptions::default()).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&pools.writer)
+            .await
+            .unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(file.parent().unwrap()), 0o700);
+        assert_eq!(mode(&tmp.path().join("new")), 0o700);
+        let wal = tmp.path().join("new/dir/write.db-wal");
+        assert!(wal.exists(), "WAL mode writes beside it");
+        assert_eq!(mode(&wal), 0o600, "the WAL takes the database's mode");
+    }
 }

@@ -63,10 +63,25 @@ impl StoreError {
 /// The idempotency record written with an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
-    /// The client's `Idempotency-Key`.
+    /// The key as stored: a caller's key within its scope
+    /// ([`IdempotencyRecord::for_caller`]), or a process manager's own.
     pub key: String,
     /// Hash of what the request asked, to refuse reuse with another body.
     pub request_hash: String,
+}
+
+impl IdempotencyRecord {
+    /// A caller's `Idempotency-Key` within its scope (the caller's
+    /// identity; `""` for one shared scope when nobody is checked): stored
+    /// as `<scope length in characters>:<scope>:<key>`, so that two callers'
+    /// keys never meet, whatever either contains, and never meet a process
+    /// manager's keys (`<name>/...`, which start with a letter).
+    pub fn for_caller(scope: &str, key: &str, request_hash: String) -> Self {
+        Self {
+            key: format!("{}:{scope}:{key}", scope.chars().count()),
+            request_hash,
+        }
+    }
 }
 
 /// What a stored idempotency key answered the first time.

@@ -124,6 +124,8 @@ pub fn write_components(dialect: &'static dyn Dialect) -> Vec<Component> {
                         &crate::Postgres,
                         crate::dialect::postgres::only("only_native_timestamps_idempotency"),
                     ),
+                Migration::new(3, "idempotency keys scoped to their caller")
+                    .sql([section(SQL, "scope_idempotency_keys")]),
             ],
         },
         Component {

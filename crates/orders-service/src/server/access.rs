@@ -9,9 +9,11 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cqrs_http::auth::{AuthError, JwtVerifier};
+use cqrs_http::ticket::TicketKeys;
 use cqrs_http::ApiError;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A right a token's `roles` can grant.
 #[derive(
@@ -99,6 +101,30 @@ impl Caller {
             Caller::Token { sub, .. } => Some(sub),
         }
     }
+
+    /// Whose idempotency keys a request's key is one of: the token's
+    /// subject, or one shared scope when nobody is checked. (A subject is
+    /// never empty: the verifier refuses an empty `sub`.)
+    pub fn key_scope(&self) -> &str {
+        self.sub().unwrap_or("")
+    }
+
+    /// The verified caller again, roles named by its rights (what a stream
+    /// ticket carries); `None` when no token was checked.
+    fn verified(&self) -> Option<cqrs_http::auth::Caller> {
+        match self {
+            Caller::Unchecked => None,
+            Caller::Token {
+                sub,
+                rights,
+                expires,
+            } => Some(cqrs_http::auth::Caller {
+                sub: sub.clone(),
+                roles: rights.iter().map(|r| <&str>::from(*r).to_owned()).collect(),
+                expires: *expires,
+            }),
+        }
+    }
 }
 
 /// What a route asks of its caller.
@@ -142,22 +168,36 @@ pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
 pub struct Access {
     /// Verifies tokens; `None`: authentication is off.
     pub verifier: Option<Arc<JwtVerifier>>,
+    /// Signs and checks stream tickets (with a verifier).
+    pub tickets: Option<Arc<TicketKeys>>,
+    /// The clock skew allowed on a token's `exp`: a stream ends this long
+    /// after its token expires.
+    pub leeway: Duration,
     /// `/metrics` served without a token.
     pub metrics_public: bool,
 }
 
-/// The cookie `POST /stream/ticket` sets: the bearer token, for the event
-/// stream only (a browser's `EventSource` cannot send headers).
+/// The cookie `POST /stream/ticket` sets: a stream ticket (never the
+/// bearer token), for the event stream only (a browser's `EventSource`
+/// cannot send headers).
 pub const STREAM_COOKIE: &str = "orders_stream";
 
-/// The token a request presents: its `Authorization` header, or for the
-/// event stream alone, the stream cookie.
-fn token_of<'a>(route: &str, parts: &'a Parts) -> Result<&'a str, AuthError> {
+/// The caller a request presents: its `Authorization` header, or for the
+/// event stream alone, a ticket in the stream cookie.
+fn present(
+    access: &Access,
+    verifier: &JwtVerifier,
+    route: &str,
+    parts: &Parts,
+) -> Result<cqrs_http::auth::Caller, AuthError> {
     match cqrs_http::auth::bearer(&parts.headers) {
         Err(AuthError::Missing) if route == "/stream" => {
-            stream_cookie(&parts.headers).ok_or(AuthError::Missing)
+            let ticket = stream_cookie(&parts.headers).ok_or(AuthError::Missing)?;
+            let keys = access.tickets.as_ref().ok_or(AuthError::Missing)?;
+            keys.verify(ticket)
         }
-        other => other,
+        Ok(token) => verifier.verify(token),
+        Err(e) => Err(e),
     }
 }
 
@@ -194,6 +234,47 @@ impl IntoResponse for Refusal {
 }
 
 impl Access {
+    /// A stream ticket for `caller` as a `Set-Cookie` value (`Secure` over
+    /// HTTPS); `None` when nobody is checked.
+    pub fn ticket_cookie(&self, caller: &Caller, https: bool) -> Result<Option<String>, ApiError> {
+        let (Some(keys), Some(caller)) = (&self.tickets, caller.verified()) else {
+            return Ok(None);
+        };
+        let ticket = keys.issue(&caller).map_err(|e| {
+            tracing::error!(error = %e, "no stream ticket");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no stream ticket could be made",
+            )
+        })?;
+        let secure = if https { "; Secure" } else { "" };
+        Ok(Some(format!(
+            "{STREAM_COOKIE}={}; Path=/stream; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            ticket.value, ticket.max_age
+        )))
+    }
+
+    /// When a long-lived request of `caller` must end: its token's expiry
+    /// plus the leeway (seconds since 1970); `None` when nobody is checked.
+    pub fn ends_at(&self, caller: &Caller) -> Option<u64> {
+        caller
+            .expires()
+            .map(|e| e.saturating_add(self.leeway.as_secs()))
+    }
+
+    /// Whether `headers` carry a token that verifies and grants the
+    /// operator's right (or nobody is checked): who may read details an
+    /// open route keeps from strangers.
+    pub fn is_operator(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Some(verifier) = &self.verifier else {
+            return true;
+        };
+        verifier
+            .caller(headers)
+            .is_ok_and(|c| Caller::from_token(c).has(Right::Operator))
+    }
+
     /// Who the request comes from, or why it may not go on.
     fn admit(&self, method: &Method, route: &str, parts: &Parts) -> Result<Caller, Refusal> {
         let Some(verifier) = &self.verifier else {
@@ -202,7 +283,7 @@ impl Access {
         let Need::OneOf(rights) = need(method, route, self.metrics_public) else {
             return Ok(Caller::Unchecked);
         };
-        let caller = match token_of(route, parts).and_then(|t| verifier.verify(t)) {
+        let caller = match present(self, verifier, route, parts) {
             Ok(c) => Caller::from_token(c),
             Err(e) => {
                 if e != AuthError::Missing {
@@ -234,10 +315,35 @@ pub async fn guard(State(app): State<App>, request: Request, next: Next) -> Resp
         .unwrap_or_default();
     match app.access.admit(&parts.method, &route, &parts) {
         Ok(caller) => {
+            let ends_at = app.access.ends_at(&caller);
+            let read = parts.method == Method::GET;
             parts.extensions.insert(caller);
-            next.run(Request::from_parts(parts, body)).await
+            let answer = next.run(Request::from_parts(parts, body));
+            match ends_at.filter(|_| read) {
+                // A read that waits (for consistency) ends with its token;
+                // a command is never cut off halfway.
+                Some(ends_at) => until_expiry(ends_at, answer).await,
+                None => answer.await,
+            }
         }
         Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `answer`, or 401 once the token expires (`ends_at`, seconds since
+/// 1970, the leeway included) while it is still being worked out. A stream
+/// returns its response at once and ends itself (`live::stream`).
+async fn until_expiry(
+    ends_at: u64,
+    answer: impl std::future::Future<Output = Response>,
+) -> Response {
+    let ends = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ends_at);
+    let left = ends
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    match tokio::time::timeout(left, answer).await {
+        Ok(res) => res,
+        Err(_) => AuthError::Invalid("expired while the request waited".into()).response(),
     }
 }
 

@@ -91,10 +91,11 @@ async fn run(
             let kind = command.kind();
             let target = if kind == CommandKind::Create { "" } else { id };
             let verb: &'static str = kind.into();
-            Some(IdempotencyRecord {
-                key,
-                request_hash: request_hash(&[verb.as_bytes(), target.as_bytes(), &body]),
-            })
+            Some(IdempotencyRecord::for_caller(
+                caller.key_scope(),
+                &key,
+                request_hash(&[verb.as_bytes(), target.as_bytes(), &body]),
+            ))
         }
         None => None,
     };

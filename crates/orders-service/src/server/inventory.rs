@@ -69,9 +69,9 @@ pub(super) async fn add_stock(
     JsonBody(body): JsonBody<AddStock>,
 ) -> Result<Response, ApiError> {
     let sku = sku_of(&sku)?;
-    let idempotency = idempotency_key(&headers)?.map(|key| IdempotencyRecord {
-        key,
-        request_hash: request_hash(&[b"AddStock", sku.as_bytes(), &body.quantity.to_be_bytes()]),
+    let idempotency = idempotency_key(&headers)?.map(|key| {
+        let hash = request_hash(&[b"AddStock", sku.as_bytes(), &body.quantity.to_be_bytes()]);
+        IdempotencyRecord::for_caller(caller.key_scope(), &key, hash)
     });
     let options = CommandOptions {
         idempotency,
@@ -158,6 +158,17 @@ pub(super) async fn list_stock(
     State(app): State<App>,
     QueryParams(p): QueryParams<InventoryParams>,
 ) -> Result<Response, ApiError> {
+    if let Some(after) = &p.after {
+        let chars = after.chars().count();
+        if !(1..=orders::aggregate::limits::MAX_SKU).contains(&chars) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("after: 1..=64 characters (a SKU), got {chars}"),
+            )
+            .with_details(serde_json::json!({ "field": "after" })));
+        }
+    }
     let limit = p.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::new(

@@ -192,14 +192,32 @@ fn journey_complete(t: &super::trace::CommandTrace) -> bool {
     stages && (!asked || answered)
 }
 
-/// The server's mode, the first event of every stream.
-fn mode_event(app: &super::App) -> Event {
+/// The server's mode, the first event of every stream, with when the
+/// stream will end for its token (`ends_at`, seconds since 1970; null when
+/// nobody is checked).
+fn mode_event(app: &super::App, ends_at: Option<u64>) -> Event {
     let kafka = app
         .kafka
         .as_ref()
         .map(|k| json!({ "topic": k.topic, "partitions": k.partitions }));
-    let data = json!({ "kafka": kafka, "projects_here": app.projects_here });
+    let data = json!({ "kafka": kafka, "projects_here": app.projects_here, "ends_at": ends_at });
     Event::default().event("mode").data(data.to_string())
+}
+
+/// When, on tokio's clock, a stream that must end at `ends_at` (seconds
+/// since 1970) ends.
+fn deadline(ends_at: Option<u64>) -> Option<tokio::time::Instant> {
+    let ends_at = std::time::UNIX_EPOCH + Duration::from_secs(ends_at?);
+    let left = ends_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// The last event of a stream whose token expired.
+fn end_event(ends_at: Option<u64>) -> Event {
+    let data = json!({ "reason": "token_expired", "at": ends_at });
+    Event::default().event("end").data(data.to_string())
 }
 
 /// `GET /stream`: `mode` first ({kafka: {topic, partitions} or null,
@@ -208,23 +226,46 @@ fn mode_event(app: &super::App) -> Event {
 /// rate: events appended per second}), and `journey` events (a command's
 /// trace, as `GET /commands/{id}/trace` answers it) for each command in
 /// `follow` whenever it changes, until it is complete (or a minute passed).
-/// Ends when the server shuts down.
+/// When `ends_at` (the caller's token expiry plus the leeway) passes, an
+/// `end` event ({reason: "token_expired", at}) goes out and the stream
+/// closes; it also ends when the server shuts down.
 pub fn stream(
     app: super::App,
     follow: Vec<String>,
+    ends_at: Option<u64>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut feed = app.live.clone();
     // The current view goes out first.
     feed.view.mark_changed();
     let closing = app.closing.clone();
-    let first = mode_event(&app);
+    let first = mode_event(&app, ends_at);
     let followed = Followed {
         app,
         ids: follow,
         sent: Default::default(),
         until: tokio::time::Instant::now() + FOLLOW_FOR,
     };
-    sse(first, feed, followed, closing)
+    let ends = Ends {
+        at: deadline(ends_at),
+        event: Some(end_event(ends_at)),
+    };
+    sse(first, feed, followed, closing, ends)
+}
+
+/// When a stream ends for its token, and the last event it then sends.
+struct Ends {
+    at: Option<tokio::time::Instant>,
+    event: Option<Event>,
+}
+
+impl Ends {
+    /// Resolves when the deadline passes (never without one).
+    async fn passed(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 fn sse(
@@ -232,19 +273,25 @@ fn sse(
     feed: LiveFeed,
     followed: Followed,
     closing: watch::Receiver<bool>,
+    ends: Ends,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut journeys = tokio::time::interval(JOURNEY_EVERY);
     journeys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events = futures::stream::unfold(
-        (Some(first), feed, followed, closing, tick, journeys),
-        |(mut first, mut feed, mut followed, mut closing, mut tick, mut journeys)| async move {
+        (Some(first), feed, followed, closing, tick, journeys, ends),
+        |(mut first, mut feed, mut followed, mut closing, mut tick, mut journeys, mut ends)| async move {
             if let Some(e) = first.take() {
-                return Some((Ok(e), (first, feed, followed, closing, tick, journeys)));
+                return Some((
+                    Ok(e),
+                    (first, feed, followed, closing, tick, journeys, ends),
+                ));
             }
+            // The end event went out: nothing follows it.
+            ends.event.as_ref()?;
             loop {
-                let mut journey_due = false;
+                let (mut journey_due, mut expired) = (false, false);
                 let event = tokio::select! {
                     changed = feed.view.changed() => {
                         if changed.is_err() {
@@ -265,7 +312,19 @@ fn sse(
                         None
                     }
                     _ = closing.wait_for(|c| *c) => return None,
+                    // The token expired: its last word, then nothing.
+                    _ = ends.passed() => {
+                        expired = true;
+                        None
+                    }
                 };
+                if expired {
+                    let last = ends.event.take()?;
+                    return Some((
+                        Ok(last),
+                        (first, feed, followed, closing, tick, journeys, ends),
+                    ));
+                }
                 // Read outside the select: its other futures borrow the
                 // watch channels, which must not be held across a query.
                 let event = match journey_due {
@@ -276,7 +335,10 @@ fn sse(
                     false => event,
                 };
                 if let Some(e) = event {
-                    return Some((Ok(e), (first, feed, followed, closing, tick, journeys)));
+                    return Some((
+                        Ok(e),
+                        (first, feed, followed, closing, tick, journeys, ends),
+                    ));
                 }
             }
         },

@@ -57,7 +57,7 @@ pub fn router(app: App) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             cqrs_http::panic_response,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(cqrs_http::logging::trace_layer())
 }
 
 /// The routes of a process without the API (a relay or a projector alone):
@@ -147,17 +147,19 @@ pub struct StreamParams {
 /// `GET /stream`: Server-Sent Events of the server's mode, read-model
 /// changes, progress and followed commands' journeys.
 #[utoipa::path(get, path = "/stream", tag = "meta", params(StreamParams),
-    responses((status = 200, description = "text/event-stream: `mode` {kafka: {topic, partitions} or null, projects_here} first, `view` {stats, orders} on changes, `progress` {lag, rate} every second, `journey` (a command trace) whenever a followed command moves on, until it is complete; ends when the server shuts down", content_type = "text/event-stream"),
+    responses((status = 200, description = "text/event-stream: `mode` {kafka: {topic, partitions} or null, projects_here} first, `view` {stats, orders} on changes, `progress` {lag, rate} every second, `journey` (a command trace) whenever a followed command moves on, until it is complete; `end` {reason: token_expired, at} when the caller's token expires (after the leeway), and the stream closes; ends also when the server shuts down", content_type = "text/event-stream"),
         NoParamErrors))]
 async fn live_stream(
     State(app): State<App>,
+    caller: Caller,
     QueryParams(p): QueryParams<StreamParams>,
 ) -> Result<Response, ApiError> {
     let follow = match p.follow.as_deref() {
         None => Vec::new(),
         Some(list) => followed_ids(list)?,
     };
-    Ok(super::live::stream(app, follow).into_response())
+    let ends_at = app.access.ends_at(&caller);
+    Ok(super::live::stream(app, follow, ends_at).into_response())
 }
 
 /// The command ids of `follow`, as stored; a bad list is a bad query (400,
@@ -189,34 +191,33 @@ fn followed_ids(list: &str) -> Result<Vec<String>, ApiError> {
     Ok(ids)
 }
 
-/// `POST /stream/ticket`: lets a browser open `/stream` with its bearer
-/// token, which an `EventSource` cannot send: the token goes into an
-/// HttpOnly, SameSite=Strict cookie for `/stream` alone, until it expires
-/// (never into a URL, where logs would keep it).
+/// `POST /stream/ticket`: lets a browser open `/stream`, which an
+/// `EventSource` cannot send a bearer token to: a stream ticket (signed
+/// apart from the token, bound to its subject, good for `/stream` alone and
+/// for a minute) goes into an HttpOnly, SameSite=Strict cookie for
+/// `/stream` (Secure over HTTPS). The token itself is never echoed; a
+/// stream opened with the ticket still ends when the token expires.
 #[utoipa::path(post, path = "/stream/ticket", tag = "meta",
     responses((status = 204, description = "The cookie is set (nothing to set when the server checks no caller)"), NoParamErrors))]
 async fn stream_ticket(
+    State(app): State<App>,
     caller: Caller,
     https: Option<axum::Extension<cqrs_http::tls::Https>>,
-    headers: axum::http::HeaderMap,
     QueryParams(_): QueryParams<NoParams>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let mut res = StatusCode::NO_CONTENT.into_response();
-    // The guard verified the token: only its text is needed again.
-    let (Some(expires), Ok(token)) = (caller.expires(), cqrs_http::auth::bearer(&headers)) else {
-        return res;
-    };
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    let max_age = expires.saturating_sub(now).max(1);
-    let secure = if https.is_some() { "; Secure" } else { "" };
-    let cookie = format!(
-        "{}={token}; Path=/stream; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
-        super::access::STREAM_COOKIE
-    );
-    if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
-        res.headers_mut().insert(axum::http::header::SET_COOKIE, v);
+    if let Some(cookie) = app.access.ticket_cookie(&caller, https.is_some())? {
+        let value = axum::http::HeaderValue::from_str(&cookie).map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the stream ticket is not a header value",
+            )
+        })?;
+        res.headers_mut()
+            .insert(axum::http::header::SET_COOKIE, value);
     }
-    res
+    Ok(res)
 }
 
 /// `GET /metrics`: Prometheus text.
@@ -233,13 +234,33 @@ async fn healthz(QueryParams(_): QueryParams<NoParams>) -> Json<serde_json::Valu
 }
 
 /// 200 when the write DB accepts writes, the read DB answers and Kafka (if
-/// configured) answers; 503 with the reason otherwise.
+/// configured) answers; 503 otherwise. Which dependency failed, and why,
+/// only an operator (or anyone, when nobody is checked) is told; the log
+/// always says it.
 #[utoipa::path(get, path = "/readyz", tag = "meta",
-    responses((status = 200, description = "Every dependency answers"),
-        (status = 503, description = "A dependency does not answer; checks say which"), NoParamErrors))]
-async fn readyz(State(app): State<App>, QueryParams(_): QueryParams<NoParams>) -> Response {
+    responses((status = 200, description = "Every dependency answers (an operator's token also gets `checks`, each dependency's state)"),
+        (status = 503, description = "A dependency does not answer (an operator's token also gets `checks`, saying which and why)"), NoParamErrors))]
+async fn readyz(
+    State(app): State<App>,
+    headers: axum::http::HeaderMap,
+    QueryParams(_): QueryParams<NoParams>,
+) -> Response {
     let checks = super::observe::readiness(&app).await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
+    for (dependency, why) in checks
+        .iter()
+        .filter_map(|(k, r)| Some((k, r.as_ref().err()?)))
+    {
+        tracing::warn!(dependency, reason = %why, "not ready");
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !app.access.is_operator(&headers) {
+        return (status, Json(json!({ "ready": ready }))).into_response();
+    }
     let body: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()
         .map(|(k, r)| {
@@ -252,10 +273,5 @@ async fn readyz(State(app): State<App>, QueryParams(_): QueryParams<NoParams>) -
             )
         })
         .collect();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (status, Json(json!({ "ready": ready, "checks": body }))).into_response()
 }

@@ -10,6 +10,7 @@ use crate::config::{
 };
 use anyhow::Context;
 use cqrs_http::auth::JwtVerifier;
+use cqrs_http::ticket::TicketKeys;
 use cqrs_kafka::{KafkaSource, Relay, RelayConfig, SourceConfig};
 use cqrs_sql::{
     Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
@@ -275,12 +276,18 @@ pub async fn connect_databases(config: &Config) -> anyhow::Result<Databases> {
         .iter()
         .any(|u| cqrs_sql::dialect::is_embedded_url(u))
     {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                config.data_dir.display()
-            )
-        })?;
+        // Its owner's alone (0700), as are the database files in it.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the data directory {}",
+                    config.data_dir.display()
+                )
+            })?;
     }
     let options = DbOptions {
         max_connections: config.pool_size,
@@ -485,17 +492,23 @@ fn open_access(config: &Config, roles: &mut Roles) -> anyhow::Result<Access> {
     let metrics_public = config.metrics_public;
     let Some(options) = &config.jwt else {
         return Ok(Access {
-            verifier: None,
             metrics_public,
+            ..Access::default()
         });
     };
     let verifier = JwtVerifier::new(options.clone()).context("cannot set up token checks")?;
+    let tickets = match &config.stream_ticket_secret {
+        Some(secret) => TicketKeys::from_secret(secret),
+        None => TicketKeys::random()?,
+    };
     let verifier = Arc::new(verifier);
     if options.jwks.is_some() {
         roles.spawn_until_shutdown("key set watcher", reload_keys(verifier.clone()));
     }
     Ok(Access {
         verifier: Some(verifier),
+        tickets: Some(Arc::new(tickets)),
+        leeway: options.leeway,
         metrics_public,
     })
 }
