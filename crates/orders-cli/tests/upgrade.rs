@@ -151,7 +151,7 @@ async fn a_database_from_before_migrations_upgrades_and_serves(postgres: bool) {
         .await
         .expect("versions");
     assert!(
-        versions.contains(&("event_store".to_owned(), 2)),
+        versions.contains(&("event_store".to_owned(), 3)),
         "{versions:?}"
     );
     let config = app.config.clone();
