@@ -273,3 +273,40 @@ async fn a_token_that_would_outlive_the_maximum_is_refused() {
     assert!(res.headers().get("set-cookie").is_none());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tells_strangers_only_whether_and_operators_why() {
+    let app = start(Duration::ZERO).await;
+    let readyz = |token: Option<String>| {
+        let mut req = app.http.get(format!("{}/readyz", app.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, body) = readyz(None).await;
+    assert_eq!((s, body), (200, json!({ "ready": true })), "a stranger");
+    let customer = token_until("alice", &["customer"], now() + 60);
+    let (_, body) = readyz(Some(customer)).await;
+    assert_eq!(body, json!({ "ready": true }), "a customer is no operator");
+    let ops = token_until("ops", &["operator"], now() + 60);
+    let (s, body) = readyz(Some(ops.clone())).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["checks"]["write_db"], "ok", "{body}");
+    // Not ready: the read database closed. The stranger learns only that.
+    app.app().read.pool.close().await;
+    let (s, body) = readyz(None).await;
+    assert_eq!((s, body), (503, json!({ "ready": false })));
+    let (s, body) = readyz(Some(ops)).await;
+    assert_eq!(s, 503);
+    assert!(
+        body["checks"]["read_db"]
+            .as_str()
+            .is_some_and(|why| why != "ok"),
+        "{body}"
+    );
+    app.stop().await;
+}
