@@ -234,16 +234,24 @@ impl JwtVerifier {
         Ok(true)
     }
 
-    /// Polls the JWKS file every `every` and reloads it when it changed;
-    /// runs until dropped.
+    /// Polls the JWKS file every `every` and reloads it when it changed,
+    /// and reads it again on SIGHUP; runs until dropped.
     pub async fn watch(&self, every: Duration) {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "no SIGHUP handler: the key set reloads on change only")
+            })
+            .ok();
         loop {
-            tokio::time::sleep(every).await;
-            match self.reload(false) {
-                Ok(true) => tracing::info!("JWKS file changed: keys reloaded"),
+            let forced = tokio::select! {
+                Some(()) = async { hangup.as_mut()?.recv().await } => true,
+                _ = tokio::time::sleep(every) => false,
+            };
+            match self.reload(forced) {
+                Ok(true) => tracing::info!(forced, "key set reloaded"),
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "JWKS file not reloaded; the keys in use stay")
+                    tracing::warn!(error = %e, "key set not reloaded; the keys in use stay")
                 }
             }
         }

@@ -503,7 +503,10 @@ fn open_access(config: &Config, roles: &mut Roles) -> anyhow::Result<Access> {
     };
     let verifier = Arc::new(verifier);
     if options.jwks.is_some() {
-        roles.spawn_until_shutdown("key set watcher", reload_keys(verifier.clone()));
+        let watched = verifier.clone();
+        roles.spawn_until_shutdown("key set watcher", async move {
+            watched.watch(Duration::from_secs(2)).await
+        });
     }
     Ok(Access {
         verifier: Some(verifier),
@@ -511,26 +514,6 @@ fn open_access(config: &Config, roles: &mut Roles) -> anyhow::Result<Access> {
         leeway: options.leeway,
         metrics_public,
     })
-}
-
-/// Reads the key set again every 2 s if its file changed, and on SIGHUP.
-async fn reload_keys(verifier: Arc<JwtVerifier>) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "no SIGHUP handler: the key set reloads on change only"),
-        )
-        .ok();
-    loop {
-        let forced = tokio::select! {
-            Some(()) = async { hangup.as_mut()?.recv().await } => true,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-        };
-        match verifier.reload(forced) {
-            Ok(true) => tracing::info!(forced, "key set reloaded"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "key set not reloaded; the keys in use stay"),
-        }
-    }
 }
 
 /// Other processes move the read model too (projectors owning other
