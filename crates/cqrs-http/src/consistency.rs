@@ -89,19 +89,19 @@ fn wait_of(params: &ConsistencyParams) -> Result<u64, ApiError> {
     Ok(wait_ms)
 }
 
-/// Waits until the read model includes the presented token's write (if any).
-/// A token for a write the store never made is refused at once (422
-/// `token_not_issued`); on timeout: 503 with `Retry-After` and the read
-/// model's current version.
+/// Waits until the read model includes the presented token's write (if any)
+/// and returns the token. A token for a write the store never made is
+/// refused at once (422 `token_not_issued`); on timeout: 503 with
+/// `Retry-After` and the read model's current version.
 pub async fn wait_consistent<S: EventStore>(
     progress: &ReadProgress,
     store: &S,
     headers: &HeaderMap,
     params: &ConsistencyParams,
-) -> Result<(), ApiError> {
+) -> Result<Option<ConsistencyToken>, ApiError> {
     let wait_ms = wait_of(params)?;
     let Some(token) = presented_token(headers, params)? else {
-        return Ok(());
+        return Ok(None);
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let started = std::time::Instant::now();
@@ -118,7 +118,7 @@ pub async fn wait_consistent<S: EventStore>(
     match outcome? {
         WaitOutcome::Reached => {
             progress.record_query(&token);
-            Ok(())
+            Ok(Some(token))
         }
         WaitOutcome::TimedOut { current_version } => {
             let mut e = ApiError::new(

@@ -76,7 +76,7 @@ pub use dialect::{Dialect, Postgres, Sqlite};
 pub use migrate::{AddedColumn, Component, MigrateError, Migration, Step};
 pub use read::{
     EventSource, LogSource, Projection, ProjectionError, ProjectorConfig, ProjectorRunner,
-    ReadProgress, SourceError, SourceKey, SourcedEvent, WaitOutcome, Waiter,
+    ReadCache, ReadProgress, SourceError, SourceKey, SourcedEvent, Stamp, WaitOutcome, Waiter,
 };
 pub use store::{
     AppendRequest, Appended, EventStore, IdempotencyRecord, SqlEventStore, StoreError,

@@ -120,6 +120,17 @@ pub struct Config {
     #[arg(long = "trace-retention-secs", env = "ORDERS_TRACE_RETENTION_SECS", default_value = "86400",
           value_parser = secs, value_name = "SECS")]
     pub trace_retention: Duration,
+    /// Bytes of query answers each process keeps in memory (orders by id,
+    /// customer summaries, stats), kept current by the read progress; 0
+    /// turns the cache off.
+    #[arg(long, env = "ORDERS_READ_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub read_cache_bytes: usize,
+    /// Seconds a cached answer lives at most: what a change the progress
+    /// does not report (a rebuild swapped in by `orders replay`) can leave
+    /// behind.
+    #[arg(long = "read-cache-ttl-secs", env = "ORDERS_READ_CACHE_TTL_SECS", default_value = "10",
+          value_parser = secs, value_name = "SECS")]
+    pub read_cache_ttl: Duration,
     /// Bearer-token checks; authentication is off when absent (`serve`
     /// sets it from its own flags).
     #[arg(skip)]

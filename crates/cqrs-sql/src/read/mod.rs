@@ -1,6 +1,7 @@
 //! The read side: projections, the runner that feeds them, event sources and
 //! the progress that consistency waits watch.
 
+pub mod cache;
 pub mod classify;
 pub mod dead_letters;
 mod log_source;
@@ -12,6 +13,7 @@ mod sql;
 mod tables;
 pub mod traces;
 
+pub use cache::{ReadCache, Stamp};
 pub use log_source::LogSource;
 pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
 pub use runner::{ProjectorConfig, ProjectorRunner};

@@ -58,6 +58,9 @@ struct Inner {
     bump: watch::Sender<u64>,
     tracked: Mutex<Tracked>,
     closed: AtomicBool,
+    /// Set once the follower has its cursor: from then on every change any
+    /// process commits reaches `tracked` (what a cache relies on).
+    following: AtomicBool,
     query_traces: super::query_traces::QueryTraces,
 }
 
@@ -88,6 +91,7 @@ impl ReadProgress {
                 bump: watch::channel(0).0,
                 tracked: Mutex::new(Tracked::default()),
                 closed: AtomicBool::new(false),
+                following: AtomicBool::new(false),
             }),
         }
     }
@@ -118,7 +122,28 @@ impl ReadProgress {
         self.inner.bump.send_modify(|g| *g += 1);
     }
 
-    fn known(&self, aggregate_id: &str) -> (Option<i64>, u64) {
+    /// Whether every change the read model takes, from any process, reaches
+    /// this process (its follower runs): until then nothing may be cached.
+    pub fn is_following(&self) -> bool {
+        self.inner.following.load(Ordering::Acquire)
+    }
+
+    /// Marks the progress as followed (for tests that feed it by hand).
+    #[cfg(test)]
+    pub(crate) fn assume_followed(&self) {
+        self.inner.following.store(true, Ordering::Release);
+    }
+
+    /// How many times the read model moved, as this process knows it: what
+    /// a cached answer that depends on more than one aggregate is valid for.
+    pub fn generation(&self) -> u64 {
+        *self.inner.bump.borrow()
+    }
+
+    /// The aggregate's version the read model applied, as far as this
+    /// process followed it (`None`: no change seen since the map was last
+    /// cleared), and the map's epoch.
+    pub fn known(&self, aggregate_id: &str) -> (Option<i64>, u64) {
         match self.inner.tracked.lock() {
             Ok(t) => (t.versions.get(aggregate_id).copied(), t.epoch),
             Err(_) => (None, u64::MAX),
@@ -184,7 +209,12 @@ impl ReadProgress {
     pub async fn follow_database(self, poll: Duration) {
         let mut cursor = loop {
             match self.head().await {
-                Ok(seq) => break Cursor { seq, id: None },
+                Ok(seq) => {
+                    // Changes up to `seq` are in the database for any read
+                    // from now on; later ones reach `tracked`.
+                    self.inner.following.store(true, Ordering::Release);
+                    break Cursor { seq, id: None };
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the read model's progress; retrying");
                     tokio::time::sleep(poll).await;

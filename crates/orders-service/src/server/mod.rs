@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cached;
 pub mod commands;
 pub mod inventory;
 pub mod live;

@@ -2,7 +2,8 @@
 //! event history), waiting for a consistency token when one is presented.
 
 use super::access::Caller;
-use super::api::{found, order_id, owner_in, OrderPath, QueryErrors};
+use super::api::{order_id, owner_in, OrderPath, QueryErrors};
+use super::cached;
 use super::App;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -34,18 +35,37 @@ pub(super) async fn get_order(
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
     let id = order_id(&id)?;
-    wait_consistent(&app.progress, &app.store, &headers, &c).await?;
+    let token = wait_consistent(&app.progress, &app.store, &headers, &c).await?;
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("the read model has no order {id} (yet: present a consistency token to wait for a write)"),
+        )
+    };
+    let at_least = match &token {
+        Some(t) if t.aggregate_id == id => t.version,
+        _ => 0,
+    };
+    let cache = &app.caches.orders;
+    // Another customer's order is answered as if it did not exist.
+    if let Some(hit) = cache.row(&id, at_least) {
+        return match caller.may_see(&hit.owner) {
+            true => Ok(hit.response()),
+            false => Err(missing()),
+        };
+    }
+    let stamp = cache.stamp();
     let order = read_model::get_order(&app.read.pool, &id)
         .await
-        .map_err(read_error)?;
-    // Another customer's order is answered as if it did not exist.
-    found(
-        order.filter(|o| caller.may_see(&o.customer_id)),
-        "order_not_found",
-        || {
-            format!("the read model has no order {id} (yet: present a consistency token to wait for a write)")
-        },
-    )
+        .map_err(read_error)?
+        .ok_or_else(missing)?;
+    let owner = order.customer_id.clone();
+    let res = cached::keep(cache, &id, Some(order.version), stamp, &owner, &order);
+    match caller.may_see(&owner) {
+        true => Ok(res),
+        false => Err(missing()),
+    }
 }
 
 /// Query string of `GET /orders`.
@@ -168,17 +188,27 @@ pub(super) async fn customer_summary(
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
-    wait_consistent(&app.progress, &app.store, &headers, &c).await?;
-    let summary = if caller.may_see(&id) {
-        read_model::customer_summary(&app.read.pool, &id)
-            .await
-            .map_err(read_error)?
-    } else {
-        None
+    let token = wait_consistent(&app.progress, &app.store, &headers, &c).await?;
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "customer_not_found",
+            format!("no orders for customer {id:?}"),
+        )
     };
-    found(summary, "customer_not_found", || {
-        format!("no orders for customer {id:?}")
-    })
+    if !caller.may_see(&id) {
+        return Err(missing());
+    }
+    let cache = &app.caches.summaries;
+    if let Some(hit) = cache.current(&id, cached::token_of(&token)) {
+        return Ok(hit.response());
+    }
+    let stamp = cache.stamp();
+    let summary = read_model::customer_summary(&app.read.pool, &id)
+        .await
+        .map_err(read_error)?
+        .ok_or_else(missing)?;
+    Ok(cached::keep(cache, &id, None, stamp, &id, &summary))
 }
 
 /// Count and value of the orders in each status.
@@ -198,16 +228,21 @@ pub(super) async fn stats(
     headers: HeaderMap,
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
-    wait_consistent(&app.progress, &app.store, &headers, &c).await?;
+    let token = wait_consistent(&app.progress, &app.store, &headers, &c).await?;
+    let cache = &app.caches.stats;
+    if let Some(hit) = cache.current("stats", cached::token_of(&token)) {
+        return Ok(hit.response());
+    }
+    let stamp = cache.stamp();
     let by_status = read_model::stats(&app.read.pool)
         .await
         .map_err(read_error)?;
     let total_orders: i64 = by_status.values().map(|s| s.order_count).sum();
-    Ok(Json(StatsView {
+    let view = StatsView {
         by_status,
         total_orders,
-    })
-    .into_response())
+    };
+    Ok(cached::keep(cache, "stats", None, stamp, "", &view))
 }
 
 #[utoipa::path(get, path = "/orders/{id}/history", tag = "queries",

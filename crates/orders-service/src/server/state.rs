@@ -35,4 +35,6 @@ pub struct App {
     pub access: Access,
     /// Which SKUs the inventory tracks, as creates ask it.
     pub tracked: Arc<super::tracked::TrackedSkus>,
+    /// Query answers kept in memory, current with the read progress.
+    pub caches: super::cached::Caches,
 }

@@ -166,6 +166,7 @@ impl Running {
         let (closing, closing_rx) = watch::channel(false);
         let (live, live_sources) =
             super::live::LiveFeed::start(read.clone(), &progress, closing_rx.clone());
+        let progress_for_cache = progress.clone();
         let app = App {
             store,
             inventory,
@@ -179,6 +180,11 @@ impl Running {
             states: Arc::new(StateCache::new(STATE_CACHE_ORDERS)),
             access,
             tracked: Arc::default(),
+            caches: super::cached::Caches::new(
+                &progress_for_cache,
+                config.read_cache_bytes,
+                config.read_cache_ttl,
+            ),
         };
         let every = Duration::from_millis(500);
         let sampler = super::observe::sample_every(app.clone(), every, live_sources.progress);
