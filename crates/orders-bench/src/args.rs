@@ -36,6 +36,10 @@ pub struct BenchArgs {
     #[arg(long, env = "ORDERS_SAGA_CONCURRENCY", default_value_t = orders_service::config::defaults::SAGA_CONCURRENCY,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub saga_concurrency: u16,
+    /// Bytes of the servers' read cache [default: as `orders serve`]; 0
+    /// reads every answer from the database.
+    #[arg(long)]
+    pub read_cache_bytes: Option<usize>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,

@@ -41,6 +41,9 @@ async fn bench_one(
 ) -> anyhow::Result<BackendResult> {
     eprintln!("== {name}");
     config.saga_concurrency = args.saga_concurrency;
+    if let Some(bytes) = args.read_cache_bytes {
+        config.read_cache_bytes = bytes;
+    }
     let write_only = write_side_alone(&config, args).await?;
     let served = Served::start(&config).await?;
     let (running, base) = (&served.running, served.base.as_str());
@@ -60,6 +63,8 @@ async fn bench_one(
         let saga = saga::phases(running, base, args.commands, args.rate).await?;
         let ids = some_order_ids(running).await?;
         let (reads, reads_us) =
+            pg::get_throughput(base, ids.clone(), args.commands, args.concurrency).await?;
+        let (cached_reads, _) =
             pg::get_throughput(base, ids, args.commands, args.concurrency).await?;
         let sweep = match args.sweep_secs {
             Some(secs) => Some(sweep::run(running, base, secs).await?),
@@ -90,6 +95,7 @@ async fn bench_one(
             pgbench_insert_tps,
             reads_per_sec: reads,
             reads_us,
+            cached_reads_per_sec: cached_reads,
             history: None,
             pgbench_select_tps,
             offered_rate: args.rate,

@@ -73,8 +73,10 @@ fn write_tables(results: &[BackendResult]) -> (comfy_table::Table, comfy_table::
         "ratio",
         "ratio alone",
         "GET /orders/{id} /s",
+        "the same again (cached) /s",
         "pgbench select-only tps",
         "ratio",
+        "ratio cached",
     ]);
     for r in results {
         writes.add_row(write_row(r));
@@ -229,8 +231,10 @@ fn baseline_row(r: &BackendResult) -> Vec<String> {
         ratio(r.commands_per_sec, r.pgbench_insert_tps),
         ratio(r.write_only_commands_per_sec, r.pgbench_insert_tps),
         format!("{:.0}", r.reads_per_sec),
+        format!("{:.0}", r.cached_reads_per_sec),
         opt(r.pgbench_select_tps),
         ratio(r.reads_per_sec, r.pgbench_select_tps),
+        ratio(r.cached_reads_per_sec, r.pgbench_select_tps),
     ]
 }
 

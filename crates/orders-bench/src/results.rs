@@ -21,6 +21,9 @@ pub struct BackendResult {
     pub(crate) reads_per_sec: f64,
     /// Their latencies.
     pub(crate) reads_us: Percentiles,
+    /// The same reads again, right after: answered from the read cache
+    /// while no newer version was applied (all of them, unless it is off).
+    pub(crate) cached_reads_per_sec: f64,
     /// The same with `--store-events` of history in the store.
     pub(crate) history: Option<super::history::History>,
     /// pgbench select-only at the same concurrency (PostgreSQL).

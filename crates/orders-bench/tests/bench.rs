@@ -67,6 +67,7 @@ fn the_bench_writes_every_figure_with_its_baseline_and_the_plot() {
             "commands_per_sec",
             "create_pay_commands_per_sec",
             "reads_per_sec",
+            "cached_reads_per_sec",
         ] {
             positive(&r[key], key);
         }
