@@ -171,11 +171,11 @@ async fn wait<S: EventStore>(
         // issued. Positions this process wrote are known without a query.
         let beyond = token.position > *store.subscribe().borrow()
             && token.position > store.head_position().await?;
-        return if beyond {
-            Err(not_issued(token))
-        } else {
-            Ok(WaitOutcome::Reached)
-        };
+        if beyond {
+            return Err(not_issued(token));
+        }
+        waiter.settle(token.version).await.map_err(read_db)?;
+        return Ok(WaitOutcome::Reached);
     }
     // Only a write that happened can be waited for: a forged or mistyped
     // token would otherwise hold a request (and invite retries) forever.

@@ -101,3 +101,52 @@ async fn the_follower_pages_through_one_stamp_larger_than_a_page_on_postgres() {
     the_follower_pages_through_one_stamp_larger_than_a_page(test_support::fresh_postgres().await)
         .await;
 }
+
+/// A token wait the read DB answers (the follower has not read the stamp
+/// yet) catches the follower up before it returns: the process then knows
+/// every version the DB had, other aggregates' included.
+async fn a_wait_answered_by_the_database_catches_the_follower_up(db: Db) {
+    cqrs_sql::read::runner::ensure_schema(&db)
+        .await
+        .expect("runner tables");
+    let progress = ReadProgress::new(db.clone(), "p");
+    // A follower that polls once an hour, and nobody notifies it (the
+    // projector's NOTIFY is not sent here): it learns only when asked.
+    tokio::spawn(progress.clone().follow_database(Duration::from_secs(3600)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !progress.is_following() {
+        assert!(Instant::now() < deadline, "the follower never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Two aggregates stamped in one batch (one statement, as a batch
+    // commits them together), unknown to the process.
+    sqlx::query(
+        "INSERT INTO projected_versions \
+         (projector, aggregate_id, version, position, published_as, consumed_at, applied_at, seq) \
+         VALUES ('p', 'other', 3, 0, '', '', '', 1), ('p', 'mine', 3, 0, '', '', '', 1)",
+    )
+    .execute(&db.writer)
+    .await
+    .expect("a batch's stamps");
+    let waiter = progress.start_wait("mine").await.expect("start wait");
+    assert_eq!(waiter.current, 3, "the read DB has it");
+    waiter.settle(3).await.expect("settle");
+    assert_eq!(progress.known("mine").0, Some(3));
+    assert_eq!(
+        progress.known("other").0,
+        Some(3),
+        "the whole batch is known"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_answered_by_the_database_catches_the_follower_up_on_sqlite() {
+    let (db, _dir) = test_support::fresh_sqlite().await;
+    a_wait_answered_by_the_database_catches_the_follower_up(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_answered_by_the_database_catches_the_follower_up_on_postgres() {
+    a_wait_answered_by_the_database_catches_the_follower_up(test_support::fresh_postgres().await)
+        .await;
+}

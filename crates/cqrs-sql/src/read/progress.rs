@@ -61,6 +61,9 @@ struct Inner {
     /// Set once the follower has its cursor: from then on every change any
     /// process commits reaches `tracked` (what a cache relies on).
     following: AtomicBool,
+    /// Where the follower is; shared, so that a wait answered from the
+    /// database can catch the follower up first (`catch_up_now`).
+    cursor: tokio::sync::Mutex<Option<Cursor>>,
     query_traces: super::query_traces::QueryTraces,
 }
 
@@ -92,6 +95,7 @@ impl ReadProgress {
                 tracked: Mutex::new(Tracked::default()),
                 closed: AtomicBool::new(false),
                 following: AtomicBool::new(false),
+                cursor: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -207,23 +211,24 @@ impl ReadProgress {
     /// projectors) and at least every `poll`. One query per wake-up, however
     /// many waiters. Runs until dropped.
     pub async fn follow_database(self, poll: Duration) {
-        let mut cursor = loop {
+        loop {
             match self.head().await {
                 Ok(seq) => {
                     // Changes up to `seq` are in the database for any read
                     // from now on; later ones reach `tracked`.
+                    *self.inner.cursor.lock().await = Some(Cursor { seq, id: None });
                     self.inner.following.store(true, Ordering::Release);
-                    break Cursor { seq, id: None };
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the read model's progress; retrying");
                     tokio::time::sleep(poll).await;
                 }
             }
-        };
+        }
         let mut listener = self.listen().await;
         loop {
-            if let Err(e) = self.catch_up(&mut cursor).await {
+            if let Err(e) = self.catch_up_now().await {
                 tracing::warn!(error = %e, "cannot follow the read model's progress");
             }
             match listener.as_mut() {
@@ -261,6 +266,19 @@ impl ReadProgress {
             .bind(&self.inner.projector)
             .fetch_one(&self.inner.db.pool)
             .await
+    }
+
+    /// Reads every version stamped since the follower last looked, now;
+    /// false while the follower has no cursor yet. After it, what this
+    /// process knows is at least what the read DB had when it began, for
+    /// every aggregate.
+    pub async fn catch_up_now(&self) -> Result<bool, sqlx::Error> {
+        let mut cursor = self.inner.cursor.lock().await;
+        let Some(cursor) = cursor.as_mut() else {
+            return Ok(false);
+        };
+        self.catch_up(cursor).await?;
+        Ok(true)
     }
 
     /// Reads every version stamped after `cursor`, page by page.
@@ -312,6 +330,18 @@ struct Cursor {
 }
 
 impl Waiter {
+    /// Called when the wait is answered: if the read DB, not the progress,
+    /// said that `version` is there, the follower catches up first, so that
+    /// afterwards this process knows every change the read DB had (a read
+    /// of another aggregate from memory is then at least as new, as a read
+    /// of the database would be).
+    pub async fn settle(&self, version: i64) -> Result<(), sqlx::Error> {
+        if self.progress.known(&self.aggregate_id).0.unwrap_or(0) < version {
+            self.progress.catch_up_now().await?;
+        }
+        Ok(())
+    }
+
     /// Waits until the read model has `version` of the aggregate or the
     /// deadline passes. Reads only memory, except once after the tracked map
     /// was cleared and once at the deadline.
@@ -330,6 +360,7 @@ impl Waiter {
                 self.current = self.current.max(stored);
             }
             if self.current >= version {
+                self.settle(version).await?;
                 return Ok(WaitOutcome::Reached);
             }
             if self.progress.inner.closed.load(Ordering::Acquire) {
@@ -348,6 +379,7 @@ impl Waiter {
                     let stored = self.progress.stored_version(&self.aggregate_id).await?;
                     self.current = self.current.max(stored);
                     return Ok(if self.current >= version {
+                        self.settle(version).await?;
                         WaitOutcome::Reached
                     } else {
                         WaitOutcome::TimedOut { current_version: self.current }
