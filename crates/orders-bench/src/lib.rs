@@ -34,6 +34,23 @@ async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<f
     cps
 }
 
+/// pgbench's one-row insert and select-only at the bench's concurrency, on
+/// the PostgreSQL server of `config` (none on SQLite).
+async fn pgbench(config: &Config, args: &BenchArgs) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let Some(url) = &config.database_url else {
+        return Ok((None, None));
+    };
+    let run = pg::Pgbench {
+        url,
+        clients: args.concurrency,
+        secs: args.pgbench_secs,
+    };
+    Ok((
+        Some(pg::insert_tps(run).await?),
+        Some(pg::select_tps(run).await?),
+    ))
+}
+
 async fn bench_one(
     name: &str,
     mut config: Config,
@@ -70,20 +87,7 @@ async fn bench_one(
             Some(secs) => Some(sweep::run(running, base, secs).await?),
             None => None,
         };
-        let (pgbench_insert_tps, pgbench_select_tps) = match &config.database_url {
-            Some(url) => {
-                let run = pg::Pgbench {
-                    url,
-                    clients: args.concurrency,
-                    secs: args.pgbench_secs,
-                };
-                (
-                    Some(pg::insert_tps(run).await?),
-                    Some(pg::select_tps(run).await?),
-                )
-            }
-            None => (None, None),
-        };
+        let (pgbench_insert_tps, pgbench_select_tps) = pgbench(&config, args).await?;
         Ok::<_, anyhow::Error>(BackendResult {
             backend: name.to_owned(),
             commands_per_sec: cps,

@@ -297,13 +297,12 @@ impl Config {
     pub fn read_secret_files(mut self) -> anyhow::Result<Config> {
         use anyhow::Context;
         let read = |path: &PathBuf, flag: &str| -> anyhow::Result<String> {
-            let text = std::fs::read_to_string(path)
+            let secret = cqrs_http::auth::Secret::from_file(path)
                 .with_context(|| format!("{flag} {}", path.display()))?;
-            let text = text.trim();
-            if text.is_empty() {
-                anyhow::bail!("{flag} {}: the file is empty", path.display());
+            match secret.expose().trim() {
+                "" => anyhow::bail!("{flag} {}: the file is empty", path.display()),
+                text => Ok(text.to_owned()),
             }
-            Ok(text.to_owned())
         };
         if let Some(p) = self.database_url_file.take() {
             self.database_url = Some(read(&p, "--database-url-file")?);

@@ -93,9 +93,8 @@ impl<V> ReadCache<V> {
 
     /// Take this before reading the database for an answer to put.
     pub fn stamp(&self) -> Stamp {
-        let (_, epoch) = self.progress.known("");
         Stamp {
-            epoch,
+            epoch: self.progress.epoch(),
             generation: self.progress.generation(),
             at: Instant::now(),
         }

@@ -144,6 +144,12 @@ impl ReadProgress {
         *self.inner.bump.borrow()
     }
 
+    /// How many times the map of applied versions was cleared (an answer
+    /// checked against it is valid only within one epoch).
+    pub fn epoch(&self) -> u64 {
+        self.inner.tracked.lock().map_or(u64::MAX, |t| t.epoch)
+    }
+
     /// The aggregate's version the read model applied, as far as this
     /// process followed it (`None`: no change seen since the map was last
     /// cleared), and the map's epoch.

@@ -330,6 +330,13 @@ pub async fn guard(State(app): State<App>, request: Request, next: Next) -> Resp
     }
 }
 
+/// How long until `unix_secs` (seconds since 1970); zero once it passed.
+pub fn left_until(unix_secs: u64) -> Duration {
+    (std::time::UNIX_EPOCH + Duration::from_secs(unix_secs))
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+}
+
 /// `answer`, or 401 once the token expires (`ends_at`, seconds since
 /// 1970, the leeway included) while it is still being worked out. A stream
 /// returns its response at once and ends itself (`live::stream`).
@@ -337,11 +344,7 @@ async fn until_expiry(
     ends_at: u64,
     answer: impl std::future::Future<Output = Response>,
 ) -> Response {
-    let ends = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ends_at);
-    let left = ends
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    match tokio::time::timeout(left, answer).await {
+    match tokio::time::timeout(left_until(ends_at), answer).await {
         Ok(res) => res,
         Err(_) => AuthError::Invalid("expired while the request waited".into()).response(),
     }

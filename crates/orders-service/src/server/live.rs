@@ -207,11 +207,7 @@ fn mode_event(app: &super::App, ends_at: Option<u64>) -> Event {
 /// When, on tokio's clock, a stream that must end at `ends_at` (seconds
 /// since 1970) ends.
 fn deadline(ends_at: Option<u64>) -> Option<tokio::time::Instant> {
-    let ends_at = std::time::UNIX_EPOCH + Duration::from_secs(ends_at?);
-    let left = ends_at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    Some(tokio::time::Instant::now() + left)
+    Some(tokio::time::Instant::now() + super::access::left_until(ends_at?))
 }
 
 /// The last event of a stream whose token expired.
