@@ -68,6 +68,13 @@ impl EventEnvelope {
                 known: current,
             });
         }
+        if self.schema_version == current {
+            // The common case reads the stored payload in place.
+            return Ok(E::deserialize(tagged::Tagged {
+                tag: &self.event_type,
+                payload: &self.payload,
+            })?);
+        }
         let mut payload = self.payload.clone();
         for version in self.schema_version..current {
             payload = E::upcast(&self.event_type, version, payload).map_err(|reason| {
@@ -78,11 +85,103 @@ impl EventEnvelope {
                 }
             })?;
         }
-        // The stored JSON is externally tagged by event type so that the
-        // payload alone is enough to decode it.
-        Ok(serde_json::from_value(
-            serde_json::json!({ &self.event_type: payload }),
-        )?)
+        Ok(E::deserialize(tagged::Tagged {
+            tag: &self.event_type,
+            payload: &payload,
+        })?)
+    }
+}
+
+/// The stored JSON is externally tagged by event type, with the tag kept
+/// beside the payload: a deserializer of `{tag: payload}` that reads the
+/// payload where it is, without building that object.
+mod tagged {
+    use serde::de::{self, DeserializeSeed, Visitor};
+    use serde::Deserializer;
+    use serde_json::{Error, Value};
+
+    pub(super) struct Tagged<'a> {
+        pub(super) tag: &'a str,
+        pub(super) payload: &'a Value,
+    }
+
+    impl<'de> Deserializer<'de> for Tagged<'de> {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.visit_enum(self)
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            _variants: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Error> {
+            visitor.visit_enum(self)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct identifier ignored_any
+        }
+    }
+
+    impl<'de> de::EnumAccess<'de> for Tagged<'de> {
+        type Error = Error;
+        type Variant = Payload<'de>;
+
+        fn variant_seed<S: DeserializeSeed<'de>>(
+            self,
+            seed: S,
+        ) -> Result<(S::Value, Self::Variant), Error> {
+            let tag = de::value::BorrowedStrDeserializer::<Error>::new(self.tag);
+            Ok((seed.deserialize(tag)?, Payload(self.payload)))
+        }
+    }
+
+    pub(super) struct Payload<'a>(&'a Value);
+
+    impl<'de> de::VariantAccess<'de> for Payload<'de> {
+        type Error = Error;
+
+        fn unit_variant(self) -> Result<(), Error> {
+            match self.0 {
+                Value::Null => Ok(()),
+                other => serde::Deserialize::deserialize(other),
+            }
+        }
+
+        fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
+            seed.deserialize(self.0)
+        }
+
+        fn tuple_variant<V: Visitor<'de>>(
+            self,
+            _len: usize,
+            visitor: V,
+        ) -> Result<V::Value, Error> {
+            self.0.deserialize_seq(visitor)
+        }
+
+        fn struct_variant<V: Visitor<'de>>(
+            self,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Error> {
+            use de::Unexpected;
+            // As serde_json: a struct variant is an object, never an array.
+            let unexpected = match self.0 {
+                Value::Object(_) => return self.0.deserialize_struct("", fields, visitor),
+                Value::Null => Unexpected::Unit,
+                Value::Bool(b) => Unexpected::Bool(*b),
+                Value::Number(_) => Unexpected::Other("number"),
+                Value::String(s) => Unexpected::Str(s),
+                Value::Array(_) => Unexpected::Seq,
+            };
+            Err(de::Error::invalid_type(unexpected, &"struct variant"))
+        }
     }
 }
 
@@ -146,5 +245,76 @@ impl NewEvent {
             schema_version: event.schema_version(),
             payload,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    enum Shapes {
+        Unit,
+        Newtype(i64),
+        Tuple(i64, String),
+        Empty {},
+        Fields { a: i64, b: Option<String> },
+    }
+
+    impl crate::DomainEvent for Shapes {
+        fn event_type(&self) -> &'static str {
+            "Shapes"
+        }
+    }
+
+    fn envelope(event_type: &str, payload: Value) -> EventEnvelope {
+        EventEnvelope {
+            position: 1,
+            event_id: "e".into(),
+            aggregate_type: "t".into(),
+            aggregate_id: "a".into(),
+            version: 1,
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+            metadata: EventMetadata {
+                command_id: "c".into(),
+                occurred_at: Utc::now(),
+                caller: None,
+            },
+            recorded_at: Utc::now(),
+        }
+    }
+
+    /// Reading the payload in place answers what decoding the built
+    /// object `{type: payload}` answers, for every variant shape and for
+    /// payloads that do not fit.
+    #[test]
+    fn decoding_in_place_agrees_with_decoding_the_tagged_object() {
+        let cases = [
+            ("Unit", json!(null)),
+            ("Unit", json!({})),
+            ("Newtype", json!(7)),
+            ("Newtype", json!("7")),
+            ("Tuple", json!([1, "x"])),
+            ("Tuple", json!([1])),
+            ("Empty", json!({})),
+            ("Empty", json!(null)),
+            ("Fields", json!({"a": 1, "b": "x"})),
+            ("Fields", json!({"a": 1})),
+            ("Fields", json!({"a": "no"})),
+            ("Fields", json!([1, "x"])),
+            ("Nope", json!({})),
+        ];
+        for (tag, payload) in cases {
+            let built: Result<Shapes, _> = serde_json::from_value(json!({ tag: payload.clone() }));
+            let in_place = envelope(tag, payload.clone()).decode::<Shapes>();
+            match (&built, &in_place) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{tag} {payload}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{tag} {payload}: built {built:?}, in place {in_place:?}"),
+            }
+        }
     }
 }

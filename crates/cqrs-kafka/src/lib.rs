@@ -3,11 +3,13 @@
 //! DB, dead-letter topic), and topic administration.
 
 pub mod admin;
+pub mod history;
 pub mod record;
 pub mod relay;
 pub mod source;
 
 pub use admin::{ensure_topics, TopicsReady};
+pub use history::TopicHistory;
 pub use relay::{Relay, RelayConfig};
 pub use source::{KafkaSource, SourceConfig};
 

@@ -131,10 +131,37 @@ pub enum RecordError {
     },
 }
 
-fn text<'a>(h: &'a Map<String, Value>, k: &'static str) -> Result<&'a str, RecordError> {
-    h.get(k)
-        .and_then(Value::as_str)
-        .ok_or(RecordError::MissingHeader(k))
+/// A record's headers, read where they are (no copies).
+struct RecordHeaders<'a>(Vec<(&'a str, Option<&'a [u8]>)>);
+
+impl<'a> RecordHeaders<'a> {
+    fn of(m: &'a BorrowedMessage<'_>) -> Self {
+        Self(
+            m.headers()
+                .map(|h| h.iter().map(|hd| (hd.key, hd.value)).collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The last value of header `k` (as the map it replaces kept it).
+    fn get(&self, k: &'static str) -> Result<Option<&'a str>, RecordError> {
+        match self.0.iter().rev().find(|(key, _)| *key == k) {
+            None | Some((_, None)) => Ok(None),
+            Some((_, Some(v))) => std::str::from_utf8(v).map(Some).map_err(|e| bad(k, e)),
+        }
+    }
+
+    fn text(&self, k: &'static str) -> Result<&'a str, RecordError> {
+        self.get(k)?.ok_or(RecordError::MissingHeader(k))
+    }
+
+    fn time(&self, k: &'static str) -> Result<DateTime<Utc>, RecordError> {
+        cqrs_sql::db::parse_timestamp(self.text(k)?).map_err(|e| bad(k, e))
+    }
+
+    fn int(&self, k: &'static str) -> Result<i64, RecordError> {
+        self.text(k)?.parse().map_err(|e| bad(k, e))
+    }
 }
 
 fn bad(header: &'static str, reason: impl ToString) -> RecordError {
@@ -144,43 +171,35 @@ fn bad(header: &'static str, reason: impl ToString) -> RecordError {
     }
 }
 
-fn time(h: &Map<String, Value>, k: &'static str) -> Result<DateTime<Utc>, RecordError> {
-    cqrs_sql::db::parse_timestamp(text(h, k)?).map_err(|e| bad(k, e))
-}
-
-fn int(h: &Map<String, Value>, k: &'static str) -> Result<i64, RecordError> {
-    text(h, k)?.parse().map_err(|e| bad(k, e))
-}
-
 /// Rebuilds the envelope from a record, or says why it is not one.
 pub fn decode(m: &BorrowedMessage<'_>) -> Result<EventEnvelope, RecordError> {
-    let h = header_map(m);
+    let h = RecordHeaders::of(m);
     let payload = m.payload().ok_or(RecordError::NoValue)?;
     let payload: Value = serde_json::from_slice(payload)?;
-    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-    let aggregate_id = text(&h, header::AGGREGATE_ID)?.to_owned();
-    if key.as_deref() != Some(aggregate_id.as_str()) {
-        return Err(RecordError::KeyMismatch { key, aggregate_id });
+    let aggregate_id = h.text(header::AGGREGATE_ID)?;
+    if m.key() != Some(aggregate_id.as_bytes()) {
+        return Err(RecordError::KeyMismatch {
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            aggregate_id: aggregate_id.to_owned(),
+        });
     }
     Ok(EventEnvelope {
-        position: int(&h, header::POSITION)?,
-        event_id: text(&h, header::EVENT_ID)?.to_owned(),
-        aggregate_type: text(&h, header::AGGREGATE_TYPE)?.to_owned(),
-        aggregate_id,
-        version: int(&h, header::AGGREGATE_VERSION)?,
-        event_type: text(&h, header::EVENT_TYPE)?.to_owned(),
-        schema_version: int(&h, header::SCHEMA_VERSION)?
+        position: h.int(header::POSITION)?,
+        event_id: h.text(header::EVENT_ID)?.to_owned(),
+        aggregate_type: h.text(header::AGGREGATE_TYPE)?.to_owned(),
+        aggregate_id: aggregate_id.to_owned(),
+        version: h.int(header::AGGREGATE_VERSION)?,
+        event_type: h.text(header::EVENT_TYPE)?.to_owned(),
+        schema_version: h
+            .int(header::SCHEMA_VERSION)?
             .try_into()
             .map_err(|_| bad(header::SCHEMA_VERSION, "out of range"))?,
         payload,
         metadata: EventMetadata {
-            command_id: text(&h, header::COMMAND_ID)?.to_owned(),
-            occurred_at: time(&h, header::OCCURRED_AT)?,
-            caller: h
-                .get(header::CALLER)
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            command_id: h.text(header::COMMAND_ID)?.to_owned(),
+            occurred_at: h.time(header::OCCURRED_AT)?,
+            caller: h.get(header::CALLER)?.map(str::to_owned),
         },
-        recorded_at: time(&h, header::RECORDED_AT)?,
+        recorded_at: h.time(header::RECORDED_AT)?,
     })
 }

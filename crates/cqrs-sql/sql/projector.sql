@@ -123,7 +123,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
 SELECT version FROM projected_versions WHERE projector = $1 AND aggregate_id = $2
 
 -- name: all_versions
-SELECT aggregate_id, version FROM projected_versions WHERE projector = $1
+SELECT aggregate_id, version FROM projected_versions WHERE projector = $1 AND aggregate_id <> '#cutover'
 
 -- name: last_stamp
 SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM projected_versions WHERE projector = $1
@@ -169,3 +169,75 @@ DELETE FROM event_traces WHERE projector = $1 AND applied_at < $2
 
 -- name: prune_query_traces
 DELETE FROM query_traces WHERE queried_at < $1
+
+-- Migration 2 of `projector`: the version of each read model, and the
+-- build of a new one beside it (one per projector; its owner's heartbeat
+-- says whether it still runs).
+-- name: read_model_versions_table
+CREATE TABLE IF NOT EXISTS read_model_versions (
+        projector TEXT NOT NULL,
+        projection TEXT NOT NULL,
+        live_version BIGINT NOT NULL,
+        retired_version BIGINT,
+        retired_at_ms BIGINT,
+        PRIMARY KEY (projector, projection))
+
+-- name: read_model_builds_table
+CREATE TABLE IF NOT EXISTS read_model_builds (
+        projector TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        versions TEXT NOT NULL,
+        tables TEXT NOT NULL,
+        started_ms BIGINT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL,
+        done BIGINT NOT NULL,
+        total BIGINT NOT NULL,
+        phase TEXT NOT NULL)
+
+-- $1 projector, $2 projection, $3 the version its tables hold now.
+-- name: register_version
+INSERT INTO read_model_versions (projector, projection, live_version) VALUES ($1, $2, $3)
+ON CONFLICT (projector, projection) DO NOTHING
+
+-- name: live_versions
+SELECT projection, live_version, retired_version, retired_at_ms FROM read_model_versions WHERE projector = $1
+
+-- A projection that cannot be rebuilt takes its new version as it is.
+-- name: set_live_version
+UPDATE read_model_versions SET live_version = $3 WHERE projector = $1 AND projection = $2
+
+-- The cutover: $3 the new version, $4 now (ms).
+-- name: cut_over_version
+UPDATE read_model_versions SET retired_version = live_version, retired_at_ms = $4, live_version = $3
+WHERE projector = $1 AND projection = $2
+
+-- name: clear_retired
+UPDATE read_model_versions SET retired_version = NULL, retired_at_ms = NULL WHERE projector = $1 AND projection = $2
+
+-- name: build_of
+SELECT owner, versions, tables, started_ms, heartbeat_ms, done, total, phase FROM read_model_builds WHERE projector = $1
+
+-- name: builds
+SELECT projector, owner, versions, tables, started_ms, heartbeat_ms, done, total, phase FROM read_model_builds ORDER BY projector
+
+-- Claims the build of projector $1 for owner $2 where no build is, or where
+-- the one there still has heartbeat $9 (read just before: compare and set).
+-- name: claim_build
+INSERT INTO read_model_builds (projector, owner, versions, tables, started_ms, heartbeat_ms, done, total, phase)
+VALUES ($1, $2, $3, $4, $5, $5, 0, 0, 'starting')
+ON CONFLICT (projector) DO UPDATE SET owner = excluded.owner, versions = excluded.versions,
+tables = excluded.tables, started_ms = excluded.started_ms, heartbeat_ms = excluded.heartbeat_ms,
+done = 0, total = 0, phase = 'starting' WHERE read_model_builds.heartbeat_ms = $6
+
+-- name: build_heartbeat
+UPDATE read_model_builds SET heartbeat_ms = $3, done = $4, total = $5, phase = $6 WHERE projector = $1 AND owner = $2
+
+-- name: end_build
+DELETE FROM read_model_builds WHERE projector = $1 AND owner = $2
+
+-- A stamp that tells every follower the read model's rows changed under
+-- their versions (a cutover): $1 projector, $2 now, $3 seq.
+-- name: mark_cutover
+INSERT INTO projected_versions (projector, aggregate_id, version, position, published_as, consumed_at, applied_at, seq)
+VALUES ($1, '#cutover', 0, 0, '', $2, $2, $3)
+ON CONFLICT (projector, aggregate_id) DO UPDATE SET seq = excluded.seq, applied_at = excluded.applied_at

@@ -3,7 +3,7 @@
 
 -- Migration 1 of `projection inventory_stock`: never edit.
 -- name: table
-CREATE TABLE IF NOT EXISTS inventory_stock (
+CREATE TABLE IF NOT EXISTS {t} (
                 sku TEXT PRIMARY KEY,
                 on_hand BIGINT NOT NULL,
                 reserved BIGINT NOT NULL,

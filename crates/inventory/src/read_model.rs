@@ -6,11 +6,13 @@ use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{load_rows, upsert, Kind, Val};
 use cqrs_sql::db::timestamp;
 use cqrs_sql::dialect::{fill, section};
+use cqrs_sql::read::rebuild::{BulkFold, BulkRows};
 use cqrs_sql::{Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use sqlx::{AnyConnection, AnyPool, FromRow};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Stock of one SKU, as queries answer it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow, utoipa::ToSchema)]
@@ -30,11 +32,22 @@ pub struct StockView {
 }
 
 /// The projection over `inventory_stock`.
-pub struct InventoryStock;
+pub struct InventoryStock {
+    table: String,
+}
+
+impl InventoryStock {
+    /// Over `inventory_stock{suffix}` (a rebuild builds its own tables).
+    pub fn new(suffix: &str) -> Self {
+        Self {
+            table: format!("{TABLE}{suffix}"),
+        }
+    }
+}
 
 /// The projections of the inventory.
-pub fn projections() -> Vec<std::sync::Arc<dyn Projection>> {
-    vec![std::sync::Arc::new(InventoryStock)]
+pub fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(InventoryStock::new(""))]
 }
 
 const TABLE: &str = "inventory_stock";
@@ -56,63 +69,94 @@ impl InventoryStock {
         skus.sort_unstable();
         skus.dedup();
         let mut rows: BTreeMap<String, StockView> = BTreeMap::new();
-        for row in load_rows(tx, COLUMNS, TABLE, "sku", &skus).await? {
+        for row in load_rows(tx, COLUMNS, &self.table, "sku", &skus).await? {
             let v = StockView::from_row(&row)?;
             rows.insert(v.sku.clone(), v);
         }
         for e in events {
-            let sku = Stock::sku_of(&e.aggregate_id).ok_or_else(|| {
-                ProjectionError::Inconsistent(format!("{} is not a stock id", e.aggregate_id))
-            })?;
-            let event: StockEvent = e.decode().map_err(|source| ProjectionError::Decode {
-                event_type: e.event_type.clone(),
-                schema_version: e.schema_version,
-                source,
-            })?;
-            let row = rows.entry(sku.to_owned()).or_insert_with(|| StockView {
-                sku: sku.to_owned(),
-                on_hand: 0,
-                reserved: 0,
-                available: 0,
-                version: 0,
-                updated_at: String::new(),
-            });
-            match event {
-                StockEvent::StockAdded { quantity } => row.on_hand += quantity,
-                StockEvent::StockReserved { quantity, .. } => row.reserved += quantity,
-                StockEvent::ReservationReleased { quantity, .. } => row.reserved -= quantity,
-                StockEvent::ReservationRejected { .. } => {}
-                StockEvent::StockDispatched { quantity, .. } => {
-                    row.on_hand -= quantity;
-                    row.reserved -= quantity;
-                }
-            }
-            row.version = e.version;
-            row.updated_at = timestamp(e.recorded_at);
+            fold_stock(&mut rows, e)?;
         }
-        let values: Vec<Vec<Val>> = rows
-            .into_values()
-            .map(|r| {
-                vec![
-                    Val::Text(r.sku),
-                    Val::Int(r.on_hand),
-                    Val::Int(r.reserved),
-                    Val::Int(r.version),
-                    Val::Text(r.updated_at),
-                ]
-            })
-            .collect();
-        let columns = [
-            ("sku", Kind::Text),
-            ("on_hand", Kind::Int),
-            ("reserved", Kind::Int),
-            ("version", Kind::Int),
-            ("updated_at", Kind::Text),
-        ];
+        let values: Vec<Vec<Val>> = rows.into_values().map(stock_row).collect();
         let update = "on_hand = excluded.on_hand, reserved = excluded.reserved, \
                       version = excluded.version, updated_at = excluded.updated_at";
-        upsert(tx, TABLE, &columns, "sku", update, &values).await?;
+        upsert(tx, &self.table, &STOCK_COLUMNS, "sku", update, &values).await?;
         Ok(())
+    }
+}
+
+/// The columns of `inventory_stock` as it is written.
+const STOCK_COLUMNS: [(&str, Kind); 5] = [
+    ("sku", Kind::Text),
+    ("on_hand", Kind::Int),
+    ("reserved", Kind::Int),
+    ("version", Kind::Int),
+    ("updated_at", Kind::Text),
+];
+
+fn stock_row(r: StockView) -> Vec<Val> {
+    vec![
+        Val::Text(r.sku),
+        Val::Int(r.on_hand),
+        Val::Int(r.reserved),
+        Val::Int(r.version),
+        Val::Text(r.updated_at),
+    ]
+}
+
+/// One stock event folded into the rows (a SKU's first event adds its row).
+fn fold_stock(
+    rows: &mut BTreeMap<String, StockView>,
+    e: &EventEnvelope,
+) -> Result<(), ProjectionError> {
+    let sku = Stock::sku_of(&e.aggregate_id).ok_or_else(|| {
+        ProjectionError::Inconsistent(format!("{} is not a stock id", e.aggregate_id))
+    })?;
+    let event: StockEvent = e.decode().map_err(|source| ProjectionError::Decode {
+        event_type: e.event_type.clone(),
+        schema_version: e.schema_version,
+        source,
+    })?;
+    let row = rows.entry(sku.to_owned()).or_insert_with(|| StockView {
+        sku: sku.to_owned(),
+        on_hand: 0,
+        reserved: 0,
+        available: 0,
+        version: 0,
+        updated_at: String::new(),
+    });
+    match event {
+        StockEvent::StockAdded { quantity } => row.on_hand += quantity,
+        StockEvent::StockReserved { quantity, .. } => row.reserved += quantity,
+        StockEvent::ReservationReleased { quantity, .. } => row.reserved -= quantity,
+        StockEvent::ReservationRejected { .. } => {}
+        StockEvent::StockDispatched { quantity, .. } => {
+            row.on_hand -= quantity;
+            row.reserved -= quantity;
+        }
+    }
+    row.version = e.version;
+    row.updated_at = timestamp(e.recorded_at);
+    Ok(())
+}
+
+/// The rebuild's fold: every SKU's row in memory.
+struct StockFold {
+    table: String,
+    rows: BTreeMap<String, StockView>,
+}
+
+impl BulkFold for StockFold {
+    fn fold(&mut self, events: &[&EventEnvelope]) -> Result<(), ProjectionError> {
+        events
+            .iter()
+            .try_for_each(|e| fold_stock(&mut self.rows, e))
+    }
+    fn finish(self: Box<Self>) -> Result<Vec<BulkRows>, ProjectionError> {
+        Ok(vec![BulkRows {
+            table: self.table,
+            columns: STOCK_COLUMNS.to_vec(),
+            rows: self.rows.into_values().map(stock_row).collect(),
+        }])
     }
 }
 
@@ -121,10 +165,20 @@ impl Projection for InventoryStock {
         "inventory_stock"
     }
     fn tables(&self) -> Vec<String> {
-        vec![TABLE.to_owned()]
+        vec![self.table.clone()]
     }
     fn migrations(&self, _index_tag: &str) -> Vec<Migration> {
-        vec![Migration::new(1, "stock per SKU").sql([section(SQL, "table")])]
+        let table = fill(section(SQL, "table"), &[("t", &self.table)]);
+        vec![Migration::new(1, "stock per SKU").sql([table])]
+    }
+    fn rebuilt_into(&self, suffix: &str) -> Option<Arc<dyn Projection>> {
+        Some(Arc::new(InventoryStock::new(suffix)))
+    }
+    fn bulk(&self) -> Option<Box<dyn BulkFold>> {
+        Some(Box::new(StockFold {
+            table: self.table.clone(),
+            rows: BTreeMap::new(),
+        }))
     }
     fn apply<'a>(
         &'a self,

@@ -156,6 +156,7 @@ struct Rates {
     raw_producer: f64,
     projector: f64,
     raw_consumer: f64,
+    rebuild: super::rebuild::RebuildFigures,
 }
 
 /// `orders-bench replay`.
@@ -196,7 +197,11 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
         let projector = time_projector(&kafka, &read_url, &format!("{read_name}-group"), n).await?;
         let raw = kafka.clone();
         let raw_consumer = tokio::task::spawn_blocking(move || raw_consume(&raw, n)).await??;
+        let ids = order_ids(&read_url).await?;
+        let rebuild =
+            super::rebuild::while_serving(&write_url, &read_url, &kafka, ids, 5.0).await?;
         Ok::<_, anyhow::Error>(Rates {
+            rebuild,
             events: n,
             value_len,
             relay,
@@ -309,6 +314,18 @@ async fn time_projector(
     Ok(rate)
 }
 
+/// Up to 10,000 order ids of the read model.
+async fn order_ids(read_url: &str) -> anyhow::Result<Vec<String>> {
+    let read = Db::connect(read_url, &DbOptions::default()).await?;
+    let filter = orders::read_model::OrderFilter {
+        limit: 10_000,
+        ..Default::default()
+    };
+    let (page, _) = orders::read_model::list_orders(&read.pool, &filter).await?;
+    read.close().await;
+    Ok(page.into_iter().map(|o| o.order_id).collect())
+}
+
 /// Prints the table and writes the JSON results into `out`.
 fn report(r: &Rates, out: &std::path::Path) -> anyhow::Result<()> {
     let mut table = comfy_table::Table::new();
@@ -326,7 +343,38 @@ fn report(r: &Rates, out: &std::path::Path) -> anyhow::Result<()> {
         format!("{:.0} (raw consumer)", r.raw_consumer),
         format!("{:.2}", r.projector / r.raw_consumer),
     ]);
+    let rb = &r.rebuild;
+    let rate = rb.report.events as f64 / rb.report.secs.max(1e-9);
+    table.add_row(vec![
+        format!(
+            "rebuild while serving: topic -> 3 read models ({}; target >= 100,000/s)",
+            if rb.report.bulk { "bulk" } else { "batched" }
+        ),
+        format!("{rate:.0}"),
+        format!("{:.0} (raw consumer)", r.raw_consumer),
+        format!("{:.2}", rate / r.raw_consumer),
+    ]);
+    table.add_row(vec![
+        "GET p99 during the rebuild, µs (target <= 2x idle, 0 failed or wrong)".to_owned(),
+        format!("{}", rb.during_p99_us),
+        format!("{} (idle)", rb.idle_p99_us),
+        format!(
+            "{:.2}; {} reads, {} failed, {} wrong",
+            rb.during_p99_us as f64 / rb.idle_p99_us.max(1) as f64,
+            rb.reads,
+            rb.failed,
+            rb.wrong
+        ),
+    ]);
     println!("{table}");
+    println!(
+        "rebuild: fold + bulk write {:.1} s (reading the topic {:.1} s, writing {:.1} s), catch-up and cutover {:.1} s, live projector held back {:.0} ms",
+        rb.report.fold_secs,
+        rb.report.read_secs,
+        rb.report.write_secs,
+        rb.report.secs - rb.report.fold_secs,
+        rb.report.cutover_secs * 1e3
+    );
     println!(
         "{} events ({} orders x 4), values of ~{} bytes, 6 partitions, one broker.",
         r.events,
@@ -340,7 +388,12 @@ fn report(r: &Rates, out: &std::path::Path) -> anyhow::Result<()> {
     ));
     let doc = json!({ "machine": machine(), "events": r.events, "relay_per_sec": r.relay,
         "raw_producer_per_sec": r.raw_producer, "projector_per_sec": r.projector,
-        "raw_consumer_per_sec": r.raw_consumer });
+        "raw_consumer_per_sec": r.raw_consumer,
+        "rebuild_per_sec": r.rebuild.report.events as f64 / r.rebuild.report.secs.max(1e-9),
+        "rebuild_events": r.rebuild.report.events, "rebuild_secs": r.rebuild.report.secs,
+        "rebuild_fold_secs": r.rebuild.report.fold_secs, "rebuild_read_secs": r.rebuild.report.read_secs, "rebuild_write_secs": r.rebuild.report.write_secs, "rebuild_cutover_secs": r.rebuild.report.cutover_secs,
+        "read_p99_idle_us": r.rebuild.idle_p99_us, "read_p99_rebuild_us": r.rebuild.during_p99_us,
+        "reads_during_rebuild": r.rebuild.reads, "reads_failed": r.rebuild.failed, "reads_wrong": r.rebuild.wrong });
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
     println!("results: {}", file.display());
     Ok(())

@@ -10,6 +10,7 @@ pub mod load;
 pub mod peer;
 pub mod pg;
 pub mod plot;
+pub mod rebuild;
 pub mod report;
 pub mod results;
 pub mod saga;

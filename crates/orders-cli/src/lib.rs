@@ -1,6 +1,6 @@
 //! The `orders` binary's parts: `serve` (with its listener, limits and
 //! authentication), the operator's tools on the databases (`migrate`,
-//! `verify`, `replay`, `dead-letters`), the teaching demo, and the client
+//! `verify`, `rebuild`, `dead-letters`), the teaching demo, and the client
 //! commands that talk to a running server over HTTP.
 
 pub mod client;
@@ -8,7 +8,7 @@ pub mod dead_letters;
 pub mod demo;
 pub mod logs;
 pub mod migrate;
-pub mod replay;
+pub mod rebuild;
 pub mod serve;
 pub mod token;
 pub mod trace;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use orders_cli::logs::{init_logs, LogFormat};
 use orders_cli::serve::{serve, AuthArgs, HttpArgs, DEFAULT_LISTEN};
-use orders_cli::{client, dead_letters, demo, migrate, replay, token, trace, verify};
+use orders_cli::{client, dead_letters, demo, migrate, rebuild, token, trace, verify};
 use orders_service::{Config, Role};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,10 +71,11 @@ enum Command {
         #[command(flatten)]
         config: Config,
     },
-    /// Rebuild read models from the start of the log and swap them in.
-    Replay {
+    /// Rebuild read models from history beside the live ones and swap them in.
+    #[command(alias = "replay")]
+    Rebuild {
         #[command(flatten)]
-        args: replay::ReplayArgs,
+        args: rebuild::RebuildArgs,
         #[command(flatten)]
         config: Config,
     },
@@ -147,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             exit_with(report.exit_code())
         }
-        Command::Replay { args, config } => replay::run(args, &config.read_secret_files()?).await,
+        Command::Rebuild { args, config } => rebuild::run(args, &config.read_secret_files()?).await,
         Command::Migrate { config, check } => {
             exit_with(migrate::run(&config.read_secret_files()?, check).await?)
         }

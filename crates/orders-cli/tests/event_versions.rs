@@ -101,11 +101,11 @@ async fn v1_events_work_through_the_store_kafka_and_replay_after_the_v2_change()
     app.get(&format!("/orders/{new_id}?wait_ms=20000"), Some(&new_token))
         .await;
 
-    // A replay from the topic's beginning rebuilds the read model from the
+    // A rebuild from the topic's beginning rebuilds the read model from the
     // v1 record and the rest, and swaps it in.
-    orders_cli::replay::run(
-        orders_cli::replay::ReplayArgs {
-            projection: "all".into(),
+    orders_cli::rebuild::run(
+        orders_cli::rebuild::RebuildArgs {
+            projection: vec!["all".into()],
             batch: 100,
         },
         &app.config,

@@ -86,14 +86,21 @@ async fn the_six_steps_through_kafka() {
     app.stop().await;
 }
 
+/// The aggregate version a consistency token (`v1.<position>.<version>.<id>`) asks for.
+fn token_version(token: &str) -> i64 {
+    token.split('.').nth(2).unwrap().parse().unwrap()
+}
+
 /// `orders replay` rebuilds the read models from the topic into fresh tables
 /// and swaps them in, while queries keep being answered.
 async fn replay_rebuilds_what_the_fold_says(app: common::TestApp, extra: &[String]) {
     let mut token = String::new();
+    let mut tokens: Vec<(String, String)> = Vec::new();
     for i in 0..30 {
         let (_, a, _) = app.post("/orders", order_body()).await;
         let id = a["order_id"].as_str().unwrap().to_owned();
         token = a["consistency_token"].as_str().unwrap().to_owned();
+        tokens.push((id.clone(), token.clone()));
         if i % 3 == 0 {
             let (_, p, _) = app
                 .post(
@@ -102,12 +109,14 @@ async fn replay_rebuilds_what_the_fold_says(app: common::TestApp, extra: &[Strin
                 )
                 .await;
             token = p["consistency_token"].as_str().unwrap().to_owned();
+            tokens.push((id.clone(), token.clone()));
         }
         if i % 5 == 0 {
             let (_, c, _) = app
                 .post(&format!("/orders/{id}/cancel"), json!({"reason": "r"}))
                 .await;
             token = c["consistency_token"].as_str().unwrap().to_owned();
+            tokens.push((id.clone(), token.clone()));
         }
     }
     assert_eq!(app.get("/stats?wait_ms=20000", Some(&token)).await.0, 200);
@@ -121,19 +130,44 @@ async fn replay_rebuilds_what_the_fold_says(app: common::TestApp, extra: &[Strin
         .execute(&read.writer)
         .await
         .unwrap();
-    sqlx::query("UPDATE order_details SET status = 'lost'")
+    sqlx::query("UPDATE order_details SET status = 'delivered', version = version + 100")
         .execute(&read.writer)
         .await
         .unwrap();
-    // Queries keep being served during the replay.
+    // Queries keep being served during the replay, plain and with tokens:
+    // every token answered before is answered during and after it, at its
+    // version or later.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let http = app.http.clone();
-    let url = format!("{}/stats", app.base);
+    let base = app.base.clone();
+    let held = tokens.clone();
     let reader = tokio::spawn(async move {
         let mut answers = 0;
         while !*stop.borrow() {
-            let status = http.get(&url).send().await.unwrap().status();
+            let status = http
+                .get(format!("{base}/stats"))
+                .send()
+                .await
+                .unwrap()
+                .status();
             assert_eq!(status, 200, "a query failed during the replay");
+            let (id, token) = &held[answers % held.len()];
+            let res = http
+                .get(format!("{base}/orders/{id}?wait_ms=5000"))
+                .header("x-consistency-token", token)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            let order: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(
+                status, 200,
+                "a token read failed during the replay: {order}"
+            );
+            assert!(
+                order["version"].as_i64().unwrap() >= token_version(token),
+                "{order} {token}"
+            );
             answers += 1;
         }
         answers
@@ -165,6 +199,36 @@ async fn replay_rebuilds_what_the_fold_says(app: common::TestApp, extra: &[Strin
         loaded, folded,
         "the rebuilt read models equal the fold of the write side"
     );
+    // Answers cached before the cutover (the damaged rows) are not served
+    // after it: the cutover's mark reaches this process's cache.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for (id, view) in &folded.orders {
+        loop {
+            let (s, o, _) = app.get(&format!("/orders/{id}"), None).await;
+            assert_eq!(s, 200, "{o}");
+            if (o["status"].as_str(), o["version"].as_i64())
+                == (Some(view.status.as_str()), Some(view.version))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a stale answer after the cutover: {o}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // Every token answered before the cutover is answered after it at once.
+    for (id, token) in &tokens {
+        let (s, o, _) = app
+            .get(&format!("/orders/{id}?wait_ms=0"), Some(token))
+            .await;
+        assert_eq!(s, 200, "{o}");
+        assert!(
+            o["version"].as_i64().unwrap() >= token_version(token),
+            "{o}"
+        );
+    }
     // The live projector carries on with the swapped tables.
     let (_, a, _) = app.post("/orders", order_body()).await;
     let (s, o, _) = app
@@ -203,7 +267,7 @@ fn replay_within(secs: u64, args: &[String]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
-        .arg("replay")
+        .args(["replay", "--projection", "all"])
         .args(args)
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())

@@ -126,11 +126,21 @@ pub struct Config {
     #[arg(long, env = "ORDERS_READ_CACHE_BYTES", default_value_t = 64 << 20)]
     pub read_cache_bytes: usize,
     /// Seconds a cached answer lives at most: what a change the progress
-    /// does not report (a rebuild swapped in by `orders replay`) can leave
+    /// does not report (a row changed in the read DB by hand) can leave
     /// behind.
     #[arg(long = "read-cache-ttl-secs", env = "ORDERS_READ_CACHE_TTL_SECS", default_value = "10",
           value_parser = secs, value_name = "SECS")]
     pub read_cache_ttl: Duration,
+    /// Seconds the tables a rebuild replaced are kept (as
+    /// `<table>__retired`) before they are dropped.
+    #[arg(long = "rebuild-grace-secs", env = "ORDERS_REBUILD_GRACE_SECS", default_value = "3600",
+          value_parser = secs, value_name = "SECS")]
+    pub rebuild_grace: Duration,
+    /// Leave read models whose version this build raised as they are, to
+    /// be rebuilt with `orders rebuild`, instead of building them beside
+    /// the live ones at start.
+    #[arg(long, env = "ORDERS_NO_AUTO_REBUILD")]
+    pub no_auto_rebuild: bool,
     /// Bearer-token checks; authentication is off when absent (`serve`
     /// sets it from its own flags).
     #[arg(skip)]

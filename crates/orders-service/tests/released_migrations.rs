@@ -40,6 +40,7 @@ event_store 2 af116e79addcd79b
 event_store 3 d1a97248938eb3a2
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
+projector 2 950573a3226e6de6
 projection order_details 1 518fb844d09d6494
 projection order_details 2 e3f5a725da3bfbe3
 projection customer_summary 1 50c268ef80cbb45c
@@ -52,6 +53,7 @@ event_store 2 af116e79addcd79b
 event_store 3 d1a97248938eb3a2
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
+projector 2 950573a3226e6de6
 projection order_details 1 518fb844d09d6494
 projection order_details 2 e3f5a725da3bfbe3
 projection customer_summary 1 50c268ef80cbb45c

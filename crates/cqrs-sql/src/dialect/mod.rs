@@ -152,6 +152,14 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     /// with its tables and renames them at the swap; otherwise it makes
     /// them at the swap.
     fn renames_indexes(&self) -> bool;
+    /// Writes `rows` into their empty table at once (a rebuild's bulk
+    /// path): PostgreSQL `COPY` on a connection of its own, SQLite prepared
+    /// multi-row inserts in one transaction.
+    fn bulk_load<'a>(
+        &'a self,
+        db: &'a crate::Db,
+        rows: std::sync::Arc<crate::read::rebuild::BulkRows>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     /// Connects to `url`: a pool for reads and one for writes.
     fn open<'a>(
         &'a self,

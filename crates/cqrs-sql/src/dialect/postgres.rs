@@ -60,6 +60,42 @@ impl Dialect for Postgres {
         true
     }
 
+    fn bulk_load<'a>(
+        &'a self,
+        db: &'a crate::Db,
+        rows: std::sync::Arc<crate::read::rebuild::BulkRows>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            // Encoding is CPU work: off the runtime's workers, which serve.
+            let encoded = rows.clone();
+            let chunks = tokio::task::spawn_blocking(move || {
+                crate::read::rebuild::lower_priority();
+                encoded
+                    .rows
+                    .chunks(10_000)
+                    .map(crate::read::rebuild::copy_lines)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("encoding rows for COPY: {e}")))?;
+            // sqlx's Any driver has no COPY: a native connection of its own.
+            let mut conn = sqlx::postgres::PgConnection::connect(db.url()).await?;
+            let columns: Vec<&str> = rows.columns.iter().map(|c| c.0).collect();
+            let mut copy = conn
+                .copy_in_raw(&format!(
+                    "COPY {} ({}) FROM STDIN",
+                    rows.table,
+                    columns.join(", ")
+                ))
+                .await?;
+            for chunk in chunks {
+                copy.send(chunk).await?;
+            }
+            copy.finish().await?;
+            conn.close().await
+        })
+    }
+
     fn listen<'a>(
         &'a self,
         url: &'a str,

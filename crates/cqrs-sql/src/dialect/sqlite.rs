@@ -56,6 +56,40 @@ impl Dialect for Sqlite {
         false
     }
 
+    fn bulk_load<'a>(
+        &'a self,
+        db: &'a crate::Db,
+        rows: std::sync::Arc<crate::read::rebuild::BulkRows>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            use crate::batch::Val;
+            let columns: Vec<&str> = rows.columns.iter().map(|c| c.0).collect();
+            // Well below SQLite's 32,766 parameters; one statement text per
+            // chunk size, prepared once.
+            let per = (30_000 / columns.len().max(1)).clamp(1, 1_000);
+            let one = format!("({})", vec!["?"; columns.len()].join(", "));
+            let mut tx = db.writer.begin().await?;
+            for chunk in rows.rows.chunks(per) {
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES {}",
+                    rows.table,
+                    columns.join(", "),
+                    vec![one.as_str(); chunk.len()].join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for v in chunk.iter().flatten() {
+                    q = match v {
+                        Val::Text(t) => q.bind(t.as_str()),
+                        Val::OptText(t) => q.bind(t.as_deref()),
+                        Val::Int(i) => q.bind(*i),
+                    };
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })
+    }
+
     fn listen<'a>(
         &'a self,
         _url: &'a str,

@@ -7,15 +7,17 @@ pub mod dead_letters;
 mod log_source;
 mod progress;
 mod query_traces;
+pub mod rebuild;
 pub mod runner;
 mod source_key;
 mod sql;
 mod tables;
 pub mod traces;
+pub mod versions;
 
 pub use cache::{ReadCache, Stamp};
 pub use log_source::LogSource;
-pub use progress::{ReadProgress, WaitOutcome, Waiter, PROGRESS_CHANNEL};
+pub use progress::{ReadProgress, WaitOutcome, Waiter, CUTOVER_MARK, PROGRESS_CHANNEL};
 pub use runner::{ProjectorConfig, ProjectorRunner};
 pub use source_key::{BadSourceKey, SourceKey};
 
@@ -25,6 +27,7 @@ use cqrs_core::EventEnvelope;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 /// Why a projection could not apply an event.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,24 @@ pub trait Projection: Send + Sync {
         tx: &'a mut sqlx::AnyConnection,
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+    /// The version of what its rows mean: a deployment that raises it gets
+    /// the read model rebuilt from history beside the live one
+    /// ([`rebuild`]). A schema change alone is a migration, not a version.
+    fn version(&self) -> i64 {
+        1
+    }
+    /// The same projection over tables named with `suffix` (a rebuild's own
+    /// tables); None where it cannot be rebuilt from history (a process
+    /// manager, whose state is never rebuilt by issuing its commands again).
+    fn rebuilt_into(&self, suffix: &str) -> Option<Arc<dyn Projection>> {
+        let _ = suffix;
+        None
+    }
+    /// A fold of history in memory into empty tables, written once at the
+    /// end with the database's bulk load (None: a rebuild applies batches).
+    fn bulk(&self) -> Option<Box<dyn rebuild::BulkFold>> {
+        None
+    }
     /// Whether it acts ahead of its batches ([`Projection::ahead`]).
     fn acts_ahead(&self) -> bool {
         false

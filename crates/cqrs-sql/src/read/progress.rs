@@ -25,6 +25,10 @@ const MAX_TRACKED: usize = 200_000;
 /// Rows the follower reads per query.
 const FOLLOW_PAGE: i64 = 5_000;
 
+/// The aggregate id of the stamp a rebuild's cutover writes (no aggregate
+/// id has a `#`).
+pub const CUTOVER_MARK: &str = "#cutover";
+
 /// The PostgreSQL channel a projector notifies after each commit.
 pub const PROGRESS_CHANNEL: &str = "cqrs_read_progress";
 
@@ -111,6 +115,17 @@ impl ReadProgress {
                 let e = t.versions.entry(id.to_owned()).or_insert(0);
                 *e = (*e).max(v);
             }
+        }
+        self.inner.bump.send_modify(|g| *g += 1);
+    }
+
+    /// Forgets every version it knows and starts a new epoch: the read
+    /// model's rows changed under their versions (a rebuild's cutover), so
+    /// nothing cached before may be answered.
+    pub fn forget_all(&self) {
+        if let Ok(mut t) = self.inner.tracked.lock() {
+            t.versions.clear();
+            t.epoch += 1;
         }
         self.inner.bump.send_modify(|g| *g += 1);
     }
@@ -314,6 +329,9 @@ impl ReadProgress {
                 id: Some(id.clone()),
             };
             self.applied(rows.iter().map(|(a, v, _)| (a.as_str(), *v)));
+            if rows.iter().any(|(a, _, _)| a == CUTOVER_MARK) {
+                self.forget_all();
+            }
             if (rows.len() as i64) < FOLLOW_PAGE {
                 return Ok(());
             }

@@ -94,6 +94,10 @@ pub fn runner_component() -> Component {
                     section(SQL, "versions_seq_index"),
                 ])
                 .sql(dead_letters::schema()),
+            Migration::new(2, "read model versions and builds").sql(
+                ["read_model_versions_table", "read_model_builds_table"]
+                    .map(|name| section(SQL, name)),
+            ),
         ],
     }
 }

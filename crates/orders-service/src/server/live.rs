@@ -39,12 +39,33 @@ pub async fn page() -> Html<&'static str> {
 }
 
 /// Lag and throughput, as the metrics sampler last measured them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ProgressSample {
     /// Events not yet applied to the read model (all partitions).
     pub lag: i64,
     /// Events appended to the write side per second.
     pub rate: f64,
+    /// Read models being built beside the live ones, whichever process builds.
+    pub rebuilds: Vec<RebuildSample>,
+}
+
+/// A build of new read-model versions, as its row in the read DB says.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RebuildSample {
+    /// The projector whose read models it builds.
+    pub projector: String,
+    /// The versions it builds (JSON: projection -> version).
+    pub versions: serde_json::Value,
+    /// folding, writing, indexing, catching up, cutting over.
+    pub phase: String,
+    /// Events read so far.
+    pub done: i64,
+    /// Events to read before the catch-up.
+    pub total: i64,
+    /// Seconds it has run.
+    pub secs: f64,
+    /// Whether its owner is alive (a dead one is taken over and restarted).
+    pub alive: bool,
 }
 
 /// What every stream forwards: the latest rendered view and progress.
@@ -297,9 +318,9 @@ fn sse(
                         view.map(|v| Event::default().event("view").data(&*v))
                     }
                     _ = tick.tick() => {
-                        let sample = *feed.progress.borrow();
+                        let sample = feed.progress.borrow().clone();
                         sample.map(|p| {
-                            let data = json!({ "lag": p.lag, "rate": p.rate }).to_string();
+                            let data = json!({ "lag": p.lag, "rate": p.rate, "rebuilds": p.rebuilds }).to_string();
                             Event::default().event("progress").data(data)
                         })
                     }

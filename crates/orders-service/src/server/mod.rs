@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod live;
 pub mod observe;
 pub mod queries;
+pub mod rebuilds;
 pub mod routes;
 pub mod schema;
 pub mod state;

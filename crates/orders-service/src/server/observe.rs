@@ -135,11 +135,55 @@ pub async fn sample_every(app: App, every: Duration, live: watch::Sender<Option<
                     (head - h).max(0) as f64 / now.duration_since(t).as_secs_f64().max(1e-3)
                 });
                 last = Some((head, now));
-                live.send_replace(Some(ProgressSample { lag, rate }));
+                let rebuilds = rebuilds(&app).await;
+                live.send_replace(Some(ProgressSample {
+                    lag,
+                    rate,
+                    rebuilds,
+                }));
             }
             Err(e) => tracing::debug!(error = %e, "metrics sample failed"),
         }
     }
+}
+
+/// The builds in the read DB (any process's), with their gauges set.
+async fn rebuilds(app: &App) -> Vec<super::live::RebuildSample> {
+    let builds = match cqrs_sql::read::versions::builds(&app.read).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the builds");
+            return Vec::new();
+        }
+    };
+    let now = cqrs_sql::read::versions::now_ms();
+    let mut out = Vec::new();
+    for projector in [PROJECTOR, crate::config::INVENTORY_PROJECTOR] {
+        if let Ok(live) = cqrs_sql::read::versions::live_versions(&app.read, projector).await {
+            for v in live {
+                metrics::gauge!("cqrs_read_model_version", "projector" => projector, "projection" => v.projection)
+                    .set(v.live_version as f64);
+            }
+        }
+        let row = builds.iter().find(|(p, _)| p == projector).map(|(_, b)| b);
+        let (done, total) = row.map_or((0, 0), |b| (b.done, b.total));
+        metrics::gauge!("cqrs_rebuild_events", "projector" => projector).set(done as f64);
+        metrics::gauge!("cqrs_rebuild_events_target", "projector" => projector).set(total as f64);
+        metrics::gauge!("cqrs_rebuild_running", "projector" => projector)
+            .set(f64::from(u8::from(row.is_some_and(|b| b.is_alive(now)))));
+        if let Some(b) = row {
+            out.push(super::live::RebuildSample {
+                projector: projector.to_owned(),
+                versions: serde_json::from_str(&b.versions).unwrap_or_default(),
+                phase: b.phase.clone(),
+                done,
+                total,
+                secs: (now - b.started_ms).max(0) as f64 / 1e3,
+                alive: b.is_alive(now),
+            });
+        }
+    }
+    out
 }
 
 /// Sets the gauges; returns (records not yet applied, log head position).

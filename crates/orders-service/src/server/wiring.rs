@@ -142,6 +142,7 @@ impl Running {
         let orders_side = ReadSide {
             name: PROJECTOR,
             role: "projector",
+            versions_role: "read model versions",
             projections: orders::read_model::projections(),
             store: &store,
             kafka: config.kafka.as_ref(),
@@ -150,6 +151,7 @@ impl Running {
         let inventory_side = ReadSide {
             name: INVENTORY_PROJECTOR,
             role: "inventory projector",
+            versions_role: "inventory read model versions",
             projections: inventory::read_model::projections(),
             store: &inventory,
             kafka: inventory_options.as_ref(),
@@ -378,6 +380,8 @@ fn start_relay(
 struct ReadSide<'a> {
     name: &'static str,
     role: &'static str,
+    /// The role that builds new versions and drops retired tables.
+    versions_role: &'static str,
     projections: Vec<Arc<dyn cqrs_sql::Projection>>,
     store: &'a SqlEventStore,
     kafka: Option<&'a KafkaOptions>,
@@ -396,6 +400,7 @@ async fn start_read_side(
         cqrs_sql::read::runner::ensure_tables(read, &side.projections).await?;
         return Ok(ReadProgress::new(read.clone(), side.name));
     }
+    let projections = side.projections.clone();
     let runner = ProjectorRunner::new(
         read.clone(),
         ProjectorConfig {
@@ -409,6 +414,25 @@ async fn start_read_side(
     )
     .await?;
     let progress = runner.progress();
+    // A read model newer than this build stops the start here.
+    cqrs_sql::read::versions::reconcile(read, side.name, &projections).await?;
+    let history = match side.kafka {
+        Some(k) => super::rebuilds::HistoryOf::Topic(k.config()),
+        None => super::rebuilds::HistoryOf::Log(side.store.clone()),
+    };
+    let keeper = super::rebuilds::keep_versions(
+        read.clone(),
+        super::rebuilds::Side {
+            projector: side.name,
+            projections,
+            history,
+        },
+        progress.clone(),
+        !config.no_auto_rebuild,
+        config.rebuild_grace,
+        roles.shutdown.clone(),
+    );
+    roles.spawn_until_shutdown(side.versions_role, keeper);
     let shutdown = roles.shutdown.clone();
     match side.kafka {
         Some(k) => {

@@ -25,26 +25,14 @@ use cqrs_sql::batch::{load_rows, upsert};
 use cqrs_sql::{Projection, ProjectionError};
 use std::sync::Arc;
 
-/// All order projections over the live tables.
+/// All order projections over the live tables (a rebuild asks each for
+/// itself over tables of its own: [`Projection::rebuilt_into`]).
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    projections_into("")
-}
-
-/// All order projections writing to tables named with `suffix` (replays build
-/// fresh tables this way, then swap them in).
-pub fn projections_into(suffix: &str) -> Vec<Arc<dyn Projection>> {
     vec![
-        Arc::new(OrderDetails::new(suffix)),
-        Arc::new(CustomerSummaries::new(suffix)),
-        Arc::new(OrderStats::new(suffix)),
+        Arc::new(OrderDetails::new("")),
+        Arc::new(CustomerSummaries::new("")),
+        Arc::new(OrderStats::new("")),
     ]
-}
-
-/// The projection called `name` ("order_details", "customer_summary", "order_stats").
-pub fn projection_named(name: &str, suffix: &str) -> Option<Arc<dyn Projection>> {
-    projections_into(suffix)
-        .into_iter()
-        .find(|p| p.name() == name)
 }
 
 fn decoded<'a>(

@@ -9,10 +9,12 @@ use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
 use cqrs_sql::db::timestamp;
 use cqrs_sql::dialect::{fill, section};
+use cqrs_sql::read::rebuild::{BulkFold, BulkRows};
 use cqrs_sql::{AddedColumn, Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// `order_details`: one row per order, what `GET /orders/{id}` returns.
 pub struct OrderDetails {
@@ -204,5 +206,41 @@ impl Projection for OrderDetails {
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply_events(tx, events))
+    }
+    fn rebuilt_into(&self, suffix: &str) -> Option<Arc<dyn Projection>> {
+        Some(Arc::new(OrderDetails::new(suffix)))
+    }
+    fn bulk(&self) -> Option<Box<dyn BulkFold>> {
+        Some(Box::new(OrderFold {
+            table: self.table.clone(),
+            rows: HashMap::new(),
+        }))
+    }
+}
+
+/// A rebuild's fold: every order's row in memory.
+struct OrderFold {
+    table: String,
+    rows: HashMap<String, OrderView>,
+}
+
+impl BulkFold for OrderFold {
+    fn fold(&mut self, events: &[&EventEnvelope]) -> Result<(), ProjectionError> {
+        for (e, event) in decoded(events)? {
+            fold_order(&mut self.rows, e, &event)?;
+        }
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> Result<Vec<BulkRows>, ProjectionError> {
+        let rows = self
+            .rows
+            .into_values()
+            .map(order_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![BulkRows {
+            table: self.table,
+            columns: ORDER_DETAILS_COLS.to_vec(),
+            rows,
+        }])
     }
 }

@@ -9,12 +9,14 @@ use crate::aggregate::OrderEvent;
 use crate::money::{add_parts_sql, carry_sql, Cents};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
+use cqrs_sql::read::rebuild::{BulkFold, BulkRows};
 use cqrs_sql::{AddedColumn, Migration, Projection, ProjectionError};
 use futures::future::BoxFuture;
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// What one read model of sums says about itself; [`SumProjection`] does
 /// the loading, folding and writing.
@@ -137,18 +139,12 @@ impl<S: Sums> SumProjection<S> {
         touched: &[String],
         members: &HashMap<String, S::Member>,
     ) -> Result<(), ProjectionError> {
-        let rows: Vec<Vec<Val>> = touched
-            .iter()
-            .filter_map(|id| {
-                let member = members.get(id)?;
-                Some([vec![Val::Text(id.clone())], S::member_values(member)].concat())
-            })
-            .collect();
-        let columns = [&[("order_id", Kind::Text)], S::MEMBER_COLUMNS].concat();
+        let rows = member_rows::<S>(touched.iter(), members);
         let update: Vec<String> = S::MEMBER_COLUMNS
             .iter()
             .map(|(c, _)| format!("{c} = excluded.{c}"))
             .collect();
+        let columns = member_columns::<S>();
         upsert(
             tx,
             &self.members,
@@ -167,17 +163,7 @@ impl<S: Sums> SumProjection<S> {
         tx: &mut AnyConnection,
         deltas: BTreeMap<String, S::Delta>,
     ) -> Result<(), ProjectionError> {
-        let mut rows: Vec<Vec<Val>> = Vec::with_capacity(deltas.len());
-        for (key, d) in deltas {
-            let (money_e18, money) = d.money().to_parts().map_err(overflow)?;
-            let head = [
-                Val::Text(key),
-                Val::Int(d.count()),
-                Val::Int(money_e18),
-                Val::Int(money),
-            ];
-            rows.push([head.to_vec(), d.extra_values()].concat());
-        }
+        let rows = sum_rows::<S>(deltas)?;
         let (t, money) = (&self.sums, S::MONEY);
         let mut update = format!(
             "order_count = {t}.order_count + excluded.order_count, {}",
@@ -187,15 +173,85 @@ impl<S: Sums> SumProjection<S> {
         if !extra.is_empty() {
             update = format!("{update}, {extra}");
         }
-        let head = [
-            (S::KEY, Kind::Text),
-            ("order_count", Kind::Int),
-            (S::MONEY_E18, Kind::Int),
-            (money, Kind::Int),
-        ];
-        let columns = [&head[..], S::EXTRA_COLUMNS].concat();
-        upsert(tx, t, &columns, S::KEY, &update, &rows).await?;
+        upsert(tx, t, &sum_columns::<S>(), S::KEY, &update, &rows).await?;
         Ok(())
+    }
+}
+
+/// The members table's columns as written.
+fn member_columns<S: Sums>() -> Vec<(&'static str, Kind)> {
+    [&[("order_id", Kind::Text)], S::MEMBER_COLUMNS].concat()
+}
+
+/// The members of `ids` as rows.
+fn member_rows<'a, S: Sums>(
+    ids: impl Iterator<Item = &'a String>,
+    members: &HashMap<String, S::Member>,
+) -> Vec<Vec<Val>> {
+    ids.filter_map(|id| {
+        let member = members.get(id)?;
+        Some([vec![Val::Text(id.clone())], S::member_values(member)].concat())
+    })
+    .collect()
+}
+
+/// The sums table's columns as written.
+fn sum_columns<S: Sums>() -> Vec<(&'static str, Kind)> {
+    let head = [
+        (S::KEY, Kind::Text),
+        ("order_count", Kind::Int),
+        (S::MONEY_E18, Kind::Int),
+        (S::MONEY, Kind::Int),
+    ];
+    [&head[..], S::EXTRA_COLUMNS].concat()
+}
+
+/// Deltas as rows of the sums table.
+fn sum_rows<S: Sums>(deltas: BTreeMap<String, S::Delta>) -> Result<Vec<Vec<Val>>, ProjectionError> {
+    let mut rows: Vec<Vec<Val>> = Vec::with_capacity(deltas.len());
+    for (key, d) in deltas {
+        let (money_e18, money) = d.money().to_parts().map_err(overflow)?;
+        let head = [
+            Val::Text(key),
+            Val::Int(d.count()),
+            Val::Int(money_e18),
+            Val::Int(money),
+        ];
+        rows.push([head.to_vec(), d.extra_values()].concat());
+    }
+    Ok(rows)
+}
+
+/// A rebuild's fold: every member and one delta per key, from empty
+/// tables, so each delta is its row.
+struct SumFold<S: Sums> {
+    sums: String,
+    members_table: String,
+    members: HashMap<String, S::Member>,
+    deltas: BTreeMap<String, S::Delta>,
+}
+
+impl<S: Sums> BulkFold for SumFold<S> {
+    fn fold(&mut self, events: &[&EventEnvelope]) -> Result<(), ProjectionError> {
+        for (e, event) in decoded(events)? {
+            S::fold(e, &event, &mut self.members, &mut self.deltas)?;
+        }
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> Result<Vec<BulkRows>, ProjectionError> {
+        let members = member_rows::<S>(self.members.keys(), &self.members);
+        Ok(vec![
+            BulkRows {
+                table: self.members_table,
+                columns: member_columns::<S>(),
+                rows: members,
+            },
+            BulkRows {
+                table: self.sums,
+                columns: sum_columns::<S>(),
+                rows: sum_rows::<S>(self.deltas)?,
+            },
+        ])
     }
 }
 
@@ -223,5 +279,16 @@ impl<S: Sums> Projection for SumProjection<S> {
         events: &'a [&'a EventEnvelope],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply_events(tx, events))
+    }
+    fn rebuilt_into(&self, suffix: &str) -> Option<Arc<dyn Projection>> {
+        Some(Arc::new(SumProjection::<S>::new(suffix)))
+    }
+    fn bulk(&self) -> Option<Box<dyn BulkFold>> {
+        Some(Box::new(SumFold::<S> {
+            sums: self.sums.clone(),
+            members_table: self.members.clone(),
+            members: HashMap::new(),
+            deltas: BTreeMap::new(),
+        }))
     }
 }

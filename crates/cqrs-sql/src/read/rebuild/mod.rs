@@ -1,0 +1,771 @@
+//! Rebuilds of read models beside the live ones.
+//!
+//! A build reads history (the log, or a topic from its beginning) into
+//! tables of its own (`<table>__v<N>`) while the live tables keep serving
+//! and the live projector keeps following:
+//! 1. **fold**: everything the live projector had applied when the build
+//!    began, folded in memory and written once per table with the
+//!    database's bulk load, before any secondary index exists (projections
+//!    without a bulk fold apply batches instead);
+//! 2. **index** the filled tables;
+//! 3. **catch up** in batches, round after round, until little is left;
+//! 4. **cut over**: one transaction holds the live projectors back, applies
+//!    the rest up to exactly their checkpoints, renames the build's tables
+//!    into the live names (the live ones become `<table>__retired`, dropped
+//!    after a grace period), records the new versions, and stamps a mark
+//!    that makes every process forget what it cached.
+//!
+//! The applied versions (and so consistency tokens) are the live
+//! projector's and are not touched: the new tables hold exactly what the
+//! live ones held at the cutover, so a token answered before it is
+//! answered after it. One build per projector runs at a time, held by its
+//! owner's heartbeat; a build whose owner died (kill -9) is dropped and
+//! started again by the next one to claim it, the live tables untouched.
+
+mod bulk;
+mod history;
+mod tables;
+
+pub use bulk::{copy_lines, BulkFold, BulkRows};
+pub use history::{events_to, reached, targets_of, History, LogHistory, Positions, WrongSource};
+pub use tables::{suffix, tag};
+
+use super::dead_letters;
+use super::sql::SQL;
+use super::tables::{checkpoint_rows, lock_out_projectors, next_seq, notify_progress};
+use super::versions::{self, now_ms, BuildRow, BUILD_HEARTBEAT};
+use super::{Projection, ProjectionError, ReadProgress, SourceError};
+use crate::db::{timestamp, Db};
+use crate::dialect::section;
+use crate::migrate::MigrateError;
+use cqrs_core::EventEnvelope;
+use futures::StreamExt as _;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Events per fold step and per catch-up transaction.
+pub const DEFAULT_BATCH: usize = 20_000;
+
+/// Catch-up rounds that leave at most this many events end the catch-up:
+/// the cutover applies the rest while the live projectors wait.
+const SMALL_REST: u64 = 2_000;
+
+/// Why a rebuild failed. The live tables serve throughout; a failed build
+/// drops its own tables.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// The read DB failed.
+    #[error("read database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// History could not be read.
+    #[error("reading history: {0}")]
+    Source(#[from] SourceError),
+    /// A projection failed on an event.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// The read DB's schema could not be settled.
+    #[error(transparent)]
+    Schema(#[from] MigrateError),
+    /// Another process is building (its heartbeat is fresh).
+    #[error("{owner} is building {projector}'s read models (heartbeat {age_ms} ms ago)")]
+    Busy {
+        /// The projector.
+        projector: String,
+        /// Who.
+        owner: String,
+        /// How long ago it last said it is alive.
+        age_ms: i64,
+    },
+    /// The build was taken over (this process stalled past the heartbeat).
+    #[error("the build of {0} was taken over by another process")]
+    LostClaim(String),
+    /// What the build would apply differs from what the live model did.
+    #[error("{0}")]
+    Refused(String),
+    /// History has a hole.
+    #[error("aggregate {aggregate} jumps from version {from} to {to}")]
+    Gap {
+        /// The aggregate.
+        aggregate: String,
+        /// Its last version read.
+        from: i64,
+        /// The next one read.
+        to: i64,
+    },
+    /// The process is shutting down.
+    #[error("the rebuild was cancelled")]
+    Cancelled,
+}
+
+impl From<WrongSource> for RebuildError {
+    fn from(e: WrongSource) -> Self {
+        RebuildError::Refused(e.0)
+    }
+}
+
+/// What a running build has done, for progress bars, metrics and the live page.
+#[derive(Debug, Default)]
+pub struct RebuildStatus {
+    done: AtomicI64,
+    total: AtomicI64,
+    phase: Mutex<&'static str>,
+}
+
+impl RebuildStatus {
+    /// Events read so far.
+    pub fn done(&self) -> i64 {
+        self.done.load(Ordering::Relaxed)
+    }
+    /// Events to read before the catch-up (grows as the live model moves).
+    pub fn total(&self) -> i64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    /// What it does now.
+    pub fn phase(&self) -> &'static str {
+        self.phase.lock().map_or("?", |p| *p)
+    }
+    fn set_phase(&self, phase: &'static str) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = phase;
+        }
+    }
+    fn add(&self, n: usize) {
+        self.done.fetch_add(n as i64, Ordering::Relaxed);
+    }
+}
+
+/// How a rebuild went.
+#[derive(Debug, Clone)]
+pub struct RebuildReport {
+    /// Events read from history (duplicates included).
+    pub events: u64,
+    /// Events of the fold (bulk) phase.
+    pub folded: u64,
+    /// Seconds from start to the committed cutover.
+    pub secs: f64,
+    /// Seconds the fold and its bulk write took.
+    pub fold_secs: f64,
+    /// Of those: reading history (fetching and decoding records).
+    pub read_secs: f64,
+    /// Of those: writing the folded rows.
+    pub write_secs: f64,
+    /// Seconds the cutover's transaction held the live projectors back.
+    pub cutover_secs: f64,
+    /// The projections swapped in, with the version they now hold.
+    pub swapped: Vec<(&'static str, i64)>,
+    /// Whether the fold took the bulk path.
+    pub bulk: bool,
+}
+
+/// Where the fold's time went.
+#[derive(Default)]
+struct Timing {
+    read: f64,
+    write: f64,
+}
+
+/// One rebuild of some of a projector's read models.
+pub struct Rebuild {
+    db: Db,
+    projector: String,
+    pairs: Vec<(Arc<dyn Projection>, Arc<dyn Projection>)>,
+    owner: String,
+    batch: usize,
+    bulk: bool,
+    status: Arc<RebuildStatus>,
+    progress: Option<ReadProgress>,
+}
+
+impl Rebuild {
+    /// A rebuild of `projections` (the live ones) of `projector` into
+    /// tables of their version; each must be rebuildable.
+    pub fn new(
+        db: Db,
+        projector: impl Into<String>,
+        projections: &[Arc<dyn Projection>],
+    ) -> Result<Self, RebuildError> {
+        let mut pairs = Vec::new();
+        for p in projections {
+            let build = p.rebuilt_into(&suffix(p.version())).ok_or_else(|| {
+                RebuildError::Refused(format!(
+                    "{} cannot be rebuilt from history (a process manager's state is never \
+                     rebuilt by issuing its commands again)",
+                    p.name()
+                ))
+            })?;
+            pairs.push((p.clone(), build));
+        }
+        Ok(Self {
+            db,
+            projector: projector.into(),
+            pairs,
+            owner: format!(
+                "{}:{}:{}",
+                hostname(),
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            batch: DEFAULT_BATCH,
+            bulk: true,
+            status: Arc::default(),
+            progress: None,
+        })
+    }
+
+    /// Events per fold step and catch-up transaction.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Whether the fold may take the bulk path (where every projection has one).
+    pub fn bulk(mut self, bulk: bool) -> Self {
+        self.bulk = bulk;
+        self
+    }
+
+    /// This process's progress of the projector: told at once of the cutover.
+    pub fn with_progress(mut self, progress: ReadProgress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// What it has done so far (shared with the running build).
+    pub fn status(&self) -> Arc<RebuildStatus> {
+        self.status.clone()
+    }
+
+    /// Builds, catches up and cuts over; the live tables serve throughout.
+    pub async fn run(
+        self,
+        history: impl History,
+        stop: CancellationToken,
+    ) -> Result<RebuildReport, RebuildError> {
+        refuse_over_dead_letters(&self.db, &self.projector).await?;
+        self.claim().await?;
+        let beat = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.db.clone(),
+            self.projector.clone(),
+            self.owner.clone(),
+            self.status.clone(),
+            beat.clone(),
+            stop.child_token(),
+        ));
+        let result = tokio::select! {
+            r = self.build(history, &stop) => r,
+            _ = stop.cancelled() => Err(RebuildError::Cancelled),
+        };
+        beat.cancel();
+        let lost = heartbeat.await.unwrap_or(false);
+        let result = match (result, lost) {
+            (Err(e), true) => {
+                tracing::error!(projector = self.projector, error = %e, "the build was taken over");
+                Err(RebuildError::LostClaim(self.projector.clone()))
+            }
+            (r, _) => r,
+        };
+        if result.is_err() && !lost {
+            if let Err(e) = self.abandon().await {
+                tracing::warn!(error = %e, projector = self.projector, "cannot drop the failed build's tables");
+            }
+        }
+        result
+    }
+
+    /// Takes the build of this projector: where one exists whose owner is
+    /// gone, its tables are dropped first.
+    async fn claim(&self) -> Result<(), RebuildError> {
+        let previous = versions::build_of(&self.db, &self.projector).await?;
+        let now = now_ms();
+        if let Some(b) = &previous {
+            if b.is_alive(now) && b.owner != self.owner && !owner_gone(&b.owner) {
+                return Err(RebuildError::Busy {
+                    projector: self.projector.clone(),
+                    owner: b.owner.clone(),
+                    age_ms: now - b.heartbeat_ms,
+                });
+            }
+        }
+        let tables: Vec<String> = self.pairs.iter().flat_map(|(_, b)| b.tables()).collect();
+        let built: HashMap<&str, i64> = self
+            .pairs
+            .iter()
+            .map(|(p, _)| (p.name(), p.version()))
+            .collect();
+        let claimed = sqlx::query(section(SQL, "claim_build"))
+            .bind(&self.projector)
+            .bind(&self.owner)
+            .bind(serde_json::to_string(&built).map_err(|e| sqlx::Error::Encode(e.into()))?)
+            .bind(serde_json::to_string(&tables).map_err(|e| sqlx::Error::Encode(e.into()))?)
+            .bind(now)
+            .bind(previous.as_ref().map_or(-1, |b| b.heartbeat_ms))
+            .execute(&self.db.writer)
+            .await?;
+        if claimed.rows_affected() != 1 {
+            return Err(RebuildError::Busy {
+                projector: self.projector.clone(),
+                owner: "another process".into(),
+                age_ms: 0,
+            });
+        }
+        if let Some(b) = previous {
+            tracing::warn!(
+                projector = self.projector,
+                owner = b.owner,
+                phase = b.phase,
+                "a build whose owner stopped (heartbeat lost) is dropped and started again"
+            );
+            let old: Vec<String> = serde_json::from_str(&b.tables).unwrap_or_default();
+            let mut conn = self.db.writer.acquire().await?;
+            tables::drop_tables(&mut conn, &old).await?;
+        }
+        Ok(())
+    }
+
+    /// After a failure: the build's tables and its row go.
+    async fn abandon(&self) -> Result<(), sqlx::Error> {
+        let tables: Vec<String> = self.pairs.iter().flat_map(|(_, b)| b.tables()).collect();
+        let mut conn = self.db.writer.acquire().await?;
+        tables::drop_tables(&mut conn, &tables).await?;
+        end_build(&self.db, &self.projector, &self.owner).await
+    }
+
+    async fn build(
+        &self,
+        mut history: impl History,
+        stop: &CancellationToken,
+    ) -> Result<RebuildReport, RebuildError> {
+        let started = Instant::now();
+        let dialect = self.db.dialect;
+        {
+            let mut conn = self.db.writer.acquire().await?;
+            for (p, b) in &self.pairs {
+                tables::create(&mut conn, dialect, &**b, &tag(p.version())).await?;
+            }
+        }
+        let mut positions = Positions::new();
+        let mut versions: HashMap<String, i64> = HashMap::new();
+        let targets = self.live_targets(&history).await?;
+        self.status
+            .total
+            .store(events_to(&targets), Ordering::Relaxed);
+
+        // 1. Fold.
+        self.status.set_phase("folding");
+        let folds: Option<Vec<Box<dyn BulkFold>>> = match self.bulk {
+            true => self.pairs.iter().map(|(_, b)| b.bulk()).collect(),
+            false => None,
+        };
+        let bulk = folds.is_some();
+        let mut timing = Timing::default();
+        let folded = match folds {
+            Some(folds) => {
+                self.fold_in_memory(
+                    &mut history,
+                    folds,
+                    &mut positions,
+                    &targets,
+                    &mut versions,
+                    stop,
+                    &mut timing,
+                )
+                .await?
+            }
+            None => {
+                self.apply_until(&mut history, &mut positions, &targets, &mut versions, stop)
+                    .await?
+            }
+        };
+        let fold_secs = started.elapsed().as_secs_f64();
+
+        // 2. Index.
+        self.status.set_phase("indexing");
+        {
+            let mut conn = self.db.writer.acquire().await?;
+            for (p, b) in &self.pairs {
+                tables::index(&mut conn, dialect, &**b, &tag(p.version())).await?;
+            }
+        }
+
+        // 3. Catch up.
+        self.status.set_phase("catching up");
+        let mut events = folded;
+        loop {
+            let targets = self.live_targets(&history).await?;
+            self.status
+                .total
+                .store(events_to(&targets), Ordering::Relaxed);
+            let n = self
+                .apply_until(&mut history, &mut positions, &targets, &mut versions, stop)
+                .await?;
+            events += n;
+            if n <= SMALL_REST {
+                break;
+            }
+        }
+
+        // 4. Cut over.
+        self.status.set_phase("cutting over");
+        let cutover = Instant::now();
+        let mut tx = self.db.writer.begin().await?;
+        let rows = lock_out_projectors(&mut tx, &self.projector).await?;
+        let targets = targets_of(&rows, &history)?;
+        let mut tail = Vec::new();
+        while !reached(&positions, &targets) {
+            let got = history.read(&mut positions, &targets, usize::MAX).await?;
+            self.status.add(got.len());
+            events += got.len() as u64;
+            tail.extend(got);
+        }
+        let new = next_versions(tail, &mut versions)?;
+        self.apply_built(&mut tx, &new).await?;
+        let now = now_ms();
+        let mut swapped = Vec::new();
+        for (p, b) in &self.pairs {
+            tables::swap_in(&mut tx, dialect, &**b, &**p, &tag(p.version())).await?;
+            sqlx::query(section(SQL, "cut_over_version"))
+                .bind(&self.projector)
+                .bind(p.name())
+                .bind(p.version())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            swapped.push((p.name(), p.version()));
+        }
+        let seq = next_seq(&mut tx, &self.projector).await?;
+        sqlx::query(section(SQL, "mark_cutover"))
+            .bind(&self.projector)
+            .bind(timestamp(chrono::Utc::now()))
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(section(SQL, "end_build"))
+            .bind(&self.projector)
+            .bind(&self.owner)
+            .execute(&mut *tx)
+            .await?;
+        notify_progress(&mut tx, dialect).await?;
+        tx.commit().await?;
+        let cutover_secs = cutover.elapsed().as_secs_f64();
+        if let Some(progress) = &self.progress {
+            progress.forget_all();
+        }
+        Ok(RebuildReport {
+            events,
+            folded,
+            secs: started.elapsed().as_secs_f64(),
+            fold_secs,
+            read_secs: timing.read,
+            write_secs: timing.write,
+            cutover_secs,
+            swapped,
+            bulk,
+        })
+    }
+
+    /// The live projector's checkpoints on `history`'s streams.
+    async fn live_targets(&self, history: &impl History) -> Result<Positions, RebuildError> {
+        let rows = checkpoint_rows(&self.db, &self.projector).await?;
+        Ok(targets_of(&rows, history)?)
+    }
+
+    /// Reads to `targets` folding in memory, then writes every table once.
+    #[allow(clippy::too_many_arguments)]
+    async fn fold_in_memory(
+        &self,
+        history: &mut impl History,
+        mut folds: Vec<Box<dyn BulkFold>>,
+        positions: &mut Positions,
+        targets: &Positions,
+        versions: &mut HashMap<String, i64>,
+        stop: &CancellationToken,
+        timing: &mut Timing,
+    ) -> Result<u64, RebuildError> {
+        // Reading (fetch and decode) and folding overlap: the fold of one
+        // batch runs on threads of its own while the next is read.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<EventEnvelope>>(2);
+        let reader = async {
+            let mut read = 0u64;
+            while !reached(positions, targets) {
+                if stop.is_cancelled() {
+                    return Err(RebuildError::Cancelled);
+                }
+                let t = Instant::now();
+                let got = history.read(positions, targets, self.batch).await?;
+                timing.read += t.elapsed().as_secs_f64();
+                read += got.len() as u64;
+                self.status.add(got.len());
+                let new = next_versions(got, versions)?;
+                if tx.send(new).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            Ok::<_, RebuildError>(read)
+        };
+        let folder = async {
+            while let Some(batch) = rx.recv().await {
+                folds = tokio::task::spawn_blocking(move || fold_all(folds, &batch))
+                    .await
+                    .map_err(|e| RebuildError::Refused(format!("a fold panicked: {e}")))??;
+            }
+            Ok::<_, RebuildError>(folds)
+        };
+        let (read, folds) = tokio::try_join!(reader, folder)?;
+        self.status.set_phase("writing");
+        let t = Instant::now();
+        let all = tokio::task::spawn_blocking(move || finish_all(folds))
+            .await
+            .map_err(|e| RebuildError::Refused(format!("a fold panicked: {e}")))??;
+        // On a server, tables load side by side on half its cores (the
+        // other half serves); a file has one writer.
+        let side_by_side = match self.db.dialect.is_embedded() {
+            true => 1,
+            false => (cores() / 2).max(1),
+        };
+        let mut loads = futures::stream::iter(all.into_iter().map(|rows| {
+            let db = self.db.clone();
+            async move { db.dialect.bulk_load(&db, Arc::new(rows)).await }
+        }))
+        .buffer_unordered(side_by_side);
+        while let Some(r) = futures::StreamExt::next(&mut loads).await {
+            r?;
+        }
+        timing.write = t.elapsed().as_secs_f64();
+        Ok(read)
+    }
+
+    /// Reads to `targets`, applying each batch in a transaction of its own.
+    async fn apply_until(
+        &self,
+        history: &mut impl History,
+        positions: &mut Positions,
+        targets: &Positions,
+        versions: &mut HashMap<String, i64>,
+        stop: &CancellationToken,
+    ) -> Result<u64, RebuildError> {
+        let mut read = 0u64;
+        while !reached(positions, targets) {
+            if stop.is_cancelled() {
+                return Err(RebuildError::Cancelled);
+            }
+            let got = history.read(positions, targets, self.batch).await?;
+            read += got.len() as u64;
+            self.status.add(got.len());
+            let new = next_versions(got, versions)?;
+            let mut tx = self.db.writer.begin().await?;
+            self.apply_built(&mut tx, &new).await?;
+            tx.commit().await?;
+        }
+        Ok(read)
+    }
+
+    async fn apply_built(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        events: &[EventEnvelope],
+    ) -> Result<(), RebuildError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&EventEnvelope> = events.iter().collect();
+        for (_, b) in &self.pairs {
+            b.apply(tx, &refs).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Folds one batch into every projection's fold, each on a thread of its own.
+fn fold_all(
+    mut folds: Vec<Box<dyn BulkFold>>,
+    batch: &[EventEnvelope],
+) -> Result<Vec<Box<dyn BulkFold>>, RebuildError> {
+    let refs: Vec<&EventEnvelope> = batch.iter().collect();
+    let results: Vec<Result<(), ProjectionError>> = std::thread::scope(|s| {
+        let running: Vec<_> = folds
+            .iter_mut()
+            .map(|f| {
+                let refs = &refs;
+                s.spawn(move || {
+                    lower_priority();
+                    f.fold(refs)
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ProjectionError::Inconsistent("a fold panicked".into()))
+                })
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(folds)
+}
+
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Lowers the calling thread's CPU priority to the least (on Linux, nice
+/// 19 for this thread alone): a rebuild's threads take what the threads
+/// that serve leave. Best effort: where it cannot, the thread runs as is.
+pub fn lower_priority() {
+    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
+}
+
+/// Every fold's rows, the folds finished on threads of their own.
+fn finish_all(folds: Vec<Box<dyn BulkFold>>) -> Result<Vec<BulkRows>, RebuildError> {
+    let finished: Vec<Result<Vec<BulkRows>, ProjectionError>> = std::thread::scope(|s| {
+        let running: Vec<_> = folds
+            .into_iter()
+            .map(|f| {
+                s.spawn(move || {
+                    lower_priority();
+                    f.finish()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ProjectionError::Inconsistent("a fold panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut all = Vec::new();
+    for f in finished {
+        all.extend(f?);
+    }
+    Ok(all)
+}
+
+/// Keeps the events that are the next version of their aggregate (drops
+/// the duplicates a topic may hold); a hole is an error.
+fn next_versions(
+    events: Vec<EventEnvelope>,
+    versions: &mut HashMap<String, i64>,
+) -> Result<Vec<EventEnvelope>, RebuildError> {
+    let mut new = Vec::with_capacity(events.len());
+    for e in events {
+        let cur = versions.get(&e.aggregate_id).copied().unwrap_or(0);
+        if e.version <= cur {
+            continue;
+        }
+        if e.version != cur + 1 {
+            return Err(RebuildError::Gap {
+                aggregate: e.aggregate_id,
+                from: cur,
+                to: e.version,
+            });
+        }
+        versions.insert(e.aggregate_id.clone(), e.version);
+        new.push(e);
+    }
+    Ok(new)
+}
+
+/// A rebuild would apply what the live model held back or skipped.
+async fn refuse_over_dead_letters(db: &Db, projector: &str) -> Result<(), RebuildError> {
+    let all = dead_letters::list(db, projector, true).await?;
+    let open = all.iter().filter(|l| l.status == "open").count();
+    if open > 0 {
+        return Err(RebuildError::Refused(format!(
+            "{open} open dead letters: resolve them (orders dead-letters) before a rebuild"
+        )));
+    }
+    let discarded = all.iter().filter(|l| l.status == "discarded").count();
+    if discarded > 0 {
+        return Err(RebuildError::Refused(format!(
+            "{discarded} discarded dead letters: a rebuild would apply what the live model skipped"
+        )));
+    }
+    Ok(())
+}
+
+async fn end_build(db: &Db, projector: &str, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(section(SQL, "end_build"))
+        .bind(projector)
+        .bind(owner)
+        .execute(&db.writer)
+        .await?;
+    Ok(())
+}
+
+/// Says the build is alive (with its progress) until `done`; answers
+/// whether the claim was lost (another process took the build over).
+async fn heartbeat(
+    db: Db,
+    projector: String,
+    owner: String,
+    status: Arc<RebuildStatus>,
+    done: CancellationToken,
+    stop: CancellationToken,
+) -> bool {
+    let mut every = tokio::time::interval(BUILD_HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return false,
+            _ = stop.cancelled() => return false,
+            _ = every.tick() => {}
+        }
+        let beat = sqlx::query(section(SQL, "build_heartbeat"))
+            .bind(&projector)
+            .bind(&owner)
+            .bind(now_ms())
+            .bind(status.done())
+            .bind(status.total())
+            .bind(status.phase())
+            .execute(&db.writer)
+            .await;
+        match beat {
+            Ok(r) if r.rows_affected() == 0 && !done.is_cancelled() => return true,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, projector, "cannot record the build's heartbeat"),
+        }
+    }
+}
+
+/// Whether a build's owner was a process on this host that is gone (its
+/// build is taken over at once rather than after the heartbeat goes stale).
+fn owner_gone(owner: &str) -> bool {
+    let mut parts = owner.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    host == hostname()
+        && pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id()
+                && cfg!(target_os = "linux")
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A build row's progress in words, for tools.
+pub fn describe(row: &BuildRow) -> String {
+    format!(
+        "{} {}/{} events ({}), owner {}",
+        row.phase, row.done, row.total, row.versions, row.owner
+    )
+}
