@@ -70,7 +70,7 @@ pub fn secrets_in_flags(args: &[String]) -> Vec<String> {
             _ => continue,
         };
         warnings.push(format!(
-            "{flag} carries a secret on the command line, where any user of this machine              can read it (ps, /proc); use {safer}"
+            "{flag} carries a secret on the command line, where any user of this machine can read it (ps, /proc); use {safer}"
         ));
     }
     warnings

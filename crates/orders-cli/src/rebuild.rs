@@ -75,9 +75,15 @@ pub async fn run(args: RebuildArgs, config: &Config) -> anyhow::Result<()> {
             Some(k) if projector == PROJECTOR => HistoryOf::Topic(k.config()),
             Some(k) => HistoryOf::Topic(k.inventory().config()),
             None => {
-                let url = match projector {
-                    PROJECTOR => write_url.clone(),
-                    _ => config.inventory_url().0,
+                // The inventory's database, where derived from the write
+                // DB's, is made when missing, as `serve` makes it.
+                let (url, derived) = match projector {
+                    PROJECTOR => (write_url.clone(), false),
+                    _ => config.inventory_url(),
+                };
+                let options = DbOptions {
+                    create_missing: derived || options.create_missing,
+                    ..options.clone()
                 };
                 HistoryOf::Log(SqlEventStore::open(Db::connect(&url, &options).await?).await?)
             }

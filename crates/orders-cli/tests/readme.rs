@@ -230,3 +230,25 @@ async fn the_migration_commands_run_on_a_fresh_database() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebuild_commands_run_on_a_fresh_database() {
+    let blocks = blocks_after(
+        &doc("docs/operations.md"),
+        "\n## Rebuilds: versioned read models",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_support::fresh_postgres_url().await;
+    let (stdout, _) = run(&blocks[0], dir.path(), free_port(), &[("DB", &db)]).await;
+    assert!(stdout.contains("nothing to rebuild"), "{stdout}");
+    assert!(stdout.contains("events into order_stats v1"), "{stdout}");
+    assert!(
+        stdout.contains("events into order_details v1, customer_summary v1, order_stats v1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("events into inventory_stock v1"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("swapped in").count(), 3, "{stdout}");
+}
