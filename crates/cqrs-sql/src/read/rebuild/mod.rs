@@ -521,11 +521,12 @@ impl Rebuild {
         let all = tokio::task::spawn_blocking(move || finish_all(folds))
             .await
             .map_err(|e| RebuildError::Refused(format!("a fold panicked: {e}")))??;
-        // On a server, tables load side by side on half its cores (the
-        // other half serves); a file has one writer.
+        // On a server, tables load side by side, one per core (the rows
+        // are encoded at the lowest priority, so serving still comes
+        // first); a file has one writer.
         let side_by_side = match self.db.dialect.is_embedded() {
             true => 1,
-            false => (cores() / 2).max(1),
+            false => cores(),
         };
         let mut loads = futures::stream::iter(all.into_iter().map(|rows| {
             let db = self.db.clone();
