@@ -40,6 +40,7 @@ pub(crate) fn report(
             print_sweep(&r.backend, sweep);
         }
     }
+    println!("{}", targets_table(results, peer));
     println!(
         "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
         args.commands, args.concurrency
@@ -171,6 +172,69 @@ fn history_table(results: &[BackendResult]) -> comfy_table::Table {
                 format!("{:.0}", h.after.reads_per_sec),
             ]);
         }
+    }
+    t
+}
+
+/// Issue 22's targets, each with what this run measured and whether it is
+/// met (the rebuild's and the relay's are `orders-bench replay`'s).
+fn targets_table(
+    results: &[BackendResult],
+    peer: Option<&super::peer::Peer>,
+) -> comfy_table::Table {
+    let mut t = table(vec!["target", "backend", "measured", "wanted", "met"]);
+    let mut row = |what: &str, backend: &str, measured: String, wanted: &str, met: bool| {
+        t.add_row(vec![
+            what.to_owned(),
+            backend.to_owned(),
+            measured,
+            wanted.to_owned(),
+            if met { "yes" } else { "no" }.to_owned(),
+        ]);
+    };
+    for r in results {
+        let b = r.backend.as_str();
+        if let Some(select) = r.pgbench_select_tps {
+            let cached = r.cached_reads_per_sec / select;
+            row(
+                "GET /orders/{id} / pgbench select-only",
+                b,
+                format!(
+                    "{cached:.2}x (cached), {:.2}x (read DB)",
+                    r.reads_per_sec / select
+                ),
+                ">= 1.0x",
+                cached >= 1.0,
+            );
+        }
+        if let Some(insert) = r.pgbench_insert_tps {
+            let ratio = r.commands_per_sec / insert;
+            row(
+                "commands / pgbench one-row insert",
+                b,
+                format!("{ratio:.2}x"),
+                ">= 0.6x",
+                ratio >= 0.6,
+            );
+        }
+        if let Some(peer) = peer {
+            let ratio = r.create_pay_commands_per_sec / peer.commands_per_sec;
+            row(
+                "create then pay / cqrs-es",
+                b,
+                format!("{ratio:.2}x"),
+                ">= 3x",
+                ratio >= 3.0,
+            );
+        }
+        let (p50, p99) = (r.command_to_queryable_us.p50, r.command_to_queryable_us.p99);
+        row(
+            &format!("command -> queryable at {:.0}/s, saga on", r.offered_rate),
+            b,
+            format!("p50 {} ms, p99 {} ms", ms(p50), ms(p99)),
+            "p50 <= 5 ms, p99 <= 20 ms (through Kafka)",
+            p50 <= 5_000 && p99 <= 20_000,
+        );
     }
     t
 }
