@@ -65,6 +65,27 @@ pub async fn rebuild(
     }
 }
 
+/// The versions role of a process that projects `side`: settles the
+/// versions now (a read model newer than this build stops the start here)
+/// and answers the role that keeps them.
+pub async fn keeper(
+    read: &Db,
+    side: Side,
+    progress: &ReadProgress,
+    config: &crate::Config,
+    stop: CancellationToken,
+) -> Result<impl std::future::Future<Output = ()>, versions::VersionError> {
+    versions::reconcile(read, side.projector, &side.projections).await?;
+    Ok(keep_versions(
+        read.clone(),
+        side,
+        progress.clone(),
+        !config.no_auto_rebuild,
+        config.rebuild_grace,
+        stop,
+    ))
+}
+
 /// How long a process waits before it tries a failed build again.
 const RETRY: Duration = Duration::from_secs(30);
 

@@ -414,24 +414,17 @@ async fn start_read_side(
     )
     .await?;
     let progress = runner.progress();
-    // A read model newer than this build stops the start here.
-    cqrs_sql::read::versions::reconcile(read, side.name, &projections).await?;
     let history = match side.kafka {
         Some(k) => super::rebuilds::HistoryOf::Topic(k.config()),
         None => super::rebuilds::HistoryOf::Log(side.store.clone()),
     };
-    let keeper = super::rebuilds::keep_versions(
-        read.clone(),
-        super::rebuilds::Side {
-            projector: side.name,
-            projections,
-            history,
-        },
-        progress.clone(),
-        !config.no_auto_rebuild,
-        config.rebuild_grace,
-        roles.shutdown.clone(),
-    );
+    let (projector, stop) = (side.name, roles.shutdown.clone());
+    let own = super::rebuilds::Side {
+        projector,
+        projections,
+        history,
+    };
+    let keeper = super::rebuilds::keeper(read, own, &progress, config, stop).await?;
     roles.spawn_until_shutdown(side.versions_role, keeper);
     let shutdown = roles.shutdown.clone();
     match side.kafka {

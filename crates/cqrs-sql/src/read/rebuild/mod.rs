@@ -23,17 +23,23 @@
 //! started again by the next one to claim it, the live tables untouched.
 
 mod bulk;
+mod claim;
+mod fold;
 mod history;
 mod tables;
 
 pub use bulk::{copy_lines, BulkFold, BulkRows};
+pub use fold::lower_priority;
 pub use history::{events_to, reached, targets_of, History, LogHistory, Positions, WrongSource};
 pub use tables::{suffix, tag};
+
+use claim::{heartbeat, hostname};
+use fold::{cores, finish_all, fold_all, next_versions};
 
 use super::dead_letters;
 use super::sql::SQL;
 use super::tables::{checkpoint_rows, lock_out_projectors, next_seq, notify_progress};
-use super::versions::{self, now_ms, BuildRow, BUILD_HEARTBEAT};
+use super::versions::{now_ms, BuildRow};
 use super::{Projection, ProjectionError, ReadProgress, SourceError};
 use crate::db::{timestamp, Db};
 use crate::dialect::section;
@@ -274,64 +280,6 @@ impl Rebuild {
             }
         }
         result
-    }
-
-    /// Takes the build of this projector: where one exists whose owner is
-    /// gone, its tables are dropped first.
-    async fn claim(&self) -> Result<(), RebuildError> {
-        let previous = versions::build_of(&self.db, &self.projector).await?;
-        let now = now_ms();
-        if let Some(b) = &previous {
-            if b.is_alive(now) && b.owner != self.owner && !owner_gone(&b.owner) {
-                return Err(RebuildError::Busy {
-                    projector: self.projector.clone(),
-                    owner: b.owner.clone(),
-                    age_ms: now - b.heartbeat_ms,
-                });
-            }
-        }
-        let tables: Vec<String> = self.pairs.iter().flat_map(|(_, b)| b.tables()).collect();
-        let built: HashMap<&str, i64> = self
-            .pairs
-            .iter()
-            .map(|(p, _)| (p.name(), p.version()))
-            .collect();
-        let claimed = sqlx::query(section(SQL, "claim_build"))
-            .bind(&self.projector)
-            .bind(&self.owner)
-            .bind(serde_json::to_string(&built).map_err(|e| sqlx::Error::Encode(e.into()))?)
-            .bind(serde_json::to_string(&tables).map_err(|e| sqlx::Error::Encode(e.into()))?)
-            .bind(now)
-            .bind(previous.as_ref().map_or(-1, |b| b.heartbeat_ms))
-            .execute(&self.db.writer)
-            .await?;
-        if claimed.rows_affected() != 1 {
-            return Err(RebuildError::Busy {
-                projector: self.projector.clone(),
-                owner: "another process".into(),
-                age_ms: 0,
-            });
-        }
-        if let Some(b) = previous {
-            tracing::warn!(
-                projector = self.projector,
-                owner = b.owner,
-                phase = b.phase,
-                "a build whose owner stopped (heartbeat lost) is dropped and started again"
-            );
-            let old: Vec<String> = serde_json::from_str(&b.tables).unwrap_or_default();
-            let mut conn = self.db.writer.acquire().await?;
-            tables::drop_tables(&mut conn, &old).await?;
-        }
-        Ok(())
-    }
-
-    /// After a failure: the build's tables and its row go.
-    async fn abandon(&self) -> Result<(), sqlx::Error> {
-        let tables: Vec<String> = self.pairs.iter().flat_map(|(_, b)| b.tables()).collect();
-        let mut conn = self.db.writer.acquire().await?;
-        tables::drop_tables(&mut conn, &tables).await?;
-        end_build(&self.db, &self.projector, &self.owner).await
     }
 
     async fn build(
@@ -581,103 +529,6 @@ impl Rebuild {
     }
 }
 
-/// Folds one batch into every projection's fold, each on a thread of its own.
-fn fold_all(
-    mut folds: Vec<Box<dyn BulkFold>>,
-    batch: &[EventEnvelope],
-) -> Result<Vec<Box<dyn BulkFold>>, RebuildError> {
-    let refs: Vec<&EventEnvelope> = batch.iter().collect();
-    let results: Vec<Result<(), ProjectionError>> = std::thread::scope(|s| {
-        let running: Vec<_> = folds
-            .iter_mut()
-            .map(|f| {
-                let refs = &refs;
-                s.spawn(move || {
-                    lower_priority();
-                    f.fold(refs)
-                })
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(ProjectionError::Inconsistent("a fold panicked".into()))
-                })
-            })
-            .collect()
-    });
-    for r in results {
-        r?;
-    }
-    Ok(folds)
-}
-
-/// The cores this process may use.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Lowers the calling thread's CPU priority to the least (on Linux, nice
-/// 19 for this thread alone): a rebuild's threads take what the threads
-/// that serve leave. Best effort: where it cannot, the thread runs as is.
-pub fn lower_priority() {
-    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
-}
-
-/// Every fold's rows, the folds finished on threads of their own.
-fn finish_all(folds: Vec<Box<dyn BulkFold>>) -> Result<Vec<BulkRows>, RebuildError> {
-    let finished: Vec<Result<Vec<BulkRows>, ProjectionError>> = std::thread::scope(|s| {
-        let running: Vec<_> = folds
-            .into_iter()
-            .map(|f| {
-                s.spawn(move || {
-                    lower_priority();
-                    f.finish()
-                })
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(ProjectionError::Inconsistent("a fold panicked".into()))
-                })
-            })
-            .collect()
-    });
-    let mut all = Vec::new();
-    for f in finished {
-        all.extend(f?);
-    }
-    Ok(all)
-}
-
-/// Keeps the events that are the next version of their aggregate (drops
-/// the duplicates a topic may hold); a hole is an error.
-fn next_versions(
-    events: Vec<EventEnvelope>,
-    versions: &mut HashMap<String, i64>,
-) -> Result<Vec<EventEnvelope>, RebuildError> {
-    let mut new = Vec::with_capacity(events.len());
-    for e in events {
-        let cur = versions.get(&e.aggregate_id).copied().unwrap_or(0);
-        if e.version <= cur {
-            continue;
-        }
-        if e.version != cur + 1 {
-            return Err(RebuildError::Gap {
-                aggregate: e.aggregate_id,
-                from: cur,
-                to: e.version,
-            });
-        }
-        versions.insert(e.aggregate_id.clone(), e.version);
-        new.push(e);
-    }
-    Ok(new)
-}
-
 /// A rebuild would apply what the live model held back or skipped.
 async fn refuse_over_dead_letters(db: &Db, projector: &str) -> Result<(), RebuildError> {
     let all = dead_letters::list(db, projector, true).await?;
@@ -694,73 +545,6 @@ async fn refuse_over_dead_letters(db: &Db, projector: &str) -> Result<(), Rebuil
         )));
     }
     Ok(())
-}
-
-async fn end_build(db: &Db, projector: &str, owner: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(section(SQL, "end_build"))
-        .bind(projector)
-        .bind(owner)
-        .execute(&db.writer)
-        .await?;
-    Ok(())
-}
-
-/// Says the build is alive (with its progress) until `done`; answers
-/// whether the claim was lost (another process took the build over).
-async fn heartbeat(
-    db: Db,
-    projector: String,
-    owner: String,
-    status: Arc<RebuildStatus>,
-    done: CancellationToken,
-    stop: CancellationToken,
-) -> bool {
-    let mut every = tokio::time::interval(BUILD_HEARTBEAT);
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return false,
-            _ = stop.cancelled() => return false,
-            _ = every.tick() => {}
-        }
-        let beat = sqlx::query(section(SQL, "build_heartbeat"))
-            .bind(&projector)
-            .bind(&owner)
-            .bind(now_ms())
-            .bind(status.done())
-            .bind(status.total())
-            .bind(status.phase())
-            .execute(&db.writer)
-            .await;
-        match beat {
-            Ok(r) if r.rows_affected() == 0 && !done.is_cancelled() => return true,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, projector, "cannot record the build's heartbeat"),
-        }
-    }
-}
-
-/// Whether a build's owner was a process on this host that is gone (its
-/// build is taken over at once rather than after the heartbeat goes stale).
-fn owner_gone(owner: &str) -> bool {
-    let mut parts = owner.split(':');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    host == hostname()
-        && pid.parse::<u32>().is_ok_and(|pid| {
-            pid != std::process::id()
-                && cfg!(target_os = "linux")
-                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        })
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A build row's progress in words, for tools.
