@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod history;
+pub mod hops;
 pub mod kafka;
 pub mod load;
 pub mod peer;
@@ -78,6 +79,7 @@ async fn bench_one(
         let create_pay = peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
         caught_up(running).await?;
         let (lat, achieved) = latency(base, args.commands, args.rate).await?;
+        let hops = hops::of(base, &lat.command_ids).await?;
         let saga = saga::phases(running, base, args.commands, args.rate).await?;
         let ids = some_order_ids(running).await?;
         let (reads, reads_us) =
@@ -107,6 +109,7 @@ async fn bench_one(
             achieved_rate: achieved,
             command_us: (&lat.command).into(),
             command_to_queryable_us: (&lat.queryable).into(),
+            hops,
             errors: lat.errors,
             saga,
             sweep,

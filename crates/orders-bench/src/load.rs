@@ -93,6 +93,8 @@ pub(crate) struct Latencies {
     pub(crate) errors: usize,
     /// What the first failure was, to tell overload from a bug.
     pub(crate) first_error: Option<String>,
+    /// The commands that became queryable, for their traces.
+    pub(crate) command_ids: Vec<String>,
 }
 
 /// `n` creates offered at `rate`/s, each followed by its consistent read;
@@ -105,6 +107,7 @@ pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(
         queryable: hist()?,
         errors: 0,
         first_error: None,
+        command_ids: Vec::new(),
     }));
     let pb = bar(n, &format!("latency (open loop, {rate}/s)"));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -136,6 +139,7 @@ pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(
                     .context("no token")?;
                 let body: serde_json::Value = res.json().await?;
                 let id = body["order_id"].as_str().context("no order id")?;
+                let command = body["command_id"].as_str().unwrap_or_default().to_owned();
                 let q = http
                     .get(format!("{base}/orders/{id}?wait_ms=30000"))
                     .header("x-consistency-token", token)
@@ -144,12 +148,13 @@ pub(crate) async fn latency(base: &str, n: usize, rate: f64) -> anyhow::Result<(
                 if !q.status().is_success() {
                     bail!("query answered {}", q.status());
                 }
-                Ok::<_, anyhow::Error>((answered, tokio::time::Instant::now()))
+                Ok::<_, anyhow::Error>((answered, tokio::time::Instant::now(), command))
             }
             .await;
             if let Ok(mut l) = lat.lock() {
                 match r {
-                    Ok((answered, visible)) => {
+                    Ok((answered, visible, command)) => {
+                        l.command_ids.push(command);
                         let _ = l.command.record((answered - intended).as_micros() as u64);
                         let _ = l.queryable.record((visible - intended).as_micros() as u64);
                     }

@@ -40,6 +40,7 @@ pub(crate) fn report(
             print_sweep(&r.backend, sweep);
         }
     }
+    println!("{}", hops_table(results));
     println!("{}", targets_table(results, peer));
     println!(
         "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
@@ -170,6 +171,29 @@ fn history_table(results: &[BackendResult]) -> comfy_table::Table {
                 format!("{:.2}", h.read_p99_ratio),
                 format!("{:.0}", h.before.reads_per_sec),
                 format!("{:.0}", h.after.reads_per_sec),
+            ]);
+        }
+    }
+    t
+}
+
+/// Command -> queryable at the offered rate, stage by stage (from traces).
+fn hops_table(results: &[BackendResult]) -> comfy_table::Table {
+    let mut t = table(vec![
+        "backend",
+        "stage, after the commit",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+    ]);
+    for r in results {
+        for h in &r.hops {
+            t.add_row(vec![
+                r.backend.clone(),
+                h.stage.clone(),
+                ms(h.us.p50),
+                ms(h.us.p99),
+                ms(h.us.max),
             ]);
         }
     }

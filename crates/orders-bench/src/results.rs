@@ -32,6 +32,8 @@ pub struct BackendResult {
     pub(crate) achieved_rate: f64,
     pub(crate) command_us: Percentiles,
     pub(crate) command_to_queryable_us: Percentiles,
+    /// The same, hop by hop, from a sample of the commands' traces.
+    pub(crate) hops: Vec<super::hops::Hop>,
     pub(crate) errors: usize,
     /// Create -> stock reserved by the order saga, at the offered rate, on
     /// one SKU and spread over many.
