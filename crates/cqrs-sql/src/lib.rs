@@ -59,6 +59,7 @@
 //! ```
 
 pub mod batch;
+pub mod bulk;
 pub mod command;
 mod connect;
 pub mod db;

@@ -158,7 +158,7 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     fn bulk_load<'a>(
         &'a self,
         db: &'a crate::Db,
-        rows: std::sync::Arc<crate::read::rebuild::BulkRows>,
+        rows: std::sync::Arc<crate::bulk::BulkRows>,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     /// Connects to `url`: a pool for reads and one for writes.
     fn open<'a>(

@@ -63,17 +63,17 @@ impl Dialect for Postgres {
     fn bulk_load<'a>(
         &'a self,
         db: &'a crate::Db,
-        rows: std::sync::Arc<crate::read::rebuild::BulkRows>,
+        rows: std::sync::Arc<crate::bulk::BulkRows>,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
             // Encoding is CPU work: off the runtime's workers, which serve.
             let encoded = rows.clone();
             let chunks = tokio::task::spawn_blocking(move || {
-                crate::read::rebuild::lower_priority();
+                crate::bulk::lower_priority();
                 encoded
                     .rows
                     .chunks(10_000)
-                    .map(crate::read::rebuild::copy_lines)
+                    .map(crate::bulk::copy_lines)
                     .collect::<Vec<_>>()
             })
             .await

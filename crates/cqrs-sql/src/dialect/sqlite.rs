@@ -59,7 +59,7 @@ impl Dialect for Sqlite {
     fn bulk_load<'a>(
         &'a self,
         db: &'a crate::Db,
-        rows: std::sync::Arc<crate::read::rebuild::BulkRows>,
+        rows: std::sync::Arc<crate::bulk::BulkRows>,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
             use crate::batch::Val;

@@ -1,6 +1,7 @@
 //! The fold's work on threads of its own, at the lowest CPU priority.
 
 use super::{BulkFold, BulkRows, RebuildError};
+use crate::bulk::lower_priority;
 use crate::read::ProjectionError;
 use cqrs_core::EventEnvelope;
 use std::collections::HashMap;
@@ -40,13 +41,6 @@ pub(super) fn fold_all(
 /// The cores this process may use.
 pub(super) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Lowers the calling thread's CPU priority to the least (on Linux, nice
-/// 19 for this thread alone): a rebuild's threads take what the threads
-/// that serve leave. Best effort: where it cannot, the thread runs as is.
-pub fn lower_priority() {
-    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
 }
 
 /// Every fold's rows, the folds finished on threads of their own.

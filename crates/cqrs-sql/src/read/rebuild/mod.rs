@@ -28,8 +28,8 @@ mod fold;
 mod history;
 mod tables;
 
+pub use crate::bulk::lower_priority;
 pub use bulk::{copy_lines, BulkFold, BulkRows};
-pub use fold::lower_priority;
 pub use history::{events_to, reached, targets_of, History, LogHistory, Positions, WrongSource};
 pub use tables::{suffix, tag};
 
