@@ -103,6 +103,7 @@ pub async fn keep_versions(
     grace: Duration,
     stop: CancellationToken,
 ) {
+    let mut told = false;
     loop {
         let stale = match versions::reconcile(&read, side.projector, &side.projections).await {
             Ok(s) => s,
@@ -112,6 +113,19 @@ pub async fn keep_versions(
             }
         };
         let mut next = JANITOR;
+        if !auto && !stale.is_empty() && !told {
+            told = true;
+            for s in &stale {
+                tracing::warn!(
+                    projector = side.projector,
+                    projection = s.projection,
+                    live = s.live,
+                    code = s.code,
+                    "a read model holds an older version than this build declares \
+                    (--no-auto-rebuild): run `orders rebuild` to build it"
+                );
+            }
+        }
         if auto && !stale.is_empty() {
             let names: Vec<&str> = stale.iter().map(|s| s.projection).collect();
             let chosen: Vec<Arc<dyn Projection>> = side
