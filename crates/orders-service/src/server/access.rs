@@ -416,6 +416,45 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+impl Access {
+    /// How callers are checked: the token verifier (its JWKS file read now,
+    /// so that a bad one stops the start), and with a key set, the role that
+    /// reads the file again when it changes or on SIGHUP.
+    pub fn open(
+        config: &crate::Config,
+    ) -> anyhow::Result<(
+        Access,
+        Option<impl std::future::Future<Output = ()> + Send + 'static>,
+    )> {
+        use anyhow::Context;
+        let metrics_public = config.metrics_public;
+        let Some(options) = &config.jwt else {
+            let access = Access {
+                metrics_public,
+                ..Access::default()
+            };
+            return Ok((access, None));
+        };
+        let verifier = JwtVerifier::new(options.clone()).context("cannot set up token checks")?;
+        let tickets = match &config.stream_ticket_secret {
+            Some(secret) => TicketKeys::from_secret(secret),
+            None => TicketKeys::random()?,
+        };
+        let verifier = Arc::new(verifier);
+        let watcher = options.jwks.is_some().then(|| {
+            let watched = verifier.clone();
+            async move { watched.watch(Duration::from_secs(2)).await }
+        });
+        let access = Access {
+            verifier: Some(verifier),
+            tickets: Some(Arc::new(tickets)),
+            leeway: options.leeway,
+            metrics_public,
+        };
+        Ok((access, watcher))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

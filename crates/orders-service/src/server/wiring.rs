@@ -9,8 +9,6 @@ use crate::config::{
     Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS,
 };
 use anyhow::Context;
-use cqrs_http::auth::JwtVerifier;
-use cqrs_http::ticket::TicketKeys;
 use cqrs_kafka::{KafkaSource, Relay, RelayConfig, SourceConfig};
 use cqrs_sql::{
     Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
@@ -163,7 +161,10 @@ impl Running {
         }
         follow_progress(&mut roles, &inventory_progress, &read);
         follow_progress(&mut roles, &progress, &read);
-        let access = open_access(config, &mut roles)?;
+        let (access, key_watcher) = Access::open(config)?;
+        if let Some(watcher) = key_watcher {
+            roles.spawn_until_shutdown("key set watcher", watcher);
+        }
         super::observe::install();
         let (closing, closing_rx) = watch::channel(false);
         let (live, live_sources) =
@@ -506,37 +507,6 @@ async fn start_saga(
         }
     }
     Ok(())
-}
-
-/// How callers are checked: the token verifier (its JWKS file read now, so
-/// that a bad one stops the start) and, with a key set, a role that reads
-/// the file again when it changes or on SIGHUP.
-fn open_access(config: &Config, roles: &mut Roles) -> anyhow::Result<Access> {
-    let metrics_public = config.metrics_public;
-    let Some(options) = &config.jwt else {
-        return Ok(Access {
-            metrics_public,
-            ..Access::default()
-        });
-    };
-    let verifier = JwtVerifier::new(options.clone()).context("cannot set up token checks")?;
-    let tickets = match &config.stream_ticket_secret {
-        Some(secret) => TicketKeys::from_secret(secret),
-        None => TicketKeys::random()?,
-    };
-    let verifier = Arc::new(verifier);
-    if options.jwks.is_some() {
-        let watched = verifier.clone();
-        roles.spawn_until_shutdown("key set watcher", async move {
-            watched.watch(Duration::from_secs(2)).await
-        });
-    }
-    Ok(Access {
-        verifier: Some(verifier),
-        tickets: Some(Arc::new(tickets)),
-        leeway: options.leeway,
-        metrics_public,
-    })
 }
 
 /// Other processes move the read model too (projectors owning other
