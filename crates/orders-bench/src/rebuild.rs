@@ -58,22 +58,7 @@ pub async fn while_serving(
     config.roles = vec![Role::Api];
     config.read_cache_bytes = 0;
     let served = Served::start(&config).await?;
-    let http = reqwest::Client::new();
-    let mut expected = HashMap::new();
-    for id in &ids {
-        let res = http
-            .get(format!("{}/orders/{id}", served.base))
-            .send()
-            .await?;
-        if res.status() != 200 {
-            bail!(
-                "GET /orders/{id} answered {} before the rebuild",
-                res.status()
-            );
-        }
-        expected.insert(id.clone(), res.bytes().await?.to_vec());
-    }
-    let expected = Arc::new(expected);
+    let expected = Arc::new(answers(&served.base, &ids).await?);
     let ids = Arc::new(ids);
     let idle = reads(&served.base, &ids, &expected, idle_until(idle_secs)).await?;
     let done = Arc::new(AtomicBool::new(false));
@@ -124,6 +109,23 @@ pub async fn while_serving(
         failed: during.failed,
         wrong: during.wrong,
     })
+}
+
+/// What the instance answers for each of `ids` before the rebuild.
+async fn answers(base: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+    let http = reqwest::Client::new();
+    let mut expected = HashMap::new();
+    for id in ids {
+        let res = http.get(format!("{base}/orders/{id}")).send().await?;
+        if res.status() != 200 {
+            bail!(
+                "GET /orders/{id} answered {} before the rebuild",
+                res.status()
+            );
+        }
+        expected.insert(id.clone(), res.bytes().await?.to_vec());
+    }
+    Ok(expected)
 }
 
 /// Reads measured in one phase.

@@ -112,71 +112,103 @@ pub async fn keep_versions(
                 Vec::new()
             }
         };
-        let mut next = JANITOR;
-        if !auto && !stale.is_empty() && !told {
-            told = true;
-            for s in &stale {
-                tracing::warn!(
-                    projector = side.projector,
-                    projection = s.projection,
-                    live = s.live,
-                    code = s.code,
-                    "a read model holds an older version than this build declares \
-                    (--no-auto-rebuild): run `orders rebuild` to build it"
-                );
-            }
-        }
-        if auto && !stale.is_empty() {
-            let names: Vec<&str> = stale.iter().map(|s| s.projection).collect();
-            let chosen: Vec<Arc<dyn Projection>> = side
-                .projections
-                .iter()
-                .filter(|p| names.contains(&p.name()))
-                .cloned()
-                .collect();
-            tracing::info!(projector = side.projector, projections = ?names,
-                "a read model's version changed: building it beside the live one");
-            let built = rebuild(
-                &read,
-                &side,
-                &chosen,
-                cqrs_sql::read::rebuild::DEFAULT_BATCH,
-                Some(progress.clone()),
-                stop.child_token(),
-                |_| {},
-            )
-            .await;
-            match built {
-                Ok(r) => tracing::info!(projector = side.projector, events = r.events,
-                    secs = r.secs, cutover_ms = r.cutover_secs * 1e3, swapped = ?r.swapped,
-                    "rebuilt and swapped in"),
-                Err(RebuildError::Cancelled) => return,
-                Err(RebuildError::Busy { owner, .. }) => {
-                    tracing::info!(
-                        projector = side.projector,
-                        owner,
-                        "another process builds it"
-                    );
-                    next = Duration::from_secs(5);
+        let next = match (auto, stale.is_empty()) {
+            (_, true) => JANITOR,
+            (false, false) => {
+                if !std::mem::replace(&mut told, true) {
+                    warn_waiting(side.projector, &stale);
                 }
-                Err(e) => {
-                    tracing::error!(projector = side.projector, error = %e, "the rebuild failed; the live read model keeps serving");
-                    next = RETRY;
-                }
+                JANITOR
             }
-        }
-        match versions::drop_retired(&read, side.projector, &side.projections, grace).await {
-            Ok(d) if !d.is_empty() => {
-                tracing::info!(projector = side.projector, projections = ?d, "retired tables dropped")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(projector = side.projector, error = %e, "cannot drop retired tables")
-            }
-        }
+            (true, false) => match build_stale(&read, &side, &stale, &progress, &stop).await {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        drop_retired(&read, &side, grace).await;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+/// With `--no-auto-rebuild`: which read models wait for `orders rebuild`.
+fn warn_waiting(projector: &str, stale: &[versions::Stale]) {
+    for s in stale {
+        tracing::warn!(
+            projector,
+            projection = s.projection,
+            live = s.live,
+            code = s.code,
+            "a read model holds an older version than this build declares \
+            (--no-auto-rebuild): run `orders rebuild` to build it"
+        );
+    }
+}
+
+/// Builds the stale read models of `side`; answers when to look again
+/// (None: the process is stopping).
+async fn build_stale(
+    read: &Db,
+    side: &Side,
+    stale: &[versions::Stale],
+    progress: &ReadProgress,
+    stop: &CancellationToken,
+) -> Option<Duration> {
+    let names: Vec<&str> = stale.iter().map(|s| s.projection).collect();
+    let chosen: Vec<Arc<dyn Projection>> = side
+        .projections
+        .iter()
+        .filter(|p| names.contains(&p.name()))
+        .cloned()
+        .collect();
+    tracing::info!(projector = side.projector, projections = ?names,
+        "a read model's version changed: building it beside the live one");
+    let batch = cqrs_sql::read::rebuild::DEFAULT_BATCH;
+    let stop = stop.child_token();
+    match rebuild(
+        read,
+        side,
+        &chosen,
+        batch,
+        Some(progress.clone()),
+        stop,
+        |_| {},
+    )
+    .await
+    {
+        Ok(r) => {
+            tracing::info!(projector = side.projector, events = r.events, secs = r.secs,
+                cutover_ms = r.cutover_secs * 1e3, swapped = ?r.swapped, "rebuilt and swapped in");
+            Some(JANITOR)
+        }
+        Err(RebuildError::Cancelled) => None,
+        Err(RebuildError::Busy { owner, .. }) => {
+            tracing::info!(
+                projector = side.projector,
+                owner,
+                "another process builds it"
+            );
+            Some(Duration::from_secs(5))
+        }
+        Err(e) => {
+            tracing::error!(projector = side.projector, error = %e,
+                "the rebuild failed; the live read model keeps serving");
+            Some(RETRY)
+        }
+    }
+}
+
+/// Drops `side`'s retired tables whose grace has passed.
+async fn drop_retired(read: &Db, side: &Side, grace: Duration) {
+    match versions::drop_retired(read, side.projector, &side.projections, grace).await {
+        Ok(d) if !d.is_empty() => {
+            tracing::info!(projector = side.projector, projections = ?d, "retired tables dropped")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(projector = side.projector, error = %e, "cannot drop retired tables")
         }
     }
 }

@@ -6,20 +6,20 @@ use crate::read::ProjectionError;
 use cqrs_core::EventEnvelope;
 use std::collections::HashMap;
 
-/// Folds one batch into every projection's fold, each on a thread of its own.
-pub(super) fn fold_all(
-    mut folds: Vec<Box<dyn BulkFold>>,
-    batch: &[EventEnvelope],
-) -> Result<Vec<Box<dyn BulkFold>>, RebuildError> {
-    let refs: Vec<&EventEnvelope> = batch.iter().collect();
-    let results: Vec<Result<(), ProjectionError>> = std::thread::scope(|s| {
-        let running: Vec<_> = folds
-            .iter_mut()
-            .map(|f| {
-                let refs = &refs;
+/// `work` on each item, each on a thread of its own at the lowest
+/// priority; the results in the items' order (a panic is an error).
+fn on_threads<I: Send, R: Send>(
+    items: impl IntoIterator<Item = I>,
+    work: impl Fn(I) -> Result<R, ProjectionError> + Sync,
+) -> Result<Vec<R>, RebuildError> {
+    let work = &work;
+    let results: Vec<Result<R, ProjectionError>> = std::thread::scope(|s| {
+        let running: Vec<_> = items
+            .into_iter()
+            .map(|item| {
                 s.spawn(move || {
                     lower_priority();
-                    f.fold(refs)
+                    work(item)
                 })
             })
             .collect();
@@ -32,9 +32,19 @@ pub(super) fn fold_all(
             })
             .collect()
     });
-    for r in results {
-        r?;
-    }
+    results
+        .into_iter()
+        .map(|r| r.map_err(RebuildError::from))
+        .collect()
+}
+
+/// Folds one batch into every projection's fold, each on a thread of its own.
+pub(super) fn fold_all(
+    mut folds: Vec<Box<dyn BulkFold>>,
+    batch: &[EventEnvelope],
+) -> Result<Vec<Box<dyn BulkFold>>, RebuildError> {
+    let refs: Vec<&EventEnvelope> = batch.iter().collect();
+    on_threads(folds.iter_mut(), |f| f.fold(&refs))?;
     Ok(folds)
 }
 
@@ -45,30 +55,10 @@ pub(super) fn cores() -> usize {
 
 /// Every fold's rows, the folds finished on threads of their own.
 pub(super) fn finish_all(folds: Vec<Box<dyn BulkFold>>) -> Result<Vec<BulkRows>, RebuildError> {
-    let finished: Vec<Result<Vec<BulkRows>, ProjectionError>> = std::thread::scope(|s| {
-        let running: Vec<_> = folds
-            .into_iter()
-            .map(|f| {
-                s.spawn(move || {
-                    lower_priority();
-                    f.finish()
-                })
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(ProjectionError::Inconsistent("a fold panicked".into()))
-                })
-            })
-            .collect()
-    });
-    let mut all = Vec::new();
-    for f in finished {
-        all.extend(f?);
-    }
-    Ok(all)
+    Ok(on_threads(folds, |f| f.finish())?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// Keeps the events that are the next version of their aggregate (drops

@@ -166,6 +166,14 @@ pub struct RebuildReport {
     pub bulk: bool,
 }
 
+/// Where the build has read to: per source key, and per aggregate (the
+/// versions that drop the duplicates a topic may hold).
+#[derive(Default)]
+struct Reading {
+    positions: Positions,
+    versions: HashMap<String, i64>,
+}
+
 /// Where the fold's time went.
 #[derive(Default)]
 struct Timing {
@@ -288,88 +296,117 @@ impl Rebuild {
         stop: &CancellationToken,
     ) -> Result<RebuildReport, RebuildError> {
         let started = Instant::now();
-        let dialect = self.db.dialect;
-        {
-            let mut conn = self.db.writer.acquire().await?;
-            for (p, b) in &self.pairs {
-                tables::create(&mut conn, dialect, &**b, &tag(p.version())).await?;
-            }
-        }
-        let mut positions = Positions::new();
-        let mut versions: HashMap<String, i64> = HashMap::new();
+        self.for_each_build(false).await?;
+        let mut at = Reading::default();
         let targets = self.live_targets(&history).await?;
         self.status
             .total
             .store(events_to(&targets), Ordering::Relaxed);
+        let (folded, bulk, timing) = self.fold(&mut history, &mut at, &targets, stop).await?;
+        let fold_secs = started.elapsed().as_secs_f64();
+        self.status.set_phase("indexing");
+        self.for_each_build(true).await?;
+        let caught_up = self.catch_up(&mut history, &mut at, stop).await?;
+        let cutover = Instant::now();
+        let (tail, swapped) = self.cut_over(&mut history, &mut at).await?;
+        Ok(RebuildReport {
+            events: folded + caught_up + tail,
+            folded,
+            secs: started.elapsed().as_secs_f64(),
+            fold_secs,
+            read_secs: timing.read,
+            write_secs: timing.write,
+            cutover_secs: cutover.elapsed().as_secs_f64(),
+            swapped,
+            bulk,
+        })
+    }
 
-        // 1. Fold.
+    /// Makes every build's tables (`index` false), or their indexes, on
+    /// one writer connection.
+    async fn for_each_build(&self, index: bool) -> Result<(), RebuildError> {
+        let mut conn = self.db.writer.acquire().await?;
+        for (p, b) in &self.pairs {
+            let (dialect, tag) = (self.db.dialect, tag(p.version()));
+            match index {
+                false => tables::create(&mut conn, dialect, &**b, &tag).await?,
+                true => tables::index(&mut conn, dialect, &**b, &tag).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 1, the fold: everything the live projector had applied when the build began:
+    /// folded in memory and bulk-loaded where every projection can, else
+    /// applied in batches. Answers (events read, bulk or not, timing).
+    async fn fold(
+        &self,
+        history: &mut impl History,
+        at: &mut Reading,
+        targets: &Positions,
+        stop: &CancellationToken,
+    ) -> Result<(u64, bool, Timing), RebuildError> {
         self.status.set_phase("folding");
         let folds: Option<Vec<Box<dyn BulkFold>>> = match self.bulk {
             true => self.pairs.iter().map(|(_, b)| b.bulk()).collect(),
             false => None,
         };
-        let bulk = folds.is_some();
         let mut timing = Timing::default();
-        let folded = match folds {
-            Some(folds) => {
-                self.fold_in_memory(
-                    &mut history,
-                    folds,
-                    &mut positions,
-                    &targets,
-                    &mut versions,
-                    stop,
-                    &mut timing,
-                )
-                .await?
-            }
-            None => {
-                self.apply_until(&mut history, &mut positions, &targets, &mut versions, stop)
-                    .await?
-            }
+        let Some(folds) = folds else {
+            let read = self.apply_until(history, at, targets, stop).await?;
+            return Ok((read, false, timing));
         };
-        let fold_secs = started.elapsed().as_secs_f64();
+        let read = self
+            .fold_in_memory(history, folds, at, targets, stop, &mut timing)
+            .await?;
+        Ok((read, true, timing))
+    }
 
-        // 2. Index.
-        self.status.set_phase("indexing");
-        {
-            let mut conn = self.db.writer.acquire().await?;
-            for (p, b) in &self.pairs {
-                tables::index(&mut conn, dialect, &**b, &tag(p.version())).await?;
-            }
-        }
-
-        // 3. Catch up.
+    /// Step 3: rounds of batches up to the live checkpoints, until a round is small.
+    async fn catch_up(
+        &self,
+        history: &mut impl History,
+        at: &mut Reading,
+        stop: &CancellationToken,
+    ) -> Result<u64, RebuildError> {
         self.status.set_phase("catching up");
-        let mut events = folded;
+        let mut events = 0;
         loop {
-            let targets = self.live_targets(&history).await?;
+            let targets = self.live_targets(history).await?;
             self.status
                 .total
                 .store(events_to(&targets), Ordering::Relaxed);
-            let n = self
-                .apply_until(&mut history, &mut positions, &targets, &mut versions, stop)
-                .await?;
+            let n = self.apply_until(history, at, &targets, stop).await?;
             events += n;
             if n <= SMALL_REST {
-                break;
+                return Ok(events);
             }
         }
+    }
 
-        // 4. Cut over.
+    /// Step 4, the cutover, in one transaction: the live projectors held back, the rest applied
+    /// up to exactly their checkpoints, the tables swapped, the versions and
+    /// the cutover's mark recorded. Answers (events read, swapped versions).
+    async fn cut_over(
+        &self,
+        history: &mut impl History,
+        at: &mut Reading,
+    ) -> Result<(u64, Vec<(&'static str, i64)>), RebuildError> {
         self.status.set_phase("cutting over");
-        let cutover = Instant::now();
+        let dialect = self.db.dialect;
         let mut tx = self.db.writer.begin().await?;
         let rows = lock_out_projectors(&mut tx, &self.projector).await?;
-        let targets = targets_of(&rows, &history)?;
+        let targets = targets_of(&rows, history)?;
         let mut tail = Vec::new();
-        while !reached(&positions, &targets) {
-            let got = history.read(&mut positions, &targets, usize::MAX).await?;
+        while !reached(&at.positions, &targets) {
+            let got = history
+                .read(&mut at.positions, &targets, usize::MAX)
+                .await?;
             self.status.add(got.len());
-            events += got.len() as u64;
             tail.extend(got);
         }
-        let new = next_versions(tail, &mut versions)?;
+        let read = tail.len() as u64;
+        let new = next_versions(tail, &mut at.versions)?;
         self.apply_built(&mut tx, &new).await?;
         let now = now_ms();
         let mut swapped = Vec::new();
@@ -398,21 +435,10 @@ impl Rebuild {
             .await?;
         notify_progress(&mut tx, dialect).await?;
         tx.commit().await?;
-        let cutover_secs = cutover.elapsed().as_secs_f64();
         if let Some(progress) = &self.progress {
             progress.forget_all();
         }
-        Ok(RebuildReport {
-            events,
-            folded,
-            secs: started.elapsed().as_secs_f64(),
-            fold_secs,
-            read_secs: timing.read,
-            write_secs: timing.write,
-            cutover_secs,
-            swapped,
-            bulk,
-        })
+        Ok((read, swapped))
     }
 
     /// The live projector's checkpoints on `history`'s streams.
@@ -422,14 +448,12 @@ impl Rebuild {
     }
 
     /// Reads to `targets` folding in memory, then writes every table once.
-    #[allow(clippy::too_many_arguments)]
     async fn fold_in_memory(
         &self,
         history: &mut impl History,
         mut folds: Vec<Box<dyn BulkFold>>,
-        positions: &mut Positions,
+        at: &mut Reading,
         targets: &Positions,
-        versions: &mut HashMap<String, i64>,
         stop: &CancellationToken,
         timing: &mut Timing,
     ) -> Result<u64, RebuildError> {
@@ -438,16 +462,16 @@ impl Rebuild {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<EventEnvelope>>(2);
         let reader = async {
             let mut read = 0u64;
-            while !reached(positions, targets) {
+            while !reached(&at.positions, targets) {
                 if stop.is_cancelled() {
                     return Err(RebuildError::Cancelled);
                 }
                 let t = Instant::now();
-                let got = history.read(positions, targets, self.batch).await?;
+                let got = history.read(&mut at.positions, targets, self.batch).await?;
                 timing.read += t.elapsed().as_secs_f64();
                 read += got.len() as u64;
                 self.status.add(got.len());
-                let new = next_versions(got, versions)?;
+                let new = next_versions(got, &mut at.versions)?;
                 if tx.send(new).await.is_err() {
                     break;
                 }
@@ -492,20 +516,19 @@ impl Rebuild {
     async fn apply_until(
         &self,
         history: &mut impl History,
-        positions: &mut Positions,
+        at: &mut Reading,
         targets: &Positions,
-        versions: &mut HashMap<String, i64>,
         stop: &CancellationToken,
     ) -> Result<u64, RebuildError> {
         let mut read = 0u64;
-        while !reached(positions, targets) {
+        while !reached(&at.positions, targets) {
             if stop.is_cancelled() {
                 return Err(RebuildError::Cancelled);
             }
-            let got = history.read(positions, targets, self.batch).await?;
+            let got = history.read(&mut at.positions, targets, self.batch).await?;
             read += got.len() as u64;
             self.status.add(got.len());
-            let new = next_versions(got, versions)?;
+            let new = next_versions(got, &mut at.versions)?;
             let mut tx = self.db.writer.begin().await?;
             self.apply_built(&mut tx, &new).await?;
             tx.commit().await?;
