@@ -67,3 +67,21 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicsReady, KafkaErr
     })
     .await?
 }
+
+/// The end (high watermark: the next offset) of each of `topic`'s
+/// `partitions`, as positions keyed like a projector's checkpoints.
+/// Blocking: call it off the runtime's workers.
+pub fn ends<C: rdkafka::consumer::ConsumerContext>(
+    client: &impl Consumer<C>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<cqrs_sql::read::rebuild::Positions, cqrs_sql::read::SourceError> {
+    let mut out = cqrs_sql::read::rebuild::Positions::new();
+    for p in partitions {
+        let (_, high) = client
+            .fetch_watermarks(topic, *p, METADATA_WAIT)
+            .map_err(|e| cqrs_sql::read::SourceError::broker("reading the topic's ends", e))?;
+        out.insert(cqrs_sql::read::SourceKey::partition(topic, *p), high);
+    }
+    Ok(out)
+}

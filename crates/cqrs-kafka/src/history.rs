@@ -32,6 +32,12 @@ const QUEUED: usize = 64;
 /// The events topic from its first record.
 pub struct TopicHistory {
     topic: String,
+    /// Until the readers start: what they read with and hand over to.
+    kafka: Option<(KafkaConfig, Sender<Chunk>)>,
+    partitions: Vec<i32>,
+    /// Asks the brokers for the partitions' ends.
+    probe: Arc<BaseConsumer>,
+    passed_over: u64,
     pending: HashMap<i32, VecDeque<Held>>,
     chunks: Receiver<Chunk>,
     stop: Arc<AtomicBool>,
@@ -40,9 +46,10 @@ pub struct TopicHistory {
 impl TopicHistory {
     /// A reader of `kafka`'s topic from the beginning of every partition.
     pub async fn open(kafka: &KafkaConfig) -> Result<Self, SourceError> {
-        let probe = consumer(kafka)?;
-        let topic = kafka.topic.clone();
+        let probe = Arc::new(consumer(kafka)?);
+        let (topic, asker) = (kafka.topic.clone(), probe.clone());
         let partitions = tokio::task::spawn_blocking(move || {
+            let probe = asker;
             let meta = probe.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
             Ok::<_, rdkafka::error::KafkaError>(
                 meta.topics()
@@ -55,19 +62,37 @@ impl TopicHistory {
         .await
         .map_err(|e| SourceError::broker("reading the topic's partitions", e))?
         .map_err(|e| SourceError::broker("reading the topic's partitions", e))?;
+        let (tx, chunks) = channel(QUEUED);
+        Ok(Self {
+            topic: kafka.topic.clone(),
+            kafka: Some((kafka.clone(), tx)),
+            partitions,
+            probe,
+            passed_over: 0,
+            pending: HashMap::new(),
+            chunks,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Starts the reader threads, on the first read (a history opened only
+    /// for its heads reads nothing).
+    fn start_readers(&mut self) -> Result<(), SourceError> {
+        let Some((kafka, tx)) = self.kafka.take() else {
+            return Ok(());
+        };
+        let partitions = &self.partitions;
         let threads = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 4)
             .min(partitions.len().max(1));
-        let (tx, chunks) = channel(QUEUED);
-        let stop = Arc::new(AtomicBool::new(false));
         for i in 0..threads {
             let mine: Vec<i32> = partitions
                 .iter()
                 .copied()
                 .filter(|p| (*p as usize) % threads == i)
                 .collect();
-            let c = consumer(kafka)?;
+            let c = consumer(&kafka)?;
             let mut tpl = TopicPartitionList::new();
             for p in &mine {
                 tpl.add_partition_offset(&kafka.topic, *p, Offset::Beginning)
@@ -75,19 +100,14 @@ impl TopicHistory {
             }
             c.assign(&tpl)
                 .map_err(|e| SourceError::broker("assigning the partitions", e))?;
-            let (tx, stop) = (tx.clone(), stop.clone());
+            let (tx, stop) = (tx.clone(), self.stop.clone());
             // Detached: it ends once stopped or once the queue is closed.
             std::thread::Builder::new()
                 .name(format!("rebuild-read-{i}"))
                 .spawn(move || read_partitions(c, tx, stop))
                 .map_err(|e| SourceError::broker("starting a reader thread", e))?;
         }
-        Ok(Self {
-            topic: kafka.topic.clone(),
-            pending: HashMap::new(),
-            chunks,
-            stop,
-        })
+        Ok(())
     }
 
     /// Takes the held records below their partition's target, moving
@@ -111,8 +131,9 @@ impl TopicHistory {
                     break;
                 }
                 positions.insert(key.clone(), offset + 1);
-                if let Ok(e) = event {
-                    out.push(e);
+                match event {
+                    Ok(e) => out.push(e),
+                    Err(_) => self.passed_over += 1,
                 }
             }
         }
@@ -214,7 +235,23 @@ impl History for TopicHistory {
             if !out.is_empty() || reached(positions, targets) {
                 return Ok(out);
             }
+            self.start_readers()?;
             self.take_queued(max.clamp(1, 100_000)).await?;
         }
+    }
+
+    async fn heads(&mut self) -> Result<Positions, SourceError> {
+        let (probe, topic, partitions) = (
+            self.probe.clone(),
+            self.topic.clone(),
+            self.partitions.clone(),
+        );
+        tokio::task::spawn_blocking(move || crate::admin::ends(&*probe, &topic, &partitions))
+            .await
+            .map_err(|e| SourceError::broker("reading the topic's ends", e))?
+    }
+
+    fn passed_over(&self) -> u64 {
+        self.passed_over
     }
 }

@@ -218,6 +218,14 @@ fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: SourceKey) -> Sour
 }
 
 impl EventSource for KafkaSource {
+    type History = crate::history::TopicHistory;
+
+    async fn history(&self) -> Result<Option<Self::History>, SourceError> {
+        crate::history::TopicHistory::open(&self.config.kafka)
+            .await
+            .map(Some)
+    }
+
     async fn resume(&mut self, _checkpoints: &HashMap<SourceKey, i64>) -> Result<(), SourceError> {
         // Checkpoints are read per partition at assignment time (seek_fresh).
         self.consumer()?

@@ -241,3 +241,14 @@ DELETE FROM read_model_builds WHERE projector = $1 AND owner = $2
 INSERT INTO projected_versions (projector, aggregate_id, version, position, published_as, consumed_at, applied_at, seq)
 VALUES ($1, '#cutover', 0, 0, '', $2, $2, $3)
 ON CONFLICT (projector, aggregate_id) DO UPDATE SET seq = excluded.seq, applied_at = excluded.applied_at
+
+-- A catch-up to the head swaps in every aggregate's version its build
+-- applied, staged in {build}: $1 projector, $2 published as, $3 now,
+-- $4 seq. Under the cutover's lock the build is at or past every live
+-- version, so each row only moves forward.
+-- name: versions_from_build
+INSERT INTO projected_versions (projector, aggregate_id, version, position, published_as, consumed_at, applied_at, seq)
+SELECT $1, b.aggregate_id, b.version, 0, $2, $3, $3, $4 FROM {build} AS b WHERE true
+ON CONFLICT (projector, aggregate_id) DO UPDATE SET version = excluded.version, position = excluded.position,
+published_as = excluded.published_as, consumed_at = excluded.consumed_at, applied_at = excluded.applied_at,
+seq = excluded.seq

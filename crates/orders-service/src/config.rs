@@ -141,6 +141,12 @@ pub struct Config {
     /// the live ones at start.
     #[arg(long, env = "ORDERS_NO_AUTO_REBUILD")]
     pub no_auto_rebuild: bool,
+    /// Events behind at which a starting projector catches up in bulk
+    /// (its read models built to the head beside the live ones, then
+    /// swapped in) rather than in batches; 0: never.
+    #[arg(long = "bulk-catch-up-from", env = "ORDERS_BULK_CATCH_UP_FROM", default_value = "100000",
+          value_name = "EVENTS")]
+    pub bulk_catch_up_from: u64,
     /// Bearer-token checks; authentication is off when absent (`serve`
     /// sets it from its own flags).
     #[arg(skip)]
@@ -464,6 +470,7 @@ mod tests {
         assert_eq!(c.saga_concurrency, defaults::SAGA_CONCURRENCY);
         assert_eq!(c.trace_retention, Duration::from_secs(86_400));
         assert_eq!(c.projector_delay, Duration::ZERO);
+        assert_eq!(c.bulk_catch_up_from, cqrs_sql::read::runner::BULK_FROM);
         assert!(c.kafka.is_none() && c.roles.is_empty() && c.jwt.is_none());
         assert!(!c.no_migrate && !c.create_database && c.database_url.is_none());
         let k = KafkaOptions::new("-b:9092");

@@ -1,5 +1,6 @@
 //! The embedded event source: tails the write store's log.
 
+use super::rebuild::LogHistory;
 use super::{EventSource, SourceError, SourceKey, SourcedEvent};
 use crate::store::EventStore;
 use std::collections::HashMap;
@@ -28,7 +29,13 @@ impl<S: EventStore> LogSource<S> {
     }
 }
 
-impl<S: EventStore> EventSource for LogSource<S> {
+impl<S: EventStore + Clone> EventSource for LogSource<S> {
+    type History = LogHistory<S>;
+
+    async fn history(&self) -> Result<Option<LogHistory<S>>, SourceError> {
+        Ok(Some(LogHistory::new(self.store.clone())))
+    }
+
     async fn resume(&mut self, checkpoints: &HashMap<SourceKey, i64>) -> Result<(), SourceError> {
         // The checkpoint is the next position to read; the log reads "after".
         self.after = checkpoints.get(&SourceKey::Log).copied().unwrap_or(1) - 1;

@@ -185,6 +185,14 @@ impl SourceError {
 /// Where a projector gets events from: the write store's log (embedded) or a
 /// Kafka topic. The runner stores checkpoints; the source resumes from them.
 pub trait EventSource: Send {
+    /// What it delivers, from the beginning (how a projector far behind
+    /// catches up in bulk).
+    type History: rebuild::History;
+
+    /// Its history, opened (None: it has none); nothing is read before the
+    /// first read.
+    fn history(&self) -> impl Future<Output = Result<Option<Self::History>, SourceError>> + Send;
+
     /// Positions to resume from, as stored in the read DB, before the first batch.
     fn resume(
         &mut self,

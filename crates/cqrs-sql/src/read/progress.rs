@@ -324,14 +324,19 @@ impl ReadProgress {
             let Some((id, _, seq)) = rows.last() else {
                 return Ok(());
             };
+            if let Some((_, _, at)) = rows.iter().find(|(a, _, _)| a == CUTOVER_MARK) {
+                // Everything up to the cutover's stamp (which a catch-up
+                // puts on every version) is passed over: once forgotten, an
+                // aggregate not seen since is read from the database.
+                self.forget_all();
+                *cursor = Cursor { seq: *at, id: None };
+                continue;
+            }
             *cursor = Cursor {
                 seq: *seq,
                 id: Some(id.clone()),
             };
             self.applied(rows.iter().map(|(a, v, _)| (a.as_str(), *v)));
-            if rows.iter().any(|(a, _, _)| a == CUTOVER_MARK) {
-                self.forget_all();
-            }
             if (rows.len() as i64) < FOLLOW_PAGE {
                 return Ok(());
             }

@@ -152,7 +152,7 @@ pub fn read_components(projections: &[Arc<dyn Projection>]) -> Vec<Component> {
 /// Takes the next commit-ordered stamp of `projector`. The counter row stays
 /// locked until the caller's transaction ends, so stamps commit in the order
 /// they are taken, whichever process takes them; take it as late as possible.
-pub(super) async fn next_seq(tx: &mut AnyConnection, projector: &str) -> Result<i64, sqlx::Error> {
+pub(crate) async fn next_seq(tx: &mut AnyConnection, projector: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(section(SQL, "next_seq"))
         .bind(projector)
         .fetch_one(&mut *tx)
@@ -160,7 +160,7 @@ pub(super) async fn next_seq(tx: &mut AnyConnection, projector: &str) -> Result<
 }
 
 /// Moves the checkpoints forward (never back), in key order: one statement.
-pub(super) async fn write_checkpoints(
+pub(crate) async fn write_checkpoints(
     tx: &mut AnyConnection,
     projector: &str,
     checkpoints: &HashMap<&SourceKey, i64>,
@@ -271,4 +271,43 @@ pub async fn advance_checkpoint(
     )
     .await?;
     Ok(tx.commit().await?)
+}
+
+/// Rows stored before get their new version.
+pub(crate) const VERSIONS_UPDATE: &str = section(SQL, "versions_update");
+/// New rows.
+pub(crate) const VERSIONS_INSERT: &str = section(SQL, "versions_insert");
+/// Either, where one writer makes it safe.
+pub(crate) const VERSIONS_UPSERT: &str = section(SQL, "versions_upsert");
+
+/// Runs one of the version statements over `rows` (none: nothing to do),
+/// stamped (applied at, projector, seq).
+pub(crate) async fn write_versions(
+    tx: &mut AnyConnection,
+    statement: &str,
+    (now, projector, seq): (&str, &str, i64),
+    rows: &[Vec<Val>],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let source = batch::rows(
+        batch::dialect_of(tx),
+        4,
+        &[
+            ("aggregate_id", Kind::Text),
+            ("version", Kind::Int),
+            ("position", Kind::Int),
+            ("published_as", Kind::Text),
+            ("consumed_at", Kind::Text),
+        ],
+    );
+    sqlx::query(&fill(statement, &[("rows", &source)]))
+        .bind(now)
+        .bind(projector)
+        .bind(seq)
+        .bind(batch::rows_json(rows)?)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

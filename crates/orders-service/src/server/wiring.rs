@@ -410,6 +410,7 @@ async fn start_read_side(
             apply_delay: config.projector_delay,
             max_attempts: 3,
             trace_retention: config.trace_retention,
+            bulk_from: config.bulk_catch_up_from,
         },
         side.projections,
     )
@@ -479,6 +480,8 @@ async fn start_saga(
             apply_delay: std::time::Duration::ZERO,
             max_attempts: 3,
             trace_retention: config.trace_retention,
+            // A process manager is never rebuilt from history.
+            bulk_from: 0,
         },
         vec![saga],
     )

@@ -26,7 +26,7 @@ impl Rebuild {
                 });
             }
         }
-        let tables: Vec<String> = self.pairs.iter().flat_map(|(_, b)| b.tables()).collect();
+        let tables = self.build_tables();
         let built: HashMap<&str, i64> = self
             .pairs
             .iter()
@@ -64,10 +64,18 @@ impl Rebuild {
 
     /// After a failure: the build's tables and its row go.
     pub(super) async fn abandon(&self) -> Result<(), sqlx::Error> {
-        let tables: Vec<String> = self.pairs.iter().flat_map(|(_, b)| b.tables()).collect();
+        let tables = self.build_tables();
         let mut conn = self.db.writer.acquire().await?;
         tables::drop_tables(&mut conn, &tables).await?;
         end_build(&self.db, &self.projector, &self.owner).await
+    }
+
+    /// Every table a build of this projector makes (dropped when it fails
+    /// or its owner is gone): the projections' and the staged versions'.
+    fn build_tables(&self) -> Vec<String> {
+        let mut tables: Vec<String> = self.pairs.iter().flat_map(|(_, b)| b.tables()).collect();
+        tables.push(super::head::staging(&self.projector));
+        tables
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::read::runner::Checkpoint;
 use crate::read::{SourceError, SourceKey};
-use crate::store::{EventStore, SqlEventStore};
+use crate::store::EventStore;
 use cqrs_core::EventEnvelope;
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +30,14 @@ pub trait History: Send {
         targets: &Positions,
         max: usize,
     ) -> impl Future<Output = Result<Vec<EventEnvelope>, SourceError>> + Send;
+    /// The next position of each of its streams now: where a catch-up to
+    /// the head reads to.
+    fn heads(&mut self) -> impl Future<Output = Result<Positions, SourceError>> + Send;
+    /// Records read so far that were not events. A catch-up to the head
+    /// refuses to pass over them: the live path dead-letters them.
+    fn passed_over(&self) -> u64 {
+        0
+    }
 }
 
 /// Whether every target is reached.
@@ -40,19 +48,19 @@ pub fn reached(positions: &Positions, targets: &Positions) -> bool {
 }
 
 /// The embedded event log, from its start.
-pub struct LogHistory {
-    store: SqlEventStore,
+pub struct LogHistory<S> {
+    store: S,
     after: i64,
 }
 
-impl LogHistory {
+impl<S: EventStore> LogHistory<S> {
     /// The log of `store`, from its first event.
-    pub fn new(store: SqlEventStore) -> Self {
+    pub fn new(store: S) -> Self {
         Self { store, after: 0 }
     }
 }
 
-impl History for LogHistory {
+impl<S: EventStore> History for LogHistory<S> {
     fn covers(&self, key: &SourceKey) -> bool {
         *key == SourceKey::Log
     }
@@ -78,6 +86,11 @@ impl History for LogHistory {
             positions.insert(SourceKey::Log, last.position + 1);
         }
         Ok(events)
+    }
+
+    async fn heads(&mut self) -> Result<Positions, SourceError> {
+        let head = self.store.head_position().await?;
+        Ok(Positions::from([(SourceKey::Log, head + 1)]))
     }
 }
 

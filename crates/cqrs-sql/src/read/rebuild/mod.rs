@@ -25,11 +25,13 @@
 mod bulk;
 mod claim;
 mod fold;
+mod head;
 mod history;
 mod tables;
 
 pub use crate::bulk::lower_priority;
 pub use bulk::{copy_lines, BulkFold, BulkRows};
+pub use head::PUBLISHED_AS as CATCH_UP_PUBLISHED_AS;
 pub use history::{events_to, reached, targets_of, History, LogHistory, Positions, WrongSource};
 pub use tables::{suffix, tag};
 
@@ -39,7 +41,8 @@ use fold::{cores, finish_all, fold_all, next_versions};
 use super::dead_letters;
 use super::sql::SQL;
 use super::tables::{checkpoint_rows, lock_out_projectors, next_seq, notify_progress};
-use super::versions::{now_ms, BuildRow};
+use super::versions::RETIRED;
+use super::versions::now_ms;
 use super::{Projection, ProjectionError, ReadProgress, SourceError};
 use crate::db::{timestamp, Db};
 use crate::dialect::section;
@@ -181,8 +184,18 @@ struct Timing {
     write: f64,
 }
 
+/// Where a build reads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// The live checkpoints: a new version of the read models.
+    LiveCheckpoints,
+    /// The head of history: a projector far behind catching up in bulk.
+    Head,
+}
+
 /// One rebuild of some of a projector's read models.
 pub struct Rebuild {
+    goal: Goal,
     db: Db,
     projector: String,
     pairs: Vec<(Arc<dyn Projection>, Arc<dyn Projection>)>,
@@ -213,6 +226,7 @@ impl Rebuild {
             pairs.push((p.clone(), build));
         }
         Ok(Self {
+            goal: Goal::LiveCheckpoints,
             db,
             projector: projector.into(),
             pairs,
@@ -238,6 +252,14 @@ impl Rebuild {
     /// Whether the fold may take the bulk path (where every projection has one).
     pub fn bulk(mut self, bulk: bool) -> Self {
         self.bulk = bulk;
+        self
+    }
+
+    /// A catch-up in bulk of a projector far behind: the build reads to the
+    /// head of history, and its cutover also swaps in the applied versions
+    /// and moves the checkpoints to where it read.
+    pub fn to_head(mut self) -> Self {
+        self.goal = Goal::Head;
         self
     }
 
@@ -298,7 +320,7 @@ impl Rebuild {
         let started = Instant::now();
         self.for_each_build(false).await?;
         let mut at = Reading::default();
-        let targets = self.live_targets(&history).await?;
+        let targets = self.targets(&mut history).await?;
         self.status
             .total
             .store(events_to(&targets), Ordering::Relaxed);
@@ -372,7 +394,7 @@ impl Rebuild {
         self.status.set_phase("catching up");
         let mut events = 0;
         loop {
-            let targets = self.live_targets(history).await?;
+            let targets = self.targets(history).await?;
             self.status
                 .total
                 .store(events_to(&targets), Ordering::Relaxed);
@@ -394,9 +416,15 @@ impl Rebuild {
     ) -> Result<(u64, Vec<(&'static str, i64)>), RebuildError> {
         self.status.set_phase("cutting over");
         let dialect = self.db.dialect;
+        if self.goal == Goal::Head {
+            head::stage_versions(&self.db, &self.projector, &at.versions).await?;
+        }
         let mut tx = self.db.writer.begin().await?;
         let rows = lock_out_projectors(&mut tx, &self.projector).await?;
-        let targets = targets_of(&rows, history)?;
+        let mut targets = targets_of(&rows, history)?;
+        if self.goal == Goal::Head {
+            head::at_least(&mut targets, &at.positions);
+        }
         let mut tail = Vec::new();
         while !reached(&at.positions, &targets) {
             let got = history
@@ -407,8 +435,15 @@ impl Rebuild {
         }
         let read = tail.len() as u64;
         let new = next_versions(tail, &mut at.versions)?;
+        if self.goal == Goal::Head {
+            head::refuse_passed_over(history)?;
+        }
         self.apply_built(&mut tx, &new).await?;
         let now = now_ms();
+        let seq = next_seq(&mut tx, &self.projector).await?;
+        if self.goal == Goal::Head {
+            head::swap_in_applied(&mut tx, &self.projector, seq, &new, &targets).await?;
+        }
         let mut swapped = Vec::new();
         for (p, b) in &self.pairs {
             tables::swap_in(&mut tx, dialect, &**b, &**p, &tag(p.version())).await?;
@@ -421,7 +456,6 @@ impl Rebuild {
                 .await?;
             swapped.push((p.name(), p.version()));
         }
-        let seq = next_seq(&mut tx, &self.projector).await?;
         sqlx::query(section(SQL, "mark_cutover"))
             .bind(&self.projector)
             .bind(timestamp(chrono::Utc::now()))
@@ -438,7 +472,46 @@ impl Rebuild {
         if let Some(progress) = &self.progress {
             progress.forget_all();
         }
+        if self.goal == Goal::Head {
+            self.drop_replaced().await;
+        }
         Ok((read, swapped))
+    }
+
+    /// Where the build reads to now: the live checkpoints, or the head.
+    async fn targets(&self, history: &mut impl History) -> Result<Positions, RebuildError> {
+        let live = self.live_targets(history).await?;
+        match self.goal {
+            Goal::LiveCheckpoints => Ok(live),
+            Goal::Head => head::targets(history, live).await,
+        }
+    }
+
+    /// After a catch-up's cutover: the tables it replaced were behind and
+    /// go at once (and their version is no longer retired), with the
+    /// staged versions.
+    async fn drop_replaced(&self) {
+        let retired: Vec<String> = self
+            .pairs
+            .iter()
+            .flat_map(|(p, _)| p.tables())
+            .map(|t| format!("{t}{RETIRED}"))
+            .collect();
+        let mut r = head::drop_leftovers(&self.db, &self.projector, &retired).await;
+        for (p, _) in &self.pairs {
+            if r.is_ok() {
+                r = sqlx::query(section(SQL, "clear_retired"))
+                    .bind(&self.projector)
+                    .bind(p.name())
+                    .execute(&self.db.writer)
+                    .await
+                    .map(|_| ());
+            }
+        }
+        if let Err(e) = r {
+            tracing::warn!(projector = self.projector, error = %e,
+                "cannot drop the tables a catch-up replaced (the version keeper drops them later)");
+        }
     }
 
     /// The live projector's checkpoints on `history`'s streams.
@@ -568,12 +641,4 @@ async fn refuse_over_dead_letters(db: &Db, projector: &str) -> Result<(), Rebuil
         )));
     }
     Ok(())
-}
-
-/// A build row's progress in words, for tools.
-pub fn describe(row: &BuildRow) -> String {
-    format!(
-        "{} {}/{} events ({}), owner {}",
-        row.phase, row.done, row.total, row.versions, row.owner
-    )
 }

@@ -9,7 +9,10 @@ use crate::dialect::{fill, section};
 use crate::read::classify::{classify, Fate, Known, Plan};
 use crate::read::dead_letters::{self, DeadLetterStatus};
 use crate::read::sql::SQL;
-use crate::read::tables::{lock_versions, next_seq, notify_progress, versions, write_checkpoints};
+use crate::read::tables::{
+    lock_versions, next_seq, notify_progress, versions, write_checkpoints, write_versions,
+    VERSIONS_INSERT, VERSIONS_UPDATE, VERSIONS_UPSERT,
+};
 use crate::read::{EventSource, ProjectionError, SourceKey, SourcedEvent};
 use cqrs_core::EventEnvelope;
 use sqlx::AnyConnection;
@@ -373,45 +376,6 @@ fn version_rows(
         }
     }
     (old, new)
-}
-
-/// Rows stored before get their new version.
-const VERSIONS_UPDATE: &str = section(SQL, "versions_update");
-/// New rows.
-const VERSIONS_INSERT: &str = section(SQL, "versions_insert");
-/// Either, where one writer makes it safe.
-const VERSIONS_UPSERT: &str = section(SQL, "versions_upsert");
-
-/// Runs one of the version statements over `rows` (none: nothing to do),
-/// stamped (applied at, projector, seq).
-async fn write_versions(
-    tx: &mut AnyConnection,
-    statement: &str,
-    (now, projector, seq): (&str, &str, i64),
-    rows: &[Vec<Val>],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let source = batch::rows(
-        batch::dialect_of(tx),
-        4,
-        &[
-            ("aggregate_id", Kind::Text),
-            ("version", Kind::Int),
-            ("position", Kind::Int),
-            ("published_as", Kind::Text),
-            ("consumed_at", Kind::Text),
-        ],
-    );
-    sqlx::query(&fill(statement, &[("rows", &source)]))
-        .bind(now)
-        .bind(projector)
-        .bind(seq)
-        .bind(batch::rows_json(rows)?)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 /// The batch's aggregates, each once, sorted (the order rows are locked in).

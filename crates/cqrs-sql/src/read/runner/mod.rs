@@ -4,6 +4,7 @@
 //! it cannot apply (parking the rest of their aggregate behind them).
 
 mod apply;
+mod bulk;
 
 use super::dead_letters::{self, DeadLetterStatus};
 use super::sql::SQL;
@@ -37,7 +38,13 @@ pub struct ProjectorConfig {
     pub max_attempts: u32,
     /// How long per-event traces (consumed/applied times) are kept.
     pub trace_retention: Duration,
+    /// Events behind at which the projector catches up in bulk (a build to
+    /// the head) rather than in batches; 0: never.
+    pub bulk_from: u64,
 }
+
+/// The default of [`ProjectorConfig::bulk_from`].
+pub const BULK_FROM: u64 = 100_000;
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
@@ -47,6 +54,7 @@ impl Default for ProjectorConfig {
             apply_delay: Duration::ZERO,
             max_attempts: 3,
             trace_retention: Duration::from_secs(24 * 3600),
+            bulk_from: BULK_FROM,
         }
     }
 }
@@ -152,6 +160,7 @@ impl ProjectorRunner {
         mut source: S,
         shutdown: CancellationToken,
     ) -> Result<(), RunnerError> {
+        self.catch_up_in_bulk(&source, &shutdown).await;
         if !self.resume(&mut source, &shutdown).await {
             return Ok(());
         }

@@ -1,0 +1,187 @@
+//! A projector that starts far behind catches up in bulk: its read models
+//! are built to the head beside the live ones and swapped in with their
+//! applied versions and checkpoints; then batches take over. Tokens of
+//! writes made while no projector ran are answered, no trace row is written
+//! per historical event, and nothing of the build is left behind. On
+//! PostgreSQL, from the embedded log and from Kafka.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use cqrs_sql::store::EventStore as _;
+use orders_service::config::Role;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const ORDERS: usize = 120;
+
+async fn db(url: &str) -> cqrs_sql::Db {
+    cqrs_sql::Db::connect(url, &cqrs_sql::DbOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn count(db: &cqrs_sql::Db, sql: &str, bind: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(bind)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn exists(db: &cqrs_sql::Db, table: &str) -> bool {
+    sqlx::query_scalar::<_, Option<String>>("SELECT CAST(to_regclass($1) AS TEXT)")
+        .bind(table)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// The bulk catch-ups this process counted, from its `/metrics`.
+async fn bulk_catch_ups(app: &common::TestApp) -> u64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| {
+            l.starts_with("cqrs_projector_bulk_catch_ups_total{")
+                && l.contains("projector=\"orders_read_model\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn behind_then_caught_up_in_bulk(kafka: bool) {
+    let url = test_support::fresh_postgres_url().await;
+    let topic = test_support::unique_topic();
+    let config = |dir: &tempfile::TempDir, roles: Vec<Role>| {
+        let mut c = orders_service::Config::embedded(dir.path());
+        c.database_url = Some(url.clone());
+        if kafka {
+            c.kafka = Some(common::kafka_options(&topic));
+        }
+        c.roles = roles;
+        c.bulk_catch_up_from = 100;
+        c
+    };
+    // Writes while no projector runs (with Kafka, the relay publishes them).
+    let dir = tempfile::tempdir().unwrap();
+    let roles = match kafka {
+        true => vec![Role::Api, Role::Relay],
+        false => vec![Role::Api],
+    };
+    let writer = common::spawn_with(config(&dir, roles), dir).await;
+    let mut written = Vec::new();
+    for i in 0..ORDERS {
+        let (id, mut token) = writer.create().await;
+        if i % 2 == 0 {
+            let body = json!({"amount_cents": 3800, "payment_ref": "p"});
+            let (s, p, _) = writer.post(&format!("/orders/{id}/pay"), body).await;
+            assert_eq!(s, 200, "{p}");
+            token = p["consistency_token"].as_str().unwrap().to_owned();
+        }
+        written.push((id, token));
+    }
+    let (s, first, _) = writer.post("/orders", common::order_body()).await;
+    assert_eq!(s, 201, "{first}");
+    let first_command = first["command_id"].as_str().unwrap().to_owned();
+    let store = writer.app().store.clone();
+    let head = store.head_position().await.unwrap();
+    if kafka {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.relay_checkpoint().await.unwrap() < head {
+            assert!(Instant::now() < deadline, "the relay never published the writes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    writer.stop().await;
+    let read = db(&url).await;
+    let applied = "SELECT COUNT(*) FROM projected_versions WHERE projector = $1";
+    assert_eq!(count(&read, applied, "orders_read_model").await, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = common::spawn_with(config(&dir, vec![]), dir).await;
+    // The versions it swapped in say they came from the bulk path.
+    let bulk = "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
+                AND published_as = $1";
+    let by_bulk = cqrs_sql::read::rebuild::CATCH_UP_PUBLISHED_AS;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // (The recorder is the test process's: another test's catch-ups count
+    // too, so the metric says only that one was counted.)
+    while count(&read, bulk, by_bulk).await < ORDERS as i64 || bulk_catch_ups(&app).await < 1 {
+        assert!(Instant::now() < deadline, "the projector never caught up in bulk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every token of the writes made while it was behind is answered, with
+    // what the write did.
+    for (i, (id, token)) in written.iter().enumerate() {
+        let (s, o, _) = app
+            .get(&format!("/orders/{id}?wait_ms=10000"), Some(token))
+            .await;
+        assert_eq!(s, 200, "{o}");
+        let want = if i % 2 == 0 { "paid" } else { "created" };
+        assert_eq!(o["status"].as_str(), Some(want), "{o}");
+    }
+    // Not one trace row per historical event, and no table of the build
+    // left behind.
+    let traced = "SELECT COUNT(*) FROM event_traces WHERE projector = 'orders_read_model' \
+                  AND command_id = $1";
+    assert_eq!(count(&read, traced, &first_command).await, 0);
+    for table in [
+        "order_details__retired",
+        "order_details__v1",
+        "cqrs_catch_up__orders_read_model",
+    ] {
+        assert!(!exists(&read, table).await, "{table} was left behind");
+    }
+    // And back to batches: a new order is applied and traced as usual.
+    let (id, token) = app.create().await;
+    let (s, o, _) = app
+        .get(&format!("/orders/{id}?wait_ms=10000"), Some(&token))
+        .await;
+    assert_eq!((s, o["status"].as_str()), (200, Some("created")), "{o}");
+    let events = app.app().store.all_events().await.unwrap();
+    let folded = orders::views::Views::fold(&events).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let loaded = orders::read_model::load_views(&app.app().read.pool)
+            .await
+            .unwrap();
+        if loaded == folded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read models never equalled the fold of the write side"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let source = "SELECT published_as FROM projected_versions WHERE projector = 'orders_read_model' \
+                  AND aggregate_id = $1";
+    let applied_by: String = sqlx::query_scalar(source)
+        .bind(&id)
+        .fetch_one(&read.pool)
+        .await
+        .unwrap();
+    assert_ne!(applied_by, by_bulk, "applied by a batch");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projector_far_behind_the_embedded_log_catches_up_in_bulk_then_in_batches() {
+    behind_then_caught_up_in_bulk(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projector_far_behind_on_kafka_catches_up_in_bulk_then_in_batches() {
+    behind_then_caught_up_in_bulk(true).await;
+}
