@@ -39,6 +39,8 @@ struct Assignment {
     revoked: HashSet<i32>,
     /// Partitions held now.
     owned: HashSet<i32>,
+    /// Whether the consumer has joined the group (on the first `resume`).
+    subscribed: bool,
 }
 
 struct Ctx {
@@ -228,9 +230,25 @@ impl EventSource for KafkaSource {
 
     async fn resume(&mut self, _checkpoints: &HashMap<SourceKey, i64>) -> Result<(), SourceError> {
         // Checkpoints are read per partition at assignment time (seek_fresh).
+        // Called again (the checkpoints moved under the source: a catch-up
+        // in bulk), every partition it owns seeks again.
+        {
+            let Ok(mut a) = self.assignment.lock() else {
+                return Err(SourceError::Poisoned("the partition assignment"));
+            };
+            if a.subscribed {
+                let owned: Vec<i32> = a.owned.iter().copied().collect();
+                a.fresh.extend(owned);
+                return Ok(());
+            }
+        }
         self.consumer()?
             .subscribe(&[&self.config.kafka.topic])
-            .map_err(|e| SourceError::broker("subscribing to the topic", e))
+            .map_err(|e| SourceError::broker("subscribing to the topic", e))?;
+        if let Ok(mut a) = self.assignment.lock() {
+            a.subscribed = true;
+        }
+        Ok(())
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourcedEvent>, SourceError> {

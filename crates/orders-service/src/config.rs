@@ -141,11 +141,15 @@ pub struct Config {
     /// the live ones at start.
     #[arg(long, env = "ORDERS_NO_AUTO_REBUILD")]
     pub no_auto_rebuild: bool,
-    /// Events behind at which a starting projector catches up in bulk
-    /// (its read models built to the head beside the live ones, then
-    /// swapped in) rather than in batches; 0: never.
-    #[arg(long = "bulk-catch-up-from", env = "ORDERS_BULK_CATCH_UP_FROM", default_value = "100000",
-          value_name = "EVENTS")]
+    /// Events behind at which a projector catches up in bulk (its read
+    /// models built to the head beside the live ones, then swapped in)
+    /// rather than in batches; 0: never.
+    #[arg(
+        long = "bulk-catch-up-from",
+        env = "ORDERS_BULK_CATCH_UP_FROM",
+        default_value = "100000",
+        value_name = "EVENTS"
+    )]
     pub bulk_catch_up_from: u64,
     /// Bearer-token checks; authentication is off when absent (`serve`
     /// sets it from its own flags).

@@ -99,7 +99,10 @@ async fn behind_then_caught_up_in_bulk(kafka: bool) {
     if kafka {
         let deadline = Instant::now() + Duration::from_secs(30);
         while store.relay_checkpoint().await.unwrap() < head {
-            assert!(Instant::now() < deadline, "the relay never published the writes");
+            assert!(
+                Instant::now() < deadline,
+                "the relay never published the writes"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -118,7 +121,10 @@ async fn behind_then_caught_up_in_bulk(kafka: bool) {
     // (The recorder is the test process's: another test's catch-ups count
     // too, so the metric says only that one was counted.)
     while count(&read, bulk, by_bulk).await < ORDERS as i64 || bulk_catch_ups(&app).await < 1 {
-        assert!(Instant::now() < deadline, "the projector never caught up in bulk");
+        assert!(
+            Instant::now() < deadline,
+            "the projector never caught up in bulk"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every token of the writes made while it was behind is answered, with
@@ -165,7 +171,8 @@ async fn behind_then_caught_up_in_bulk(kafka: bool) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let source = "SELECT published_as FROM projected_versions WHERE projector = 'orders_read_model' \
+    let source =
+        "SELECT published_as FROM projected_versions WHERE projector = 'orders_read_model' \
                   AND aggregate_id = $1";
     let applied_by: String = sqlx::query_scalar(source)
         .bind(&id)
@@ -184,4 +191,114 @@ async fn a_projector_far_behind_the_embedded_log_catches_up_in_bulk_then_in_batc
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_projector_far_behind_on_kafka_catches_up_in_bulk_then_in_batches() {
     behind_then_caught_up_in_bulk(true).await;
+}
+
+/// A projector that falls far behind while it runs (here: slow batches of
+/// ten while the writes pour in) switches to the bulk path at its next look,
+/// then its Kafka source seeks to the checkpoints the build moved, and
+/// batches go on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_projector_that_falls_far_behind_switches_to_bulk_and_back() {
+    use cqrs_kafka::{KafkaSource, SourceConfig};
+    use cqrs_sql::read::runner::{ProjectorConfig, ProjectorRunner};
+    let url = test_support::fresh_postgres_url().await;
+    let topic = test_support::unique_topic();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = orders_service::Config::embedded(dir.path());
+    config.database_url = Some(url.clone());
+    let kafka = common::kafka_options(&topic);
+    config.kafka = Some(kafka.clone());
+    config.roles = vec![Role::Api, Role::Relay];
+    let writer = common::spawn_with(config, dir).await;
+    let read = writer.app().read.clone();
+    let runner = ProjectorRunner::new(
+        read.clone(),
+        ProjectorConfig {
+            name: "orders_read_model".into(),
+            batch_size: 10,
+            apply_delay: Duration::from_millis(300),
+            bulk_from: 100,
+            bulk_recheck: Duration::from_millis(500),
+            ..ProjectorConfig::default()
+        },
+        orders::read_model::projections(),
+    )
+    .await
+    .unwrap();
+    let source = KafkaSource::new(
+        SourceConfig {
+            kafka: kafka.config(),
+            group_id: format!("g-mid-{topic}"),
+            session_timeout_ms: 6000,
+            projector: "orders_read_model".into(),
+        },
+        read.clone(),
+    )
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(runner.run(source, stop.clone()));
+    // It starts in batches: the first order is applied by one (traced).
+    let (first, _) = writer.create().await;
+    let version = "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
+                   AND aggregate_id = $1";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&read, version, &first).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first order was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..ORDERS * 2 {
+        writer.create().await;
+    }
+    let bulk = "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
+                AND published_as = $1";
+    let by_bulk = cqrs_sql::read::rebuild::CATCH_UP_PUBLISHED_AS;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&read, bulk, by_bulk).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the projector never switched to bulk"
+        );
+        assert!(!task.is_finished(), "the projector ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let traced = "SELECT COUNT(*) FROM event_traces WHERE projector = $1";
+    assert!(
+        count(&read, traced, "orders_read_model").await > 0,
+        "it had applied batches before it switched"
+    );
+    // And back: what comes next is applied in batches, from where the build
+    // read, every order once.
+    let (last, _) = writer.create().await;
+    let events = writer.app().store.all_events().await.unwrap();
+    let folded = orders::views::Views::fold(&events).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let loaded = orders::read_model::load_views(&read.pool).await.unwrap();
+        if loaded == folded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read models never equalled the fold of the write side"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let source =
+        "SELECT published_as FROM projected_versions WHERE projector = 'orders_read_model' \
+                  AND aggregate_id = $1";
+    let applied_by: String = sqlx::query_scalar(source)
+        .bind(&last)
+        .fetch_one(&read.pool)
+        .await
+        .unwrap();
+    assert!(
+        applied_by.starts_with(&topic),
+        "applied by a batch: {applied_by}"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    writer.stop().await;
 }

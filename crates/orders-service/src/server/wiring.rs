@@ -411,6 +411,7 @@ async fn start_read_side(
             max_attempts: 3,
             trace_retention: config.trace_retention,
             bulk_from: config.bulk_catch_up_from,
+            bulk_recheck: cqrs_sql::read::runner::BULK_RECHECK,
         },
         side.projections,
     )
@@ -482,6 +483,7 @@ async fn start_saga(
             trace_retention: config.trace_retention,
             // A process manager is never rebuilt from history.
             bulk_from: 0,
+            bulk_recheck: cqrs_sql::read::runner::BULK_RECHECK,
         },
         vec![saga],
     )

@@ -167,7 +167,10 @@ mod tests {
     fn targets_are_raised_to_what_the_build_read_never_lowered() {
         let (a, b) = (SourceKey::partition("t", 0), SourceKey::partition("t", 1));
         let mut targets = Positions::from([(a.clone(), 10), (b.clone(), 5)]);
-        at_least(&mut targets, &Positions::from([(a.clone(), 7), (b.clone(), 9)]));
+        at_least(
+            &mut targets,
+            &Positions::from([(a.clone(), 7), (b.clone(), 9)]),
+        );
         assert_eq!(targets, Positions::from([(a, 10), (b, 9)]));
     }
 }

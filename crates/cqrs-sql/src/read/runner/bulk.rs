@@ -1,7 +1,8 @@
-//! A projector far behind catches up through the bulk path before it takes
-//! batches: its read models are built to the head of history beside the
-//! live ones and swapped in with their applied versions and checkpoints
-//! ([`Rebuild::to_head`]). Batches then take over from where it read.
+//! A projector far behind catches up through the bulk path: its read models
+//! are built to the head of history beside the live ones and swapped in
+//! with their applied versions and checkpoints ([`Rebuild::to_head`]).
+//! Batches then take over from where it read. It looks before its first
+//! batch, and again while batches come full.
 
 use super::ProjectorRunner;
 use crate::read::rebuild::{events_to, targets_of, History, Rebuild, RebuildError, RebuildReport};
@@ -16,35 +17,39 @@ const APPLIED_PER_BEHIND: i64 = 4;
 
 impl ProjectorRunner {
     /// Catches up in bulk where every projection can, the lag is at least
-    /// `bulk_from` events and the build is the cheaper way. Whatever fails
-    /// leaves the live tables as they were, and batches do the work.
+    /// `bulk_from` events and the build is the cheaper way; whether it did.
+    /// Whatever fails leaves the live tables as they were, and batches do
+    /// the work.
     pub(super) async fn catch_up_in_bulk<S: EventSource>(
         &self,
         source: &S,
         shutdown: &CancellationToken,
-    ) {
+    ) -> bool {
         let bulk = self.projections.iter().all(|p| p.bulk().is_some());
         if self.config.bulk_from == 0 || !bulk {
-            return;
+            return false;
         }
         let name = &self.config.name;
         match self.build_to_head(source, shutdown).await {
-            Ok(None) => {}
+            Ok(None) => false,
             Ok(Some(r)) => {
                 metrics::counter!("cqrs_projector_bulk_catch_ups_total", "projector" => name.clone())
                     .increment(1);
                 tracing::info!(projector = %name, events = r.events, secs = r.secs,
                     events_per_sec = (r.events as f64 / r.secs.max(1e-9)) as u64,
                     cutover_ms = (r.cutover_secs * 1000.0) as u64, "caught up in bulk");
+                true
             }
             Err(RebuildError::Busy { owner, .. }) => {
                 tracing::info!(projector = %name, %owner,
                     "another process builds this read model; catching up in batches");
+                false
             }
-            Err(RebuildError::Cancelled) => {}
+            Err(RebuildError::Cancelled) => false,
             Err(e) => {
                 tracing::warn!(projector = %name, error = %e,
                     "cannot catch up in bulk; catching up in batches");
+                false
             }
         }
     }
@@ -58,7 +63,10 @@ impl ProjectorRunner {
         let Some(mut history) = source.history().await? else {
             return Ok(None);
         };
-        let live = targets_of(&checkpoint_rows(&self.db, &self.config.name).await?, &history)?;
+        let live = targets_of(
+            &checkpoint_rows(&self.db, &self.config.name).await?,
+            &history,
+        )?;
         let applied = events_to(&live);
         let behind = events_to(&history.heads().await?) - applied;
         if behind < self.config.bulk_from as i64 || applied > APPLIED_PER_BEHIND * behind {

@@ -41,10 +41,16 @@ pub struct ProjectorConfig {
     /// Events behind at which the projector catches up in bulk (a build to
     /// the head) rather than in batches; 0: never.
     pub bulk_from: u64,
+    /// While batches come full, how often it looks again whether it is
+    /// that far behind.
+    pub bulk_recheck: Duration,
 }
 
 /// The default of [`ProjectorConfig::bulk_from`].
 pub const BULK_FROM: u64 = 100_000;
+
+/// The default of [`ProjectorConfig::bulk_recheck`].
+pub const BULK_RECHECK: Duration = Duration::from_secs(30);
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
@@ -55,6 +61,7 @@ impl Default for ProjectorConfig {
             max_attempts: 3,
             trace_retention: Duration::from_secs(24 * 3600),
             bulk_from: BULK_FROM,
+            bulk_recheck: BULK_RECHECK,
         }
     }
 }
@@ -166,6 +173,7 @@ impl ProjectorRunner {
         }
         let mut attempts: HashMap<(SourceKey, i64), u32> = HashMap::new();
         let mut batches: u64 = 0;
+        let mut bulk_checked = std::time::Instant::now();
         loop {
             batches += 1;
             if batches % 200 == 1 {
@@ -231,6 +239,19 @@ impl ProjectorRunner {
             if let Err(e) = source.committed(&checkpoints).await {
                 tracing::warn!(projector = %self.config.name, error = %e,
                     "the source was not told of the commit (lag tools may lag)");
+            }
+            // Full batches for a while: maybe far behind again (the read DB
+            // was away); once caught up in bulk, the source resumes from
+            // the checkpoints the build moved.
+            if batch.len() >= self.config.batch_size
+                && bulk_checked.elapsed() >= self.config.bulk_recheck
+            {
+                bulk_checked = std::time::Instant::now();
+                if self.catch_up_in_bulk(&source, &shutdown).await
+                    && !self.resume(&mut source, &shutdown).await
+                {
+                    return Ok(());
+                }
             }
         }
     }
