@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 /// at most this many times the lag is applied already.
 const APPLIED_PER_BEHIND: i64 = 4;
 
+/// How long the runner waits for its source's head before it goes on in
+/// batches.
+const LOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ProjectorRunner {
     /// Catches up in bulk where every projection can, the lag is at least
     /// `bulk_from` events and the build is the cheaper way; whether it did.
@@ -60,15 +64,23 @@ impl ProjectorRunner {
         source: &S,
         shutdown: &CancellationToken,
     ) -> Result<Option<RebuildReport>, RebuildError> {
-        let Some(mut history) = source.history().await? else {
+        let look = async {
+            let Some(mut history) = source.history().await? else {
+                return Ok::<_, RebuildError>(None);
+            };
+            let rows = checkpoint_rows(&self.db, &self.config.name).await?;
+            let applied = events_to(&targets_of(&rows, &history)?);
+            let behind = events_to(&history.heads().await?) - applied;
+            Ok(Some((history, applied, behind)))
+        };
+        // A broker that is away must not hold the batches back.
+        let Ok(looked) = tokio::time::timeout(LOOK_TIMEOUT, look).await else {
+            tracing::debug!(projector = %self.config.name, "no answer on the source's head; in batches");
             return Ok(None);
         };
-        let live = targets_of(
-            &checkpoint_rows(&self.db, &self.config.name).await?,
-            &history,
-        )?;
-        let applied = events_to(&live);
-        let behind = events_to(&history.heads().await?) - applied;
+        let Some((history, applied, behind)) = looked? else {
+            return Ok(None);
+        };
         if behind < self.config.bulk_from as i64 || applied > APPLIED_PER_BEHIND * behind {
             return Ok(None);
         }
