@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// reads every answer from the database.
     #[arg(long)]
     pub read_cache_bytes: Option<usize>,
+    /// Events of the replay phases (relay, projector catch-up, rebuild
+    /// while serving) in the main run, with PostgreSQL and Kafka; 0 skips
+    /// them (`replay` runs them alone).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_events: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,

@@ -149,7 +149,8 @@ fn raw_consume(kafka: &KafkaConfig, n: usize) -> anyhow::Result<f64> {
 }
 
 /// What `orders-bench replay` measured.
-struct Rates {
+/// What the replay phases measured.
+pub(crate) struct Rates {
     events: usize,
     value_len: i64,
     relay: f64,
@@ -165,11 +166,18 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
     let (Some(url), Some(brokers)) = (&args.database_url, &args.kafka_brokers) else {
         bail!("bench replay needs --database-url and --kafka-brokers");
     };
+    let rates = measure(*events, url, brokers).await?;
+    report(&rates, &args.out)
+}
+
+/// The relay, the catch-up and the rebuild while serving, each beside its
+/// raw baseline, on a topic of `events` (scratch databases on `url`).
+pub(crate) async fn measure(events: usize, url: &str, brokers: &str) -> anyhow::Result<Rates> {
     let n = events.div_ceil(4) * 4;
     let (write_url, write_name) = scratch_postgres(url).await?;
     let (read_url, read_name) = scratch_postgres(url).await?;
     let kafka = KafkaConfig {
-        brokers: brokers.clone(),
+        brokers: brokers.to_owned(),
         topic: format!("{write_name}.events"),
         partitions: 6,
         replication: 1,
@@ -213,7 +221,7 @@ pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
     .await;
     drop_scratch(url, &write_name).await;
     drop_scratch(url, &read_name).await;
-    report(&result?, &args.out)
+    result
 }
 
 /// Runs the relay from an empty checkpoint until it has confirmed the
@@ -328,6 +336,21 @@ async fn order_ids(read_url: &str) -> anyhow::Result<Vec<String>> {
 
 /// Prints the table and writes the JSON results into `out`.
 fn report(r: &Rates, out: &std::path::Path) -> anyhow::Result<()> {
+    println!("{}", table(r));
+    std::fs::create_dir_all(out)?;
+    let file = out.join(format!(
+        "bench-replay-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let mut doc = json(r);
+    doc["machine"] = machine();
+    std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
+    println!("results: {}", file.display());
+    Ok(())
+}
+
+/// The replay's table, and what the rebuild's time went to.
+pub(crate) fn table(r: &Rates) -> String {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(vec!["stage", "ours /s", "raw baseline /s", "ratio"]);
@@ -344,7 +367,7 @@ fn report(r: &Rates, out: &std::path::Path) -> anyhow::Result<()> {
         format!("{:.2}", r.projector / r.raw_consumer),
     ]);
     let rb = &r.rebuild;
-    let rate = rb.report.events as f64 / rb.report.secs.max(1e-9);
+    let rate = rebuild_rate(r);
     table.add_row(vec![
         format!(
             "rebuild while serving: topic -> 3 read models ({}; target >= 100,000/s)",
@@ -360,41 +383,80 @@ fn report(r: &Rates, out: &std::path::Path) -> anyhow::Result<()> {
         format!("{} (idle)", rb.idle_p99_us),
         format!(
             "{:.2}; {} reads, {} failed, {} wrong",
-            rb.during_p99_us as f64 / rb.idle_p99_us.max(1) as f64,
+            read_ratio(r),
             rb.reads,
             rb.failed,
             rb.wrong
         ),
     ]);
-    println!("{table}");
-    println!(
-        "rebuild: fold + bulk write {:.1} s (reading the topic {:.1} s, writing {:.1} s), catch-up and cutover {:.1} s, live projector held back {:.0} ms",
+    format!(
+        "{table}\nrebuild: fold + bulk write {:.1} s (reading the topic {:.1} s, writing {:.1} s), catch-up and cutover {:.1} s, live projector held back {:.0} ms\n{} events ({} orders x 4), values of ~{} bytes, 6 partitions, one broker.",
         rb.report.fold_secs,
         rb.report.read_secs,
         rb.report.write_secs,
         rb.report.secs - rb.report.fold_secs,
-        rb.report.cutover_secs * 1e3
-    );
-    println!(
-        "{} events ({} orders x 4), values of ~{} bytes, 6 partitions, one broker.",
+        rb.report.cutover_secs * 1e3,
         r.events,
         r.events / 4,
         r.value_len
-    );
-    std::fs::create_dir_all(out)?;
-    let file = out.join(format!(
-        "bench-replay-{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
-    let doc = json!({ "machine": machine(), "events": r.events, "relay_per_sec": r.relay,
+    )
+}
+
+fn rebuild_rate(r: &Rates) -> f64 {
+    r.rebuild.report.events as f64 / r.rebuild.report.secs.max(1e-9)
+}
+
+fn read_ratio(r: &Rates) -> f64 {
+    r.rebuild.during_p99_us as f64 / r.rebuild.idle_p99_us.max(1) as f64
+}
+
+/// The replay's figures as JSON.
+pub(crate) fn json(r: &Rates) -> serde_json::Value {
+    json!({ "events": r.events, "relay_per_sec": r.relay,
         "raw_producer_per_sec": r.raw_producer, "projector_per_sec": r.projector,
         "raw_consumer_per_sec": r.raw_consumer,
-        "rebuild_per_sec": r.rebuild.report.events as f64 / r.rebuild.report.secs.max(1e-9),
+        "rebuild_per_sec": rebuild_rate(r),
         "rebuild_events": r.rebuild.report.events, "rebuild_secs": r.rebuild.report.secs,
         "rebuild_fold_secs": r.rebuild.report.fold_secs, "rebuild_read_secs": r.rebuild.report.read_secs, "rebuild_write_secs": r.rebuild.report.write_secs, "rebuild_cutover_secs": r.rebuild.report.cutover_secs,
         "read_p99_idle_us": r.rebuild.idle_p99_us, "read_p99_rebuild_us": r.rebuild.during_p99_us,
-        "reads_during_rebuild": r.rebuild.reads, "reads_failed": r.rebuild.failed, "reads_wrong": r.rebuild.wrong });
-    std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
-    println!("results: {}", file.display());
-    Ok(())
+        "reads_during_rebuild": r.rebuild.reads, "reads_failed": r.rebuild.failed, "reads_wrong": r.rebuild.wrong })
+}
+
+/// The replay's rows of the targets table: (target, measured, wanted, met).
+pub(crate) fn target_rows(r: &Rates) -> Vec<(String, String, &'static str, bool)> {
+    let rb = &r.rebuild;
+    let relay = r.relay / r.raw_producer;
+    let rebuild = rebuild_rate(r);
+    vec![
+        (
+            "relay / raw producer".to_owned(),
+            format!("{relay:.2}x ({:.0}/s vs {:.0}/s)", r.relay, r.raw_producer),
+            ">= 0.5x",
+            relay >= 0.5,
+        ),
+        (
+            format!("projector catch-up from {} behind", r.events),
+            format!("{:.0}/s", r.projector),
+            ">= 50,000/s",
+            r.projector >= 50_000.0,
+        ),
+        (
+            format!("rebuild of {} while serving", r.events),
+            format!("{rebuild:.0}/s"),
+            ">= 100,000/s",
+            rebuild >= 100_000.0,
+        ),
+        (
+            "GET p99 during the rebuild / idle".to_owned(),
+            format!(
+                "{:.2}x; {} reads, {} failed, {} wrong",
+                read_ratio(r),
+                rb.reads,
+                rb.failed,
+                rb.wrong
+            ),
+            "<= 2x, 0 failed or wrong",
+            read_ratio(r) <= 2.0 && rb.failed == 0 && rb.wrong == 0,
+        ),
+    ]
 }

@@ -160,5 +160,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("(no --database-url / DATABASE_URL: PostgreSQL not benched)");
     }
-    report::report(&results, peer.as_ref(), &args)
+    let replay = match (&args.database_url, &args.kafka_brokers) {
+        (Some(url), Some(brokers)) if args.replay_events > 0 => {
+            Some(kafka::measure(args.replay_events, url, brokers).await?)
+        }
+        _ => None,
+    };
+    report::report(&results, peer.as_ref(), replay.as_ref(), &args)
 }

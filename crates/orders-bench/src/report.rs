@@ -23,6 +23,7 @@ fn table(header: Vec<&str>) -> comfy_table::Table {
 pub(crate) fn report(
     results: &[BackendResult],
     peer: Option<&super::peer::Peer>,
+    replay: Option<&super::kafka::Rates>,
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
     let (writes, baselines) = write_tables(results);
@@ -41,12 +42,15 @@ pub(crate) fn report(
         }
     }
     println!("{}", hops_table(results));
-    println!("{}", targets_table(results, peer));
+    if let Some(r) = replay {
+        println!("{}", super::kafka::table(r));
+    }
+    println!("{}", targets_table(results, peer, replay));
     println!(
         "{} commands per phase, {} clients in the closed loops (ours and pgbench's); latency measured from each command's intended send time.",
         args.commands, args.concurrency
     );
-    write_files(results, peer, args)
+    write_files(results, peer, replay, args)
 }
 
 /// Each backend's write side and latency, and its like-for-like baselines.
@@ -120,6 +124,7 @@ fn saga_table(results: &[BackendResult]) -> comfy_table::Table {
 fn write_files(
     results: &[BackendResult],
     peer: Option<&super::peer::Peer>,
+    replay: Option<&super::kafka::Rates>,
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
@@ -127,7 +132,7 @@ fn write_files(
     let file = args.out.join(format!("bench-{stamp}.json"));
     let doc = json!({ "machine": machine(), "args": { "commands": args.commands, "rate": args.rate,
         "concurrency": args.concurrency, "store_events": args.store_events }, "results": results,
-        "cqrs_es": peer });
+        "cqrs_es": peer, "replay": replay.map(super::kafka::json) });
     std::fs::write(&file, serde_json::to_string_pretty(&doc)?)?;
     println!("results: {}", file.display());
     let sweeps: Vec<_> = results
@@ -201,10 +206,11 @@ fn hops_table(results: &[BackendResult]) -> comfy_table::Table {
 }
 
 /// Issue 22's targets, each with what this run measured and whether it is
-/// met (the rebuild's and the relay's are `orders-bench replay`'s).
+/// met.
 fn targets_table(
     results: &[BackendResult],
     peer: Option<&super::peer::Peer>,
+    replay: Option<&super::kafka::Rates>,
 ) -> comfy_table::Table {
     let mut t = table(vec!["target", "backend", "measured", "wanted", "met"]);
     let mut row = |what: &str, backend: &str, measured: String, wanted: &str, met: bool| {
@@ -259,6 +265,9 @@ fn targets_table(
             "p50 <= 5 ms, p99 <= 20 ms (through Kafka)",
             p50 <= 5_000 && p99 <= 20_000,
         );
+    }
+    for (what, measured, wanted, met) in replay.map(super::kafka::target_rows).unwrap_or_default() {
+        row(&what, "postgresql + kafka", measured, wanted, met);
     }
     t
 }

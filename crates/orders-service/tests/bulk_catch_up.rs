@@ -3,7 +3,8 @@
 //! applied versions and checkpoints; then batches take over. Tokens of
 //! writes made while no projector ran are answered, no trace row is written
 //! per historical event, and nothing of the build is left behind. On
-//! PostgreSQL, from the embedded log and from Kafka.
+//! SQLite (the embedded default), and on PostgreSQL from the embedded log
+//! and from Kafka.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
@@ -16,12 +17,6 @@ use std::time::{Duration, Instant};
 
 const ORDERS: usize = 120;
 
-async fn db(url: &str) -> cqrs_sql::Db {
-    cqrs_sql::Db::connect(url, &cqrs_sql::DbOptions::default())
-        .await
-        .unwrap()
-}
-
 async fn count(db: &cqrs_sql::Db, sql: &str, bind: &str) -> i64 {
     sqlx::query_scalar(sql)
         .bind(bind)
@@ -31,11 +26,16 @@ async fn count(db: &cqrs_sql::Db, sql: &str, bind: &str) -> i64 {
 }
 
 async fn exists(db: &cqrs_sql::Db, table: &str) -> bool {
-    sqlx::query_scalar::<_, Option<String>>("SELECT CAST(to_regclass($1) AS TEXT)")
+    let sql = match db.dialect.is_embedded() {
+        true => "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
+        false => "SELECT CAST(to_regclass($1) AS TEXT)",
+    };
+    sqlx::query_scalar::<_, Option<String>>(sql)
         .bind(table)
-        .fetch_one(&db.pool)
+        .fetch_optional(&db.pool)
         .await
         .unwrap()
+        .flatten()
         .is_some()
 }
 
@@ -60,12 +60,25 @@ async fn bulk_catch_ups(app: &common::TestApp) -> u64 {
         .unwrap_or(0)
 }
 
-async fn behind_then_caught_up_in_bulk(kafka: bool) {
-    let url = test_support::fresh_postgres_url().await;
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    PostgresLog,
+    PostgresKafka,
+}
+
+async fn behind_then_caught_up_in_bulk(backend: Backend) {
+    let kafka = backend == Backend::PostgresKafka;
+    let url = match backend {
+        Backend::Sqlite => None,
+        _ => Some(test_support::fresh_postgres_url().await),
+    };
     let topic = test_support::unique_topic();
-    let config = |dir: &tempfile::TempDir, roles: Vec<Role>| {
-        let mut c = orders_service::Config::embedded(dir.path());
-        c.database_url = Some(url.clone());
+    // Both processes share the files of the embedded default.
+    let data = tempfile::tempdir().unwrap();
+    let config = |_dir: &tempfile::TempDir, roles: Vec<Role>| {
+        let mut c = orders_service::Config::embedded(data.path());
+        c.database_url = url.clone();
         if kafka {
             c.kafka = Some(common::kafka_options(&topic));
         }
@@ -106,13 +119,14 @@ async fn behind_then_caught_up_in_bulk(kafka: bool) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    writer.stop().await;
-    let read = db(&url).await;
     let applied = "SELECT COUNT(*) FROM projected_versions WHERE projector = $1";
-    assert_eq!(count(&read, applied, "orders_read_model").await, 0);
+    let unread = count(&writer.app().read, applied, "orders_read_model").await;
+    assert_eq!(unread, 0, "no projector ran");
+    writer.stop().await;
 
     let dir = tempfile::tempdir().unwrap();
     let app = common::spawn_with(config(&dir, vec![]), dir).await;
+    let read = app.app().read.clone();
     // The versions it swapped in say they came from the bulk path.
     let bulk = "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
                 AND published_as = $1";
@@ -185,12 +199,17 @@ async fn behind_then_caught_up_in_bulk(kafka: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_projector_far_behind_the_embedded_log_catches_up_in_bulk_then_in_batches() {
-    behind_then_caught_up_in_bulk(false).await;
+    behind_then_caught_up_in_bulk(Backend::PostgresLog).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projector_far_behind_on_sqlite_catches_up_in_bulk_then_in_batches() {
+    behind_then_caught_up_in_bulk(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_projector_far_behind_on_kafka_catches_up_in_bulk_then_in_batches() {
-    behind_then_caught_up_in_bulk(true).await;
+    behind_then_caught_up_in_bulk(Backend::PostgresKafka).await;
 }
 
 /// A projector that falls far behind while it runs (here: slow batches of
