@@ -106,10 +106,15 @@ pub(super) async fn swap_in_applied(
     targets: &Positions,
 ) -> Result<(), RebuildError> {
     let now = timestamp(chrono::Utc::now());
-    let sql = fill(
-        section(SQL, "versions_from_build"),
-        &[("build", &staging(projector))],
-    );
+    let applied: i64 = sqlx::query_scalar(section(SQL, "has_versions"))
+        .bind(projector)
+        .fetch_one(&mut *tx)
+        .await?;
+    let statement = match applied {
+        0 => "versions_from_build_fresh",
+        _ => "versions_from_build",
+    };
+    let sql = fill(section(SQL, statement), &[("build", &staging(projector))]);
     sqlx::query(&sql)
         .bind(projector)
         .bind(PUBLISHED_AS)
