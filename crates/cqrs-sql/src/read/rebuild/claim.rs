@@ -5,6 +5,7 @@
 use super::{tables, Rebuild, RebuildError, RebuildStatus};
 use crate::db::Db;
 use crate::dialect::section;
+use crate::read::dead_letters;
 use crate::read::sql::SQL;
 use crate::read::versions::{self, now_ms, BUILD_HEARTBEAT};
 use std::collections::HashMap;
@@ -144,4 +145,22 @@ pub(super) fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// A rebuild would apply what the live model held back or skipped.
+pub(super) async fn refuse_over_dead_letters(db: &Db, projector: &str) -> Result<(), RebuildError> {
+    let all = dead_letters::list(db, projector, true).await?;
+    let open = all.iter().filter(|l| l.status == "open").count();
+    if open > 0 {
+        return Err(RebuildError::Refused(format!(
+            "{open} open dead letters: resolve them (orders dead-letters) before a rebuild"
+        )));
+    }
+    let discarded = all.iter().filter(|l| l.status == "discarded").count();
+    if discarded > 0 {
+        return Err(RebuildError::Refused(format!(
+            "{discarded} discarded dead letters: a rebuild would apply what the live model skipped"
+        )));
+    }
+    Ok(())
 }

@@ -2,9 +2,12 @@
 
 use super::{BulkFold, BulkRows, RebuildError};
 use crate::bulk::lower_priority;
+use crate::db::Db;
 use crate::read::ProjectionError;
 use cqrs_core::EventEnvelope;
+use futures::StreamExt as _;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// `work` on each item, each on a thread of its own at the lowest
 /// priority; the results in the items' order (a panic is an error).
@@ -48,8 +51,29 @@ pub(super) fn fold_all(
     Ok(folds)
 }
 
+/// Writes every table's rows with the database's bulk load. On a server,
+/// tables load side by side, one per core (the rows are encoded at the
+/// lowest priority, so serving still comes first); a file has one writer.
+/// (Loading the largest table in parts on two connections at once did not
+/// write faster here: 4.8 s against 3.9-4.5 s.)
+pub(super) async fn write_all(db: &Db, all: Vec<BulkRows>) -> Result<(), RebuildError> {
+    let side_by_side = match db.dialect.is_embedded() {
+        true => 1,
+        false => cores(),
+    };
+    let mut loads = futures::stream::iter(all.into_iter().map(|rows| {
+        let db = db.clone();
+        async move { db.dialect.bulk_load(&db, Arc::new(rows)).await }
+    }))
+    .buffer_unordered(side_by_side);
+    while let Some(r) = loads.next().await {
+        r?;
+    }
+    Ok(())
+}
+
 /// The cores this process may use.
-pub(super) fn cores() -> usize {
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

@@ -7,12 +7,13 @@
 //! replaces were behind: they are dropped at once, not kept for a grace
 //! period.
 
-use super::{BulkRows, History, Positions, RebuildError};
+use super::{BulkRows, History, Positions, Rebuild, RebuildError};
 use crate::batch::{Kind, Val};
 use crate::db::{timestamp, Db};
 use crate::dialect::{fill, section};
 use crate::read::sql::SQL;
 use crate::read::tables::{write_checkpoints, write_versions, VERSIONS_UPSERT};
+use crate::read::versions::RETIRED;
 use crate::read::SourceKey;
 use cqrs_core::EventEnvelope;
 use sqlx::{AnyConnection, Executor};
@@ -156,6 +157,35 @@ pub(super) async fn drop_leftovers(
     tables.push(staging(projector));
     super::tables::drop_tables(&mut conn, &tables).await?;
     Ok(())
+}
+
+impl Rebuild {
+    /// After a catch-up's cutover: the tables it replaced were behind and
+    /// go at once (and their version is no longer retired), with the
+    /// staged versions.
+    pub(super) async fn drop_replaced(&self) {
+        let retired: Vec<String> = self
+            .pairs
+            .iter()
+            .flat_map(|(p, _)| p.tables())
+            .map(|t| format!("{t}{RETIRED}"))
+            .collect();
+        let mut r = drop_leftovers(&self.db, &self.projector, &retired).await;
+        for (p, _) in &self.pairs {
+            if r.is_ok() {
+                r = sqlx::query(section(SQL, "clear_retired"))
+                    .bind(&self.projector)
+                    .bind(p.name())
+                    .execute(&self.db.writer)
+                    .await
+                    .map(|_| ());
+            }
+        }
+        if let Err(e) = r {
+            tracing::warn!(projector = self.projector, error = %e,
+                "cannot drop the tables a catch-up replaced (the version keeper drops them later)");
+        }
+    }
 }
 
 #[cfg(test)]

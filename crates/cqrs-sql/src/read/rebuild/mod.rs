@@ -35,20 +35,17 @@ pub use head::PUBLISHED_AS as CATCH_UP_PUBLISHED_AS;
 pub use history::{events_to, reached, targets_of, History, LogHistory, Positions, WrongSource};
 pub use tables::{suffix, tag};
 
-use claim::{heartbeat, hostname};
-use fold::{cores, finish_all, fold_all, next_versions};
+use claim::{heartbeat, hostname, refuse_over_dead_letters};
+use fold::{finish_all, fold_all, next_versions};
 
-use super::dead_letters;
 use super::sql::SQL;
 use super::tables::{checkpoint_rows, lock_out_projectors, next_seq, notify_progress};
 use super::versions::now_ms;
-use super::versions::RETIRED;
 use super::{Projection, ProjectionError, ReadProgress, SourceError};
 use crate::db::{timestamp, Db};
 use crate::dialect::section;
 use crate::migrate::MigrateError;
 use cqrs_core::EventEnvelope;
-use futures::StreamExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -487,35 +484,11 @@ impl Rebuild {
         }
     }
 
-    /// After a catch-up's cutover: the tables it replaced were behind and
-    /// go at once (and their version is no longer retired), with the
-    /// staged versions.
-    async fn drop_replaced(&self) {
-        let retired: Vec<String> = self
-            .pairs
-            .iter()
-            .flat_map(|(p, _)| p.tables())
-            .map(|t| format!("{t}{RETIRED}"))
-            .collect();
-        let mut r = head::drop_leftovers(&self.db, &self.projector, &retired).await;
-        for (p, _) in &self.pairs {
-            if r.is_ok() {
-                r = sqlx::query(section(SQL, "clear_retired"))
-                    .bind(&self.projector)
-                    .bind(p.name())
-                    .execute(&self.db.writer)
-                    .await
-                    .map(|_| ());
-            }
-        }
-        if let Err(e) = r {
-            tracing::warn!(projector = self.projector, error = %e,
-                "cannot drop the tables a catch-up replaced (the version keeper drops them later)");
-        }
-    }
-
     /// The live projector's checkpoints on `history`'s streams.
-    async fn live_targets(&self, history: &impl History) -> Result<Positions, RebuildError> {
+    pub(super) async fn live_targets(
+        &self,
+        history: &impl History,
+    ) -> Result<Positions, RebuildError> {
         let rows = checkpoint_rows(&self.db, &self.projector).await?;
         Ok(targets_of(&rows, history)?)
     }
@@ -566,21 +539,7 @@ impl Rebuild {
         let all = tokio::task::spawn_blocking(move || finish_all(folds))
             .await
             .map_err(|e| RebuildError::Refused(format!("a fold panicked: {e}")))??;
-        // On a server, tables load side by side, one per core (the rows
-        // are encoded at the lowest priority, so serving still comes
-        // first); a file has one writer.
-        let side_by_side = match self.db.dialect.is_embedded() {
-            true => 1,
-            false => cores(),
-        };
-        let mut loads = futures::stream::iter(all.into_iter().map(|rows| {
-            let db = self.db.clone();
-            async move { db.dialect.bulk_load(&db, Arc::new(rows)).await }
-        }))
-        .buffer_unordered(side_by_side);
-        while let Some(r) = futures::StreamExt::next(&mut loads).await {
-            r?;
-        }
+        fold::write_all(&self.db, all).await?;
         timing.write = t.elapsed().as_secs_f64();
         Ok(read)
     }
@@ -623,22 +582,4 @@ impl Rebuild {
         }
         Ok(())
     }
-}
-
-/// A rebuild would apply what the live model held back or skipped.
-async fn refuse_over_dead_letters(db: &Db, projector: &str) -> Result<(), RebuildError> {
-    let all = dead_letters::list(db, projector, true).await?;
-    let open = all.iter().filter(|l| l.status == "open").count();
-    if open > 0 {
-        return Err(RebuildError::Refused(format!(
-            "{open} open dead letters: resolve them (orders dead-letters) before a rebuild"
-        )));
-    }
-    let discarded = all.iter().filter(|l| l.status == "discarded").count();
-    if discarded > 0 {
-        return Err(RebuildError::Refused(format!(
-            "{discarded} discarded dead letters: a rebuild would apply what the live model skipped"
-        )));
-    }
-    Ok(())
 }
