@@ -186,7 +186,7 @@ impl SourceError {
 /// Kafka topic. The runner stores checkpoints; the source resumes from them.
 pub trait EventSource: Send {
     /// What it delivers, from the beginning (how a projector far behind
-    /// catches up in bulk).
+    /// catches up in bulk); [`rebuild::NoHistory`] for a source without.
     type History: rebuild::History;
 
     /// Its history, opened (None: it has none); nothing is read before the

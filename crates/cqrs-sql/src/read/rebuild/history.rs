@@ -40,6 +40,31 @@ pub trait History: Send {
     }
 }
 
+/// The history of a source that has none (`EventSource::history` answers
+/// None): it never exists.
+#[derive(Debug)]
+pub enum NoHistory {}
+
+impl History for NoHistory {
+    fn covers(&self, _key: &SourceKey) -> bool {
+        match *self {}
+    }
+    fn describe(&self) -> String {
+        match *self {}
+    }
+    async fn read(
+        &mut self,
+        _positions: &mut Positions,
+        _targets: &Positions,
+        _max: usize,
+    ) -> Result<Vec<EventEnvelope>, SourceError> {
+        match *self {}
+    }
+    async fn heads(&mut self) -> Result<Positions, SourceError> {
+        match *self {}
+    }
+}
+
 /// Whether every target is reached.
 pub fn reached(positions: &Positions, targets: &Positions) -> bool {
     targets

@@ -32,7 +32,9 @@ mod tables;
 pub use crate::bulk::lower_priority;
 pub use bulk::{copy_lines, BulkFold, BulkRows};
 pub use head::PUBLISHED_AS as CATCH_UP_PUBLISHED_AS;
-pub use history::{events_to, reached, targets_of, History, LogHistory, Positions, WrongSource};
+pub use history::{
+    events_to, reached, targets_of, History, LogHistory, NoHistory, Positions, WrongSource,
+};
 pub use tables::{suffix, tag};
 
 use claim::{heartbeat, hostname, refuse_over_dead_letters};
