@@ -389,8 +389,14 @@ pub(crate) fn table(r: &Rates) -> String {
             rb.wrong
         ),
     ]);
+    let phases: Vec<String> = rb
+        .phases
+        .iter()
+        .map(|(p, n, p99)| format!("{p} {:.2} ms ({n} reads)", *p99 as f64 / 1e3))
+        .collect();
     format!(
-        "{table}\nrebuild: fold + bulk write {:.1} s (reading the topic {:.1} s, writing {:.1} s), catch-up and cutover {:.1} s, live projector held back {:.0} ms\n{} events ({} orders x 4), values of ~{} bytes, 6 partitions, one broker.",
+        "{table}\nreads' p99 by the rebuild's phase when due: {}\nrebuild: fold + bulk write {:.1} s (reading the topic {:.1} s, writing {:.1} s), catch-up and cutover {:.1} s, live projector held back {:.0} ms\n{} events ({} orders x 4), values of ~{} bytes, 6 partitions, one broker.",
+        phases.join(", "),
         rb.report.fold_secs,
         rb.report.read_secs,
         rb.report.write_secs,
@@ -419,7 +425,8 @@ pub(crate) fn json(r: &Rates) -> serde_json::Value {
         "rebuild_events": r.rebuild.report.events, "rebuild_secs": r.rebuild.report.secs,
         "rebuild_fold_secs": r.rebuild.report.fold_secs, "rebuild_read_secs": r.rebuild.report.read_secs, "rebuild_write_secs": r.rebuild.report.write_secs, "rebuild_cutover_secs": r.rebuild.report.cutover_secs,
         "read_p99_idle_us": r.rebuild.idle_p99_us, "read_p99_rebuild_us": r.rebuild.during_p99_us,
-        "reads_during_rebuild": r.rebuild.reads, "reads_failed": r.rebuild.failed, "reads_wrong": r.rebuild.wrong })
+        "reads_during_rebuild": r.rebuild.reads, "reads_failed": r.rebuild.failed, "reads_wrong": r.rebuild.wrong,
+        "read_p99_by_phase_us": r.rebuild.phases.iter().map(|(p, n, p99)| json!({"phase": p, "reads": n, "p99_us": p99})).collect::<Vec<_>>() })
 }
 
 /// The replay's rows of the targets table: (target, measured, wanted, met).

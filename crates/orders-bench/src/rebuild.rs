@@ -37,7 +37,12 @@ pub struct RebuildFigures {
     pub failed: u64,
     /// Reads whose body differed from the answer before the rebuild.
     pub wrong: u64,
+    /// Per phase of the rebuild when each read was due: (phase, reads, p99 µs).
+    pub phases: Vec<(&'static str, u64, u64)>,
 }
+
+/// The rebuild's phase, as the reads see it (sampled every 10 ms).
+type Phase = Arc<std::sync::Mutex<&'static str>>;
 
 /// Rebuilds the order read models of `read_url` from `kafka`'s topic while
 /// an API-only instance over `write_url`/`read_url` serves reads of `ids`.
@@ -60,14 +65,20 @@ pub async fn while_serving(
     let served = Served::start(&config).await?;
     let expected = Arc::new(answers(&served.base, &ids).await?);
     let ids = Arc::new(ids);
-    let idle = reads(&served.base, &ids, &expected, idle_until(idle_secs)).await?;
+    let phase: Phase = Arc::new(std::sync::Mutex::new("idle"));
+    let idle = reads(&served.base, &ids, &expected, idle_until(idle_secs), &phase).await?;
+    if let Ok(mut p) = phase.lock() {
+        *p = "starting";
+    }
     let done = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(reads_until(
         served.base.clone(),
         ids.clone(),
         expected.clone(),
         done.clone(),
+        phase.clone(),
     ));
+    let seen = phase.clone();
     let read = Db::connect(read_url, &DbOptions::default()).await?;
     let side = Side {
         projector: PROJECTOR,
@@ -89,7 +100,10 @@ pub async fn while_serving(
                     status_pb.set_length(s.total().max(s.done()).max(0) as u64);
                     status_pb.set_position(s.done().max(0) as u64);
                     status_pb.set_message(s.phase());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(mut p) = seen.lock() {
+                        *p = s.phase();
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             });
         },
@@ -108,6 +122,11 @@ pub async fn while_serving(
         reads: during.latencies.len(),
         failed: during.failed,
         wrong: during.wrong,
+        phases: during
+            .by_phase
+            .iter()
+            .map(|(p, h)| (*p, h.len(), h.value_at_quantile(0.99)))
+            .collect(),
     })
 }
 
@@ -131,6 +150,8 @@ async fn answers(base: &str, ids: &[String]) -> anyhow::Result<HashMap<String, V
 /// Reads measured in one phase.
 struct Reads {
     latencies: Histogram<u64>,
+    /// The same, by the rebuild's phase when each read was due.
+    by_phase: std::collections::BTreeMap<&'static str, Histogram<u64>>,
     failed: u64,
     wrong: u64,
 }
@@ -150,8 +171,9 @@ async fn reads_until(
     ids: Arc<Vec<String>>,
     expected: Arc<HashMap<String, Vec<u8>>>,
     stop: Arc<AtomicBool>,
+    phase: Phase,
 ) -> anyhow::Result<Reads> {
-    reads(&base, &ids, &expected, stop).await
+    reads(&base, &ids, &expected, stop, &phase).await
 }
 
 /// Reads at `READ_RATE` per second (each scheduled on its own, so a slow
@@ -162,6 +184,7 @@ async fn reads(
     ids: &Arc<Vec<String>>,
     expected: &Arc<HashMap<String, Vec<u8>>>,
     stop: Arc<AtomicBool>,
+    phase: &Phase,
 ) -> anyhow::Result<Reads> {
     let http = reqwest::Client::new();
     let every = Duration::from_secs_f64(1.0 / READ_RATE);
@@ -173,6 +196,7 @@ async fn reads(
         tokio::time::sleep_until(due).await;
         let id = ids[(i * 7919) % ids.len()].clone();
         let (http, expected, base) = (http.clone(), expected.clone(), base.to_owned());
+        let during = phase.lock().map_or("?", |p| *p);
         sent.push(tokio::spawn(async move {
             let res = http.get(format!("{base}/orders/{id}")).send().await;
             let body = match res {
@@ -185,18 +209,26 @@ async fn reads(
                 Some(b) if expected.get(&id).map(Vec::as_slice) != Some(&b[..]) => Outcome::Wrong,
                 Some(_) => Outcome::Right,
             };
-            (took, outcome)
+            (took, outcome, during)
         }));
         i += 1;
     }
+    let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
     let mut all = Reads {
-        latencies: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+        latencies: histogram()?,
+        by_phase: Default::default(),
         failed: 0,
         wrong: 0,
     };
     for r in futures::future::join_all(sent).await {
-        let (took, outcome) = r?;
+        let (took, outcome, during) = r?;
         all.latencies.saturating_record(took.as_micros() as u64);
+        if !all.by_phase.contains_key(during) {
+            all.by_phase.insert(during, histogram()?);
+        }
+        if let Some(h) = all.by_phase.get_mut(during) {
+            h.saturating_record(took.as_micros() as u64);
+        }
         match outcome {
             Outcome::Failed => all.failed += 1,
             Outcome::Wrong => all.wrong += 1,
