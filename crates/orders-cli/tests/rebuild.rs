@@ -1,6 +1,6 @@
 //! Versioned read models: a raised version is built by the serving process
 //! beside the live tables and swapped in; a read model newer than the build
-//! stops the start; a rebuild killed with SIGKILL leaves the live model
+//! stops the start; a rebuild (or a bulk catch-up) killed with SIGKILL leaves the live model
 //! serving, and the next run takes its build over and finishes it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
@@ -256,4 +256,126 @@ async fn a_rebuild_killed_mid_way_leaves_the_live_model_serving_and_the_next_one
         .await;
     assert_eq!((s, o["status"].as_str()), (200, Some("created")));
     app.stop().await;
+}
+
+/// A serving process killed with SIGKILL in the middle of a bulk catch-up
+/// leaves the live read model as it was (nothing applied, no version
+/// claimed); the next start takes the dead build over at once, catches up
+/// and leaves no table of the dead build behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_catch_up_killed_mid_way_is_taken_over_by_the_next_start() {
+    use cqrs_sql::store::GeneratedHistory;
+    let url = test_support::fresh_postgres_url().await;
+    let store = cqrs_sql::SqlEventStore::open(db(&url).await).await.unwrap();
+    // 60,000 orders written as if long ago, and no projector has run.
+    let history = GeneratedHistory {
+        aggregate_type: <orders::Order as cqrs_core::Aggregate>::TYPE.to_owned(),
+        life: vec![(
+            "OrderCreated".to_owned(),
+            orders::event_versions::current_version("OrderCreated"),
+            json!({ "customer_id": "c{n}", "total_cents": 1999,
+                    "items": [{ "sku": "sku-1", "quantity": 1, "unit_price_cents": 1999,
+                                "line_total_cents": 1999 }] }),
+        )],
+        aggregates: 60_000,
+        salt: 7,
+        relayed: false,
+        unpublished: false,
+        interleaved: false,
+    };
+    store.import_generated(&history, |_| {}).await.unwrap();
+    let read = db(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = |port: u16| -> Vec<String> {
+        [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &url,
+            "--bulk-catch-up-from",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut first = common::Proc::serve("first", dir.path(), &args(common::free_port()), &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let phase: Option<String> = sqlx::query_scalar(
+            "SELECT phase FROM read_model_builds WHERE projector = 'orders_read_model'",
+        )
+        .fetch_optional(&read.pool)
+        .await
+        .unwrap_or(None);
+        if phase.is_some() && exists(&read, "order_details__v1").await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never caught up in bulk: see {:?}",
+            first.log
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill9();
+    let versions = "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
+                    AND aggregate_id <> '#cutover'";
+    let applied: i64 = sqlx::query_scalar(versions)
+        .fetch_one(&read.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied, 0,
+        "nothing of the dead build reached the live model"
+    );
+
+    let port = common::free_port();
+    let mut second = common::Proc::serve("second", dir.path(), &args(port), &[]);
+    common::wait_healthy(&format!("http://127.0.0.1:{port}"), &mut second).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let applied: i64 = sqlx::query_scalar(versions)
+            .fetch_one(&read.pool)
+            .await
+            .unwrap();
+        if applied == 60_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{applied} orders applied: see {:?}",
+            second.log
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = store.all_events().await.unwrap();
+    let folded = orders::views::Views::fold(&events).unwrap();
+    let loaded = orders::read_model::load_views(&read.pool).await.unwrap();
+    assert_eq!(
+        loaded, folded,
+        "the read models equal the fold of the write side"
+    );
+    let by_bulk: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
+         AND published_as = $1",
+    )
+    .bind(cqrs_sql::read::rebuild::CATCH_UP_PUBLISHED_AS)
+    .fetch_one(&read.pool)
+    .await
+    .unwrap();
+    assert_eq!(by_bulk, 60_000, "the second start caught up in bulk too");
+    for table in [
+        "order_details__v1",
+        "order_details__retired",
+        "cqrs_catch_up__orders_read_model",
+    ] {
+        assert!(!exists(&read, table).await, "{table} was left behind");
+    }
+    let builds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM read_model_builds")
+        .fetch_one(&read.pool)
+        .await
+        .unwrap();
+    assert_eq!(builds, 0);
+    second.terminate();
 }
