@@ -78,40 +78,10 @@ pub async fn while_serving(
         done.clone(),
         phase.clone(),
     ));
-    let seen = phase.clone();
     let read = Db::connect(read_url, &DbOptions::default()).await?;
-    let side = Side {
-        projector: PROJECTOR,
-        projections: orders::read_model::projections(),
-        history: HistoryOf::Topic(kafka.clone()),
-    };
-    let pb = bar(0, "rebuild while serving");
-    let status_pb = pb.clone();
-    let report = rebuilds::rebuild(
-        &read,
-        &side,
-        &side.projections,
-        cqrs_sql::read::rebuild::DEFAULT_BATCH,
-        None,
-        CancellationToken::new(),
-        move |s| {
-            tokio::spawn(async move {
-                while !status_pb.is_finished() {
-                    status_pb.set_length(s.total().max(s.done()).max(0) as u64);
-                    status_pb.set_position(s.done().max(0) as u64);
-                    status_pb.set_message(s.phase());
-                    if let Ok(mut p) = seen.lock() {
-                        *p = s.phase();
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-        },
-    )
-    .await
-    .context("rebuild while serving")?;
-    pb.finish_and_clear();
+    let report = rebuild_watched(&read, kafka, phase.clone()).await;
     done.store(true, Ordering::Release);
+    let report = report?;
     let during = load.await??;
     read.close().await;
     served.stop().await?;
@@ -128,6 +98,46 @@ pub async fn while_serving(
             .map(|(p, h)| (*p, h.len(), h.value_at_quantile(0.99)))
             .collect(),
     })
+}
+
+/// Rebuilds every order read model of `read` from `kafka`'s topic, with a
+/// progress bar, keeping `phase` at the rebuild's phase (every 10 ms).
+async fn rebuild_watched(
+    read: &Db,
+    kafka: &KafkaConfig,
+    phase: Phase,
+) -> anyhow::Result<RebuildReport> {
+    let side = Side {
+        projector: PROJECTOR,
+        projections: orders::read_model::projections(),
+        history: HistoryOf::Topic(kafka.clone()),
+    };
+    let pb = bar(0, "rebuild while serving");
+    let status_pb = pb.clone();
+    let report = rebuilds::rebuild(
+        read,
+        &side,
+        &side.projections,
+        cqrs_sql::read::rebuild::DEFAULT_BATCH,
+        None,
+        CancellationToken::new(),
+        move |s| {
+            tokio::spawn(async move {
+                while !status_pb.is_finished() {
+                    status_pb.set_length(s.total().max(s.done()).max(0) as u64);
+                    status_pb.set_position(s.done().max(0) as u64);
+                    status_pb.set_message(s.phase());
+                    if let Ok(mut p) = phase.lock() {
+                        *p = s.phase();
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        },
+    )
+    .await;
+    pb.finish_and_clear();
+    report.context("rebuild while serving")
 }
 
 /// What the instance answers for each of `ids` before the rebuild.

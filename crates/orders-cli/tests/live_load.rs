@@ -162,14 +162,7 @@ async fn two_hundred_live_pages_on_a_100k_event_store_share_one_render_per_chang
 
 /// The server's count of live-view renders, from `/metrics`.
 async fn view_renders(http: &reqwest::Client, base: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(http, base).await;
     text.lines()
         .find_map(|l| l.strip_prefix("orders_live_view_renders_total "))
         .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)

@@ -196,14 +196,7 @@ async fn no_process_answers_below_a_token_or_below_what_it_answered_before() {
     }
     // The cache answered in both processes.
     for base in &bases {
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::metrics_text(&http, base).await;
         let hits: f64 = metrics
             .lines()
             .find(|l| {

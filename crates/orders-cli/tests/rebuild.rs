@@ -34,12 +34,7 @@ async fn db(url: &str) -> cqrs_sql::Db {
 }
 
 async fn exists(db: &cqrs_sql::Db, table: &str) -> bool {
-    sqlx::query_scalar::<_, Option<String>>("SELECT CAST(to_regclass($1) AS TEXT)")
-        .bind(table)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-        .is_some()
+    common::table_exists(db, table).await
 }
 
 async fn live_version(db: &cqrs_sql::Db, projection: &str) -> (i64, Option<i64>) {
@@ -110,15 +105,7 @@ async fn a_raised_version_is_built_beside_the_live_one_by_the_serving_process() 
     // Every process shows the versions it serves.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = app
-            .http
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::metrics_text(&app.http, &app.base).await;
         let line = r#"cqrs_read_model_version{projector="orders_read_model",projection="order_details"} 1"#;
         if metrics.contains(line) {
             break;
@@ -258,6 +245,18 @@ async fn a_rebuild_killed_mid_way_leaves_the_live_model_serving_and_the_next_one
     app.stop().await;
 }
 
+/// Orders with an applied version in the read model (the `#cutover`
+/// stamp is not one).
+async fn orders_applied(read: &cqrs_sql::Db) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
+         AND aggregate_id <> '#cutover'",
+    )
+    .fetch_one(&read.pool)
+    .await
+    .unwrap()
+}
+
 /// A serving process killed with SIGKILL in the middle of a bulk catch-up
 /// leaves the live read model as it was (nothing applied, no version
 /// claimed); the next start takes the dead build over at once, catches up
@@ -319,12 +318,7 @@ async fn a_bulk_catch_up_killed_mid_way_is_taken_over_by_the_next_start() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill9();
-    let versions = "SELECT COUNT(*) FROM projected_versions WHERE projector = 'orders_read_model' \
-                    AND aggregate_id <> '#cutover'";
-    let applied: i64 = sqlx::query_scalar(versions)
-        .fetch_one(&read.pool)
-        .await
-        .unwrap();
+    let applied = orders_applied(&read).await;
     assert_eq!(
         applied, 0,
         "nothing of the dead build reached the live model"
@@ -335,10 +329,7 @@ async fn a_bulk_catch_up_killed_mid_way_is_taken_over_by_the_next_start() {
     common::wait_healthy(&format!("http://127.0.0.1:{port}"), &mut second).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let applied: i64 = sqlx::query_scalar(versions)
-            .fetch_one(&read.pool)
-            .await
-            .unwrap();
+        let applied = orders_applied(&read).await;
         if applied == 60_000 {
             break;
         }

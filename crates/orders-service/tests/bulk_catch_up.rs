@@ -25,31 +25,36 @@ async fn count(db: &cqrs_sql::Db, sql: &str, bind: &str) -> i64 {
         .unwrap()
 }
 
-async fn exists(db: &cqrs_sql::Db, table: &str) -> bool {
-    let sql = match db.dialect.is_embedded() {
-        true => "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
-        false => "SELECT CAST(to_regclass($1) AS TEXT)",
-    };
-    sqlx::query_scalar::<_, Option<String>>(sql)
-        .bind(table)
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap()
-        .flatten()
-        .is_some()
+/// Waits (up to `secs`) until the read models equal the fold of every
+/// event `store` holds now.
+async fn converges(store: &cqrs_sql::SqlEventStore, read: &cqrs_sql::Db, secs: u64) {
+    let events = store.all_events().await.unwrap();
+    let folded = orders::views::Views::fold(&events).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while orders::read_model::load_views(&read.pool).await.unwrap() != folded {
+        assert!(
+            Instant::now() < deadline,
+            "the read models never equalled the fold of the write side"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Where the version applied of an order says it came from.
+async fn applied_by(read: &cqrs_sql::Db, order: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT published_as FROM projected_versions WHERE projector = 'orders_read_model' \
+         AND aggregate_id = $1",
+    )
+    .bind(order)
+    .fetch_one(&read.pool)
+    .await
+    .unwrap()
 }
 
 /// The bulk catch-ups this process counted, from its `/metrics`.
 async fn bulk_catch_ups(app: &common::TestApp) -> u64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&app.http, &app.base).await;
     text.lines()
         .find(|l| {
             l.starts_with("cqrs_projector_bulk_catch_ups_total{")
@@ -161,7 +166,10 @@ async fn behind_then_caught_up_in_bulk(backend: Backend) {
         "order_details__v1",
         "cqrs_catch_up__orders_read_model",
     ] {
-        assert!(!exists(&read, table).await, "{table} was left behind");
+        assert!(
+            !common::table_exists(&read, table).await,
+            "{table} was left behind"
+        );
     }
     // And back to batches: a new order is applied and traced as usual.
     let (id, token) = app.create().await;
@@ -169,30 +177,8 @@ async fn behind_then_caught_up_in_bulk(backend: Backend) {
         .get(&format!("/orders/{id}?wait_ms=10000"), Some(&token))
         .await;
     assert_eq!((s, o["status"].as_str()), (200, Some("created")), "{o}");
-    let events = app.app().store.all_events().await.unwrap();
-    let folded = orders::views::Views::fold(&events).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let loaded = orders::read_model::load_views(&app.app().read.pool)
-            .await
-            .unwrap();
-        if loaded == folded {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the read models never equalled the fold of the write side"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let source =
-        "SELECT published_as FROM projected_versions WHERE projector = 'orders_read_model' \
-                  AND aggregate_id = $1";
-    let applied_by: String = sqlx::query_scalar(source)
-        .bind(&id)
-        .fetch_one(&read.pool)
-        .await
-        .unwrap();
+    converges(&app.app().store, &read, 30).await;
+    let applied_by = applied_by(&read, &id).await;
     assert_ne!(applied_by, by_bulk, "applied by a batch");
     app.stop().await;
 }
@@ -291,28 +277,8 @@ async fn a_running_projector_that_falls_far_behind_switches_to_bulk_and_back() {
     // And back: what comes next is applied in batches, from where the build
     // read, every order once.
     let (last, _) = writer.create().await;
-    let events = writer.app().store.all_events().await.unwrap();
-    let folded = orders::views::Views::fold(&events).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let loaded = orders::read_model::load_views(&read.pool).await.unwrap();
-        if loaded == folded {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the read models never equalled the fold of the write side"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let source =
-        "SELECT published_as FROM projected_versions WHERE projector = 'orders_read_model' \
-                  AND aggregate_id = $1";
-    let applied_by: String = sqlx::query_scalar(source)
-        .bind(&last)
-        .fetch_one(&read.pool)
-        .await
-        .unwrap();
+    converges(&writer.app().store, &read, 60).await;
+    let applied_by = applied_by(&read, &last).await;
     assert!(
         applied_by.starts_with(&topic),
         "applied by a batch: {applied_by}"

@@ -137,25 +137,8 @@ impl Running {
                 }
             }
         }
-        let orders_side = ReadSide {
-            name: PROJECTOR,
-            role: "projector",
-            versions_role: "read model versions",
-            projections: orders::read_model::projections(),
-            store: &store,
-            kafka: config.kafka.as_ref(),
-        };
-        let inventory_options = config.kafka.as_ref().map(KafkaOptions::inventory);
-        let inventory_side = ReadSide {
-            name: INVENTORY_PROJECTOR,
-            role: "inventory projector",
-            versions_role: "inventory read model versions",
-            projections: inventory::read_model::projections(),
-            store: &inventory,
-            kafka: inventory_options.as_ref(),
-        };
-        let progress = start_read_side(&mut roles, config, orders_side, &read).await?;
-        let inventory_progress = start_read_side(&mut roles, config, inventory_side, &read).await?;
+        let (progress, inventory_progress) =
+            start_read_sides(&mut roles, config, (&store, &inventory), &read).await?;
         if config.runs(Role::Projector) {
             start_saga(&mut roles, config, &store, &inventory, &read).await?;
         }
@@ -455,6 +438,35 @@ async fn start_read_side(
         }
     }
     Ok(progress)
+}
+
+/// Starts the orders' and the inventory's read sides; their progress.
+async fn start_read_sides(
+    roles: &mut Roles,
+    config: &Config,
+    (store, inventory): (&SqlEventStore, &SqlEventStore),
+    read: &Db,
+) -> anyhow::Result<(ReadProgress, ReadProgress)> {
+    let orders_side = ReadSide {
+        name: PROJECTOR,
+        role: "projector",
+        versions_role: "read model versions",
+        projections: orders::read_model::projections(),
+        store,
+        kafka: config.kafka.as_ref(),
+    };
+    let inventory_options = config.kafka.as_ref().map(KafkaOptions::inventory);
+    let inventory_side = ReadSide {
+        name: INVENTORY_PROJECTOR,
+        role: "inventory projector",
+        versions_role: "inventory read model versions",
+        projections: inventory::read_model::projections(),
+        store: inventory,
+        kafka: inventory_options.as_ref(),
+    };
+    let progress = start_read_side(roles, config, orders_side, read).await?;
+    let inventory_progress = start_read_side(roles, config, inventory_side, read).await?;
+    Ok((progress, inventory_progress))
 }
 
 /// Starts the order saga: a projector of its own (`order_saga`, its own

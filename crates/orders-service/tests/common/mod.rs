@@ -209,3 +209,29 @@ pub async fn applied_from(read: &cqrs_sql::Db, id: &str) -> String {
     let applied = cqrs_sql::read::traces::last_applied(read, projector, id).await;
     applied.unwrap().expect("applied").published_as
 }
+
+/// The Prometheus text a server at `base` answers on `/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Whether `table` exists in `db` (either database).
+pub async fn table_exists(db: &cqrs_sql::Db, table: &str) -> bool {
+    let sql = match db.dialect.is_embedded() {
+        true => "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
+        false => "SELECT CAST(to_regclass($1) AS TEXT)",
+    };
+    sqlx::query_scalar::<_, Option<String>>(sql)
+        .bind(table)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("table lookup")
+        .flatten()
+        .is_some()
+}

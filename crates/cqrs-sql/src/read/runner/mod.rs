@@ -171,7 +171,6 @@ impl ProjectorRunner {
         if !self.resume(&mut source, &shutdown).await {
             return Ok(());
         }
-        let mut attempts: HashMap<(SourceKey, i64), u32> = HashMap::new();
         let mut batches: u64 = 0;
         let mut bulk_checked = std::time::Instant::now();
         loop {
@@ -182,57 +181,18 @@ impl ProjectorRunner {
             let Some(batch) = self.next_batch(&mut source, &shutdown).await else {
                 return Ok(());
             };
-            if !self.config.apply_delay.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.apply_delay) => {}
-                    _ = shutdown.cancelled() => return Ok(()),
-                }
+            if !self.config.apply_delay.is_zero()
+                && !pause(self.config.apply_delay, &shutdown).await
+            {
+                return Ok(());
             }
             let started = std::time::Instant::now();
-            let mut backoff = Duration::from_millis(50);
-            let mut per_event = false;
-            let checkpoints = loop {
-                match self.apply_batch(&batch, &mut source, per_event).await {
-                    Ok((_, checkpoints)) => break checkpoints,
-                    Err(e) if e.index.is_none() && !per_event && !is_transient(&e.error) => {
-                        // Find the record: the same batch, one event at a time.
-                        per_event = true;
-                    }
-                    Err(e) => {
-                        if let Some(item) = e.index.and_then(|i| batch.get(i)) {
-                            let key = (item.source_key.clone(), item.next_position);
-                            let n = attempts.entry(key.clone()).or_insert(0);
-                            *n += 1;
-                            let deterministic = !matches!(
-                                e.error,
-                                ProjectionError::Db(_) | ProjectionError::Unavailable(_)
-                            );
-                            // A service away is waited for, however long.
-                            let give_up = !matches!(e.error, ProjectionError::Unavailable(_))
-                                && *n >= self.config.max_attempts;
-                            per_event = false;
-                            if deterministic || give_up {
-                                tracing::warn!(projector = %self.config.name, record = %item.published_as,
-                                    error = %e.error, "dead-lettering record");
-                                if let Ok(mut p) = self.poison.lock() {
-                                    p.insert(key, e.error.to_string());
-                                }
-                                continue;
-                            }
-                        }
-                        tracing::error!(projector = %self.config.name, error = %e, "batch failed; retrying");
-                        metrics::counter!("cqrs_projector_batch_failures_total").increment(1);
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.cancelled() => return Ok(()),
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
+            let Some(checkpoints) = self.apply_retrying(&batch, &mut source, &shutdown).await
+            else {
+                return Ok(());
             };
             tracing::debug!(projector = %self.config.name, records = batch.len(),
                 elapsed_us = started.elapsed().as_micros() as u64, "batch applied");
-            attempts.clear();
             if let Ok(mut p) = self.poison.lock() {
                 p.clear();
             }
@@ -254,6 +214,74 @@ impl ProjectorRunner {
                 }
             }
         }
+    }
+
+    /// Applies one batch: a failure not tied to a record is retried one
+    /// event at a time to find the record; a record that keeps failing is
+    /// dead-lettered; anything else is retried with backoff. The
+    /// checkpoints committed; None at shutdown.
+    async fn apply_retrying<S: EventSource>(
+        &self,
+        batch: &[SourcedEvent],
+        source: &mut S,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<(SourceKey, i64)>> {
+        let mut attempts: HashMap<(SourceKey, i64), u32> = HashMap::new();
+        let mut backoff = Duration::from_millis(50);
+        let mut per_event = false;
+        loop {
+            let e = match self.apply_batch(batch, source, per_event).await {
+                Ok((_, checkpoints)) => return Some(checkpoints),
+                Err(e) => e,
+            };
+            if e.index.is_none() && !per_event && !is_transient(&e.error) {
+                // Find the record: the same batch, one event at a time.
+                per_event = true;
+                continue;
+            }
+            if let Some(item) = e.index.and_then(|i| batch.get(i)) {
+                per_event = false;
+                if self.gives_up_on(item, &e.error, &mut attempts) {
+                    continue;
+                }
+            }
+            tracing::error!(projector = %self.config.name, error = %e, "batch failed; retrying");
+            metrics::counter!("cqrs_projector_batch_failures_total").increment(1);
+            if !pause(backoff, shutdown).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Counts a failure of `item`; whether it is given up on (marked to be
+    /// dead-lettered by the next attempt): at once when the failure is in
+    /// the data, after `max_attempts` when in the database, never while a
+    /// service it needs is away.
+    fn gives_up_on(
+        &self,
+        item: &SourcedEvent,
+        error: &ProjectionError,
+        attempts: &mut HashMap<(SourceKey, i64), u32>,
+    ) -> bool {
+        let key = (item.source_key.clone(), item.next_position);
+        let n = attempts.entry(key.clone()).or_insert(0);
+        *n += 1;
+        let deterministic = !matches!(
+            error,
+            ProjectionError::Db(_) | ProjectionError::Unavailable(_)
+        );
+        let give_up =
+            !matches!(error, ProjectionError::Unavailable(_)) && *n >= self.config.max_attempts;
+        if !(deterministic || give_up) {
+            return false;
+        }
+        tracing::warn!(projector = %self.config.name, record = %item.published_as,
+            error = %error, "dead-lettering record");
+        if let Ok(mut p) = self.poison.lock() {
+            p.insert(key, error.to_string());
+        }
+        true
     }
 
     /// Hands the stored checkpoints to the source, retrying while the read
