@@ -62,4 +62,12 @@ pub enum What {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
     },
+    /// The append alone on PostgreSQL through each driver (sqlx Any, sqlx
+    /// PgPool, tokio-postgres pipelined) and the store's group commit,
+    /// beside pgbench's one-row insert, with CPU per append.
+    Append {
+        /// Appends per variant.
+        #[arg(long, default_value_t = 20_000)]
+        appends: usize,
+    },
 }

@@ -162,7 +162,9 @@ pub(crate) struct Rates {
 
 /// `orders-bench replay`.
 pub async fn run(what: &What, args: &BenchArgs) -> anyhow::Result<()> {
-    let What::Replay { events } = what;
+    let What::Replay { events } = what else {
+        bail!("not a replay benchmark");
+    };
     let (Some(url), Some(brokers)) = (&args.database_url, &args.kafka_brokers) else {
         bail!("bench replay needs --database-url and --kafka-brokers");
     };

@@ -3,7 +3,9 @@
 //! (open loop at a fixed offered rate, measured from each command's intended
 //! send time, so a slow server cannot hide its queue).
 
+pub mod append;
 pub mod args;
+pub mod cpu;
 pub mod history;
 pub mod hops;
 pub mod kafka;
@@ -26,31 +28,46 @@ use orders_service::server::{Config, KafkaOptions, Role};
 use results::BackendResult;
 use std::time::Instant;
 
-/// Creates in a closed loop against a process with only the API role.
-async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<f64> {
+/// Creates in a closed loop against a process with only the API role:
+/// commands/s, and the machine's CPU µs per command.
+async fn write_side_alone(config: &Config, args: &BenchArgs) -> anyhow::Result<(f64, f64)> {
     let mut api_only = config.clone();
     api_only.roles = vec![Role::Api];
     let served = Served::start(&api_only).await?;
+    let busy = cpu::MachineCpu::now()?;
     let cps = throughput(&served.base, args.commands, args.concurrency).await;
+    let (cpu_us, _) = busy.since()?;
     served.stop().await?;
-    cps
+    Ok((cps?, cpu_us / args.commands as f64))
 }
 
 /// pgbench's one-row insert and select-only at the bench's concurrency, on
 /// the PostgreSQL server of `config` (none on SQLite).
-async fn pgbench(config: &Config, args: &BenchArgs) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+/// Also the machine's CPU µs per insert transaction.
+async fn pgbench(config: &Config, args: &BenchArgs) -> anyhow::Result<Option<Pgbenched>> {
     let Some(url) = &config.database_url else {
-        return Ok((None, None));
+        return Ok(None);
     };
     let run = pg::Pgbench {
         url,
         clients: args.concurrency,
         secs: args.pgbench_secs,
     };
-    Ok((
-        Some(pg::insert_tps(run).await?),
-        Some(pg::select_tps(run).await?),
-    ))
+    let busy = cpu::MachineCpu::now()?;
+    let insert_tps = pg::insert_tps(run).await?;
+    let (cpu_us, secs) = busy.since()?;
+    Ok(Some(Pgbenched {
+        insert_tps,
+        insert_cpu_us: cpu_us / (insert_tps * secs),
+        select_tps: pg::select_tps(run).await?,
+    }))
+}
+
+/// pgbench's figures on one server.
+struct Pgbenched {
+    insert_tps: f64,
+    insert_cpu_us: f64,
+    select_tps: f64,
 }
 
 async fn bench_one(
@@ -63,17 +80,20 @@ async fn bench_one(
     if let Some(bytes) = args.read_cache_bytes {
         config.read_cache_bytes = bytes;
     }
-    let write_only = write_side_alone(&config, args).await?;
+    let (write_only, cpu_alone) = write_side_alone(&config, args).await?;
     let served = Served::start(&config).await?;
     let (running, base) = (&served.running, served.base.as_str());
     let result = async {
         // The write-side phase's events first: every phase starts level.
         let before = caught_up(running).await?;
         let started = Instant::now();
+        let busy = cpu::MachineCpu::now()?;
         let cps = throughput(base, args.commands, args.concurrency).await?;
         // The projector's own pace: from the first command until the read
         // model holds the last event. Also lets the next phase start level.
         let events = caught_up(running).await? - before;
+        // Everything the commands caused, the read side and the saga too.
+        let (cpu_us, _) = busy.since()?;
         let projector = events as f64 / started.elapsed().as_secs_f64();
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
         let create_pay = peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
@@ -90,7 +110,7 @@ async fn bench_one(
             Some(secs) => Some(sweep::run(running, base, secs).await?),
             None => None,
         };
-        let (pgbench_insert_tps, pgbench_select_tps) = pgbench(&config, args).await?;
+        let pgbenched = pgbench(&config, args).await?;
         Ok::<_, anyhow::Error>(BackendResult {
             backend: name.to_owned(),
             commands_per_sec: cps,
@@ -99,12 +119,15 @@ async fn bench_one(
             projector_events_per_sec: projector,
             raw_inserts_per_sec: raw,
             ratio_to_raw: cps / raw,
-            pgbench_insert_tps,
+            pgbench_insert_tps: pgbenched.as_ref().map(|p| p.insert_tps),
+            cpu_us_per_command: cpu_us / args.commands as f64,
+            cpu_us_per_command_alone: cpu_alone,
+            pgbench_insert_cpu_us: pgbenched.as_ref().map(|p| p.insert_cpu_us),
             reads_per_sec: reads,
             reads_us,
             cached_reads_per_sec: cached_reads,
             history: None,
-            pgbench_select_tps,
+            pgbench_select_tps: pgbenched.as_ref().map(|p| p.select_tps),
             offered_rate: args.rate,
             achieved_rate: achieved,
             command_us: (&lat.command).into(),
@@ -128,8 +151,16 @@ async fn bench_one(
 
 /// `orders-bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(what) = &args.what {
-        return kafka::run(what, &args).await;
+    match &args.what {
+        Some(What::Append { appends }) => {
+            let url = args
+                .database_url
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("bench append needs --database-url"))?;
+            return append::run(url, *appends, args.concurrency, &args.out).await;
+        }
+        Some(what) => return kafka::run(what, &args).await,
+        None => {}
     }
     let mut results = Vec::new();
     let peer = match &args.database_url {

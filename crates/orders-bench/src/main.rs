@@ -11,6 +11,11 @@ struct Cli {
     args: orders_bench::BenchArgs,
 }
 
+/// mimalloc: glibc's malloc took ~16 % of the command path's CPU here
+/// (BENCHMARKS.md, "CPU per command").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());

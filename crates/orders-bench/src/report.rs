@@ -29,6 +29,7 @@ pub(crate) fn report(
     let (writes, baselines) = write_tables(results);
     println!("{writes}");
     println!("{baselines}");
+    println!("{}", cpu_table(results));
     println!("{}", saga_table(results));
     if let Some(peer) = peer {
         println!("{}", peer_table(results, peer));
@@ -89,6 +90,42 @@ fn write_tables(results: &[BackendResult]) -> (comfy_table::Table, comfy_table::
         baselines.add_row(baseline_row(r));
     }
     (writes, baselines)
+}
+
+/// What a command costs the machine (every process on it), beside what a
+/// pgbench insert costs it: the commands' ceiling on these cores.
+fn cpu_table(results: &[BackendResult]) -> comfy_table::Table {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut t = table(vec![
+        "backend",
+        "machine CPU µs per command (all it causes)",
+        "per command, write side alone",
+        "per pgbench insert",
+        "ratio (alone)",
+        "cmd/s the cores allow (alone)",
+    ]);
+    for r in results {
+        let per_insert = r.pgbench_insert_cpu_us;
+        t.add_row(vec![
+            r.backend.clone(),
+            format!("{:.0}", r.cpu_us_per_command),
+            format!("{:.0}", r.cpu_us_per_command_alone),
+            per_insert.map_or("-".to_owned(), |c| format!("{c:.0}")),
+            per_insert.map_or("-".to_owned(), |c| {
+                format!(
+                    "{:.2} ({:.2})",
+                    r.cpu_us_per_command / c,
+                    r.cpu_us_per_command_alone / c
+                )
+            }),
+            format!(
+                "{:.0} ({:.0})",
+                cores * 1e6 / r.cpu_us_per_command,
+                cores * 1e6 / r.cpu_us_per_command_alone
+            ),
+        ]);
+    }
+    t
 }
 
 /// Each backend's saga phases: create -> stock reserved per SKU spread.

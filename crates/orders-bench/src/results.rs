@@ -17,6 +17,14 @@ pub struct BackendResult {
     pub(crate) ratio_to_raw: f64,
     /// pgbench one-row INSERT transactions at the same concurrency (PostgreSQL).
     pub(crate) pgbench_insert_tps: Option<f64>,
+    /// The machine's CPU µs per command of the closed loop, with all it
+    /// causes (relay, projectors, saga, the load's own client) until the
+    /// read side caught up.
+    pub(crate) cpu_us_per_command: f64,
+    /// The same against the write side alone.
+    pub(crate) cpu_us_per_command_alone: f64,
+    /// The machine's CPU µs per pgbench insert transaction (its client too).
+    pub(crate) pgbench_insert_cpu_us: Option<f64>,
     /// `GET /orders/{id}` per second in a closed loop at the same concurrency.
     pub(crate) reads_per_sec: f64,
     /// Their latencies.

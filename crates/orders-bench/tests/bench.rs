@@ -68,6 +68,8 @@ fn the_bench_writes_every_figure_with_its_baseline_and_the_plot() {
             "create_pay_commands_per_sec",
             "reads_per_sec",
             "cached_reads_per_sec",
+            "cpu_us_per_command",
+            "cpu_us_per_command_alone",
         ] {
             positive(&r[key], key);
         }
@@ -93,9 +95,64 @@ fn the_bench_writes_every_figure_with_its_baseline_and_the_plot() {
     }
     positive(&results[1]["pgbench_insert_tps"], "pgbench insert");
     positive(&results[1]["pgbench_select_tps"], "pgbench select-only");
+    positive(
+        &results[1]["pgbench_insert_cpu_us"],
+        "CPU per pgbench insert",
+    );
+    assert!(
+        stdout.contains("machine CPU µs per command"),
+        "no CPU table in:\n{stdout}"
+    );
     let svg = std::fs::read_to_string(file("svg")).unwrap();
     assert!(
         svg.contains("postgresql p50"),
         "the plot has no postgresql line"
     );
+}
+
+/// `orders-bench append`: every driver variant ran and pgbench beside them
+/// (the bench itself fails when a variant stored fewer events than it
+/// appended).
+#[test]
+fn the_append_bench_runs_every_driver_on_the_same_statements() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let url = test_support::postgres_admin_url();
+    let out = Command::new(env!("CARGO_BIN_EXE_orders-bench"))
+        .args(["--database-url", &url, "--out"])
+        .arg(out_dir.path())
+        .args(["append", "--appends", "300"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench append failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("bench-append-"))
+        .expect("no bench-append JSON written");
+    let doc: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let names: Vec<&str> = doc["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "store: group commit, sqlx Any",
+            "one tx each, sqlx Any pool",
+            "one tx each, sqlx PgPool (native)",
+            "one tx each, tokio-postgres pipelined",
+            "pgbench one-row insert (baseline)",
+        ]
+    );
+    for v in doc["variants"].as_array().unwrap() {
+        assert!(v["per_sec"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["machine_cpu_us"].as_f64().unwrap() > 0.0, "{v}");
+    }
 }

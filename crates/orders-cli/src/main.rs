@@ -97,6 +97,11 @@ enum Command {
     Trace(trace::TraceArgs),
 }
 
+/// mimalloc: glibc's malloc took ~16 % of the command path's CPU here
+/// (BENCHMARKS.md, "CPU per command").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

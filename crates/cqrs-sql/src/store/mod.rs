@@ -11,6 +11,7 @@ pub use history::GeneratedHistory;
 /// process (PostgreSQL's `append_postamble` in `sql/postgres.sql` names it).
 pub const LOG_CHANNEL: &str = "cqrs_events";
 pub use sql::{write_components, SqlEventStore};
+pub use writer::AppendParts;
 
 use cqrs_core::{EventEnvelope, EventMetadata, NewEvent};
 use std::future::Future;

@@ -83,30 +83,7 @@ pub(crate) struct Writers {
 pub(crate) fn spawn(db: Db) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>(QUEUE);
     let rx = Arc::new(Mutex::new(rx));
-    let d = db.sql();
-    let instant = |expr: &str| fill(d.instant_in, &[("expr", expr)]);
-    let sql = Statements {
-        insert_events: fill(
-            section(SQL, "insert_events"),
-            &[
-                ("payload", d.payload_in),
-                ("occurred_at", &instant("v.occurred_at")),
-                ("recorded_at", &instant("$2")),
-                ("rows", &batch::rows(db.dialect, 1, &EVENT_ROW)),
-            ],
-        ),
-        insert_keys: fill(
-            section(SQL, "insert_keys"),
-            &[
-                ("created_at", &instant("$2")),
-                ("rows", &batch::rows(db.dialect, 1, &KEY_ROW)),
-            ],
-        ),
-        take_back: fill(
-            section(SQL, "take_back"),
-            &[("keys", &batch::keys(db.dialect, 1))],
-        ),
-    };
+    let sql = statements(db.dialect);
     let count = db.dialect.writers();
     let writers = Writers {
         db,
@@ -121,6 +98,91 @@ pub(crate) fn spawn(db: Db) -> mpsc::Sender<Job> {
         });
     }
     tx
+}
+
+/// The writers' statements for `dialect`.
+fn statements(dialect: &'static dyn crate::Dialect) -> Statements {
+    let d = dialect.sql();
+    let instant = |expr: &str| fill(d.instant_in, &[("expr", expr)]);
+    Statements {
+        insert_events: fill(
+            section(SQL, "insert_events"),
+            &[
+                ("payload", d.payload_in),
+                ("occurred_at", &instant("v.occurred_at")),
+                ("recorded_at", &instant("$2")),
+                ("rows", &batch::rows(dialect, 1, &EVENT_ROW)),
+            ],
+        ),
+        insert_keys: fill(
+            section(SQL, "insert_keys"),
+            &[
+                ("created_at", &instant("$2")),
+                ("rows", &batch::rows(dialect, 1, &KEY_ROW)),
+            ],
+        ),
+        take_back: fill(
+            section(SQL, "take_back"),
+            &[("keys", &batch::keys(dialect, 1))],
+        ),
+    }
+}
+
+/// The statements of an append without idempotency key, for drivers other
+/// than the store's own to run (`orders-bench append` compares them on the
+/// same SQL): run `preamble` (when there is one), then `insert_events`
+/// with `$1` = [`AppendParts::rows`] and `$2` = [`AppendParts::recorded_at`],
+/// both text, in one transaction.
+#[derive(Debug, Clone)]
+pub struct AppendParts {
+    /// Taken before the insert (PostgreSQL: the log's shared lock).
+    pub preamble: Option<&'static str>,
+    /// Inserts the events; returns (event_id, position) per stored event.
+    pub insert_events: String,
+}
+
+impl AppendParts {
+    /// The statements for `dialect`, as the store's writers run them.
+    pub fn for_dialect(dialect: &'static dyn crate::Dialect) -> Self {
+        Self {
+            preamble: dialect.sql().append_preamble,
+            insert_events: statements(dialect).insert_events,
+        }
+    }
+
+    /// `$1` of `insert_events` for `requests` (their events as JSON rows).
+    pub fn rows(requests: &[&AppendRequest]) -> Result<String, sqlx::Error> {
+        batch::rows_json(&event_rows(requests))
+    }
+
+    /// `$2` of `insert_events`: the recording time as the store writes it.
+    pub fn recorded_at(at: chrono::DateTime<chrono::Utc>) -> String {
+        timestamp(at)
+    }
+}
+
+/// The rows of `requests`' events, in [`EVENT_ROW`]'s columns.
+fn event_rows(requests: &[&AppendRequest]) -> Vec<Vec<Val>> {
+    let mut rows: Vec<Vec<Val>> = Vec::new();
+    for r in requests {
+        let occurred_at = timestamp(r.metadata.occurred_at);
+        for (i, e) in r.events.iter().enumerate() {
+            rows.push(vec![
+                Val::Int(rows.len() as i64),
+                Val::Text(e.event_id.clone()),
+                Val::Text(r.aggregate_type.clone()),
+                Val::Text(r.aggregate_id.clone()),
+                Val::Int(r.expected_version + 1 + i as i64),
+                Val::Text(e.event_type.clone()),
+                Val::Int(i64::from(e.schema_version)),
+                Val::Text(e.payload.to_string()),
+                Val::Text(r.metadata.command_id.clone()),
+                Val::Text(occurred_at.clone()),
+                Val::OptText(r.metadata.caller.clone()),
+            ]);
+        }
+    }
+    rows
 }
 
 /// Waits for one job, then takes whatever else is already queued.
@@ -260,27 +322,8 @@ impl Writers {
         requests: &[&AppendRequest],
         recorded_at: &str,
     ) -> Result<HashMap<String, i64>, sqlx::Error> {
-        let mut rows: Vec<Vec<Val>> = Vec::new();
-        for r in requests {
-            let occurred_at = timestamp(r.metadata.occurred_at);
-            for (i, e) in r.events.iter().enumerate() {
-                rows.push(vec![
-                    Val::Int(rows.len() as i64),
-                    Val::Text(e.event_id.clone()),
-                    Val::Text(r.aggregate_type.clone()),
-                    Val::Text(r.aggregate_id.clone()),
-                    Val::Int(r.expected_version + 1 + i as i64),
-                    Val::Text(e.event_type.clone()),
-                    Val::Int(i64::from(e.schema_version)),
-                    Val::Text(e.payload.to_string()),
-                    Val::Text(r.metadata.command_id.clone()),
-                    Val::Text(occurred_at.clone()),
-                    Val::OptText(r.metadata.caller.clone()),
-                ]);
-            }
-        }
         let stored: Vec<(String, i64)> = sqlx::query_as(&self.sql.insert_events)
-            .bind(batch::rows_json(&rows)?)
+            .bind(AppendParts::rows(requests)?)
             .bind(recorded_at)
             .fetch_all(&mut *tx)
             .await?;

@@ -126,6 +126,12 @@ fn create(i: usize) -> (CreateOrder, i64) {
     (order, 1999 * quantity)
 }
 
+/// The same allocator as ours, so that the peer comparison measures the
+/// frameworks, not the allocators. mimalloc: glibc's malloc took ~16 % of the command path's CPU here
+/// (BENCHMARKS.md, "CPU per command").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -19,5 +19,5 @@ pub mod tracked;
 pub mod wiring;
 
 pub use crate::config::{Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR};
-pub use state::App;
+pub use state::{App, AppState};
 pub use wiring::Running;

@@ -4,7 +4,7 @@
 use super::access::Access;
 use super::routes;
 use super::schema::Databases;
-use super::state::App;
+use super::state::{App, AppState};
 use crate::config::{
     Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS,
 };
@@ -153,7 +153,7 @@ impl Running {
         let (live, live_sources) =
             super::live::LiveFeed::start(read.clone(), &progress, closing_rx.clone());
         let progress_for_cache = progress.clone();
-        let app = App {
+        let app = App::new(AppState {
             store,
             inventory,
             read,
@@ -171,7 +171,7 @@ impl Running {
                 config.read_cache_bytes,
                 config.read_cache_ttl,
             ),
-        };
+        });
         let every = Duration::from_millis(500);
         let sampler = super::observe::sample_every(app.clone(), every, live_sources.progress);
         roles.spawn_until_shutdown("metrics sampler", sampler);
