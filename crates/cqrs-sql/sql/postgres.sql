@@ -37,9 +37,9 @@ SELECT r.value FROM jsonb_array_elements_text(CAST(${param} AS jsonb)) AS r(valu
 
 -- Many writers (advisory key 1869767794 = "ordr" guards the log): appends
 -- hold a shared advisory lock from before their position is allocated
--- until commit.
--- name: append_preamble
-SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared(1869767794)) AS l
+-- until commit. Sent with the BEGIN as one simple query: one round trip.
+-- name: append_begin
+BEGIN; SELECT pg_advisory_xact_lock_shared(1869767794)
 
 -- Delivered at commit: wakes the relay without polling.
 -- name: append_postamble
@@ -89,11 +89,12 @@ BEGIN
 
 -- Derived data (read models, the relay's checkpoint): a server crash may
 -- lose the last milliseconds of commits, which are derived again.
--- name: derived_preamble
-SET LOCAL synchronous_commit TO OFF
+-- (With the BEGIN, one round trip.)
+-- name: derived_begin
+BEGIN; SET LOCAL synchronous_commit TO OFF
 
--- name: snapshot_preamble
-SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+-- name: snapshot_begin
+BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
 -- Migrating processes take turns (session advisory lock 7233083).
 -- name: migrate_lock

@@ -35,7 +35,7 @@ SELECT r.value FROM json_each(${param}) AS r
 -- name: key_in
 {column} IN ({keys})
 
--- name: append_preamble
+-- name: append_begin
 
 -- The relay runs in the writing process, woken in process.
 -- name: append_postamble
@@ -68,10 +68,10 @@ a.i, l.key
 -- name: begin_write
 BEGIN IMMEDIATE
 
--- name: derived_preamble
+-- name: derived_begin
 
 -- Any read transaction in WAL mode sees one moment throughout.
--- name: snapshot_preamble
+-- name: snapshot_begin
 
 -- The write transaction (BEGIN IMMEDIATE) is the lock.
 -- name: migrate_lock

@@ -4,7 +4,7 @@
 use crate::connect::FIRST_CONNECT_TIMEOUT;
 pub use crate::connect::{defaults, redact_url, DbOptions, Pools};
 use crate::dialect::{Dialect, DialectSql};
-use sqlx::{AnyPool, Executor};
+use sqlx::AnyPool;
 
 /// A database: a pool for reads and a pool for writes. On SQLite the writer
 /// pool has one connection, because SQLite has one writer at a time and a
@@ -123,11 +123,20 @@ impl Db {
     pub async fn begin_derived(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        let mut tx = self.writer.begin().await?;
-        if let Some(preamble) = self.sql().derived_preamble {
-            tx.execute(preamble).await?;
+        match self.sql().derived_begin {
+            Some(begin) => self.writer.begin_with(begin).await,
+            None => self.writer.begin().await,
         }
-        Ok(tx)
+    }
+
+    /// An append transaction on the writer pool, holding what an append
+    /// must hold from before its positions are allocated (PostgreSQL: the
+    /// log's shared lock; see `log_horizon`).
+    pub async fn begin_append(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.sql().append_begin {
+            Some(begin) => self.writer.begin_with(begin).await,
+            None => self.writer.begin().await,
+        }
     }
 
     /// A read-only transaction on the read pool that sees one moment of the
@@ -136,11 +145,10 @@ impl Db {
     pub async fn begin_snapshot(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(preamble) = self.sql().snapshot_preamble {
-            tx.execute(preamble).await?;
+        match self.sql().snapshot_begin {
+            Some(begin) => self.pool.begin_with(begin).await,
+            None => self.pool.begin().await,
         }
-        Ok(tx)
     }
 
     /// The URL this database was opened with (secret: never log it; see

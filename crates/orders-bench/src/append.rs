@@ -93,10 +93,7 @@ async fn variants(url: &str, n: usize, clients: usize) -> anyhow::Result<Vec<Var
             move |i| {
                 let (any, parts) = (any.clone(), parts.clone());
                 async move {
-                    let mut tx = any.begin().await?;
-                    if let Some(pre) = parts.preamble {
-                        sqlx::query(pre).execute(&mut *tx).await?;
-                    }
+                    let mut tx = any.begin_with(parts.begin).await?;
                     let (rows, now) = bound("any", i)?;
                     let _: Vec<(String, i64)> = sqlx::query_as(&parts.insert_events)
                         .bind(rows)
@@ -120,10 +117,7 @@ async fn variants(url: &str, n: usize, clients: usize) -> anyhow::Result<Vec<Var
             move |i| {
                 let (native, parts) = (native.clone(), parts.clone());
                 async move {
-                    let mut tx = native.begin().await?;
-                    if let Some(pre) = parts.preamble {
-                        sqlx::query(pre).execute(&mut *tx).await?;
-                    }
+                    let mut tx = native.begin_with(parts.begin).await?;
                     let (rows, now) = bound("native", i)?;
                     let _: Vec<(String, i64)> = sqlx::query_as(&parts.insert_events)
                         .bind(rows)
@@ -166,8 +160,8 @@ async fn variants(url: &str, n: usize, clients: usize) -> anyhow::Result<Vec<Var
     Ok(out)
 }
 
-/// tokio-postgres, one connection per task, each append's four statements
-/// (BEGIN, the lock, the insert, COMMIT) sent at once: one round trip.
+/// tokio-postgres, one connection per task, each append's statements (the
+/// BEGIN with the lock, the insert, COMMIT) sent at once: one round trip.
 async fn pipelined(
     url: &str,
     parts: &AppendParts,
@@ -181,18 +175,14 @@ async fn pipelined(
             .await
             .context("tokio-postgres connect")?;
         tokio::spawn(connection);
-        let begin = client.prepare("BEGIN").await?;
-        let pre = match parts.preamble {
-            Some(p) => Some(client.prepare(p).await?),
-            None => None,
-        };
         let insert = client
             .prepare_typed(&parts.insert_events, &[Type::TEXT, Type::TEXT])
             .await?;
         let commit = client.prepare("COMMIT").await?;
-        conns.push(Arc::new((client, begin, pre, insert, commit)));
+        conns.push(Arc::new((client, insert, commit)));
     }
     let conns = Arc::new(conns);
+    let begin = parts.begin;
     timed(
         "one tx each, tokio-postgres pipelined",
         n,
@@ -200,18 +190,11 @@ async fn pipelined(
         move |i| {
             let c = conns[i % conns.len()].clone();
             async move {
-                let (client, begin, pre, insert, commit) = &*c;
+                let (client, insert, commit) = &*c;
                 let (rows, now) = bound("pipelined", i)?;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&rows, &now];
-                let lock = async {
-                    match pre {
-                        Some(p) => client.query(p, &[]).await.map(|_| ()),
-                        None => Ok(()),
-                    }
-                };
-                let (_, _, stored, _) = tokio::try_join!(
-                    client.execute(begin, &[]),
-                    lock,
+                let (_, stored, _) = tokio::try_join!(
+                    client.batch_execute(begin),
                     client.query(insert, &params),
                     client.execute(commit, &[]),
                 )?;

@@ -13,6 +13,7 @@ pub mod load;
 pub mod peer;
 pub mod pg;
 pub mod plot;
+pub mod probe;
 pub mod rebuild;
 pub mod report;
 pub mod results;
@@ -98,7 +99,15 @@ async fn bench_one(
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
         let create_pay = peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
         caught_up(running).await?;
+        let probe = match &config.kafka {
+            Some(k) => Some(probe::start(&k.config()).await?),
+            None => None,
+        };
         let (lat, achieved) = latency(base, args.commands, args.rate).await?;
+        let kafka_probe = match probe {
+            Some(p) => Some(p.stop().await?),
+            None => None,
+        };
         let hops = hops::of(base, &lat.command_ids).await?;
         let saga = saga::phases(running, base, args.commands, args.rate).await?;
         let ids = some_order_ids(running).await?;
@@ -133,6 +142,7 @@ async fn bench_one(
             command_us: (&lat.command).into(),
             command_to_queryable_us: (&lat.queryable).into(),
             hops,
+            kafka_probe,
             errors: lat.errors,
             saga,
             sweep,

@@ -238,6 +238,26 @@ fn hops_table(results: &[BackendResult]) -> comfy_table::Table {
                 ms(h.us.max),
             ]);
         }
+        if let Some(p) = &r.kafka_probe {
+            for (what, us) in [
+                (
+                    "raw Kafka probe, same time: acknowledged after its send",
+                    &p.acknowledged_us,
+                ),
+                (
+                    "raw Kafka probe, same time: consumed after its send",
+                    &p.consumed_us,
+                ),
+            ] {
+                t.add_row(vec![
+                    r.backend.clone(),
+                    what.to_owned(),
+                    ms(us.p50),
+                    ms(us.p99),
+                    ms(us.max),
+                ]);
+            }
+        }
     }
     t
 }

@@ -42,6 +42,8 @@ pub struct BackendResult {
     pub(crate) command_to_queryable_us: Percentiles,
     /// The same, hop by hop, from a sample of the commands' traces.
     pub(crate) hops: Vec<super::hops::Hop>,
+    /// Kafka's own latency during the latency phase (with Kafka).
+    pub(crate) kafka_probe: Option<super::probe::KafkaProbe>,
     pub(crate) errors: usize,
     /// Create -> stock reserved by the order saga, at the offered rate, on
     /// one SKU and spread over many.

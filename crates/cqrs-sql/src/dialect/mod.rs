@@ -43,8 +43,9 @@ pub struct DialectSql {
     pub keys_from: &'static str,
     /// `{column}` is one of the keys of the query `{keys}`.
     pub key_in: &'static str,
-    /// Run first in every append transaction (None: nothing to run).
-    pub append_preamble: Option<&'static str>,
+    /// Begins every append transaction, with what it must run first, in
+    /// one round trip (None: a plain BEGIN).
+    pub append_begin: Option<&'static str>,
     /// Run after appends commit, to wake the relay (None: it is woken in
     /// process).
     pub append_postamble: Option<&'static str>,
@@ -65,10 +66,11 @@ pub struct DialectSql {
     pub flush_after_bulk_load: Option<&'static str>,
     /// Begins a transaction that reads, then writes, the migration ledger.
     pub begin_write: &'static str,
-    /// Run first in a derived-data transaction (None: nothing to set).
-    pub derived_preamble: Option<&'static str>,
-    /// Run first in a snapshot transaction (None: any read transaction is one).
-    pub snapshot_preamble: Option<&'static str>,
+    /// Begins a derived-data transaction, with its settings, in one round
+    /// trip (None: a plain BEGIN).
+    pub derived_begin: Option<&'static str>,
+    /// Begins a snapshot transaction (None: any read transaction is one).
+    pub snapshot_begin: Option<&'static str>,
     /// Takes the session lock of migrating processes (None: the write
     /// transaction is the lock).
     pub migrate_lock: Option<&'static str>,
@@ -112,8 +114,8 @@ macro_rules! dialect_sql {
                 instant_out, rows_from, keys_from, key_in, insert_history,
                 history_interleaved, history_by_aggregate, begin_write, has_column,
                 has_table, versions, versions_locked, lock_out_projectors;
-            optional: append_preamble, append_postamble, log_horizon, after_bulk_load,
-                flush_after_bulk_load, derived_preamble, snapshot_preamble, migrate_lock,
+            optional: append_begin, append_postamble, log_horizon, after_bulk_load,
+                flush_after_bulk_load, derived_begin, snapshot_begin, migrate_lock,
                 migrate_unlock, notify_progress, try_lead)
     };
     ($file:expr; required: $($r:ident),*; optional: $($o:ident),*) => {

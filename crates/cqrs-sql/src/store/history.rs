@@ -91,10 +91,7 @@ impl SqlEventStore {
         let mut head = 0;
         for first in (1..=history.aggregates).step_by(CHUNK as usize) {
             let last = (first + CHUNK - 1).min(history.aggregates);
-            let mut tx = db.writer.begin().await?;
-            if let Some(preamble) = db.sql().append_preamble {
-                tx.execute(preamble).await?;
-            }
+            let mut tx = db.begin_append().await?;
             sqlx::query(&insert_sql(db.dialect, history.interleaved))
                 .bind(&history.aggregate_type)
                 .bind(&life)

@@ -8,7 +8,7 @@ use super::{AppendRequest, StoreError};
 use crate::batch::{self, Kind, Val};
 use crate::db::{timestamp, Db};
 use crate::dialect::{fill, section};
-use sqlx::{AnyConnection, Executor};
+use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -130,13 +130,14 @@ fn statements(dialect: &'static dyn crate::Dialect) -> Statements {
 
 /// The statements of an append without idempotency key, for drivers other
 /// than the store's own to run (`orders-bench append` compares them on the
-/// same SQL): run `preamble` (when there is one), then `insert_events`
+/// same SQL): begin with `begin` as a simple query, run `insert_events`
 /// with `$1` = [`AppendParts::rows`] and `$2` = [`AppendParts::recorded_at`],
-/// both text, in one transaction.
+/// both text, and commit.
 #[derive(Debug, Clone)]
 pub struct AppendParts {
-    /// Taken before the insert (PostgreSQL: the log's shared lock).
-    pub preamble: Option<&'static str>,
+    /// Begins the transaction and takes what the insert needs held (the
+    /// log's shared lock on PostgreSQL).
+    pub begin: &'static str,
     /// Inserts the events; returns (event_id, position) per stored event.
     pub insert_events: String,
 }
@@ -145,7 +146,7 @@ impl AppendParts {
     /// The statements for `dialect`, as the store's writers run them.
     pub fn for_dialect(dialect: &'static dyn crate::Dialect) -> Self {
         Self {
-            preamble: dialect.sql().append_preamble,
+            begin: dialect.sql().append_begin.unwrap_or("BEGIN"),
             insert_events: statements(dialect).insert_events,
         }
     }
@@ -263,10 +264,7 @@ impl Writers {
     async fn write(&self, requests: &[&AppendRequest]) -> Result<Vec<Fate>, sqlx::Error> {
         let now = chrono::Utc::now();
         let recorded_at = timestamp(now);
-        let mut tx = self.db.writer.begin().await?;
-        if let Some(pre) = self.db.sql().append_preamble {
-            tx.execute(pre).await?;
-        }
+        let mut tx = self.db.begin_append().await?;
         let stored = self.insert_events(&mut tx, requests, &recorded_at).await?;
         let mut fates = Vec::with_capacity(requests.len());
         let mut taken_back: Vec<&str> = Vec::new();

@@ -9,7 +9,7 @@
 use crate::record::headers_of;
 use crate::{KafkaConfig, KafkaError};
 use cqrs_sql::{EventStore, SqlEventStore};
-use futures::future::{join_all, JoinAll};
+use futures::future::join_all;
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -19,30 +19,37 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+mod checkpoint;
+
+use checkpoint::CheckpointWriter;
+
 /// What a delivery report says (`Err` when the producer dropped it).
 type Delivery = <DeliveryFuture as std::future::Future>::Output;
 
+/// A batch's delivery reports, and when the last one came back.
+type Reports = (Vec<Delivery>, std::time::Instant);
+
+/// How often the leader checks that its lock's connection is alive.
+const LEADER_PING: Duration = Duration::from_millis(250);
+
 /// Batches enqueued ahead of the oldest one whose reports are awaited.
 const MAX_IN_FLIGHT: usize = 4;
-
-/// Batches between two prunings of the publication record.
-const PRUNE_EVERY: u64 = 1_000;
-
-/// How long the record of a published batch is kept (for traces).
-const BATCH_RETENTION: chrono::Duration = chrono::Duration::hours(24);
 
 /// A batch handed to the producer: its positions and the reports to come.
 struct InFlight {
     first: i64,
     last: i64,
     count: usize,
-    /// All its delivery reports (polled in place, so that the leader can
-    /// read new commits while it waits).
-    reports: JoinAll<DeliveryFuture>,
+    /// All its delivery reports, collected by a task of their own (so that
+    /// the leader can read new commits meanwhile, and the time they came
+    /// back is the broker's, not when the leader got to them).
+    reports: tokio::task::JoinHandle<Reports>,
     /// When the log read for it started.
     read_at: std::time::Instant,
     /// When its last record was handed to the producer.
     sent_at: std::time::Instant,
+    /// How long its first event had been recorded when the read returned.
+    read_after: chrono::Duration,
 }
 
 /// What the leader has read, sent and confirmed.
@@ -52,7 +59,6 @@ struct Pipeline {
     /// Everything at or below it is handed to the producer.
     read_to: i64,
     in_flight: VecDeque<InFlight>,
-    settled: u64,
 }
 
 impl Pipeline {
@@ -62,7 +68,6 @@ impl Pipeline {
             checkpoint,
             read_to: checkpoint,
             in_flight: VecDeque::new(),
-            settled: 0,
         }
     }
 }
@@ -192,14 +197,25 @@ impl Relay {
             .await?;
         let mut local = self.store.subscribe();
         let mut pipe = Pipeline::at(self.store.relay_checkpoint().await?);
+        let checkpoint = CheckpointWriter::start(self.store.clone());
+        let mut pinged = std::time::Instant::now();
         loop {
             let stopping = shutdown.is_cancelled();
             if stopping {
-                return self.drain(&mut pipe).await;
+                return self.drain(&mut pipe, checkpoint).await;
             }
-            // A dead lock connection means another relay may lead now.
-            if let Some(conn) = leader.as_mut() {
+            if checkpoint.ended() {
+                // Its write failed: start again from the stored checkpoint.
+                checkpoint.finish().await?;
+                return Err(rdkafka::error::KafkaError::Canceled.into());
+            }
+            // A dead lock connection means another relay may lead now. Not
+            // on every turn: a round trip per batch was a tenth of the
+            // loop's time, and a second leader for a moment only sends
+            // duplicates, which consumers drop by version.
+            if let Some(conn) = leader.as_mut().filter(|_| pinged.elapsed() >= LEADER_PING) {
                 conn.execute("SELECT 1").await?;
+                pinged = std::time::Instant::now();
             }
             self.fill(&mut pipe).await?;
             let room = pipe.in_flight.len() < MAX_IN_FLIGHT;
@@ -215,7 +231,7 @@ impl Relay {
                 },
             };
             match reports {
-                Some(reports) => self.settle_oldest(&mut pipe, reports).await?,
+                Some(reports) => self.settle_oldest(&mut pipe, &checkpoint, reports)?,
                 None if pipe.in_flight.is_empty() => wake.await?,
                 None => {}
             }
@@ -256,6 +272,7 @@ impl Relay {
             let (Some(first), Some(last)) = (events.first(), events.last()) else {
                 return Ok(());
             };
+            let read_after = chrono::Utc::now() - first.recorded_at;
             let (first, last) = (first.position, last.position);
             let mut deliveries = Vec::with_capacity(events.len());
             for e in &events {
@@ -266,9 +283,13 @@ impl Relay {
                 first,
                 last,
                 count: deliveries.len(),
-                reports: join_all(deliveries),
+                reports: tokio::spawn(async move {
+                    let reports = join_all(deliveries).await;
+                    (reports, std::time::Instant::now())
+                }),
                 read_at,
                 sent_at: std::time::Instant::now(),
+                read_after,
             });
         }
         Ok(())
@@ -297,15 +318,20 @@ impl Relay {
     /// Moves the checkpoint past the oldest batch, whose `reports` came
     /// back. A failed report fails the leader: it starts again from the
     /// stored checkpoint, so Kafka may hold duplicates but never a gap.
-    async fn settle_oldest(
+    fn settle_oldest(
         &self,
         pipe: &mut Pipeline,
-        reports: Vec<Delivery>,
+        checkpoint: &CheckpointWriter,
+        reports: Result<Reports, tokio::task::JoinError>,
     ) -> Result<(), KafkaError> {
         let Some(batch) = pipe.in_flight.pop_front() else {
             return Ok(());
         };
         let count = batch.count;
+        let Ok((reports, acked)) = reports else {
+            metrics::counter!("cqrs_relay_errors_total").increment(1);
+            return Err(RdError::Canceled.into());
+        };
         for report in reports {
             match report {
                 Ok(Ok(_)) => {}
@@ -319,39 +345,39 @@ impl Relay {
                 }
             }
         }
-        let reported = std::time::Instant::now();
-        self.store.relay_published(batch.first, batch.last).await?;
+        // From the batch's last send to its last acknowledgement.
+        let acked_after = acked.saturating_duration_since(batch.sent_at);
+        metrics::histogram!("cqrs_relay_ack_seconds").record(acked_after.as_secs_f64());
         tracing::debug!(
             events = count,
+            read_after_recorded_us = batch.read_after.num_microseconds().unwrap_or(0),
             read_and_sent_us = (batch.sent_at - batch.read_at).as_micros() as u64,
-            reports_after_us = (reported - batch.sent_at).as_micros() as u64,
-            checkpoint_us = reported.elapsed().as_micros() as u64,
+            acked_after_us = acked_after.as_micros() as u64,
+            settled_after_us = batch.sent_at.elapsed().as_micros() as u64,
             "relay batch confirmed"
         );
+        checkpoint.confirmed(batch.first, batch.last);
         pipe.checkpoint = batch.last;
-        pipe.settled += 1;
         metrics::counter!("cqrs_relay_published_total").increment(count as u64);
         metrics::histogram!("cqrs_relay_batch_size").record(count as f64);
-        if pipe.settled % PRUNE_EVERY == 1 {
-            let before = chrono::Utc::now() - BATCH_RETENTION;
-            if let Err(e) = self.store.prune_relay_batches(before).await {
-                tracing::warn!(error = %e, "cannot prune the relay's batch record");
-            }
-        }
         Ok(())
     }
 
     /// At shutdown: confirms what is in flight, as far as reports come
     /// within a few seconds (the rest is sent again by the next leader).
-    async fn drain(&self, pipe: &mut Pipeline) -> Result<(), KafkaError> {
+    async fn drain(
+        &self,
+        pipe: &mut Pipeline,
+        checkpoint: CheckpointWriter,
+    ) -> Result<(), KafkaError> {
         let settle = async {
             while let Some(oldest) = pipe.in_flight.front_mut() {
                 let reports = (&mut oldest.reports).await;
-                self.settle_oldest(pipe, reports).await?;
+                self.settle_oldest(pipe, &checkpoint, reports)?;
             }
-            Ok(())
+            Ok::<_, KafkaError>(())
         };
-        match tokio::time::timeout(Duration::from_secs(5), settle).await {
+        let settled = match tokio::time::timeout(Duration::from_secs(5), settle).await {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!(
@@ -359,6 +385,9 @@ impl Relay {
                 );
                 Ok(())
             }
-        }
+        };
+        // What was confirmed is stored before the relay ends.
+        let written = checkpoint.finish().await;
+        settled.and(written)
     }
 }
