@@ -87,48 +87,20 @@ async fn variants(url: &str, n: usize, clients: usize) -> anyhow::Result<Vec<Var
         .max_connections(clients as u32)
         .connect(url)
         .await?;
-    out.push(
-        timed("one tx each, sqlx Any pool", n, clients, {
-            let parts = parts.clone();
-            move |i| {
-                let (any, parts) = (any.clone(), parts.clone());
-                async move {
-                    let mut tx = any.begin_with(parts.begin).await?;
-                    let (rows, now) = bound("any", i)?;
-                    let _: Vec<(String, i64)> = sqlx::query_as(&parts.insert_events)
-                        .bind(rows)
-                        .bind(now)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(())
-                }
-            }
-        })
-        .await?,
-    );
+    out.push(one_tx_each("one tx each, sqlx Any pool", "any", any, &parts, n, clients).await?);
     let native = sqlx::postgres::PgPoolOptions::new()
         .max_connections(clients as u32)
         .connect(url)
         .await?;
     out.push(
-        timed("one tx each, sqlx PgPool (native)", n, clients, {
-            let parts = parts.clone();
-            move |i| {
-                let (native, parts) = (native.clone(), parts.clone());
-                async move {
-                    let mut tx = native.begin_with(parts.begin).await?;
-                    let (rows, now) = bound("native", i)?;
-                    let _: Vec<(String, i64)> = sqlx::query_as(&parts.insert_events)
-                        .bind(rows)
-                        .bind(now)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(())
-                }
-            }
-        })
+        one_tx_each(
+            "one tx each, sqlx PgPool (native)",
+            "native",
+            native,
+            &parts,
+            n,
+            clients,
+        )
         .await?,
     );
     out.push(pipelined(url, &parts, n, clients).await?);
@@ -158,6 +130,41 @@ async fn variants(url: &str, n: usize, clients: usize) -> anyhow::Result<Vec<Var
         machine_cpu_us: cpu_us / (tps * secs),
     });
     Ok(out)
+}
+
+/// One transaction per append through an sqlx `pool` of any database
+/// (the `Any` pool and the native one run the very same code).
+async fn one_tx_each<DB>(
+    name: &str,
+    tag: &'static str,
+    pool: sqlx::Pool<DB>,
+    parts: &AppendParts,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<Variant>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'r> (String, i64): sqlx::FromRow<'r, DB::Row>,
+{
+    let parts = parts.clone();
+    timed(name, n, clients, move |i| {
+        let (pool, parts) = (pool.clone(), parts.clone());
+        async move {
+            let mut tx = pool.begin_with(parts.begin).await?;
+            let (rows, now) = bound(tag, i)?;
+            let _: Vec<(String, i64)> = sqlx::query_as(&parts.insert_events)
+                .bind(rows)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// tokio-postgres, one connection per task, each append's statements (the
