@@ -8,6 +8,7 @@ use crate::KafkaConfig;
 use cqrs_sql::read::runner::load_checkpoints;
 use cqrs_sql::{Db, EventSource, SourceError, SourceKey, SourcedEvent};
 use futures::FutureExt;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -45,9 +46,35 @@ struct Assignment {
 
 struct Ctx {
     assignment: Arc<Mutex<Assignment>>,
+    /// Who consumes what, named in every line this consumer logs.
+    group: Arc<str>,
+    topic: Arc<str>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    // librdkafka's own lines too name the group and the topic (several
+    // consumers of one process would otherwise be told apart by nothing).
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let (group, topic) = (&*self.group, &*self.topic);
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(group, topic, facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(group, topic, facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(group, topic, facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(group, topic, facility = fac, "librdkafka: {message}")
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     // Runs inside poll, i.e. only while the source is collecting a batch,
@@ -60,7 +87,7 @@ impl ConsumerContext for Ctx {
                 a.owned.remove(&e.partition());
                 a.fresh.remove(&e.partition());
             }
-            tracing::info!(partitions = ?a.revoked, "partitions revoked");
+            tracing::info!(group = &*self.group, topic = &*self.topic, partitions = ?a.revoked, "partitions revoked");
         }
     }
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -70,7 +97,7 @@ impl ConsumerContext for Ctx {
                 a.owned.insert(e.partition());
                 a.revoked.remove(&e.partition());
             }
-            tracing::info!(partitions = ?a.owned, "partitions assigned");
+            tracing::info!(group = &*self.group, topic = &*self.topic, partitions = ?a.owned, "partitions assigned");
         }
     }
 }
@@ -90,8 +117,9 @@ pub struct KafkaSource {
 }
 
 /// Consumer errors, logged at most every few seconds with a count.
-#[derive(Default)]
 struct ErrorLog {
+    group: Arc<str>,
+    topic: Arc<str>,
     last: Option<std::time::Instant>,
     suppressed: u64,
 }
@@ -103,7 +131,8 @@ impl ErrorLog {
             .last
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
         if due {
-            tracing::warn!(error = %e, suppressed = self.suppressed, "consumer error; the client reconnects by itself");
+            tracing::warn!(group = &*self.group, topic = &*self.topic, error = %e,
+                suppressed = self.suppressed, "consumer error; the client reconnects by itself");
             self.last = Some(std::time::Instant::now());
             self.suppressed = 0;
         } else {
@@ -116,6 +145,10 @@ impl KafkaSource {
     /// Joins the group (subscribes on `resume`).
     pub fn new(config: SourceConfig, read_db: Db) -> Result<Self, crate::KafkaError> {
         let assignment = Arc::new(Mutex::new(Assignment::default()));
+        let (group, topic): (Arc<str>, Arc<str>) = (
+            config.group_id.as_str().into(),
+            config.kafka.topic.as_str().into(),
+        );
         let consumer: StreamConsumer<Ctx> = config
             .kafka
             .client()
@@ -135,6 +168,8 @@ impl KafkaSource {
             )
             .create_with_context(Ctx {
                 assignment: assignment.clone(),
+                group: group.clone(),
+                topic: topic.clone(),
             })?;
         let dlq: FutureProducer = config
             .kafka
@@ -143,14 +178,19 @@ impl KafkaSource {
             .set("acks", "all")
             .create()?;
         Ok(Self {
-            topic: config.kafka.topic.as_str().into(),
+            topic: topic.clone(),
             config,
             consumer: Some(Arc::new(consumer)),
             dlq,
             assignment,
             read_db,
             floor: HashMap::new(),
-            errors: ErrorLog::default(),
+            errors: ErrorLog {
+                group,
+                topic: topic.clone(),
+                last: None,
+                suppressed: 0,
+            },
         })
     }
 
@@ -190,7 +230,7 @@ impl KafkaSource {
                         seeked.insert(p);
                     }
                     Err(e) => {
-                        tracing::debug!(partition = p, error = %e, "seek not taken; relying on the floor")
+                        tracing::debug!(group = %self.config.group_id, topic = &*self.topic, partition = p, error = %e, "seek not taken; relying on the floor")
                     }
                 }
             }
@@ -280,7 +320,7 @@ impl EventSource for KafkaSource {
                     Some(Err(e)) => {
                         // What was received is consumed: hand it over, and
                         // let the error surface on the next call.
-                        tracing::debug!(error = %e, "consumer error after a partial batch");
+                        tracing::debug!(group = %self.config.group_id, topic = &*self.topic, error = %e, "consumer error after a partial batch");
                         break;
                     }
                     None => break,
@@ -349,13 +389,13 @@ impl EventSource for KafkaSource {
             }
             let topic = &self.config.kafka.topic;
             if let Err(e) = tpl.add_partition_offset(topic, p, Offset::Offset(*next)) {
-                tracing::debug!(partition = p, error = %e, "offset not committed to Kafka");
+                tracing::debug!(group = %self.config.group_id, topic = &*self.topic, partition = p, error = %e, "offset not committed to Kafka");
             }
         }
         if tpl.count() > 0 {
             // For lag tools only: the read DB holds the truth.
             if let Err(e) = self.consumer()?.commit(&tpl, CommitMode::Async) {
-                tracing::debug!(error = %e, "offset commit to Kafka failed");
+                tracing::debug!(group = %self.config.group_id, topic = &*self.topic, error = %e, "offset commit to Kafka failed");
             }
         }
         Ok(())

@@ -68,6 +68,18 @@ async fn accepted_grows_by(accepted: &Accepted, more: usize, procs: &mut [&mut c
 }
 
 /// Records the projectors dropped as already applied, from their logs.
+/// The (group, topic) of each "partitions assigned" line of a log.
+fn assigned_groups(log: &str) -> std::collections::HashSet<(String, String)> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "partitions assigned")
+        .map(|v| {
+            let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            (field("group"), field("topic"))
+        })
+        .collect()
+}
+
 fn duplicates_dropped(cluster: &Cluster) -> u64 {
     // Each process logs JSON lines; a batch that dropped copies says how many.
     std::fs::read_dir(cluster.dir.path())
@@ -296,6 +308,22 @@ async fn projectors_joining_and_leaving_a_group_apply_everything_once_in_order()
             "{} took part:\n{}",
             p.name,
             p.log_text()
+        );
+    }
+    // Every consumer's lines name its group and topic, and `--kafka-group`
+    // names the projectors' group and prefixes the saga's and the
+    // inventory's.
+    let g = format!("g-{}", cluster.topic);
+    let inventory_topic = cluster.topic.replace(".events", ".inventory.events");
+    let assigned = assigned_groups(&p2.log_text());
+    for (group, topic) in [
+        (g.clone(), cluster.topic.clone()),
+        (format!("{g}.order-saga"), cluster.topic.clone()),
+        (format!("{g}.inventory"), inventory_topic),
+    ] {
+        assert!(
+            assigned.contains(&(group.clone(), topic.clone())),
+            "no \"partitions assigned\" line of group {group} on {topic} in {assigned:?}"
         );
     }
 }

@@ -204,7 +204,10 @@ pub struct KafkaOptions {
         default_value_t = 1
     )]
     pub replication: i32,
-    /// Consumer group of the projectors [default: TOPIC.projectors].
+    /// Consumer group of the orders' projectors, and the prefix of the
+    /// process's other groups: the saga's is GROUP.order-saga, the
+    /// inventory projectors' GROUP.inventory [default: TOPIC.projectors,
+    /// TOPIC.order-saga, INVENTORY_TOPIC.projectors].
     #[arg(long = "kafka-group", env = "ORDERS_KAFKA_GROUP")]
     pub group: Option<String>,
     /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;
@@ -265,6 +268,13 @@ impl KafkaOptions {
             .clone()
             .unwrap_or_else(|| defaults::kafka_group(&self.topic))
     }
+    /// The order saga's consumer group (`--kafka-group` prefixes it).
+    pub fn saga_group_id(&self) -> String {
+        match &self.group {
+            Some(g) => format!("{g}.order-saga"),
+            None => defaults::kafka_saga_group(&self.topic),
+        }
+    }
     /// The same cluster, for the inventory's topic and its own group.
     pub fn inventory(&self) -> KafkaOptions {
         let topic = self
@@ -272,7 +282,8 @@ impl KafkaOptions {
             .clone()
             .unwrap_or_else(|| defaults::kafka_inventory_topic(&self.topic));
         KafkaOptions {
-            group: None,
+            // `--kafka-group` prefixes the inventory's group too.
+            group: self.group.as_ref().map(|g| format!("{g}.inventory")),
             topic,
             inventory_topic: None,
             ..self.clone()
@@ -506,6 +517,21 @@ mod tests {
         assert!(
             parsed::<Config>(&["--kafka-brokers", "b:1", "--kafka-property", "nokey"]).is_err()
         );
+    }
+
+    #[test]
+    fn the_kafka_group_names_the_projectors_group_and_prefixes_the_others() {
+        let plain = KafkaOptions::new("b:9092");
+        assert_eq!(plain.group_id(), "orders.events.projectors");
+        assert_eq!(plain.saga_group_id(), "orders.events.order-saga");
+        assert_eq!(plain.inventory().group_id(), "inventory.events.projectors");
+        let named =
+            parsed::<KafkaOptions>(&["--kafka-brokers=b:9092", "--kafka-group=shop"]).unwrap();
+        assert_eq!(named.group_id(), "shop");
+        assert_eq!(named.saga_group_id(), "shop.order-saga");
+        assert_eq!(named.inventory().group_id(), "shop.inventory");
+        // The inventory's options name no saga of their own: one prefix.
+        assert_eq!(named.inventory().topic, "inventory.events");
     }
 
     #[test]

@@ -506,7 +506,7 @@ async fn start_saga(
             let source = KafkaSource::new(
                 SourceConfig {
                     kafka: k.config(),
-                    group_id: crate::config::defaults::kafka_saga_group(&k.topic),
+                    group_id: k.saga_group_id(),
                     session_timeout_ms: k.session_timeout_ms,
                     projector: SAGA.into(),
                 },
