@@ -30,6 +30,12 @@ pub struct SourceConfig {
     pub session_timeout_ms: u32,
     /// Name of the projector whose checkpoints the read DB holds.
     pub projector: String,
+    /// `group.instance.id`: static membership. A member restarted with the
+    /// same id takes its partitions back at once instead of waiting out
+    /// the dead one's session; but a static member never leaves the group
+    /// by itself, so one that stops for good holds its partitions for the
+    /// session timeout. None: dynamic membership.
+    pub instance_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -149,9 +155,11 @@ impl KafkaSource {
             config.group_id.as_str().into(),
             config.kafka.topic.as_str().into(),
         );
-        let consumer: StreamConsumer<Ctx> = config
-            .kafka
-            .client()
+        let mut client = config.kafka.client();
+        if let Some(id) = &config.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<Ctx> = client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -200,6 +200,7 @@ fn source(topic: &str, read: &cqrs_sql::Db, projector: &str) -> KafkaSource {
             group_id: format!("g-{}", uuid::Uuid::new_v4()),
             session_timeout_ms: 6_000,
             projector: projector.to_owned(),
+            instance_id: None,
         },
         read.clone(),
     )

@@ -292,6 +292,7 @@ async fn time_projector(
             group_id: group_id.to_owned(),
             session_timeout_ms: orders_service::config::defaults::KAFKA_SESSION_TIMEOUT_MS,
             projector: PROJECTOR.into(),
+            instance_id: None,
         },
         read.clone(),
     )?;

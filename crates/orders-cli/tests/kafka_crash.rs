@@ -327,3 +327,121 @@ async fn projectors_joining_and_leaving_a_group_apply_everything_once_in_order()
         );
     }
 }
+
+/// Creates one order and answers how long until a read with its token saw
+/// it, or None when `limit` (at most the API's 30 s) passed first.
+async fn queryable_within(base: &str, limit: Duration) -> Option<Duration> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let body = json!({"customer_id": "c-static",
+        "items": [{"sku": "s", "quantity": 1, "unit_price_cents": 100}]});
+    let created = http
+        .post(format!("{base}/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let token = created.headers()["x-consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = created.json::<serde_json::Value>().await.unwrap()["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read = http
+        .get(format!("{base}/orders/{id}?wait_ms={}", limit.as_millis()))
+        .header("x-consistency-token", token)
+        .send()
+        .await
+        .unwrap();
+    if read.status() != 200 {
+        eprintln!(
+            "read answered {}: {}",
+            read.status(),
+            read.text().await.unwrap_or_default()
+        );
+        return None;
+    }
+    Some(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projector_killed_and_restarted_with_its_instance_id_resumes_within_five_seconds() {
+    let cluster = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = cluster.start("api", "api,relay", Some(port), &[]);
+    wait_healthy(&base, &mut api).await;
+    // Kafka's default session: a dynamic member restarted after a kill -9
+    // would wait out its dead self's 45 s before getting partitions.
+    let session_ms = 45_000;
+    let id = [("ORDERS_KAFKA_INSTANCE_ID", "projector-a".to_owned())];
+    let mut p = cluster.start_with_session("projector", "projector", None, &id, session_ms);
+    assert!(
+        queryable_within(&base, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "the first projector never applied an order:\n{}",
+        p.log_text()
+    );
+    p.kill9();
+    let restarted = Instant::now();
+    let mut p = cluster.start_with_session("projector", "projector", None, &id, session_ms);
+    let seen = queryable_within(&base, Duration::from_secs(30)).await;
+    let resumed = restarted.elapsed();
+    assert!(
+        seen.is_some() && resumed < Duration::from_secs(5),
+        "restarted with its instance id, the projector resumed after {resumed:?} (an order written at once after the restart seen after {seen:?}):\n{}",
+        p.log_text()
+    );
+    assert!(p.terminate().success() || !p.alive());
+    drop(api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_static_member_killed_for_good_gives_its_partitions_up_after_the_session_timeout() {
+    let cluster = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = cluster.start("api", "api,relay", Some(port), &[]);
+    wait_healthy(&base, &mut api).await;
+    let member = |id: &str| [("ORDERS_KAFKA_INSTANCE_ID", id.to_owned())];
+    let mut a = cluster.start_with_session("projector-a", "projector", None, &member("a"), 3000);
+    let b = cluster.start_with_session("projector-b", "projector", None, &member("b"), 3000);
+    let orders_group = (format!("g-{}", cluster.topic), cluster.topic.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ![&a, &b]
+        .iter()
+        .all(|p| assigned_groups(&p.log_text()).contains(&orders_group))
+    {
+        assert!(Instant::now() < deadline, "a member never got partitions");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let assigned_before = b.log_text().matches("partitions assigned").count();
+    a.kill9();
+    let killed = Instant::now();
+    // Orders land on every partition, the dead member's too: each is
+    // applied once the group has moved them (session timeout 3 s).
+    for _ in 0..12 {
+        assert!(
+            queryable_within(&base, Duration::from_secs(30))
+                .await
+                .is_some(),
+            "an order was never applied after the kill:\n{}",
+            b.log_text()
+        );
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "the dead member's partitions moved after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        b.log_text().matches("partitions assigned").count() > assigned_before,
+        "the survivor was never given more partitions:\n{}",
+        b.log_text()
+    );
+    drop(api);
+}

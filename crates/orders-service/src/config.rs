@@ -210,6 +210,13 @@ pub struct KafkaOptions {
     /// TOPIC.order-saga, INVENTORY_TOPIC.projectors].
     #[arg(long = "kafka-group", env = "ORDERS_KAFKA_GROUP")]
     pub group: Option<String>,
+    /// This process's stable identity in its consumer groups (Kafka static
+    /// membership, `group.instance.id`): restarted with the same id, a
+    /// projector or saga takes its partitions back at once instead of after
+    /// the session timeout. Unique per process of a group; a process given
+    /// none joins as a dynamic member.
+    #[arg(long = "kafka-instance-id", env = "ORDERS_KAFKA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;
     /// comma-separated in the environment): TLS and SASL, e.g.
     /// security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512,

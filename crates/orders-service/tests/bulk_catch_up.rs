@@ -236,6 +236,7 @@ async fn a_running_projector_that_falls_far_behind_switches_to_bulk_and_back() {
             group_id: format!("g-mid-{topic}"),
             session_timeout_ms: 6000,
             projector: "orders_read_model".into(),
+            instance_id: None,
         },
         read.clone(),
     )

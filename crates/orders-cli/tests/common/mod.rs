@@ -206,6 +206,18 @@ impl Cluster {
         port: Option<u16>,
         extra_env: &[(&str, String)],
     ) -> Proc {
+        self.start_with_session(name, roles, port, extra_env, 3000)
+    }
+
+    /// The same with the consumers' session timeout in ms (3,000 above).
+    pub fn start_with_session(
+        &self,
+        name: &str,
+        roles: &str,
+        port: Option<u16>,
+        extra_env: &[(&str, String)],
+        session_timeout_ms: u32,
+    ) -> Proc {
         let mut args = vec![
             "--database-url".into(),
             self.database_url.clone(),
@@ -216,7 +228,7 @@ impl Cluster {
             "--kafka-group".into(),
             format!("g-{}", self.topic),
             "--kafka-session-timeout-ms".into(),
-            "3000".into(),
+            session_timeout_ms.to_string(),
             "--role".into(),
             roles.into(),
             "--data-dir".into(),

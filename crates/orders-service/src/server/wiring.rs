@@ -421,6 +421,7 @@ async fn start_read_side(
                     group_id: k.group_id(),
                     session_timeout_ms: k.session_timeout_ms,
                     projector: side.name.into(),
+                    instance_id: k.instance_id.clone(),
                 },
                 read.clone(),
             )?;
@@ -509,6 +510,7 @@ async fn start_saga(
                     group_id: k.saga_group_id(),
                     session_timeout_ms: k.session_timeout_ms,
                     projector: SAGA.into(),
+                    instance_id: k.instance_id.clone(),
                 },
                 read.clone(),
             )?;
