@@ -123,21 +123,20 @@ pub struct KafkaSource {
 }
 
 /// Consumer errors, logged at most every few seconds with a count.
+#[derive(Default)]
 struct ErrorLog {
-    group: Arc<str>,
-    topic: Arc<str>,
     last: Option<std::time::Instant>,
     suppressed: u64,
 }
 
 impl ErrorLog {
-    fn note(&mut self, e: &rdkafka::error::KafkaError) {
+    fn note(&mut self, e: &rdkafka::error::KafkaError, group: &str, topic: &str) {
         metrics::counter!("cqrs_projector_source_errors_total").increment(1);
         let due = self
             .last
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
         if due {
-            tracing::warn!(group = &*self.group, topic = &*self.topic, error = %e,
+            tracing::warn!(group, topic, error = %e,
                 suppressed = self.suppressed, "consumer error; the client reconnects by itself");
             self.last = Some(std::time::Instant::now());
             self.suppressed = 0;
@@ -193,12 +192,7 @@ impl KafkaSource {
             assignment,
             read_db,
             floor: HashMap::new(),
-            errors: ErrorLog {
-                group,
-                topic: topic.clone(),
-                last: None,
-                suppressed: 0,
-            },
+            errors: ErrorLog::default(),
         })
     }
 
@@ -309,7 +303,7 @@ impl EventSource for KafkaSource {
                     // librdkafka reports a broker or link that is away as
                     // error events and reconnects on its own. Keep polling:
                     // a rebalance waits in the same queue, behind them.
-                    self.errors.note(&e);
+                    self.errors.note(&e, &self.config.group_id, &self.topic);
                     continue;
                 }
             };

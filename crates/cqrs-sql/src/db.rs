@@ -123,20 +123,14 @@ impl Db {
     pub async fn begin_derived(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.sql().derived_begin {
-            Some(begin) => self.writer.begin_with(begin).await,
-            None => self.writer.begin().await,
-        }
+        begin(&self.writer, self.sql().derived_begin).await
     }
 
     /// An append transaction on the writer pool, holding what an append
     /// must hold from before its positions are allocated (PostgreSQL: the
     /// log's shared lock; see `log_horizon`).
     pub async fn begin_append(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.sql().append_begin {
-            Some(begin) => self.writer.begin_with(begin).await,
-            None => self.writer.begin().await,
-        }
+        begin(&self.writer, self.sql().append_begin).await
     }
 
     /// A read-only transaction on the read pool that sees one moment of the
@@ -145,10 +139,7 @@ impl Db {
     pub async fn begin_snapshot(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.sql().snapshot_begin {
-            Some(begin) => self.pool.begin_with(begin).await,
-            None => self.pool.begin().await,
-        }
+        begin(&self.pool, self.sql().snapshot_begin).await
     }
 
     /// The URL this database was opened with (secret: never log it; see
@@ -161,6 +152,18 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
+    }
+}
+
+/// A transaction on `pool`, begun with `statement` (one round trip) when
+/// the dialect has one, else with a plain BEGIN.
+async fn begin(
+    pool: &AnyPool,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    match statement {
+        Some(s) => pool.begin_with(s).await,
+        None => pool.begin().await,
     }
 }
 

@@ -71,6 +71,55 @@ struct Pgbenched {
     select_tps: f64,
 }
 
+/// The closed loop of creates against all roles.
+struct ClosedLoop {
+    commands_per_sec: f64,
+    /// From the first command until the read model held the last event.
+    projector_events_per_sec: f64,
+    /// The machine's, with everything the commands caused.
+    cpu_us_per_command: f64,
+}
+
+/// Creates in a closed loop, timed until the read side caught up (which
+/// also lets the next phase start level).
+async fn closed_loop(
+    running: &orders_service::server::Running,
+    base: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<ClosedLoop> {
+    // The write-side phase's events first: every phase starts level.
+    let before = caught_up(running).await?;
+    let started = Instant::now();
+    let busy = cpu::MachineCpu::now()?;
+    let cps = throughput(base, args.commands, args.concurrency).await?;
+    let events = caught_up(running).await? - before;
+    let (cpu_us, _) = busy.since()?;
+    Ok(ClosedLoop {
+        commands_per_sec: cps,
+        projector_events_per_sec: events as f64 / started.elapsed().as_secs_f64(),
+        cpu_us_per_command: cpu_us / args.commands as f64,
+    })
+}
+
+/// The open-loop latency phase, with Kafka's own latency probed meanwhile
+/// when Kafka is between the sides.
+async fn latency_probed(
+    config: &Config,
+    base: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<(load::Latencies, f64, Option<probe::KafkaProbe>)> {
+    let probe = match &config.kafka {
+        Some(k) => Some(probe::start(&k.config()).await?),
+        None => None,
+    };
+    let (lat, achieved) = latency(base, args.commands, args.rate).await?;
+    let kafka_probe = match probe {
+        Some(p) => Some(p.stop().await?),
+        None => None,
+    };
+    Ok((lat, achieved, kafka_probe))
+}
+
 async fn bench_one(
     name: &str,
     mut config: Config,
@@ -85,29 +134,11 @@ async fn bench_one(
     let served = Served::start(&config).await?;
     let (running, base) = (&served.running, served.base.as_str());
     let result = async {
-        // The write-side phase's events first: every phase starts level.
-        let before = caught_up(running).await?;
-        let started = Instant::now();
-        let busy = cpu::MachineCpu::now()?;
-        let cps = throughput(base, args.commands, args.concurrency).await?;
-        // The projector's own pace: from the first command until the read
-        // model holds the last event. Also lets the next phase start level.
-        let events = caught_up(running).await? - before;
-        // Everything the commands caused, the read side and the saga too.
-        let (cpu_us, _) = busy.since()?;
-        let projector = events as f64 / started.elapsed().as_secs_f64();
+        let closed = closed_loop(running, base, args).await?;
         let raw = raw_inserts(running.app.store.db(), args.commands, args.concurrency).await?;
         let create_pay = peer::create_then_pay(base, args.commands / 2, args.concurrency).await?;
         caught_up(running).await?;
-        let probe = match &config.kafka {
-            Some(k) => Some(probe::start(&k.config()).await?),
-            None => None,
-        };
-        let (lat, achieved) = latency(base, args.commands, args.rate).await?;
-        let kafka_probe = match probe {
-            Some(p) => Some(p.stop().await?),
-            None => None,
-        };
+        let (lat, achieved, kafka_probe) = latency_probed(&config, base, args).await?;
         let hops = hops::of(base, &lat.command_ids).await?;
         let saga = saga::phases(running, base, args.commands, args.rate).await?;
         let ids = some_order_ids(running).await?;
@@ -122,14 +153,14 @@ async fn bench_one(
         let pgbenched = pgbench(&config, args).await?;
         Ok::<_, anyhow::Error>(BackendResult {
             backend: name.to_owned(),
-            commands_per_sec: cps,
+            commands_per_sec: closed.commands_per_sec,
             write_only_commands_per_sec: write_only,
             create_pay_commands_per_sec: create_pay,
-            projector_events_per_sec: projector,
+            projector_events_per_sec: closed.projector_events_per_sec,
             raw_inserts_per_sec: raw,
-            ratio_to_raw: cps / raw,
+            ratio_to_raw: closed.commands_per_sec / raw,
             pgbench_insert_tps: pgbenched.as_ref().map(|p| p.insert_tps),
-            cpu_us_per_command: cpu_us / args.commands as f64,
+            cpu_us_per_command: closed.cpu_us_per_command,
             cpu_us_per_command_alone: cpu_alone,
             pgbench_insert_cpu_us: pgbenched.as_ref().map(|p| p.insert_cpu_us),
             reads_per_sec: reads,

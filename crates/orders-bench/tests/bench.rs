@@ -114,7 +114,7 @@ fn the_bench_writes_every_figure_with_its_baseline_and_the_plot() {
 /// (the bench itself fails when a variant stored fewer events than it
 /// appended).
 #[test]
-fn the_append_bench_runs_every_driver_on_the_same_statements() {
+fn the_append_bench_runs_every_driver_and_pgbench() {
     let out_dir = tempfile::tempdir().unwrap();
     let url = test_support::postgres_admin_url();
     let out = Command::new(env!("CARGO_BIN_EXE_orders-bench"))

@@ -388,7 +388,7 @@ async fn a_projector_killed_and_restarted_with_its_instance_id_resumes_within_fi
     );
     p.kill9();
     let restarted = Instant::now();
-    let mut p = cluster.start_with_session("projector", "projector", None, &id, session_ms);
+    let p = cluster.start_with_session("projector", "projector", None, &id, session_ms);
     let seen = queryable_within(&base, Duration::from_secs(30)).await;
     let resumed = restarted.elapsed();
     assert!(
@@ -396,7 +396,6 @@ async fn a_projector_killed_and_restarted_with_its_instance_id_resumes_within_fi
         "restarted with its instance id, the projector resumed after {resumed:?} (an order written at once after the restart seen after {seen:?}):\n{}",
         p.log_text()
     );
-    assert!(p.terminate().success() || !p.alive());
     drop(api);
 }
 

@@ -52,10 +52,9 @@ struct InFlight {
     read_after: chrono::Duration,
 }
 
-/// What the leader has read, sent and confirmed.
+/// What the leader has read and sent (what is confirmed goes to the
+/// checkpoint writer).
 struct Pipeline {
-    /// Everything at or below it is confirmed (as stored).
-    checkpoint: i64,
     /// Everything at or below it is handed to the producer.
     read_to: i64,
     in_flight: VecDeque<InFlight>,
@@ -65,7 +64,6 @@ impl Pipeline {
     /// Nothing in flight, everything up to `checkpoint` confirmed.
     fn at(checkpoint: i64) -> Self {
         Self {
-            checkpoint,
             read_to: checkpoint,
             in_flight: VecDeque::new(),
         }
@@ -357,7 +355,6 @@ impl Relay {
             "relay batch confirmed"
         );
         checkpoint.confirmed(batch.first, batch.last);
-        pipe.checkpoint = batch.last;
         metrics::counter!("cqrs_relay_published_total").increment(count as u64);
         metrics::histogram!("cqrs_relay_batch_size").record(count as f64);
         Ok(())
