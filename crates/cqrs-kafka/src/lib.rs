@@ -4,12 +4,14 @@
 
 pub mod admin;
 pub mod history;
+pub mod membership;
 pub mod record;
 pub mod relay;
 pub mod source;
 
 pub use admin::{ensure_topics, TopicsReady};
 pub use history::TopicHistory;
+pub use membership::MemberSlot;
 pub use relay::{Relay, RelayConfig};
 pub use source::{KafkaSource, SourceConfig};
 

@@ -300,6 +300,16 @@ impl EventSource for KafkaSource {
             let first = match consumer.recv().await {
                 Ok(m) => m,
                 Err(e) => {
+                    // A fenced static member (another process joined with
+                    // its instance id) or an exhausted idempotent client
+                    // never reads again: say so and stop, rather than spin.
+                    if let Some((code, reason)) = consumer.client().fatal_error() {
+                        return Err(SourceError::Fatal(fatal_message(
+                            &self.config,
+                            &format!("{code:?}"),
+                            &reason,
+                        )));
+                    }
                     // librdkafka reports a broker or link that is away as
                     // error events and reconnects on its own. Keep polling:
                     // a rebalance waits in the same queue, behind them.
@@ -406,12 +416,32 @@ impl EventSource for KafkaSource {
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        // Leaving the group can block; never on a runtime thread.
+        // Leaving the group (and even unsubscribing) can block; never on a
+        // runtime thread. The binary bounds how long its runtime waits for
+        // this at exit.
         if let Some(consumer) = self.consumer.take() {
-            consumer.unsubscribe();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn_blocking(move || drop(consumer));
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(move || {
+                        consumer.unsubscribe();
+                        drop(consumer)
+                    });
+                }
+                Err(_) => consumer.unsubscribe(),
             }
         }
+    }
+}
+
+/// What a fatal consumer error means, in words an operator can act on.
+fn fatal_message(config: &SourceConfig, code: &str, reason: &str) -> String {
+    let (group, topic) = (&config.group_id, &config.kafka.topic);
+    match &config.instance_id {
+        Some(id) if code.contains("Fenced") || reason.contains("fenced") => format!(
+            "consumer group {group} on {topic}: another process joined as instance id {id:?} \
+             and the broker fenced this one ({reason}); give each process its own \
+             --kafka-instance-id"
+        ),
+        _ => format!("consumer group {group} on {topic}: fatal client error {code}: {reason}"),
     }
 }

@@ -102,8 +102,28 @@ enum Command {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// How long the runtime waits, at exit, for blocking work still running
+/// (a Kafka consumer closing its group session can hang: a process that
+/// has stopped its roles must not hang with it).
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run_main());
+    runtime.shutdown_timeout(EXIT_GRACE);
+    code
+}
+
+async fn run_main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo(_));
     let default_filter = if quiet { "warn" } else { "info,sqlx=warn" };

@@ -367,18 +367,24 @@ async fn queryable_within(base: &str, limit: Duration) -> Option<Duration> {
     Some(started.elapsed())
 }
 
+/// The instance id a process said it joins its groups with.
+fn instance_id_of(log: &str) -> Option<String> {
+    let re = regex::Regex::new(r#""instance_id":"([^"]+)""#).unwrap();
+    re.captures_iter(log).last().map(|c| c[1].to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_projector_killed_and_restarted_with_its_instance_id_resumes_within_five_seconds() {
+async fn a_projector_killed_and_restarted_with_the_same_command_line_resumes_within_five_seconds() {
     let cluster = Cluster::new().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut api = cluster.start("api", "api,relay", Some(port), &[]);
     wait_healthy(&base, &mut api).await;
     // Kafka's default session: a dynamic member restarted after a kill -9
-    // would wait out its dead self's 45 s before getting partitions.
+    // would wait out its dead self's 45 s before getting partitions. No id
+    // is given: the process derives one from its command line.
     let session_ms = 45_000;
-    let id = [("ORDERS_KAFKA_INSTANCE_ID", "projector-a".to_owned())];
-    let mut p = cluster.start_with_session("projector", "projector", None, &id, session_ms);
+    let mut p = cluster.start_with_session("projector", "projector", None, &[], session_ms);
     assert!(
         queryable_within(&base, Duration::from_secs(30))
             .await
@@ -386,17 +392,74 @@ async fn a_projector_killed_and_restarted_with_its_instance_id_resumes_within_fi
         "the first projector never applied an order:\n{}",
         p.log_text()
     );
+    let first_id = instance_id_of(&p.log_text());
     p.kill9();
     let restarted = Instant::now();
-    let p = cluster.start_with_session("projector", "projector", None, &id, session_ms);
+    let mut p = cluster.start_with_session("projector", "projector", None, &[], session_ms);
     let seen = queryable_within(&base, Duration::from_secs(30)).await;
     let resumed = restarted.elapsed();
+    eprintln!("restarted alike, queryable again after {resumed:?}");
     assert!(
         seen.is_some() && resumed < Duration::from_secs(5),
-        "restarted with its instance id, the projector resumed after {resumed:?} (an order written at once after the restart seen after {seen:?}):\n{}",
+        "restarted alike, the projector resumed after {resumed:?} (an order written at once after the restart seen after {seen:?}):\n{}",
         p.log_text()
     );
+    let again = instance_id_of(&p.log_text());
+    assert!(
+        first_id.is_some() && first_id == again,
+        "the restart derived {again:?}, the first start {first_id:?}"
+    );
+    // A static member stops cleanly too (it once hung in the consumer's
+    // close): within the shutdown timeout and the runtime's exit grace.
+    let stopping = Instant::now();
+    assert!(p.terminate().success(), "{}", p.log_text());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "the static member took {:?} to stop",
+        stopping.elapsed()
+    );
     drop(api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_given_one_instance_id_the_fenced_one_exits_naming_it() {
+    let cluster = Cluster::new().await;
+    let twin = [("ORDERS_KAFKA_INSTANCE_ID", "twin".to_owned())];
+    let mut first = cluster.start("projector-1", "projector", None, &twin);
+    let orders_group = (format!("g-{}", cluster.topic), cluster.topic.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !assigned_groups(&first.log_text()).contains(&orders_group) {
+        assert!(
+            Instant::now() < deadline,
+            "no partitions:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut second = cluster.start("projector-2", "projector", None, &twin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, fenced) = loop {
+        if let Some(s) = first.wait_exit(Duration::from_millis(100)) {
+            break (s, first);
+        }
+        if let Some(s) = second.wait_exit(Duration::from_millis(100)) {
+            break (s, second);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both members of one instance id ran on:\n{}\n{}",
+            first.log_text(),
+            second.log_text()
+        );
+    };
+    let log = fenced.log_text();
+    assert!(!status.success(), "the fenced process exited 0:\n{log}");
+    assert!(
+        log.contains("fenced")
+            && log.contains("\\\"twin\\\"")
+            && log.contains("--kafka-instance-id"),
+        "the fenced process did not say why:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

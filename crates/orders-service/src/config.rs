@@ -213,8 +213,11 @@ pub struct KafkaOptions {
     /// This process's stable identity in its consumer groups (Kafka static
     /// membership, `group.instance.id`): restarted with the same id, a
     /// projector or saga takes its partitions back at once instead of after
-    /// the session timeout. Unique per process of a group; a process given
-    /// none joins as a dynamic member.
+    /// the session timeout. Unique per process of a group. Derived when
+    /// absent: HOST-HASH-SLOT, the hash over the roles, the data directory
+    /// and the groups, the slot the lowest one no live process holds (a
+    /// lock on the read DB). `off`: a dynamic member, which hands its
+    /// partitions over at once when it stops cleanly [default: derived].
     #[arg(long = "kafka-instance-id", env = "ORDERS_KAFKA_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;
@@ -275,6 +278,14 @@ impl KafkaOptions {
             .clone()
             .unwrap_or_else(|| defaults::kafka_group(&self.topic))
     }
+    /// How this process joins its consumer groups (`--kafka-instance-id`).
+    pub fn membership(&self) -> Membership {
+        match self.instance_id.as_deref().map(str::trim) {
+            None | Some("") => Membership::Derived,
+            Some("off") => Membership::Dynamic,
+            Some(id) => Membership::Static(id.to_owned()),
+        }
+    }
     /// The order saga's consumer group (`--kafka-group` prefixes it).
     pub fn saga_group_id(&self) -> String {
         match &self.group {
@@ -306,6 +317,17 @@ impl KafkaOptions {
             properties: KafkaProperties(self.properties.clone()),
         }
     }
+}
+
+/// How a process joins its consumer groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// Static, with the id given.
+    Static(String),
+    /// Static, with an id derived from the command line and a free slot.
+    Derived,
+    /// Dynamic: a new member at every start (`--kafka-instance-id off`).
+    Dynamic,
 }
 
 /// A part of the service a process can run.

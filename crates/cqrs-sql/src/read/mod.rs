@@ -170,6 +170,10 @@ pub enum SourceError {
     /// A lock inside the source was poisoned by a panic.
     #[error("{0} is poisoned (a thread panicked holding it)")]
     Poisoned(&'static str),
+    /// The source can never read again (e.g. a consumer fenced by another
+    /// process with its group instance id): the projector stops with it.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 impl SourceError {

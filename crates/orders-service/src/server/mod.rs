@@ -8,6 +8,7 @@ pub mod cached;
 pub mod commands;
 pub mod inventory;
 pub mod live;
+mod membership;
 pub mod observe;
 pub mod queries;
 pub mod rebuilds;

@@ -30,6 +30,8 @@ pub struct Running {
     shutdown: CancellationToken,
     closing: watch::Sender<bool>,
     failure: watch::Receiver<Option<String>>,
+    /// Keeps a derived consumer-group instance id this process's.
+    _member: Option<cqrs_kafka::MemberSlot>,
 }
 
 /// The background roles of a process, watched: one that ends before the
@@ -114,6 +116,8 @@ impl Running {
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.check()?;
         let (store, inventory, read) = open_databases(config).await?;
+        let (config, member) = super::membership::resolve(config, &read).await?;
+        let config = &config;
         let shutdown = CancellationToken::new();
         let mut roles = Roles {
             set: JoinSet::new(),
@@ -182,6 +186,7 @@ impl Running {
             shutdown,
             closing,
             failure,
+            _member: member,
         })
     }
 

@@ -178,7 +178,7 @@ impl ProjectorRunner {
             if batches % 200 == 1 {
                 self.prune_traces().await;
             }
-            let Some(batch) = self.next_batch(&mut source, &shutdown).await else {
+            let Some(batch) = self.next_batch(&mut source, &shutdown).await? else {
                 return Ok(());
             };
             if !self.config.apply_delay.is_zero()
@@ -314,21 +314,22 @@ impl ProjectorRunner {
         &self,
         source: &mut S,
         shutdown: &CancellationToken,
-    ) -> Option<Vec<SourcedEvent>> {
+    ) -> Result<Option<Vec<SourcedEvent>>, SourceError> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let r = tokio::select! {
                 b = source.next_batch(self.config.batch_size) => b,
-                _ = shutdown.cancelled() => return None,
+                _ = shutdown.cancelled() => return Ok(None),
             };
             match r {
-                Ok(b) => return Some(b),
+                Ok(b) => return Ok(Some(b)),
+                Err(e @ SourceError::Fatal(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(projector = %self.config.name, error = %e,
                         retry_in_ms = backoff.as_millis() as u64, "the event source failed; retrying");
                     metrics::counter!("cqrs_projector_source_errors_total").increment(1);
                     if !pause(backoff, shutdown).await {
-                        return None;
+                        return Ok(None);
                     }
                     // The client reconnects on its own: look again soon.
                     backoff = (backoff * 2).min(Duration::from_secs(1));
