@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod history;
 pub mod membership;
+pub mod ownership;
 pub mod record;
 pub mod relay;
 pub mod source;
@@ -127,6 +128,9 @@ pub enum KafkaError {
     /// A database call failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The topic holds another store's records.
+    #[error(transparent)]
+    Ownership(#[from] ownership::OwnershipError),
     /// A blocking task (flushing the producer) panicked or was cancelled.
     #[error("background task: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -36,11 +36,15 @@ pub mod header {
     pub const DLQ_SOURCE: &str = "dlq_source";
     /// Who sent the command (absent when the server checks no caller).
     pub const CALLER: &str = "caller";
+    /// The id of the store (write DB) the event was recorded in: a topic
+    /// belongs to one store.
+    pub const STORE_ID: &str = "store_id";
 }
 
-/// Headers of an event.
-pub fn headers_of(e: &EventEnvelope) -> OwnedHeaders {
-    let fields: [(&str, String); 11] = [
+/// Headers of an event recorded in the store `store_id`.
+pub fn headers_of(e: &EventEnvelope, store_id: &str) -> OwnedHeaders {
+    let fields: [(&str, String); 12] = [
+        (header::STORE_ID, store_id.to_owned()),
         (header::EVENT_ID, e.event_id.clone()),
         (header::EVENT_TYPE, e.event_type.clone()),
         (header::SCHEMA_VERSION, e.schema_version.to_string()),
@@ -99,6 +103,25 @@ pub fn raw_of(m: &BorrowedMessage<'_>) -> Value {
         "headers": header_map(m),
         "value": m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
     })
+}
+
+/// The store a record says it came from (None: a record of a version that
+/// did not stamp it, or not ours at all).
+pub fn store_of(m: &BorrowedMessage<'_>) -> Option<String> {
+    RecordHeaders::of(m)
+        .get(header::STORE_ID)
+        .ok()
+        .flatten()
+        .map(str::to_owned)
+}
+
+/// Why a record of another store is refused, naming both stores.
+pub fn foreign_store(topic: &str, theirs: &str, ours: &str) -> String {
+    format!(
+        "topic {topic} holds records of store {theirs}, and this is store {ours}: \
+         two write databases publish to one topic. Give each its own --kafka-topic \
+         (or delete the topic if its records are from a store that is gone)"
+    )
 }
 
 /// Why a record on the topic is not one of our events.

@@ -36,6 +36,9 @@ pub struct SourceConfig {
     /// by itself, so one that stops for good holds its partitions for the
     /// session timeout. None: dynamic membership.
     pub instance_id: Option<String>,
+    /// The store whose topic this is: a record stamped with another store's
+    /// id is dead-lettered, the reason naming both (None: not checked).
+    pub store_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -248,7 +251,19 @@ impl KafkaSource {
     }
 }
 
-fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: SourceKey) -> SourcedEvent {
+fn to_sourced(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    key: SourceKey,
+    ours: Option<&str>,
+) -> SourcedEvent {
+    // Another store's record is refused like any record that is not ours:
+    // dead-lettered with the reason, naming both stores.
+    let foreign = match (ours, record::store_of(m)) {
+        (Some(ours), Some(theirs)) if theirs != ours => {
+            Some(record::foreign_store(m.topic(), &theirs, ours))
+        }
+        _ => None,
+    };
     SourcedEvent {
         published_as: format!("{key}@{}", m.offset()),
         source_key: key,
@@ -256,7 +271,10 @@ fn to_sourced(m: &rdkafka::message::BorrowedMessage<'_>, key: SourceKey) -> Sour
         consumed_at: chrono::Utc::now(),
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         // The reason is kept as text: it is what the dead letter records.
-        event: record::decode(m).map_err(|e| e.to_string()),
+        event: match foreign {
+            Some(why) => Err(why),
+            None => record::decode(m).map_err(|e| e.to_string()),
+        },
         raw: Some(raw_of(m)),
     }
 }
@@ -319,14 +337,19 @@ impl EventSource for KafkaSource {
             };
             let mut received = vec![(
                 first.partition(),
-                to_sourced(&first, self.key(first.partition())),
+                to_sourced(
+                    &first,
+                    self.key(first.partition()),
+                    self.config.store_id.as_deref(),
+                ),
             )];
             drop(first);
             // Whatever is already buffered joins the batch, without waiting.
             while received.len() < max {
                 match consumer.recv().now_or_never() {
                     Some(Ok(m)) => {
-                        let item = to_sourced(&m, self.key(m.partition()));
+                        let ours = self.config.store_id.as_deref();
+                        let item = to_sourced(&m, self.key(m.partition()), ours);
                         received.push((m.partition(), item));
                     }
                     Some(Err(e)) => {

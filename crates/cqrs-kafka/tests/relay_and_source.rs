@@ -34,12 +34,17 @@ fn kafka(topic: &str) -> KafkaConfig {
 /// `AGGREGATES` aggregates of `EVENTS_EACH` events each, appended one
 /// event at a time and interleaved, as concurrent commands would.
 async fn append_events(store: &SqlEventStore) -> Vec<EventEnvelope> {
+    append_events_of(store, "t").await
+}
+
+/// The same, the aggregates named `PREFIX-N`.
+async fn append_events_of(store: &SqlEventStore, prefix: &str) -> Vec<EventEnvelope> {
     for v in 0..EVENTS_EACH {
         for a in 0..AGGREGATES {
             store
                 .append(AppendRequest {
                     aggregate_type: "ticket".into(),
-                    aggregate_id: format!("t-{a}"),
+                    aggregate_id: format!("{prefix}-{a}"),
                     expected_version: v as i64,
                     events: vec![NewEvent {
                         event_id: uuid::Uuid::new_v4().to_string(),
@@ -63,17 +68,7 @@ async fn append_events(store: &SqlEventStore) -> Vec<EventEnvelope> {
 
 /// Runs a relay over `store` to `topic` until every event is confirmed.
 async fn relay_everything(store: &SqlEventStore, topic: &str) {
-    let relay = Relay::new(
-        RelayConfig {
-            kafka: kafka(topic),
-            database_url: store.db().url().to_owned(),
-            batch_size: 7,
-            poll: Duration::from_millis(50),
-            standby_retry: Duration::from_millis(100),
-        },
-        store.clone(),
-    )
-    .unwrap();
+    let relay = relay(store, topic);
     let stop = CancellationToken::new();
     let running = tokio::spawn(relay.run(stop.clone()));
     let head = store.head_position().await.unwrap();
@@ -89,6 +84,21 @@ async fn relay_everything(store: &SqlEventStore, topic: &str) {
     stop.cancel();
     running.await.unwrap().unwrap();
     assert_eq!(store.outbox_pending().await.unwrap(), 0);
+}
+
+/// A relay over `store` to `topic`.
+fn relay(store: &SqlEventStore, topic: &str) -> Relay {
+    Relay::new(
+        RelayConfig {
+            kafka: kafka(topic),
+            database_url: store.db().url().to_owned(),
+            batch_size: 7,
+            poll: Duration::from_millis(50),
+            standby_retry: Duration::from_millis(100),
+        },
+        store.clone(),
+    )
+    .unwrap()
 }
 
 /// Every record of `topic` from its start, read by a client of its own
@@ -201,6 +211,7 @@ fn source(topic: &str, read: &cqrs_sql::Db, projector: &str) -> KafkaSource {
             session_timeout_ms: 6_000,
             projector: projector.to_owned(),
             instance_id: None,
+            store_id: None,
         },
         read.clone(),
     )
@@ -326,4 +337,157 @@ async fn a_record_that_is_not_an_event_goes_to_the_dead_letter_topic_with_its_re
     assert_eq!(value, "not json {");
     assert_eq!(headers["dlq_reason"], "not an event: no headers");
     assert_eq!(headers["dlq_source"], item.published_as);
+}
+
+/// Store A's events on `topic`, relayed; store B's events appended (on
+/// aggregates of its own), nothing of B's relayed yet.
+async fn two_stores_one_topic() -> (SqlEventStore, SqlEventStore, String) {
+    let topic = test_support::unique_topic();
+    ensure_topics(&kafka(&topic)).await.unwrap();
+    let a = SqlEventStore::open(test_support::fresh_postgres().await)
+        .await
+        .unwrap();
+    let b = SqlEventStore::open(test_support::fresh_postgres().await)
+        .await
+        .unwrap();
+    assert_ne!(a.id(), b.id(), "two stores, one id");
+    append_events_of(&a, "a").await;
+    append_events_of(&b, "b").await;
+    relay_everything(&a, &topic).await;
+    (a, b, topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_a_topic_holding_another_stores_records_naming_both() {
+    let (a, b, topic) = two_stores_one_topic().await;
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        relay(&b, &topic).run(CancellationToken::new()),
+    )
+    .await
+    .expect("the relay of store B ran on");
+    let why = ended
+        .expect_err("store B's relay published to store A's topic")
+        .to_string();
+    assert!(
+        why.contains(a.id()) && why.contains(b.id()) && why.contains(&topic),
+        "{why}"
+    );
+    assert_eq!(b.relay_checkpoint().await.unwrap(), 0);
+    let on_topic = read_topic(&kafka(&topic), &topic, AGGREGATES * EVENTS_EACH);
+    assert!(
+        on_topic
+            .iter()
+            .all(|(_, key, headers, _)| key.starts_with("a-") && headers["store_id"] == a.id()),
+        "a record not of store A on its topic"
+    );
+    // The owner's relay goes on publishing to its own topic.
+    append_events_of(&a, "a2").await;
+    relay_everything(&a, &topic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_unstamped_records_its_log_does_not_hold_and_accepts_its_own() {
+    let topic = test_support::unique_topic();
+    let config = KafkaConfig {
+        partitions: 1,
+        ..kafka(&topic)
+    };
+    ensure_topics(&config).await.unwrap();
+    let store = SqlEventStore::open(test_support::fresh_postgres().await)
+        .await
+        .unwrap();
+    let events = append_events_of(&store, "s").await;
+    // A record as a version before stamping wrote it: the envelope's
+    // headers without the store's id.
+    let producer: FutureProducer = config.client().create().unwrap();
+    let unstamped = |aggregate: &str, version: i64| {
+        rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "aggregate_id",
+                value: Some(aggregate),
+            })
+            .insert(rdkafka::message::Header {
+                key: "aggregate_version",
+                value: Some(&version.to_string()),
+            })
+    };
+    let last = events.last().unwrap();
+    for (aggregate, version) in [(last.aggregate_id.as_str(), last.version)] {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(aggregate)
+                    .payload("{}")
+                    .headers(unstamped(aggregate, version)),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    // Its own event, unstamped: accepted.
+    tokio::time::timeout(Duration::from_secs(60), relay_everything(&store, &topic))
+        .await
+        .expect("the relay refused its own unstamped record");
+    // Another store's event, unstamped: refused.
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("elsewhere-1")
+                .payload("{}")
+                .headers(unstamped("elsewhere-1", 3)),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    append_events_of(&store, "s2").await;
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        relay(&store, &topic).run(CancellationToken::new()),
+    )
+    .await
+    .expect("the relay ran on over another store's record");
+    let why = ended
+        .expect_err("published after another store's record")
+        .to_string();
+    assert!(
+        why.contains("elsewhere-1") && why.contains(store.id()),
+        "{why}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_dead_letters_another_stores_records_naming_both() {
+    let (a, b, topic) = two_stores_one_topic().await;
+    let n = AGGREGATES * EVENTS_EACH;
+    let (read, _dir) = test_support::fresh_sqlite().await;
+    cqrs_sql::read::runner::ensure_schema(&read).await.unwrap();
+    for (store, foreign) in [(&b, true), (&a, false)] {
+        let mut src = KafkaSource::new(
+            SourceConfig {
+                kafka: kafka(&topic),
+                group_id: format!("g-{}", uuid::Uuid::new_v4()),
+                session_timeout_ms: 6_000,
+                projector: "p".into(),
+                instance_id: None,
+                store_id: Some(store.id().to_owned()),
+            },
+            read.clone(),
+        )
+        .unwrap();
+        src.resume(&HashMap::new()).await.unwrap();
+        let got = take(&mut src, n).await;
+        for item in &got {
+            match (&item.event, foreign) {
+                (Err(why), true) => assert!(
+                    why.contains(a.id()) && why.contains(b.id()) && why.contains(&topic),
+                    "{why}"
+                ),
+                (Ok(_), false) => {}
+                (e, _) => panic!("store {}'s source took {e:?}", store.id()),
+            }
+        }
+    }
 }

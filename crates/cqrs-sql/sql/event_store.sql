@@ -81,3 +81,19 @@ WHERE NOT EXISTS (
     SELECT 1 FROM events e
     WHERE e.command_id = idempotency.command_id AND e.caller IS NOT NULL
       AND idempotency.key LIKE e.caller || '/%')
+
+-- Migration 4 of `event_store`: the store's identity, one row made at the
+-- first open and never changed. The relay stamps every record with it, so
+-- that a topic says which write database its records came from. Never edit.
+-- name: identity_table
+CREATE TABLE IF NOT EXISTS store_identity (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        store_id TEXT NOT NULL,
+        created_at TEXT NOT NULL)
+
+-- name: init_identity
+INSERT INTO store_identity (singleton, store_id, created_at) VALUES (1, $1, $2)
+ON CONFLICT (singleton) DO NOTHING
+
+-- name: identity
+SELECT store_id FROM store_identity WHERE singleton = 1

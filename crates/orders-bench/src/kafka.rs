@@ -86,7 +86,7 @@ async fn raw_produce(
         let mut record = FutureRecord::to(topic)
             .key(&key)
             .payload(&value)
-            .headers(cqrs_kafka::record::headers_of(&envelope));
+            .headers(cqrs_kafka::record::headers_of(&envelope, "orders-bench"));
         loop {
             match producer.send_result(record) {
                 Ok(d) => {
@@ -293,6 +293,7 @@ async fn time_projector(
             session_timeout_ms: orders_service::config::defaults::KAFKA_SESSION_TIMEOUT_MS,
             projector: PROJECTOR.into(),
             instance_id: None,
+            store_id: None,
         },
         read.clone(),
     )?;

@@ -507,3 +507,40 @@ async fn a_static_member_killed_for_good_gives_its_partitions_up_after_the_sessi
     );
     drop(api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_write_database_on_the_same_topic_is_refused_naming_both_stores() {
+    let ours = Cluster::new().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = ours.start("api", "api,relay,projector", Some(port), &[]);
+    wait_healthy(&base, &mut api).await;
+    assert!(
+        queryable_within(&base, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "{}",
+        api.log_text()
+    );
+    // A newcomer's run, its own write DB, pointed at the topic in use.
+    let theirs = ours.beside().await;
+    let mut relay = theirs.start("relay", "relay", None, &[]);
+    let status = relay
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the second store's relay ran on:\n{}", relay.log_text()));
+    let log = relay.log_text();
+    assert!(!status.success(), "{log}");
+    let (a, b) = (ours.store_id().await, theirs.store_id().await);
+    assert!(
+        log.contains(&a) && log.contains(&b) && log.contains(&ours.topic),
+        "the refusal names neither store ({a}, {b}) or the topic:\n{log}"
+    );
+    // The owner goes on.
+    assert!(
+        queryable_within(&base, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "{}",
+        api.log_text()
+    );
+}

@@ -237,6 +237,7 @@ async fn a_running_projector_that_falls_far_behind_switches_to_bulk_and_back() {
             session_timeout_ms: 6000,
             projector: "orders_read_model".into(),
             instance_id: None,
+            store_id: None,
         },
         read.clone(),
     )

@@ -142,7 +142,21 @@ impl Relay {
                     continue;
                 }
             };
-            tracing::info!("relay is the leader");
+            // A topic another store publishes to is refused before a
+            // record of ours joins it: the role fails, naming both stores.
+            match crate::ownership::check_owner(&self.config.kafka, &self.store).await {
+                Ok(()) => {}
+                Err(e @ crate::ownership::OwnershipError::Foreign(_)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay cannot read the topic's last records; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.standby_retry) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    continue;
+                }
+            }
+            tracing::info!(topic = %self.config.kafka.topic, store = self.store.id(), "relay is the leader");
             match self.lead(leader, &shutdown).await {
                 Ok(()) => return self.flush().await,
                 Err(e) => {
@@ -300,7 +314,7 @@ impl Relay {
         let mut record = FutureRecord::to(&self.config.kafka.topic)
             .key(&e.aggregate_id)
             .payload(&payload)
-            .headers(headers_of(e));
+            .headers(headers_of(e, self.store.id()));
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),

@@ -2,6 +2,7 @@
 //! relay publishes, behind its checkpoint) with idempotency.
 
 mod history;
+mod identity;
 mod sql;
 mod writer;
 

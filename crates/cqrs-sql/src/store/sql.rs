@@ -96,6 +96,7 @@ pub struct SqlEventStore {
     notifying: Arc<std::sync::atomic::AtomicBool>,
     sql: Arc<Statements>,
     appends: tokio::sync::mpsc::Sender<super::writer::Job>,
+    id: Arc<str>,
 }
 
 /// The write side's owners of tables and their migrations: `event_store`
@@ -126,6 +127,7 @@ pub fn write_components(dialect: &'static dyn Dialect) -> Vec<Component> {
                     ),
                 Migration::new(3, "idempotency keys scoped to their caller")
                     .sql([section(SQL, "scope_idempotency_keys")]),
+                Migration::new(4, "store identity").sql([section(SQL, "identity_table")]),
             ],
         },
         Component {
@@ -155,6 +157,7 @@ impl SqlEventStore {
     pub async fn open_current(db: Db) -> Result<Self, StoreError> {
         crate::migrate::ensure_current(&db, &write_components(db.dialect)).await?;
         init_relay_checkpoint(&db).await?;
+        let id = super::identity::load_or_make(&db).await?;
         let last: i64 = sqlx::query_scalar(HEAD).fetch_one(&db.pool).await?;
         let appends = super::writer::spawn(db.clone());
         Ok(Self {
@@ -163,7 +166,14 @@ impl SqlEventStore {
             committed: Arc::new(watch::channel(last).0),
             notifying: Arc::default(),
             appends,
+            id: id.into(),
         })
+    }
+
+    /// The store's identity (made at its first open, never changed): what
+    /// the relay stamps on every record it publishes.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The database underneath.

@@ -197,6 +197,24 @@ impl Cluster {
         }
     }
 
+    /// Another deployment on the same topic: a write DB of its own.
+    pub async fn beside(&self) -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            database_url: test_support::fresh_postgres_url().await,
+            topic: self.topic.clone(),
+            brokers: self.brokers.clone(),
+        }
+    }
+
+    /// The write store's id (what its relay stamps on its records).
+    pub async fn store_id(&self) -> String {
+        sqlx::query_scalar("SELECT store_id FROM store_identity")
+            .fetch_one(&self.db().await.pool)
+            .await
+            .unwrap()
+    }
+
     /// Starts one role, listening on `port` when given (the API, or health
     /// and metrics alone for a relay or projector).
     pub fn start(

@@ -427,6 +427,7 @@ async fn start_read_side(
                     session_timeout_ms: k.session_timeout_ms,
                     projector: side.name.into(),
                     instance_id: k.instance_id.clone(),
+                    store_id: Some(side.store.id().to_owned()),
                 },
                 read.clone(),
             )?;
@@ -516,6 +517,7 @@ async fn start_saga(
                     session_timeout_ms: k.session_timeout_ms,
                     projector: SAGA.into(),
                     instance_id: k.instance_id.clone(),
+                    store_id: Some(store.id().to_owned()),
                 },
                 read.clone(),
             )?;
