@@ -226,7 +226,11 @@ async fn the_migration_commands_run_on_a_fresh_database() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("write db: event_store at version 3"),
+        stdout.contains("applied: event_store 4 (store identity)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("write db: event_store at version 4"),
         "{stdout}"
     );
 }

@@ -4,6 +4,7 @@
 //! binary (crate `orders-cli`) and the bench (`orders-bench`) drive it.
 
 pub mod config;
+pub mod inventory_link;
 pub mod saga;
 pub mod server;
 

@@ -112,6 +112,8 @@ async fn the_saga_reserves_rejects_and_releases(app: common::TestApp) {
     let (b, b_command) = order_and_command(&app, "book", 2).await;
     let b_view = settled(&app, &b, |o| o["status"] == "cancelled").await;
     assert_eq!(b_view["cancel_reason"], "out_of_stock", "{b_view}");
+    // Its stock says so too (it read "pending" here once).
+    assert_eq!(b_view["stock"], "out_of_stock", "{b_view}");
     assert_eq!(
         reactions(&app, &b_command).await,
         [
@@ -143,6 +145,7 @@ async fn the_saga_reserves_rejects_and_releases(app: common::TestApp) {
         assert_eq!(s, 200, "{step}: {e}");
     }
     // Shipped: its 2 units left the shelf.
+    settled(&app, &a, |o| o["stock"] == "dispatched").await;
     let book = inventory_of(&app, "book", 0).await;
     assert_eq!(
         (book["on_hand"].as_i64(), book["available"].as_i64()),
@@ -158,6 +161,7 @@ async fn the_saga_reserves_rejects_and_releases(app: common::TestApp) {
         )
         .await;
     assert_eq!(s, 200, "{e}");
+    settled(&app, &d, |o| o["stock"] == "cancelled").await;
     let book = inventory_of(&app, "book", 0).await;
     assert_eq!(
         (book["on_hand"].as_i64(), book["available"].as_i64()),

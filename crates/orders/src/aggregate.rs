@@ -1,6 +1,6 @@
 //! The order aggregate as a pure decider.
 
-use crate::stock::{lines_to_reserve, StockLine, StockStatus};
+use crate::stock::{lines_to_reserve, next_stock, StockLine, StockStatus};
 use cqrs_core::{Aggregate, DomainError, DomainEvent, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -538,21 +538,31 @@ impl Aggregate for Order {
     }
 
     fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
-        let set = |status| OrderState(state.0.clone().map(|f| OrderFacts { status, ..f }));
-        let stock = |stock| OrderState(state.0.clone().map(|f| OrderFacts { stock, ..f }));
-        match event {
-            OrderEvent::OrderCreated { total_cents, .. } => OrderState(Some(OrderFacts {
+        if let OrderEvent::OrderCreated { total_cents, .. } = event {
+            return OrderState(Some(OrderFacts {
                 status: Status::Created,
                 total_cents: *total_cents,
                 stock: None,
-            })),
-            OrderEvent::StockReservationRequested { .. } => stock(Some(StockStatus::Pending)),
-            OrderEvent::StockReserved {} => stock(Some(StockStatus::Reserved)),
-            OrderEvent::OrderPaid { .. } => set(Status::Paid),
-            OrderEvent::OrderShipped { .. } => set(Status::Shipped),
-            OrderEvent::OrderDelivered {} => set(Status::Delivered),
-            OrderEvent::OrderCancelled { .. } => set(Status::Cancelled),
+            }));
         }
+        let Some(facts) = state.0 else {
+            return OrderState(None);
+        };
+        let status = match event {
+            OrderEvent::OrderCreated { .. } => Status::Created,
+            OrderEvent::OrderPaid { .. } => Status::Paid,
+            OrderEvent::OrderShipped { .. } => Status::Shipped,
+            OrderEvent::OrderDelivered {} => Status::Delivered,
+            OrderEvent::OrderCancelled { .. } => Status::Cancelled,
+            OrderEvent::StockReservationRequested { .. } | OrderEvent::StockReserved {} => {
+                facts.status
+            }
+        };
+        OrderState(Some(OrderFacts {
+            status,
+            stock: next_stock(facts.stock, event),
+            ..facts
+        }))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::aggregate::{LineItem, OrderEvent, OrderLine, Status};
 use crate::money::{Cents, MoneyOverflow};
-use crate::stock::StockStatus;
+use crate::stock::{next_stock, StockStatus};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::db::timestamp;
 use cqrs_sql::ProjectionError;
@@ -39,8 +39,10 @@ pub struct OrderView {
     /// Why it was cancelled.
     pub cancel_reason: Option<String>,
     /// Its tracked lines' stock: `pending` until the order saga reserved
-    /// them (it cannot ship before), then `reserved`; absent when the
-    /// inventory tracks none of its SKUs.
+    /// them (it cannot ship before), then `reserved`, `dispatched` once
+    /// shipped; `out_of_stock` when the saga cancelled it for want of
+    /// stock, `cancelled` when it was cancelled otherwise (it holds none);
+    /// absent when the inventory tracks none of its SKUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stock: Option<StockStatus>,
 }
@@ -112,15 +114,6 @@ pub fn target_status(event: &OrderEvent) -> Option<Status> {
         OrderEvent::OrderDelivered {} => Some(Status::Delivered),
         OrderEvent::OrderCancelled { .. } => Some(Status::Cancelled),
         OrderEvent::StockReservationRequested { .. } | OrderEvent::StockReserved {} => None,
-    }
-}
-
-/// Where an event leaves the order's stock (None: unchanged).
-pub fn target_stock(event: &OrderEvent) -> Option<StockStatus> {
-    match event {
-        OrderEvent::StockReservationRequested { .. } => Some(StockStatus::Pending),
-        OrderEvent::StockReserved {} => Some(StockStatus::Reserved),
-        _ => None,
     }
 }
 
@@ -246,9 +239,7 @@ impl Views {
             | OrderEvent::StockReservationRequested { .. }
             | OrderEvent::StockReserved {} => {}
         }
-        if let Some(stock) = target_stock(event) {
-            order.stock = Some(stock);
-        }
+        order.stock = next_stock(order.stock, event);
         order.version = envelope.version;
         order.updated_at = at;
         let Some(to) = target_status(event) else {

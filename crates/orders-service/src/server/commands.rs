@@ -158,7 +158,10 @@ pub(super) async fn create_order(
 /// [`super::tracked`]).
 async fn tracked_skus(app: &App, body: &CreateOrder) -> Result<BTreeSet<String>, ApiError> {
     let skus: BTreeSet<String> = body.items.iter().map(|i| i.sku.clone()).collect();
-    Ok(app.tracked.of(&app.inventory, &skus).await?)
+    app.tracked
+        .of(&*app.inventory_link, &skus)
+        .await
+        .map_err(|e| ApiError::unavailable("the inventory", &e))
 }
 
 /// A JSON body that asks one command of an existing order.

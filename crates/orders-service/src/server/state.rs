@@ -32,8 +32,12 @@ impl std::ops::Deref for App {
 pub struct AppState {
     /// The write side.
     pub store: SqlEventStore,
-    /// The inventory's write side (its own event store and outbox).
+    /// The inventory's write side (its own event store and outbox), in a
+    /// process that runs the inventory.
     pub inventory: SqlEventStore,
+    /// The order side's way to the inventory (the saga's commands, traces,
+    /// tracked SKUs): in this process or over its service's API.
+    pub inventory_link: Arc<dyn crate::inventory_link::InventoryLink>,
     /// The read DB.
     pub read: Db,
     /// The read model's progress, for consistency waits.

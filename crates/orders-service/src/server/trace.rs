@@ -140,7 +140,7 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
 const MAX_REACTION_COMMANDS: usize = 2 * orders::aggregate::limits::MAX_ITEMS + 2;
 
 /// The saga's commands caused by `events`, found by their idempotency keys
-/// (`order_saga/<event id>/<n>`) in both stores.
+/// (`order_saga/<event id>/<n>`) in the orders' store and the inventory.
 async fn reactions(app: &App, events: &[EventEnvelope]) -> anyhow::Result<Vec<Reaction>> {
     use cqrs_sql::process::ProcessManager;
     let mut found = Vec::new();
@@ -157,35 +157,29 @@ async fn reactions(app: &App, events: &[EventEnvelope]) -> anyhow::Result<Vec<Re
         let consumed = cqrs_sql::read::traces::event_applied(&app.read, SAGA, &trigger.event_id)
             .await?
             .and_then(|a| parse_timestamp(&a.consumed_at).ok());
-        let mut keyed = Vec::new();
-        for store in [&app.inventory, &app.store] {
-            for (key, command_id) in store.keyed_commands(&keys).await? {
-                let n: usize = key
-                    .rsplit('/')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                keyed.push((n, store, command_id));
-            }
-        }
-        keyed.sort_by_key(|(n, _, _)| *n);
-        for (_, store, command_id) in keyed {
-            let appended = store.events_of_command(&command_id).await?;
-            let Some(last) = appended.last() else {
-                continue;
-            };
+        // The orders' own, and the inventory's through its link (its
+        // store here, or its service's API).
+        let mut keyed = crate::inventory_link::keyed_in(&app.store, &keys).await?;
+        keyed.extend(app.inventory_link.keyed(&keys).await?);
+        keyed.sort_by_key(|k| {
+            k.key
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0)
+        });
+        for k in keyed {
             found.push(Reaction {
                 by: SAGA.to_owned(),
                 trigger: trigger.event_type.clone(),
                 consumed_at: consumed,
-                aggregate_id: last.aggregate_id.clone(),
-                event_types: appended.iter().map(|e| e.event_type.clone()).collect(),
-                committed_at: last.recorded_at,
-                since_command_ms: (last.recorded_at - committed)
-                    .num_microseconds()
-                    .unwrap_or(0) as f64
+                aggregate_id: k.aggregate_id,
+                event_types: k.event_types,
+                committed_at: k.committed_at,
+                since_command_ms: (k.committed_at - committed).num_microseconds().unwrap_or(0)
+                    as f64
                     / 1000.0,
-                command_id,
+                command_id: k.command_id,
             });
         }
     }

@@ -1,10 +1,12 @@
-//! Which SKUs the inventory tracks, as order creation asks it: a SKU with
+//! Which SKUs the inventory tracks, as order creation asks it (through the
+//! inventory link: its store in one process, the order side's copy of its
+//! read model apart): a SKU with
 //! stock records stays tracked for good, so a yes is kept; a no is kept for
 //! a moment only, then asked again. An order created in that moment after a
 //! SKU's first stock is like one created just before it: untracked, which
 //! the design allows anyway (tracking is fixed when an order is created).
 
-use cqrs_sql::{SqlEventStore, StoreError};
+use crate::inventory_link::{InventoryLink, LinkError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,25 +30,18 @@ struct Seen {
 
 impl TrackedSkus {
     /// Which of `skus` are tracked: from memory where it knows, else one
-    /// query to the inventory's store for the rest.
+    /// question to the inventory for the rest.
     pub async fn of(
         &self,
-        inventory: &SqlEventStore,
+        inventory: &dyn InventoryLink,
         skus: &BTreeSet<String>,
-    ) -> Result<BTreeSet<String>, StoreError> {
+    ) -> Result<BTreeSet<String>, LinkError> {
         let now = Instant::now();
         let (mut known, unknown) = self.split(skus, now);
         if unknown.is_empty() {
             return Ok(known);
         }
-        let ids: Vec<String> = unknown.iter().map(|s| inventory::Stock::id(s)).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let found: BTreeSet<String> = inventory
-            .existing(&ids)
-            .await?
-            .iter()
-            .filter_map(|id| inventory::Stock::sku_of(id).map(str::to_owned))
-            .collect();
+        let found = inventory.tracked(&unknown).await?;
         self.remember(&unknown, &found, now);
         known.extend(found);
         Ok(known)

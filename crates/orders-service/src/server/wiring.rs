@@ -143,8 +143,11 @@ impl Running {
         }
         let (progress, inventory_progress) =
             start_read_sides(&mut roles, config, (&store, &inventory), &read).await?;
+        let inventory_link: Arc<dyn crate::inventory_link::InventoryLink> = Arc::new(
+            crate::inventory_link::LocalInventory::new(inventory.clone(), crate::saga::SAGA),
+        );
         if config.runs(Role::Projector) {
-            start_saga(&mut roles, config, &store, &inventory, &read).await?;
+            start_saga(&mut roles, config, &store, inventory_link.clone(), &read).await?;
         }
         follow_progress(&mut roles, &inventory_progress, &read);
         follow_progress(&mut roles, &progress, &read);
@@ -160,6 +163,7 @@ impl Running {
         let app = App::new(AppState {
             store,
             inventory,
+            inventory_link,
             read,
             progress,
             inventory_progress,
@@ -483,11 +487,11 @@ async fn start_saga(
     roles: &mut Roles,
     config: &Config,
     store: &SqlEventStore,
-    inventory: &SqlEventStore,
+    link: Arc<dyn crate::inventory_link::InventoryLink>,
     read: &Db,
 ) -> anyhow::Result<()> {
     use crate::saga::{OrderSaga, SagaBus, SAGA};
-    let bus = SagaBus::new(store.clone(), inventory.clone());
+    let bus = SagaBus::new(store.clone(), link);
     let saga: Arc<dyn cqrs_sql::Projection> = Arc::new(
         cqrs_sql::process::ProcessProjection::<OrderSaga, _>::new(bus)
             .with_concurrency(usize::from(config.saga_concurrency)),

@@ -4,7 +4,8 @@ use super::queries::{order_from_row, ORDER_COLUMNS};
 use super::SQL;
 use super::{decoded, ids, load_rows, missing, upsert};
 use crate::aggregate::{LineItem, OrderEvent, Status};
-use crate::views::{target_status, target_stock, OrderView};
+use crate::stock::next_stock;
+use crate::views::{target_status, OrderView};
 use cqrs_core::EventEnvelope;
 use cqrs_sql::batch::{Kind, Val};
 use cqrs_sql::db::timestamp;
@@ -143,9 +144,7 @@ fn fold_order(
     if let Some(status) = target_status(event) {
         o.status = status;
     }
-    if let Some(stock) = target_stock(event) {
-        o.stock = Some(stock);
-    }
+    o.stock = next_stock(o.stock, event);
     o.version = e.version;
     o.updated_at = at;
     Ok(())
@@ -175,6 +174,11 @@ fn order_row(o: OrderView) -> Result<Vec<Val>, ProjectionError> {
 impl Projection for OrderDetails {
     fn name(&self) -> &'static str {
         "order_details"
+    }
+    // 2: the stock of cancelled and shipped orders (it read `pending` or
+    // `reserved` after them).
+    fn version(&self) -> i64 {
+        2
     }
     fn tables(&self) -> Vec<String> {
         vec![self.table.clone()]

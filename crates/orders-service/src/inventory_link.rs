@@ -1,0 +1,408 @@
+//! How the order side reaches the inventory, and nothing else does: the
+//! saga's stock commands, what they did (for traces), and which SKUs are
+//! tracked (for order creation). In one process the inventory's command
+//! handler and store answer directly ([`LocalInventory`]); apart, the
+//! inventory service's HTTP API answers the commands, and the tracked SKUs
+//! come from the order side's own copy of the stock read model, fed from
+//! the inventory's topic ([`RemoteInventory`]). Neither opens the other
+//! side's write database.
+
+use chrono::{DateTime, Utc};
+use cqrs_core::DomainError;
+use cqrs_sql::process::KeyedLocks;
+use cqrs_sql::{execute_cached, CommandError, CommandOptions, Db, SqlEventStore, StateCache};
+use futures::future::BoxFuture;
+use inventory::{Stock, StockCommand};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// SKUs whose stock state the local link keeps in memory, at most.
+const STOCK_STATES: usize = 10_000;
+
+/// What a stock command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StockOutcome {
+    /// Handled: the types of the events it appended (the first time's,
+    /// for a key seen before).
+    Done(Vec<String>),
+    /// The inventory refused, with its code (`stock_not_tracked`, ...).
+    Refused(String),
+}
+
+/// A command the inventory stored under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyedStockCommand {
+    /// The key it was issued with.
+    pub key: String,
+    /// Its command id.
+    pub command_id: String,
+    /// The stock it went to (`stock-<sku>`).
+    pub aggregate_id: String,
+    /// The events it appended, in order.
+    pub event_types: Vec<String>,
+    /// When its last event was recorded.
+    #[schema(value_type = String, format = DateTime)]
+    pub committed_at: DateTime<Utc>,
+}
+
+/// Why the inventory could not be asked (tried again later: never a
+/// refusal).
+#[derive(Debug, thiserror::Error)]
+#[error("the inventory: {0}")]
+pub struct LinkError(pub String);
+
+/// The order side's way to the inventory.
+pub trait InventoryLink: Send + Sync {
+    /// Issues `command` on `sku`'s stock under the idempotency `key`, whose
+    /// first answer any retry gets again.
+    fn execute<'a>(
+        &'a self,
+        sku: &'a str,
+        command: StockCommand,
+        key: String,
+        request_hash: String,
+    ) -> BoxFuture<'a, Result<StockOutcome, LinkError>>;
+
+    /// The commands stored under any of `keys`.
+    fn keyed<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<KeyedStockCommand>, LinkError>>;
+
+    /// Which of `skus` have stock records.
+    fn tracked<'a>(
+        &'a self,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeSet<String>, LinkError>>;
+}
+
+/// The inventory in this process: its store, commanded directly.
+pub struct LocalInventory {
+    store: SqlEventStore,
+    /// The last known state of the SKUs reserved on: a SKU's history grows
+    /// with every order. A state another writer made stale (stock added
+    /// through the API) is caught at append and decided again.
+    states: Arc<StateCache<Stock>>,
+    /// One command at a time per SKU from this process: concurrent
+    /// reactions on a popular SKU queue instead of conflicting.
+    turns: Arc<KeyedLocks>,
+    /// Who the commands are recorded as issued by.
+    caller: String,
+}
+
+impl LocalInventory {
+    /// Over the inventory's store; commands recorded as `caller`'s.
+    pub fn new(store: SqlEventStore, caller: &str) -> Self {
+        Self {
+            store,
+            states: Arc::new(StateCache::new(STOCK_STATES)),
+            turns: Arc::default(),
+            caller: caller.to_owned(),
+        }
+    }
+}
+
+/// The types of what `outcome` appended (the first call's, when replayed).
+pub async fn event_types(
+    store: &SqlEventStore,
+    outcome: cqrs_sql::CommandOutcome,
+) -> Result<Vec<String>, cqrs_sql::StoreError> {
+    let events = if outcome.replayed {
+        store.events_of_command(&outcome.command_id).await?
+    } else {
+        outcome.events
+    };
+    Ok(events.into_iter().map(|e| e.event_type).collect())
+}
+
+/// The commands of `store` under `keys`, with what each appended.
+pub async fn keyed_in(
+    store: &SqlEventStore,
+    keys: &[String],
+) -> Result<Vec<KeyedStockCommand>, cqrs_sql::StoreError> {
+    let mut found = Vec::new();
+    for (key, command_id) in store.keyed_commands(keys).await? {
+        let events = store.events_of_command(&command_id).await?;
+        let Some(last) = events.last() else { continue };
+        found.push(KeyedStockCommand {
+            key,
+            command_id,
+            aggregate_id: last.aggregate_id.clone(),
+            committed_at: last.recorded_at,
+            event_types: events.iter().map(|e| e.event_type.clone()).collect(),
+        });
+    }
+    Ok(found)
+}
+
+impl InventoryLink for LocalInventory {
+    fn execute<'a>(
+        &'a self,
+        sku: &'a str,
+        command: StockCommand,
+        key: String,
+        request_hash: String,
+    ) -> BoxFuture<'a, Result<StockOutcome, LinkError>> {
+        Box::pin(async move {
+            let options = CommandOptions {
+                idempotency: Some(cqrs_sql::IdempotencyRecord { key, request_hash }),
+                caller: Some(self.caller.clone()),
+                ..CommandOptions::new()
+            };
+            let asked = std::time::Instant::now();
+            let turn = self.turns.lock(sku).await;
+            let waited = asked.elapsed();
+            let result = execute_cached(
+                &self.store,
+                Some(&*self.states),
+                &Stock::id(sku),
+                &command,
+                options,
+            )
+            .await;
+            drop(turn);
+            tracing::trace!(
+                sku,
+                waited_us = waited.as_micros() as u64,
+                executed_us = (asked.elapsed() - waited).as_micros() as u64,
+                "stock command"
+            );
+            match result {
+                Ok(o) => event_types(&self.store, o)
+                    .await
+                    .map(StockOutcome::Done)
+                    .map_err(|e| LinkError(e.to_string())),
+                Err(CommandError::Domain(e)) => Ok(StockOutcome::Refused(e.code().to_owned())),
+                Err(other) => Err(LinkError(other.to_string())),
+            }
+        })
+    }
+
+    fn keyed<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<KeyedStockCommand>, LinkError>> {
+        Box::pin(async move {
+            keyed_in(&self.store, keys)
+                .await
+                .map_err(|e| LinkError(e.to_string()))
+        })
+    }
+
+    fn tracked<'a>(
+        &'a self,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeSet<String>, LinkError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = skus.iter().map(|s| Stock::id(s)).collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let found = self
+                .store
+                .existing(&ids)
+                .await
+                .map_err(|e| LinkError(e.to_string()))?;
+            Ok(found
+                .iter()
+                .filter_map(|id| Stock::sku_of(id).map(str::to_owned))
+                .collect())
+        })
+    }
+}
+
+/// Body of `POST /inventory/{sku}/commands`: a stock command of the order
+/// saga (or any caller with the rights), under an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StockCommandBody {
+    /// Holds `quantity` units for the order.
+    Reserve {
+        /// The order.
+        order_id: String,
+        /// Units, at least 1.
+        quantity: i64,
+    },
+    /// Gives back what the order holds.
+    Release {
+        /// The order.
+        order_id: String,
+    },
+    /// The order shipped: what it holds leaves the shelf.
+    Dispatch {
+        /// The order.
+        order_id: String,
+    },
+}
+
+impl From<StockCommandBody> for StockCommand {
+    fn from(b: StockCommandBody) -> Self {
+        match b {
+            StockCommandBody::Reserve { order_id, quantity } => {
+                StockCommand::Reserve { order_id, quantity }
+            }
+            StockCommandBody::Release { order_id } => StockCommand::Release { order_id },
+            StockCommandBody::Dispatch { order_id } => StockCommand::Dispatch { order_id },
+        }
+    }
+}
+
+impl StockCommandBody {
+    /// The body of a command (None: stock in, which the saga never issues).
+    pub fn of(command: StockCommand) -> Option<StockCommandBody> {
+        match command {
+            StockCommand::Reserve { order_id, quantity } => {
+                Some(StockCommandBody::Reserve { order_id, quantity })
+            }
+            StockCommand::Release { order_id } => Some(StockCommandBody::Release { order_id }),
+            StockCommand::Dispatch { order_id } => Some(StockCommandBody::Dispatch { order_id }),
+            StockCommand::Add { .. } => None,
+        }
+    }
+}
+
+/// The answer of `POST /inventory/{sku}/commands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StockCommandAnswer {
+    /// The SKU.
+    pub sku: String,
+    /// Its stock's version after the command.
+    pub version: i64,
+    /// Id of the command (the first one's, for a key seen before).
+    pub command_id: String,
+    /// The types of the events it appended (the first time's).
+    pub event_types: Vec<String>,
+    /// Whether the key had been seen: this is the first answer again.
+    pub replayed: bool,
+}
+
+/// The inventory as another service: commands over its HTTP API, tracked
+/// SKUs from this side's copy of its read model (fed from its topic).
+pub struct RemoteInventory {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+    read: Db,
+}
+
+impl RemoteInventory {
+    /// The inventory service at `base` (`http://host:port`), called with
+    /// `token` as bearer when given; tracked SKUs read from `read`.
+    pub fn new(base: &str, token: Option<String>, read: Db) -> Result<Self, LinkError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| LinkError(e.to_string()))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            token,
+            read,
+        })
+    }
+
+    fn authorized(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+}
+
+/// The inventory's refusals: a command it refused for good (anything else
+/// that is not a 2xx is tried again).
+fn is_refusal(code: &str) -> bool {
+    ["stock_not_tracked", "reservation_mismatch", "invalid_field"].contains(&code)
+}
+
+/// `/` and `%` and the like in a SKU, for a path segment.
+fn segment(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl InventoryLink for RemoteInventory {
+    fn execute<'a>(
+        &'a self,
+        sku: &'a str,
+        command: StockCommand,
+        key: String,
+        _request_hash: String,
+    ) -> BoxFuture<'a, Result<StockOutcome, LinkError>> {
+        Box::pin(async move {
+            let Some(body) = StockCommandBody::of(command) else {
+                return Err(LinkError("stock in is not a saga command".into()));
+            };
+            let url = format!("{}/inventory/{}/commands", self.base, segment(sku));
+            let res = self
+                .authorized(self.http.post(&url))
+                .header("idempotency-key", &key)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| LinkError(format!("POST {url}: {e}")))?;
+            let status = res.status();
+            if status.is_success() {
+                let answer: StockCommandAnswer = res
+                    .json()
+                    .await
+                    .map_err(|e| LinkError(format!("POST {url}: the answer: {e}")))?;
+                return Ok(StockOutcome::Done(answer.event_types));
+            }
+            let text = res.text().await.unwrap_or_default();
+            let code = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|c| c.as_str()).map(str::to_owned));
+            match code {
+                Some(code) if status.is_client_error() && is_refusal(&code) => {
+                    Ok(StockOutcome::Refused(code))
+                }
+                _ => Err(LinkError(format!("POST {url}: {status}: {text}"))),
+            }
+        })
+    }
+
+    fn keyed<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<KeyedStockCommand>, LinkError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let url = format!("{}/inventory/commands", self.base);
+            let query: Vec<(&str, &str)> = keys.iter().map(|k| ("key", k.as_str())).collect();
+            let res = self
+                .authorized(self.http.get(&url).query(&query))
+                .send()
+                .await
+                .map_err(|e| LinkError(format!("GET {url}: {e}")))?;
+            if !res.status().is_success() {
+                return Err(LinkError(format!("GET {url}: {}", res.status())));
+            }
+            res.json()
+                .await
+                .map_err(|e| LinkError(format!("GET {url}: the answer: {e}")))
+        })
+    }
+
+    fn tracked<'a>(
+        &'a self,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeSet<String>, LinkError>> {
+        Box::pin(async move {
+            let mut found = BTreeSet::new();
+            for sku in skus {
+                let row = inventory::read_model::stock(&self.read.pool, sku)
+                    .await
+                    .map_err(|e| LinkError(e.to_string()))?;
+                if row.is_some() {
+                    found.insert(sku.clone());
+                }
+            }
+            Ok(found)
+        })
+    }
+}
