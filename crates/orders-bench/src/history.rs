@@ -85,6 +85,7 @@ fn life() -> anyhow::Result<Vec<(String, i32, serde_json::Value)>> {
 /// store of `config`, moving the projector past them when it reads the log.
 async fn import(config: &Config, events: i64) -> anyhow::Result<()> {
     let (store, _, read) = orders_service::server::wiring::open_databases(config).await?;
+    let store = store.ok_or_else(|| anyhow::anyhow!("the bench's config runs no order side"))?;
     let life = life()?;
     let history = GeneratedHistory {
         aggregate_type: orders::Order::TYPE.to_owned(),

@@ -20,20 +20,13 @@ pub async fn run(config: &Config, check: bool) -> anyhow::Result<i32> {
         }
         0
     };
-    let same = dbs.write.url() == dbs.read.url();
-    for (role, db) in [
-        ("write", &dbs.write),
-        ("inventory", &dbs.inventory),
-        ("read", &dbs.read),
-    ] {
-        if role == "read" && same {
-            break;
-        }
+    let named = dbs.named();
+    for (role, db) in &named {
         for (component, version) in cqrs_sql::migrate::versions(db).await? {
             println!("{role} db: {component} at version {version}");
         }
     }
-    for db in [&dbs.write, &dbs.inventory, &dbs.read] {
+    for (_, db) in named {
         db.close().await;
     }
     Ok(code)

@@ -252,7 +252,8 @@ pub async fn serve(
         let limits = http.limits();
         let tls = http.tls()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let api = config.runs(Role::Api);
+        // The inventory service serves its API with its role.
+        let api = config.runs(Role::Api) || config.roles.contains(&Role::Inventory);
         // Without the API, only what shows the process's health.
         let router = if api {
             running.router()

@@ -18,6 +18,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Keys asked for in one `GET /stock-commands` (at most 100 are taken).
+const KEYS_PER_LOOKUP: usize = 40;
+
 /// SKUs whose stock state the local link keeps in memory, at most.
 const STOCK_STATES: usize = 10_000;
 
@@ -104,6 +107,48 @@ impl LocalInventory {
     }
 }
 
+impl LocalInventory {
+    /// The inventory's event store.
+    pub fn store(&self) -> &SqlEventStore {
+        &self.store
+    }
+
+    /// Runs `command` on `sku`'s stock: one at a time per SKU from this
+    /// process, on the cached state.
+    pub async fn command(
+        &self,
+        sku: &str,
+        command: &StockCommand,
+        idempotency: Option<cqrs_sql::IdempotencyRecord>,
+        caller: Option<String>,
+    ) -> Result<cqrs_sql::CommandOutcome, CommandError<inventory::StockError>> {
+        let options = CommandOptions {
+            idempotency,
+            caller,
+            ..CommandOptions::new()
+        };
+        let asked = std::time::Instant::now();
+        let turn = self.turns.lock(sku).await;
+        let waited = asked.elapsed();
+        let result = execute_cached(
+            &self.store,
+            Some(&*self.states),
+            &Stock::id(sku),
+            command,
+            options,
+        )
+        .await;
+        drop(turn);
+        tracing::trace!(
+            sku,
+            waited_us = waited.as_micros() as u64,
+            executed_us = (asked.elapsed() - waited).as_micros() as u64,
+            "stock command"
+        );
+        result
+    }
+}
+
 /// The types of what `outcome` appended (the first call's, when replayed).
 pub async fn event_types(
     store: &SqlEventStore,
@@ -146,30 +191,9 @@ impl InventoryLink for LocalInventory {
         request_hash: String,
     ) -> BoxFuture<'a, Result<StockOutcome, LinkError>> {
         Box::pin(async move {
-            let options = CommandOptions {
-                idempotency: Some(cqrs_sql::IdempotencyRecord { key, request_hash }),
-                caller: Some(self.caller.clone()),
-                ..CommandOptions::new()
-            };
-            let asked = std::time::Instant::now();
-            let turn = self.turns.lock(sku).await;
-            let waited = asked.elapsed();
-            let result = execute_cached(
-                &self.store,
-                Some(&*self.states),
-                &Stock::id(sku),
-                &command,
-                options,
-            )
-            .await;
-            drop(turn);
-            tracing::trace!(
-                sku,
-                waited_us = waited.as_micros() as u64,
-                executed_us = (asked.elapsed() - waited).as_micros() as u64,
-                "stock command"
-            );
-            match result {
+            let idempotency = Some(cqrs_sql::IdempotencyRecord { key, request_hash });
+            let caller = Some(self.caller.clone());
+            match self.command(sku, &command, idempotency, caller).await {
                 Ok(o) => event_types(&self.store, o)
                     .await
                     .map(StockOutcome::Done)
@@ -372,19 +396,28 @@ impl InventoryLink for RemoteInventory {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let url = format!("{}/inventory/commands", self.base);
-            let query: Vec<(&str, &str)> = keys.iter().map(|k| ("key", k.as_str())).collect();
-            let res = self
-                .authorized(self.http.get(&url).query(&query))
-                .send()
-                .await
-                .map_err(|e| LinkError(format!("GET {url}: {e}")))?;
-            if !res.status().is_success() {
-                return Err(LinkError(format!("GET {url}: {}", res.status())));
+            let url = format!("{}/stock-commands", self.base);
+            let mut found = Vec::new();
+            // A few keys a request: the URL stays far below the limits.
+            for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+                let query: Vec<(&str, &str)> = chunk.iter().map(|k| ("key", k.as_str())).collect();
+                let res = self
+                    .authorized(self.http.get(&url).query(&query))
+                    .send()
+                    .await
+                    .map_err(|e| LinkError(format!("GET {url}: {e}")))?;
+                if !res.status().is_success() {
+                    let status = res.status();
+                    let text = res.text().await.unwrap_or_default();
+                    return Err(LinkError(format!("GET {url}: {status}: {text}")));
+                }
+                let page: Vec<KeyedStockCommand> = res
+                    .json()
+                    .await
+                    .map_err(|e| LinkError(format!("GET {url}: the answer: {e}")))?;
+                found.extend(page);
             }
-            res.json()
-                .await
-                .map_err(|e| LinkError(format!("GET {url}: the answer: {e}")))
+            Ok(found)
         })
     }
 

@@ -108,7 +108,11 @@ impl Scenario<'_> {
                 read_db.push(format!("{}: {}, stock {stock}", short(id), o.status));
             }
         }
-        let stock = app.inventory.load(&inventory::Stock::id(SKU)).await?;
+        let inventory = app
+            .inventory
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the demo runs the inventory in its process"))?;
+        let stock = inventory.store().load(&inventory::Stock::id(SKU)).await?;
         let events: Vec<inventory::StockEvent> =
             stock.iter().map(|e| e.decode()).collect::<Result<_, _>>()?;
         let state = <inventory::Stock as cqrs_core::Aggregate>::fold(&events);

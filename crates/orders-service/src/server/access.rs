@@ -158,6 +158,10 @@ pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
         ("POST", "/orders/{id}/cancel") => Need::OneOf(OWNER),
         ("POST", "/inventory/{sku}/stock") => Need::OneOf(&[Warehouse, Operator]),
         ("GET", "/inventory" | "/inventory/{sku}") => Need::OneOf(&[Payments, Warehouse, Operator]),
+        // The order saga's stock commands, from the order side's token.
+        ("POST", "/inventory/{sku}/commands") | ("GET", "/stock-commands") => {
+            Need::OneOf(&[Warehouse, Operator])
+        }
         // Stats, metrics, the live stream, and any route added later.
         _ => Need::OneOf(&[Operator]),
     }

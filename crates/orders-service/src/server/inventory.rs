@@ -6,6 +6,7 @@
 use super::access::Caller;
 use super::api::{BodyErrors, QueryErrors};
 use super::App;
+use crate::inventory_link::{KeyedStockCommand, StockCommandAnswer, StockCommandBody};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,9 +16,9 @@ use cqrs_http::{
     IdempotencyHeader, JsonBody, PathParam, QueryParams, TOKEN_HEADER,
 };
 use cqrs_sql::store::request_hash;
-use cqrs_sql::{execute, CommandOptions, IdempotencyRecord};
+use cqrs_sql::{CommandOptions, IdempotencyRecord};
 use inventory::read_model::{self, StockView};
-use inventory::{Stock, StockCommand};
+use inventory::StockCommand;
 use serde::{Deserialize, Serialize};
 
 /// The SKU a path names, checked as order lines check theirs.
@@ -81,7 +82,9 @@ pub(super) async fn add_stock(
     let command = StockCommand::Add {
         quantity: body.quantity,
     };
-    let result = execute::<Stock, _>(&app.inventory, &Stock::id(&sku), &command, options).await;
+    let result = local(&app)?
+        .command(&sku, &command, options.idempotency, options.caller)
+        .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),
@@ -106,6 +109,17 @@ pub(super) async fn add_stock(
     Ok(res)
 }
 
+/// The inventory of this process (its routes are served only where it runs).
+fn local(app: &App) -> Result<&crate::inventory_link::LocalInventory, ApiError> {
+    app.inventory.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the inventory runs in another service",
+        )
+    })
+}
+
 fn read_error(e: sqlx::Error) -> ApiError {
     ApiError::unavailable("the read database", &e)
 }
@@ -121,7 +135,7 @@ pub(super) async fn get_stock(
     QueryParams(c): QueryParams<ConsistencyParams>,
 ) -> Result<Response, ApiError> {
     let sku = sku_of(&sku)?;
-    wait_consistent(&app.inventory_progress, &app.inventory, &headers, &c).await?;
+    wait_consistent(&app.inventory_progress, local(&app)?.store(), &headers, &c).await?;
     let stock = read_model::stock(&app.read.pool, &sku)
         .await
         .map_err(read_error)?;
@@ -184,4 +198,122 @@ pub(super) async fn list_stock(
         .then(|| stock.last().map(|s| s.sku.clone()))
         .flatten();
     Ok(Json(InventoryPage { stock, next }).into_response())
+}
+
+#[utoipa::path(post, path = "/inventory/{sku}/commands", tag = "inventory", request_body = StockCommandBody,
+    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), IdempotencyHeader),
+    responses((status = 200, description = "Handled (or, for a key seen before, its first answer again): the events it appended", body = StockCommandAnswer),
+        BodyErrors))]
+/// The order saga's stock commands (reserve, release, dispatch), for the
+/// order side when the inventory is a service of its own. The key is
+/// required: a retry must never reserve twice.
+pub(super) async fn stock_command(
+    State(app): State<App>,
+    caller: Caller,
+    PathParam(sku): PathParam<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<StockCommandBody>,
+) -> Result<Response, ApiError> {
+    let sku = sku_of(&sku)?;
+    let Some(key) = idempotency_key(&headers)? else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            "a stock command needs an Idempotency-Key header: a retry must not reserve twice",
+        ));
+    };
+    let hash = request_hash(&[
+        b"StockCommand",
+        sku.as_bytes(),
+        format!("{body:?}").as_bytes(),
+    ]);
+    let idempotency = IdempotencyRecord::for_caller(caller.key_scope(), &key, hash);
+    let kind = match &body {
+        StockCommandBody::Reserve { .. } => "Reserve",
+        StockCommandBody::Release { .. } => "Release",
+        StockCommandBody::Dispatch { .. } => "Dispatch",
+    };
+    let inventory = local(&app)?;
+    let command = StockCommand::from(body);
+    let result = inventory
+        .command(
+            &sku,
+            &command,
+            Some(idempotency),
+            caller.sub().map(str::to_owned),
+        )
+        .await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    tracing::info!(command = kind, sku = %sku, caller = caller.sub(), outcome, "command handled");
+    let done = result?;
+    let (version, command_id, replayed) = (done.version, done.command_id.clone(), done.replayed);
+    let event_types = crate::inventory_link::event_types(inventory.store(), done).await?;
+    Ok(Json(StockCommandAnswer {
+        sku,
+        version,
+        command_id,
+        event_types,
+        replayed,
+    })
+    .into_response())
+}
+
+/// Query string of `GET /stock-commands`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct KeyParams {
+    /// Idempotency keys (repeat `key=`), 1..=100 of them.
+    #[param(nullable = false)]
+    #[serde(default)]
+    pub key: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/stock-commands", tag = "inventory", params(KeyParams),
+    responses((status = 200, description = "The stock commands stored under the caller's keys, with the events each appended", body = [KeyedStockCommand]), QueryErrors))]
+/// What the stock commands sent with these keys did (the order side's
+/// traces show the saga's reactions with it).
+pub(super) async fn keyed_commands(
+    State(app): State<App>,
+    caller: Caller,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    // Repeated `key=` (serde_urlencoded reads a sequence no other way).
+    let keys: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .map(|(k, v)| match k.as_str() {
+            "key" => Ok(v),
+            other => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("unknown query parameter {other:?}: only key=..."),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() || keys.len() > 100 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("key: 1..=100 of them, got {}", keys.len()),
+        ));
+    }
+    // Stored in the caller's scope, as `stock_command` stored them.
+    let scoped: Vec<String> = keys
+        .iter()
+        .map(|k| IdempotencyRecord::for_caller(caller.key_scope(), k, String::new()).key)
+        .collect();
+    let found = crate::inventory_link::keyed_in(local(&app)?.store(), &scoped).await?;
+    let answer: Vec<KeyedStockCommand> = found
+        .into_iter()
+        .filter_map(|mut k| {
+            let i = scoped.iter().position(|s| *s == k.key)?;
+            k.key = keys[i].clone();
+            Some(k)
+        })
+        .collect();
+    Ok(Json(answer).into_response())
 }

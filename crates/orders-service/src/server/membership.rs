@@ -14,11 +14,12 @@ pub(super) async fn resolve(
     config: &Config,
     read: &Db,
 ) -> anyhow::Result<(Config, Option<MemberSlot>)> {
+    let consumes = config.runs(Role::Projector) || config.hosts_inventory(Role::Projector);
     let mut config = config.clone();
     let Some(k) = config.kafka.as_mut() else {
         return Ok((config, None));
     };
-    if !config.roles.is_empty() && !config.roles.contains(&Role::Projector) {
+    if !consumes {
         // No consumer in this process.
         k.instance_id = None;
         return Ok((config, None));

@@ -17,27 +17,38 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 /// The router with every route, limits and JSON fallbacks. Routes and the
 /// OpenAPI document come from the same list, so they cannot drift apart.
 pub fn router(app: App) -> Router {
-    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(commands::create_order, queries::list_orders))
-        .routes(routes!(queries::get_order))
-        .routes(routes!(commands::pay_order))
-        .routes(routes!(commands::ship_order))
-        .routes(routes!(commands::deliver_order))
-        .routes(routes!(commands::cancel_order))
-        .routes(routes!(queries::order_history))
-        .routes(routes!(queries::customer_summary))
-        .routes(routes!(queries::stats))
-        .routes(routes!(inventory::add_stock))
-        .routes(routes!(inventory::get_stock))
-        .routes(routes!(inventory::list_stock))
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi());
+    // Each service's routes where it runs: an inventory-only process serves
+    // the inventory's; the order side with the inventory elsewhere, its own.
+    if app.orders_here {
+        api = api
+            .routes(routes!(commands::create_order, queries::list_orders))
+            .routes(routes!(queries::get_order))
+            .routes(routes!(commands::pay_order))
+            .routes(routes!(commands::ship_order))
+            .routes(routes!(commands::deliver_order))
+            .routes(routes!(commands::cancel_order))
+            .routes(routes!(queries::order_history))
+            .routes(routes!(queries::customer_summary))
+            .routes(routes!(queries::stats))
+            .routes(routes!(command_trace))
+            .routes(routes!(live_page))
+            .routes(routes!(live_stream))
+            .routes(routes!(stream_ticket));
+    }
+    if app.inventory.is_some() {
+        api = api
+            .routes(routes!(inventory::add_stock))
+            .routes(routes!(inventory::get_stock))
+            .routes(routes!(inventory::list_stock))
+            .routes(routes!(inventory::stock_command))
+            .routes(routes!(inventory::keyed_commands));
+    }
+    let (router, doc) = api
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
-        .routes(routes!(command_trace))
-        .routes(routes!(live_page))
-        .routes(routes!(live_stream))
-        .routes(routes!(stream_ticket))
         .split_for_parts();
     let mut doc = doc;
     super::access::document(&mut doc);

@@ -6,15 +6,34 @@
 use cqrs_sql::migrate::{self, Applied};
 use cqrs_sql::{Component, Db};
 
-/// The databases of one process: the orders' write DB, the inventory's own
-/// write DB, and the read DB both services' read models share.
+/// The databases of one process: the orders' write DB (none in an
+/// inventory-only process), the inventory's own write DB (none where the
+/// inventory runs elsewhere), and the read DB of this process's read models.
 pub struct Databases {
     /// The orders' event store.
-    pub write: Db,
+    pub write: Option<Db>,
     /// The inventory's event store.
-    pub inventory: Db,
+    pub inventory: Option<Db>,
     /// The read models.
     pub read: Db,
+}
+
+impl Databases {
+    /// Each database with what it is to this process, the read DB last
+    /// (once: not again where it is the write DB).
+    pub fn named(&self) -> Vec<(&'static str, &Db)> {
+        let mut out: Vec<(&'static str, &Db)> = Vec::new();
+        if let Some(w) = &self.write {
+            out.push(("write", w));
+        }
+        if let Some(i) = &self.inventory {
+            out.push(("inventory", i));
+        }
+        if !out.iter().any(|(_, d)| d.url() == self.read.url()) {
+            out.push(("read", &self.read));
+        }
+        out
+    }
 }
 
 /// The owners of tables in an event store's database.
@@ -35,12 +54,14 @@ pub fn read_components() -> Vec<Component> {
     components
 }
 
-fn targets(dbs: &Databases) -> [(&Db, Vec<Component>); 3] {
-    [
-        (&dbs.write, write_components(&dbs.write)),
-        (&dbs.inventory, write_components(&dbs.inventory)),
-        (&dbs.read, read_components()),
-    ]
+fn targets(dbs: &Databases) -> Vec<(&Db, Vec<Component>)> {
+    let mut out: Vec<(&Db, Vec<Component>)> = [&dbs.write, &dbs.inventory]
+        .into_iter()
+        .flatten()
+        .map(|db| (db, write_components(db)))
+        .collect();
+    out.push((&dbs.read, read_components()));
+    out
 }
 
 /// Applies what any database lacks (`apply`), or refuses with the list of

@@ -30,11 +30,15 @@ impl std::ops::Deref for App {
 
 /// The parts of [`App`].
 pub struct AppState {
-    /// The write side.
+    /// This process's write side: the orders' event store, or in an
+    /// inventory-only process (`--role inventory`) the inventory's.
     pub store: SqlEventStore,
-    /// The inventory's write side (its own event store and outbox), in a
-    /// process that runs the inventory.
-    pub inventory: SqlEventStore,
+    /// Whether this process runs any of the order side (its routes, relay,
+    /// projectors, saga).
+    pub orders_here: bool,
+    /// The inventory's write side (its own event store and outbox) and
+    /// command handler, in a process that runs the inventory.
+    pub inventory: Option<Arc<crate::inventory_link::LocalInventory>>,
     /// The order side's way to the inventory (the saga's commands, traces,
     /// tracked SKUs): in this process or over its service's API.
     pub inventory_link: Arc<dyn crate::inventory_link::InventoryLink>,

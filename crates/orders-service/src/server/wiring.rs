@@ -2,18 +2,14 @@
 //! watching them, and stopping them.
 
 use super::access::Access;
+use super::databases::ensure_topics;
+pub use super::databases::{connect_databases, open_databases};
 use super::routes;
-use super::schema::Databases;
+use super::sides::{follow_progress, start_read_side, start_relay, start_saga, ReadSide};
 use super::state::{App, AppState};
-use crate::config::{
-    Config, KafkaOptions, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS,
-};
+use crate::config::{Config, Role, INVENTORY_PROJECTOR, PROJECTOR, STATE_CACHE_ORDERS};
 use anyhow::Context;
-use cqrs_kafka::{KafkaSource, Relay, RelayConfig, SourceConfig};
-use cqrs_sql::{
-    Db, DbOptions, LogSource, ProjectorConfig, ProjectorRunner, ReadProgress, SqlEventStore,
-    StateCache,
-};
+use cqrs_sql::{ReadProgress, StateCache};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,15 +33,15 @@ pub struct Running {
 /// The background roles of a process, watched: one that ends before the
 /// shutdown (an error, a panic, or simply returning) is reported, so that the
 /// process stops and can be restarted instead of running on without it.
-struct Roles {
+pub(super) struct Roles {
     set: JoinSet<anyhow::Result<()>>,
     names: HashMap<tokio::task::Id, &'static str>,
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
 }
 
 impl Roles {
     /// Starts a role that returns when `shutdown` is cancelled.
-    fn spawn(
+    pub(super) fn spawn(
         &mut self,
         name: &'static str,
         role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -55,7 +51,7 @@ impl Roles {
     }
 
     /// Starts a role that would run forever: it is dropped at the shutdown.
-    fn spawn_until_shutdown(
+    pub(super) fn spawn_until_shutdown(
         &mut self,
         name: &'static str,
         role: impl std::future::Future<Output = ()> + Send + 'static,
@@ -114,8 +110,9 @@ fn why_ended(e: tokio::task::JoinError) -> String {
 impl Running {
     /// Opens the databases and starts this process's roles.
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
+        use crate::inventory_link::{InventoryLink, LocalInventory, RemoteInventory};
         config.check()?;
-        let (store, inventory, read) = open_databases(config).await?;
+        let (orders_store, inventory_store, read) = open_databases(config).await?;
         let (config, member) = super::membership::resolve(config, &read).await?;
         let config = &config;
         let shutdown = CancellationToken::new();
@@ -124,29 +121,83 @@ impl Running {
             names: HashMap::new(),
             shutdown: shutdown.clone(),
         };
+        let orders_here = orders_store.is_some();
         let (kafka, inventory_kafka) = match &config.kafka {
             Some(k) => (
-                Some(ensure_topics(k).await?),
+                match orders_here {
+                    true => Some(ensure_topics(k).await?),
+                    false => None,
+                },
                 Some(ensure_topics(&k.inventory()).await?),
             ),
             None => (None, None),
         };
-        if config.runs(Role::Relay) {
-            for (name, k, s) in [
-                ("relay", &kafka, &store),
-                ("inventory relay", &inventory_kafka, &inventory),
-            ] {
-                if let Some(k) = k {
-                    start_relay(&mut roles, name, k, s)?;
-                }
-            }
+        if let (Some(k), Some(s), true) = (&kafka, &orders_store, config.runs(Role::Relay)) {
+            start_relay(&mut roles, "relay", k, s)?;
         }
-        let (progress, inventory_progress) =
-            start_read_sides(&mut roles, config, (&store, &inventory), &read).await?;
-        let inventory_link: Arc<dyn crate::inventory_link::InventoryLink> = Arc::new(
-            crate::inventory_link::LocalInventory::new(inventory.clone(), crate::saga::SAGA),
-        );
-        if config.runs(Role::Projector) {
+        let inventory_relays = config.hosts_inventory(Role::Relay);
+        if let (Some(k), Some(s), true) = (&inventory_kafka, &inventory_store, inventory_relays) {
+            start_relay(&mut roles, "inventory relay", k, s)?;
+        }
+        let progress = match &orders_store {
+            Some(store) => {
+                let side = ReadSide {
+                    name: PROJECTOR,
+                    role: "projector",
+                    versions_role: "read model versions",
+                    projections: orders::read_model::projections(),
+                    store: Some(store),
+                    kafka: kafka.clone(),
+                    runs: config.runs(Role::Projector),
+                };
+                start_read_side(&mut roles, config, side, &read).await?
+            }
+            None => ReadProgress::new(read.clone(), PROJECTOR),
+        };
+        // The inventory's read model: its own where it runs here; the order
+        // side's copy, fed from its topic, where it runs elsewhere.
+        let remote = config.inventory_url.is_some();
+        let inventory_side = ReadSide {
+            name: INVENTORY_PROJECTOR,
+            role: "inventory projector",
+            versions_role: "inventory read model versions",
+            projections: inventory::read_model::projections(),
+            store: inventory_store.as_ref(),
+            kafka: config.kafka.as_ref().map(|k| match remote {
+                true => k.inventory_copy(),
+                false => k.inventory(),
+            }),
+            runs: config.hosts_inventory(Role::Projector)
+                || (remote && config.runs(Role::Projector)),
+        };
+        let inventory_progress = start_read_side(&mut roles, config, inventory_side, &read).await?;
+        let local = inventory_store
+            .clone()
+            .map(|s| Arc::new(LocalInventory::new(s, crate::saga::SAGA)));
+        let inventory_link: Arc<dyn InventoryLink> = match (&config.inventory_url, &local) {
+            (Some(url), _) => {
+                let token = match &config.inventory_token_file {
+                    Some(p) => Some(
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("--inventory-token-file {}", p.display()))?
+                            .trim()
+                            .to_owned(),
+                    ),
+                    None => None,
+                };
+                Arc::new(RemoteInventory::new(url, token, read.clone())?)
+            }
+            (None, Some(l)) => l.clone(),
+            (None, None) => anyhow::bail!("the inventory is neither here nor elsewhere"),
+        };
+        let store = match (orders_store, &inventory_store) {
+            (Some(s), _) => s,
+            // An inventory-only process: its own write side is the
+            // inventory's.
+            (None, Some(s)) => s.clone(),
+            (None, None) => anyhow::bail!("no write database to serve"),
+        };
+        if orders_here && config.runs(Role::Projector) {
             start_saga(&mut roles, config, &store, inventory_link.clone(), &read).await?;
         }
         follow_progress(&mut roles, &inventory_progress, &read);
@@ -162,15 +213,16 @@ impl Running {
         let progress_for_cache = progress.clone();
         let app = App::new(AppState {
             store,
-            inventory,
+            orders_here,
+            inventory: local,
             inventory_link,
             read,
             progress,
             inventory_progress,
-            kafka,
+            kafka: kafka.or(inventory_kafka),
             live,
             closing: closing_rx,
-            projects_here: config.runs(Role::Projector),
+            projects_here: config.runs(Role::Projector) || config.hosts_inventory(Role::Projector),
             states: Arc::new(StateCache::new(STATE_CACHE_ORDERS)),
             access,
             tracked: Arc::default(),
@@ -251,301 +303,6 @@ impl Running {
         self.app.read.close().await;
         Ok(())
     }
-}
-
-/// The two event stores and the read DB, at this build's schema.
-pub async fn open_databases(config: &Config) -> anyhow::Result<(SqlEventStore, SqlEventStore, Db)> {
-    let dbs = connect_databases(config).await?;
-    let applied = super::schema::bring_current(&dbs, !config.no_migrate).await?;
-    if !applied.is_empty() {
-        tracing::info!(count = applied.len(), "databases migrated");
-    }
-    Ok((
-        SqlEventStore::open_current(dbs.write).await?,
-        SqlEventStore::open_current(dbs.inventory).await?,
-        dbs.read,
-    ))
-}
-
-/// Connections to the databases (one pool where two are one database), the
-/// data directory made first when any is SQLite. The inventory's database,
-/// when derived from the write DB's URL, is created if missing.
-pub async fn connect_databases(config: &Config) -> anyhow::Result<Databases> {
-    let (write_url, read_url) = config.urls();
-    let (inventory_url, derived) = config.inventory_url();
-    if [&write_url, &read_url, &inventory_url]
-        .iter()
-        .any(|u| cqrs_sql::dialect::is_embedded_url(u))
-    {
-        // Its owner's alone (0700), as are the database files in it.
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.data_dir)
-            .with_context(|| {
-                format!(
-                    "cannot create the data directory {}",
-                    config.data_dir.display()
-                )
-            })?;
-    }
-    let options = DbOptions {
-        max_connections: config.pool_size,
-        sqlite_synchronous: config.sqlite_synchronous.clone(),
-        create_missing: config.create_database,
-    };
-    let write = Db::connect(&write_url, &options).await?;
-    let read = if read_url == write_url {
-        write.clone()
-    } else {
-        Db::connect(&read_url, &options).await?
-    };
-    let inventory_options = DbOptions {
-        create_missing: config.create_database || derived,
-        ..options
-    };
-    let inventory = Db::connect(&inventory_url, &inventory_options)
-        .await
-        .context("the inventory's database (--inventory-database-url)")?;
-    Ok(Databases {
-        write,
-        inventory,
-        read,
-    })
-}
-
-/// Creates the topics and logs what the cluster answered; a broker that does
-/// not answer is an answer too: say so within seconds instead of waiting on
-/// the client's own timeouts. Returns the options with the topic's real
-/// partition count (an existing topic keeps its own).
-async fn ensure_topics(k: &KafkaOptions) -> anyhow::Result<KafkaOptions> {
-    let started = std::time::Instant::now();
-    let ready = tokio::time::timeout(
-        Duration::from_secs(15),
-        cqrs_kafka::ensure_topics(&k.config()),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("Kafka at {} did not answer within 15 s", k.brokers))
-    .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| format!("cannot reach Kafka at {} to create {}", k.brokers, k.topic))?;
-    tracing::info!(
-        bootstrap = %k.brokers,
-        brokers = ready.brokers,
-        topic = %k.topic,
-        partitions = ready.partitions,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "kafka connected"
-    );
-    if ready.partitions != k.partitions {
-        tracing::warn!(topic = %k.topic, partitions = ready.partitions, asked = k.partitions,
-            "the topic existed with another partition count; it keeps its own");
-    }
-    Ok(KafkaOptions {
-        partitions: ready.partitions,
-        ..k.clone()
-    })
-}
-
-fn start_relay(
-    roles: &mut Roles,
-    name: &'static str,
-    k: &KafkaOptions,
-    store: &SqlEventStore,
-) -> anyhow::Result<()> {
-    let relay = Relay::new(
-        RelayConfig {
-            kafka: k.config(),
-            database_url: store.db().url().to_owned(),
-            batch_size: 1000,
-            poll: Duration::from_millis(100),
-            standby_retry: Duration::from_millis(500),
-        },
-        store.clone(),
-    )?;
-    let shutdown = roles.shutdown.clone();
-    roles.spawn(name, async move { Ok(relay.run(shutdown).await?) });
-    Ok(())
-}
-
-/// One service's read side: its projector's name and projections, fed from
-/// its event store (embedded) or its topic.
-struct ReadSide<'a> {
-    name: &'static str,
-    role: &'static str,
-    /// The role that builds new versions and drops retired tables.
-    versions_role: &'static str,
-    projections: Vec<Arc<dyn cqrs_sql::Projection>>,
-    store: &'a SqlEventStore,
-    kafka: Option<&'a KafkaOptions>,
-}
-
-/// Starts `side`'s projector where this process runs projectors (else only
-/// makes sure its tables exist, for queries); returns the progress that
-/// consistency waits watch.
-async fn start_read_side(
-    roles: &mut Roles,
-    config: &Config,
-    side: ReadSide<'_>,
-    read: &Db,
-) -> anyhow::Result<ReadProgress> {
-    if !config.runs(Role::Projector) {
-        cqrs_sql::read::runner::ensure_tables(read, &side.projections).await?;
-        return Ok(ReadProgress::new(read.clone(), side.name));
-    }
-    let projections = side.projections.clone();
-    let runner = ProjectorRunner::new(
-        read.clone(),
-        ProjectorConfig {
-            name: side.name.into(),
-            batch_size: 500,
-            apply_delay: config.projector_delay,
-            max_attempts: 3,
-            trace_retention: config.trace_retention,
-            bulk_from: config.bulk_catch_up_from,
-            bulk_recheck: cqrs_sql::read::runner::BULK_RECHECK,
-        },
-        side.projections,
-    )
-    .await?;
-    let progress = runner.progress();
-    let history = match side.kafka {
-        Some(k) => super::rebuilds::HistoryOf::Topic(k.config()),
-        None => super::rebuilds::HistoryOf::Log(side.store.clone()),
-    };
-    let (projector, stop) = (side.name, roles.shutdown.clone());
-    let own = super::rebuilds::Side {
-        projector,
-        projections,
-        history,
-    };
-    let keeper = super::rebuilds::keeper(read, own, &progress, config, stop).await?;
-    roles.spawn_until_shutdown(side.versions_role, keeper);
-    let shutdown = roles.shutdown.clone();
-    match side.kafka {
-        Some(k) => {
-            let source = KafkaSource::new(
-                SourceConfig {
-                    kafka: k.config(),
-                    group_id: k.group_id(),
-                    session_timeout_ms: k.session_timeout_ms,
-                    projector: side.name.into(),
-                    instance_id: k.instance_id.clone(),
-                    store_id: Some(side.store.id().to_owned()),
-                },
-                read.clone(),
-            )?;
-            roles.spawn(
-                side.role,
-                async move { Ok(runner.run(source, shutdown).await?) },
-            );
-        }
-        None => {
-            let source = LogSource::new(side.store.clone(), Duration::from_millis(500));
-            roles.spawn(
-                side.role,
-                async move { Ok(runner.run(source, shutdown).await?) },
-            );
-        }
-    }
-    Ok(progress)
-}
-
-/// Starts the orders' and the inventory's read sides; their progress.
-async fn start_read_sides(
-    roles: &mut Roles,
-    config: &Config,
-    (store, inventory): (&SqlEventStore, &SqlEventStore),
-    read: &Db,
-) -> anyhow::Result<(ReadProgress, ReadProgress)> {
-    let orders_side = ReadSide {
-        name: PROJECTOR,
-        role: "projector",
-        versions_role: "read model versions",
-        projections: orders::read_model::projections(),
-        store,
-        kafka: config.kafka.as_ref(),
-    };
-    let inventory_options = config.kafka.as_ref().map(KafkaOptions::inventory);
-    let inventory_side = ReadSide {
-        name: INVENTORY_PROJECTOR,
-        role: "inventory projector",
-        versions_role: "inventory read model versions",
-        projections: inventory::read_model::projections(),
-        store: inventory,
-        kafka: inventory_options.as_ref(),
-    };
-    let progress = start_read_side(roles, config, orders_side, read).await?;
-    let inventory_progress = start_read_side(roles, config, inventory_side, read).await?;
-    Ok((progress, inventory_progress))
-}
-
-/// Starts the order saga: a projector of its own (`order_saga`, its own
-/// consumer group on the orders' topic, or the orders' log) whose one
-/// projection issues the saga's commands on both stores.
-async fn start_saga(
-    roles: &mut Roles,
-    config: &Config,
-    store: &SqlEventStore,
-    link: Arc<dyn crate::inventory_link::InventoryLink>,
-    read: &Db,
-) -> anyhow::Result<()> {
-    use crate::saga::{OrderSaga, SagaBus, SAGA};
-    let bus = SagaBus::new(store.clone(), link);
-    let saga: Arc<dyn cqrs_sql::Projection> = Arc::new(
-        cqrs_sql::process::ProcessProjection::<OrderSaga, _>::new(bus)
-            .with_concurrency(usize::from(config.saga_concurrency)),
-    );
-    let runner = ProjectorRunner::new(
-        read.clone(),
-        ProjectorConfig {
-            name: SAGA.into(),
-            batch_size: 100,
-            apply_delay: std::time::Duration::ZERO,
-            max_attempts: 3,
-            trace_retention: config.trace_retention,
-            // A process manager is never rebuilt from history.
-            bulk_from: 0,
-            bulk_recheck: cqrs_sql::read::runner::BULK_RECHECK,
-        },
-        vec![saga],
-    )
-    .await?;
-    let shutdown = roles.shutdown.clone();
-    match &config.kafka {
-        Some(k) => {
-            let source = KafkaSource::new(
-                SourceConfig {
-                    kafka: k.config(),
-                    group_id: k.saga_group_id(),
-                    session_timeout_ms: k.session_timeout_ms,
-                    projector: SAGA.into(),
-                    instance_id: k.instance_id.clone(),
-                    store_id: Some(store.id().to_owned()),
-                },
-                read.clone(),
-            )?;
-            roles.spawn("order saga", async move {
-                Ok(runner.run(source, shutdown).await?)
-            });
-        }
-        None => {
-            let source = LogSource::new(store.clone(), Duration::from_millis(500));
-            roles.spawn("order saga", async move {
-                Ok(runner.run(source, shutdown).await?)
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Other processes move the read model too (projectors owning other
-/// partitions, `dead-letters retry`, a projector elsewhere): follow it
-/// through the read DB, woken by the projectors' NOTIFY on PostgreSQL (the
-/// poll is a fallback there) and polling SQLite.
-fn follow_progress(roles: &mut Roles, progress: &ReadProgress, read: &Db) {
-    let poll = read.dialect.follow_poll();
-    roles.spawn_until_shutdown("progress follower", progress.clone().follow_database(poll));
 }
 
 #[cfg(test)]

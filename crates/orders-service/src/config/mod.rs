@@ -1,11 +1,14 @@
 //! How an `orders` process runs: its databases, Kafka, roles and limits.
 
 use cqrs_http::auth::JwtOptions;
-use cqrs_kafka::{KafkaConfig, KafkaProperties, KafkaProperty};
+use cqrs_kafka::KafkaProperty;
 use cqrs_sql::db::{defaults as db, sqlite_url};
 use cqrs_sql::dialect::{is_embedded_url, of_url};
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod kafka;
+pub use kafka::{KafkaOptions, Membership};
 
 /// Defaults that more than the flags above use (the bench's flags, names
 /// derived from a topic); every other default is written in its flag.
@@ -86,6 +89,27 @@ pub struct Config {
         conflicts_with = "inventory_database_url"
     )]
     pub inventory_database_url_file: Option<PathBuf>,
+    /// The inventory service's base URL (http://host:port): this process
+    /// is the order side alone. It opens no inventory database; the saga's
+    /// stock commands go to that API, and which SKUs are tracked comes from
+    /// this side's copy of the stock read model, fed from the inventory's
+    /// topic (needs --kafka-brokers). Absent: the inventory runs in this
+    /// process, or in none with `--role inventory` beside it.
+    #[arg(
+        long = "inventory-url",
+        env = "ORDERS_INVENTORY_URL",
+        value_name = "URL"
+    )]
+    pub inventory_url: Option<String>,
+    /// A file holding the bearer token the order side presents to the
+    /// inventory service (where it checks tokens: a warehouse or operator
+    /// role).
+    #[arg(
+        long = "inventory-token-file",
+        env = "ORDERS_INVENTORY_TOKEN_FILE",
+        value_name = "PATH"
+    )]
+    pub inventory_token_file: Option<PathBuf>,
     /// Create a PostgreSQL database the URLs name when it does not exist
     /// (as the URL's user, who needs the CREATEDB right).
     #[arg(long, env = "ORDERS_CREATE_DATABASE")]
@@ -166,83 +190,6 @@ pub struct Config {
     pub metrics_public: bool,
 }
 
-/// Kafka settings of the service: present when `--kafka-brokers` (or
-/// `KAFKA_BROKERS`) is given; the others are refused without it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct KafkaOptions {
-    /// Kafka bootstrap servers; the embedded log when absent.
-    // Not `required`: clap would then ask for it even when no Kafka flag is
-    // given; the group is absent then, and any other Kafka flag without it
-    // is refused when the group is read.
-    #[arg(
-        id = "kafka-brokers",
-        long = "kafka-brokers",
-        env = "KAFKA_BROKERS",
-        value_name = "HOST:PORT,...",
-        required = false
-    )]
-    pub brokers: String,
-    /// Events topic.
-    #[arg(long = "kafka-topic", env = "ORDERS_KAFKA_TOPIC", default_value = defaults::KAFKA_TOPIC)]
-    pub topic: String,
-    /// The inventory's events topic [default: inventory.events beside
-    /// orders.events, X.inventory.events beside X.events]; its projectors'
-    /// group is TOPIC.projectors.
-    #[arg(long = "kafka-inventory-topic", env = "ORDERS_KAFKA_INVENTORY_TOPIC")]
-    pub inventory_topic: Option<String>,
-    /// Partitions of the events topic when it is created.
-    #[arg(
-        long = "kafka-partitions",
-        env = "ORDERS_KAFKA_PARTITIONS",
-        default_value_t = 6
-    )]
-    pub partitions: i32,
-    /// Replication factor when topics are created.
-    #[arg(
-        long = "kafka-replication",
-        env = "ORDERS_KAFKA_REPLICATION",
-        default_value_t = 1
-    )]
-    pub replication: i32,
-    /// Consumer group of the orders' projectors, and the prefix of the
-    /// process's other groups: the saga's is GROUP.order-saga, the
-    /// inventory projectors' GROUP.inventory [default: TOPIC.projectors,
-    /// TOPIC.order-saga, INVENTORY_TOPIC.projectors].
-    #[arg(long = "kafka-group", env = "ORDERS_KAFKA_GROUP")]
-    pub group: Option<String>,
-    /// This process's stable identity in its consumer groups (Kafka static
-    /// membership, `group.instance.id`): restarted with the same id, a
-    /// projector or saga takes its partitions back at once instead of after
-    /// the session timeout. Unique per process of a group. Derived when
-    /// absent: HOST-HASH-SLOT, the hash over the roles, the data directory
-    /// and the groups, the slot the lowest one no live process holds (a
-    /// lock on the read DB). `off`: a dynamic member, which hands its
-    /// partitions over at once when it stops cleanly [default: derived].
-    #[arg(long = "kafka-instance-id", env = "ORDERS_KAFKA_INSTANCE_ID")]
-    pub instance_id: Option<String>,
-    /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable;
-    /// comma-separated in the environment): TLS and SASL, e.g.
-    /// security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512,
-    /// sasl.username=..., sasl.password=..., ssl.ca.location=...
-    #[arg(long = "kafka-property", env = "ORDERS_KAFKA_PROPERTIES", value_delimiter = ',',
-          hide_env_values = true, value_parser = KafkaProperty::parse, value_name = "KEY=VALUE")]
-    pub properties: Vec<KafkaProperty>,
-    /// A file of librdkafka properties, KEY=VALUE a line (`#` starts a
-    /// comment): where a SASL password or a key's passphrase belongs, out
-    /// of `ps`.
-    #[arg(
-        long = "kafka-properties-file",
-        env = "ORDERS_KAFKA_PROPERTIES_FILE",
-        value_name = "PATH"
-    )]
-    pub properties_file: Option<PathBuf>,
-    /// How long a dead projector holds its partitions, in milliseconds
-    /// (Kafka's own default).
-    #[arg(long = "kafka-session-timeout-ms", env = "ORDERS_KAFKA_SESSION_TIMEOUT_MS",
-          default_value_t = defaults::KAFKA_SESSION_TIMEOUT_MS)]
-    pub session_timeout_ms: u32,
-}
-
 /// `args` parsed as these flags alone, every environment variable ignored:
 /// the defaults as the flags' attributes write them, never a second copy.
 /// (Only a change to those attributes can make it fail, and the tests below
@@ -265,71 +212,6 @@ fn secs(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("seconds: {e}"))
 }
 
-impl KafkaOptions {
-    /// The defaults for a broker list.
-    pub fn new(brokers: impl Into<String>) -> Self {
-        let flag = format!("--kafka-brokers={}", brokers.into());
-        parsed::<KafkaOptions>(&[&flag])
-            .unwrap_or_else(|e| panic!("the Kafka flags' own defaults do not parse: {e}"))
-    }
-    /// The projectors' consumer group.
-    pub fn group_id(&self) -> String {
-        self.group
-            .clone()
-            .unwrap_or_else(|| defaults::kafka_group(&self.topic))
-    }
-    /// How this process joins its consumer groups (`--kafka-instance-id`).
-    pub fn membership(&self) -> Membership {
-        match self.instance_id.as_deref().map(str::trim) {
-            None | Some("") => Membership::Derived,
-            Some("off") => Membership::Dynamic,
-            Some(id) => Membership::Static(id.to_owned()),
-        }
-    }
-    /// The order saga's consumer group (`--kafka-group` prefixes it).
-    pub fn saga_group_id(&self) -> String {
-        match &self.group {
-            Some(g) => format!("{g}.order-saga"),
-            None => defaults::kafka_saga_group(&self.topic),
-        }
-    }
-    /// The same cluster, for the inventory's topic and its own group.
-    pub fn inventory(&self) -> KafkaOptions {
-        let topic = self
-            .inventory_topic
-            .clone()
-            .unwrap_or_else(|| defaults::kafka_inventory_topic(&self.topic));
-        KafkaOptions {
-            // `--kafka-group` prefixes the inventory's group too.
-            group: self.group.as_ref().map(|g| format!("{g}.inventory")),
-            topic,
-            inventory_topic: None,
-            ..self.clone()
-        }
-    }
-    /// The settings every Kafka client of this process is made from.
-    pub fn config(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: self.brokers.clone(),
-            topic: self.topic.clone(),
-            partitions: self.partitions,
-            replication: self.replication,
-            properties: KafkaProperties(self.properties.clone()),
-        }
-    }
-}
-
-/// How a process joins its consumer groups.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Membership {
-    /// Static, with the id given.
-    Static(String),
-    /// Static, with an id derived from the command line and a free slot.
-    Derived,
-    /// Dynamic: a new member at every start (`--kafka-instance-id off`).
-    Dynamic,
-}
-
 /// A part of the service a process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -339,6 +221,9 @@ pub enum Role {
     Relay,
     /// The projector (from Kafka, or from the embedded log).
     Projector,
+    /// The inventory service alone: its API (`/inventory`), relay and
+    /// projector, on its own write DB; it never opens the orders'.
+    Inventory,
 }
 
 impl Config {
@@ -403,12 +288,52 @@ impl Config {
                  nothing to relay to; the projector reads the event log itself"
             );
         }
+        if self.roles.contains(&Role::Inventory) && self.kafka.is_none() {
+            anyhow::bail!(
+                "--role inventory needs --kafka-brokers: the two services meet only on Kafka \
+                 (without it, run them in one process: no --role)"
+            );
+        }
+        if let Some(url) = &self.inventory_url {
+            if self.kafka.is_none() {
+                anyhow::bail!(
+                    "--inventory-url needs --kafka-brokers: the order side learns the inventory's \
+                     stock from its topic"
+                );
+            }
+            if self.roles.is_empty() || self.roles.contains(&Role::Inventory) {
+                anyhow::bail!(
+                    "--inventory-url says the inventory runs elsewhere: give this process the \
+                     order side's roles only (--role api,relay,projector)"
+                );
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--inventory-url: an http:// or https:// URL, not {url:?}");
+            }
+        }
         Ok(())
     }
 
-    /// Whether this process runs `role`.
+    /// Whether this process runs `role` (the order side's roles: an
+    /// inventory-only process runs none of them).
     pub fn runs(&self, role: Role) -> bool {
         self.roles.is_empty() || self.roles.contains(&role)
+    }
+
+    /// Whether this process runs any of the order side.
+    pub fn hosts_orders(&self) -> bool {
+        self.roles.is_empty() || self.roles.iter().any(|r| *r != Role::Inventory)
+    }
+
+    /// Whether this process runs the inventory's part of `role` (its routes
+    /// for the API, its relay, its projector): all of them with `--role
+    /// inventory` or no role; beside the order side's same role when the
+    /// inventory is not elsewhere (`--inventory-url`).
+    pub fn hosts_inventory(&self, role: Role) -> bool {
+        self.inventory_url.is_none()
+            && (self.roles.is_empty()
+                || self.roles.contains(&Role::Inventory)
+                || self.roles.contains(&role))
     }
 
     /// The write and read database URLs of a deployment that exists: for
