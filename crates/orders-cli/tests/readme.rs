@@ -247,7 +247,7 @@ async fn the_rebuild_commands_run_on_a_fresh_database() {
     assert!(stdout.contains("nothing to rebuild"), "{stdout}");
     assert!(stdout.contains("events into order_stats v1"), "{stdout}");
     assert!(
-        stdout.contains("events into order_details v1, customer_summary v1, order_stats v1"),
+        stdout.contains("events into order_details v2, customer_summary v1, order_stats v1"),
         "{stdout}"
     );
     assert!(

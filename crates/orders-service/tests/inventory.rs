@@ -125,6 +125,9 @@ async fn stock_in_and_read_back(app: common::TestApp) {
     let stock_log = app
         .app()
         .inventory
+        .as_ref()
+        .expect("the inventory runs in this process")
+        .store()
         .all_events()
         .await
         .expect("inventory log");
