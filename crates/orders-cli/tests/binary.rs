@@ -202,7 +202,7 @@ fn demo_saga_prints_the_two_service_flow_from_a_real_run() {
         "Inventory (stock:book)",
         "ReservationRejected",
         "status=created stock=reserved",
-        "status=cancelled stock=pending reason=out_of_stock",
+        "status=cancelled stock=out_of_stock reason=out_of_stock",
         "Write DB (Inventory)",
         "book: on hand 2, reserved 2, available 0",
     ] {
