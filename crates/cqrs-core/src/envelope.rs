@@ -13,6 +13,10 @@ pub struct EventMetadata {
     /// Who sent the command (the token's `sub`), when the server checks callers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// The W3C trace context the command ran in (`traceparent`): every
+    /// stage that handles the event continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// An event about to be appended.
@@ -282,6 +286,7 @@ mod tests {
                 command_id: "c".into(),
                 occurred_at: Utc::now(),
                 caller: None,
+                traceparent: None,
             },
             recorded_at: Utc::now(),
         }

@@ -73,6 +73,7 @@ pub mod error;
 pub mod testing;
 pub mod token;
 pub mod trace;
+pub mod trace_context;
 
 pub use aggregate::{Aggregate, DomainEvent};
 pub use envelope::{DecodeError, EncodeError, EventEnvelope, EventMetadata, NewEvent};

@@ -31,12 +31,28 @@ pub fn trace_layer() -> HttpTrace {
 }
 
 fn request_span(request: &Request<Body>) -> Span {
-    tracing::debug_span!(
+    let span = tracing::debug_span!(
         "request",
+        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
         method = %request.method(),
         path = %request.uri().path(),
         query = %redacted_query(request.uri().query().unwrap_or_default()),
-    )
+    );
+    // A caller's W3C trace context: this request continues its trace
+    // (where spans are exported; else the command handler keeps it as is).
+    if let Some(tp) = traceparent_of(request.headers()) {
+        cqrs_core::trace_context::continue_from(&span, tp);
+    }
+    span
+}
+
+/// The request's `traceparent` header, when it is a valid one.
+pub fn traceparent_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(cqrs_core::trace_context::valid)
 }
 
 /// 503s are answers the client is told to retry (not yet consistent, not

@@ -36,13 +36,17 @@ pub mod header {
     pub const DLQ_SOURCE: &str = "dlq_source";
     /// Who sent the command (absent when the server checks no caller).
     pub const CALLER: &str = "caller";
+    /// The W3C trace context of the command (and of the relay's span):
+    /// consumers continue the trace.
+    pub const TRACEPARENT: &str = "traceparent";
     /// The id of the store (write DB) the event was recorded in: a topic
     /// belongs to one store.
     pub const STORE_ID: &str = "store_id";
 }
 
-/// Headers of an event recorded in the store `store_id`.
-pub fn headers_of(e: &EventEnvelope, store_id: &str) -> OwnedHeaders {
+/// Headers of an event recorded in the store `store_id`, in the trace
+/// context `traceparent` (the event's own, or the span that sends it).
+pub fn headers_of(e: &EventEnvelope, store_id: &str, traceparent: Option<&str>) -> OwnedHeaders {
     let fields: [(&str, String); 12] = [
         (header::STORE_ID, store_id.to_owned()),
         (header::EVENT_ID, e.event_id.clone()),
@@ -61,7 +65,7 @@ pub fn headers_of(e: &EventEnvelope, store_id: &str) -> OwnedHeaders {
         (header::POSITION, e.position.to_string()),
     ];
     let headers = fields.iter().fold(
-        OwnedHeaders::new_with_capacity(fields.len() + 1),
+        OwnedHeaders::new_with_capacity(fields.len() + 2),
         |h, (k, v)| {
             h.insert(Header {
                 key: k,
@@ -69,10 +73,17 @@ pub fn headers_of(e: &EventEnvelope, store_id: &str) -> OwnedHeaders {
             })
         },
     );
-    match &e.metadata.caller {
+    let headers = match &e.metadata.caller {
         Some(caller) => headers.insert(Header {
             key: header::CALLER,
             value: Some(caller.as_bytes()),
+        }),
+        None => headers,
+    };
+    match traceparent.or(e.metadata.traceparent.as_deref()) {
+        Some(tp) => headers.insert(Header {
+            key: header::TRACEPARENT,
+            value: Some(tp.as_bytes()),
         }),
         None => headers,
     }
@@ -222,6 +233,13 @@ pub fn decode(m: &BorrowedMessage<'_>) -> Result<EventEnvelope, RecordError> {
             command_id: h.text(header::COMMAND_ID)?.to_owned(),
             occurred_at: h.time(header::OCCURRED_AT)?,
             caller: h.get(header::CALLER)?.map(str::to_owned),
+            // Not ours to refuse a record for: a malformed one is dropped.
+            traceparent: h
+                .get(header::TRACEPARENT)
+                .ok()
+                .flatten()
+                .and_then(cqrs_core::trace_context::valid)
+                .map(str::to_owned),
         },
         recorded_at: h.time(header::RECORDED_AT)?,
     })

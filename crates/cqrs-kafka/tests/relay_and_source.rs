@@ -56,6 +56,7 @@ async fn append_events_of(store: &SqlEventStore, prefix: &str) -> Vec<EventEnvel
                         command_id: uuid::Uuid::new_v4().to_string(),
                         occurred_at: chrono::Utc::now(),
                         caller: Some("tester".into()),
+                        traceparent: None,
                     },
                     idempotency: None,
                 })

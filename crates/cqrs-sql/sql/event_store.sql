@@ -6,7 +6,7 @@
 -- a time as the column stores it, `{payload}` the payload as stored.
 
 -- name: event_columns
-position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version, {payload} AS payload, command_id, {occurred_at} AS occurred_at, {recorded_at} AS recorded_at, caller
+position, event_id, aggregate_type, aggregate_id, version, event_type, schema_version, {payload} AS payload, command_id, {occurred_at} AS occurred_at, {recorded_at} AS recorded_at, caller, traceparent
 
 -- name: load
 SELECT {event_columns} FROM events WHERE aggregate_id = $1 ORDER BY version
@@ -54,8 +54,8 @@ VALUES ($1, '', '', '', 0, 0, {created_at})
 -- order, so one aggregate's events get increasing positions. A taken
 -- version is skipped (its append is refused alone).
 -- name: insert_events
-INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, payload, command_id, occurred_at, recorded_at, caller)
-SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.version, v.event_type, v.schema_version, {payload}, v.command_id, {occurred_at}, {recorded_at}, v.caller
+INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, payload, command_id, occurred_at, recorded_at, caller, traceparent)
+SELECT v.event_id, v.aggregate_type, v.aggregate_id, v.version, v.event_type, v.schema_version, {payload}, v.command_id, {occurred_at}, {recorded_at}, v.caller, v.traceparent
 FROM ({rows}) AS v WHERE true ORDER BY v.ord
 ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING event_id, position
 

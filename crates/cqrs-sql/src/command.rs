@@ -25,6 +25,9 @@ pub struct CommandOptions {
     pub max_retries: u32,
     /// Who sends it (the token's `sub`), stored with its events.
     pub caller: Option<String>,
+    /// The W3C trace context it runs in, stored with its events [default:
+    /// the current span's, where spans are exported].
+    pub traceparent: Option<String>,
 }
 
 impl CommandOptions {
@@ -38,6 +41,7 @@ impl CommandOptions {
             now: Utc::now(),
             max_retries: 10,
             caller: None,
+            traceparent: cqrs_core::trace_context::current(),
         }
     }
 }
@@ -383,6 +387,7 @@ fn append_request<A: Aggregate>(
             command_id: options.command_id.clone(),
             occurred_at: options.now,
             caller: options.caller.clone(),
+            traceparent: options.traceparent.clone(),
         },
         idempotency: options.idempotency.clone(),
     })

@@ -198,6 +198,30 @@ impl<P: ProcessManager, B: CommandBus<P::Command, P::Answer>> ProcessProjection<
         state: P::State,
         event: &EventEnvelope,
     ) -> Result<P::State, ProjectionError> {
+        use tracing::Instrument;
+        // Where spans are exported, the commands run in a span of the
+        // event's trace: their events, and the services they call, carry it.
+        let span = match (
+            cqrs_core::trace_context::exporting(),
+            &event.metadata.traceparent,
+        ) {
+            (true, Some(tp)) => {
+                let span = tracing::info_span!("react",
+                    otel.name = %format!("{} reacts to {}", P::NAME, event.event_type),
+                    process = P::NAME, event_id = %event.event_id);
+                cqrs_core::trace_context::continue_from(&span, tp);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        self.react_in(state, event).instrument(span).await
+    }
+
+    async fn react_in(
+        &self,
+        state: P::State,
+        event: &EventEnvelope,
+    ) -> Result<P::State, ProjectionError> {
         let (mut state, mut queue) =
             P::on_event(&state, event).map_err(ProjectionError::Inconsistent)?;
         queue.reverse();

@@ -22,6 +22,7 @@ fn append(id: &str, caller: Option<&str>) -> AppendRequest {
             command_id: uuid::Uuid::now_v7().to_string(),
             occurred_at: chrono::Utc::now(),
             caller: caller.map(str::to_owned),
+            traceparent: None,
         },
         idempotency: None,
     }

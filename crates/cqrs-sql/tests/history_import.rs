@@ -38,6 +38,7 @@ fn append(id: &str, expected: i64) -> AppendRequest {
             command_id: uuid::Uuid::now_v7().to_string(),
             occurred_at: chrono::Utc::now(),
             caller: None,
+            traceparent: None,
         },
         idempotency: None,
     }

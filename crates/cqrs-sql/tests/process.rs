@@ -91,6 +91,7 @@ fn event(aggregate: &str, version: i64, event_type: &str) -> EventEnvelope {
             command_id: "c".into(),
             occurred_at: chrono::Utc::now(),
             caller: None,
+            traceparent: None,
         },
         recorded_at: chrono::Utc::now(),
     }

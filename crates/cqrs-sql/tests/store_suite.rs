@@ -96,6 +96,7 @@ fn append_req(id: &str, expected: i64, n: usize) -> AppendRequest {
             command_id: uuid::Uuid::new_v4().to_string(),
             occurred_at: chrono::Utc::now(),
             caller: None,
+            traceparent: None,
         },
         idempotency: None,
     }
@@ -109,6 +110,7 @@ fn options() -> CommandOptions {
         now: chrono::Utc::now(),
         max_retries: 100,
         caller: None,
+        traceparent: None,
     }
 }
 

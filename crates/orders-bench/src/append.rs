@@ -279,6 +279,7 @@ fn request(tag: &str, i: usize) -> AppendRequest {
             command_id: format!("{id}-c"),
             occurred_at: chrono::Utc::now(),
             caller: None,
+            traceparent: None,
         },
         idempotency: None,
     }

@@ -80,13 +80,13 @@ async fn raw_produce(
                 command_id: format!("bench-{i}"),
                 occurred_at: now,
                 caller: None,
+                traceparent: None,
             },
             recorded_at: now,
         };
-        let mut record = FutureRecord::to(topic)
-            .key(&key)
-            .payload(&value)
-            .headers(cqrs_kafka::record::headers_of(&envelope, "orders-bench"));
+        let mut record = FutureRecord::to(topic).key(&key).payload(&value).headers(
+            cqrs_kafka::record::headers_of(&envelope, "orders-bench", None),
+        );
         loop {
             match producer.send_result(record) {
                 Ok(d) => {

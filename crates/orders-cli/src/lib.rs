@@ -10,6 +10,7 @@ pub mod logs;
 pub mod migrate;
 pub mod rebuild;
 pub mod serve;
+pub mod telemetry;
 pub mod token;
 pub mod trace;
 pub mod verify;

@@ -21,14 +21,37 @@ pub fn init_logs(filter: Option<&str>, format: Option<LogFormat>, default: &str)
     } else {
         LogFormat::Json
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        // Lines as they always were: no span fields.
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .boxed(),
         // Colours only on a terminal: a log file gets plain text.
-        LogFormat::Pretty => builder.with_ansi(terminal).try_init(),
+        LogFormat::Pretty => lines.with_ansi(terminal).boxed(),
     };
+    let spans = match crate::telemetry::layer() {
+        Ok(layer) => layer,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let filter = match spans.is_some() {
+        true => format!("{filter},{}", crate::telemetry::SPANS_FILTER),
+        false => filter,
+    };
+    let installed = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(filter))
+        .with(lines)
+        .with(spans)
+        .try_init();
     if let Err(e) = installed {
         eprintln!("logs not set up: {e}");
     }

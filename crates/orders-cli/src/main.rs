@@ -120,6 +120,7 @@ fn main() -> std::process::ExitCode {
     };
     let code = runtime.block_on(run_main());
     runtime.shutdown_timeout(EXIT_GRACE);
+    orders_cli::telemetry::shutdown();
     code
 }
 

@@ -59,8 +59,13 @@ pub async fn print(a: TraceArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|c| format!(", sent by {c}"))
         .unwrap_or_default();
+    let trace = t
+        .trace_id
+        .as_deref()
+        .map(|id| format!("\nTrace id {id}"))
+        .unwrap_or_default();
     println!(
-        "Command {} on {} ({}{by})\n{table}",
+        "Command {} on {} ({}{by}){trace}\n{table}",
         t.command_id,
         t.aggregate_id,
         t.event_types.join(", ")

@@ -35,6 +35,7 @@ async fn append_v1_order(app: &common::TestApp, id: &str) -> String {
                 command_id: uuid::Uuid::now_v7().to_string(),
                 occurred_at: chrono::Utc::now(),
                 caller: None,
+                traceparent: None,
             },
             idempotency: None,
         })

@@ -230,7 +230,11 @@ async fn the_migration_commands_run_on_a_fresh_database() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("write db: event_store at version 4"),
+        stdout.contains("applied: event_store 5 (trace context)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("write db: event_store at version 5"),
         "{stdout}"
     );
 }

@@ -65,7 +65,74 @@ impl Services {
     }
 
     fn start_inventory(&self, name: &str) -> Proc {
-        Proc::serve(name, self.cluster.dir.path(), &self.inventory_args(), &[])
+        self.start_inventory_with(name, &[])
+    }
+
+    fn start_inventory_with(&self, name: &str, env: &[(&str, String)]) -> Proc {
+        Proc::serve(name, self.cluster.dir.path(), &self.inventory_args(), env)
+    }
+
+    async fn new() -> Services {
+        let cluster = Cluster::new().await;
+        let inventory_db = test_support::fresh_postgres_url().await;
+        let inventory_port = free_port();
+        Services {
+            inventory_db,
+            inventory_port,
+            orders_base: String::new(),
+            inventory_base: format!("http://127.0.0.1:{inventory_port}"),
+            cluster,
+        }
+    }
+
+    /// The order side's environment: the inventory over HTTP, and an
+    /// inventory database it must never open.
+    fn order_side(&self, extra: &[(&str, String)]) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("ORDERS_INVENTORY_URL", self.inventory_base.clone()),
+            ("INVENTORY_DATABASE_URL", UNREACHABLE.to_owned()),
+        ];
+        for (k, v) in extra {
+            let k: &'static str = match *k {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_SERVICE_NAME" => "OTEL_SERVICE_NAME",
+                "OTEL_BSP_SCHEDULE_DELAY" => "OTEL_BSP_SCHEDULE_DELAY",
+                other => panic!("unexpected variable {other}"),
+            };
+            env.push((k, v.clone()));
+        }
+        env
+    }
+
+    /// Adds stock at the inventory, and waits until the order side's copy
+    /// of its read model has the SKU (and any earlier miss expired).
+    async fn stock(&self, orders: &Proc, quantity: i64) {
+        let (status, added) = post(
+            &format!("{}/inventory/{SKU}/stock", self.inventory_base),
+            json!({ "quantity": quantity }),
+        )
+        .await;
+        assert_eq!(status, 200, "{added}");
+        let read = self.cluster.db().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inventory_stock WHERE sku = $1")
+                .bind(SKU)
+                .fetch_one(&read.pool)
+                .await
+                .unwrap_or(0);
+            if n == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the order side never saw the stock:\n{}",
+                orders.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Untracked for up to a second after a miss: wait it out once.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
     }
 }
 
@@ -98,22 +165,12 @@ async fn stocks(base: &str, ids: &[String]) -> HashMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_services_apart_survive_the_inventory_killed_mid_saga_with_no_double_reservation() {
-    let cluster = Cluster::new().await;
-    let inventory_db = test_support::fresh_postgres_url().await;
-    let (inventory_port, orders_port) = (free_port(), free_port());
-    let s = Services {
-        inventory_db,
-        inventory_port,
-        orders_base: format!("http://127.0.0.1:{orders_port}"),
-        inventory_base: format!("http://127.0.0.1:{inventory_port}"),
-        cluster,
-    };
+    let mut s = Services::new().await;
+    let orders_port = free_port();
+    s.orders_base = format!("http://127.0.0.1:{orders_port}");
     let mut inventory = s.start_inventory("inventory");
     wait_healthy(&s.inventory_base, &mut inventory).await;
-    let order_side = [
-        ("ORDERS_INVENTORY_URL", s.inventory_base.clone()),
-        ("INVENTORY_DATABASE_URL", UNREACHABLE.to_owned()),
-    ];
+    let order_side = s.order_side(&[]);
     let mut orders = s.cluster.start(
         "orders",
         "api,relay,projector",
@@ -128,34 +185,7 @@ async fn two_services_apart_survive_the_inventory_killed_mid_saga_with_no_double
     let (status, _) = get(&format!("{}/orders", s.inventory_base)).await;
     assert_eq!(status, 404, "the inventory served the order side's route");
 
-    let (status, added) = post(
-        &format!("{}/inventory/{SKU}/stock", s.inventory_base),
-        json!({ "quantity": STOCK }),
-    )
-    .await;
-    assert_eq!(status, 200, "{added}");
-    // The order side learns that the SKU is tracked from the inventory's
-    // topic, into its own copy of the stock read model.
-    let read = s.cluster.db().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inventory_stock WHERE sku = $1")
-            .bind(SKU)
-            .fetch_one(&read.pool)
-            .await
-            .unwrap_or(0);
-        if n == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the order side never saw the stock:\n{}",
-            orders.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Untracked for up to a second after a miss: wait it out once.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.stock(&orders, STOCK).await;
 
     let create = |n: usize| {
         let base = s.orders_base.clone();
@@ -263,4 +293,206 @@ async fn two_services_apart_survive_the_inventory_killed_mid_saga_with_no_double
     );
     drop(inventory);
     drop(orders);
+}
+
+/// The spans of `trace_id` in Jaeger: (service, operation) pairs.
+async fn jaeger_spans(query: &str, trace_id: &str) -> Vec<(String, String)> {
+    let (status, body) = get(&format!("{query}/api/traces/{trace_id}")).await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for t in body["data"].as_array().into_iter().flatten() {
+        for span in t["spans"].as_array().into_iter().flatten() {
+            let pid = span["processID"].as_str().unwrap_or_default();
+            let service = t["processes"][pid]["serviceName"]
+                .as_str()
+                .unwrap_or_default();
+            out.push((
+                service.to_owned(),
+                span["operationName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// Needs Jaeger (`scripts/services start jaeger`): scripts/test runs it
+/// after the main suite, once Jaeger is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn otel_one_commands_trace_in_jaeger_has_spans_from_every_process_it_crossed() {
+    let (otlp, query) = test_support::jaeger();
+    let otel = |name: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+            ("OTEL_SERVICE_NAME", name.to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+        ]
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (api_name, projector_name, inventory_name) = (
+        format!("orders-api-{run}"),
+        format!("orders-projector-{run}"),
+        format!("inventory-{run}"),
+    );
+    let mut s = Services::new().await;
+    let orders_port = free_port();
+    s.orders_base = format!("http://127.0.0.1:{orders_port}");
+    let mut inventory = s.start_inventory_with("inventory", &otel(&inventory_name));
+    wait_healthy(&s.inventory_base, &mut inventory).await;
+    let mut api = s.cluster.start(
+        "api",
+        "api,relay",
+        Some(orders_port),
+        &s.order_side(&otel(&api_name)),
+    );
+    wait_healthy(&s.orders_base, &mut api).await;
+    let projector = s.cluster.start(
+        "projector",
+        "projector",
+        None,
+        &s.order_side(&otel(&projector_name)),
+    );
+    s.stock(&projector, 5).await;
+
+    // The caller's own trace: the command continues it.
+    let caller_trace = uuid::Uuid::new_v4().simple().to_string();
+    let res = reqwest::Client::new()
+        .post(format!("{}/orders", s.orders_base))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&json!({ "customer_id": "c1",
+                       "items": [{ "sku": SKU, "quantity": 1, "unit_price_cents": 100 }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let created: Value = res.json().await.unwrap();
+    let (id, command) = (
+        created["order_id"].as_str().unwrap().to_owned(),
+        created["command_id"].as_str().unwrap().to_owned(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, o) = get(&format!("{}/orders/{id}", s.orders_base)).await;
+        if o["stock"] == "reserved" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reserved: {o}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, trace) = get(&format!("{}/commands/{command}/trace", s.orders_base)).await;
+    assert_eq!(trace["trace_id"], caller_trace.as_str(), "{trace}");
+
+    // Every process it crossed exported its part of that one trace.
+    let wanted = [
+        (api_name.as_str(), "POST /orders"),
+        (api_name.as_str(), "publish OrderCreated"),
+        (
+            projector_name.as_str(),
+            "orders_read_model applies OrderCreated",
+        ),
+        (
+            projector_name.as_str(),
+            "order_saga reacts to StockReservationRequested",
+        ),
+        (inventory_name.as_str(), "POST /inventory/widget/commands"),
+        (inventory_name.as_str(), "publish StockReserved"),
+        (
+            inventory_name.as_str(),
+            "inventory_read_model applies StockReserved",
+        ),
+        (
+            projector_name.as_str(),
+            "inventory_read_model applies StockReserved",
+        ),
+        (api_name.as_str(), "publish StockReserved"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = jaeger_spans(&query, &caller_trace).await;
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(svc, op)| !spans.iter().any(|(s, o)| s == svc && o == op))
+            .collect();
+        if missing.is_empty() {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing spans {missing:?} in Jaeger's trace {caller_trace}: {spans:?}\nDEBUG {}\n{}",
+            api.log_text()
+                .lines()
+                .filter(|l| l.contains("DEBUG"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            projector
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("DEBUG"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let services: HashSet<&str> = spans.iter().map(|(s, _)| s.as_str()).collect();
+    eprintln!(
+        "trace {caller_trace}: {} spans from {} processes: {spans:?}",
+        spans.len(),
+        services.len()
+    );
+    drop(projector);
+    drop(api);
+    drop(inventory);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_export_a_command_keeps_the_callers_trace_id_or_gets_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let args = [
+        "--data-dir".to_owned(),
+        dir.path().join("data").display().to_string(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    let mut server = Proc::serve("embedded", dir.path(), &args, &[]);
+    wait_healthy(&base, &mut server).await;
+    let body = json!({ "customer_id": "c1",
+                       "items": [{ "sku": "x", "quantity": 1, "unit_price_cents": 100 }] });
+    let theirs = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for (traceparent, expected) in [
+        (
+            Some(format!("00-{theirs}-00f067aa0ba902b7-01")),
+            Some(theirs),
+        ),
+        (Some("not-a-traceparent".to_owned()), None),
+        (None, None),
+    ] {
+        let mut req = reqwest::Client::new()
+            .post(format!("{base}/orders"))
+            .json(&body);
+        if let Some(tp) = &traceparent {
+            req = req.header("traceparent", tp);
+        }
+        let created: Value = req.send().await.unwrap().json().await.unwrap();
+        let command = created["command_id"].as_str().unwrap();
+        let (_, trace) = get(&format!("{base}/commands/{command}/trace")).await;
+        let got = trace["trace_id"].as_str().unwrap_or_default();
+        match expected {
+            Some(id) => assert_eq!(got, id, "{trace}"),
+            // A new trace: a W3C trace id of its own.
+            None => assert!(
+                got.len() == 32 && got != theirs && got.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{trace}"
+            ),
+        }
+    }
+    drop(server);
 }

@@ -119,14 +119,8 @@ impl LocalInventory {
         &self,
         sku: &str,
         command: &StockCommand,
-        idempotency: Option<cqrs_sql::IdempotencyRecord>,
-        caller: Option<String>,
+        options: CommandOptions,
     ) -> Result<cqrs_sql::CommandOutcome, CommandError<inventory::StockError>> {
-        let options = CommandOptions {
-            idempotency,
-            caller,
-            ..CommandOptions::new()
-        };
         let asked = std::time::Instant::now();
         let turn = self.turns.lock(sku).await;
         let waited = asked.elapsed();
@@ -191,9 +185,12 @@ impl InventoryLink for LocalInventory {
         request_hash: String,
     ) -> BoxFuture<'a, Result<StockOutcome, LinkError>> {
         Box::pin(async move {
-            let idempotency = Some(cqrs_sql::IdempotencyRecord { key, request_hash });
-            let caller = Some(self.caller.clone());
-            match self.command(sku, &command, idempotency, caller).await {
+            let options = CommandOptions {
+                idempotency: Some(cqrs_sql::IdempotencyRecord { key, request_hash }),
+                caller: Some(self.caller.clone()),
+                ..CommandOptions::new()
+            };
+            match self.command(sku, &command, options).await {
                 Ok(o) => event_types(&self.store, o)
                     .await
                     .map(StockOutcome::Done)
@@ -360,8 +357,13 @@ impl InventoryLink for RemoteInventory {
                 return Err(LinkError("stock in is not a saga command".into()));
             };
             let url = format!("{}/inventory/{}/commands", self.base, segment(sku));
-            let res = self
-                .authorized(self.http.post(&url))
+            let mut request = self.authorized(self.http.post(&url));
+            // The saga's span (or the trace it continues) goes along: the
+            // inventory's spans join the command's trace.
+            if let Some(tp) = cqrs_core::trace_context::current() {
+                request = request.header("traceparent", tp);
+            }
+            let res = request
                 .header("idempotency-key", &key)
                 .json(&body)
                 .send()

@@ -112,6 +112,7 @@ async fn run_sequence(postgres: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
             now: chrono::Utc::now(),
             max_retries: 3,
             caller: None,
+            traceparent: None,
         };
         // Refusals are part of the sequence: they must leave no trace.
         if let Ok(outcome) = execute::<Order, _>(&app.store, &id, &command, options).await {

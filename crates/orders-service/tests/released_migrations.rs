@@ -39,6 +39,7 @@ event_store 1 a7b7bd8db35fb773
 event_store 2 af116e79addcd79b
 event_store 3 d1a97248938eb3a2
 event_store 4 cf9ab2ffd23fd14e
+event_store 5 e4f71a5fb6727bdd
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
 projector 2 950573a3226e6de6
@@ -53,6 +54,7 @@ event_store 1 60dfec04e09a55d4
 event_store 2 af116e79addcd79b
 event_store 3 d1a97248938eb3a2
 event_store 4 cf9ab2ffd23fd14e
+event_store 5 e4f71a5fb6727bdd
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
 projector 2 950573a3226e6de6

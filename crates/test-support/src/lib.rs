@@ -71,6 +71,27 @@ pub fn kafka_brokers() -> String {
     brokers
 }
 
+/// The test Jaeger (`scripts/services`): where spans go over OTLP/HTTP
+/// (`TEST_OTLP_ENDPOINT`, default http://127.0.0.1:4318) and where its
+/// query API answers (`TEST_JAEGER_QUERY`, default http://127.0.0.1:16686);
+/// panics when it does not answer.
+pub fn jaeger() -> (String, String) {
+    let otlp =
+        std::env::var("TEST_OTLP_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4318".into());
+    let query =
+        std::env::var("TEST_JAEGER_QUERY").unwrap_or_else(|_| "http://127.0.0.1:16686".into());
+    for url in [&otlp, &query] {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        if let Err(e) = std::net::TcpStream::connect(addr) {
+            panic!(
+                "Jaeger is required for this test and does not answer at {url}: {e}. \
+                 Start it with `scripts/services start jaeger` (scripts/test does)."
+            );
+        }
+    }
+    (otlp, query)
+}
+
 /// A topic name no other test uses.
 pub fn unique_topic() -> String {
     format!("t{}.events", uuid::Uuid::new_v4().simple())

@@ -8,6 +8,7 @@
 
 use crate::record::headers_of;
 use crate::{KafkaConfig, KafkaError};
+use cqrs_core::trace_context;
 use cqrs_sql::{EventStore, SqlEventStore};
 use futures::future::join_all;
 use rdkafka::error::KafkaError as RdError;
@@ -311,10 +312,23 @@ impl Relay {
     /// producer keeps that order per partition, retries included).
     async fn enqueue(&self, e: &cqrs_core::EventEnvelope) -> Result<DeliveryFuture, KafkaError> {
         let payload = e.payload.to_string();
+        // Where spans are exported, one per record, a child of the
+        // command's: the consumers continue from it.
+        let traceparent = match (trace_context::exporting(), &e.metadata.traceparent) {
+            (true, Some(tp)) => {
+                let span = tracing::info_span!("relay publish",
+                    otel.name = %format!("publish {}", e.event_type), otel.kind = "producer",
+                    messaging.destination.name = %self.config.kafka.topic,
+                    aggregate_id = %e.aggregate_id, position = e.position);
+                trace_context::continue_from(&span, tp);
+                span.in_scope(trace_context::current)
+            }
+            _ => None,
+        };
         let mut record = FutureRecord::to(&self.config.kafka.topic)
             .key(&e.aggregate_id)
             .payload(&payload)
-            .headers(headers_of(e, self.store.id()));
+            .headers(headers_of(e, self.store.id(), traceparent.as_deref()));
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),

@@ -123,6 +123,7 @@ mod tests {
                     command_id: "c".into(),
                     occurred_at: chrono::Utc::now(),
                     caller: None,
+                    traceparent: None,
                 },
                 recorded_at: chrono::Utc::now(),
             }),

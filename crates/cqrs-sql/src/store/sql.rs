@@ -128,6 +128,13 @@ pub fn write_components(dialect: &'static dyn Dialect) -> Vec<Component> {
                 Migration::new(3, "idempotency keys scoped to their caller")
                     .sql([section(SQL, "scope_idempotency_keys")]),
                 Migration::new(4, "store identity").sql([section(SQL, "identity_table")]),
+                // The W3C trace context each command ran in.
+                Migration::new(5, "trace context").add_column(AddedColumn {
+                    table: "events".into(),
+                    column: "traceparent",
+                    definition: "TEXT",
+                    backfill: None,
+                }),
             ],
         },
         Component {
@@ -451,6 +458,7 @@ struct EventRow {
     occurred_at: String,
     recorded_at: String,
     caller: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl EventRow {
@@ -475,6 +483,7 @@ impl EventRow {
                 occurred_at: parse_timestamp(&self.occurred_at)
                     .map_err(|e| corrupt("occurred_at", &e))?,
                 caller: self.caller,
+                traceparent: self.traceparent,
             },
             recorded_at: parse_timestamp(&self.recorded_at)
                 .map_err(|e| corrupt("recorded_at", &e))?,

@@ -40,7 +40,7 @@ impl Job {
 const SQL: &str = include_str!("../../sql/event_store.sql");
 
 /// The columns of a batch of events, as [`batch::rows`] reads them.
-const EVENT_ROW: [(&str, Kind); 11] = [
+const EVENT_ROW: [(&str, Kind); 12] = [
     ("ord", Kind::Int),
     ("event_id", Kind::Text),
     ("aggregate_type", Kind::Text),
@@ -52,6 +52,7 @@ const EVENT_ROW: [(&str, Kind); 11] = [
     ("command_id", Kind::Text),
     ("occurred_at", Kind::Text),
     ("caller", Kind::Text),
+    ("traceparent", Kind::Text),
 ];
 
 /// The columns of a batch of idempotency keys.
@@ -180,6 +181,7 @@ fn event_rows(requests: &[&AppendRequest]) -> Vec<Vec<Val>> {
                 Val::Text(r.metadata.command_id.clone()),
                 Val::Text(occurred_at.clone()),
                 Val::OptText(r.metadata.caller.clone()),
+                Val::OptText(r.metadata.traceparent.clone()),
             ]);
         }
     }

@@ -26,6 +26,7 @@ fn event(e: OrderEvent) -> EventEnvelope {
             command_id: "c".into(),
             occurred_at: chrono::Utc::now(),
             caller: None,
+            traceparent: None,
         },
         recorded_at: chrono::Utc::now(),
     }

@@ -103,6 +103,7 @@ async fn run(
         expected_version,
         idempotency,
         caller: caller.sub().map(str::to_owned),
+        traceparent: super::telemetry::for_command(headers),
         ..CommandOptions::new()
     };
     let started = std::time::Instant::now();

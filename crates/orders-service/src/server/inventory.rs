@@ -82,9 +82,11 @@ pub(super) async fn add_stock(
     let command = StockCommand::Add {
         quantity: body.quantity,
     };
-    let result = local(&app)?
-        .command(&sku, &command, options.idempotency, options.caller)
-        .await;
+    let options = CommandOptions {
+        traceparent: super::telemetry::for_command(&headers),
+        ..options
+    };
+    let result = local(&app)?.command(&sku, &command, options).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),
@@ -236,14 +238,13 @@ pub(super) async fn stock_command(
     };
     let inventory = local(&app)?;
     let command = StockCommand::from(body);
-    let result = inventory
-        .command(
-            &sku,
-            &command,
-            Some(idempotency),
-            caller.sub().map(str::to_owned),
-        )
-        .await;
+    let options = CommandOptions {
+        idempotency: Some(idempotency),
+        caller: caller.sub().map(str::to_owned),
+        traceparent: super::telemetry::for_command(&headers),
+        ..CommandOptions::new()
+    };
+    let result = inventory.command(&sku, &command, options).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),

@@ -17,6 +17,7 @@ pub mod routes;
 pub mod schema;
 mod sides;
 pub mod state;
+pub mod telemetry;
 pub mod trace;
 pub mod tracked;
 pub mod wiring;

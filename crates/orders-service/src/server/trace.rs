@@ -35,6 +35,9 @@ pub struct CommandTrace {
     pub aggregate_id: String,
     /// Who sent it (the token's `sub`; absent when the server checks no caller).
     pub caller: Option<String>,
+    /// Its W3C trace id (what Jaeger, Tempo or the caller's backend find
+    /// its spans under; absent for commands stored before trace contexts).
+    pub trace_id: Option<String>,
     /// The events it appended.
     pub event_types: Vec<String>,
     /// The six stages, in order.
@@ -128,6 +131,12 @@ pub async fn load(app: &App, command_id: &str) -> anyhow::Result<Option<CommandT
     Ok(Some(CommandTrace {
         command_id: command_id.to_owned(),
         caller: first.metadata.caller.clone(),
+        trace_id: first
+            .metadata
+            .traceparent
+            .as_deref()
+            .and_then(cqrs_core::trace_context::trace_id)
+            .map(str::to_owned),
         aggregate_id: last.aggregate_id.clone(),
         event_types: events.iter().map(|e| e.event_type.clone()).collect(),
         stages: timed(raw),

@@ -187,10 +187,13 @@ impl ProjectorRunner {
                 return Ok(());
             }
             let started = std::time::Instant::now();
+            let spans = record_spans(&self.config.name, &batch);
             let Some(checkpoints) = self.apply_retrying(&batch, &mut source, &shutdown).await
             else {
                 return Ok(());
             };
+            // They end once the batch's transaction committed.
+            drop(spans);
             tracing::debug!(projector = %self.config.name, records = batch.len(),
                 elapsed_us = started.elapsed().as_micros() as u64, "batch applied");
             if let Ok(mut p) = self.poison.lock() {
@@ -445,4 +448,25 @@ fn is_transient(e: &ProjectionError) -> bool {
         | ProjectionError::Unavailable(_) => true,
         _ => false,
     }
+}
+
+/// Where spans are exported: one per record that carries a trace context,
+/// a child of its command's span (none otherwise: nothing to pay for).
+fn record_spans(projector: &str, batch: &[SourcedEvent]) -> Vec<tracing::Span> {
+    use cqrs_core::trace_context;
+    if !trace_context::exporting() {
+        return Vec::new();
+    }
+    batch
+        .iter()
+        .filter_map(|item| {
+            let e = item.event.as_ref().ok()?;
+            let tp = e.metadata.traceparent.as_deref()?;
+            let span = tracing::info_span!("project",
+                otel.name = %format!("{projector} applies {}", e.event_type), otel.kind = "consumer",
+                projector, aggregate_id = %e.aggregate_id, source = %item.published_as);
+            trace_context::continue_from(&span, tp);
+            Some(span)
+        })
+        .collect()
 }
