@@ -203,6 +203,10 @@ async fn every_route_answers_each_role_as_the_table_says() {
         (Method::POST, "/inventory/shelf/stock".into(), Some(json!({ "quantity": 1 })), None, [401, 403, 403, 403, 200, 200]),
         (Method::GET, "/inventory".into(), None, None, [401, 403, 403, 200, 200, 200]),
         (Method::GET, book, None, None, [401, 403, 403, 200, 200, 200]),
+        // The saga's calls to the inventory service: allowed ones go on to
+        // the handler, which wants an Idempotency-Key (this call sends none).
+        (Method::POST, "/inventory/shelf/commands".into(), Some(json!({ "type": "release", "order_id": "o1" })), None, [401, 403, 403, 403, 400, 400]),
+        (Method::GET, "/stock-commands?key=k1".into(), None, None, [401, 403, 403, 403, 200, 200]),
     ];
     let mut wrong = Vec::new();
     for (method, path, body, moved, expected) in &rows {

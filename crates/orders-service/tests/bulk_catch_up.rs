@@ -163,7 +163,7 @@ async fn behind_then_caught_up_in_bulk(backend: Backend) {
     assert_eq!(count(&read, traced, &first_command).await, 0);
     for table in [
         "order_details__retired",
-        "order_details__v1",
+        "order_details__v2",
         "cqrs_catch_up__orders_read_model",
     ] {
         assert!(
