@@ -150,8 +150,14 @@ async fn a_database_from_before_migrations_upgrades_and_serves(postgres: bool) {
     let versions = cqrs_sql::migrate::versions(store.db())
         .await
         .expect("versions");
+    // Brought to this build's last migration, whatever its number.
+    let latest = cqrs_sql::store::write_components(store.db().dialect)
+        .iter()
+        .find(|c| c.name == "event_store")
+        .map(|c| c.migrations.len() as i64)
+        .expect("event_store's migrations");
     assert!(
-        versions.contains(&("event_store".to_owned(), 3)),
+        latest >= 3 && versions.contains(&("event_store".to_owned(), latest)),
         "{versions:?}"
     );
     let config = app.config.clone();

@@ -30,6 +30,8 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/inventory"),
     ("get", "/inventory/{sku}"),
     ("post", "/inventory/{sku}/stock"),
+    ("post", "/inventory/{sku}/commands"),
+    ("get", "/stock-commands"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
