@@ -45,6 +45,7 @@
 //!             command_id: "c-1".into(),
 //!             occurred_at: chrono::Utc::now(),
 //!             caller: None,
+//!             traceparent: None,
 //!         },
 //!         idempotency: None,
 //!     })
