@@ -123,6 +123,9 @@ pub struct KafkaSource {
     /// Per partition: the read DB's next offset when it was assigned.
     floor: HashMap<i32, i64>,
     errors: ErrorLog,
+    group: Arc<str>,
+    /// Whether a fence made this source a dynamic member.
+    dynamic: bool,
 }
 
 /// Consumer errors, logged at most every few seconds with a count.
@@ -157,30 +160,13 @@ impl KafkaSource {
             config.group_id.as_str().into(),
             config.kafka.topic.as_str().into(),
         );
-        let mut client = config.kafka.client();
-        if let Some(id) = &config.instance_id {
-            client.set("group.instance.id", id);
-        }
-        let consumer: StreamConsumer<Ctx> = client
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (config.session_timeout_ms / 4).max(250).to_string(),
-            )
-            .set(
-                "client.id",
-                format!("orders-projector-{}", std::process::id()),
-            )
-            .create_with_context(Ctx {
-                assignment: assignment.clone(),
-                group: group.clone(),
-                topic: topic.clone(),
-            })?;
+        let consumer = make_consumer(
+            &config,
+            config.instance_id.as_deref(),
+            &assignment,
+            &group,
+            &topic,
+        )?;
         let dlq: FutureProducer = config
             .kafka
             .client()
@@ -196,7 +182,43 @@ impl KafkaSource {
             read_db,
             floor: HashMap::new(),
             errors: ErrorLog::default(),
+            group,
+            dynamic: false,
         })
+    }
+
+    /// After a fence: the consumer is replaced by a dynamic member of the
+    /// same group, subscribed at once (its partitions come back through a
+    /// rebalance, each sought to the read DB's offset as always).
+    fn rejoin_dynamic(&mut self, why: &str) -> Result<(), SourceError> {
+        tracing::warn!(group = &*self.group, topic = &*self.topic,
+            instance_id = ?self.config.instance_id, reason = why,
+            "fenced as a static member: going on as a dynamic member until the process restarts");
+        let fresh = make_consumer(
+            &self.config,
+            None,
+            &self.assignment,
+            &self.group,
+            &self.topic,
+        )
+        .map_err(|e| SourceError::broker("rejoining the group", e))?;
+        if let Ok(mut a) = self.assignment.lock() {
+            *a = Assignment::default();
+        }
+        self.floor.clear();
+        if let Some(old) = self.consumer.replace(Arc::new(fresh)) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn_blocking(move || drop(old));
+            }
+        }
+        self.dynamic = true;
+        self.consumer()?
+            .subscribe(&[&self.config.kafka.topic])
+            .map_err(|e| SourceError::broker("subscribing to the topic", e))?;
+        if let Ok(mut a) = self.assignment.lock() {
+            a.subscribed = true;
+        }
+        Ok(())
     }
 
     fn consumer(&self) -> Result<&Arc<StreamConsumer<Ctx>>, SourceError> {
@@ -312,7 +334,7 @@ impl EventSource for KafkaSource {
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Vec<SourcedEvent>, SourceError> {
-        let consumer = self.consumer()?.clone();
+        let mut consumer = self.consumer()?.clone();
         let mut batch: Vec<(i32, SourcedEvent)> = Vec::new();
         while batch.is_empty() {
             let first = match consumer.recv().await {
@@ -322,9 +344,19 @@ impl EventSource for KafkaSource {
                     // its instance id) or an exhausted idempotent client
                     // never reads again: say so and stop, rather than spin.
                     if let Some((code, reason)) = consumer.client().fatal_error() {
+                        let code = format!("{code:?}");
+                        // librdkafka fences a static member by its own new
+                        // incarnation too (its session lapsed while the
+                        // group coordinator moved): going on as a dynamic
+                        // member is always safe, never a fight over the id.
+                        if code.contains("Fenced") && !self.dynamic {
+                            self.rejoin_dynamic(&fatal_message(&self.config, &code, &reason))?;
+                            consumer = self.consumer()?.clone();
+                            continue;
+                        }
                         return Err(SourceError::Fatal(fatal_message(
                             &self.config,
-                            &format!("{code:?}"),
+                            &code,
                             &reason,
                         )));
                     }
@@ -467,4 +499,38 @@ fn fatal_message(config: &SourceConfig, code: &str, reason: &str) -> String {
         ),
         _ => format!("consumer group {group} on {topic}: fatal client error {code}: {reason}"),
     }
+}
+
+/// A consumer of `config`'s group, static when `instance_id` is given.
+fn make_consumer(
+    config: &SourceConfig,
+    instance_id: Option<&str>,
+    assignment: &Arc<Mutex<Assignment>>,
+    group: &Arc<str>,
+    topic: &Arc<str>,
+) -> Result<StreamConsumer<Ctx>, rdkafka::error::KafkaError> {
+    let mut client = config.kafka.client();
+    if let Some(id) = instance_id {
+        client.set("group.instance.id", id);
+    }
+    client
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout_ms / 4).max(250).to_string(),
+        )
+        .set(
+            "client.id",
+            format!("orders-projector-{}", std::process::id()),
+        )
+        .create_with_context(Ctx {
+            assignment: assignment.clone(),
+            group: group.clone(),
+            topic: topic.clone(),
+        })
 }

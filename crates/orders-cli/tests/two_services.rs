@@ -401,7 +401,10 @@ async fn otel_one_commands_trace_in_jaeger_has_spans_from_every_process_it_cross
             projector_name.as_str(),
             "order_saga reacts to StockReservationRequested",
         ),
-        (inventory_name.as_str(), "POST /inventory/widget/commands"),
+        (
+            inventory_name.as_str(),
+            "POST /inventory/widget/reservations",
+        ),
         (inventory_name.as_str(), "publish StockReserved"),
         (
             inventory_name.as_str(),

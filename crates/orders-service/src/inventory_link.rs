@@ -232,57 +232,56 @@ impl InventoryLink for LocalInventory {
     }
 }
 
-/// Body of `POST /inventory/{sku}/commands`: a stock command of the order
-/// saga (or any caller with the rights), under an `Idempotency-Key`.
+/// Body of `POST /inventory/{sku}/reservations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum StockCommandBody {
-    /// Holds `quantity` units for the order.
-    Reserve {
-        /// The order.
-        order_id: String,
-        /// Units, at least 1.
-        quantity: i64,
-    },
-    /// Gives back what the order holds.
-    Release {
-        /// The order.
-        order_id: String,
-    },
-    /// The order shipped: what it holds leaves the shelf.
-    Dispatch {
-        /// The order.
-        order_id: String,
-    },
+#[serde(deny_unknown_fields)]
+pub struct ReservationBody {
+    /// The order the units are held for (1..=64 characters, no control
+    /// characters).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub order_id: String,
+    /// Units, 1..=1,000,000.
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub quantity: i64,
 }
 
-impl From<StockCommandBody> for StockCommand {
-    fn from(b: StockCommandBody) -> Self {
-        match b {
-            StockCommandBody::Reserve { order_id, quantity } => {
-                StockCommand::Reserve { order_id, quantity }
-            }
-            StockCommandBody::Release { order_id } => StockCommand::Release { order_id },
-            StockCommandBody::Dispatch { order_id } => StockCommand::Dispatch { order_id },
+/// Body of `POST /inventory/{sku}/releases` and `.../dispatches`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderStockBody {
+    /// The order whose held units are released or dispatched (1..=64
+    /// characters, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub order_id: String,
+}
+
+/// The route (last path segment) and body of a saga command on the
+/// inventory's API (None: stock in, which the saga never issues).
+pub fn route_of(command: StockCommand) -> Option<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    match command {
+        StockCommand::Reserve { order_id, quantity } => Some((
+            "reservations",
+            json!({ "order_id": order_id, "quantity": quantity }),
+        )),
+        StockCommand::Release { order_id } => Some(("releases", json!({ "order_id": order_id }))),
+        StockCommand::Dispatch { order_id } => {
+            Some(("dispatches", json!({ "order_id": order_id })))
         }
+        StockCommand::Add { .. } => None,
     }
 }
 
-impl StockCommandBody {
-    /// The body of a command (None: stock in, which the saga never issues).
-    pub fn of(command: StockCommand) -> Option<StockCommandBody> {
-        match command {
-            StockCommand::Reserve { order_id, quantity } => {
-                Some(StockCommandBody::Reserve { order_id, quantity })
-            }
-            StockCommand::Release { order_id } => Some(StockCommandBody::Release { order_id }),
-            StockCommand::Dispatch { order_id } => Some(StockCommandBody::Dispatch { order_id }),
-            StockCommand::Add { .. } => None,
-        }
-    }
-}
-
-/// The answer of `POST /inventory/{sku}/commands`.
+/// The answer of the saga's stock routes (`POST /inventory/{sku}/reservations`,
+/// `.../releases`, `.../dispatches`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StockCommandAnswer {
     /// The SKU.
@@ -353,10 +352,10 @@ impl InventoryLink for RemoteInventory {
         _request_hash: String,
     ) -> BoxFuture<'a, Result<StockOutcome, LinkError>> {
         Box::pin(async move {
-            let Some(body) = StockCommandBody::of(command) else {
+            let Some((route, body)) = route_of(command) else {
                 return Err(LinkError("stock in is not a saga command".into()));
             };
-            let url = format!("{}/inventory/{}/commands", self.base, segment(sku));
+            let url = format!("{}/inventory/{}/{route}", self.base, segment(sku));
             let mut request = self.authorized(self.http.post(&url));
             // The saga's span (or the trace it continues) goes along: the
             // inventory's spans join the command's trace.

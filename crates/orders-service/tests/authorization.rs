@@ -205,7 +205,9 @@ async fn every_route_answers_each_role_as_the_table_says() {
         (Method::GET, book, None, None, [401, 403, 403, 200, 200, 200]),
         // The saga's calls to the inventory service: allowed ones go on to
         // the handler, which wants an Idempotency-Key (this call sends none).
-        (Method::POST, "/inventory/shelf/commands".into(), Some(json!({ "type": "release", "order_id": "o1" })), None, [401, 403, 403, 403, 400, 400]),
+        (Method::POST, "/inventory/shelf/reservations".into(), Some(json!({ "order_id": "o1", "quantity": 1 })), None, [401, 403, 403, 403, 400, 400]),
+        (Method::POST, "/inventory/shelf/releases".into(), Some(json!({ "order_id": "o1" })), None, [401, 403, 403, 403, 400, 400]),
+        (Method::POST, "/inventory/shelf/dispatches".into(), Some(json!({ "order_id": "o1" })), None, [401, 403, 403, 403, 400, 400]),
         (Method::GET, "/stock-commands?key=k1".into(), None, None, [401, 403, 403, 403, 200, 200]),
     ];
     let mut wrong = Vec::new();

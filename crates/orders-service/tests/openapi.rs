@@ -30,7 +30,9 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/inventory"),
     ("get", "/inventory/{sku}"),
     ("post", "/inventory/{sku}/stock"),
-    ("post", "/inventory/{sku}/commands"),
+    ("post", "/inventory/{sku}/reservations"),
+    ("post", "/inventory/{sku}/releases"),
+    ("post", "/inventory/{sku}/dispatches"),
     ("get", "/stock-commands"),
 ];
 

@@ -159,9 +159,13 @@ pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
         ("POST", "/inventory/{sku}/stock") => Need::OneOf(&[Warehouse, Operator]),
         ("GET", "/inventory" | "/inventory/{sku}") => Need::OneOf(&[Payments, Warehouse, Operator]),
         // The order saga's stock commands, from the order side's token.
-        ("POST", "/inventory/{sku}/commands") | ("GET", "/stock-commands") => {
-            Need::OneOf(&[Warehouse, Operator])
-        }
+        (
+            "POST",
+            "/inventory/{sku}/reservations"
+            | "/inventory/{sku}/releases"
+            | "/inventory/{sku}/dispatches",
+        )
+        | ("GET", "/stock-commands") => Need::OneOf(&[Warehouse, Operator]),
         // Stats, metrics, the live stream, and any route added later.
         _ => Need::OneOf(&[Operator]),
     }

@@ -6,7 +6,9 @@
 use super::access::Caller;
 use super::api::{BodyErrors, QueryErrors};
 use super::App;
-use crate::inventory_link::{KeyedStockCommand, StockCommandAnswer, StockCommandBody};
+use crate::inventory_link::{
+    KeyedStockCommand, OrderStockBody, ReservationBody, StockCommandAnswer,
+};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -202,23 +204,112 @@ pub(super) async fn list_stock(
     Ok(Json(InventoryPage { stock, next }).into_response())
 }
 
-#[utoipa::path(post, path = "/inventory/{sku}/commands", tag = "inventory", request_body = StockCommandBody,
+/// The `Idempotency-Key` the saga's stock routes require.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct RequiredIdempotencyKey {
+    /// Required: a retry with the same key gets the first answer again,
+    /// never a second reservation.
+    #[param(rename = "idempotency-key", pattern = "^[!-~]{1,255}$")]
+    pub key: String,
+}
+
+#[utoipa::path(post, path = "/inventory/{sku}/reservations", tag = "inventory", request_body = ReservationBody,
     params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), IdempotencyHeader),
-    responses((status = 200, description = "Handled (or, for a key seen before, its first answer again): the events it appended", body = StockCommandAnswer),
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), RequiredIdempotencyKey),
+    responses((status = 200, description = "Reserved, or recorded as rejected (not enough available); for a key seen before, its first answer again", body = StockCommandAnswer),
+        (status = 404, description = "The SKU has no stock records (stock_not_tracked)", body = super::api::ErrorBody),
+        (status = 409, description = "The order holds another quantity already (reservation_mismatch)", body = super::api::ErrorBody),
         BodyErrors))]
-/// The order saga's stock commands (reserve, release, dispatch), for the
-/// order side when the inventory is a service of its own. The key is
-/// required: a retry must never reserve twice.
-pub(super) async fn stock_command(
+/// Holds units for an order (the order saga's reservation).
+pub(super) async fn reserve(
     State(app): State<App>,
     caller: Caller,
     PathParam(sku): PathParam<String>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<StockCommandBody>,
+    JsonBody(body): JsonBody<ReservationBody>,
 ) -> Result<Response, ApiError> {
-    let sku = sku_of(&sku)?;
-    let Some(key) = idempotency_key(&headers)? else {
+    if !(1..=1_000_000).contains(&body.quantity) {
+        return Err(field_error("quantity", "1..=1000000"));
+    }
+    let command = StockCommand::Reserve {
+        order_id: order_id_of(body.order_id)?,
+        quantity: body.quantity,
+    };
+    saga_command(&app, &caller, &sku, &headers, "Reserve", command).await
+}
+
+#[utoipa::path(post, path = "/inventory/{sku}/releases", tag = "inventory", request_body = OrderStockBody,
+    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), RequiredIdempotencyKey),
+    responses((status = 200, description = "What the order held is back on the shelf (nothing when it held nothing)", body = StockCommandAnswer),
+        (status = 404, description = "The SKU has no stock records (stock_not_tracked)", body = super::api::ErrorBody),
+        (status = 409, description = "The order holds another quantity already (reservation_mismatch)", body = super::api::ErrorBody),
+        BodyErrors))]
+/// Gives back what an order holds (the order saga's release).
+pub(super) async fn release(
+    State(app): State<App>,
+    caller: Caller,
+    PathParam(sku): PathParam<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<OrderStockBody>,
+) -> Result<Response, ApiError> {
+    let command = StockCommand::Release {
+        order_id: order_id_of(body.order_id)?,
+    };
+    saga_command(&app, &caller, &sku, &headers, "Release", command).await
+}
+
+#[utoipa::path(post, path = "/inventory/{sku}/dispatches", tag = "inventory", request_body = OrderStockBody,
+    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), RequiredIdempotencyKey),
+    responses((status = 200, description = "What the order held left the shelf (nothing when it held nothing)", body = StockCommandAnswer),
+        (status = 404, description = "The SKU has no stock records (stock_not_tracked)", body = super::api::ErrorBody),
+        (status = 409, description = "The order holds another quantity already (reservation_mismatch)", body = super::api::ErrorBody),
+        BodyErrors))]
+/// The order shipped: what it holds leaves the shelf (the saga's dispatch).
+pub(super) async fn dispatch(
+    State(app): State<App>,
+    caller: Caller,
+    PathParam(sku): PathParam<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<OrderStockBody>,
+) -> Result<Response, ApiError> {
+    let command = StockCommand::Dispatch {
+        order_id: order_id_of(body.order_id)?,
+    };
+    saga_command(&app, &caller, &sku, &headers, "Dispatch", command).await
+}
+
+fn field_error(field: &str, rule: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        format!("{field}: {rule}"),
+    )
+    .with_details(serde_json::json!({ "field": field }))
+}
+
+/// An order id as the schema says: 1..=64 characters, no control ones.
+fn order_id_of(id: String) -> Result<String, ApiError> {
+    let ok = !id.is_empty() && id.chars().count() <= 64 && !id.chars().any(char::is_control);
+    ok.then_some(id)
+        .ok_or_else(|| field_error("order_id", "1..=64 characters, no control characters"))
+}
+
+/// The saga's stock commands, for the order side when the inventory is a
+/// service of its own. The key is required: a retry must never reserve
+/// twice.
+async fn saga_command(
+    app: &App,
+    caller: &Caller,
+    sku: &str,
+    headers: &HeaderMap,
+    kind: &'static str,
+    command: StockCommand,
+) -> Result<Response, ApiError> {
+    let sku = sku_of(sku)?;
+    let Some(key) = idempotency_key(headers)? else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "idempotency_key_required",
@@ -228,20 +319,14 @@ pub(super) async fn stock_command(
     let hash = request_hash(&[
         b"StockCommand",
         sku.as_bytes(),
-        format!("{body:?}").as_bytes(),
+        format!("{command:?}").as_bytes(),
     ]);
     let idempotency = IdempotencyRecord::for_caller(caller.key_scope(), &key, hash);
-    let kind = match &body {
-        StockCommandBody::Reserve { .. } => "Reserve",
-        StockCommandBody::Release { .. } => "Release",
-        StockCommandBody::Dispatch { .. } => "Dispatch",
-    };
-    let inventory = local(&app)?;
-    let command = StockCommand::from(body);
+    let inventory = local(app)?;
     let options = CommandOptions {
         idempotency: Some(idempotency),
         caller: caller.sub().map(str::to_owned),
-        traceparent: super::telemetry::for_command(&headers),
+        traceparent: super::telemetry::for_command(headers),
         ..CommandOptions::new()
     };
     let result = inventory.command(&sku, &command, options).await;
@@ -269,8 +354,7 @@ pub(super) async fn stock_command(
 #[into_params(parameter_in = Query)]
 pub struct KeyParams {
     /// Idempotency keys (repeat `key=`), 1..=100 of them.
-    #[param(nullable = false)]
-    #[serde(default)]
+    #[param(min_items = 1, max_items = 100)]
     pub key: Vec<String>,
 }
 

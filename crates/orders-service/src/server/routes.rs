@@ -41,7 +41,9 @@ pub fn router(app: App) -> Router {
             .routes(routes!(inventory::add_stock))
             .routes(routes!(inventory::get_stock))
             .routes(routes!(inventory::list_stock))
-            .routes(routes!(inventory::stock_command))
+            .routes(routes!(inventory::reserve))
+            .routes(routes!(inventory::release))
+            .routes(routes!(inventory::dispatch))
             .routes(routes!(inventory::keyed_commands));
     }
     let (router, doc) = api
