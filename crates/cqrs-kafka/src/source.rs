@@ -85,6 +85,16 @@ impl ClientContext for Ctx {
     }
 }
 
+impl Ctx {
+    /// The partitions this member owns, as a gauge: a group whose members
+    /// all show 0 (or none at all) applies nothing.
+    fn count_owned(&self, n: usize) {
+        metrics::gauge!("cqrs_consumer_assigned_partitions",
+            "group" => self.group.to_string(), "topic" => self.topic.to_string())
+        .set(n as f64);
+    }
+}
+
 impl ConsumerContext for Ctx {
     // Runs inside poll, i.e. only while the source is collecting a batch,
     // never while a batch is being applied: a partition is released between
@@ -97,6 +107,7 @@ impl ConsumerContext for Ctx {
                 a.fresh.remove(&e.partition());
             }
             tracing::info!(group = &*self.group, topic = &*self.topic, partitions = ?a.revoked, "partitions revoked");
+            self.count_owned(a.owned.len());
         }
     }
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -107,6 +118,7 @@ impl ConsumerContext for Ctx {
                 a.revoked.remove(&e.partition());
             }
             tracing::info!(group = &*self.group, topic = &*self.topic, partitions = ?a.owned, "partitions assigned");
+            self.count_owned(a.owned.len());
         }
     }
 }
@@ -167,6 +179,7 @@ impl KafkaSource {
             &group,
             &topic,
         )?;
+        consumer.context().count_owned(0);
         let dlq: FutureProducer = config
             .kafka
             .client()
@@ -202,6 +215,7 @@ impl KafkaSource {
             &self.topic,
         )
         .map_err(|e| SourceError::broker("rejoining the group", e))?;
+        fresh.context().count_owned(0);
         if let Ok(mut a) = self.assignment.lock() {
             *a = Assignment::default();
         }

@@ -453,3 +453,95 @@ async fn the_embedded_mode_reports_no_outbox_that_only_a_relay_would_drain() {
     .await;
     assert!(!text.contains("cqrs_outbox_pending"), "{text}");
 }
+
+/// The metric names of a scrape's samples, and those with a `# HELP` line.
+fn named(text: &str) -> (Vec<String>, std::collections::HashSet<String>) {
+    let helped: std::collections::HashSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s).filter(|b| helped.contains(*b)));
+            base.unwrap_or(n).to_owned()
+        })
+        .collect();
+    (samples, helped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_shows_its_metrics_at_zero_from_the_start_each_with_its_help() {
+    let cluster = Cluster::new().await;
+    let (api_port, projector_port) = (free_port(), free_port());
+    let (api_base, projector_base) = (
+        format!("http://127.0.0.1:{api_port}"),
+        format!("http://127.0.0.1:{projector_port}"),
+    );
+    let mut api = cluster.start("api", "api,relay", Some(api_port), &[]);
+    wait_healthy(&api_base, &mut api).await;
+    let mut projector = cluster.start("projector", "projector", Some(projector_port), &[]);
+    wait_healthy(&projector_base, &mut projector).await;
+    // Nothing was published, applied or dead-lettered yet: each shows 0.
+    let api_text = scrape(&api_base).await;
+    for line in [
+        "cqrs_relay_published_total 0",
+        "cqrs_relay_errors_total 0",
+        "cqrs_consistency_waits_total{outcome=\"timeout\"} 0",
+        "http_connections_refused_total 0",
+    ] {
+        assert!(
+            api_text.lines().any(|l| l == line),
+            "no {line:?} in\n{api_text}"
+        );
+    }
+    let group = format!("g-{}", cluster.topic);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let projector_text = loop {
+        let text = scrape(&projector_base).await;
+        let lag = format!(
+            "cqrs_projector_lag_records{{projector=\"orders_read_model\",group=\"{group}\",topic=\"{}\"",
+            cluster.topic
+        );
+        if text.contains(&lag) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lag by group and topic in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for line in [
+        "cqrs_dead_letters_total 0",
+        "cqrs_projector_events_applied_total 0",
+        "cqrs_projector_batch_failures_total 0",
+    ] {
+        assert!(
+            projector_text.lines().any(|l| l == line),
+            "no {line:?} in\n{projector_text}"
+        );
+    }
+    for g in [
+        group.clone(),
+        format!("{group}.order-saga"),
+        format!("{group}.inventory"),
+    ] {
+        assert!(
+            projector_text.contains(&format!("cqrs_consumer_assigned_partitions{{group=\"{g}\"")),
+            "no assigned partitions of {g} in\n{projector_text}"
+        );
+    }
+    // Every metric either process shows has its help text.
+    for text in [&api_text, &projector_text] {
+        let (samples, helped) = named(text);
+        let bare: Vec<_> = samples.iter().filter(|n| !helped.contains(*n)).collect();
+        assert!(bare.is_empty(), "no # HELP for {bare:?}");
+    }
+}

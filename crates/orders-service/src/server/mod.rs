@@ -10,6 +10,7 @@ mod databases;
 pub mod inventory;
 pub mod live;
 mod membership;
+pub mod metrics_catalog;
 pub mod observe;
 pub mod queries;
 pub mod rebuilds;

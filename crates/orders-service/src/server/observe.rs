@@ -32,6 +32,10 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .and_then(|b| b.install_recorder())
                 .inspect_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
                 .ok()
+                .inspect(|_| {
+                    super::metrics_catalog::describe();
+                    super::metrics_catalog::register(None);
+                })
         })
         .as_ref()
 }
@@ -196,7 +200,23 @@ async fn rebuilds(app: &App) -> Vec<super::live::RebuildSample> {
     out
 }
 
-/// Sets the gauges; returns (records not yet applied, log head position).
+/// A consumer group (or, embedded, a projector on a log) whose lag the
+/// process reports: every group the process's services run, whichever
+/// process runs its members (a group's lag is the same seen from any).
+#[derive(Clone)]
+pub struct LagSide {
+    /// The projector whose checkpoints the read DB holds.
+    pub projector: &'static str,
+    /// Its consumer group (`embedded` without Kafka).
+    pub group: String,
+    /// Its topic (`log`, or `inventory log`, without Kafka).
+    pub topic: String,
+    /// The event log it reads without Kafka.
+    pub log: Option<cqrs_sql::SqlEventStore>,
+}
+
+/// Sets the gauges; returns (records the orders' projector has not yet
+/// applied, log head position).
 async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<(i64, i64)> {
     use cqrs_sql::EventStore;
     let log_head = app.store.head_position().await?;
@@ -207,51 +227,69 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
         metrics::gauge!("cqrs_outbox_oldest_pending_age_seconds")
             .set(app.store.oldest_pending_age().await?);
     }
-    let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, PROJECTOR).await?;
-    let checkpoints: HashMap<SourceKey, (i64, String)> = rows
-        .into_iter()
-        .map(|c| (c.source_key, (c.next_position, c.updated_at)))
-        .collect();
-    let streams = match (&app.kafka, client) {
-        (Some(k), Some(c)) => {
-            let marks = high_watermarks(c, k.topic.clone()).await?;
-            marks
-                .into_iter()
-                .map(|(p, high)| {
-                    let key = SourceKey::partition(k.topic.as_str(), p);
-                    let next = checkpoints.get(&key).map_or(0, |c| c.0);
-                    (key, (high - next).max(0))
-                })
-                .collect()
-        }
-        _ => {
-            // Log positions start at 1: the checkpoint is one past the last read.
-            let next = checkpoints.get(&SourceKey::Log).map_or(1, |c| c.0);
-            vec![(SourceKey::Log, (log_head - (next - 1)).max(0))]
-        }
-    };
     let now = chrono::Utc::now();
-    let mut total_lag = 0;
-    for (key, lag) in streams {
-        total_lag += lag;
-        let label = match &key {
-            SourceKey::Partition { partition, .. } => partition.to_string(),
-            SourceKey::Log => key.to_string(),
+    let mut marks: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
+    let mut orders_lag = 0;
+    for side in &app.lag_sides {
+        let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, side.projector).await?;
+        let checkpoints: HashMap<SourceKey, (i64, String)> = rows
+            .into_iter()
+            .map(|c| (c.source_key, (c.next_position, c.updated_at)))
+            .collect();
+        let streams: Vec<(SourceKey, i64)> = match (&side.log, &client) {
+            (None, Some(c)) => {
+                if !marks.contains_key(&side.topic) {
+                    let m = high_watermarks(c.clone(), side.topic.clone()).await?;
+                    marks.insert(side.topic.clone(), m);
+                }
+                marks
+                    .get(&side.topic)
+                    .into_iter()
+                    .flatten()
+                    .map(|(p, high)| {
+                        let key = SourceKey::partition(side.topic.as_str(), *p);
+                        let next = checkpoints.get(&key).map_or(0, |c| c.0);
+                        (key, (high - next).max(0))
+                    })
+                    .collect()
+            }
+            (Some(log), _) => {
+                // Log positions start at 1: the checkpoint is one past the last read.
+                let head = log.head_position().await?;
+                let next = checkpoints.get(&SourceKey::Log).map_or(1, |c| c.0);
+                vec![(SourceKey::Log, (head - (next - 1)).max(0))]
+            }
+            (None, None) => continue,
         };
-        metrics::gauge!("cqrs_projector_lag_records", "partition" => label.clone()).set(lag as f64);
-        // Seconds since this stream's checkpoint last moved while records
-        // wait (0 when caught up).
-        let since = checkpoints
-            .get(&key)
-            .and_then(|(_, u)| cqrs_sql::db::parse_timestamp(u).ok())
-            .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
-        metrics::gauge!("cqrs_projector_lag_seconds", "partition" => label).set(if lag > 0 {
-            since
-        } else {
-            0.0
-        });
+        for (key, lag) in streams {
+            if side.projector == PROJECTOR {
+                orders_lag += lag;
+            }
+            let partition = match &key {
+                SourceKey::Partition { partition, .. } => partition.to_string(),
+                SourceKey::Log => key.to_string(),
+            };
+            let labels = [
+                ("projector", side.projector.to_owned()),
+                ("group", side.group.clone()),
+                ("topic", side.topic.clone()),
+                ("partition", partition),
+            ];
+            metrics::gauge!("cqrs_projector_lag_records", &labels).set(lag as f64);
+            // Seconds since this stream's checkpoint last moved while
+            // records wait (0 when caught up).
+            let since = checkpoints
+                .get(&key)
+                .and_then(|(_, u)| cqrs_sql::db::parse_timestamp(u).ok())
+                .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+            metrics::gauge!("cqrs_projector_lag_seconds", &labels).set(if lag > 0 {
+                since
+            } else {
+                0.0
+            });
+        }
     }
-    Ok((total_lag, log_head))
+    Ok((orders_lag, log_head))
 }
 
 /// Every partition of `topic` with its high watermark (the next offset to be

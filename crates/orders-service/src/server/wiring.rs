@@ -92,6 +92,56 @@ impl Roles {
     }
 }
 
+/// The consumer groups (or, embedded, the logs) of this process's services,
+/// whose lag it reports.
+fn lag_sides(
+    config: &Config,
+    store: &cqrs_sql::SqlEventStore,
+    inventory: &Option<cqrs_sql::SqlEventStore>,
+    orders_here: bool,
+) -> Vec<super::observe::LagSide> {
+    use super::observe::LagSide;
+    use crate::saga::SAGA;
+    let mut sides = Vec::new();
+    match &config.kafka {
+        Some(k) => {
+            let on_kafka = |projector, group: String, topic: &str| LagSide {
+                projector,
+                group,
+                topic: topic.to_owned(),
+                log: None,
+            };
+            if orders_here {
+                sides.push(on_kafka(PROJECTOR, k.group_id(), &k.topic));
+                sides.push(on_kafka(SAGA, k.saga_group_id(), &k.topic));
+            }
+            let inventory = match config.inventory_url {
+                Some(_) => k.inventory_copy(),
+                None => k.inventory(),
+            };
+            sides.push(on_kafka(
+                INVENTORY_PROJECTOR,
+                inventory.group_id(),
+                &inventory.topic,
+            ));
+        }
+        None => {
+            let embedded = |projector, topic: &str, log: &cqrs_sql::SqlEventStore| LagSide {
+                projector,
+                group: "embedded".into(),
+                topic: topic.into(),
+                log: Some(log.clone()),
+            };
+            sides.push(embedded(PROJECTOR, "log", store));
+            sides.push(embedded(SAGA, "log", store));
+            if let Some(i) = inventory {
+                sides.push(embedded(INVENTORY_PROJECTOR, "inventory log", i));
+            }
+        }
+    }
+    sides
+}
+
 /// Why a task ended without an answer: its panic's message, or cancelled.
 fn why_ended(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
@@ -207,10 +257,23 @@ impl Running {
             roles.spawn_until_shutdown("key set watcher", watcher);
         }
         super::observe::install();
+        // What each role owns shows at 0 from its start, not from its first
+        // increment.
+        use super::metrics_catalog::register;
+        if config.runs(Role::Api) || config.roles.contains(&Role::Inventory) {
+            register(Some(Role::Api));
+        }
+        if config.kafka.is_some() && (config.runs(Role::Relay) || inventory_relays) {
+            register(Some(Role::Relay));
+        }
+        if config.runs(Role::Projector) || config.hosts_inventory(Role::Projector) {
+            register(Some(Role::Projector));
+        }
         let (closing, closing_rx) = watch::channel(false);
         let (live, live_sources) =
             super::live::LiveFeed::start(read.clone(), &progress, closing_rx.clone());
         let progress_for_cache = progress.clone();
+        let lag_sides = lag_sides(config, &store, &inventory_store, orders_here);
         let app = App::new(AppState {
             store,
             orders_here,
@@ -220,6 +283,7 @@ impl Running {
             progress,
             inventory_progress,
             kafka: kafka.or(inventory_kafka),
+            lag_sides,
             live,
             closing: closing_rx,
             projects_here: config.runs(Role::Projector) || config.hosts_inventory(Role::Projector),
