@@ -545,3 +545,104 @@ async fn every_role_shows_its_metrics_at_zero_from_the_start_each_with_its_help(
         assert!(bare.is_empty(), "no # HELP for {bare:?}");
     }
 }
+
+/// Needs Debian's `prometheus` (scripts/test installs it): a real
+/// Prometheus scrapes a projector, loads deploy/prometheus/alerts.yml, and
+/// fires `DeadLetters` once the projector dead-letters a poison record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_a_projector_and_fires_the_dead_letter_alert() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let prometheus = std::path::Path::new("/usr/bin/prometheus");
+    assert!(
+        prometheus.exists(),
+        "Prometheus is required for this test: apt-get install prometheus (scripts/test does)"
+    );
+    let cluster = Cluster::new().await;
+    let (projector_port, prometheus_port) = (free_port(), free_port());
+    let projector_base = format!("http://127.0.0.1:{projector_port}");
+    let mut projector = cluster.start("projector", "projector", Some(projector_port), &[]);
+    wait_healthy(&projector_base, &mut projector).await;
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/prometheus/alerts.yml")
+        .canonicalize()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: orders\n    static_configs:\n      - targets: [\"127.0.0.1:{projector_port}\"]\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let mut server = std::process::Command::new(prometheus)
+        .args([
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{prometheus_port}/api/v1");
+    // Scraped while all is well: the counter is there, at 0, and no alert.
+    let scraped = async |query: &str| -> Option<f64> {
+        let r = reqwest::Client::new()
+            .get(format!("{api}/query"))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scraped("sum(cqrs_dead_letters_total)").await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the projector at 0"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&cluster.topic)
+                .key("poison")
+                .payload("this is not json"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let firing = loop {
+        let r: serde_json::Value = reqwest::get(format!("{api}/alerts"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alerts = r["data"]["alerts"].as_array().cloned().unwrap_or_default();
+        if let Some(a) = alerts
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "DeadLetters" && a["state"] == "firing")
+        {
+            break a.clone();
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "DeadLetters never fired: {r}\n{}",
+            projector.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(firing["labels"]["severity"], "warning", "{firing}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

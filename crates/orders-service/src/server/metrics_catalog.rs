@@ -62,8 +62,10 @@ pub const METRICS: &[Metric] = &[
     m("cqrs_read_cache_total", Counter, "Query answers by cache and outcome: hit (from memory), miss (read DB), stale.", Some(Role::Api), true),
     m("cqrs_read_cache_bytes", Gauge, "Bytes of query answers kept in memory, by cache.", Some(Role::Api), true),
     m("orders_live_view_renders_total", Counter, "Renders of the live page's view (two reads of the read DB each).", Some(Role::Api), false),
-    m("cqrs_outbox_pending", Gauge, "Events after the relay's checkpoint: written, not yet confirmed on Kafka.", None, false),
-    m("cqrs_outbox_oldest_pending_age_seconds", Gauge, "Age of the oldest event the relay has not confirmed on Kafka.", None, false),
+    // Sampled by any process with Kafka; shown from the start where a relay runs
+    // (embedded, the projector reads the log: no outbox to report).
+    m("cqrs_outbox_pending", Gauge, "Events after the relay's checkpoint: written, not yet confirmed on Kafka.", Some(Role::Relay), false),
+    m("cqrs_outbox_oldest_pending_age_seconds", Gauge, "Age of the oldest event the relay has not confirmed on Kafka.", Some(Role::Relay), false),
     m("cqrs_relay_published_total", Counter, "Events the relay published and Kafka acknowledged.", Some(Role::Relay), false),
     m("cqrs_relay_errors_total", Counter, "Relay batches that failed (sent again from the checkpoint).", Some(Role::Relay), false),
     m("cqrs_relay_batch_size", Histogram, "Events per relay batch.", Some(Role::Relay), false),

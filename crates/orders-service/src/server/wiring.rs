@@ -162,6 +162,9 @@ impl Running {
     pub async fn start(config: &Config) -> anyhow::Result<Running> {
         use crate::inventory_link::{InventoryLink, LocalInventory, RemoteInventory};
         config.check()?;
+        // Before anything records a metric: what is recorded before the
+        // recorder exists is lost.
+        super::observe::install();
         let (orders_store, inventory_store, read) = open_databases(config).await?;
         let (config, member) = super::membership::resolve(config, &read).await?;
         let config = &config;
@@ -256,7 +259,6 @@ impl Running {
         if let Some(watcher) = key_watcher {
             roles.spawn_until_shutdown("key set watcher", watcher);
         }
-        super::observe::install();
         // What each role owns shows at 0 from its start, not from its first
         // increment.
         use super::metrics_catalog::register;
