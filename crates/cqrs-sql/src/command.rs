@@ -25,8 +25,8 @@ pub struct CommandOptions {
     pub max_retries: u32,
     /// Who sends it (the token's `sub`), stored with its events.
     pub caller: Option<String>,
-    /// The W3C trace context it runs in, stored with its events [default:
-    /// the current span's, where spans are exported].
+    /// The W3C trace context it runs in, stored with its events (None: the
+    /// current span's, where spans are exported).
     pub traceparent: Option<String>,
 }
 
@@ -41,7 +41,7 @@ impl CommandOptions {
             now: Utc::now(),
             max_retries: 10,
             caller: None,
-            traceparent: cqrs_core::trace_context::current(),
+            traceparent: None,
         }
     }
 }
@@ -387,7 +387,10 @@ fn append_request<A: Aggregate>(
             command_id: options.command_id.clone(),
             occurred_at: options.now,
             caller: options.caller.clone(),
-            traceparent: options.traceparent.clone(),
+            traceparent: options
+                .traceparent
+                .clone()
+                .or_else(cqrs_core::trace_context::current),
         },
         idempotency: options.idempotency.clone(),
     })

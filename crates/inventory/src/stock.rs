@@ -127,6 +127,13 @@ pub enum StockError {
     },
 }
 
+impl StockError {
+    /// Every code `code()` answers: what a caller over HTTP takes as the
+    /// inventory's refusal.
+    pub const CODES: [&'static str; 3] =
+        ["invalid_field", "stock_not_tracked", "reservation_mismatch"];
+}
+
 impl DomainError for StockError {
     fn kind(&self) -> ErrorKind {
         match self {

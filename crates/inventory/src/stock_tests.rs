@@ -121,3 +121,20 @@ fn a_shipped_order_takes_its_units_off_the_shelf_once() {
     let s = Stock::fold(&[added(5), reserved("o1", 2), dispatched]);
     assert_eq!((s.on_hand, s.reserved(), s.available()), (3, 0, 3));
 }
+
+#[test]
+fn the_codes_list_every_refusal_code() {
+    let every = [
+        StockError::Invalid {
+            field: "quantity",
+            reason: String::new(),
+        },
+        StockError::NotTracked,
+        StockError::ReservationMismatch {
+            held: 1,
+            requested: 2,
+        },
+    ];
+    let codes: Vec<&str> = every.iter().map(|e| e.code()).collect();
+    assert_eq!(codes, StockError::CODES);
+}

@@ -67,7 +67,6 @@ async fn accepted_grows_by(accepted: &Accepted, more: usize, procs: &mut [&mut c
     common::grows_by(count, more, 60, "orders", procs).await;
 }
 
-/// Records the projectors dropped as already applied, from their logs.
 /// The (group, topic) of each "partitions assigned" line of a log.
 fn assigned_groups(log: &str) -> std::collections::HashSet<(String, String)> {
     log.lines()
@@ -80,6 +79,28 @@ fn assigned_groups(log: &str) -> std::collections::HashSet<(String, String)> {
         .collect()
 }
 
+/// Waits until each of `procs` logged partitions of the orders' group.
+async fn wait_assigned(cluster: &Cluster, procs: &[&common::Proc]) {
+    let orders_group = (format!("g-{}", cluster.topic), cluster.topic.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !procs
+        .iter()
+        .all(|p| assigned_groups(&p.log_text()).contains(&orders_group))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a member never got partitions:\n{}",
+            procs
+                .iter()
+                .map(|p| p.log_text())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Records the projectors dropped as already applied, from their logs.
 fn duplicates_dropped(cluster: &Cluster) -> u64 {
     // Each process logs JSON lines; a batch that dropped copies says how many.
     std::fs::read_dir(cluster.dir.path())
@@ -430,16 +451,7 @@ async fn two_processes_given_one_instance_id_the_fenced_one_goes_on_as_a_dynamic
     wait_healthy(&base, &mut api).await;
     let twin = [("ORDERS_KAFKA_INSTANCE_ID", "twin".to_owned())];
     let mut first = cluster.start("projector-1", "projector", None, &twin);
-    let orders_group = (format!("g-{}", cluster.topic), cluster.topic.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !assigned_groups(&first.log_text()).contains(&orders_group) {
-        assert!(
-            Instant::now() < deadline,
-            "no partitions:\n{}",
-            first.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_assigned(&cluster, &[&first]).await;
     let mut second = cluster.start("projector-2", "projector", None, &twin);
     // The broker fences the older member; it says so, naming the id, and
     // goes on as a dynamic member (librdkafka fences a member by its own
@@ -489,15 +501,7 @@ async fn a_static_member_killed_for_good_gives_its_partitions_up_after_the_sessi
     let member = |id: &str| [("ORDERS_KAFKA_INSTANCE_ID", id.to_owned())];
     let mut a = cluster.start_with_session("projector-a", "projector", None, &member("a"), 3000);
     let b = cluster.start_with_session("projector-b", "projector", None, &member("b"), 3000);
-    let orders_group = (format!("g-{}", cluster.topic), cluster.topic.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ![&a, &b]
-        .iter()
-        .all(|p| assigned_groups(&p.log_text()).contains(&orders_group))
-    {
-        assert!(Instant::now() < deadline, "a member never got partitions");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_assigned(&cluster, &[&a, &b]).await;
     let assigned_before = b.log_text().matches("partitions assigned").count();
     a.kill9();
     let killed = Instant::now();

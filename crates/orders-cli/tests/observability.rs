@@ -477,7 +477,7 @@ fn named(text: &str) -> (Vec<String>, std::collections::HashSet<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_role_shows_its_metrics_at_zero_from_the_start_each_with_its_help() {
+async fn api_relay_and_projector_show_their_metrics_at_zero_from_the_start_each_with_its_help() {
     let cluster = Cluster::new().await;
     let (api_port, projector_port) = (free_port(), free_port());
     let (api_base, projector_base) = (

@@ -263,18 +263,31 @@ pub struct OrderStockBody {
     pub order_id: String,
 }
 
+/// The body of one of the saga's stock routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum SagaStockBody {
+    /// `POST /inventory/{sku}/reservations`.
+    Reservation(ReservationBody),
+    /// `POST /inventory/{sku}/releases` or `.../dispatches`.
+    Order(OrderStockBody),
+}
+
 /// The route (last path segment) and body of a saga command on the
-/// inventory's API (None: stock in, which the saga never issues).
-pub fn route_of(command: StockCommand) -> Option<(&'static str, serde_json::Value)> {
-    use serde_json::json;
+/// inventory's API: the types its handlers read (None: stock in, which the
+/// saga never issues).
+pub fn route_of(command: StockCommand) -> Option<(&'static str, SagaStockBody)> {
+    use SagaStockBody::{Order, Reservation};
     match command {
         StockCommand::Reserve { order_id, quantity } => Some((
             "reservations",
-            json!({ "order_id": order_id, "quantity": quantity }),
+            Reservation(ReservationBody { order_id, quantity }),
         )),
-        StockCommand::Release { order_id } => Some(("releases", json!({ "order_id": order_id }))),
+        StockCommand::Release { order_id } => {
+            Some(("releases", Order(OrderStockBody { order_id })))
+        }
         StockCommand::Dispatch { order_id } => {
-            Some(("dispatches", json!({ "order_id": order_id })))
+            Some(("dispatches", Order(OrderStockBody { order_id })))
         }
         StockCommand::Add { .. } => None,
     }
@@ -330,12 +343,6 @@ impl RemoteInventory {
     }
 }
 
-/// The inventory's refusals: a command it refused for good (anything else
-/// that is not a 2xx is tried again).
-fn is_refusal(code: &str) -> bool {
-    ["stock_not_tracked", "reservation_mismatch", "invalid_field"].contains(&code)
-}
-
 /// `/` and `%` and the like in a SKU, for a path segment.
 fn segment(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes())
@@ -381,7 +388,12 @@ impl InventoryLink for RemoteInventory {
                 .ok()
                 .and_then(|v| v.get("error").and_then(|c| c.as_str()).map(str::to_owned));
             match code {
-                Some(code) if status.is_client_error() && is_refusal(&code) => {
+                // The inventory's refusals are its answer; anything else
+                // that is not a 2xx is tried again.
+                Some(code)
+                    if status.is_client_error()
+                        && inventory::StockError::CODES.contains(&code.as_str()) =>
+                {
                     Ok(StockOutcome::Refused(code))
                 }
                 _ => Err(LinkError(format!("POST {url}: {status}: {text}"))),

@@ -23,6 +23,20 @@ use inventory::read_model::{self, StockView};
 use inventory::StockCommand;
 use serde::{Deserialize, Serialize};
 
+/// The SKU in the path of every inventory route, for API documents
+/// (handlers read it with `sku_of`).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SkuPath {
+    /// Stock keeping unit
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub sku: String,
+}
+
 /// The SKU a path names, checked as order lines check theirs.
 fn sku_of(raw: &str) -> Result<String, ApiError> {
     let ok = !raw.is_empty()
@@ -60,8 +74,7 @@ pub struct StockAnswer {
 }
 
 #[utoipa::path(post, path = "/inventory/{sku}/stock", tag = "inventory", request_body = AddStock,
-    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), IdempotencyHeader),
+    params(SkuPath, IdempotencyHeader),
     responses((status = 200, description = "Added: the stock's new version, and the token to read it with", body = StockAnswer),
         BodyErrors))]
 pub(super) async fn add_stock(
@@ -129,8 +142,7 @@ fn read_error(e: sqlx::Error) -> ApiError {
 }
 
 #[utoipa::path(get, path = "/inventory/{sku}", tag = "inventory",
-    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), ConsistencyHeader, ConsistencyParams),
+    params(SkuPath, ConsistencyHeader, ConsistencyParams),
     responses((status = 200, description = "The SKU's stock", body = StockView), QueryErrors))]
 pub(super) async fn get_stock(
     State(app): State<App>,
@@ -215,8 +227,7 @@ pub struct RequiredIdempotencyKey {
 }
 
 #[utoipa::path(post, path = "/inventory/{sku}/reservations", tag = "inventory", request_body = ReservationBody,
-    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), RequiredIdempotencyKey),
+    params(SkuPath, RequiredIdempotencyKey),
     responses((status = 200, description = "Reserved, or recorded as rejected (not enough available); for a key seen before, its first answer again", body = StockCommandAnswer),
         (status = 404, description = "The SKU has no stock records (stock_not_tracked)", body = super::api::ErrorBody),
         (status = 409, description = "The order holds another quantity already (reservation_mismatch)", body = super::api::ErrorBody),
@@ -240,8 +251,7 @@ pub(super) async fn reserve(
 }
 
 #[utoipa::path(post, path = "/inventory/{sku}/releases", tag = "inventory", request_body = OrderStockBody,
-    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), RequiredIdempotencyKey),
+    params(SkuPath, RequiredIdempotencyKey),
     responses((status = 200, description = "What the order held is back on the shelf (nothing when it held nothing)", body = StockCommandAnswer),
         (status = 404, description = "The SKU has no stock records (stock_not_tracked)", body = super::api::ErrorBody),
         (status = 409, description = "The order holds another quantity already (reservation_mismatch)", body = super::api::ErrorBody),
@@ -261,8 +271,7 @@ pub(super) async fn release(
 }
 
 #[utoipa::path(post, path = "/inventory/{sku}/dispatches", tag = "inventory", request_body = OrderStockBody,
-    params(("sku" = String, Path, description = "Stock keeping unit", min_length = 1, max_length = 64,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"), RequiredIdempotencyKey),
+    params(SkuPath, RequiredIdempotencyKey),
     responses((status = 200, description = "What the order held left the shelf (nothing when it held nothing)", body = StockCommandAnswer),
         (status = 404, description = "The SKU has no stock records (stock_not_tracked)", body = super::api::ErrorBody),
         (status = 409, description = "The order holds another quantity already (reservation_mismatch)", body = super::api::ErrorBody),
