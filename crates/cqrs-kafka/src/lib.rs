@@ -3,6 +3,7 @@
 //! DB, dead-letter topic), and topic administration.
 
 pub mod admin;
+pub mod groups;
 pub mod history;
 pub mod membership;
 pub mod ownership;

@@ -32,7 +32,7 @@ SELECT COUNT(*) FROM dead_letters WHERE projector = $1 AND aggregate_id = $2 AND
 
 -- In version order.
 -- name: open_for
-SELECT id, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope FROM dead_letters
+SELECT id, projector, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope FROM dead_letters
 WHERE projector = $1 AND aggregate_id = $2 AND status IN ('dead', 'parked') ORDER BY COALESCE(version, 0), id
 
 -- name: resolve
@@ -43,14 +43,28 @@ SELECT DISTINCT aggregate_id FROM dead_letters WHERE projector = $1 AND status I
 
 -- Newest first.
 -- name: list_open
-SELECT id, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope FROM dead_letters
+SELECT id, projector, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope FROM dead_letters
 WHERE projector = $1 AND status IN ('dead', 'parked') ORDER BY id DESC
 
 -- name: list_all
-SELECT id, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope FROM dead_letters
+SELECT id, projector, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope FROM dead_letters
 WHERE projector = $1 ORDER BY id DESC
 
 -- One letter by id ($3), or every open letter of an aggregate ($3).
 -- name: discard
 UPDATE dead_letters SET status = 'discarded', resolved_at = $1 WHERE projector = $2
 AND status IN ('dead', 'parked') AND (id = $3 OR aggregate_id = $3)
+
+-- Letters newest first: open ones ($1 = 1) or all, of projector $3 (or of
+-- every one: ''), at most $2.
+-- name: list_every
+SELECT id, projector, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope, raw FROM dead_letters
+WHERE ($1 = 0 OR status IN ('dead', 'parked')) AND ($3 = '' OR projector = $3) ORDER BY id DESC LIMIT $2
+
+-- name: one
+SELECT id, projector, published_as, aggregate_id, version, event_type, reason, status, created_at, envelope, raw FROM dead_letters
+WHERE id = $1
+
+-- Open letters per projector and status.
+-- name: open_counts
+SELECT projector, status, COUNT(*) FROM dead_letters WHERE status IN ('dead', 'parked') GROUP BY projector, status

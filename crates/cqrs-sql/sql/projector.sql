@@ -264,3 +264,8 @@ SELECT $1, b.aggregate_id, b.version, 0, $2, $3, $3, $4 FROM {build} AS b ORDER 
 -- name: has_versions
 SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT 1 FROM projected_versions
 WHERE projector = $1 AND aggregate_id <> '#cutover' LIMIT 1) AS x
+
+-- An operator cancels a build: its owner's next heartbeat finds no row and
+-- stops it (its tables are dropped).
+-- name: withdraw_build
+DELETE FROM read_model_builds WHERE projector = $1

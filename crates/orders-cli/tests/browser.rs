@@ -135,3 +135,126 @@ async fn the_live_page_follows_commands_over_one_stream_at_desktop_and_phone_wid
         "a credential is in the log"
     );
 }
+
+/// Appends, behind order `id`'s creation, a payment that does not decode
+/// (a poison record) and a cancellation that then parks behind it, straight
+/// into the write DB as a writer with a bug would.
+async fn poison(dir: &Path, id: &str) {
+    use cqrs_core::{EventMetadata, NewEvent};
+    use cqrs_sql::{AppendRequest, Db, DbOptions, EventStore, SqlEventStore};
+    let url = format!("sqlite:{}", dir.join("write.db").display());
+    let store = SqlEventStore::open(Db::connect(&url, &DbOptions::default()).await.unwrap())
+        .await
+        .unwrap();
+    let event = |event_type: &str, payload| NewEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: event_type.into(),
+        schema_version: 1,
+        payload,
+    };
+    store
+        .append(AppendRequest {
+            aggregate_type: "order".into(),
+            aggregate_id: id.into(),
+            expected_version: 1,
+            events: vec![
+                event(
+                    "OrderPaid",
+                    serde_json::json!({ "amount_cents": "lots", "payment_ref": "bug" }),
+                ),
+                event(
+                    "OrderCancelled",
+                    serde_json::json!({ "reason": "after the bad payment" }),
+                ),
+            ],
+            metadata: EventMetadata {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                occurred_at: chrono::Utc::now(),
+                caller: None,
+                traceparent: None,
+            },
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    store.db().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_skips_dead_letters_and_rebuilds_from_the_page_at_desktop_and_phone_widths() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = if std::env::var_os("ORDERS_UPDATE_SCREENSHOTS").is_some() {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs")
+    } else {
+        dir.path().to_owned()
+    };
+    let shots = [docs.join("console-1280.png"), docs.join("console-360.png")];
+    for shot in &shots {
+        let _ = std::fs::remove_file(shot);
+    }
+    // With callers checked, as an operator's console would be.
+    let secret = "console-test-secret-0123456789abcdef";
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["token", "--sub", "ops-alice", "--role", "operator"])
+        .env("ORDERS_JWT_HS256_SECRET", secret)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ];
+    let env = [("ORDERS_JWT_HS256_SECRET", secret.to_owned())];
+    let mut server = Proc::serve("console", dir.path(), &args, &env);
+    wait_healthy(&base, &mut server).await;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{base}/orders"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "customer_id": "carol",
+            "items": [{ "sku": "lamp", "quantity": 1, "unit_price_cents": 4200 }] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    poison(dir.path(), created["order_id"].as_str().unwrap()).await;
+    let out = std::process::Command::new("node")
+        .current_dir(browser_dir())
+        .args([
+            "console.test.mjs",
+            &format!("{base}/ops"),
+            &shots[0].display().to_string(),
+            &shots[1].display().to_string(),
+            &token,
+        ])
+        .output()
+        .expect("node is installed");
+    assert!(
+        out.status.success(),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    for shot in &shots {
+        assert!(shot.exists(), "no screenshot at {}", shot.display());
+    }
+    server.terminate();
+    let logged = server.log_text();
+    // Every action is in the log under the token's subject, and the token
+    // is not.
+    for action in ["dead_letter.skip", "rebuild.start", "rebuild.finish"] {
+        assert!(
+            logged.lines().any(|l| l.contains(r#""actor":"ops-alice""#)
+                && l.contains(&format!(r#""action":"{action}""#))),
+            "no audit line for {action}:\n{logged}"
+        );
+    }
+    assert!(!logged.contains(&token), "the token is in the log");
+}

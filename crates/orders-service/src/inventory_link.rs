@@ -79,6 +79,22 @@ pub trait InventoryLink: Send + Sync {
         &'a self,
         skus: &'a [String],
     ) -> BoxFuture<'a, Result<BTreeSet<String>, LinkError>>;
+
+    /// Where the inventory runs elsewhere: its URL and its `/readyz`
+    /// answer (ready, and with an operator's token which dependency is
+    /// not). `None`: it runs in this process.
+    fn remote_readiness(&self) -> BoxFuture<'_, Option<(String, Result<RemoteReady, LinkError>)>> {
+        Box::pin(async { None })
+    }
+}
+
+/// The inventory service's own word on its readiness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteReady {
+    /// Whether it answered 200.
+    pub ready: bool,
+    /// Its `checks` (with an operator's token), dependency -> "ok" or why not.
+    pub checks: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The inventory in this process: its store, commanded directly.
@@ -351,6 +367,32 @@ fn segment(s: &str) -> String {
 }
 
 impl InventoryLink for RemoteInventory {
+    fn remote_readiness(&self) -> BoxFuture<'_, Option<(String, Result<RemoteReady, LinkError>)>> {
+        Box::pin(async move {
+            let url = format!("{}/readyz", self.base);
+            let answer = async {
+                let res = self
+                    .authorized(self.http.get(&url).timeout(Duration::from_secs(3)))
+                    .send()
+                    .await
+                    .map_err(|e| LinkError(format!("GET {url}: {e}")))?;
+                let ready = res.status().is_success();
+                let body: serde_json::Value = res
+                    .json()
+                    .await
+                    .map_err(|e| LinkError(format!("GET {url}: the answer: {e}")))?;
+                let checks = body
+                    .get("checks")
+                    .and_then(|c| c.as_object())
+                    .cloned()
+                    .unwrap_or_default();
+                Ok(RemoteReady { ready, checks })
+            }
+            .await;
+            Some((self.base.clone(), answer))
+        })
+    }
+
     fn execute<'a>(
         &'a self,
         sku: &'a str,

@@ -132,6 +132,9 @@ fn step_body(step: &str) -> Value {
     }
 }
 
+/// A dead letter that does not exist.
+const NO_LETTER: &str = "01900000-0000-7000-8000-000000000000";
+
 /// The callers of every row, in this order.
 const CALLERS: [&str; 6] = [
     "anonymous",
@@ -209,6 +212,20 @@ async fn every_route_answers_each_role_as_the_table_says() {
         (Method::POST, "/inventory/shelf/releases".into(), Some(json!({ "order_id": "o1" })), None, [401, 403, 403, 403, 400, 400]),
         (Method::POST, "/inventory/shelf/dispatches".into(), Some(json!({ "order_id": "o1" })), None, [401, 403, 403, 403, 400, 400]),
         (Method::GET, "/stock-commands?key=k1".into(), None, None, [401, 403, 403, 403, 200, 200]),
+        // The console: the page is for anyone (a browser cannot send a
+        // token when it opens it); its data and actions, operators only.
+        (Method::GET, "/ops".into(), None, None, [200; 6]),
+        (Method::GET, "/ops/processors".into(), None, None, [401, 403, 403, 403, 403, 200]),
+        (Method::GET, "/ops/health".into(), None, None, [401, 403, 403, 403, 403, 200]),
+        (Method::GET, "/ops/dead-letters".into(), None, None, [401, 403, 403, 403, 403, 200]),
+        (Method::GET, format!("/ops/dead-letters/{NO_LETTER}"), None, None, [401, 403, 403, 403, 403, 404]),
+        (Method::POST, format!("/ops/dead-letters/{NO_LETTER}/retry"), None, None, [401, 403, 403, 403, 403, 404]),
+        (Method::POST, format!("/ops/dead-letters/{NO_LETTER}/skip"), None, None, [401, 403, 403, 403, 403, 404]),
+        (Method::GET, "/ops/rebuilds".into(), None, None, [401, 403, 403, 403, 403, 200]),
+        (Method::GET, "/ops/rebuilds/orders_read_model".into(), None, None, [401, 403, 403, 403, 403, 200]),
+        (Method::POST, "/ops/rebuilds".into(), Some(json!({ "projector": "no_such" })), None, [401, 403, 403, 403, 403, 422]),
+        (Method::POST, "/ops/rebuilds/orders_read_model/cancel".into(), None, None, [401, 403, 403, 403, 403, 404]),
+        (Method::GET, "/ops/actions".into(), None, None, [401, 403, 403, 403, 403, 200]),
     ];
     let mut wrong = Vec::new();
     for (method, path, body, moved, expected) in &rows {
@@ -249,6 +266,18 @@ async fn every_route_answers_each_role_as_the_table_says() {
         wrong.len(),
         wrong.join("\n")
     );
+    // The operator's refused actions are audited under its name; the
+    // callers refused at the door did nothing to audit.
+    let (_, audited, _) = api
+        .call(&Method::GET, "/ops/actions", None, Some(&ops))
+        .await;
+    let rows = audited.as_array().unwrap();
+    let by = |actor: &str, action: &str| {
+        rows.iter()
+            .any(|a| a["actor"] == actor && a["action"] == action && a["outcome"] == "refused")
+    };
+    assert!(by("operator", "rebuild.cancel"), "{audited}");
+    assert!(rows.iter().all(|a| a["actor"] == "operator"), "{audited}");
     api.app.stop().await;
 }
 

@@ -34,6 +34,18 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/inventory/{sku}/releases"),
     ("post", "/inventory/{sku}/dispatches"),
     ("get", "/stock-commands"),
+    ("get", "/ops"),
+    ("get", "/ops/processors"),
+    ("get", "/ops/health"),
+    ("get", "/ops/dead-letters"),
+    ("get", "/ops/dead-letters/{id}"),
+    ("post", "/ops/dead-letters/{id}/retry"),
+    ("post", "/ops/dead-letters/{id}/skip"),
+    ("get", "/ops/rebuilds"),
+    ("post", "/ops/rebuilds"),
+    ("get", "/ops/rebuilds/{projector}"),
+    ("post", "/ops/rebuilds/{projector}/cancel"),
+    ("get", "/ops/actions"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

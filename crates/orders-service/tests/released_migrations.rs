@@ -43,6 +43,7 @@ event_store 5 e4f71a5fb6727bdd
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
 projector 2 950573a3226e6de6
+projector 3 449beacee1d1aace
 projection order_details 1 518fb844d09d6494
 projection order_details 2 e3f5a725da3bfbe3
 projection customer_summary 1 50c268ef80cbb45c
@@ -58,6 +59,7 @@ event_store 5 e4f71a5fb6727bdd
 relay 1 91f47d335f09dd0d
 projector 1 26d40b1855f23803
 projector 2 950573a3226e6de6
+projector 3 449beacee1d1aace
 projection order_details 1 518fb844d09d6494
 projection order_details 2 e3f5a725da3bfbe3
 projection customer_summary 1 50c268ef80cbb45c

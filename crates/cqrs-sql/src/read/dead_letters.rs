@@ -45,6 +45,8 @@ impl DeadLetterStatus {
 pub struct DeadLetter {
     /// Id (time-ordered).
     pub id: String,
+    /// The projector that gave up on it.
+    pub projector: String,
     /// Where it was published.
     pub published_as: String,
     /// Its aggregate, when known.
@@ -63,6 +65,11 @@ pub struct DeadLetter {
     #[serde(skip)]
     #[sqlx(skip)]
     pub envelope: Option<EventEnvelope>,
+    /// The record as it came, when it did not decode (read by [`get`] and
+    /// [`list_every`] only).
+    #[serde(skip)]
+    #[sqlx(default)]
+    pub raw: Option<String>,
 }
 
 /// A stored letter with its envelope still as JSON text.
@@ -207,4 +214,49 @@ pub async fn discard(db: &Db, projector: &str, id_or_aggregate: &str) -> Result<
         .execute(&db.writer)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// Letters newest first, of `projector` or of every one: only open ones
+/// unless `all`; at most `limit`.
+pub async fn list_every(
+    db: &Db,
+    all: bool,
+    projector: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows: Vec<Stored> = sqlx::query_as(section(SQL, "list_every"))
+        .bind(i64::from(!all))
+        .bind(limit)
+        .bind(projector.unwrap_or(""))
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.into_iter().map(Stored::decoded).collect())
+}
+
+/// One letter by id.
+pub async fn get(db: &Db, id: &str) -> Result<Option<DeadLetter>, sqlx::Error> {
+    let row: Option<Stored> = sqlx::query_as(section(SQL, "one"))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(Stored::decoded))
+}
+
+/// Open letters per (projector, status).
+pub async fn open_counts(db: &Db) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(section(SQL, "open_counts"))
+        .fetch_all(&db.pool)
+        .await
+}
+
+/// One letter by id, inside a transaction.
+pub(crate) async fn one_in(
+    tx: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<DeadLetter>, sqlx::Error> {
+    let row: Option<Stored> = sqlx::query_as(section(SQL, "one"))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(row.map(Stored::decoded))
 }

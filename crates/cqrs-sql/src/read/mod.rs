@@ -1,6 +1,7 @@
 //! The read side: projections, the runner that feeds them, event sources and
 //! the progress that consistency waits watch.
 
+pub mod audit;
 pub mod cache;
 pub mod classify;
 pub mod dead_letters;

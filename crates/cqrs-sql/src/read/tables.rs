@@ -98,6 +98,7 @@ pub fn runner_component() -> Component {
                 ["read_model_versions_table", "read_model_builds_table"]
                     .map(|name| section(SQL, name)),
             ),
+            Migration::new(3, "operators' actions").sql(super::audit::schema()),
         ],
     }
 }

@@ -192,6 +192,18 @@ pub async fn builds(db: &Db) -> Result<Vec<(String, BuildRow)>, sqlx::Error> {
     Ok(rows.into_iter().map(|b| (b.projector, b.row)).collect())
 }
 
+/// Cancels `projector`'s build, whichever process runs it: its row goes,
+/// and its owner's next heartbeat (within [`BUILD_HEARTBEAT`]) stops it and
+/// drops its tables. Answers whether there was a build to cancel. A build
+/// already in its cutover's transaction completes.
+pub async fn withdraw_build(db: &Db, projector: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(section(SQL, "withdraw_build"))
+        .bind(projector)
+        .execute(&db.writer)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// Drops the retired tables of `projector`'s read models retired longer
 /// than `grace` ago; answers the projections whose tables it dropped.
 pub async fn drop_retired(

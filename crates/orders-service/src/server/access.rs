@@ -144,7 +144,10 @@ pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
     const STAFF_AND_OWNER: &[Right] = &[Customer, Payments, Warehouse, Operator];
     const OWNER: &[Right] = &[Customer, Operator];
     match (method.as_str(), route) {
-        (_, "/" | "/openapi.json" | "/healthz" | "/readyz") => Need::Nothing,
+        // The pages carry no data: what they show comes from the API and
+        // the stream, with the token typed into them (a browser cannot
+        // send one when it opens a page).
+        (_, "/" | "/ops" | "/openapi.json" | "/healthz" | "/readyz") => Need::Nothing,
         ("GET", "/metrics") if metrics_public => Need::Nothing,
         ("POST", "/orders") => Need::OneOf(OWNER),
         ("GET", "/orders" | "/orders/{id}") => Need::OneOf(STAFF_AND_OWNER),
@@ -166,6 +169,8 @@ pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
             | "/inventory/{sku}/dispatches",
         )
         | ("GET", "/stock-commands") => Need::OneOf(&[Warehouse, Operator]),
+        // The operations API: the console's data and actions.
+        (_, r) if r.starts_with("/ops/") => Need::OneOf(&[Operator]),
         // Stats, metrics, the live stream, and any route added later.
         _ => Need::OneOf(&[Operator]),
     }

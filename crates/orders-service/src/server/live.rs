@@ -50,13 +50,14 @@ pub struct ProgressSample {
 }
 
 /// A build of new read-model versions, as its row in the read DB says.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct RebuildSample {
     /// The projector whose read models it builds.
     pub projector: String,
     /// The versions it builds (JSON: projection -> version).
+    #[schema(value_type = Object)]
     pub versions: serde_json::Value,
-    /// folding, writing, indexing, catching up, cutting over.
+    /// starting, folding, writing, indexing, catching up, cutting over.
     pub phase: String,
     /// Events read so far.
     pub done: i64,
@@ -64,8 +65,35 @@ pub struct RebuildSample {
     pub total: i64,
     /// Seconds it has run.
     pub secs: f64,
+    /// Seconds left at the rate so far (null before it has read anything).
+    pub eta_secs: Option<f64>,
+    /// Which process builds it (`host:pid:...`).
+    pub owner: String,
     /// Whether its owner is alive (a dead one is taken over and restarted).
     pub alive: bool,
+}
+
+impl RebuildSample {
+    /// `projector`'s build as its row `b` says at `now_ms`.
+    pub fn of(projector: &str, b: &cqrs_sql::read::versions::BuildRow, now_ms: i64) -> Self {
+        let secs = (now_ms - b.started_ms).max(0) as f64 / 1e3;
+        let rate = if secs > 0.0 {
+            b.done as f64 / secs
+        } else {
+            0.0
+        };
+        RebuildSample {
+            projector: projector.to_owned(),
+            versions: serde_json::from_str(&b.versions).unwrap_or_default(),
+            phase: b.phase.clone(),
+            done: b.done,
+            total: b.total,
+            secs,
+            eta_secs: (rate > 0.0).then(|| (b.total - b.done).max(0) as f64 / rate),
+            owner: b.owner.clone(),
+            alive: b.is_alive(now_ms),
+        }
+    }
 }
 
 /// What every stream forwards: the latest rendered view and progress.
@@ -243,6 +271,8 @@ fn end_event(ends_at: Option<u64>) -> Event {
 /// rate: events appended per second}), and `journey` events (a command's
 /// trace, as `GET /commands/{id}/trace` answers it) for each command in
 /// `follow` whenever it changes, until it is complete (or a minute passed).
+/// With `console`, the operator's console too: `ops` every second (the
+/// sampler's latest snapshot) and `dead_letters` when the open ones change.
 /// When `ends_at` (the caller's token expiry plus the leeway) passes, an
 /// `end` event ({reason: "token_expired", at}) goes out and the stream
 /// closes; it also ends when the server shuts down.
@@ -250,12 +280,18 @@ pub fn stream(
     app: super::App,
     follow: Vec<String>,
     ends_at: Option<u64>,
+    console: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut feed = app.live.clone();
     // The current view goes out first.
     feed.view.mark_changed();
     let closing = app.closing.clone();
     let first = mode_event(&app, ends_at);
+    let ops = console.then(|| {
+        let mut letters = app.ops.dead_letters.clone();
+        letters.mark_changed();
+        (app.ops.snapshot.clone(), letters)
+    });
     let followed = Followed {
         app,
         ids: follow,
@@ -266,7 +302,25 @@ pub fn stream(
         at: deadline(ends_at),
         event: Some(end_event(ends_at)),
     };
-    sse(first, feed, followed, closing, ends)
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut journeys = tokio::time::interval(JOURNEY_EVERY);
+    journeys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = Streaming {
+        pending: std::collections::VecDeque::from([first]),
+        feed,
+        ops,
+        followed,
+        closing,
+        tick,
+        journeys,
+        ends,
+    };
+    Sse::new(futures::stream::unfold(state, |mut s| async move {
+        let e = s.next().await?;
+        Some((Ok(e), s))
+    }))
+    .keep_alive(KeepAlive::default())
 }
 
 /// When a stream ends for its token, and the last event it then sends.
@@ -285,80 +339,86 @@ impl Ends {
     }
 }
 
-fn sse(
-    first: Event,
+/// The console's snapshot and its open dead letters, as a stream follows them.
+type ConsoleFeed = (
+    watch::Receiver<Option<Arc<super::ops::view::Published>>>,
+    watch::Receiver<Option<Arc<str>>>,
+);
+
+/// One stream: what it waits on and what it has yet to send.
+struct Streaming {
+    pending: std::collections::VecDeque<Event>,
     feed: LiveFeed,
+    /// The console's snapshot and open letters, when asked for.
+    ops: Option<ConsoleFeed>,
     followed: Followed,
     closing: watch::Receiver<bool>,
+    tick: tokio::time::Interval,
+    journeys: tokio::time::Interval,
     ends: Ends,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut tick = tokio::time::interval(PROGRESS_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut journeys = tokio::time::interval(JOURNEY_EVERY);
-    journeys.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let events = futures::stream::unfold(
-        (Some(first), feed, followed, closing, tick, journeys, ends),
-        |(mut first, mut feed, mut followed, mut closing, mut tick, mut journeys, mut ends)| async move {
-            if let Some(e) = first.take() {
-                return Some((
-                    Ok(e),
-                    (first, feed, followed, closing, tick, journeys, ends),
-                ));
+}
+
+impl Streaming {
+    /// The next event; `None` ends the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
             }
             // The end event went out: nothing follows it.
-            ends.event.as_ref()?;
-            loop {
-                let (mut journey_due, mut expired) = (false, false);
-                let event = tokio::select! {
-                    changed = feed.view.changed() => {
-                        if changed.is_err() {
-                            return None;
-                        }
-                        let view = feed.view.borrow_and_update().clone();
-                        view.map(|v| Event::default().event("view").data(&*v))
-                    }
-                    _ = tick.tick() => {
-                        let sample = feed.progress.borrow().clone();
-                        sample.map(|p| {
-                            let data = json!({ "lag": p.lag, "rate": p.rate, "rebuilds": p.rebuilds }).to_string();
-                            Event::default().event("progress").data(data)
-                        })
-                    }
-                    _ = journeys.tick(), if followed.active() => {
-                        journey_due = true;
-                        None
-                    }
-                    _ = closing.wait_for(|c| *c) => return None,
-                    // The token expired: its last word, then nothing.
-                    _ = ends.passed() => {
-                        expired = true;
-                        None
-                    }
-                };
-                if expired {
-                    let last = ends.event.take()?;
-                    return Some((
-                        Ok(last),
-                        (first, feed, followed, closing, tick, journeys, ends),
-                    ));
+            self.ends.event.as_ref()?;
+            let (mut journey_due, mut expired) = (false, false);
+            let console = self.ops.is_some();
+            let letters = async {
+                match &mut self.ops {
+                    Some((_, l)) => l.changed().await,
+                    None => std::future::pending().await,
                 }
-                // Read outside the select: its other futures borrow the
-                // watch channels, which must not be held across a query.
-                let event = match journey_due {
-                    true => followed
-                        .next_change()
-                        .await
-                        .map(|j| Event::default().event("journey").data(j)),
-                    false => event,
-                };
-                if let Some(e) = event {
-                    return Some((
-                        Ok(e),
-                        (first, feed, followed, closing, tick, journeys, ends),
-                    ));
+            };
+            tokio::select! {
+                changed = self.feed.view.changed() => {
+                    changed.ok()?;
+                    let view = self.feed.view.borrow_and_update().clone();
+                    if let Some(v) = view {
+                        self.pending.push_back(Event::default().event("view").data(&*v));
+                    }
+                }
+                _ = self.tick.tick() => {
+                    let sample = self.feed.progress.borrow().clone();
+                    if let Some(p) = sample {
+                        let data = json!({ "lag": p.lag, "rate": p.rate, "rebuilds": p.rebuilds }).to_string();
+                        self.pending.push_back(Event::default().event("progress").data(data));
+                    }
+                    if let Some((snapshot, _)) = &self.ops {
+                        let latest = snapshot.borrow().clone();
+                        if let Some(s) = latest {
+                            self.pending.push_back(Event::default().event("ops").data(&*s.json));
+                        }
+                    }
+                }
+                changed = letters, if console => {
+                    changed.ok()?;
+                    let latest = self.ops.as_mut().and_then(|(_, l)| l.borrow_and_update().clone());
+                    if let Some(l) = latest {
+                        self.pending.push_back(Event::default().event("dead_letters").data(&*l));
+                    }
+                }
+                _ = self.journeys.tick(), if self.followed.active() => journey_due = true,
+                _ = self.closing.wait_for(|c| *c) => return None,
+                // The token expired: its last word, then nothing.
+                _ = self.ends.passed() => expired = true,
+            }
+            if expired {
+                return self.ends.event.take();
+            }
+            // Read outside the select: its other futures borrow the watch
+            // channels, which must not be held across a query.
+            if journey_due {
+                if let Some(j) = self.followed.next_change().await {
+                    self.pending
+                        .push_back(Event::default().event("journey").data(j));
                 }
             }
-        },
-    );
-    Sse::new(events).keep_alive(KeepAlive::default())
+        }
+    }
 }

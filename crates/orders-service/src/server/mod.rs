@@ -12,6 +12,7 @@ pub mod live;
 mod membership;
 pub mod metrics_catalog;
 pub mod observe;
+pub mod ops;
 pub mod queries;
 pub mod rebuilds;
 pub mod routes;

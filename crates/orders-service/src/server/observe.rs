@@ -123,9 +123,14 @@ pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
     out
 }
 
-/// Samples gauges every `every` until dropped, and publishes the total lag
-/// and the append rate for the live page.
-pub async fn sample_every(app: App, every: Duration, live: watch::Sender<Option<ProgressSample>>) {
+/// Samples gauges every `every` until dropped, publishes the total lag and
+/// the append rate for the live page, and the console's snapshot.
+pub async fn sample_every(
+    app: App,
+    every: Duration,
+    live: watch::Sender<Option<ProgressSample>>,
+    console: super::ops::OpsSources,
+) {
     let client = app
         .kafka
         .as_ref()
@@ -140,16 +145,23 @@ pub async fn sample_every(app: App, every: Duration, live: watch::Sender<Option<
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<(i64, std::time::Instant)> = None;
+    let mut view = super::ops::view::Console::default();
     loop {
         tick.tick().await;
         match sample(&app, client.clone()).await {
-            Ok((lag, head)) => {
+            Ok(Sampled {
+                orders_lag: lag,
+                head,
+                streams,
+            }) => {
                 let now = std::time::Instant::now();
                 let rate = last.map_or(0.0, |(h, t)| {
                     (head - h).max(0) as f64 / now.duration_since(t).as_secs_f64().max(1e-3)
                 });
                 last = Some((head, now));
                 let rebuilds = rebuilds(&app).await;
+                view.tick(&app, client.clone(), &streams, &rebuilds, &console)
+                    .await;
                 live.send_replace(Some(ProgressSample {
                     lag,
                     rate,
@@ -186,38 +198,24 @@ async fn rebuilds(app: &App) -> Vec<super::live::RebuildSample> {
         metrics::gauge!("cqrs_rebuild_running", "projector" => projector)
             .set(f64::from(u8::from(row.is_some_and(|b| b.is_alive(now)))));
         if let Some(b) = row {
-            out.push(super::live::RebuildSample {
-                projector: projector.to_owned(),
-                versions: serde_json::from_str(&b.versions).unwrap_or_default(),
-                phase: b.phase.clone(),
-                done,
-                total,
-                secs: (now - b.started_ms).max(0) as f64 / 1e3,
-                alive: b.is_alive(now),
-            });
+            out.push(super::live::RebuildSample::of(projector, b, now));
         }
     }
     out
 }
 
-/// A consumer group (or, embedded, a projector on a log) whose lag the
-/// process reports: every group the process's services run, whichever
-/// process runs its members (a group's lag is the same seen from any).
-#[derive(Clone)]
-pub struct LagSide {
-    /// The projector whose checkpoints the read DB holds.
-    pub projector: &'static str,
-    /// Its consumer group (`embedded` without Kafka).
-    pub group: String,
-    /// Its topic (`log`, or `inventory log`, without Kafka).
-    pub topic: String,
-    /// The event log it reads without Kafka.
-    pub log: Option<cqrs_sql::SqlEventStore>,
+/// What one sample measured.
+struct Sampled {
+    /// Records the orders' projector has not yet applied.
+    orders_lag: i64,
+    /// The write log's head position.
+    head: i64,
+    /// Every processor's partitions (or log), as measured.
+    streams: HashMap<&'static str, Vec<super::ops::view::PartitionView>>,
 }
 
-/// Sets the gauges; returns (records the orders' projector has not yet
-/// applied, log head position).
-async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<(i64, i64)> {
+/// Sets the gauges; answers what it measured.
+async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<Sampled> {
     use cqrs_sql::EventStore;
     let log_head = app.store.head_position().await?;
     // Only a relay moves the outbox checkpoint: in the embedded mode the
@@ -230,13 +228,15 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
     let now = chrono::Utc::now();
     let mut marks: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
     let mut orders_lag = 0;
-    for side in &app.lag_sides {
-        let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, side.projector).await?;
+    let mut sampled: HashMap<&'static str, Vec<super::ops::view::PartitionView>> = HashMap::new();
+    for side in &app.ops.processors {
+        let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, side.name).await?;
         let checkpoints: HashMap<SourceKey, (i64, String)> = rows
             .into_iter()
             .map(|c| (c.source_key, (c.next_position, c.updated_at)))
             .collect();
-        let streams: Vec<(SourceKey, i64)> = match (&side.log, &client) {
+        // (stream, its end, records waiting)
+        let streams: Vec<(SourceKey, i64, i64)> = match (&side.log, &client) {
             (None, Some(c)) => {
                 if !marks.contains_key(&side.topic) {
                     let m = high_watermarks(c.clone(), side.topic.clone()).await?;
@@ -249,7 +249,7 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
                     .map(|(p, high)| {
                         let key = SourceKey::partition(side.topic.as_str(), *p);
                         let next = checkpoints.get(&key).map_or(0, |c| c.0);
-                        (key, (high - next).max(0))
+                        (key, *high, (high - next).max(0))
                     })
                     .collect()
             }
@@ -257,12 +257,13 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
                 // Log positions start at 1: the checkpoint is one past the last read.
                 let head = log.head_position().await?;
                 let next = checkpoints.get(&SourceKey::Log).map_or(1, |c| c.0);
-                vec![(SourceKey::Log, (head - (next - 1)).max(0))]
+                vec![(SourceKey::Log, head + 1, (head - (next - 1)).max(0))]
             }
             (None, None) => continue,
         };
-        for (key, lag) in streams {
-            if side.projector == PROJECTOR {
+        let views = sampled.entry(side.name).or_default();
+        for (key, end, lag) in streams {
+            if side.name == PROJECTOR {
                 orders_lag += lag;
             }
             let partition = match &key {
@@ -270,7 +271,7 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
                 SourceKey::Log => key.to_string(),
             };
             let labels = [
-                ("projector", side.projector.to_owned()),
+                ("projector", side.name.to_owned()),
                 ("group", side.group.clone()),
                 ("topic", side.topic.clone()),
                 ("partition", partition),
@@ -282,14 +283,23 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
                 .get(&key)
                 .and_then(|(_, u)| cqrs_sql::db::parse_timestamp(u).ok())
                 .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
-            metrics::gauge!("cqrs_projector_lag_seconds", &labels).set(if lag > 0 {
-                since
-            } else {
-                0.0
+            let waited = if lag > 0 { since } else { 0.0 };
+            metrics::gauge!("cqrs_projector_lag_seconds", &labels).set(waited);
+            views.push(super::ops::view::PartitionView {
+                partition: labels[3].1.clone(),
+                checkpoint: checkpoints.get(&key).map(|c| c.0),
+                end,
+                lag_records: lag,
+                lag_seconds: waited,
+                member: None,
             });
         }
     }
-    Ok((orders_lag, log_head))
+    Ok(Sampled {
+        orders_lag,
+        head: log_head,
+        streams: sampled,
+    })
 }
 
 /// Every partition of `topic` with its high watermark (the next offset to be

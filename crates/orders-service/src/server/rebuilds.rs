@@ -103,7 +103,7 @@ pub async fn keep_versions(
     grace: Duration,
     stop: CancellationToken,
 ) {
-    let mut told = false;
+    let (mut told, mut auto) = (false, auto);
     loop {
         let stale = match versions::reconcile(&read, side.projector, &side.projections).await {
             Ok(s) => s,
@@ -121,8 +121,14 @@ pub async fn keep_versions(
                 JANITOR
             }
             (true, false) => match build_stale(&read, &side, &stale, &progress, &stop).await {
-                Some(next) => next,
-                None => return,
+                Next::After(next) => next,
+                Next::Stop => return,
+                Next::Withdrawn => {
+                    // An operator cancelled it: not again on its own.
+                    auto = false;
+                    told = true;
+                    JANITOR
+                }
             },
         };
         drop_retired(&read, &side, grace).await;
@@ -147,15 +153,24 @@ fn warn_waiting(projector: &str, stale: &[versions::Stale]) {
     }
 }
 
-/// Builds the stale read models of `side`; answers when to look again
-/// (None: the process is stopping).
+/// What the versions role does after a build.
+enum Next {
+    /// Look again after this long.
+    After(Duration),
+    /// The process is stopping.
+    Stop,
+    /// An operator cancelled the build: build no more on its own.
+    Withdrawn,
+}
+
+/// Builds the stale read models of `side`; answers what to do next.
 async fn build_stale(
     read: &Db,
     side: &Side,
     stale: &[versions::Stale],
     progress: &ReadProgress,
     stop: &CancellationToken,
-) -> Option<Duration> {
+) -> Next {
     let names: Vec<&str> = stale.iter().map(|s| s.projection).collect();
     let chosen: Vec<Arc<dyn Projection>> = side
         .projections
@@ -181,21 +196,29 @@ async fn build_stale(
         Ok(r) => {
             tracing::info!(projector = side.projector, events = r.events, secs = r.secs,
                 cutover_ms = r.cutover_secs * 1e3, swapped = ?r.swapped, "rebuilt and swapped in");
-            Some(JANITOR)
+            Next::After(JANITOR)
         }
-        Err(RebuildError::Cancelled) => None,
+        Err(RebuildError::Cancelled) => Next::Stop,
+        Err(RebuildError::Withdrawn(_)) => {
+            tracing::warn!(
+                projector = side.projector,
+                "an operator cancelled the build: this process builds it no more on its own \
+                (until it restarts); start one from the console (POST /ops/rebuilds) or `orders rebuild`"
+            );
+            Next::Withdrawn
+        }
         Err(RebuildError::Busy { owner, .. }) => {
             tracing::info!(
                 projector = side.projector,
                 owner,
                 "another process builds it"
             );
-            Some(Duration::from_secs(5))
+            Next::After(Duration::from_secs(5))
         }
         Err(e) => {
             tracing::error!(projector = side.projector, error = %e,
                 "the rebuild failed; the live read model keeps serving");
-            Some(RETRY)
+            Next::After(RETRY)
         }
     }
 }

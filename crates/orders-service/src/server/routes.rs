@@ -3,6 +3,7 @@
 
 use super::access::Caller;
 use super::api::{found, owner_of, ErrorBody, NoParamErrors, QueryErrors};
+use super::ops::routes as ops;
 use super::App;
 use super::{commands, inventory, queries};
 use axum::extract::State;
@@ -34,8 +35,21 @@ pub fn router(app: App) -> Router {
             .routes(routes!(command_trace))
             .routes(routes!(live_page))
             .routes(routes!(live_stream))
-            .routes(routes!(stream_ticket));
+            .routes(routes!(stream_ticket))
+            .routes(routes!(ops::console));
     }
+    // The operations API of whichever services run here.
+    api = api
+        .routes(routes!(ops::processors))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::dead_letters))
+        .routes(routes!(ops::dead_letter))
+        .routes(routes!(ops::retry_letter))
+        .routes(routes!(ops::skip_letter))
+        .routes(routes!(ops::rebuilds, ops::start_rebuild))
+        .routes(routes!(ops::rebuild))
+        .routes(routes!(ops::cancel_rebuild))
+        .routes(routes!(ops::actions_list));
     if app.inventory.is_some() {
         api = api
             .routes(routes!(inventory::add_stock))
@@ -155,12 +169,17 @@ pub struct StreamParams {
         pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}){0,7}$"
     )]
     follow: Option<String>,
+    /// With `true`, the stream also carries the operator's console: `ops`
+    /// (the processors and both services' health) every second, and
+    /// `dead_letters` (the open ones) whenever they change.
+    #[param(nullable = false)]
+    ops: Option<bool>,
 }
 
 /// `GET /stream`: Server-Sent Events of the server's mode, read-model
 /// changes, progress and followed commands' journeys.
 #[utoipa::path(get, path = "/stream", tag = "meta", params(StreamParams),
-    responses((status = 200, description = "text/event-stream: `mode` {kafka: {topic, partitions} or null, projects_here} first, `view` {stats, orders} on changes, `progress` {lag, rate} every second, `journey` (a command trace) whenever a followed command moves on, until it is complete; `end` {reason: token_expired, at} when the caller's token expires (after the leeway), and the stream closes; ends also when the server shuts down", content_type = "text/event-stream"),
+    responses((status = 200, description = "text/event-stream: `mode` {kafka: {topic, partitions} or null, projects_here} first, `view` {stats, orders} on changes, `progress` {lag, rate} every second, `journey` (a command trace) whenever a followed command moves on, until it is complete; with `ops=true` also `ops` {at, processors, health} every second and `dead_letters` {counts, letters} when they change; `end` {reason: token_expired, at} when the caller's token expires (after the leeway), and the stream closes; ends also when the server shuts down", content_type = "text/event-stream"),
         NoParamErrors))]
 async fn live_stream(
     State(app): State<App>,
@@ -172,7 +191,8 @@ async fn live_stream(
         Some(list) => followed_ids(list)?,
     };
     let ends_at = app.access.ends_at(&caller);
-    Ok(super::live::stream(app, follow, ends_at).into_response())
+    let console = p.ops.unwrap_or(false);
+    Ok(super::live::stream(app, follow, ends_at, console).into_response())
 }
 
 /// The command ids of `follow`, as stored; a bad list is a bad query (400,

@@ -134,12 +134,8 @@ pub(super) async fn start_saga(
     link: Arc<dyn InventoryLink>,
     read: &Db,
 ) -> anyhow::Result<()> {
-    use crate::saga::{OrderSaga, SagaBus, SAGA};
-    let bus = SagaBus::new(store.clone(), link);
-    let saga: Arc<dyn Projection> = Arc::new(
-        cqrs_sql::process::ProcessProjection::<OrderSaga, _>::new(bus)
-            .with_concurrency(usize::from(config.saga_concurrency)),
-    );
+    use crate::saga::SAGA;
+    let saga = saga_projection(config, store, link);
     let runner = ProjectorRunner::new(
         read.clone(),
         ProjectorConfig {
@@ -181,6 +177,21 @@ pub(super) async fn start_saga(
         }
     }
     Ok(())
+}
+
+/// The order saga's one projection: its reactions, commands on the
+/// orders' store and, through `link`, on the inventory.
+pub(super) fn saga_projection(
+    config: &Config,
+    store: &SqlEventStore,
+    link: Arc<dyn InventoryLink>,
+) -> Arc<dyn Projection> {
+    use crate::saga::{OrderSaga, SagaBus};
+    let bus = SagaBus::new(store.clone(), link);
+    Arc::new(
+        cqrs_sql::process::ProcessProjection::<OrderSaga, _>::new(bus)
+            .with_concurrency(usize::from(config.saga_concurrency)),
+    )
 }
 
 /// Other processes move the read model too (projectors owning other

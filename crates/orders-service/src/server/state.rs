@@ -50,8 +50,9 @@ pub struct AppState {
     pub inventory_progress: ReadProgress,
     /// Kafka, when it sits between the sides (for readiness and lag).
     pub kafka: Option<KafkaOptions>,
-    /// The consumer groups (or logs) whose lag `/metrics` shows.
-    pub lag_sides: Vec<super::observe::LagSide>,
+    /// The processors of this process's services (whose lag `/metrics`
+    /// shows) and the console's feed.
+    pub ops: super::ops::Ops,
     /// What the live page's streams forward.
     pub live: LiveFeed,
     /// Turns true when the server starts shutting down: streams end.

@@ -92,54 +92,125 @@ impl Roles {
     }
 }
 
-/// The consumer groups (or, embedded, the logs) of this process's services,
-/// whose lag it reports.
-fn lag_sides(
-    config: &Config,
-    store: &cqrs_sql::SqlEventStore,
-    inventory: &Option<cqrs_sql::SqlEventStore>,
+/// What the processors of this process's services are built from.
+struct ProcessorParts<'a> {
+    config: &'a Config,
+    store: &'a cqrs_sql::SqlEventStore,
+    inventory: &'a Option<cqrs_sql::SqlEventStore>,
     orders_here: bool,
-) -> Vec<super::observe::LagSide> {
-    use super::observe::LagSide;
+    link: Arc<dyn crate::inventory_link::InventoryLink>,
+    progress: &'a ReadProgress,
+    inventory_progress: &'a ReadProgress,
+}
+
+/// The processors (projectors and the saga) of this process's services,
+/// whichever process runs them: their groups (or, embedded, their logs),
+/// what a retried dead letter is applied to, and where their read models
+/// are rebuilt from.
+fn processors(parts: ProcessorParts<'_>) -> Vec<super::ops::Processor> {
+    use super::ops::Processor;
+    use super::rebuilds::{HistoryOf, Side};
     use crate::saga::SAGA;
-    let mut sides = Vec::new();
+    let ProcessorParts {
+        config,
+        store,
+        inventory,
+        orders_here,
+        link,
+        progress,
+        inventory_progress,
+    } = parts;
+    let projector = |name,
+                     service,
+                     group: String,
+                     topic: &str,
+                     log: Option<&cqrs_sql::SqlEventStore>,
+                     history,
+                     projections: Vec<Arc<dyn cqrs_sql::Projection>>,
+                     progress: &ReadProgress| Processor {
+        name,
+        service,
+        kind: "projector",
+        group,
+        topic: topic.to_owned(),
+        log: log.cloned(),
+        projections: projections.clone(),
+        rebuild: Some(Side {
+            projector: name,
+            projections,
+            history,
+        }),
+        progress: Some(progress.clone()),
+    };
+    let saga = |group: String, topic: &str, log: Option<&cqrs_sql::SqlEventStore>| Processor {
+        name: SAGA,
+        service: "orders",
+        kind: "saga",
+        group,
+        topic: topic.to_owned(),
+        log: log.cloned(),
+        projections: vec![super::sides::saga_projection(config, store, link.clone())],
+        rebuild: None,
+        progress: None,
+    };
+    let mut out = Vec::new();
     match &config.kafka {
         Some(k) => {
-            let on_kafka = |projector, group: String, topic: &str| LagSide {
-                projector,
-                group,
-                topic: topic.to_owned(),
-                log: None,
-            };
             if orders_here {
-                sides.push(on_kafka(PROJECTOR, k.group_id(), &k.topic));
-                sides.push(on_kafka(SAGA, k.saga_group_id(), &k.topic));
+                out.push(projector(
+                    PROJECTOR,
+                    "orders",
+                    k.group_id(),
+                    &k.topic,
+                    None,
+                    HistoryOf::Topic(k.config()),
+                    orders::read_model::projections(),
+                    progress,
+                ));
+                out.push(saga(k.saga_group_id(), &k.topic, None));
             }
-            let inventory = match config.inventory_url {
+            let inv = match config.inventory_url {
                 Some(_) => k.inventory_copy(),
                 None => k.inventory(),
             };
-            sides.push(on_kafka(
+            out.push(projector(
                 INVENTORY_PROJECTOR,
-                inventory.group_id(),
-                &inventory.topic,
+                "inventory",
+                inv.group_id(),
+                &inv.topic,
+                None,
+                HistoryOf::Topic(inv.config()),
+                inventory::read_model::projections(),
+                inventory_progress,
             ));
         }
         None => {
-            let embedded = |projector, topic: &str, log: &cqrs_sql::SqlEventStore| LagSide {
-                projector,
-                group: "embedded".into(),
-                topic: topic.into(),
-                log: Some(log.clone()),
-            };
-            sides.push(embedded(PROJECTOR, "log", store));
-            sides.push(embedded(SAGA, "log", store));
+            out.push(projector(
+                PROJECTOR,
+                "orders",
+                "embedded".into(),
+                "log",
+                Some(store),
+                HistoryOf::Log(store.clone()),
+                orders::read_model::projections(),
+                progress,
+            ));
+            out.push(saga("embedded".into(), "log", Some(store)));
             if let Some(i) = inventory {
-                sides.push(embedded(INVENTORY_PROJECTOR, "inventory log", i));
+                out.push(projector(
+                    INVENTORY_PROJECTOR,
+                    "inventory",
+                    "embedded".into(),
+                    "inventory log",
+                    Some(i),
+                    HistoryOf::Log(i.clone()),
+                    inventory::read_model::projections(),
+                    inventory_progress,
+                ));
             }
         }
     }
-    sides
+    out
 }
 
 /// Why a task ended without an answer: its panic's message, or cancelled.
@@ -275,7 +346,15 @@ impl Running {
         let (live, live_sources) =
             super::live::LiveFeed::start(read.clone(), &progress, closing_rx.clone());
         let progress_for_cache = progress.clone();
-        let lag_sides = lag_sides(config, &store, &inventory_store, orders_here);
+        let (ops, ops_sources) = super::ops::Ops::new(processors(ProcessorParts {
+            config,
+            store: &store,
+            inventory: &inventory_store,
+            orders_here,
+            link: inventory_link.clone(),
+            progress: &progress,
+            inventory_progress: &inventory_progress,
+        }));
         let app = App::new(AppState {
             store,
             orders_here,
@@ -285,7 +364,7 @@ impl Running {
             progress,
             inventory_progress,
             kafka: kafka.or(inventory_kafka),
-            lag_sides,
+            ops,
             live,
             closing: closing_rx,
             projects_here: config.runs(Role::Projector) || config.hosts_inventory(Role::Projector),
@@ -299,7 +378,8 @@ impl Running {
             ),
         });
         let every = Duration::from_millis(500);
-        let sampler = super::observe::sample_every(app.clone(), every, live_sources.progress);
+        let sampler =
+            super::observe::sample_every(app.clone(), every, live_sources.progress, ops_sources);
         roles.spawn_until_shutdown("metrics sampler", sampler);
         let (failed, failure) = watch::channel(None);
         Ok(Running {

@@ -89,8 +89,21 @@ pub(super) async fn end_build(db: &Db, projector: &str, owner: &str) -> Result<(
     Ok(())
 }
 
-/// Says the build is alive (with its progress) until `done`; answers
-/// whether the claim was lost (another process took the build over).
+/// What became of a build's claim while it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// Held to the end.
+    Kept,
+    /// Another process took the build over.
+    Lost,
+    /// Its row was deleted: an operator cancelled it
+    /// ([`crate::read::versions::withdraw_build`]).
+    Withdrawn,
+}
+
+/// Says the build is alive (with its progress) until `done`; answers what
+/// became of the claim. A withdrawn claim cancels `withdrawn` at once, so
+/// that the build stops.
 pub(super) async fn heartbeat(
     db: Db,
     projector: String,
@@ -98,12 +111,13 @@ pub(super) async fn heartbeat(
     status: Arc<RebuildStatus>,
     done: CancellationToken,
     stop: CancellationToken,
-) -> bool {
+    withdrawn: CancellationToken,
+) -> Claim {
     let mut every = tokio::time::interval(BUILD_HEARTBEAT);
     loop {
         tokio::select! {
-            _ = done.cancelled() => return false,
-            _ = stop.cancelled() => return false,
+            _ = done.cancelled() => return Claim::Kept,
+            _ = stop.cancelled() => return Claim::Kept,
             _ = every.tick() => {}
         }
         let beat = sqlx::query(section(SQL, "build_heartbeat"))
@@ -116,7 +130,15 @@ pub(super) async fn heartbeat(
             .execute(&db.writer)
             .await;
         match beat {
-            Ok(r) if r.rows_affected() == 0 && !done.is_cancelled() => return true,
+            Ok(r) if r.rows_affected() == 0 && !done.is_cancelled() => {
+                return match versions::build_of(&db, &projector).await {
+                    Ok(None) => {
+                        withdrawn.cancel();
+                        Claim::Withdrawn
+                    }
+                    _ => Claim::Lost,
+                };
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, projector, "cannot record the build's heartbeat"),
         }

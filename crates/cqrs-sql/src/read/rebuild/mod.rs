@@ -37,7 +37,7 @@ pub use history::{
 };
 pub use tables::{suffix, tag};
 
-use claim::{heartbeat, hostname, refuse_over_dead_letters};
+use claim::{heartbeat, hostname, refuse_over_dead_letters, Claim};
 use fold::{finish_all, fold_all, next_versions};
 
 use super::sql::SQL;
@@ -106,6 +106,10 @@ pub enum RebuildError {
     /// The process is shutting down.
     #[error("the rebuild was cancelled")]
     Cancelled,
+    /// An operator cancelled it (its row in `read_model_builds` was
+    /// deleted): its tables are dropped, the live ones keep serving.
+    #[error("the build of {0} was cancelled by an operator")]
+    Withdrawn(String),
 }
 
 impl From<WrongSource> for RebuildError {
@@ -133,7 +137,9 @@ impl RebuildStatus {
     }
     /// What it does now.
     pub fn phase(&self) -> &'static str {
-        self.phase.lock().map_or("?", |p| *p)
+        self.phase
+            .lock()
+            .map_or("?", |p| if p.is_empty() { "starting" } else { *p })
     }
     fn set_phase(&self, phase: &'static str) {
         if let Ok(mut p) = self.phase.lock() {
@@ -282,6 +288,7 @@ impl Rebuild {
         refuse_over_dead_letters(&self.db, &self.projector).await?;
         self.claim().await?;
         let beat = CancellationToken::new();
+        let withdrawn = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             self.db.clone(),
             self.projector.clone(),
@@ -289,18 +296,23 @@ impl Rebuild {
             self.status.clone(),
             beat.clone(),
             stop.child_token(),
+            withdrawn.clone(),
         ));
         let result = tokio::select! {
             r = self.build(history, &stop) => r,
             _ = stop.cancelled() => Err(RebuildError::Cancelled),
+            _ = withdrawn.cancelled() => Err(RebuildError::Withdrawn(self.projector.clone())),
         };
         beat.cancel();
-        let lost = heartbeat.await.unwrap_or(false);
-        let result = match (result, lost) {
-            (Err(e), true) => {
+        let claim = heartbeat.await.unwrap_or(Claim::Kept);
+        let lost = claim == Claim::Lost;
+        let result = match (result, claim) {
+            (Err(e), Claim::Lost) => {
                 tracing::error!(projector = self.projector, error = %e, "the build was taken over");
                 Err(RebuildError::LostClaim(self.projector.clone()))
             }
+            // Cut over before the cancel was seen: it stands.
+            (Err(_), Claim::Withdrawn) => Err(RebuildError::Withdrawn(self.projector.clone())),
             (r, _) => r,
         };
         if result.is_err() && !lost {

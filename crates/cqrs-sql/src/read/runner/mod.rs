@@ -5,15 +5,17 @@
 
 mod apply;
 mod bulk;
+mod retry;
 
-use super::dead_letters::{self, DeadLetterStatus};
+pub use retry::{Retried, SkipError};
+
+use super::dead_letters;
 use super::sql::SQL;
 pub use super::tables::{
     advance_checkpoint, check_writable, checkpoint_rows, ensure_schema, ensure_tables,
     load_checkpoints, lock_out_projectors, projection_components, read_components,
     runner_component, Checkpoint,
 };
-use super::tables::{lock_version, next_seq, notify_progress};
 use super::{
     EventSource, Projection, ProjectionError, ReadProgress, SourceError, SourceKey, SourcedEvent,
 };
@@ -365,68 +367,6 @@ impl ProjectorRunner {
             .lock()
             .map(|p| p.contains(aggregate_id))
             .unwrap_or(true)
-    }
-
-    /// Re-applies the open dead letters of one aggregate in version order, as
-    /// far as they fit; returns (applied, still open).
-    pub async fn retry_dead_letters(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<(usize, usize), ProjectionError> {
-        let mut tx = self.db.writer.begin().await?;
-        let mut current =
-            lock_version(&mut tx, self.db.dialect, &self.config.name, aggregate_id).await?;
-        let open = dead_letters::open_for(&mut tx, &self.config.name, aggregate_id).await?;
-        let now = timestamp(chrono::Utc::now());
-        let (mut done, mut left) = (0, 0);
-        for dl in &open {
-            let Some(event) = &dl.envelope else {
-                left += 1;
-                continue;
-            };
-            let cur = current.unwrap_or(0);
-            if left == 0 && event.version <= cur {
-                dead_letters::resolve(&mut tx, &dl.id, DeadLetterStatus::Retried, &now).await?;
-                done += 1;
-            } else if left == 0 && event.version == cur + 1 {
-                for p in &self.projections {
-                    p.apply(&mut tx, &[event]).await?;
-                }
-                let sql = match current {
-                    Some(_) => section(SQL, "version_update_one"),
-                    None => section(SQL, "version_insert_one"),
-                };
-                let seq = next_seq(&mut tx, &self.config.name).await?;
-                sqlx::query(sql)
-                    .bind(&self.config.name)
-                    .bind(aggregate_id)
-                    .bind(event.version)
-                    .bind(event.position)
-                    .bind(&dl.published_as)
-                    .bind(&now)
-                    .bind(seq)
-                    .execute(&mut *tx)
-                    .await?;
-                current = Some(event.version);
-                dead_letters::resolve(&mut tx, &dl.id, DeadLetterStatus::Retried, &now).await?;
-                done += 1;
-            } else {
-                left += 1;
-            }
-        }
-        if current.is_some() {
-            notify_progress(&mut tx, self.db.dialect).await?;
-        }
-        tx.commit().await?;
-        if left == 0 {
-            if let Ok(mut p) = self.parked.lock() {
-                p.remove(aggregate_id);
-            }
-        }
-        if let Some(v) = current {
-            self.progress.applied([(aggregate_id, v)]);
-        }
-        Ok((done, left))
     }
 }
 
