@@ -207,6 +207,26 @@ async fn two_services_apart_survive_the_inventory_killed_mid_saga_with_no_double
     for n in 1..ORDERS / 2 {
         ids.push(create(n).await.0);
     }
+    // The order side's console knows both services: itself, and the
+    // inventory at its URL, asked on its /readyz.
+    let inventory_health = |h: Value| {
+        h.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == "inventory")
+            .cloned()
+            .unwrap()
+    };
+    let (status, health) = get(&format!("{}/ops/health", s.orders_base)).await;
+    assert_eq!(status, 200, "{health}");
+    let inv = inventory_health(health.clone());
+    assert_eq!(
+        (inv["location"].as_str(), inv["ready"].as_bool()),
+        (Some(s.inventory_base.as_str()), Some(true)),
+        "{health}"
+    );
+    assert_eq!(inv["checks"]["write_db"], "ok", "{health}");
+    assert_eq!(health[0]["location"], "this process", "{health}");
     // Kill the inventory while the saga works on those; more orders come.
     inventory.kill9();
     let killed = Instant::now();
@@ -220,6 +240,15 @@ async fn two_services_apart_survive_the_inventory_killed_mid_saga_with_no_double
     assert!(
         down.values().all(|st| st == "pending"),
         "with the inventory down: {down:?}"
+    );
+    let (_, health) = get(&format!("{}/ops/health", s.orders_base)).await;
+    let inv = inventory_health(health.clone());
+    assert_eq!(inv["ready"], false, "{health}");
+    assert!(
+        inv["checks"]["reachable"]
+            .as_str()
+            .is_some_and(|r| r.contains("/readyz")),
+        "{health}"
     );
     let mut inventory = s.start_inventory("inventory-restarted");
     wait_healthy(&s.inventory_base, &mut inventory).await;
