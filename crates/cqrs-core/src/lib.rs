@@ -69,6 +69,7 @@
 pub mod aggregate;
 pub mod envelope;
 pub mod error;
+pub mod sealed;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod token;
@@ -78,5 +79,6 @@ pub mod trace_context;
 pub use aggregate::{Aggregate, DomainEvent};
 pub use envelope::{DecodeError, EncodeError, EventEnvelope, EventMetadata, NewEvent};
 pub use error::{DomainError, ErrorKind};
+pub use sealed::Sealed;
 pub use token::{ConsistencyToken, TokenError};
 pub use trace::Stage;

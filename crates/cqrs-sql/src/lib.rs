@@ -68,6 +68,7 @@ pub mod dialect;
 pub mod migrate;
 pub mod process;
 pub mod read;
+pub mod shred;
 pub mod store;
 
 pub use command::{

@@ -60,6 +60,7 @@ fn life() -> anyhow::Result<Vec<(String, i32, serde_json::Value)>> {
                 line_total_cents: 3998,
             }],
             total_cents: 3998,
+            shipping: None,
         },
         OrderEvent::OrderPaid {
             amount_cents: 3998,

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod dead_letters;
 pub mod demo;
+pub mod keys;
 pub mod logs;
 pub mod migrate;
 pub mod rebuild;

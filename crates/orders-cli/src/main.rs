@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use orders_cli::logs::{init_logs, LogFormat};
 use orders_cli::serve::{serve, AuthArgs, HttpArgs, DEFAULT_LISTEN};
-use orders_cli::{client, dead_letters, demo, migrate, rebuild, token, trace, verify};
+use orders_cli::{client, dead_letters, demo, keys, migrate, rebuild, token, trace, verify};
 use orders_service::{Config, Role};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,6 +68,13 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         action: dead_letters::Action,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// The master key of personal data: status, rotation.
+    Keys {
+        #[command(subcommand)]
+        action: keys::Action,
         #[command(flatten)]
         config: Config,
     },
@@ -181,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters { action, config } => {
             dead_letters::run(action, &config.read_secret_files()?).await
         }
+        Command::Keys { action, config } => keys::run(action, &config.read_secret_files()?).await,
         Command::Create(a) => client::create(a).await,
         Command::Pay(a) => client::pay(a).await,
         Command::Ship(a) => client::ship(a).await,

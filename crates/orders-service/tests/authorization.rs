@@ -198,6 +198,8 @@ async fn every_route_answers_each_role_as_the_table_says() {
         (Method::GET, format!("/orders/{order}"), None, None, [401, 200, 404, 200, 200, 200]),
         (Method::GET, format!("/orders/{order}/history"), None, None, [401, 200, 404, 403, 403, 200]),
         (Method::GET, "/customers/alice/summary".into(), None, None, [401, 200, 404, 403, 403, 200]),
+        // A customer erases its own personal data only; an operator anyone's.
+        (Method::DELETE, "/customers/alice/personal-data".into(), None, None, [401, 202, 403, 403, 403, 202]),
         (Method::GET, format!("/commands/{command}/trace"), None, None, [401, 200, 404, 403, 403, 200]),
         (Method::POST, "pay".into(), None, Some(&[]), [401, 403, 403, 200, 403, 200]),
         (Method::POST, "ship".into(), None, Some(&["pay"]), [401, 403, 403, 403, 200, 200]),

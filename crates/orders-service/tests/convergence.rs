@@ -64,6 +64,8 @@ async fn run_sequence(postgres: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
                         customer_id: format!("c{customer}"),
                         items,
                         tracked_skus: Default::default(),
+                        shipping: None,
+                        sealed_shipping: None,
                     }),
                 )
             }

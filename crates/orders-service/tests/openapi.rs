@@ -14,6 +14,7 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/stream/ticket"),
     ("get", "/commands/{id}/trace"),
     ("get", "/customers/{id}/summary"),
+    ("delete", "/customers/{id}/personal-data"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),

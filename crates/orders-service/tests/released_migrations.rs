@@ -11,6 +11,7 @@ use cqrs_sql::{Dialect, Postgres, Sqlite};
 
 fn checksums(dialect: &'static dyn Dialect) -> Vec<String> {
     let mut components = cqrs_sql::store::write_components(dialect);
+    components.push(cqrs_sql::shred::component());
     components.extend(orders_service::server::schema::read_components());
     components
         .iter()
@@ -41,11 +42,13 @@ event_store 3 d1a97248938eb3a2
 event_store 4 cf9ab2ffd23fd14e
 event_store 5 e4f71a5fb6727bdd
 relay 1 91f47d335f09dd0d
+data_keys 1 3ff2fae9099f9051
 projector 1 26d40b1855f23803
 projector 2 950573a3226e6de6
 projector 3 449beacee1d1aace
 projection order_details 1 518fb844d09d6494
 projection order_details 2 e3f5a725da3bfbe3
+projection order_details 3 6415eef49c25190e
 projection customer_summary 1 50c268ef80cbb45c
 projection order_stats 1 17d51ea8f23771f6
 projection inventory_stock 1 08ce0f42154adeb3
@@ -57,11 +60,13 @@ event_store 3 d1a97248938eb3a2
 event_store 4 cf9ab2ffd23fd14e
 event_store 5 e4f71a5fb6727bdd
 relay 1 91f47d335f09dd0d
+data_keys 1 3ff2fae9099f9051
 projector 1 26d40b1855f23803
 projector 2 950573a3226e6de6
 projector 3 449beacee1d1aace
 projection order_details 1 518fb844d09d6494
 projection order_details 2 e3f5a725da3bfbe3
+projection order_details 3 6415eef49c25190e
 projection customer_summary 1 50c268ef80cbb45c
 projection order_stats 1 17d51ea8f23771f6
 projection inventory_stock 1 08ce0f42154adeb3

@@ -74,3 +74,7 @@ SELECT {order_columns} FROM order_details
 
 -- name: all_customers
 SELECT {customer_columns} FROM customer_summary
+
+-- A customer's orders whose shipping details are not erased yet.
+-- name: orders_with_shipping
+SELECT order_id FROM order_details WHERE customer_id = $1 AND shipping IS NOT NULL AND shipping <> '"erased"'

@@ -130,10 +130,18 @@ pub struct CreateOrder {
     /// What: 1..=100 lines.
     #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItem>,
+    /// Where it goes and whom to tell (personal data: stored only sealed
+    /// under the customer's data key; erased with
+    /// `DELETE /customers/{id}/personal-data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<crate::shipping::ShippingDetails>,
     /// Which of the lines' SKUs the inventory tracks: filled in by the
     /// command handler from the inventory's records, never by a client.
     #[serde(skip)]
     pub tracked_skus: BTreeSet<String>,
+    /// `shipping`, sealed by the command handler: what the event carries.
+    #[serde(skip)]
+    pub sealed_shipping: Option<cqrs_core::Sealed>,
 }
 
 /// The body of `POST /orders/{id}/pay`.
@@ -190,6 +198,9 @@ pub enum OrderCommand {
     /// Record that its tracked lines are reserved (the order saga's).
     #[strum(serialize = "ConfirmStock")]
     ConfirmStock,
+    /// Record that its shipping details were erased (their key deleted).
+    #[strum(serialize = "EraseShipping")]
+    EraseShipping,
 }
 
 impl OrderCommand {
@@ -216,6 +227,10 @@ pub enum OrderEvent {
         items: Vec<OrderLine>,
         /// Sum of quantity x unit price.
         total_cents: i64,
+        /// The shipping details, sealed under the customer's data key
+        /// (since version 3; absent when none were given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shipping: Option<cqrs_core::Sealed>,
     },
     /// The exact total was paid.
     OrderPaid {
@@ -246,6 +261,9 @@ pub enum OrderEvent {
     },
     /// Its tracked lines are reserved.
     StockReserved {},
+    /// Its shipping details were erased at the customer's request: their
+    /// key is deleted, and read models drop what they kept.
+    ShippingErased {},
 }
 
 impl DomainEvent for OrderEvent {
@@ -345,6 +363,8 @@ pub struct OrderFacts {
     pub total_cents: i64,
     /// Its stock (None: no line is tracked).
     pub stock: Option<StockStatus>,
+    /// Whether it holds shipping details not yet erased.
+    pub shipping: bool,
 }
 
 /// State of one order: `None` until it is created.
@@ -354,14 +374,14 @@ pub struct OrderState(pub Option<OrderFacts>);
 /// The order aggregate.
 pub struct Order;
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OrderError {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OrderError {
     OrderError::Invalid {
         field: field.into(),
         reason: reason.into(),
     }
 }
 
-fn check_text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
+pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
     let len = value.chars().count();
     if len == 0 || len > max {
         return Err(invalid(
@@ -401,6 +421,12 @@ fn validate_create(c: &CreateOrder) -> Result<(Vec<OrderLine>, i64), OrderError>
                 c.items.len()
             ),
         ));
+    }
+    if let Some(s) = &c.shipping {
+        s.validate()?;
+        if c.sealed_shipping.is_none() {
+            return Err(invalid("shipping", "was not sealed by the command handler"));
+        }
     }
     let mut total: i64 = 0;
     let mut lines = Vec::with_capacity(c.items.len());
@@ -463,6 +489,7 @@ impl Aggregate for Order {
                     customer_id: c.customer_id.clone(),
                     items,
                     total_cents,
+                    shipping: c.sealed_shipping.clone(),
                 }];
                 if !lines.is_empty() {
                     events.push(OrderEvent::StockReservationRequested { lines });
@@ -534,15 +561,26 @@ impl Aggregate for Order {
                     _ => Vec::new(),
                 })
             }
+            // In any status; erased already, or never given: nothing new.
+            OrderCommand::EraseShipping => Ok(match facts.shipping {
+                true => vec![OrderEvent::ShippingErased {}],
+                false => Vec::new(),
+            }),
         }
     }
 
     fn evolve(state: OrderState, event: &OrderEvent) -> OrderState {
-        if let OrderEvent::OrderCreated { total_cents, .. } = event {
+        if let OrderEvent::OrderCreated {
+            total_cents,
+            shipping,
+            ..
+        } = event
+        {
             return OrderState(Some(OrderFacts {
                 status: Status::Created,
                 total_cents: *total_cents,
                 stock: None,
+                shipping: shipping.is_some(),
             }));
         }
         let Some(facts) = state.0 else {
@@ -554,13 +592,14 @@ impl Aggregate for Order {
             OrderEvent::OrderShipped { .. } => Status::Shipped,
             OrderEvent::OrderDelivered {} => Status::Delivered,
             OrderEvent::OrderCancelled { .. } => Status::Cancelled,
-            OrderEvent::StockReservationRequested { .. } | OrderEvent::StockReserved {} => {
-                facts.status
-            }
+            OrderEvent::StockReservationRequested { .. }
+            | OrderEvent::StockReserved {}
+            | OrderEvent::ShippingErased {} => facts.status,
         };
         OrderState(Some(OrderFacts {
             status,
             stock: next_stock(facts.stock, event),
+            shipping: facts.shipping && !matches!(event, OrderEvent::ShippingErased {}),
             ..facts
         }))
     }

@@ -47,6 +47,8 @@ fn create(customer: &str, items: Vec<LineItem>) -> OrderCommand {
         customer_id: customer.into(),
         items,
         tracked_skus: Default::default(),
+        shipping: None,
+        sealed_shipping: None,
     })
 }
 
@@ -55,6 +57,7 @@ fn created(total: i64) -> OrderEvent {
         customer_id: "c1".into(),
         items: vec![line("sku", 1, total)],
         total_cents: total,
+        shipping: None,
     }
 }
 fn paid(total: i64) -> OrderEvent {
@@ -99,6 +102,7 @@ fn creating_an_order_totals_its_items() {
             customer_id: "c-1_A".into(),
             items: vec![line("a", 2, 1_000), line("b", 1, 800)],
             total_cents: 2_800,
+            shipping: None,
         }]);
 }
 
@@ -357,6 +361,8 @@ fn tracked(customer: &str, items: Vec<LineItem>, skus: &[&str]) -> OrderCommand 
         customer_id: customer.into(),
         items,
         tracked_skus: skus.iter().map(|s| s.to_string()).collect(),
+        shipping: None,
+        sealed_shipping: None,
     })
 }
 
@@ -393,6 +399,7 @@ fn an_order_with_tracked_lines_asks_for_their_stock_in_units_per_sku() {
                     line("book", 1, 100),
                 ],
                 total_cents: 350,
+                shipping: None,
             },
             requested(&[("book", 3)]),
         ]);
@@ -432,4 +439,60 @@ fn confirming_stock_happens_once_and_never_on_a_cancelled_order() {
     given([created(100), requested(&[("sku", 1)]), cancelled()])
         .when(OrderCommand::ConfirmStock)
         .then_refused("order_closed");
+}
+
+fn sealed() -> cqrs_core::Sealed {
+    cqrs_core::Sealed {
+        key_id: "k1".into(),
+        nonce: "bm9uY2U=".into(),
+        ciphertext: "c2VhbGVk".into(),
+    }
+}
+
+#[test]
+fn an_order_with_shipping_details_records_them_sealed_only() {
+    let details = crate::shipping::ShippingDetails {
+        name: "Ada".into(),
+        address: "1 Analytical Way".into(),
+        email: "ada@example.org".into(),
+    };
+    let command = |sealed_shipping| {
+        OrderCommand::Create(CreateOrder {
+            customer_id: "c1".into(),
+            items: vec![item("sku", 1, 500)],
+            tracked_skus: Default::default(),
+            shipping: Some(details.clone()),
+            sealed_shipping,
+        })
+    };
+    given([])
+        .when(command(Some(sealed())))
+        .then(vec![OrderEvent::OrderCreated {
+            customer_id: "c1".into(),
+            items: vec![line("sku", 1, 500)],
+            total_cents: 500,
+            shipping: Some(sealed()),
+        }]);
+    // Never the plain text: unsealed details are refused.
+    let refused = Order::decide(&OrderState::default(), &command(None)).unwrap_err();
+    assert!(refused.to_string().contains("shipping"), "{refused}");
+}
+
+#[test]
+fn shipping_details_are_erased_once_in_any_status_and_not_at_all_without_them() {
+    let with_shipping = OrderEvent::OrderCreated {
+        customer_id: "c1".into(),
+        items: vec![line("sku", 1, 500)],
+        total_cents: 500,
+        shipping: Some(sealed()),
+    };
+    given([with_shipping.clone(), paid(500), shipped()])
+        .when(OrderCommand::EraseShipping)
+        .then(vec![OrderEvent::ShippingErased {}]);
+    given([with_shipping, OrderEvent::ShippingErased {}])
+        .when(OrderCommand::EraseShipping)
+        .then(vec![]);
+    given([created(500)])
+        .when(OrderCommand::EraseShipping)
+        .then(vec![]);
 }

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod event_versions;
 pub mod money;
 pub mod read_model;
+pub mod shipping;
 pub mod stock;
 pub mod views;
 

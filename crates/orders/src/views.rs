@@ -45,6 +45,15 @@ pub struct OrderView {
     /// absent when the inventory tracks none of its SKUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stock: Option<StockStatus>,
+    /// Its shipping details, to its customer and to the warehouse and
+    /// operators (absent for anyone else, and when none were given);
+    /// `{"erased": true}` once its customer's personal data was erased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<crate::shipping::ShippingView>,
+    /// Its shipping details as the read model keeps them: sealed, or erased.
+    /// Never serialized: the API opens them for those who may see them.
+    #[serde(skip)]
+    pub sealed_shipping: Option<crate::shipping::ShippingRecord>,
 }
 
 /// Per-customer summary.
@@ -113,7 +122,9 @@ pub fn target_status(event: &OrderEvent) -> Option<Status> {
         OrderEvent::OrderShipped { .. } => Some(Status::Shipped),
         OrderEvent::OrderDelivered {} => Some(Status::Delivered),
         OrderEvent::OrderCancelled { .. } => Some(Status::Cancelled),
-        OrderEvent::StockReservationRequested { .. } | OrderEvent::StockReserved {} => None,
+        OrderEvent::StockReservationRequested { .. }
+        | OrderEvent::StockReserved {}
+        | OrderEvent::ShippingErased {} => None,
     }
 }
 
@@ -138,7 +149,15 @@ impl Views {
                 customer_id,
                 items,
                 total_cents,
-            } => self.created(envelope, customer_id, items, *total_cents, at),
+                shipping,
+            } => {
+                self.created(envelope, customer_id, items, *total_cents, at)?;
+                if let (Some(o), Some(s)) = (self.orders.get_mut(&envelope.aggregate_id), shipping)
+                {
+                    o.sealed_shipping = Some(crate::shipping::ShippingRecord::Sealed(s.clone()));
+                }
+                Ok(())
+            }
             _ => self.moved(envelope, &event, at),
         }
     }
@@ -169,6 +188,8 @@ impl Views {
                 tracking_number: None,
                 cancel_reason: None,
                 stock: None,
+                shipping: None,
+                sealed_shipping: None,
             },
         );
         let c = self
@@ -233,6 +254,9 @@ impl Views {
                         .checked_sub(Cents::from(order.total_cents))
                         .map_err(overflow)?;
                 }
+            }
+            OrderEvent::ShippingErased {} => {
+                order.sealed_shipping = crate::shipping::erased(order.sealed_shipping.take());
             }
             OrderEvent::OrderDelivered {}
             | OrderEvent::OrderCreated { .. }

@@ -122,6 +122,8 @@ fn create(i: usize) -> (CreateOrder, i64) {
             unit_price_cents: 1999,
         }],
         tracked_skus: Default::default(),
+        shipping: None,
+        sealed_shipping: None,
     };
     (order, 1999 * quantity)
 }

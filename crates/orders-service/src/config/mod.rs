@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod kafka;
+mod keys;
 pub use kafka::{KafkaOptions, Membership};
 
 /// Defaults that more than the flags above use (the bench's flags, names
@@ -110,6 +111,21 @@ pub struct Config {
         value_name = "PATH"
     )]
     pub inventory_token_file: Option<PathBuf>,
+    /// The master key that wraps the customers' data keys (personal data),
+    /// in a file: base64 of 32 bytes. Absent (and no `ORDERS_MASTER_KEY`):
+    /// `master.key` in the data dir, made on first use.
+    #[arg(long, env = "ORDERS_MASTER_KEY_FILE", value_name = "PATH")]
+    pub master_key_file: Option<PathBuf>,
+    /// The master key itself (base64 of 32 bytes); a restart is needed to
+    /// rotate it. Prefer `--master-key-file` (a flag shows in `ps`).
+    #[arg(
+        long = "master-key",
+        env = "ORDERS_MASTER_KEY",
+        hide_env_values = true,
+        conflicts_with = "master_key_file",
+        value_name = "BASE64"
+    )]
+    pub master_key: Option<cqrs_http::auth::Secret>,
     /// Create a PostgreSQL database the URLs name when it does not exist
     /// (as the URL's user, who needs the CREATEDB right).
     #[arg(long, env = "ORDERS_CREATE_DATABASE")]

@@ -159,6 +159,8 @@ pub fn need(method: &Method, route: &str, metrics_public: bool) -> Need {
             Need::OneOf(&[Warehouse, Operator])
         }
         ("POST", "/orders/{id}/cancel") => Need::OneOf(OWNER),
+        // A customer its own (the handler checks), an operator anyone's.
+        ("DELETE", "/customers/{id}/personal-data") => Need::OneOf(OWNER),
         ("POST", "/inventory/{sku}/stock") => Need::OneOf(&[Warehouse, Operator]),
         ("GET", "/inventory" | "/inventory/{sku}") => Need::OneOf(&[Payments, Warehouse, Operator]),
         // The order saga's stock commands, from the order side's token.

@@ -20,6 +20,9 @@ pub struct Cached {
     pub owner: String,
     /// The JSON body.
     pub json: Bytes,
+    /// An order's shipping details as sealed (never in `json`): opened per
+    /// request for those who may see them.
+    pub sealed: Option<orders::shipping::ShippingRecord>,
 }
 
 impl Cached {
@@ -72,6 +75,7 @@ pub fn keep<T: serde::Serialize>(
     stamp: Stamp,
     owner: &str,
     value: &T,
+    sealed: Option<orders::shipping::ShippingRecord>,
 ) -> Response {
     let Ok(json) = serde_json::to_vec(value) else {
         return axum::Json(value).into_response();
@@ -79,6 +83,7 @@ pub fn keep<T: serde::Serialize>(
     let cached = Cached {
         owner: owner.to_owned(),
         json: Bytes::from(json),
+        sealed,
     };
     let res = cached.response();
     let bytes = cached.json.len() + cached.owner.len();

@@ -147,6 +147,7 @@ pub(super) async fn create_order(
         .with_details(serde_json::json!({ "field": "customer_id" })));
     }
     body.tracked_skus = tracked_skus(&app, &body).await?;
+    super::personal::seal(&app, &mut body).await?;
     let id = uuid::Uuid::now_v7().to_string();
     // Generated here and now: nothing to load.
     app.states.insert_new(&id);

@@ -13,6 +13,7 @@ mod membership;
 pub mod metrics_catalog;
 pub mod observe;
 pub mod ops;
+pub mod personal;
 pub mod queries;
 pub mod rebuilds;
 pub mod routes;

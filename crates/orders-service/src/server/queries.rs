@@ -50,10 +50,18 @@ pub(super) async fn get_order(
     let cache = &app.caches.orders;
     // Another customer's order is answered as if it did not exist.
     if let Some(hit) = cache.row(&id, at_least) {
-        return match caller.may_see(&hit.owner) {
-            true => Ok(hit.response()),
-            false => Err(missing()),
-        };
+        if !caller.may_see(&hit.owner) {
+            return Err(missing());
+        }
+        return with_shipping(
+            &app,
+            &caller,
+            &hit.owner,
+            &hit.json,
+            hit.sealed.as_ref(),
+            hit.response(),
+        )
+        .await;
     }
     let stamp = cache.stamp();
     let order = read_model::get_order(&app.read.pool, &id)
@@ -61,11 +69,46 @@ pub(super) async fn get_order(
         .map_err(read_error)?
         .ok_or_else(missing)?;
     let owner = order.customer_id.clone();
-    let res = cached::keep(cache, &id, Some(order.version), stamp, &owner, &order);
-    match caller.may_see(&owner) {
-        true => Ok(res),
-        false => Err(missing()),
+    let sealed = order.sealed_shipping.clone();
+    let json = serde_json::to_vec(&order).unwrap_or_default();
+    let res = cached::keep(
+        cache,
+        &id,
+        Some(order.version),
+        stamp,
+        &owner,
+        &order,
+        sealed.clone(),
+    );
+    if !caller.may_see(&owner) {
+        return Err(missing());
     }
+    with_shipping(&app, &caller, &owner, &json, sealed.as_ref(), res).await
+}
+
+/// An order's answer with its shipping details for those who may see them
+/// (opened now: the cached answer never holds them), else `plain` as it is.
+async fn with_shipping(
+    app: &App,
+    caller: &Caller,
+    owner: &str,
+    json: &[u8],
+    sealed: Option<&orders::shipping::ShippingRecord>,
+    plain: Response,
+) -> Result<Response, ApiError> {
+    if sealed.is_none() || !super::personal::may_see(caller, owner) {
+        return Ok(plain);
+    }
+    let opened = super::personal::open(app, &[sealed]).await?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| ApiError::unavailable("the cached answer", &e))?;
+    if let (Some(obj), Some(Some(view))) = (value.as_object_mut(), opened.into_iter().next()) {
+        obj.insert(
+            "shipping".into(),
+            serde_json::to_value(view).unwrap_or(serde_json::Value::Null),
+        );
+    }
+    Ok(Json(value).into_response())
 }
 
 /// Query string of `GET /orders`.
@@ -171,9 +214,12 @@ pub(super) async fn list_orders(
         after: p.after,
         limit,
     };
-    let (orders, next) = read_model::list_orders(&app.read.pool, &filter)
+    let (mut orders, next) = read_model::list_orders(&app.read.pool, &filter)
         .await
         .map_err(read_error)?;
+    // Staff see the shipping details in lists; customers in their own
+    // order only.
+    super::personal::reveal(&app, &caller, &mut orders, true).await?;
     Ok(Json(OrderPage { orders, next }).into_response())
 }
 
@@ -208,7 +254,7 @@ pub(super) async fn customer_summary(
         .await
         .map_err(read_error)?
         .ok_or_else(missing)?;
-    Ok(cached::keep(cache, &id, None, stamp, &id, &summary))
+    Ok(cached::keep(cache, &id, None, stamp, &id, &summary, None))
 }
 
 /// Count and value of the orders in each status.
@@ -242,7 +288,7 @@ pub(super) async fn stats(
         by_status,
         total_orders,
     };
-    Ok(cached::keep(cache, "stats", None, stamp, "", &view))
+    Ok(cached::keep(cache, "stats", None, stamp, "", &view, None))
 }
 
 #[utoipa::path(get, path = "/orders/{id}/history", tag = "queries",

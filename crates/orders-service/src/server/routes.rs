@@ -31,6 +31,7 @@ pub fn router(app: App) -> Router {
             .routes(routes!(commands::cancel_order))
             .routes(routes!(queries::order_history))
             .routes(routes!(queries::customer_summary))
+            .routes(routes!(super::personal::erase))
             .routes(routes!(queries::stats))
             .routes(routes!(command_trace))
             .routes(routes!(live_page))
@@ -110,7 +111,13 @@ pub fn ops_router(app: App) -> Router {
         title = "orders-cqrs",
         description = "CQRS Orders service: commands to the write side, queries from the read models. Every error is {error, message, details}."
     ),
-    components(schemas(ErrorBody, orders::Status, orders::views::StatusStats))
+    components(schemas(
+        ErrorBody,
+        orders::Status,
+        orders::views::StatusStats,
+        orders::shipping::ShippingView,
+        orders::shipping::ShippingDetails
+    ))
 )]
 struct ApiDoc;
 

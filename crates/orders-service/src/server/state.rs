@@ -68,4 +68,7 @@ pub struct AppState {
     pub tracked: Arc<super::tracked::TrackedSkus>,
     /// Query answers kept in memory, current with the read progress.
     pub caches: super::cached::Caches,
+    /// The customers' data keys (personal data), where the order side's
+    /// write DB is open.
+    pub keys: Option<Arc<cqrs_sql::shred::KeyRing>>,
 }

@@ -246,6 +246,15 @@ impl Running {
             shutdown: shutdown.clone(),
         };
         let orders_here = orders_store.is_some();
+        let keys = match &orders_store {
+            Some(s) => {
+                let (master, source) = config.master_key()?;
+                Some(Arc::new(
+                    cqrs_sql::shred::KeyRing::open(s.db().clone(), master, source).await?,
+                ))
+            }
+            None => None,
+        };
         let (kafka, inventory_kafka) = match &config.kafka {
             Some(k) => (
                 match orders_here {
@@ -376,6 +385,7 @@ impl Running {
                 config.read_cache_bytes,
                 config.read_cache_ttl,
             ),
+            keys,
         });
         let every = Duration::from_millis(500);
         let sampler =

@@ -102,6 +102,7 @@ mod tests {
                 line_total_cents: total,
             }],
             total_cents: total,
+            shipping: None,
         }
     }
 

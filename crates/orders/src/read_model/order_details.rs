@@ -4,6 +4,7 @@ use super::queries::{order_from_row, ORDER_COLUMNS};
 use super::SQL;
 use super::{decoded, ids, load_rows, missing, upsert};
 use crate::aggregate::{LineItem, OrderEvent, Status};
+use crate::shipping::{erased, ShippingRecord};
 use crate::stock::next_stock;
 use crate::views::{target_status, OrderView};
 use cqrs_core::EventEnvelope;
@@ -67,7 +68,7 @@ impl OrderDetails {
 }
 
 /// The columns of `order_details` as the upsert writes them.
-const ORDER_DETAILS_COLS: [(&str, Kind); 13] = [
+const ORDER_DETAILS_COLS: [(&str, Kind); 14] = [
     ("order_id", Kind::Text),
     ("customer_id", Kind::Text),
     ("status", Kind::Text),
@@ -81,6 +82,7 @@ const ORDER_DETAILS_COLS: [(&str, Kind); 13] = [
     ("tracking_number", Kind::Text),
     ("cancel_reason", Kind::Text),
     ("stock", Kind::Text),
+    ("shipping", Kind::Text),
 ];
 
 /// What an existing `order_details` row takes from the upsert.
@@ -88,7 +90,7 @@ const ORDER_DETAILS_UPDATE: &str = "customer_id = excluded.customer_id, status =
     items = excluded.items, total_cents = excluded.total_cents, version = excluded.version, \
     created_at = excluded.created_at, updated_at = excluded.updated_at, payment_ref = excluded.payment_ref, \
     carrier = excluded.carrier, tracking_number = excluded.tracking_number, cancel_reason = excluded.cancel_reason, \
-    stock = excluded.stock";
+    stock = excluded.stock, shipping = excluded.shipping";
 
 /// One event folded into the order rows it needs (a creation adds the row;
 /// any other event needs it already there).
@@ -103,6 +105,7 @@ fn fold_order(
         customer_id,
         items,
         total_cents,
+        shipping,
     } = event
     {
         rows.insert(
@@ -121,6 +124,8 @@ fn fold_order(
                 tracking_number: None,
                 cancel_reason: None,
                 stock: None,
+                shipping: None,
+                sealed_shipping: shipping.clone().map(ShippingRecord::Sealed),
             },
         );
         return Ok(());
@@ -136,6 +141,8 @@ fn fold_order(
             o.tracking_number = Some(tracking_number.clone());
         }
         OrderEvent::OrderCancelled { reason } => o.cancel_reason = Some(reason.clone()),
+        // The ciphertext goes: only "erased" stays.
+        OrderEvent::ShippingErased {} => o.sealed_shipping = erased(o.sealed_shipping.take()),
         OrderEvent::OrderDelivered {}
         | OrderEvent::OrderCreated { .. }
         | OrderEvent::StockReservationRequested { .. }
@@ -154,6 +161,12 @@ fn fold_order(
 fn order_row(o: OrderView) -> Result<Vec<Val>, ProjectionError> {
     let items = serde_json::to_string(&o.items)
         .map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
+    let shipping = o
+        .sealed_shipping
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| ProjectionError::Inconsistent(e.to_string()))?;
     Ok(vec![
         Val::Text(o.order_id),
         Val::Text(o.customer_id),
@@ -168,6 +181,7 @@ fn order_row(o: OrderView) -> Result<Vec<Val>, ProjectionError> {
         Val::OptText(o.tracking_number),
         Val::OptText(o.cancel_reason),
         Val::OptText(o.stock.map(|s| s.as_str().to_owned())),
+        Val::OptText(shipping),
     ])
 }
 
@@ -199,6 +213,14 @@ impl Projection for OrderDetails {
             Migration::new(2, "stock status").add_column(AddedColumn {
                 table: t.clone(),
                 column: "stock",
+                definition: "TEXT",
+                backfill: None,
+            }),
+            // Orders created before it had no shipping details: NULL is
+            // what their rows mean, no rebuild needed.
+            Migration::new(3, "shipping details (sealed)").add_column(AddedColumn {
+                table: t.clone(),
+                column: "shipping",
                 definition: "TEXT",
                 backfill: None,
             }),

@@ -22,7 +22,7 @@ pub enum QueryError {
 
 pub(super) const ORDER_COLUMNS: &str =
     "order_id, customer_id, status, items, total_cents, version, created_at, \
-    updated_at, payment_ref, carrier, tracking_number, cancel_reason, stock";
+    updated_at, payment_ref, carrier, tracking_number, cancel_reason, stock, shipping";
 
 /// An `order_details` row as stored (status and items as text).
 #[derive(sqlx::FromRow)]
@@ -40,6 +40,7 @@ struct OrderRow {
     tracking_number: Option<String>,
     cancel_reason: Option<String>,
     stock: Option<String>,
+    shipping: Option<String>,
 }
 
 pub(super) fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
@@ -64,6 +65,13 @@ pub(super) fn order_from_row(row: &AnyRow) -> Result<OrderView, QueryError> {
                 StockStatus::parse(s).ok_or_else(|| QueryError::Corrupt(format!("stock {s:?}")))?,
             ),
         },
+        shipping: None,
+        sealed_shipping: r
+            .shipping
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| QueryError::Corrupt(format!("shipping: {e}")))?,
     })
 }
 
@@ -252,4 +260,16 @@ pub async fn load_views(pool: &AnyPool) -> Result<Views, QueryError> {
             .collect::<Result<_, _>>()?,
         stats: stats(pool).await?,
     })
+}
+
+/// The ids of `customer_id`'s orders whose shipping details the read
+/// model still keeps sealed (not erased).
+pub async fn orders_with_shipping(
+    pool: &AnyPool,
+    customer_id: &str,
+) -> Result<Vec<String>, QueryError> {
+    Ok(sqlx::query_scalar(section(SQL, "orders_with_shipping"))
+        .bind(customer_id)
+        .fetch_all(pool)
+        .await?)
 }
