@@ -88,7 +88,8 @@ async fn v1_events_work_through_the_store_kafka_and_replay_after_the_v2_change()
         "{order}"
     );
 
-    // New orders are written at v2, old events stay as they were stored.
+    // New orders are written at the current version (3 since shipping
+    // details), old events stay as they were stored.
     let (new_id, new_token) = app.create().await;
     let old = app.app().store.load(&id).await.expect("load");
     assert_eq!(old[0].schema_version, 1);
@@ -97,7 +98,7 @@ async fn v1_events_work_through_the_store_kafka_and_replay_after_the_v2_change()
         "never rewritten"
     );
     let new = app.app().store.load(&new_id).await.expect("load");
-    assert_eq!(new[0].schema_version, 2);
+    assert_eq!(new[0].schema_version, 3);
     assert_eq!(new[0].payload["items"][0]["line_total_cents"], 3000);
     app.get(&format!("/orders/{new_id}?wait_ms=20000"), Some(&new_token))
         .await;

@@ -229,7 +229,7 @@ async fn kcat_reads_the_documented_key_headers_and_json() {
     assert_eq!(header("aggregate_type"), Some("order"));
     assert_eq!(header("aggregate_id"), Some(id));
     assert_eq!(header("aggregate_version"), Some("1"));
-    assert_eq!(header("schema_version"), Some("2"), "OrderCreated is at v2");
+    assert_eq!(header("schema_version"), Some("3"), "OrderCreated is at v3");
     assert_eq!(header("command_id"), answer["command_id"].as_str());
     assert_eq!(header("trace_id"), answer["command_id"].as_str());
     assert_eq!(
