@@ -209,6 +209,17 @@ impl KeyRing {
         source: MasterSource,
     ) -> Result<KeyRing, ShredError> {
         migrate::migrate(&db, &[component()]).await?;
+        // A deployment whose processes hold different master keys cannot
+        // open each other's data keys: say so at start, naming both.
+        let others: Vec<(String, i64)> = sqlx::query_as(section(SQL, "per_master"))
+            .fetch_all(&db.pool)
+            .await?;
+        for (id, n) in others.iter().filter(|(id, _)| *id != master.id) {
+            tracing::warn!(master_id = master.id, other_master_id = %id, data_keys = n,
+                "data keys are wrapped by a master key this process does not hold: their personal \
+                data is unreadable here until it reads that key (give every process the same \
+                --master-key-file), or `orders keys rotate` finishes");
+        }
         let known = HashMap::from([(master.id.clone(), master.clone())]);
         Ok(KeyRing {
             db,

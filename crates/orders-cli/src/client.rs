@@ -62,6 +62,25 @@ pub struct CreateArgs {
     /// An item as SKU:QUANTITY:UNIT_PRICE_CENTS (repeatable).
     #[arg(long = "item", required = true)]
     items: Vec<String>,
+    /// Shipping details (personal data, stored only encrypted): who
+    /// receives it; with --ship-address and --ship-email.
+    #[arg(long, requires_all = ["ship_address", "ship_email"])]
+    ship_name: Option<String>,
+    /// The postal address.
+    #[arg(long, requires = "ship_name")]
+    ship_address: Option<String>,
+    /// The email address.
+    #[arg(long, requires = "ship_name")]
+    ship_email: Option<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// `orders erase`: a customer's personal data.
+#[derive(clap::Args)]
+pub struct EraseArgs {
+    /// Customer id.
+    customer: String,
     #[command(flatten)]
     server: Server,
 }
@@ -206,12 +225,17 @@ pub async fn create(a: CreateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|i| parse_item(i))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    send(post(
-        &a.server,
-        "/orders",
-        json!({ "customer_id": a.customer, "items": items }),
-    ))
-    .await
+    let mut body = json!({ "customer_id": a.customer, "items": items });
+    if let (Some(name), Some(address), Some(email)) = (a.ship_name, a.ship_address, a.ship_email) {
+        body["shipping"] = json!({ "name": name, "address": address, "email": email });
+    }
+    send(post(&a.server, "/orders", body)).await
+}
+
+/// `orders erase`: `DELETE /customers/{id}/personal-data`.
+pub async fn erase(a: EraseArgs) -> anyhow::Result<()> {
+    let path = format!("/customers/{}/personal-data", a.customer);
+    send(a.server.request(reqwest::Method::DELETE, &path)).await
 }
 /// `orders pay`.
 pub async fn pay(a: PayArgs) -> anyhow::Result<()> {

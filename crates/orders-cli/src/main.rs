@@ -96,6 +96,8 @@ enum Command {
     Deliver(client::IdArgs),
     /// Client: cancel an order.
     Cancel(client::CancelArgs),
+    /// Client: erase a customer's personal data (its shipping details).
+    Erase(client::EraseArgs),
     /// Client: show an order.
     Get(client::GetArgs),
     /// Client: list orders.
@@ -194,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ship(a) => client::ship(a).await,
         Command::Deliver(a) => client::deliver(a).await,
         Command::Cancel(a) => client::cancel(a).await,
+        Command::Erase(a) => client::erase(a).await,
         Command::Get(a) => client::get(a).await,
         Command::List(a) => client::list(a).await,
         Command::Trace(a) => trace::print(a).await,
