@@ -282,18 +282,7 @@ impl KeyRing {
     }
 
     fn unwrap_key(&self, row: &KeyRow) -> Result<Aes256Gcm, ShredError> {
-        let master = self.master_of(row)?;
-        let (nonce, ct) = row
-            .wrapped
-            .split_once('.')
-            .ok_or_else(|| ShredError::Corrupt(format!("data key {}", row.key_id)))?;
-        let key = open_with(
-            &master.cipher(),
-            nonce,
-            ct,
-            row.key_id.as_bytes(),
-            &format!("data key {}", row.key_id),
-        )?;
+        let key = unwrap_with(&self.master_of(row)?, row)?;
         Aes256Gcm::new_from_slice(&key)
             .map_err(|_| ShredError::Corrupt(format!("data key {}", row.key_id)))
     }
@@ -382,6 +371,16 @@ impl KeyRing {
     }
 }
 
+/// The data key of `row`, unwrapped by `master`.
+fn unwrap_with(master: &MasterKey, row: &KeyRow) -> Result<Vec<u8>, ShredError> {
+    let what = format!("data key {}", row.key_id);
+    let (nonce, ct) = row
+        .wrapped
+        .split_once('.')
+        .ok_or_else(|| ShredError::Corrupt(what.clone()))?;
+    open_with(&master.cipher(), nonce, ct, row.key_id.as_bytes(), &what)
+}
+
 /// Rewraps every data key of `db` not yet under `to` from the masters in
 /// `from`, in one transaction; answers how many it rewrapped. Keys wrapped
 /// by a master in neither fail the whole rotation.
@@ -402,12 +401,7 @@ pub async fn rotate(db: &Db, from: &[MasterKey], to: &MasterKey) -> Result<u64, 
                     key_id: row.key_id.clone(),
                     master_id: row.master_id.clone(),
                 })?;
-        let what = format!("data key {}", row.key_id);
-        let (nonce, ct) = row
-            .wrapped
-            .split_once('.')
-            .ok_or_else(|| ShredError::Corrupt(what.clone()))?;
-        let key = open_with(&master.cipher(), nonce, ct, row.key_id.as_bytes(), &what)?;
+        let key = unwrap_with(master, &row)?;
         let (nonce, ct) = seal_with(&to.cipher(), &key, row.key_id.as_bytes());
         sqlx::query(section(SQL, "rewrap"))
             .bind(&row.key_id)

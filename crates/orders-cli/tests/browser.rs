@@ -84,16 +84,30 @@ async fn drive(
     server.log_text()
 }
 
+/// Where a test saves its screenshots: docs/ when asked to refresh the
+/// README's (`ORDERS_UPDATE_SCREENSHOTS`), else `dir`, so that a test run
+/// leaves the checkout as it found it.
+fn screenshots_dir(dir: &Path) -> PathBuf {
+    match std::env::var_os("ORDERS_UPDATE_SCREENSHOTS") {
+        Some(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs"),
+        None => dir.to_owned(),
+    }
+}
+
+/// An operator's token for `sub`, signed with `secret` by `orders token`.
+fn operator_token(secret: &str, sub: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["token", "--sub", sub, "--role", "operator"])
+        .env("ORDERS_JWT_HS256_SECRET", secret)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_page_follows_commands_over_one_stream_at_desktop_and_phone_widths() {
     let dir = tempfile::tempdir().unwrap();
-    // The README's screenshots are refreshed only when asked: a test run
-    // leaves the checkout as it found it.
-    let docs = if std::env::var_os("ORDERS_UPDATE_SCREENSHOTS").is_some() {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs")
-    } else {
-        dir.path().to_owned()
-    };
+    let docs = screenshots_dir(dir.path());
     let shots = [
         docs.join("live-page-1280.png"),
         docs.join("live-page-390.png"),
@@ -104,12 +118,7 @@ async fn the_live_page_follows_commands_over_one_stream_at_desktop_and_phone_wid
     // in, the stream included (its cookie), and the token is never logged.
     let dir = tempfile::tempdir().unwrap();
     let secret = "browser-test-secret-0123456789abcdef";
-    let token = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
-        .args(["token", "--sub", "ops", "--role", "operator"])
-        .env("ORDERS_JWT_HS256_SECRET", secret)
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let token = operator_token(secret, "ops");
     let env = [
         ("ORDERS_JWT_HS256_SECRET", secret.to_owned()),
         ("RUST_LOG", "debug,hyper=info".to_owned()),
@@ -183,23 +192,14 @@ async fn poison(dir: &Path, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_skips_dead_letters_and_rebuilds_from_the_page_at_desktop_and_phone_widths() {
     let dir = tempfile::tempdir().unwrap();
-    let docs = if std::env::var_os("ORDERS_UPDATE_SCREENSHOTS").is_some() {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs")
-    } else {
-        dir.path().to_owned()
-    };
+    let docs = screenshots_dir(dir.path());
     let shots = [docs.join("console-1280.png"), docs.join("console-360.png")];
     for shot in &shots {
         let _ = std::fs::remove_file(shot);
     }
     // With callers checked, as an operator's console would be.
     let secret = "console-test-secret-0123456789abcdef";
-    let token = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
-        .args(["token", "--sub", "ops-alice", "--role", "operator"])
-        .env("ORDERS_JWT_HS256_SECRET", secret)
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let token = operator_token(secret, "ops-alice");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let args = vec![

@@ -345,6 +345,14 @@ async fn tables_like(read: &cqrs_sql::Db, pattern: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// The orders' read models once a rebuild's end is audited.
+async fn finished_rebuild(app: &TestApp, what: &str) -> Value {
+    until(app, "/ops/rebuilds/orders_read_model", what, |b| {
+        b["last"]["action"] == "rebuild.finish"
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_is_started_watched_and_cancelled_from_the_api() {
     let app = spawn_app(true, 0).await;
@@ -365,13 +373,7 @@ async fn a_rebuild_is_started_watched_and_cancelled_from_the_api() {
         .await;
     assert_eq!(res.0, 202, "{}", res.1);
     assert_eq!(res.1["last"]["action"], "rebuild.start", "{}", res.1);
-    let done = until(
-        &app,
-        "/ops/rebuilds/orders_read_model",
-        "the rebuild finished",
-        |b| b["last"]["action"] == "rebuild.finish",
-    )
-    .await;
+    let done = finished_rebuild(&app, "the rebuild finished").await;
     assert_eq!(done["last"]["outcome"], "done", "{done}");
     assert!(done["running"].is_null(), "{done}");
     let events = done["last"]["detail"]["events"].as_u64().unwrap();
@@ -445,13 +447,7 @@ async fn a_rebuild_is_started_watched_and_cancelled_from_the_api() {
     let (s, cancelled) = post(&app, "/ops/rebuilds/orders_read_model/cancel").await;
     assert_eq!(s, 202, "{cancelled}");
     assert_eq!(cancelled["last"]["action"], "rebuild.cancel");
-    let ended = until(
-        &app,
-        "/ops/rebuilds/orders_read_model",
-        "the build stopped",
-        |b| b["last"]["action"] == "rebuild.finish",
-    )
-    .await;
+    let ended = finished_rebuild(&app, "the build stopped").await;
     assert_eq!(ended["last"]["outcome"], "cancelled", "{ended}");
     assert!(ended["running"].is_null(), "{ended}");
     lock.rollback().await.unwrap();

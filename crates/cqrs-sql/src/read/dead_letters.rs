@@ -235,11 +235,7 @@ pub async fn list_every(
 
 /// One letter by id.
 pub async fn get(db: &Db, id: &str) -> Result<Option<DeadLetter>, sqlx::Error> {
-    let row: Option<Stored> = sqlx::query_as(section(SQL, "one"))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?;
-    Ok(row.map(Stored::decoded))
+    one(&db.pool, id).await
 }
 
 /// Open letters per (projector, status).
@@ -254,9 +250,16 @@ pub(crate) async fn one_in(
     tx: &mut AnyConnection,
     id: &str,
 ) -> Result<Option<DeadLetter>, sqlx::Error> {
+    one(&mut *tx, id).await
+}
+
+async fn one<'e>(
+    on: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: &str,
+) -> Result<Option<DeadLetter>, sqlx::Error> {
     let row: Option<Stored> = sqlx::query_as(section(SQL, "one"))
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(on)
         .await?;
     Ok(row.map(Stored::decoded))
 }

@@ -124,12 +124,13 @@ pub async fn readiness(app: &App) -> Vec<(&'static str, Result<(), String>)> {
 }
 
 /// Samples gauges every `every` until dropped, publishes the total lag and
-/// the append rate for the live page, and the console's snapshot.
+/// the append rate for the live page, and (with `console`: where the API
+/// serves it) the console's snapshot.
 pub async fn sample_every(
     app: App,
     every: Duration,
     live: watch::Sender<Option<ProgressSample>>,
-    console: super::ops::OpsSources,
+    console: Option<super::ops::OpsSources>,
 ) {
     let client = app
         .kafka
@@ -159,9 +160,15 @@ pub async fn sample_every(
                     (head - h).max(0) as f64 / now.duration_since(t).as_secs_f64().max(1e-3)
                 });
                 last = Some((head, now));
-                let rebuilds = rebuilds(&app).await;
-                view.tick(&app, client.clone(), &streams, &rebuilds, &console)
-                    .await;
+                let (rebuilds, versions) = rebuilds(&app).await;
+                if let Some(console) = &console {
+                    let seen = super::ops::view::Sampled {
+                        streams: &streams,
+                        rebuilds: &rebuilds,
+                        versions: &versions,
+                    };
+                    view.tick(&app, client.clone(), seen, console).await;
+                }
                 live.send_replace(Some(ProgressSample {
                     lag,
                     rate,
@@ -173,23 +180,30 @@ pub async fn sample_every(
     }
 }
 
-/// The builds in the read DB (any process's), with their gauges set.
-async fn rebuilds(app: &App) -> Vec<super::live::RebuildSample> {
+/// The read models' live versions per projector (projection, version).
+pub type LiveVersions = HashMap<String, Vec<(String, i64)>>;
+
+/// The builds in the read DB (any process's) and the live versions, with
+/// their gauges set.
+async fn rebuilds(app: &App) -> (Vec<super::live::RebuildSample>, LiveVersions) {
+    let mut versions = LiveVersions::new();
     let builds = match cqrs_sql::read::versions::builds(&app.read).await {
         Ok(b) => b,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the builds");
-            return Vec::new();
+            return (Vec::new(), versions);
         }
     };
     let now = cqrs_sql::read::versions::now_ms();
     let mut out = Vec::new();
     for projector in [PROJECTOR, crate::config::INVENTORY_PROJECTOR] {
         if let Ok(live) = cqrs_sql::read::versions::live_versions(&app.read, projector).await {
-            for v in live {
-                metrics::gauge!("cqrs_read_model_version", "projector" => projector, "projection" => v.projection)
+            for v in &live {
+                metrics::gauge!("cqrs_read_model_version", "projector" => projector, "projection" => v.projection.clone())
                     .set(v.live_version as f64);
             }
+            let pairs = live.into_iter().map(|v| (v.projection, v.live_version));
+            versions.insert(projector.to_owned(), pairs.collect());
         }
         let row = builds.iter().find(|(p, _)| p == projector).map(|(_, b)| b);
         let (done, total) = row.map_or((0, 0), |b| (b.done, b.total));
@@ -201,7 +215,7 @@ async fn rebuilds(app: &App) -> Vec<super::live::RebuildSample> {
             out.push(super::live::RebuildSample::of(projector, b, now));
         }
     }
-    out
+    (out, versions)
 }
 
 /// What one sample measured.
@@ -231,17 +245,48 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
     let mut sampled: HashMap<&'static str, Vec<super::ops::view::PartitionView>> = HashMap::new();
     for side in &app.ops.processors {
         let rows = cqrs_sql::read::runner::checkpoint_rows(&app.read, side.name).await?;
-        let checkpoints: HashMap<SourceKey, (i64, String)> = rows
+        let checkpoints: Checkpoints = rows
             .into_iter()
             .map(|c| (c.source_key, (c.next_position, c.updated_at)))
             .collect();
-        // (stream, its end, records waiting)
-        let streams: Vec<(SourceKey, i64, i64)> = match (&side.log, &client) {
-            (None, Some(c)) => {
-                if !marks.contains_key(&side.topic) {
-                    let m = high_watermarks(c.clone(), side.topic.clone()).await?;
-                    marks.insert(side.topic.clone(), m);
-                }
+        let Some(streams) = stream_ends(side, &checkpoints, &client, &mut marks).await? else {
+            continue;
+        };
+        let views = sampled.entry(side.name).or_default();
+        for (key, end, lag) in streams {
+            if side.name == PROJECTOR {
+                orders_lag += lag;
+            }
+            views.push(partition_view(side, &key, end, lag, &checkpoints, now));
+        }
+    }
+    Ok(Sampled {
+        orders_lag,
+        head: log_head,
+        streams: sampled,
+    })
+}
+
+/// A processor's checkpoints: next position and when it last moved.
+type Checkpoints = HashMap<SourceKey, (i64, String)>;
+
+/// Each stream of `side` with its end and the records waiting in it: its
+/// topic's partitions (their high watermarks asked once per topic, kept in
+/// `marks`), or its log; `None` where neither can be measured.
+async fn stream_ends(
+    side: &super::ops::Processor,
+    checkpoints: &Checkpoints,
+    client: &Option<Arc<BaseConsumer>>,
+    marks: &mut HashMap<String, Vec<(i32, i64)>>,
+) -> anyhow::Result<Option<Vec<(SourceKey, i64, i64)>>> {
+    use cqrs_sql::EventStore;
+    match (&side.log, client) {
+        (None, Some(c)) => {
+            if !marks.contains_key(&side.topic) {
+                let m = high_watermarks(c.clone(), side.topic.clone()).await?;
+                marks.insert(side.topic.clone(), m);
+            }
+            Ok(Some(
                 marks
                     .get(&side.topic)
                     .into_iter()
@@ -251,55 +296,59 @@ async fn sample(app: &App, client: Option<Arc<BaseConsumer>>) -> anyhow::Result<
                         let next = checkpoints.get(&key).map_or(0, |c| c.0);
                         (key, *high, (high - next).max(0))
                     })
-                    .collect()
-            }
-            (Some(log), _) => {
-                // Log positions start at 1: the checkpoint is one past the last read.
-                let head = log.head_position().await?;
-                let next = checkpoints.get(&SourceKey::Log).map_or(1, |c| c.0);
-                vec![(SourceKey::Log, head + 1, (head - (next - 1)).max(0))]
-            }
-            (None, None) => continue,
-        };
-        let views = sampled.entry(side.name).or_default();
-        for (key, end, lag) in streams {
-            if side.name == PROJECTOR {
-                orders_lag += lag;
-            }
-            let partition = match &key {
-                SourceKey::Partition { partition, .. } => partition.to_string(),
-                SourceKey::Log => key.to_string(),
-            };
-            let labels = [
-                ("projector", side.name.to_owned()),
-                ("group", side.group.clone()),
-                ("topic", side.topic.clone()),
-                ("partition", partition),
-            ];
-            metrics::gauge!("cqrs_projector_lag_records", &labels).set(lag as f64);
-            // Seconds since this stream's checkpoint last moved while
-            // records wait (0 when caught up).
-            let since = checkpoints
-                .get(&key)
-                .and_then(|(_, u)| cqrs_sql::db::parse_timestamp(u).ok())
-                .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
-            let waited = if lag > 0 { since } else { 0.0 };
-            metrics::gauge!("cqrs_projector_lag_seconds", &labels).set(waited);
-            views.push(super::ops::view::PartitionView {
-                partition: labels[3].1.clone(),
-                checkpoint: checkpoints.get(&key).map(|c| c.0),
-                end,
-                lag_records: lag,
-                lag_seconds: waited,
-                member: None,
-            });
+                    .collect(),
+            ))
         }
+        (Some(log), _) => {
+            // Log positions start at 1: the checkpoint is one past the last read.
+            let head = log.head_position().await?;
+            let next = checkpoints.get(&SourceKey::Log).map_or(1, |c| c.0);
+            Ok(Some(vec![(
+                SourceKey::Log,
+                head + 1,
+                (head - (next - 1)).max(0),
+            )]))
+        }
+        (None, None) => Ok(None),
     }
-    Ok(Sampled {
-        orders_lag,
-        head: log_head,
-        streams: sampled,
-    })
+}
+
+/// One stream's lag gauges, set, and its view for the console.
+fn partition_view(
+    side: &super::ops::Processor,
+    key: &SourceKey,
+    end: i64,
+    lag: i64,
+    checkpoints: &Checkpoints,
+    now: chrono::DateTime<chrono::Utc>,
+) -> super::ops::view::PartitionView {
+    let partition = match key {
+        SourceKey::Partition { partition, .. } => partition.to_string(),
+        SourceKey::Log => key.to_string(),
+    };
+    let labels = [
+        ("projector", side.name.to_owned()),
+        ("group", side.group.clone()),
+        ("topic", side.topic.clone()),
+        ("partition", partition.clone()),
+    ];
+    metrics::gauge!("cqrs_projector_lag_records", &labels).set(lag as f64);
+    // Seconds since this stream's checkpoint last moved while records wait
+    // (0 when caught up).
+    let since = checkpoints
+        .get(key)
+        .and_then(|(_, u)| cqrs_sql::db::parse_timestamp(u).ok())
+        .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+    let waited = if lag > 0 { since } else { 0.0 };
+    metrics::gauge!("cqrs_projector_lag_seconds", &labels).set(waited);
+    super::ops::view::PartitionView {
+        partition,
+        checkpoint: checkpoints.get(key).map(|c| c.0),
+        end,
+        lag_records: lag,
+        lag_seconds: waited,
+        member: None,
+    }
 }
 
 /// Every partition of `topic` with its high watermark (the next offset to be

@@ -53,13 +53,14 @@ pub(super) async fn get_order(
         if !caller.may_see(&hit.owner) {
             return Err(missing());
         }
+        let body = || serde_json::from_slice(&hit.json);
         return with_shipping(
             &app,
             &caller,
             &hit.owner,
-            &hit.json,
             hit.sealed.as_ref(),
             hit.response(),
+            body,
         )
         .await;
     }
@@ -70,7 +71,6 @@ pub(super) async fn get_order(
         .ok_or_else(missing)?;
     let owner = order.customer_id.clone();
     let sealed = order.sealed_shipping.clone();
-    let json = serde_json::to_vec(&order).unwrap_or_default();
     let res = cached::keep(
         cache,
         &id,
@@ -83,25 +83,26 @@ pub(super) async fn get_order(
     if !caller.may_see(&owner) {
         return Err(missing());
     }
-    with_shipping(&app, &caller, &owner, &json, sealed.as_ref(), res).await
+    let body = || serde_json::to_value(&order);
+    with_shipping(&app, &caller, &owner, sealed.as_ref(), res, body).await
 }
 
 /// An order's answer with its shipping details for those who may see them
 /// (opened now: the cached answer never holds them), else `plain` as it is.
+/// `body` (the answer as JSON) is made only then.
 async fn with_shipping(
     app: &App,
     caller: &Caller,
     owner: &str,
-    json: &[u8],
     sealed: Option<&orders::shipping::ShippingRecord>,
     plain: Response,
+    body: impl FnOnce() -> serde_json::Result<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     if sealed.is_none() || !super::personal::may_see(caller, owner) {
         return Ok(plain);
     }
     let opened = super::personal::open(app, &[sealed]).await?;
-    let mut value: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| ApiError::unavailable("the cached answer", &e))?;
+    let mut value = body().map_err(|e| ApiError::unavailable("the order's answer", &e))?;
     if let (Some(obj), Some(Some(view))) = (value.as_object_mut(), opened.into_iter().next()) {
         obj.insert(
             "shipping".into(),

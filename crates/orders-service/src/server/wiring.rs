@@ -103,14 +103,65 @@ struct ProcessorParts<'a> {
     inventory_progress: &'a ReadProgress,
 }
 
+/// Where a processor reads: a consumer group on a topic (its history the
+/// topic), or, embedded, an event log (group `embedded`).
+struct Feed {
+    group: String,
+    topic: String,
+    log: Option<cqrs_sql::SqlEventStore>,
+    history: super::rebuilds::HistoryOf,
+}
+
+impl Feed {
+    fn kafka(k: &crate::config::KafkaOptions, group: String) -> Feed {
+        Feed {
+            group,
+            topic: k.topic.clone(),
+            log: None,
+            history: super::rebuilds::HistoryOf::Topic(k.config()),
+        }
+    }
+
+    fn log(topic: &str, log: &cqrs_sql::SqlEventStore) -> Feed {
+        Feed {
+            group: "embedded".into(),
+            topic: topic.into(),
+            log: Some(log.clone()),
+            history: super::rebuilds::HistoryOf::Log(log.clone()),
+        }
+    }
+}
+
+/// A projector fed by `feed`: its read models can be rebuilt from it.
+fn projector(
+    name: &'static str,
+    service: &'static str,
+    feed: Feed,
+    projections: Vec<Arc<dyn cqrs_sql::Projection>>,
+    progress: &ReadProgress,
+) -> super::ops::Processor {
+    super::ops::Processor {
+        name,
+        service,
+        kind: "projector",
+        group: feed.group,
+        topic: feed.topic,
+        log: feed.log,
+        projections: projections.clone(),
+        rebuild: Some(super::rebuilds::Side {
+            projector: name,
+            projections,
+            history: feed.history,
+        }),
+        progress: Some(progress.clone()),
+    }
+}
+
 /// The processors (projectors and the saga) of this process's services,
 /// whichever process runs them: their groups (or, embedded, their logs),
 /// what a retried dead letter is applied to, and where their read models
 /// are rebuilt from.
 fn processors(parts: ProcessorParts<'_>) -> Vec<super::ops::Processor> {
-    use super::ops::Processor;
-    use super::rebuilds::{HistoryOf, Side};
-    use crate::saga::SAGA;
     let ProcessorParts {
         config,
         store,
@@ -120,95 +171,53 @@ fn processors(parts: ProcessorParts<'_>) -> Vec<super::ops::Processor> {
         progress,
         inventory_progress,
     } = parts;
-    let projector = |name,
-                     service,
-                     group: String,
-                     topic: &str,
-                     log: Option<&cqrs_sql::SqlEventStore>,
-                     history,
-                     projections: Vec<Arc<dyn cqrs_sql::Projection>>,
-                     progress: &ReadProgress| Processor {
-        name,
-        service,
-        kind: "projector",
-        group,
-        topic: topic.to_owned(),
-        log: log.cloned(),
-        projections: projections.clone(),
-        rebuild: Some(Side {
-            projector: name,
-            projections,
-            history,
-        }),
-        progress: Some(progress.clone()),
-    };
-    let saga = |group: String, topic: &str, log: Option<&cqrs_sql::SqlEventStore>| Processor {
-        name: SAGA,
-        service: "orders",
-        kind: "saga",
-        group,
-        topic: topic.to_owned(),
-        log: log.cloned(),
-        projections: vec![super::sides::saga_projection(config, store, link.clone())],
-        rebuild: None,
-        progress: None,
-    };
-    let mut out = Vec::new();
-    match &config.kafka {
+    let (orders_feed, saga_feed, inventory_feed) = match &config.kafka {
         Some(k) => {
-            if orders_here {
-                out.push(projector(
-                    PROJECTOR,
-                    "orders",
-                    k.group_id(),
-                    &k.topic,
-                    None,
-                    HistoryOf::Topic(k.config()),
-                    orders::read_model::projections(),
-                    progress,
-                ));
-                out.push(saga(k.saga_group_id(), &k.topic, None));
-            }
             let inv = match config.inventory_url {
                 Some(_) => k.inventory_copy(),
                 None => k.inventory(),
             };
-            out.push(projector(
-                INVENTORY_PROJECTOR,
-                "inventory",
-                inv.group_id(),
-                &inv.topic,
-                None,
-                HistoryOf::Topic(inv.config()),
-                inventory::read_model::projections(),
-                inventory_progress,
-            ));
+            (
+                orders_here.then(|| Feed::kafka(k, k.group_id())),
+                orders_here.then(|| Feed::kafka(k, k.saga_group_id())),
+                Some(Feed::kafka(&inv, inv.group_id())),
+            )
         }
-        None => {
-            out.push(projector(
-                PROJECTOR,
-                "orders",
-                "embedded".into(),
-                "log",
-                Some(store),
-                HistoryOf::Log(store.clone()),
-                orders::read_model::projections(),
-                progress,
-            ));
-            out.push(saga("embedded".into(), "log", Some(store)));
-            if let Some(i) = inventory {
-                out.push(projector(
-                    INVENTORY_PROJECTOR,
-                    "inventory",
-                    "embedded".into(),
-                    "inventory log",
-                    Some(i),
-                    HistoryOf::Log(i.clone()),
-                    inventory::read_model::projections(),
-                    inventory_progress,
-                ));
-            }
-        }
+        None => (
+            Some(Feed::log("log", store)),
+            Some(Feed::log("log", store)),
+            inventory.as_ref().map(|i| Feed::log("inventory log", i)),
+        ),
+    };
+    let mut out = Vec::new();
+    if let Some(feed) = orders_feed {
+        let projections = orders::read_model::projections();
+        out.push(projector(PROJECTOR, "orders", feed, projections, progress));
+    }
+    if let Some(feed) = saga_feed {
+        // A process manager: its letters can be retried, it is never rebuilt.
+        out.push(super::ops::Processor {
+            name: crate::saga::SAGA,
+            service: "orders",
+            kind: "saga",
+            group: feed.group,
+            topic: feed.topic,
+            log: feed.log,
+            projections: vec![super::sides::saga_projection(config, store, link)],
+            rebuild: None,
+            progress: None,
+        });
+    }
+    if let Some(feed) = inventory_feed {
+        let projections = inventory::read_model::projections();
+        let name = INVENTORY_PROJECTOR;
+        out.push(projector(
+            name,
+            "inventory",
+            feed,
+            projections,
+            inventory_progress,
+        ));
     }
     out
 }
@@ -342,7 +351,8 @@ impl Running {
         // What each role owns shows at 0 from its start, not from its first
         // increment.
         use super::metrics_catalog::register;
-        if config.runs(Role::Api) || config.roles.contains(&Role::Inventory) {
+        let serves_api = config.runs(Role::Api) || config.roles.contains(&Role::Inventory);
+        if serves_api {
             register(Some(Role::Api));
         }
         if config.kafka.is_some() && (config.runs(Role::Relay) || inventory_relays) {
@@ -388,8 +398,10 @@ impl Running {
             keys,
         });
         let every = Duration::from_millis(500);
+        // The console's snapshot only where the API serves it.
+        let console = serves_api.then_some(ops_sources);
         let sampler =
-            super::observe::sample_every(app.clone(), every, live_sources.progress, ops_sources);
+            super::observe::sample_every(app.clone(), every, live_sources.progress, console);
         roles.spawn_until_shutdown("metrics sampler", sampler);
         let (failed, failure) = watch::channel(None);
         Ok(Running {

@@ -5,18 +5,18 @@
 
 use super::super::access::Caller;
 use super::super::live::RebuildSample;
+use super::super::rebuilds::Side;
 use super::super::App;
 use super::Processor;
 use axum::http::StatusCode;
 use cqrs_http::ApiError;
 use cqrs_sql::read::audit::{self, OpsAction};
 use cqrs_sql::read::dead_letters::{self, DeadLetter};
-use cqrs_sql::read::rebuild::{RebuildError, DEFAULT_BATCH};
+use cqrs_sql::read::rebuild::{RebuildError, RebuildReport, DEFAULT_BATCH};
 use cqrs_sql::read::versions;
 use cqrs_sql::read::ProjectionError;
-use cqrs_sql::{Projection, ProjectorConfig, ProjectorRunner};
+use cqrs_sql::{ProjectorConfig, ProjectorRunner};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,8 @@ pub struct LetterActionAnswer {
     pub left: usize,
 }
 
-fn not_found(id: &str) -> ApiError {
+/// 404 for a dead letter that does not exist.
+pub fn not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "dead_letter_not_found",
@@ -332,50 +333,32 @@ fn invalid(field: &str, message: String) -> ApiError {
         .with_details(json!({ "field": field }))
 }
 
-/// The rebuildable processor called `name`.
-fn rebuildable<'a>(app: &'a App, name: &str) -> Result<&'a Processor, ApiError> {
-    let p = app.ops.processor(name).ok_or_else(|| {
-        let known: Vec<&str> = app
-            .ops
-            .processors
-            .iter()
-            .filter(|p| p.rebuild.is_some())
-            .map(|p| p.name)
-            .collect();
-        invalid(
-            "projector",
-            format!("no projector {name:?} here: one of {}", known.join(", ")),
-        )
-    })?;
-    if p.rebuild.is_none() {
-        return Err(invalid(
-            "projector",
-            format!("{name} is a process manager: it has no read models to rebuild"),
-        ));
-    }
-    Ok(p)
+/// The processor called `name` with its read models, where it has some.
+pub fn rebuildable<'a>(app: &'a App, name: &str) -> Option<(&'a Processor, &'a Side)> {
+    let p = app.ops.processor(name)?;
+    Some((p, p.rebuild.as_ref()?))
+}
+
+/// 404 for a projector without read models here.
+pub fn projector_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "projector_not_found",
+        format!("no projector {name:?} with read models here"),
+    )
 }
 
 /// Where `p`'s read models stand: versions, the build running, the last
 /// action.
 pub async fn rebuild_state(app: &App, p: &Processor) -> Result<RebuildState, ApiError> {
     let db = |e: sqlx::Error| ApiError::unavailable("the read database", &e);
-    let live = versions::live_versions(&app.read, p.name)
+    let live: Vec<(String, i64)> = versions::live_versions(&app.read, p.name)
         .await
-        .map_err(db)?;
-    let read_models = p
-        .rebuild
-        .iter()
-        .flat_map(|s| s.projections.iter())
-        .map(|proj| super::view::ReadModelVersion {
-            projection: proj.name().to_owned(),
-            live_version: live
-                .iter()
-                .find(|l| l.projection == proj.name())
-                .map_or(proj.version(), |l| l.live_version),
-            code_version: proj.version(),
-        })
+        .map_err(db)?
+        .into_iter()
+        .map(|l| (l.projection, l.live_version))
         .collect();
+    let read_models = super::view::read_model_versions(p, &live);
     let now = versions::now_ms();
     let running = versions::build_of(&app.read, p.name)
         .await
@@ -404,16 +387,22 @@ pub async fn start_rebuild(
     caller: &Caller,
     body: StartRebuild,
 ) -> Result<RebuildState, ApiError> {
-    let p = rebuildable(app, body.projector.name())?;
-    let Some(side) = p.rebuild.clone() else {
-        return Err(invalid("projector", "no read models".into()));
-    };
-    let chosen: Vec<Arc<dyn Projection>> = side.projections.clone();
+    let name = body.projector.name();
+    let (p, side) = rebuildable(app, name).ok_or_else(|| {
+        invalid(
+            "projector",
+            format!("{name}'s read models are not served here"),
+        )
+    })?;
     let who = actor(caller).to_owned();
-    let names: Vec<String> = chosen
+    let names: Vec<String> = side
+        .projections
         .iter()
         .map(|c| format!("{} v{}", c.name(), c.version()))
         .collect();
+    let refused =
+        |e: &ApiError| json!({ "read_models": names, "why": e.code, "message": e.message });
+    let started = json!({ "read_models": names });
     if let Some(refusal) = refusal(app, p).await? {
         audit(
             app,
@@ -421,90 +410,90 @@ pub async fn start_rebuild(
             "rebuild.start",
             p.name,
             "refused",
-            json!({ "read_models": names, "why": refusal.code, "message": refusal.message }),
+            refused(&refusal),
         )
         .await;
         return Err(refusal);
     }
+    match claimed(app, p.name, spawn_build(app, p, side.clone())).await? {
+        Err(ended) => {
+            if let Err(e) = &ended {
+                let e = rebuild_refused(p.name, e);
+                audit(app, &who, "rebuild.start", p.name, "refused", refused(&e)).await;
+                return Err(e);
+            }
+            audit(app, &who, "rebuild.start", p.name, "started", started).await;
+            finished(app, &who, p.name, &names, &ended).await;
+        }
+        Ok(task) => {
+            audit(app, &who, "rebuild.start", p.name, "started", started).await;
+            let (app, projector) = (app.clone(), p.name);
+            tokio::spawn(async move {
+                let result = task.await.unwrap_or_else(|e| {
+                    Err(RebuildError::Refused(format!(
+                        "the build's task ended: {e}"
+                    )))
+                });
+                finished(&app, &who, projector, &names, &result).await;
+            });
+        }
+    }
+    rebuild_state(app, p).await
+}
+
+/// A build's task and what it answers.
+type Build = tokio::task::JoinHandle<Result<RebuildReport, RebuildError>>;
+
+/// Runs a rebuild of all of `side`'s read models in the background; it
+/// stops when the process starts shutting down.
+fn spawn_build(app: &App, p: &Processor, side: Side) -> Build {
     let stop = CancellationToken::new();
-    let mut closing = app.closing.clone();
-    let on_close = stop.clone();
+    let (mut closing, on_close) = (app.closing.clone(), stop.clone());
     tokio::spawn(async move {
-        let _ = closing.wait_for(|c| *c).await;
-        on_close.cancel();
+        tokio::select! {
+            _ = closing.wait_for(|c| *c) => on_close.cancel(),
+            _ = on_close.cancelled() => {}
+        }
     });
-    let progress = p.progress.clone();
-    let read = app.read.clone();
-    let task = tokio::spawn(async move {
+    let (progress, read) = (p.progress.clone(), app.read.clone());
+    tokio::spawn(async move {
+        let projections = side.projections.clone();
         let result = super::super::rebuilds::rebuild(
             &read,
             &side,
-            &chosen,
+            &projections,
             DEFAULT_BATCH,
             progress,
             stop.clone(),
             |_| {},
         )
         .await;
+        // Ends the shutdown watch above.
         stop.cancel();
         result
-    });
-    // Answered once the build is claimed, or refused (then audited so).
+    })
+}
+
+/// Waits (at most [`CLAIM_WAIT`]) until `task`'s build row is claimed:
+/// `Ok(task)` still running, or `Err(result)` when it ended first.
+async fn claimed(
+    app: &App,
+    projector: &str,
+    task: Build,
+) -> Result<Result<Build, Result<RebuildReport, RebuildError>>, ApiError> {
     let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
     while tokio::time::Instant::now() < deadline && !task.is_finished() {
-        let claimed = versions::build_of(&app.read, p.name)
-            .await
-            .ok()
-            .flatten()
-            .is_some();
-        if claimed {
+        if let Ok(Some(_)) = versions::build_of(&app.read, projector).await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if task.is_finished() {
-        let result = task
+    match task.is_finished() {
+        true => Ok(Err(task
             .await
-            .map_err(|e| ApiError::unavailable("the rebuild", &e))?;
-        if let Err(e) = &result {
-            let refused = rebuild_refused(p.name, e);
-            let detail =
-                json!({ "read_models": names, "why": refused.code, "message": refused.message });
-            audit(app, &who, "rebuild.start", p.name, "refused", detail).await;
-            return Err(refused);
-        }
-        audit(
-            app,
-            &who,
-            "rebuild.start",
-            p.name,
-            "started",
-            json!({ "read_models": names }),
-        )
-        .await;
-        finished(app, &who, p.name, &names, &result).await;
-        return rebuild_state(app, p).await;
+            .map_err(|e| ApiError::unavailable("the rebuild", &e))?)),
+        false => Ok(Ok(task)),
     }
-    audit(
-        app,
-        &who,
-        "rebuild.start",
-        p.name,
-        "started",
-        json!({ "read_models": names }),
-    )
-    .await;
-    let (app2, projector) = (app.clone(), p.name);
-    tokio::spawn(async move {
-        let result = match task.await {
-            Ok(r) => r,
-            Err(e) => Err(RebuildError::Refused(format!(
-                "the build's task ended: {e}"
-            ))),
-        };
-        finished(&app2, &who, projector, &names, &result).await;
-    });
-    rebuild_state(app, p).await
 }
 
 /// Why a rebuild of `p` cannot start now: one runs, or dead letters are
@@ -592,13 +581,7 @@ pub async fn cancel_rebuild(
     caller: &Caller,
     projector: &str,
 ) -> Result<RebuildState, ApiError> {
-    let p = rebuildable(app, projector).map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "projector_not_found",
-            format!("no projector {projector:?} with read models here"),
-        )
-    })?;
+    let (p, _) = rebuildable(app, projector).ok_or_else(|| projector_not_found(projector))?;
     let running = versions::build_of(&app.read, p.name)
         .await
         .map_err(|e| ApiError::unavailable("the read database", &e))?;

@@ -77,6 +77,24 @@ pub(in crate::server) async fn console(
     super::page().await
 }
 
+/// A bad query parameter (400, as the query extractor answers).
+fn bad_query(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+        .with_details(json!({ "field": field }))
+}
+
+/// `limit` of a listing: 1..=1000, 100 when absent.
+fn limit_of(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    match (1..=1000).contains(&limit) {
+        true => Ok(limit),
+        false => Err(bad_query(
+            "limit",
+            format!("limit must be 1..=1000, got {limit}"),
+        )),
+    }
+}
+
 /// How long a read waits for the sampler's first snapshot.
 const FIRST_SNAPSHOT: Duration = Duration::from_secs(3);
 
@@ -154,24 +172,14 @@ pub(in crate::server) async fn dead_letters(
     State(app): State<App>,
     QueryParams(p): QueryParams<LetterParams>,
 ) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be 1..=1000, got {limit}"),
-        )
-        .with_details(json!({ "field": "limit" })));
-    }
+    let limit = limit_of(p.limit)?;
     if let Some(bad) = p.projector.as_deref().filter(|n| {
         n.is_empty() || n.len() > 100 || !n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
     }) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
+        return Err(bad_query(
+            "projector",
             format!("projector: {bad:?} is not a processor's name ([a-z_]{{1,100}})"),
-        )
-        .with_details(json!({ "field": "projector" })));
+        ));
     }
     let all = matches!(p.status, Some(LetterFilter::All));
     let letters = dead_letters::list_every(&app.read, all, p.projector.as_deref(), limit)
@@ -182,14 +190,6 @@ pub(in crate::server) async fn dead_letters(
     ))
 }
 
-fn letter_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "dead_letter_not_found",
-        format!("no dead letter {id:?}"),
-    )
-}
-
 /// `GET /ops/dead-letters/{id}`: one letter, with its decoded envelope.
 #[utoipa::path(get, path = "/ops/dead-letters/{id}", tag = "ops", params(LetterPath),
     responses((status = 200, description = "The letter", body = DeadLetterView), OpsReadErrors))]
@@ -198,11 +198,11 @@ pub(in crate::server) async fn dead_letter(
     PathParam(id): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Json<DeadLetterView>, ApiError> {
-    uuid::Uuid::parse_str(&id).map_err(|_| letter_not_found(&id))?;
+    uuid::Uuid::parse_str(&id).map_err(|_| actions::not_found(&id))?;
     let letter = dead_letters::get(&app.read, &id)
         .await
         .map_err(|e| ApiError::unavailable("the read database", &e))?
-        .ok_or_else(|| letter_not_found(&id))?;
+        .ok_or_else(|| actions::not_found(&id))?;
     Ok(Json(letter.into()))
 }
 
@@ -266,14 +266,6 @@ pub(in crate::server) async fn start_rebuild(
     Ok((StatusCode::ACCEPTED, Json(state)).into_response())
 }
 
-fn projector_not_found(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "projector_not_found",
-        format!("no projector {name:?} with read models here"),
-    )
-}
-
 /// `GET /ops/rebuilds/{projector}`: its read models, the build running and
 /// the last rebuild action.
 #[utoipa::path(get, path = "/ops/rebuilds/{projector}", tag = "ops", params(ProjectorPath),
@@ -283,11 +275,8 @@ pub(in crate::server) async fn rebuild(
     PathParam(projector): PathParam<String>,
     QueryParams(_): QueryParams<NoParams>,
 ) -> Result<Json<RebuildState>, ApiError> {
-    let p = app
-        .ops
-        .processor(&projector)
-        .filter(|p| p.rebuild.is_some())
-        .ok_or_else(|| projector_not_found(&projector))?;
+    let (p, _) = actions::rebuildable(&app, &projector)
+        .ok_or_else(|| actions::projector_not_found(&projector))?;
     actions::rebuild_state(&app, p).await.map(Json)
 }
 
@@ -323,15 +312,7 @@ pub(in crate::server) async fn actions_list(
     State(app): State<App>,
     QueryParams(p): QueryParams<ActionParams>,
 ) -> Result<Json<Vec<ActionView>>, ApiError> {
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be 1..=1000, got {limit}"),
-        )
-        .with_details(json!({ "field": "limit" })));
-    }
+    let limit = limit_of(p.limit)?;
     let rows = audit::recent(&app.read, limit)
         .await
         .map_err(|e| ApiError::unavailable("the read database", &e))?;

@@ -219,15 +219,27 @@ const GROUPS_EVERY: u64 = 4;
 /// Ticks between two health checks (5 s).
 const HEALTH_EVERY: u64 = 10;
 
+/// What the metrics sampler measured this tick, for the console.
+pub struct Sampled<'a> {
+    /// Every processor's partitions (or log).
+    pub streams: &'a HashMap<&'static str, Vec<PartitionView>>,
+    /// The builds running (any process's).
+    pub rebuilds: &'a [RebuildSample],
+    /// The read models' live versions per projector.
+    pub versions: &'a super::super::observe::LiveVersions,
+}
+
+/// Open letters per processor, then per status (`dead`, `parked`).
+type OpenCounts = BTreeMap<String, BTreeMap<String, i64>>;
+
 impl Console {
-    /// Takes this tick's snapshot from `streams` (every processor's sampled
-    /// partitions) and `rebuilds`, and publishes it and the open letters.
+    /// Takes this tick's snapshot from what the sampler measured, and
+    /// publishes it and the open letters.
     pub async fn tick(
         &mut self,
         app: &App,
         client: Option<Arc<BaseConsumer>>,
-        streams: &HashMap<&'static str, Vec<PartitionView>>,
-        rebuilds: &[RebuildSample],
+        seen: Sampled<'_>,
         out: &OpsSources,
     ) {
         let ops = &app.ops;
@@ -241,12 +253,9 @@ impl Console {
         }
         self.ticks += 1;
         let counts = open_counts(app).await;
-        let versions = live_versions(app).await;
         let mut processors = Vec::new();
         for p in &ops.processors {
-            let partitions = streams.get(p.name).cloned().unwrap_or_default();
-            let view = self.processor_view(app, p, partitions, rebuilds, &counts, &versions);
-            processors.push(view);
+            processors.push(self.processor_view(app, p, &seen, &counts));
         }
         let actions = cqrs_sql::read::audit::recent(&app.read, RECENT_ACTIONS)
             .await
@@ -275,17 +284,65 @@ impl Console {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One processor as this tick shows it.
     fn processor_view(
         &mut self,
         app: &App,
         p: &Processor,
-        mut partitions: Vec<PartitionView>,
-        rebuilds: &[RebuildSample],
-        counts: &BTreeMap<String, BTreeMap<String, i64>>,
-        versions: &HashMap<String, Vec<(String, i64)>>,
+        seen: &Sampled<'_>,
+        counts: &OpenCounts,
     ) -> ProcessorView {
-        let (members, group_state) = match (&p.log, self.groups.get(p.name)) {
+        let (members, group_state) = self.members_of(app, p);
+        let mut partitions = seen.streams.get(p.name).cloned().unwrap_or_default();
+        for part in &mut partitions {
+            part.member = holder(&members, &part.partition);
+        }
+        let lag_records: i64 = partitions.iter().map(|s| s.lag_records).sum();
+        let lag_seconds = partitions.iter().map(|s| s.lag_seconds).fold(0.0, f64::max);
+        let count = |status: &str| {
+            counts
+                .get(p.name)
+                .and_then(|c| c.get(status))
+                .copied()
+                .unwrap_or(0)
+        };
+        let (dead, parked) = (count("dead"), count("parked"));
+        let rebuild = seen
+            .rebuilds
+            .iter()
+            .find(|r| r.projector == p.name)
+            .cloned();
+        let state = match () {
+            _ if rebuild.as_ref().is_some_and(|r| r.alive) => "rebuilding",
+            _ if dead + parked > 0 => "parked",
+            _ if members.is_empty() && group_state != "unknown" => "stopped",
+            _ => "running",
+        };
+        let live = seen.versions.get(p.name).map_or(&[][..], Vec::as_slice);
+        ProcessorView {
+            name: p.name.to_owned(),
+            service: p.service.to_owned(),
+            kind: p.kind.to_owned(),
+            group: p.group.clone(),
+            topic: p.topic.clone(),
+            state: state.to_owned(),
+            group_state,
+            members,
+            partitions,
+            lag_records,
+            lag_seconds,
+            lag_history: self.remember_lag(p.name, lag_records),
+            dead_letters: dead,
+            parked,
+            read_models: read_model_versions(p, live),
+            rebuild,
+        }
+    }
+
+    /// The processor's members and its group's state: this process
+    /// (embedded), as the broker last described the group, or `unknown`.
+    fn members_of(&self, app: &App, p: &Processor) -> (Vec<MemberView>, String) {
+        match (&p.log, self.groups.get(p.name)) {
             (Some(_), _) => (embedded_members(app), "embedded".to_owned()),
             (None, Some(g)) => (
                 g.members
@@ -300,71 +357,44 @@ impl Console {
                 g.state.clone(),
             ),
             (None, None) => (Vec::new(), "unknown".to_owned()),
-        };
-        for part in &mut partitions {
-            part.member = members
-                .iter()
-                .find(|m| {
-                    part.partition
-                        .parse::<i32>()
-                        .is_ok_and(|n| m.partitions.contains(&n))
-                })
-                .map(|m| m.client_id.clone());
         }
-        let lag_records: i64 = partitions.iter().map(|s| s.lag_records).sum();
-        let lag_seconds = partitions.iter().map(|s| s.lag_seconds).fold(0.0, f64::max);
-        let history = self.history.entry(p.name).or_default();
-        history.push_back(lag_records);
+    }
+
+    /// Adds this tick's lag to the processor's last minute; answers it.
+    fn remember_lag(&mut self, name: &'static str, lag: i64) -> Vec<i64> {
+        let history = self.history.entry(name).or_default();
+        history.push_back(lag);
         while history.len() > LAG_HISTORY {
             history.pop_front();
         }
-        let count = |status: &str| {
-            counts
-                .get(p.name)
-                .and_then(|c| c.get(status))
-                .copied()
-                .unwrap_or(0)
-        };
-        let (dead, parked) = (count("dead"), count("parked"));
-        let rebuild = rebuilds.iter().find(|r| r.projector == p.name).cloned();
-        let state = match () {
-            _ if rebuild.as_ref().is_some_and(|r| r.alive) => "rebuilding",
-            _ if dead + parked > 0 => "parked",
-            _ if members.is_empty() && group_state != "unknown" => "stopped",
-            _ => "running",
-        };
-        let live = versions.get(p.name);
-        let read_models = p
-            .rebuild
-            .iter()
-            .flat_map(|side| side.projections.iter())
-            .map(|proj| ReadModelVersion {
-                projection: proj.name().to_owned(),
-                live_version: live
-                    .and_then(|l| l.iter().find(|(n, _)| n == proj.name()))
-                    .map_or(proj.version(), |(_, v)| *v),
-                code_version: proj.version(),
-            })
-            .collect();
-        ProcessorView {
-            name: p.name.to_owned(),
-            service: p.service.to_owned(),
-            kind: p.kind.to_owned(),
-            group: p.group.clone(),
-            topic: p.topic.clone(),
-            state: state.to_owned(),
-            group_state,
-            members,
-            partitions,
-            lag_records,
-            lag_seconds,
-            lag_history: history.iter().copied().collect(),
-            dead_letters: dead,
-            parked,
-            read_models,
-            rebuild,
-        }
+        history.iter().copied().collect()
     }
+}
+
+/// The member (its client id) that holds `partition`.
+fn holder(members: &[MemberView], partition: &str) -> Option<String> {
+    let n = partition.parse::<i32>().ok()?;
+    members
+        .iter()
+        .find(|m| m.partitions.contains(&n))
+        .map(|m| m.client_id.clone())
+}
+
+/// `p`'s read models with the versions `live` says they serve (the code's
+/// where the read DB has none yet) and the code's.
+pub fn read_model_versions(p: &Processor, live: &[(String, i64)]) -> Vec<ReadModelVersion> {
+    p.rebuild
+        .iter()
+        .flat_map(|side| side.projections.iter())
+        .map(|proj| ReadModelVersion {
+            projection: proj.name().to_owned(),
+            live_version: live
+                .iter()
+                .find(|(n, _)| n == proj.name())
+                .map_or(proj.version(), |(_, v)| *v),
+            code_version: proj.version(),
+        })
+        .collect()
 }
 
 /// Without Kafka the processors run in this process, or nowhere.
@@ -408,8 +438,8 @@ async fn describe_groups(
 }
 
 /// Open letters per processor and status.
-async fn open_counts(app: &App) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+async fn open_counts(app: &App) -> OpenCounts {
+    let mut out = OpenCounts::new();
     match dead_letters::open_counts(&app.read).await {
         Ok(rows) => {
             for (projector, status, n) in rows {
@@ -421,27 +451,8 @@ async fn open_counts(app: &App) -> BTreeMap<String, BTreeMap<String, i64>> {
     out
 }
 
-/// The live version of every processor's read models.
-async fn live_versions(app: &App) -> HashMap<String, Vec<(String, i64)>> {
-    let mut out = HashMap::new();
-    for p in app.ops.processors.iter().filter(|p| p.rebuild.is_some()) {
-        if let Ok(v) = cqrs_sql::read::versions::live_versions(&app.read, p.name).await {
-            out.insert(
-                p.name.to_owned(),
-                v.into_iter()
-                    .map(|l| (l.projection, l.live_version))
-                    .collect(),
-            );
-        }
-    }
-    out
-}
-
 /// The newest open letters, as the stream sends them.
-async fn open_letters(
-    app: &App,
-    counts: &BTreeMap<String, BTreeMap<String, i64>>,
-) -> Option<Arc<str>> {
+async fn open_letters(app: &App, counts: &OpenCounts) -> Option<Arc<str>> {
     let letters = dead_letters::list_every(&app.read, false, None, STREAMED_LETTERS)
         .await
         .inspect_err(|e| tracing::debug!(error = %e, "cannot list the dead letters"))
